@@ -1,0 +1,200 @@
+import type { ColumnType, Generated, Insertable, Selectable } from 'kysely';
+
+/**
+ * Every int8 column comes back as a JS number, converted by `parseInt8` (see connect.ts), which refuses
+ * anything that is not a safe integer. Writes accept number or bigint.
+ */
+export type Int8 = ColumnType<number, number | bigint, number | bigint>;
+export type Int8Default = ColumnType<number, number | bigint | undefined, number | bigint>;
+export type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
+export type NullableTimestamp = ColumnType<Date | null, Date | string | null | undefined, Date | string | null>;
+export type Json = ColumnType<JsonObject | null, string | null | undefined, string | null>;
+export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
+export type JsonObject = { [key: string]: JsonValue };
+
+export type LedgerType = 'purchase' | 'usage' | 'refund' | 'gift' | 'guild_funding' | 'grant' | 'clawback';
+export type PurchaseStatus = 'pending' | 'completed' | 'failed' | 'cancelled';
+export type GuildLedgerType = 'funding' | 'usage' | 'refund';
+export type GiftType = 'simple' | 'personalized' | 'split' | 'first_come' | 'riddle';
+export type GiftStatus = 'active' | 'depleted' | 'expired' | 'cancelled' | 'refunded';
+export type RedemptionStatus =
+  | 'success'
+  | 'failed_wrong_answer'
+  | 'failed_wrong_user'
+  | 'failed_depleted'
+  | 'failed_expired'
+  | 'failed_already_claimed';
+
+export interface BalancesTable {
+  user_id: string;
+  /** Everything the user owns, holds included: always Σ ledger. Spendable = balance − reserved. */
+  balance: Int8Default;
+  /** Credits held by open reservations. */
+  reserved: Int8Default;
+  total_earned: Int8Default;
+  total_spent: Int8Default;
+  version: Generated<number>;
+  created_at: Timestamp;
+  updated_at: Timestamp;
+}
+
+export interface TransactionsTable {
+  id: Generated<string>;
+  user_id: string;
+  type: LedgerType;
+  status: ColumnType<'pending' | 'completed' | 'failed', 'pending' | 'completed' | 'failed' | undefined, never>;
+  amount: Int8;
+  balance_before: Int8;
+  balance_after: Int8;
+  /** The spendable balance (balance − reserved) right after this entry: what the caller was told. */
+  available_after: ColumnType<number | null, number | bigint | null | undefined, never>;
+  app_id: string | null;
+  description: ColumnType<string, string | undefined, never>;
+  metadata: Json;
+  idempotency_key: string | null;
+  request_hash: string | null;
+  reference_transaction_id: string | null;
+  guild_id: string | null;
+  created_at: Timestamp;
+  completed_at: NullableTimestamp;
+}
+
+export interface PackagesTable {
+  id: Generated<string>;
+  name: string;
+  description: string | null;
+  credits: Int8;
+  price_euro_cents: Int8;
+  stripe_price_id: string | null;
+  active: Generated<boolean>;
+  sort_order: Generated<number>;
+  metadata: Json;
+  created_at: Timestamp;
+  updated_at: Timestamp;
+}
+
+export interface PurchasesTable {
+  id: Generated<string>;
+  user_id: string;
+  package_id: string | null;
+  credits: Int8;
+  price_euro_cents: Int8;
+  currency: Generated<string>;
+  stripe_payment_intent_id: string | null;
+  stripe_checkout_session_id: string | null;
+  stripe_customer_id: string | null;
+  status: ColumnType<PurchaseStatus, PurchaseStatus | undefined, PurchaseStatus>;
+  metadata: Json;
+  created_at: Timestamp;
+  completed_at: NullableTimestamp;
+}
+
+export interface StripeCustomersTable {
+  user_id: string;
+  stripe_customer_id: string;
+  email: string | null;
+  created_at: Timestamp;
+}
+
+export interface StripeEventsTable {
+  id: string;
+  type: string;
+  processed_at: Timestamp;
+}
+
+export interface UsageStatsTable {
+  user_id: string;
+  app_id: string;
+  /** UTC day, as 'YYYY-MM-DD'. */
+  date: string;
+  credits_used: Int8Default;
+}
+
+export interface GuildPoolsTable {
+  organization_id: string;
+  balance: Int8Default;
+  reserved: Int8Default;
+  total_funded: Int8Default;
+  total_spent: Int8Default;
+  version: Generated<number>;
+  created_at: Timestamp;
+  updated_at: Timestamp;
+}
+
+export interface GuildSpendingLimitsTable {
+  id: Generated<string>;
+  organization_id: string;
+  user_id: string;
+  daily_limit: ColumnType<number | null, number | bigint | null, number | bigint | null>;
+  monthly_limit: ColumnType<number | null, number | bigint | null, number | bigint | null>;
+  created_at: Timestamp;
+  updated_at: Timestamp;
+}
+
+export interface GuildTransactionsTable {
+  id: Generated<string>;
+  organization_id: string;
+  user_id: string;
+  type: GuildLedgerType;
+  amount: Int8;
+  balance_before: Int8;
+  balance_after: Int8;
+  app_id: string | null;
+  description: ColumnType<string, string | undefined, never>;
+  metadata: Json;
+  idempotency_key: string | null;
+  request_hash: string | null;
+  created_at: Timestamp;
+}
+
+export interface GiftCodesTable {
+  id: Generated<string>;
+  code: string;
+  short_url: string;
+  creator_id: string;
+  creator_name: string | null;
+  total_credits: Int8;
+  credits_per_portion: Int8;
+  total_portions: Generated<number>;
+  claimed_portions: Generated<number>;
+  type: GiftType;
+  status: ColumnType<GiftStatus, GiftStatus | undefined, GiftStatus>;
+  target_email: string | null;
+  riddle_question: string | null;
+  riddle_answer_hash: string | null;
+  message: string | null;
+  expires_at: ColumnType<Date, Date | string, Date | string>;
+  created_at: Timestamp;
+  updated_at: Timestamp;
+}
+
+export interface GiftRedemptionsTable {
+  id: Generated<string>;
+  gift_code_id: string;
+  redeemer_user_id: string;
+  status: RedemptionStatus;
+  credits_received: Int8Default;
+  portion_number: number | null;
+  credit_transaction_id: string | null;
+  source_app_id: string | null;
+  created_at: Timestamp;
+}
+
+export interface Database {
+  'credits.balances': BalancesTable;
+  'credits.transactions': TransactionsTable;
+  'credits.packages': PackagesTable;
+  'credits.purchases': PurchasesTable;
+  'credits.stripe_customers': StripeCustomersTable;
+  'credits.stripe_events': StripeEventsTable;
+  'credits.usage_stats': UsageStatsTable;
+  'credits.guild_pools': GuildPoolsTable;
+  'credits.guild_spending_limits': GuildSpendingLimitsTable;
+  'credits.guild_transactions': GuildTransactionsTable;
+  'gifts.gift_codes': GiftCodesTable;
+  'gifts.gift_redemptions': GiftRedemptionsTable;
+}
+
+export type LedgerRow = Selectable<TransactionsTable>;
+export type NewLedgerRow = Insertable<TransactionsTable>;
+export type PackageRow = Selectable<PackagesTable>;

@@ -1,0 +1,16 @@
+/**
+ * The one place where int8 and numeric values from Postgres become JS numbers. Credits are integers far
+ * below 2^53, so a value outside the safe range or with a fraction is a bug we refuse to paper over.
+ */
+export function parseInt8(text: string): number {
+  const value = Number(text);
+  if (!Number.isSafeInteger(value)) {
+    throw new RangeError(`integer value out of the safe range: ${text}`);
+  }
+  return value;
+}
+
+/** numeric results (e.g. sum() over int8) must still be whole numbers. */
+export const parseNumericInteger = parseInt8;
+
+export const PG_OID = { int8: 20, numeric: 1700, date: 1082 } as const;

@@ -1,0 +1,21 @@
+import { type Kysely, type Migration, type MigrationResultSet, Migrator } from 'kysely';
+import * as initial from './migrations/2026_11_25_0001_initial.ts';
+
+/** Every migration, by its dated name. Add new ones here; never edit one that has shipped. */
+export const migrations: Record<string, Migration> = {
+  '2026_11_25_0001_initial': initial,
+};
+
+/**
+ * Brings the schema up to date. Kysely's migrator takes a Postgres advisory lock, so two instances starting
+ * at once apply each migration exactly once.
+ */
+// biome-ignore lint/suspicious/noExplicitAny: migrations are written against Kysely<any> on purpose
+export async function migrateToLatest(db: Kysely<any>): Promise<MigrationResultSet> {
+  const migrator = new Migrator({ db, provider: { getMigrations: async () => migrations } });
+  const result = await migrator.migrateToLatest();
+  if (result.error) {
+    throw result.error instanceof Error ? result.error : new Error(String(result.error));
+  }
+  return result;
+}

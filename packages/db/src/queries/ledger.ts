@@ -1,0 +1,181 @@
+import { type Kysely, sql } from 'kysely';
+import type { Database, JsonObject, LedgerRow, LedgerType } from '../database.ts';
+
+/** A personal ledger entry to post; `amount` is always positive, the direction says which way it moves. */
+export interface LedgerEntryInput {
+  userId: string;
+  type: LedgerType;
+  amount: number;
+  appId?: string | null | undefined;
+  description: string;
+  metadata?: JsonObject | null | undefined;
+  idempotencyKey?: string | null | undefined;
+  requestHash?: string | null | undefined;
+  referenceTransactionId?: string | null | undefined;
+  guildId?: string | null | undefined;
+}
+
+export interface PostedEntry {
+  id: string;
+  /** Σ ledger after the entry. */
+  balanceAfter: number;
+  /** Spendable after the entry (balance − reserved). */
+  available: number;
+  createdAt: Date;
+}
+
+/** The unique index that makes idempotency atomic: a replayed key fails the insert, never a read-then-write. */
+export const LEDGER_IDEMPOTENCY_INDEX = 'transactions_user_idempotency_key';
+
+const json = (metadata: JsonObject | null | undefined) => (metadata ? JSON.stringify(metadata) : null);
+
+/**
+ * Debits a personal balance in one statement (one implicit transaction, one round trip): the conditional
+ * UPDATE cannot overdraw or touch held credits, the ledger row is inserted from its RETURNING, and the day's
+ * usage is upserted for `usage` entries. Returns null when the spendable balance is too small (nothing
+ * written). A replayed idempotency key makes the whole statement fail with a unique violation on
+ * LEDGER_IDEMPOTENCY_INDEX, so the debit is undone with it.
+ */
+export async function debitBalance(
+  db: Kysely<Database>,
+  entry: LedgerEntryInput,
+  totals: 'spent' | 'unearned' = 'spent',
+): Promise<PostedEntry | null> {
+  const spent = totals === 'spent' ? entry.amount : 0;
+  const unearned = totals === 'unearned' ? entry.amount : 0;
+  const countsAsUsage = entry.type === 'usage' && entry.appId;
+  const { rows } = await sql<{ id: string; balance_after: number; available: number; created_at: Date }>`
+    with debit as (
+      update credits.balances
+         set balance = balance - ${entry.amount}::int8,
+             total_spent = total_spent + ${spent}::int8,
+             total_earned = total_earned - ${unearned}::int8,
+             version = version + 1,
+             updated_at = now()
+       where user_id = ${entry.userId} and balance - reserved >= ${entry.amount}::int8
+      returning balance, reserved
+    ), entry as (
+      insert into credits.transactions
+        (user_id, type, amount, balance_before, balance_after, available_after, app_id, description, metadata,
+         idempotency_key, request_hash, reference_transaction_id, guild_id)
+      select ${entry.userId}, ${entry.type}, -${entry.amount}::int8, balance + ${entry.amount}::int8, balance,
+             balance - reserved, ${entry.appId ?? null}, ${entry.description}, ${json(entry.metadata)}::jsonb,
+             ${entry.idempotencyKey ?? null}, ${entry.requestHash ?? null}, ${entry.referenceTransactionId ?? null}::uuid,
+             ${entry.guildId ?? null}
+        from debit
+      returning id, balance_after, available_after, created_at
+    ), usage as (
+      insert into credits.usage_stats (user_id, app_id, date, credits_used)
+      select ${entry.userId}, ${entry.appId ?? ''}, (now() at time zone 'utc')::date, ${entry.amount}::int8
+        from entry where ${countsAsUsage ? sql`true` : sql`false`}
+      on conflict (user_id, app_id, date)
+        do update set credits_used = credits.usage_stats.credits_used + excluded.credits_used
+    )
+    select id, balance_after, available_after as available, created_at from entry
+  `.execute(db);
+  const row = rows[0];
+  return row ? { id: row.id, balanceAfter: row.balance_after, available: row.available, createdAt: row.created_at } : null;
+}
+
+/**
+ * Credits a personal balance in one statement, creating the balance row when the user has none.
+ * `totals` says which running total moves: 'earned' (purchase, grant, gift received) or 'unspent' (a refund
+ * of earlier spending).
+ */
+export async function creditBalance(
+  db: Kysely<Database>,
+  entry: LedgerEntryInput,
+  totals: 'earned' | 'unspent' = 'earned',
+): Promise<PostedEntry> {
+  const earned = totals === 'earned' ? entry.amount : 0;
+  const unspent = totals === 'unspent' ? entry.amount : 0;
+  const { rows } = await sql<{ id: string; balance_after: number; available: number; created_at: Date }>`
+    with account as (
+      insert into credits.balances as b (user_id, balance, total_earned, total_spent)
+      values (${entry.userId}, ${entry.amount}::int8, ${earned}::int8, 0)
+      on conflict (user_id) do update
+        set balance = b.balance + ${entry.amount}::int8,
+            total_earned = b.total_earned + ${earned}::int8,
+            total_spent = b.total_spent - ${unspent}::int8,
+            version = b.version + 1,
+            updated_at = now()
+      returning balance, reserved
+    ), entry as (
+      insert into credits.transactions
+        (user_id, type, amount, balance_before, balance_after, available_after, app_id, description, metadata,
+         idempotency_key, request_hash, reference_transaction_id, guild_id)
+      select ${entry.userId}, ${entry.type}, ${entry.amount}::int8, balance - ${entry.amount}::int8, balance,
+             balance - reserved, ${entry.appId ?? null}, ${entry.description}, ${json(entry.metadata)}::jsonb,
+             ${entry.idempotencyKey ?? null}, ${entry.requestHash ?? null}, ${entry.referenceTransactionId ?? null}::uuid,
+             ${entry.guildId ?? null}
+        from account
+      returning id, balance_after, available_after, created_at
+    )
+    select id, balance_after, available_after as available, created_at from entry
+  `.execute(db);
+  const row = rows[0];
+  if (!row) throw new Error('credit statement returned no row');
+  return { id: row.id, balanceAfter: row.balance_after, available: row.available, createdAt: row.created_at };
+}
+
+export async function findLedgerEntryByKey(
+  db: Kysely<Database>,
+  userId: string,
+  idempotencyKey: string,
+): Promise<LedgerRow | undefined> {
+  return db
+    .selectFrom('credits.transactions')
+    .selectAll()
+    .where('user_id', '=', userId)
+    .where('idempotency_key', '=', idempotencyKey)
+    .executeTakeFirst();
+}
+
+export async function findLedgerEntry(
+  db: Kysely<Database>,
+  userId: string,
+  transactionId: string,
+): Promise<LedgerRow | undefined> {
+  return db
+    .selectFrom('credits.transactions')
+    .selectAll()
+    .where('user_id', '=', userId)
+    .where('id', '=', transactionId)
+    .executeTakeFirst();
+}
+
+/**
+ * One page of a user's ledger, newest first. The cursor is the id of the last row of the previous page; the
+ * keyset (created_at, id) is compared inside Postgres so microsecond timestamps stay exact.
+ * Returns undefined when the cursor names no row of this user.
+ */
+export async function listLedgerEntries(
+  db: Kysely<Database>,
+  userId: string,
+  limit: number,
+  cursor?: string,
+): Promise<{ rows: LedgerRow[]; nextCursor: string | null } | undefined> {
+  let query = db
+    .selectFrom('credits.transactions')
+    .selectAll()
+    .where('user_id', '=', userId)
+    .orderBy('created_at', 'desc')
+    .orderBy('id', 'desc')
+    .limit(limit + 1);
+  if (cursor) {
+    const anchor = await db
+      .selectFrom('credits.transactions')
+      .select('id')
+      .where('user_id', '=', userId)
+      .where('id', '=', cursor)
+      .executeTakeFirst();
+    if (!anchor) return undefined;
+    query = query.where(
+      sql<boolean>`(created_at, id) < (select c.created_at, c.id from credits.transactions c where c.id = ${cursor}::uuid)`,
+    );
+  }
+  const rows = await query.execute();
+  const hasMore = rows.length > limit;
+  const page = hasMore ? rows.slice(0, limit) : rows;
+  return { rows: page, nextCursor: hasMore ? (page[page.length - 1]?.id ?? null) : null };
+}

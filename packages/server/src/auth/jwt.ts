@@ -1,0 +1,79 @@
+import { createRemoteJWKSet, errors, type JWTPayload, type JWTVerifyGetKey, jwtVerify } from 'jose';
+
+export interface AuthUser {
+  id: string;
+  email: string | null;
+  name: string | null;
+  role: string | null;
+}
+
+export type VerifyUserToken = (token: string) => Promise<AuthUser>;
+
+export class InvalidTokenError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'InvalidTokenError';
+  }
+}
+
+/** The auth service could not be asked for its keys: not the caller's fault, so not a 401. */
+export class KeySetUnavailableError extends Error {
+  constructor(options?: { cause?: unknown }) {
+    super('The key set of the auth service is unreachable', options);
+    this.name = 'KeySetUnavailableError';
+  }
+}
+
+const ALGORITHMS = ['EdDSA', 'ES256', 'RS256'];
+
+export interface JwtVerifierOptions {
+  jwksUrl: string | undefined;
+  issuer: string | undefined;
+  audience: string;
+  /** For tests: a key set other than the remote one. */
+  keySet?: JWTVerifyGetKey;
+}
+
+const claimText = (payload: JWTPayload, name: string) => {
+  const value = payload[name];
+  return typeof value === 'string' && value.length > 0 ? value : null;
+};
+
+/**
+ * Verifies user tokens against one cached remote key set (jose refetches it on an unknown kid, rate
+ * limited). Algorithms are pinned, issuer and audience are checked and exp is required.
+ */
+export function createJwtVerifier(options: JwtVerifierOptions): VerifyUserToken {
+  const keySet =
+    options.keySet ??
+    (options.jwksUrl
+      ? createRemoteJWKSet(new URL(options.jwksUrl), { timeoutDuration: 5000, cooldownDuration: 30_000 })
+      : undefined);
+  return async (token) => {
+    if (!keySet || !options.issuer) throw new InvalidTokenError('User authentication is not configured');
+    try {
+      const { payload } = await jwtVerify(token, keySet, {
+        algorithms: ALGORITHMS,
+        issuer: options.issuer,
+        audience: options.audience,
+        requiredClaims: ['exp', 'sub'],
+      });
+      const id = claimText(payload, 'sub');
+      if (!id || id.length > 200) throw new InvalidTokenError('Token has no usable subject');
+      return {
+        id,
+        email: claimText(payload, 'email'),
+        name: claimText(payload, 'name'),
+        role: claimText(payload, 'role'),
+      };
+    } catch (error) {
+      if (error instanceof InvalidTokenError) throw error;
+      if (error instanceof errors.JWKSTimeout) throw new KeySetUnavailableError({ cause: error });
+      if (error instanceof errors.JOSEError) {
+        throw new InvalidTokenError('Invalid or expired token', { cause: error });
+      }
+      // A failed fetch of the key set (network) is not the caller's fault.
+      throw new KeySetUnavailableError({ cause: error });
+    }
+  };
+}

@@ -1,0 +1,163 @@
+import { z } from 'zod';
+
+const booleanFromEnv = z
+  .enum(['true', 'false', '1', '0', 'yes', 'no'])
+  .transform((value) => value === 'true' || value === '1' || value === 'yes');
+
+const commaList = z
+  .string()
+  .transform((value) =>
+    value
+      .split(',')
+      .map((item) => item.trim())
+      .filter(Boolean),
+  );
+
+const optionalText = z
+  .string()
+  .optional()
+  .transform((value) => (value?.trim() ? value.trim() : undefined));
+
+const envSchema = z.object({
+  NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
+  PORT: z.coerce.number().int().min(0).max(65535).default(3060),
+  HOST: z.string().default('0.0.0.0'),
+  DATABASE_URL: optionalText,
+  DATA_DIR: z.string().default('./.data'),
+  DB_POOL_SIZE: z.coerce.number().int().min(1).max(200).default(10),
+  MIGRATE_ON_START: booleanFromEnv.default(true),
+  MANA_CORE_AUTH_URL: optionalText.pipe(z.url().optional()),
+  JWKS_URL: optionalText.pipe(z.url().optional()),
+  JWT_ISSUER: optionalText,
+  JWT_AUDIENCE: z.string().default('manacore'),
+  MANA_CORE_SERVICE_KEY: optionalText,
+  MANA_CORE_AUTH_SERVICE_KEY: optionalText,
+  MEMBERSHIP_CACHE_SECONDS: z.coerce.number().int().min(0).max(3600).default(30),
+  BASE_URL: optionalText.pipe(z.url().optional()),
+  CORS_ORIGINS: commaList.default([]),
+  CHECKOUT_ALLOWED_ORIGINS: commaList.default([]),
+  STRIPE_SECRET_KEY: optionalText,
+  STRIPE_WEBHOOK_SECRET: optionalText,
+  STRIPE_API_URL: optionalText.pipe(z.url().optional()),
+  GIFT_REDEEM_URL: optionalText,
+  GIFT_EXPIRY_SWEEP_SECONDS: z.coerce.number().int().min(1).max(86400).default(60),
+  RESERVATION_SWEEP_SECONDS: z.coerce.number().int().min(1).max(86400).default(15),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  BODY_LIMIT_BYTES: z.coerce.number().int().min(1024).max(50 * 1024 * 1024).default(1024 * 1024),
+  SHUTDOWN_TIMEOUT_MS: z.coerce.number().int().min(0).max(600_000).default(10_000),
+  METRICS_TOKEN: optionalText,
+});
+
+export type Env = z.input<typeof envSchema>;
+
+export interface Config {
+  nodeEnv: 'development' | 'production' | 'test';
+  port: number;
+  host: string;
+  databaseUrl: string | undefined;
+  dataDir: string;
+  dbPoolSize: number;
+  migrateOnStart: boolean;
+  authUrl: string | undefined;
+  jwksUrl: string | undefined;
+  jwtIssuer: string | undefined;
+  jwtAudience: string;
+  /** Accepted service keys; more than one while a key is being rotated. Empty: internal API refuses everyone. */
+  serviceKeys: readonly string[];
+  /** Key this service presents to the auth service. */
+  authServiceKey: string | undefined;
+  membershipCacheSeconds: number;
+  baseUrl: string;
+  corsOrigins: readonly string[];
+  checkoutAllowedOrigins: readonly string[];
+  stripeSecretKey: string | undefined;
+  stripeWebhookSecret: string | undefined;
+  stripeApiUrl: string | undefined;
+  giftRedeemUrl: string | undefined;
+  giftExpirySweepSeconds: number;
+  reservationSweepSeconds: number;
+  logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+  bodyLimitBytes: number;
+  shutdownTimeoutMs: number;
+  metricsToken: string | undefined;
+}
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`Invalid configuration:\n${problems.map((problem) => `  - ${problem}`).join('\n')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+const MIN_PRODUCTION_KEY_LENGTH = 32;
+
+/** Reads and validates the environment once; a bad or missing variable throws a ConfigError naming it. */
+export function loadConfig(env: Record<string, string | undefined> = process.env): Readonly<Config> {
+  const parsed = envSchema.safeParse(env);
+  if (!parsed.success) {
+    throw new ConfigError(parsed.error.issues.map((issue) => `${issue.path.join('.')}: ${issue.message}`));
+  }
+  const e = parsed.data;
+  const problems: string[] = [];
+  const serviceKeys = e.MANA_CORE_SERVICE_KEY
+    ? e.MANA_CORE_SERVICE_KEY.split(',')
+        .map((key) => key.trim())
+        .filter(Boolean)
+    : [];
+  const production = e.NODE_ENV === 'production';
+  if (production) {
+    if (serviceKeys.length === 0) problems.push('MANA_CORE_SERVICE_KEY: required when NODE_ENV=production');
+    for (const [index, key] of serviceKeys.entries()) {
+      if (key.length < MIN_PRODUCTION_KEY_LENGTH) {
+        problems.push(
+          `MANA_CORE_SERVICE_KEY: key #${index + 1} is shorter than ${MIN_PRODUCTION_KEY_LENGTH} characters`,
+        );
+      }
+    }
+    if (!e.MANA_CORE_AUTH_URL && !e.JWKS_URL) {
+      problems.push('MANA_CORE_AUTH_URL: required when NODE_ENV=production (or set JWKS_URL and JWT_ISSUER)');
+    }
+    if (!e.MANA_CORE_AUTH_URL && !e.JWT_ISSUER) problems.push('JWT_ISSUER: required when MANA_CORE_AUTH_URL is unset');
+    if (!e.BASE_URL) problems.push('BASE_URL: required when NODE_ENV=production');
+    if (e.STRIPE_SECRET_KEY && !e.STRIPE_WEBHOOK_SECRET) {
+      problems.push('STRIPE_WEBHOOK_SECRET: required when STRIPE_SECRET_KEY is set in production');
+    }
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+
+  const authUrl = e.MANA_CORE_AUTH_URL?.replace(/\/+$/, '');
+  return Object.freeze({
+    nodeEnv: e.NODE_ENV,
+    port: e.PORT,
+    host: e.HOST,
+    databaseUrl: e.DATABASE_URL,
+    dataDir: e.DATA_DIR,
+    dbPoolSize: e.DB_POOL_SIZE,
+    migrateOnStart: e.MIGRATE_ON_START,
+    authUrl,
+    jwksUrl: e.JWKS_URL ?? (authUrl ? `${authUrl}/api/auth/jwks` : undefined),
+    jwtIssuer: e.JWT_ISSUER ?? authUrl,
+    jwtAudience: e.JWT_AUDIENCE,
+    serviceKeys: Object.freeze(serviceKeys),
+    authServiceKey: e.MANA_CORE_AUTH_SERVICE_KEY ?? serviceKeys[0],
+    membershipCacheSeconds: e.MEMBERSHIP_CACHE_SECONDS,
+    baseUrl: (e.BASE_URL ?? `http://localhost:${e.PORT}`).replace(/\/+$/, ''),
+    corsOrigins: Object.freeze(e.CORS_ORIGINS),
+    checkoutAllowedOrigins: Object.freeze(e.CHECKOUT_ALLOWED_ORIGINS),
+    stripeSecretKey: e.STRIPE_SECRET_KEY,
+    stripeWebhookSecret: e.STRIPE_WEBHOOK_SECRET,
+    stripeApiUrl: e.STRIPE_API_URL,
+    giftRedeemUrl: e.GIFT_REDEEM_URL,
+    giftExpirySweepSeconds: e.GIFT_EXPIRY_SWEEP_SECONDS,
+    reservationSweepSeconds: e.RESERVATION_SWEEP_SECONDS,
+    logLevel: e.LOG_LEVEL,
+    bodyLimitBytes: e.BODY_LIMIT_BYTES,
+    shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
+    metricsToken: e.METRICS_TOKEN,
+  });
+}
+
+/** A config for tests and tools: defaults plus overrides, validated like the real one. */
+export function configFrom(overrides: Record<string, string | undefined>): Readonly<Config> {
+  return loadConfig({ NODE_ENV: 'test', LOG_LEVEL: 'silent', ...overrides });
+}

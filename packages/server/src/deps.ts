@@ -1,0 +1,42 @@
+import { createDb, type Database, type DbHandle, migrateToLatest } from '@mana-credits/db';
+import type { FastifyBaseLogger } from 'fastify';
+import type { Kysely } from 'kysely';
+import { createJwtVerifier, type VerifyUserToken } from './auth/jwt.ts';
+import { createServiceKeyVerifier } from './auth/service-key.ts';
+import type { Config } from './config.ts';
+
+/** Everything a request handler may use; built once per process by createAppDeps (or by tests). */
+export interface AppDeps {
+  config: Readonly<Config>;
+  db: Kysely<Database>;
+  dbHandle: DbHandle;
+  verifyUserToken: VerifyUserToken;
+  verifyServiceKey: (presented: string | undefined) => boolean;
+}
+
+export type Logger = FastifyBaseLogger;
+
+export async function createAppDeps(config: Readonly<Config>): Promise<AppDeps> {
+  const dbHandle = await createDb({
+    databaseUrl: config.databaseUrl,
+    dataDir: config.dataDir,
+    poolSize: config.dbPoolSize,
+  });
+  try {
+    if (config.migrateOnStart) await migrateToLatest(dbHandle.db);
+  } catch (error) {
+    await dbHandle.close();
+    throw error;
+  }
+  return {
+    config,
+    db: dbHandle.db,
+    dbHandle,
+    verifyUserToken: createJwtVerifier({
+      jwksUrl: config.jwksUrl,
+      issuer: config.jwtIssuer,
+      audience: config.jwtAudience,
+    }),
+    verifyServiceKey: createServiceKeyVerifier(config.serviceKeys),
+  };
+}

@@ -1,0 +1,186 @@
+import {
+  creditBalance,
+  type Database,
+  debitBalance,
+  ensureBalance,
+  getBalance,
+  type JsonObject,
+  listLedgerEntries,
+} from '@mana-credits/db';
+import { type Kysely, sql } from 'kysely';
+import { InsufficientCreditsError, InvalidRequestError, NotFoundError } from '../errors.ts';
+import { requestHash, withLedgerIdempotency } from '../idempotency.ts';
+import { type MovementResult, toMovementResult, toPackageView, toTransactionView } from './mappers.ts';
+
+export interface SpendInput {
+  userId: string;
+  amount: number;
+  appId: string;
+  description: string;
+  idempotencyKey?: string | undefined;
+  metadata?: JsonObject | undefined;
+}
+
+/** Spends personal credits: one statement, idempotent by (user, key). */
+export async function spendCredits(db: Kysely<Database>, input: SpendInput): Promise<MovementResult> {
+  const hash = requestHash('credits.use', {
+    amount: input.amount,
+    appId: input.appId,
+    description: input.description,
+    metadata: input.metadata,
+  });
+  return withLedgerIdempotency(
+    db,
+    { userId: input.userId, key: input.idempotencyKey, hash },
+    async () => {
+      const posted = await debitBalance(db, {
+        userId: input.userId,
+        type: 'usage',
+        amount: input.amount,
+        appId: input.appId,
+        description: input.description,
+        metadata: input.metadata,
+        idempotencyKey: input.idempotencyKey,
+        requestHash: hash,
+      });
+      if (!posted) {
+        const { balance } = await getBalance(db, input.userId);
+        throw new InsufficientCreditsError(input.amount, balance);
+      }
+      return { transactionId: posted.id, balance: posted.available };
+    },
+    toMovementResult,
+  );
+}
+
+export interface GrantInput {
+  userId: string;
+  amount: number;
+  reason: string;
+  idempotencyKey: string;
+  appId?: string | undefined;
+}
+
+/** Promotional or support credits. */
+export async function grantCredits(db: Kysely<Database>, input: GrantInput): Promise<MovementResult> {
+  const hash = requestHash('credits.grant', { amount: input.amount, reason: input.reason });
+  return withLedgerIdempotency(
+    db,
+    { userId: input.userId, key: input.idempotencyKey, hash },
+    async () => {
+      const posted = await creditBalance(db, {
+        userId: input.userId,
+        type: 'grant',
+        amount: input.amount,
+        appId: input.appId,
+        description: input.reason,
+        idempotencyKey: input.idempotencyKey,
+        requestHash: hash,
+      });
+      return { transactionId: posted.id, balance: posted.available };
+    },
+    toMovementResult,
+  );
+}
+
+export interface RefundInput {
+  userId: string;
+  transactionId: string;
+  amount?: number | undefined;
+  description: string;
+  idempotencyKey: string;
+  appId?: string | undefined;
+}
+
+/**
+ * Refunds all or part of one earlier usage entry. The usage row is locked (FOR UPDATE locks, it does not
+ * modify), so concurrent refunds of one transaction are serialised and together never exceed it.
+ */
+export async function refundUsage(db: Kysely<Database>, input: RefundInput): Promise<MovementResult> {
+  const hash = requestHash('credits.refund', {
+    transactionId: input.transactionId,
+    amount: input.amount,
+    description: input.description,
+  });
+  return withLedgerIdempotency(
+    db,
+    { userId: input.userId, key: input.idempotencyKey, hash },
+    () =>
+      db.transaction().execute(async (trx) => {
+        const original = await trx
+          .selectFrom('credits.transactions')
+          .select(['id', 'type', 'amount', 'app_id'])
+          .where('id', '=', input.transactionId)
+          .where('user_id', '=', input.userId)
+          .forUpdate()
+          .executeTakeFirst();
+        if (!original) throw new NotFoundError('Transaction');
+        if (original.type !== 'usage') {
+          throw new InvalidRequestError('Only usage transactions can be refunded', 'NOT_REFUNDABLE', {
+            field: 'transactionId',
+          });
+        }
+        const { refunded } = await trx
+          .selectFrom('credits.transactions')
+          .select(sql<number>`coalesce(sum(amount), 0)::int8`.as('refunded'))
+          .where('reference_transaction_id', '=', original.id)
+          .where('type', '=', 'refund')
+          .executeTakeFirstOrThrow();
+        const remaining = -original.amount - refunded;
+        const amount = input.amount ?? remaining;
+        if (remaining <= 0 || amount > remaining) {
+          throw new InvalidRequestError(
+            `Refund exceeds what is left of the transaction (${remaining} refundable)`,
+            'REFUND_EXCEEDS_TRANSACTION',
+            { field: 'amount', requested: amount, refundable: remaining },
+          );
+        }
+        const posted = await creditBalance(
+          trx,
+          {
+            userId: input.userId,
+            type: 'refund',
+            amount,
+            appId: input.appId ?? original.app_id,
+            description: input.description,
+            idempotencyKey: input.idempotencyKey,
+            requestHash: hash,
+            referenceTransactionId: original.id,
+          },
+          'unspent',
+        );
+        return { transactionId: posted.id, balance: posted.available };
+      }),
+    toMovementResult,
+  );
+}
+
+export async function balanceOf(db: Kysely<Database>, userId: string) {
+  return getBalance(db, userId);
+}
+
+export async function initBalance(db: Kysely<Database>, userId: string) {
+  const created = await ensureBalance(db, userId);
+  return { created, ...(await getBalance(db, userId)) };
+}
+
+export async function transactionHistory(
+  db: Kysely<Database>,
+  userId: string,
+  page: { limit: number; cursor?: string | undefined },
+) {
+  const result = await listLedgerEntries(db, userId, page.limit, page.cursor);
+  if (!result) throw new InvalidRequestError('cursor: does not name a transaction of yours', 'INVALID_CURSOR');
+  return { items: result.rows.map(toTransactionView), nextCursor: result.nextCursor };
+}
+
+export async function activePackages(db: Kysely<Database>) {
+  const rows = await db
+    .selectFrom('credits.packages')
+    .selectAll()
+    .where('active', '=', true)
+    .orderBy('sort_order')
+    .orderBy('name')
+    .execute();
+  return rows.map(toPackageView);
+}

@@ -1,0 +1,132 @@
+import { initTRPC, TRPCError } from '@trpc/server';
+import type { TRPC_ERROR_CODE_KEY } from '@trpc/server/rpc';
+import superjson from 'superjson';
+import { ZodError } from 'zod';
+import { InvalidTokenError, KeySetUnavailableError } from '../auth/jwt.ts';
+import { DomainError, type DomainErrorKind } from '../domain/errors.ts';
+import type { Context } from './context.ts';
+
+const CODE_OF_KIND: Record<DomainErrorKind, TRPC_ERROR_CODE_KEY> = {
+  bad_request: 'BAD_REQUEST',
+  unauthorized: 'UNAUTHORIZED',
+  forbidden: 'FORBIDDEN',
+  not_found: 'NOT_FOUND',
+  conflict: 'CONFLICT',
+  payment_required: 'PAYMENT_REQUIRED',
+  precondition_failed: 'PRECONDITION_FAILED',
+  too_many_requests: 'TOO_MANY_REQUESTS',
+  unavailable: 'SERVICE_UNAVAILABLE',
+};
+
+/** A reason for errors raised by tRPC itself or by our auth checks, where no DomainError says one. */
+const DEFAULT_REASON: Partial<Record<TRPC_ERROR_CODE_KEY, string>> = {
+  BAD_REQUEST: 'VALIDATION',
+  PARSE_ERROR: 'PARSE_ERROR',
+  UNAUTHORIZED: 'UNAUTHORIZED',
+  FORBIDDEN: 'FORBIDDEN',
+  NOT_FOUND: 'NOT_FOUND',
+  METHOD_NOT_SUPPORTED: 'METHOD_NOT_SUPPORTED',
+  PAYLOAD_TOO_LARGE: 'PAYLOAD_TOO_LARGE',
+  UNSUPPORTED_MEDIA_TYPE: 'UNSUPPORTED_MEDIA_TYPE',
+  TOO_MANY_REQUESTS: 'TOO_MANY_REQUESTS',
+  SERVICE_UNAVAILABLE: 'SERVICE_UNAVAILABLE',
+  INTERNAL_SERVER_ERROR: 'INTERNAL',
+};
+
+export interface ValidationIssue {
+  field: string;
+  message: string;
+}
+
+export function validationIssues(error: ZodError): ValidationIssue[] {
+  return error.issues.map((issue) => ({
+    field: issue.path.length > 0 ? issue.path.map(String).join('.') : '(input)',
+    message: issue.message,
+  }));
+}
+
+export function describeValidation(issues: ValidationIssue[]): string {
+  return `Invalid input: ${issues.map((issue) => `${issue.field}: ${issue.message}`).join('; ')}`;
+}
+
+export function toTRPCError(error: DomainError): TRPCError {
+  return new TRPCError({ code: CODE_OF_KIND[error.kind], message: error.message, cause: error });
+}
+
+const t = initTRPC.context<Context>().create({
+  transformer: superjson,
+  isDev: false,
+  errorFormatter({ shape, error, ctx }) {
+    const cause = error.cause;
+    const internal = error.code === 'INTERNAL_SERVER_ERROR';
+    let message = internal ? 'Internal server error' : shape.message;
+    let reason = DEFAULT_REASON[error.code] ?? error.code;
+    let details: unknown;
+    if (cause instanceof DomainError) {
+      reason = cause.reason;
+      details = cause.details;
+    } else if (cause instanceof ZodError) {
+      const issues = validationIssues(cause);
+      reason = 'VALIDATION';
+      message = describeValidation(issues);
+      details = { issues };
+    }
+    return {
+      message,
+      code: shape.code,
+      data: {
+        code: shape.data.code,
+        httpStatus: shape.data.httpStatus,
+        path: shape.data.path,
+        reason,
+        ...(details === undefined ? {} : { details }),
+        requestId: ctx?.requestId,
+      },
+    };
+  },
+});
+
+export const router = t.router;
+export const middleware = t.middleware;
+export const createCallerFactory = t.createCallerFactory;
+
+/** Domain errors become tRPC errors with the right code; the DomainError stays as `cause`. */
+const mapDomainErrors = t.middleware(async ({ next }) => {
+  const result = await next();
+  if (!result.ok && result.error.cause instanceof DomainError) throw toTRPCError(result.error.cause);
+  return result;
+});
+
+export const publicProcedure = t.procedure.use(mapDomainErrors);
+
+export const authedProcedure = publicProcedure.use(async ({ ctx, next }) => {
+  if (ctx.user) return next({ ctx: { user: ctx.user } });
+  if (!ctx.bearerToken) throw new TRPCError({ code: 'UNAUTHORIZED', message: 'A bearer token is required' });
+  try {
+    const user = await ctx.deps.verifyUserToken(ctx.bearerToken);
+    return next({ ctx: { user } });
+  } catch (error) {
+    if (error instanceof InvalidTokenError) {
+      throw new TRPCError({ code: 'UNAUTHORIZED', message: error.message, cause: error });
+    }
+    if (error instanceof KeySetUnavailableError) {
+      throw new TRPCError({
+        code: 'SERVICE_UNAVAILABLE',
+        message: 'Authentication is temporarily unavailable',
+        cause: error,
+      });
+    }
+    throw error;
+  }
+});
+
+const APP_ID = /^[A-Za-z0-9._:-]{1,100}$/;
+
+export const internalProcedure = publicProcedure.use(async ({ ctx, next }) => {
+  if (ctx.service) return next({ ctx: { service: ctx.service } });
+  if (!ctx.deps.verifyServiceKey(ctx.serviceKey)) {
+    throw new TRPCError({ code: 'UNAUTHORIZED', message: 'A valid X-Service-Key is required' });
+  }
+  const appId = ctx.appId && APP_ID.test(ctx.appId) ? ctx.appId : 'unknown';
+  return next({ ctx: { service: { appId } } });
+});

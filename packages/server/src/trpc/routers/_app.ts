@@ -1,0 +1,13 @@
+import type { inferRouterInputs, inferRouterOutputs } from '@trpc/server';
+import { router } from '../init.ts';
+import { creditsRouter } from './credits.ts';
+import { internalRouter } from './internal.ts';
+
+export const appRouter = router({
+  credits: creditsRouter,
+  internal: internalRouter,
+});
+
+export type AppRouter = typeof appRouter;
+export type RouterInputs = inferRouterInputs<AppRouter>;
+export type RouterOutputs = inferRouterOutputs<AppRouter>;

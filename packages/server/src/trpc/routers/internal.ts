@@ -1,0 +1,39 @@
+import { z } from 'zod';
+import {
+  balanceOf,
+  grantCredits,
+  initBalance,
+  refundUsage,
+  spendCredits,
+} from '../../domain/credits/personal.ts';
+import { amount, description, idempotencyKey, text, userId, uuid } from '../../schemas.ts';
+import { internalProcedure, router } from '../init.ts';
+import { useInput } from './credits.ts';
+
+const internalCreditsRouter = router({
+  balance: internalProcedure
+    .input(z.strictObject({ userId }))
+    .query(({ ctx, input }) => balanceOf(ctx.deps.db, input.userId)),
+
+  init: internalProcedure
+    .input(z.strictObject({ userId }))
+    .mutation(({ ctx, input }) => initBalance(ctx.deps.db, input.userId)),
+
+  use: internalProcedure
+    .input(useInput.extend({ userId }))
+    .mutation(({ ctx, input }) => spendCredits(ctx.deps.db, input)),
+
+  grant: internalProcedure
+    .input(z.strictObject({ userId, amount, reason: text(500).min(1), idempotencyKey }))
+    .mutation(({ ctx, input }) => grantCredits(ctx.deps.db, { ...input, appId: ctx.service.appId })),
+
+  refund: internalProcedure
+    .input(
+      z.strictObject({ userId, transactionId: uuid, amount: amount.optional(), description, idempotencyKey }),
+    )
+    .mutation(({ ctx, input }) => refundUsage(ctx.deps.db, input)),
+});
+
+export const internalRouter = router({
+  credits: internalCreditsRouter,
+});
