@@ -7,7 +7,11 @@ import type { ColumnType, Generated, Insertable, Selectable } from 'kysely';
 export type Int8 = ColumnType<number, number | bigint, number | bigint>;
 export type Int8Default = ColumnType<number, number | bigint | undefined, number | bigint>;
 export type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
-export type NullableTimestamp = ColumnType<Date | null, Date | string | null | undefined, Date | string | null>;
+export type NullableTimestamp = ColumnType<
+  Date | null,
+  Date | string | null | undefined,
+  Date | string | null
+>;
 export type Json = ColumnType<JsonObject | null, string | null | undefined, string | null>;
 export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
 export type JsonObject = { [key: string]: JsonValue };
@@ -42,7 +46,11 @@ export interface TransactionsTable {
   id: Generated<string>;
   user_id: string;
   type: LedgerType;
-  status: ColumnType<'pending' | 'completed' | 'failed', 'pending' | 'completed' | 'failed' | undefined, never>;
+  status: ColumnType<
+    'pending' | 'completed' | 'failed',
+    'pending' | 'completed' | 'failed' | undefined,
+    never
+  >;
   amount: Int8;
   balance_before: Int8;
   balance_after: Int8;

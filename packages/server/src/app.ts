@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import cors from '@fastify/cors';
-import { fastifyTRPCPlugin, type FastifyTRPCPluginOptions } from '@trpc/server/adapters/fastify';
+import { type FastifyTRPCPluginOptions, fastifyTRPCPlugin } from '@trpc/server/adapters/fastify';
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import { sql } from 'kysely';
 import type { AppDeps } from './deps.ts';
@@ -34,7 +34,11 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
     logger: options.logger ?? {
       level: deps.config.logLevel,
       redact: {
-        paths: ['req.headers.authorization', 'req.headers["x-service-key"]', 'req.headers["stripe-signature"]'],
+        paths: [
+          'req.headers.authorization',
+          'req.headers["x-service-key"]',
+          'req.headers["stripe-signature"]',
+        ],
         censor: '[redacted]',
       },
     },
@@ -55,7 +59,8 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
 
   // Fastify-level failures (bad JSON, body too large, …) keep their 4xx; anything else says nothing internal.
   app.setErrorHandler((error: { statusCode?: number; code?: string; message: string }, request, reply) => {
-    const status = error.statusCode && error.statusCode >= 400 && error.statusCode < 500 ? error.statusCode : 500;
+    const status =
+      error.statusCode && error.statusCode >= 400 && error.statusCode < 500 ? error.statusCode : 500;
     if (status >= 500) request.log.error({ err: error }, 'request failed');
     reply.status(status).send({
       error: {

@@ -4,14 +4,12 @@ const booleanFromEnv = z
   .enum(['true', 'false', '1', '0', 'yes', 'no'])
   .transform((value) => value === 'true' || value === '1' || value === 'yes');
 
-const commaList = z
-  .string()
-  .transform((value) =>
-    value
-      .split(',')
-      .map((item) => item.trim())
-      .filter(Boolean),
-  );
+const commaList = z.string().transform((value) =>
+  value
+    .split(',')
+    .map((item) => item.trim())
+    .filter(Boolean),
+);
 
 const optionalText = z
   .string()
@@ -43,7 +41,12 @@ const envSchema = z.object({
   GIFT_EXPIRY_SWEEP_SECONDS: z.coerce.number().int().min(1).max(86400).default(60),
   RESERVATION_SWEEP_SECONDS: z.coerce.number().int().min(1).max(86400).default(15),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
-  BODY_LIMIT_BYTES: z.coerce.number().int().min(1024).max(50 * 1024 * 1024).default(1024 * 1024),
+  BODY_LIMIT_BYTES: z.coerce
+    .number()
+    .int()
+    .min(1024)
+    .max(50 * 1024 * 1024)
+    .default(1024 * 1024),
   SHUTDOWN_TIMEOUT_MS: z.coerce.number().int().min(0).max(600_000).default(10_000),
   METRICS_TOKEN: optionalText,
 });
@@ -117,7 +120,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     if (!e.MANA_CORE_AUTH_URL && !e.JWKS_URL) {
       problems.push('MANA_CORE_AUTH_URL: required when NODE_ENV=production (or set JWKS_URL and JWT_ISSUER)');
     }
-    if (!e.MANA_CORE_AUTH_URL && !e.JWT_ISSUER) problems.push('JWT_ISSUER: required when MANA_CORE_AUTH_URL is unset');
+    if (!e.MANA_CORE_AUTH_URL && !e.JWT_ISSUER)
+      problems.push('JWT_ISSUER: required when MANA_CORE_AUTH_URL is unset');
     if (!e.BASE_URL) problems.push('BASE_URL: required when NODE_ENV=production');
     if (e.STRIPE_SECRET_KEY && !e.STRIPE_WEBHOOK_SECRET) {
       problems.push('STRIPE_WEBHOOK_SECRET: required when STRIPE_SECRET_KEY is set in production');

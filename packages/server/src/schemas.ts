@@ -4,7 +4,9 @@ import { z } from 'zod';
 export const MAX_AMOUNT = 1_000_000_000_000;
 
 /** Postgres text cannot hold NUL, and control characters have no business in identifiers. */
+// biome-ignore lint/suspicious/noControlCharactersInRegex: refusing control characters is the point
 const NO_CONTROL_CHARACTERS = /^[^\u0000-\u001f\u007f]*$/;
+// biome-ignore lint/suspicious/noControlCharactersInRegex: refusing NUL is the point
 const NO_NUL = /^[^\u0000]*$/;
 
 export const amount = z
@@ -13,7 +15,8 @@ export const amount = z
   .max(MAX_AMOUNT, { error: `must be at most ${MAX_AMOUNT}` });
 
 /** Free text: bounded, no NUL bytes. */
-export const text = (max: number) => z.string().max(max).regex(NO_NUL, { error: 'must not contain NUL characters' });
+export const text = (max: number) =>
+  z.string().max(max).regex(NO_NUL, { error: 'must not contain NUL characters' });
 
 export const identifier = (max = 200) =>
   z.string().min(1).max(max).regex(NO_CONTROL_CHARACTERS, { error: 'must not contain control characters' });

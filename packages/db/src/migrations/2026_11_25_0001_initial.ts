@@ -106,7 +106,9 @@ export async function up(db: Kysely<any>): Promise<void> {
       constraint purchases_status_known check (status in ('pending', 'completed', 'failed', 'cancelled')),
       constraint purchases_credits_positive check (credits > 0)
     )`.execute(db);
-  await sql`create index purchases_user_history on credits.purchases (user_id, created_at desc, id desc)`.execute(db);
+  await sql`create index purchases_user_history on credits.purchases (user_id, created_at desc, id desc)`.execute(
+    db,
+  );
 
   await sql`
     create table credits.stripe_customers (
@@ -222,8 +224,12 @@ export async function up(db: Kysely<any>): Promise<void> {
       constraint gift_codes_portions check (total_portions >= 1 and claimed_portions >= 0 and claimed_portions <= total_portions),
       constraint gift_codes_credits_positive check (credits_per_portion >= 1 and total_credits >= credits_per_portion * total_portions)
     )`.execute(db);
-  await sql`create index gift_codes_creator on gifts.gift_codes (creator_id, created_at desc, id desc)`.execute(db);
-  await sql`create index gift_codes_active_expiry on gifts.gift_codes (expires_at) where status = 'active'`.execute(db);
+  await sql`create index gift_codes_creator on gifts.gift_codes (creator_id, created_at desc, id desc)`.execute(
+    db,
+  );
+  await sql`create index gift_codes_active_expiry on gifts.gift_codes (expires_at) where status = 'active'`.execute(
+    db,
+  );
 
   await sql`
     create table gifts.gift_redemptions (

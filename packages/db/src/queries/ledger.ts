@@ -74,7 +74,9 @@ export async function debitBalance(
     select id, balance_after, available_after as available, created_at from entry
   `.execute(db);
   const row = rows[0];
-  return row ? { id: row.id, balanceAfter: row.balance_after, available: row.available, createdAt: row.created_at } : null;
+  return row
+    ? { id: row.id, balanceAfter: row.balance_after, available: row.available, createdAt: row.created_at }
+    : null;
 }
 
 /**

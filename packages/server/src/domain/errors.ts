@@ -78,7 +78,11 @@ export class PreconditionFailedError extends DomainError {
 }
 
 export class TooManyRequestsError extends DomainError {
-  constructor(message = 'Too many requests, try again later', reason = 'TOO_MANY_REQUESTS', details?: ErrorDetails) {
+  constructor(
+    message = 'Too many requests, try again later',
+    reason = 'TOO_MANY_REQUESTS',
+    details?: ErrorDetails,
+  ) {
     super('too_many_requests', reason, message, details);
   }
 }

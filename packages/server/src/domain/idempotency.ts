@@ -1,5 +1,11 @@
 import { createHash } from 'node:crypto';
-import { type Database, findLedgerEntryByKey, isUniqueViolation, LEDGER_IDEMPOTENCY_INDEX, type LedgerRow } from '@mana-credits/db';
+import {
+  type Database,
+  findLedgerEntryByKey,
+  isUniqueViolation,
+  LEDGER_IDEMPOTENCY_INDEX,
+  type LedgerRow,
+} from '@mana-credits/db';
 import type { Kysely } from 'kysely';
 import { DomainError, IdempotencyConflictError } from './errors.ts';
 
@@ -15,7 +21,11 @@ function canonicalJson(value: unknown): string {
 
 /** The fingerprint of a money-moving request: same operation and payload ⇔ same hash. */
 export function requestHash(operation: string, payload: unknown): string {
-  return createHash('sha256').update(operation).update('\n').update(canonicalJson(payload)).digest('base64url');
+  return createHash('sha256')
+    .update(operation)
+    .update('\n')
+    .update(canonicalJson(payload))
+    .digest('base64url');
 }
 
 export interface LedgerIdempotency {

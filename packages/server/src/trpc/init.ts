@@ -1,10 +1,10 @@
 import { initTRPC, TRPCError } from '@trpc/server';
 import type { TRPC_ERROR_CODE_KEY } from '@trpc/server/rpc';
-import superjson from 'superjson';
 import { ZodError } from 'zod';
 import { InvalidTokenError, KeySetUnavailableError } from '../auth/jwt.ts';
 import { DomainError, type DomainErrorKind } from '../domain/errors.ts';
 import type { Context } from './context.ts';
+import { transformer } from './transformer.ts';
 
 const CODE_OF_KIND: Record<DomainErrorKind, TRPC_ERROR_CODE_KEY> = {
   bad_request: 'BAD_REQUEST',
@@ -54,7 +54,7 @@ export function toTRPCError(error: DomainError): TRPCError {
 }
 
 const t = initTRPC.context<Context>().create({
-  transformer: superjson,
+  transformer,
   isDev: false,
   errorFormatter({ shape, error, ctx }) {
     const cause = error.cause;

@@ -170,7 +170,8 @@ export async function transactionHistory(
   page: { limit: number; cursor?: string | undefined },
 ) {
   const result = await listLedgerEntries(db, userId, page.limit, page.cursor);
-  if (!result) throw new InvalidRequestError('cursor: does not name a transaction of yours', 'INVALID_CURSOR');
+  if (!result)
+    throw new InvalidRequestError('cursor: does not name a transaction of yours', 'INVALID_CURSOR');
   return { items: result.rows.map(toTransactionView), nextCursor: result.nextCursor };
 }
 

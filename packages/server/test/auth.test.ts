@@ -1,0 +1,173 @@
+import { base64url } from 'jose';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createServiceKeyVerifier } from '../src/auth/service-key.ts';
+import { newUser, SERVICE_KEY, startTestServer, type TestServer } from './helpers/server.ts';
+
+let server: TestServer;
+beforeAll(async () => {
+  server = await startTestServer({
+    MANA_CORE_SERVICE_KEY: `old-key-that-is-being-rotated-out-000,${SERVICE_KEY}`,
+  });
+});
+afterAll(async () => {
+  await server.close();
+});
+
+async function statusWithToken(token: string | undefined) {
+  const response = await fetch(`${server.url}/trpc/credits.balance`, {
+    headers: token === undefined ? {} : { authorization: `Bearer ${token}` },
+  });
+  const body = (await response.json()) as { error?: { json: { data: { reason: string } } } };
+  return { status: response.status, reason: body.error?.json.data.reason };
+}
+
+describe('user tokens', () => {
+  const user = newUser();
+
+  it('accepts a valid EdDSA, ES256 and RS256 token', async () => {
+    for (const alg of ['EdDSA', 'ES256', 'RS256'] as const) {
+      expect((await statusWithToken(await server.auth.sign(user, { alg }))).status).toBe(200);
+    }
+  });
+
+  it('refuses a missing token', async () => {
+    expect(await statusWithToken(undefined)).toEqual({ status: 401, reason: 'UNAUTHORIZED' });
+  });
+
+  it('refuses an expired token', async () => {
+    const token = await server.auth.sign(user, { expiresIn: Math.floor(Date.now() / 1000) - 120 });
+    expect((await statusWithToken(token)).status).toBe(401);
+  });
+
+  it('refuses a token without exp', async () => {
+    expect((await statusWithToken(await server.auth.sign(user, { noExp: true }))).status).toBe(401);
+  });
+
+  it('refuses a token that is not valid yet', async () => {
+    const token = await server.auth.sign(user, { notBefore: Math.floor(Date.now() / 1000) + 3600 });
+    expect((await statusWithToken(token)).status).toBe(401);
+  });
+
+  it('refuses the wrong audience and the wrong issuer', async () => {
+    expect((await statusWithToken(await server.auth.sign(user, { audience: 'other-app' }))).status).toBe(401);
+    expect(
+      (await statusWithToken(await server.auth.sign(user, { issuer: 'https://evil.test' }))).status,
+    ).toBe(401);
+  });
+
+  it('refuses alg none', async () => {
+    const header = base64url.encode(JSON.stringify({ alg: 'none', typ: 'JWT' }));
+    const now = Math.floor(Date.now() / 1000);
+    const payload = base64url.encode(
+      JSON.stringify({ sub: user.id, iss: server.auth.issuer, aud: 'manacore', exp: now + 600, iat: now }),
+    );
+    expect((await statusWithToken(`${header}.${payload}.`)).status).toBe(401);
+  });
+
+  it('refuses an unknown kid', async () => {
+    expect((await statusWithToken(await server.auth.sign(user, { kid: 'no-such-key' }))).status).toBe(401);
+  });
+
+  it('refuses a token signed by another key under a known kid', async () => {
+    expect((await statusWithToken(await server.auth.sign(user, { rogueKey: true }))).status).toBe(401);
+  });
+
+  it('refuses garbage and a token with a tampered payload', async () => {
+    expect((await statusWithToken('not.a.jwt')).status).toBe(401);
+    const [h, , s] = (await server.auth.sign(user)).split('.');
+    const forged = base64url.encode(JSON.stringify({ sub: 'someone-else', exp: 9999999999 }));
+    expect((await statusWithToken(`${h}.${forged}.${s}`)).status).toBe(401);
+  });
+
+  it('a user token does not open internal procedures', async () => {
+    const token = await server.auth.sign(user);
+    const client = server.rawClient({ authorization: `Bearer ${token}` });
+    await expect(client.internal.credits.balance.query({ userId: user.id })).rejects.toMatchObject({
+      data: { code: 'UNAUTHORIZED' },
+    });
+  });
+});
+
+describe('service keys', () => {
+  const call = (headers: Record<string, string>) =>
+    server.rawClient(headers).internal.credits.balance.query({ userId: 'u-1' });
+
+  it('accepts every configured key (rotation)', async () => {
+    await expect(call({ 'x-service-key': SERVICE_KEY })).resolves.toMatchObject({ balance: 0 });
+    await expect(call({ 'x-service-key': 'old-key-that-is-being-rotated-out-000' })).resolves.toMatchObject({
+      balance: 0,
+    });
+  });
+
+  it.each([
+    ['missing', {}],
+    ['wrong', { 'x-service-key': 'wrong-key-wrong-key-wrong-key-wrong' }],
+    ['a prefix of the real one', { 'x-service-key': SERVICE_KEY.slice(0, 10) }],
+    ['the real one plus a character', { 'x-service-key': `${SERVICE_KEY}x` }],
+    ['sent as a bearer token', { authorization: `Bearer ${SERVICE_KEY}` }],
+  ])('refuses a key that is %s', async (_label, headers) => {
+    await expect(call(headers as Record<string, string>)).rejects.toMatchObject({
+      data: { code: 'UNAUTHORIZED', httpStatus: 401 },
+    });
+  });
+
+  it('refuses a key in the query string', async () => {
+    const input = encodeURIComponent(JSON.stringify({ json: { userId: 'u-1' } }));
+    const response = await fetch(
+      `${server.url}/trpc/internal.credits.balance?input=${input}&x-service-key=${SERVICE_KEY}`,
+    );
+    expect(response.status).toBe(401);
+  });
+
+  it('the verifier compares against all keys and refuses empty input', () => {
+    const verify = createServiceKeyVerifier(['a'.repeat(32), 'b'.repeat(32)]);
+    expect(verify('b'.repeat(32))).toBe(true);
+    expect(verify('')).toBe(false);
+    expect(verify(undefined)).toBe(false);
+    expect(createServiceKeyVerifier([])('anything')).toBe(false);
+  });
+});
+
+describe('errors and request ids', () => {
+  it('echoes a sane x-request-id and puts it in error data', async () => {
+    const response = await fetch(`${server.url}/trpc/credits.balance`, {
+      headers: { 'x-request-id': 'req-abc.123' },
+    });
+    expect(response.headers.get('x-request-id')).toBe('req-abc.123');
+    const body = (await response.json()) as { error: { json: { data: { requestId: string } } } };
+    expect(body.error.json.data.requestId).toBe('req-abc.123');
+  });
+
+  it('replaces an unsafe x-request-id', async () => {
+    const response = await fetch(`${server.url}/health`, {
+      headers: { 'x-request-id': 'bad id\twith spaces' },
+    });
+    expect(response.headers.get('x-request-id')).toMatch(/^[0-9a-f-]{36}$/);
+  });
+
+  it('invalid JSON is a 400 without internals', async () => {
+    const response = await fetch(`${server.url}/trpc/internal.credits.use`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-service-key': SERVICE_KEY },
+      body: '{"json": {',
+    });
+    expect(response.status).toBe(400);
+    expect(await response.text()).not.toMatch(/at .*\.(ts|js):\d+/);
+  });
+
+  it('a body over the limit is a 413', async () => {
+    const response = await fetch(`${server.url}/trpc/credits.use`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ json: { pad: 'x'.repeat(2 * 1024 * 1024) } }),
+    });
+    expect(response.status).toBe(413);
+  });
+
+  it('health and readiness answer', async () => {
+    expect((await fetch(`${server.url}/health`)).status).toBe(200);
+    const ready = await fetch(`${server.url}/ready`);
+    expect(ready.status).toBe(200);
+    expect(await ready.json()).toEqual({ status: 'ready' });
+  });
+});

@@ -1,0 +1,95 @@
+import { randomUUID } from 'node:crypto';
+import { createTRPCClient, httpBatchLink, httpLink, type TRPCClient } from '@trpc/client';
+import type { FastifyInstance } from 'fastify';
+import superjson from 'superjson';
+import { buildApp } from '../../src/app.ts';
+import { configFrom } from '../../src/config.ts';
+import { type AppDeps, createAppDeps } from '../../src/deps.ts';
+import type { AppRouter } from '../../src/trpc/routers/_app.ts';
+import { TestAuthServer, type TestUser } from './auth-server.ts';
+import { createTestDatabase, type TestDatabase } from './database.ts';
+
+export const SERVICE_KEY = 'test-service-key-0123456789abcdefghij';
+
+export type Client = TRPCClient<AppRouter>;
+
+export interface TestServer {
+  url: string;
+  app: FastifyInstance;
+  deps: AppDeps;
+  auth: TestAuthServer;
+  database: TestDatabase;
+  /** A tRPC client acting as `user` (a fresh random user when omitted). */
+  userClient(user?: TestUser, options?: { batch?: boolean }): Promise<Client>;
+  /** A tRPC client acting as an internal service. */
+  internalClient(options?: { serviceKey?: string; appId?: string; batch?: boolean }): Client;
+  /** A client with arbitrary headers (for auth refusal tests). */
+  rawClient(headers: Record<string, string>): Client;
+  close(): Promise<void>;
+}
+
+export function newUser(overrides: Partial<TestUser> = {}): TestUser & { id: string } {
+  const id = overrides.id ?? `user-${randomUUID()}`;
+  return { email: `${id}@example.test`, name: `Test ${id.slice(5, 13)}`, ...overrides, id };
+}
+
+export function clientFor(
+  url: string,
+  headers: () => Record<string, string> | Promise<Record<string, string>>,
+  batch = false,
+): Client {
+  const link = batch
+    ? httpBatchLink({ url: `${url}/trpc`, transformer: superjson, headers, maxItems: 50 })
+    : httpLink({ url: `${url}/trpc`, transformer: superjson, headers });
+  return createTRPCClient<AppRouter>({ links: [link] });
+}
+
+/** Starts the real server on a fresh database with a real auth server beside it, on port 0. */
+export async function startTestServer(env: Record<string, string | undefined> = {}): Promise<TestServer> {
+  const auth = await TestAuthServer.start();
+  const database = await createTestDatabase();
+  const config = configFrom({
+    MANA_CORE_AUTH_URL: auth.url,
+    MANA_CORE_SERVICE_KEY: SERVICE_KEY,
+    PORT: '0',
+    HOST: '127.0.0.1',
+    DB_POOL_SIZE: '10',
+    ...database.env,
+    ...env,
+  });
+  const deps = await createAppDeps(config);
+  const app = await buildApp(deps, { closeDepsOnClose: true, logger: false });
+  await app.listen({ port: 0, host: '127.0.0.1' });
+  const address = app.server.address();
+  const port = typeof address === 'object' && address ? address.port : 0;
+  const url = `http://127.0.0.1:${port}`;
+  return {
+    url,
+    app,
+    deps,
+    auth,
+    database,
+    async userClient(user = newUser(), options = {}) {
+      const token = await auth.sign(user);
+      return clientFor(url, () => ({ authorization: `Bearer ${token}` }), options.batch);
+    },
+    internalClient(options = {}) {
+      return clientFor(
+        url,
+        () => ({
+          'x-service-key': options.serviceKey ?? SERVICE_KEY,
+          'x-app-id': options.appId ?? 'test-suite',
+        }),
+        options.batch,
+      );
+    },
+    rawClient(headers) {
+      return clientFor(url, () => headers);
+    },
+    async close() {
+      await app.close();
+      await auth.close();
+      await database.drop();
+    },
+  };
+}
