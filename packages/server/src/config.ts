@@ -23,6 +23,7 @@ const envSchema = z.object({
   DATABASE_URL: optionalText,
   DATA_DIR: z.string().default('./.data'),
   DB_POOL_SIZE: z.coerce.number().int().min(1).max(200).default(10),
+  COALESCE_DEBITS: booleanFromEnv.default(true),
   MIGRATE_ON_START: booleanFromEnv.default(true),
   MANA_CORE_AUTH_URL: optionalText.pipe(z.url().optional()),
   JWKS_URL: optionalText.pipe(z.url().optional()),
@@ -60,6 +61,8 @@ export interface Config {
   databaseUrl: string | undefined;
   dataDir: string;
   dbPoolSize: number;
+  /** Batch concurrent debits of one account into one transaction (see SpendCoalescer). */
+  coalesceDebits: boolean;
   migrateOnStart: boolean;
   authUrl: string | undefined;
   jwksUrl: string | undefined;
@@ -137,6 +140,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     databaseUrl: e.DATABASE_URL,
     dataDir: e.DATA_DIR,
     dbPoolSize: e.DB_POOL_SIZE,
+    coalesceDebits: e.COALESCE_DEBITS,
     migrateOnStart: e.MIGRATE_ON_START,
     authUrl,
     jwksUrl: e.JWKS_URL ?? (authUrl ? `${authUrl}/api/auth/jwks` : undefined),

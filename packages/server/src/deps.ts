@@ -4,6 +4,9 @@ import type { Kysely } from 'kysely';
 import { createJwtVerifier, type VerifyUserToken } from './auth/jwt.ts';
 import { createServiceKeyVerifier } from './auth/service-key.ts';
 import type { Config } from './config.ts';
+import type { MovementResult } from './domain/credits/mappers.ts';
+import { type SpendInput, spendCredits } from './domain/credits/personal.ts';
+import { SpendCoalescer } from './domain/credits/spend-coalescer.ts';
 
 /** Everything a request handler may use; built once per process by createAppDeps (or by tests). */
 export interface AppDeps {
@@ -12,6 +15,8 @@ export interface AppDeps {
   dbHandle: DbHandle;
   verifyUserToken: VerifyUserToken;
   verifyServiceKey: (presented: string | undefined) => boolean;
+  /** Personal spends go through here: coalesced per hot account, or one by one when disabled. */
+  spend: (input: SpendInput) => Promise<MovementResult>;
 }
 
 export type Logger = FastifyBaseLogger;
@@ -38,5 +43,12 @@ export async function createAppDeps(config: Readonly<Config>): Promise<AppDeps> 
       audience: config.jwtAudience,
     }),
     verifyServiceKey: createServiceKeyVerifier(config.serviceKeys),
+    spend: personalSpender(dbHandle.db, config.coalesceDebits),
   };
+}
+
+function personalSpender(db: Kysely<Database>, coalesce: boolean): AppDeps['spend'] {
+  if (!coalesce) return (input) => spendCredits(db, input);
+  const coalescer = new SpendCoalescer(db);
+  return (input) => coalescer.spend(input);
 }

@@ -181,3 +181,62 @@ export async function listLedgerEntries(
   const page = hasMore ? rows.slice(0, limit) : rows;
   return { rows: page, nextCursor: hasMore ? (page[page.length - 1]?.id ?? null) : null };
 }
+
+export interface UsageDebit {
+  amount: number;
+  appId: string;
+  description: string;
+  metadata?: JsonObject | null | undefined;
+  idempotencyKey?: string | null | undefined;
+  requestHash: string;
+}
+
+export type UsageDebitOutcome =
+  | { outcome: 'ok' | 'replay'; id: string; balanceAfter: number; available: number; createdAt: Date }
+  | { outcome: 'conflict' }
+  | { outcome: 'insufficient'; available: number };
+
+/**
+ * Many usage debits of one user in one transaction (credits.debit_many), applied in order: each gets its
+ * own ledger row and outcome, exactly as if sent one by one, but the account's row is locked and committed
+ * once. Outcomes come back in input order.
+ */
+export async function debitMany(
+  db: Kysely<Database>,
+  userId: string,
+  debits: readonly UsageDebit[],
+): Promise<UsageDebitOutcome[]> {
+  const items = debits.map((debit) => ({
+    amount: debit.amount,
+    app_id: debit.appId,
+    description: debit.description,
+    ...(debit.metadata ? { metadata: debit.metadata } : {}),
+    ...(debit.idempotencyKey ? { idempotency_key: debit.idempotencyKey } : {}),
+    request_hash: debit.requestHash,
+  }));
+  const { rows } = await sql<{
+    ord: number;
+    outcome: 'ok' | 'replay' | 'conflict' | 'insufficient';
+    id: string | null;
+    balance_after: number | null;
+    available_after: number | null;
+    created_at: Date | null;
+  }>`select * from credits.debit_many(${userId}, ${JSON.stringify(items)}::jsonb)`.execute(db);
+  const outcomes: UsageDebitOutcome[] = new Array(debits.length);
+  for (const row of rows) {
+    const index = row.ord - 1;
+    if (row.outcome === 'conflict') outcomes[index] = { outcome: 'conflict' };
+    else if (row.outcome === 'insufficient')
+      outcomes[index] = { outcome: 'insufficient', available: row.available_after ?? 0 };
+    else {
+      outcomes[index] = {
+        outcome: row.outcome,
+        id: row.id!,
+        balanceAfter: row.balance_after!,
+        available: row.available_after ?? row.balance_after!,
+        createdAt: row.created_at!,
+      };
+    }
+  }
+  return outcomes;
+}

@@ -21,14 +21,19 @@ export interface SpendInput {
   metadata?: JsonObject | undefined;
 }
 
-/** Spends personal credits: one statement, idempotent by (user, key). */
-export async function spendCredits(db: Kysely<Database>, input: SpendInput): Promise<MovementResult> {
-  const hash = requestHash('credits.use', {
+/** The fingerprint of a personal spend; the same for a single debit and a coalesced one. */
+export function spendRequestHash(input: SpendInput): string {
+  return requestHash('credits.use', {
     amount: input.amount,
     appId: input.appId,
     description: input.description,
     metadata: input.metadata,
   });
+}
+
+/** Spends personal credits: one statement, idempotent by (user, key). */
+export async function spendCredits(db: Kysely<Database>, input: SpendInput): Promise<MovementResult> {
+  const hash = spendRequestHash(input);
   return withLedgerIdempotency(
     db,
     { userId: input.userId, key: input.idempotencyKey, hash },

@@ -1,10 +1,5 @@
 import { z } from 'zod';
-import {
-  activePackages,
-  balanceOf,
-  spendCredits,
-  transactionHistory,
-} from '../../domain/credits/personal.ts';
+import { activePackages, balanceOf, transactionHistory } from '../../domain/credits/personal.ts';
 import { amount, appId, description, idempotencyKey, metadata, pageInput } from '../../schemas.ts';
 import { authedProcedure, publicProcedure, router } from '../init.ts';
 
@@ -21,7 +16,7 @@ export const creditsRouter = router({
 
   use: authedProcedure
     .input(useInput)
-    .mutation(({ ctx, input }) => spendCredits(ctx.deps.db, { userId: ctx.user.id, ...input })),
+    .mutation(({ ctx, input }) => ctx.deps.spend({ userId: ctx.user.id, ...input })),
 
   transactions: authedProcedure
     .input(pageInput.optional())

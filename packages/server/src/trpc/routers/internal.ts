@@ -1,11 +1,5 @@
 import { z } from 'zod';
-import {
-  balanceOf,
-  grantCredits,
-  initBalance,
-  refundUsage,
-  spendCredits,
-} from '../../domain/credits/personal.ts';
+import { balanceOf, grantCredits, initBalance, refundUsage } from '../../domain/credits/personal.ts';
 import { amount, description, idempotencyKey, text, userId, uuid } from '../../schemas.ts';
 import { internalProcedure, router } from '../init.ts';
 import { useInput } from './credits.ts';
@@ -21,7 +15,7 @@ const internalCreditsRouter = router({
 
   use: internalProcedure
     .input(useInput.extend({ userId }))
-    .mutation(({ ctx, input }) => spendCredits(ctx.deps.db, input)),
+    .mutation(({ ctx, input }) => ctx.deps.spend(input)),
 
   grant: internalProcedure
     .input(z.strictObject({ userId, amount, reason: text(500).min(1), idempotencyKey }))

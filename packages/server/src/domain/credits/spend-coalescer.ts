@@ -1,0 +1,86 @@
+import { type Database, debitMany } from '@mana-credits/db';
+import type { Kysely } from 'kysely';
+import { IdempotencyConflictError, InsufficientCreditsError } from '../errors.ts';
+import type { MovementResult } from './mappers.ts';
+import { type SpendInput, spendCredits, spendRequestHash } from './personal.ts';
+
+interface Waiting {
+  input: SpendInput;
+  resolve: (result: MovementResult) => void;
+  reject: (error: unknown) => void;
+}
+
+const MAX_COALESCED = 200;
+
+/**
+ * Coalesces concurrent debits of one account. The first debit of an account goes straight to the database
+ * (one statement, no added latency); debits that arrive for the same account while it is in flight wait and
+ * then go together through credits.debit_many: one lock, one commit, each caller still with its own ledger
+ * row, idempotency and answer. This only batches: every rule is still enforced by Postgres, so any number of
+ * server instances may coalesce independently.
+ */
+export class SpendCoalescer {
+  private readonly lanes = new Map<string, Waiting[]>();
+
+  constructor(private readonly db: Kysely<Database>) {}
+
+  spend(input: SpendInput): Promise<MovementResult> {
+    const waiting = this.lanes.get(input.userId);
+    if (waiting) {
+      return new Promise((resolve, reject) => waiting.push({ input, resolve, reject }));
+    }
+    this.lanes.set(input.userId, []);
+    const result = spendCredits(this.db, input);
+    void result.then(
+      () => this.drain(input.userId),
+      () => this.drain(input.userId),
+    );
+    return result;
+  }
+
+  private async drain(userId: string): Promise<void> {
+    const waiting = this.lanes.get(userId);
+    while (waiting && waiting.length > 0) {
+      const batch = waiting.splice(0, MAX_COALESCED);
+      await this.applyTogether(userId, batch);
+    }
+    this.lanes.delete(userId);
+  }
+
+  private async applyTogether(userId: string, batch: Waiting[]): Promise<void> {
+    if (batch.length === 1) {
+      const [only] = batch as [Waiting];
+      await spendCredits(this.db, only.input).then(only.resolve, only.reject);
+      return;
+    }
+    let outcomes: Awaited<ReturnType<typeof debitMany>>;
+    try {
+      outcomes = await debitMany(
+        this.db,
+        userId,
+        batch.map(({ input }) => ({
+          amount: input.amount,
+          appId: input.appId,
+          description: input.description,
+          metadata: input.metadata,
+          idempotencyKey: input.idempotencyKey,
+          requestHash: spendRequestHash(input),
+        })),
+      );
+    } catch {
+      // The batch failed as a whole (nothing was written): let each debit take the single path on its own.
+      await Promise.all(
+        batch.map(({ input, resolve, reject }) => spendCredits(this.db, input).then(resolve, reject)),
+      );
+      return;
+    }
+    batch.forEach(({ input, resolve, reject }, index) => {
+      const outcome = outcomes[index];
+      if (!outcome) reject(new Error('debit_many returned no outcome'));
+      else if (outcome.outcome === 'conflict') reject(new IdempotencyConflictError());
+      else if (outcome.outcome === 'insufficient')
+        reject(new InsufficientCreditsError(input.amount, outcome.available));
+      else resolve({ transactionId: outcome.id, balance: outcome.available });
+    });
+  }
+}
