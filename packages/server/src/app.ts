@@ -4,6 +4,7 @@ import { type FastifyTRPCPluginOptions, fastifyTRPCPlugin } from '@trpc/server/a
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import { sql } from 'kysely';
 import type { AppDeps } from './deps.ts';
+import { restApi } from './http/rest/plugin.ts';
 import { createContextFactory } from './trpc/context.ts';
 import { type AppRouter, appRouter } from './trpc/routers/_app.ts';
 
@@ -101,6 +102,8 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
       },
     } satisfies FastifyTRPCPluginOptions<AppRouter>['trpcOptions'],
   });
+
+  await app.register(restApi, { deps });
 
   if (options.closeDepsOnClose) {
     app.addHook('onClose', async () => {
