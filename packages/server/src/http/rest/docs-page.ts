@@ -2,7 +2,12 @@ import type { OpenApiDocument } from './openapi.ts';
 
 const escapeHtml = (text: string) => text.replace(/[&<>"']/g, (char) => `&#${char.charCodeAt(0)};`);
 
-const json = (value: unknown) => `<pre>${escapeHtml(JSON.stringify(value, null, 2))}</pre>`;
+/** Pretty JSON, with each $ref to a named schema a link to it further down the page. */
+const json = (value: unknown) =>
+  `<pre>${escapeHtml(JSON.stringify(value, null, 2)).replace(
+    /&#34;#\/components\/schemas\/(\w+)&#34;/g,
+    '<a href="#schema-$1">$1</a>',
+  )}</pre>`;
 
 interface Operation {
   operationId: string;
@@ -61,7 +66,7 @@ export function renderDocsPage(document: OpenApiDocument, documentUrl: string): 
 <style>
 body{font:15px/1.5 system-ui,sans-serif;max-width:980px;margin:2rem auto;padding:0 1rem;color:#1d1d1f}
 section{border-top:1px solid #ddd;padding:.5rem 0}
-pre{background:#f5f5f7;padding:.5rem;overflow:auto;font-size:12px;margin:0}
+pre{background:#f5f5f7;padding:.5rem;white-space:pre-wrap;word-break:break-all;font-size:12px;margin:0}
 table{border-collapse:collapse;width:100%;margin:.5rem 0}td,th{border:1px solid #ddd;padding:4px;vertical-align:top;text-align:left}
 .method{font-weight:bold;padding:0 6px;border-radius:4px;color:#fff}.get{background:#0a7}.post{background:#06c}.put{background:#c70}.delete{background:#c33}
 </style></head><body>
