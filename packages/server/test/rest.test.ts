@@ -238,6 +238,24 @@ describe('POST /api/v1/credits/use', () => {
     });
   });
 
+  it('refuses prototype keys in the body with 400, writing nothing', async () => {
+    const { user, token } = await tokenFor();
+    await fund(user.id, 10);
+    for (const body of [
+      '{"amount": 1, "appId": "a", "description": "x", "__proto__": {"amount": 2}}',
+      '{"amount": 1, "appId": "a", "description": "x", "metadata": {"constructor": {"prototype": {}}}}',
+    ]) {
+      const response = await fetch(`${server.url}/api/v1/credits/use`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        body,
+      });
+      expect(response.status, body).toBe(400);
+      expect(await response.json()).toMatchObject({ error: { reason: expect.any(String) } });
+    }
+    expect(await ledgerSum(server.deps.db, user.id)).toBe(10);
+  });
+
   it('refuses without a token: 401', async () => {
     const answer = await call('POST /api/v1/credits/use', {
       body: { amount: 1, appId: 'a', description: 'x' },
@@ -273,6 +291,7 @@ describe('GET /api/v1/credits/transactions', () => {
       { limit: '1.5' },
       { cursor: 'nope' },
       { page: '2' },
+      { ['__proto__']: '2' },
     ];
     for (const query of queries) {
       const answer = await call('GET /api/v1/credits/transactions', { token, query });
