@@ -1,11 +1,11 @@
-// Bundles the declarations emitted by `tsc -p tsconfig.build.json` (build/types) into dist/index.d.ts and
-// dist/index.d.cts, inlining the server's router types so that a consumer needs only this package,
-// @trpc/client (with its peer @trpc/server) and superjson.
+// Bundles the declarations that `tsc -p tsconfig.build.json` emits (into node_modules/.cache, out of git's
+// and Biome's way) into dist/index.d.ts and dist/index.d.cts, inlining the server's router types so that a
+// consumer needs only this package, @trpc/client (with its peer @trpc/server) and superjson.
 import { existsSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { dts } from 'rollup-plugin-dts';
 
-const types = resolve('build/types');
+const types = resolve('node_modules/.cache/declarations');
 const WORKSPACE = {
   '@mana-credits/server/router': `${types}/server/src/trpc/routers/_app.d.ts`,
   '@mana-credits/db': `${types}/db/src/index.d.ts`,

@@ -49,10 +49,6 @@ export function describeValidation(issues: ValidationIssue[]): string {
   return `Invalid input: ${issues.map((issue) => `${issue.field}: ${issue.message}`).join('; ')}`;
 }
 
-export function toTRPCError(error: DomainError): TRPCError {
-  return new TRPCError({ code: CODE_OF_KIND[error.kind], message: error.message, cause: error });
-}
-
 export interface ErrorDescription {
   message: string;
   reason: string;
@@ -69,6 +65,10 @@ export function describeError(error: TRPCError): ErrorDescription {
     return { message: describeValidation(issues), reason: 'VALIDATION', details: { issues } };
   }
   return { message, reason: DEFAULT_REASON[error.code] ?? error.code };
+}
+
+export function toTRPCError(error: DomainError): TRPCError {
+  return new TRPCError({ code: CODE_OF_KIND[error.kind], message: error.message, cause: error });
 }
 
 const t = initTRPC.context<Context>().create({
