@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { reconcile } from '../../domain/audit/reconcile.ts';
 import { balanceOf, grantCredits, initBalance, refundUsage } from '../../domain/credits/personal.ts';
 import { amount, description, idempotencyKey, text, userId, uuid } from '../../schemas.ts';
 import { internalProcedure, router } from '../init.ts';
@@ -30,4 +31,7 @@ const internalCreditsRouter = router({
 
 export const internalRouter = router({
   credits: internalCreditsRouter,
+  audit: router({
+    reconcile: internalProcedure.query(({ ctx }) => reconcile(ctx.deps.db)),
+  }),
 });

@@ -1,0 +1,124 @@
+import type { Database } from '@mana-credits/db';
+import { type Kysely, sql } from 'kysely';
+
+/** One kind of drift with the ids that show it (capped, with the full count). */
+export interface ReconcileCheck {
+  name: string;
+  description: string;
+  ok: boolean;
+  violations: number;
+  /** Up to SAMPLE offending rows. */
+  samples: Record<string, unknown>[];
+}
+
+export interface ReconcileReport {
+  ok: boolean;
+  checkedAt: Date;
+  durationMs: number;
+  totals: Record<string, number>;
+  checks: ReconcileCheck[];
+}
+
+const SAMPLE = 20;
+
+interface CheckDefinition {
+  name: string;
+  description: string;
+  /** A query returning one row per violation. */
+  query: ReturnType<typeof sql>;
+}
+
+async function runCheck(db: Kysely<Database>, check: CheckDefinition): Promise<ReconcileCheck> {
+  const { rows } = await sql<Record<string, unknown> & { violations: number }>`
+    with v as (${check.query})
+    select v.*, count(*) over ()::int8 as violations from v limit ${SAMPLE}`.execute(db);
+  const violations = rows[0]?.violations ?? 0;
+  return {
+    name: check.name,
+    description: check.description,
+    ok: violations === 0,
+    violations,
+    samples: rows.map(({ violations: _count, ...row }) => row),
+  };
+}
+
+/** Every check reads committed data in one repeatable-read snapshot, so concurrent traffic cannot fake a drift. */
+const CHECKS: CheckDefinition[] = [
+  {
+    name: 'user_ledger_matches_balance',
+    description: 'per user: Σ ledger = balance',
+    query: sql`
+      select coalesce(b.user_id, l.user_id) as user_id, coalesce(b.balance, 0) as balance, coalesce(l.total, 0) as ledger
+        from credits.balances b
+        full join (select user_id, sum(amount)::int8 as total from credits.transactions group by user_id) l
+          on l.user_id = b.user_id
+       where coalesce(b.balance, 0) <> coalesce(l.total, 0)`,
+  },
+  {
+    name: 'balances_non_negative',
+    description: 'per user: balance >= 0 and 0 <= reserved <= balance',
+    query: sql`select user_id, balance, reserved from credits.balances where balance < 0 or reserved < 0 or reserved > balance`,
+  },
+  {
+    name: 'ledger_chain',
+    description: 'per ledger row: balance_after = balance_before + amount',
+    query: sql`select id, user_id from credits.transactions where balance_after <> balance_before + amount`,
+  },
+  {
+    name: 'pool_ledger_matches_balance',
+    description: 'per pool: Σ guild ledger = pool balance, balance >= 0',
+    query: sql`
+      select coalesce(p.organization_id, l.organization_id) as organization_id, coalesce(p.balance, 0) as balance,
+             coalesce(l.total, 0) as ledger
+        from credits.guild_pools p
+        full join (select organization_id, sum(amount)::int8 as total from credits.guild_transactions
+                    group by organization_id) l on l.organization_id = p.organization_id
+       where coalesce(p.balance, 0) <> coalesce(l.total, 0) or p.balance < 0 or p.reserved > p.balance`,
+  },
+  {
+    name: 'one_execution_per_idempotency_key',
+    description: 'per (account, idempotency key): one ledger row',
+    query: sql`
+      select user_id, idempotency_key, count(*)::int8 as executions from credits.transactions
+       where idempotency_key is not null group by user_id, idempotency_key having count(*) > 1
+      union all
+      select organization_id || '/' || user_id, idempotency_key, count(*)::int8 from credits.guild_transactions
+       where idempotency_key is not null group by organization_id, user_id, idempotency_key having count(*) > 1`,
+  },
+  {
+    name: 'refunds_within_usage',
+    description: 'per usage row: Σ refunds <= the amount spent',
+    query: sql`
+      select u.id as transaction_id, u.user_id, -u.amount as spent, r.refunded
+        from credits.transactions u
+        join (select reference_transaction_id, sum(amount)::int8 as refunded from credits.transactions
+               where type = 'refund' and reference_transaction_id is not null group by reference_transaction_id) r
+          on r.reference_transaction_id = u.id
+       where r.refunded > -u.amount`,
+  },
+];
+
+/** Checks that not one credit was created, lost or spent twice; returns every drift with its ids. */
+export async function reconcile(db: Kysely<Database>): Promise<ReconcileReport> {
+  const started = performance.now();
+  return db
+    .transaction()
+    .setIsolationLevel('repeatable read')
+    .setAccessMode('read only')
+    .execute(async (trx) => {
+      const checks: ReconcileCheck[] = [];
+      for (const check of CHECKS) checks.push(await runCheck(trx, check));
+      const totals = await sql<{ users: number; ledger_rows: number; balances: number; pools: number }>`
+        select (select count(*) from credits.balances)::int8 as users,
+               (select count(*) from credits.transactions)::int8 as ledger_rows,
+               (select coalesce(sum(balance), 0) from credits.balances)::int8 as balances,
+               (select coalesce(sum(balance), 0) from credits.guild_pools)::int8 as pools`.execute(trx);
+      return {
+        ok: checks.every((check) => check.ok),
+        checkedAt: new Date(),
+        durationMs: Math.round(performance.now() - started),
+        totals: totals.rows[0] ?? {},
+        checks,
+      };
+    });
+}
