@@ -1,0 +1,101 @@
+import { appendFileSync } from 'node:fs';
+import {
+  type CallOptions,
+  callOnce,
+  type LoggedOperation,
+  type Operation,
+  seededRandom,
+} from './protocol.ts';
+
+/**
+ * A chaos client process: drives mixed traffic against the servers until its deadline, retrying an unknown
+ * outcome a few times with the same idempotency key, and logs every operation (one JSON line each).
+ */
+interface WorkerConfig extends CallOptions {
+  worker: number;
+  seed: number;
+  deadline: number;
+  users: string[];
+  logFile: string;
+  retries: number;
+}
+
+const config = JSON.parse(process.env.CHAOS_WORKER ?? '{}') as WorkerConfig;
+const random = seededRandom(config.seed);
+const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)] as T;
+let sequence = 0;
+const spentUsages: { userId: string; transactionId: string; amount: number }[] = [];
+
+function nextOperation(): Operation {
+  const id = `w${config.worker}-${++sequence}`;
+  const userId = pick(config.users);
+  const roll = random();
+  if (roll < 0.1 && spentUsages.length > 0) {
+    const usage = spentUsages.splice(Math.floor(random() * spentUsages.length), 1)[0]!;
+    return {
+      id,
+      kind: 'refund',
+      path: 'internal.credits.refund',
+      actor: 'service',
+      input: {
+        userId: usage.userId,
+        transactionId: usage.transactionId,
+        amount: 1,
+        description: 'chaos refund',
+        idempotencyKey: id,
+      },
+    };
+  }
+  if (roll < 0.15) {
+    return {
+      id,
+      kind: 'grant',
+      path: 'internal.credits.grant',
+      actor: 'service',
+      input: { userId, amount: 1 + Math.floor(random() * 20), reason: 'chaos grant', idempotencyKey: id },
+    };
+  }
+  const amount = 1 + Math.floor(random() * 5);
+  if (roll < 0.4) {
+    return {
+      id,
+      kind: 'use',
+      path: 'credits.use',
+      actor: userId,
+      input: { amount, appId: 'chaos', description: 'chaos use (user)', idempotencyKey: id },
+    };
+  }
+  return {
+    id,
+    kind: 'use',
+    path: 'internal.credits.use',
+    actor: 'service',
+    input: { userId, amount, appId: 'chaos', description: 'chaos use', idempotencyKey: id },
+  };
+}
+
+async function run(operation: Operation): Promise<LoggedOperation> {
+  let last: Awaited<ReturnType<typeof callOnce>> = { outcome: 'unknown' };
+  let attempts = 0;
+  while (attempts <= config.retries) {
+    attempts++;
+    last = await callOnce(operation, config, pick(config.baseUrls));
+    if (last.outcome !== 'unknown') break;
+    await new Promise((resolve) => setTimeout(resolve, 50 + random() * 200));
+  }
+  return { ...operation, ...last, attempts };
+}
+
+while (Date.now() < config.deadline) {
+  const logged = await run(nextOperation());
+  if (logged.kind === 'use' && logged.outcome === 'ok' && logged.result) {
+    const userId = (logged.input.userId as string | undefined) ?? logged.actor;
+    spentUsages.push({
+      userId,
+      transactionId: logged.result.transactionId as string,
+      amount: logged.input.amount as number,
+    });
+    if (spentUsages.length > 50) spentUsages.shift();
+  }
+  appendFileSync(config.logFile, `${JSON.stringify(logged)}\n`);
+}
