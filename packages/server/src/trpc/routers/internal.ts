@@ -9,6 +9,7 @@ import {
 import { amount, description, idempotencyKey, text, userId, uuid } from '../../schemas.ts';
 import { internalProcedure, router } from '../init.ts';
 import { useInput } from './credits.ts';
+import { internalGiftsRouter } from './gifts.ts';
 
 const internalCreditsRouter = router({
   balance: internalProcedure
@@ -36,4 +37,5 @@ const internalCreditsRouter = router({
 
 export const internalRouter = router({
   credits: internalCreditsRouter,
+  gifts: internalGiftsRouter,
 });
