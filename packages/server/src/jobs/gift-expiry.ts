@@ -6,8 +6,8 @@ import { expireDueGifts } from '../domain/gifts/escrow.ts';
 const RATE_LIMIT_RETENTION_SECONDS = 3600;
 
 /**
- * The periodic expiry sweep: starts when the app is ready, stops (and waits for a pass in progress) when it
- * closes. Every instance may run it; expireDueGifts is safe to run concurrently. Interval 0 turns it off.
+ * The periodic expiry sweep: starts when the app is ready, stops (and waits for a pass in progress) as it
+ * starts closing. Every instance may run it; expireDueGifts is safe to run concurrently. Interval 0 turns it off.
  */
 export function registerGiftExpirySweep(app: FastifyInstance): void {
   const intervalMs = app.deps.config.giftExpirySweepSeconds * 1000;
@@ -39,7 +39,8 @@ export function registerGiftExpirySweep(app: FastifyInstance): void {
   app.addHook('onReady', async () => {
     schedule();
   });
-  app.addHook('onClose', async () => {
+  // preClose runs before every onClose hook (those run last-added first), so the database is still open.
+  app.addHook('preClose', async () => {
     stopped = true;
     clearTimeout(timer);
     await running;
