@@ -174,6 +174,10 @@ export interface GiftCodesTable {
   expires_at: ColumnType<Date, Date | string, Date | string>;
   created_at: Timestamp;
   updated_at: Timestamp;
+  /** Escrow returned to the creator by cancel or expiry (2026_11_25_0300_gifts). */
+  refunded_credits: Int8Default;
+  /** The ledger entry that debited the escrow. */
+  funding_transaction_id: string | null;
 }
 
 export interface GiftRedemptionsTable {
@@ -186,6 +190,13 @@ export interface GiftRedemptionsTable {
   credit_transaction_id: string | null;
   source_app_id: string | null;
   created_at: Timestamp;
+}
+
+/** One fixed-window counter per bucket (e.g. a client address), shared by every server instance. */
+export interface RateLimitsTable {
+  bucket: string;
+  window_start: Timestamp;
+  hits: number;
 }
 
 export interface Database {
@@ -201,8 +212,11 @@ export interface Database {
   'credits.guild_transactions': GuildTransactionsTable;
   'gifts.gift_codes': GiftCodesTable;
   'gifts.gift_redemptions': GiftRedemptionsTable;
+  'gifts.rate_limits': RateLimitsTable;
 }
 
 export type LedgerRow = Selectable<TransactionsTable>;
 export type NewLedgerRow = Insertable<TransactionsTable>;
 export type PackageRow = Selectable<PackagesTable>;
+export type GiftRow = Selectable<GiftCodesTable>;
+export type GiftRedemptionRow = Selectable<GiftRedemptionsTable>;

@@ -5,3 +5,4 @@ export * from './migrate.ts';
 export * from './queries/balances.ts';
 export * from './queries/errors.ts';
 export * from './queries/ledger.ts';
+export * from './queries/rate-limits.ts';

@@ -1,11 +1,13 @@
 import { type Kysely, type Migration, type MigrationResultSet, Migrator } from 'kysely';
 import * as initial from './migrations/2026_11_25_0001_initial.ts';
 import * as debitMany from './migrations/2026_11_25_0050_debit_many.ts';
+import * as gifts from './migrations/2026_11_25_0300_gifts.ts';
 
 /** Every migration, by its dated name. Add new ones here; never edit one that has shipped. */
 export const migrations: Record<string, Migration> = {
   '2026_11_25_0001_initial': initial,
   '2026_11_25_0050_debit_many': debitMany,
+  '2026_11_25_0300_gifts': gifts,
 };
 
 /**

@@ -4,6 +4,8 @@ import { type FastifyTRPCPluginOptions, fastifyTRPCPlugin } from '@trpc/server/a
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import { sql } from 'kysely';
 import type { AppDeps } from './deps.ts';
+import { registerGiftPage } from './http/gift-page.ts';
+import { registerGiftExpirySweep } from './jobs/gift-expiry.ts';
 import { createContextFactory } from './trpc/context.ts';
 import { type AppRouter, appRouter } from './trpc/routers/_app.ts';
 
@@ -101,6 +103,9 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
       },
     } satisfies FastifyTRPCPluginOptions<AppRouter>['trpcOptions'],
   });
+
+  registerGiftPage(app);
+  registerGiftExpirySweep(app);
 
   if (options.closeDepsOnClose) {
     app.addHook('onClose', async () => {

@@ -39,7 +39,9 @@ const envSchema = z.object({
   STRIPE_WEBHOOK_SECRET: optionalText,
   STRIPE_API_URL: optionalText.pipe(z.url().optional()),
   GIFT_REDEEM_URL: optionalText,
-  GIFT_EXPIRY_SWEEP_SECONDS: z.coerce.number().int().min(1).max(86400).default(60),
+  /** 0 turns the periodic sweep off (expiry on access still applies). */
+  GIFT_EXPIRY_SWEEP_SECONDS: z.coerce.number().int().min(0).max(86400).default(60),
+  GIFT_INFO_RATE_LIMIT_PER_MINUTE: z.coerce.number().int().min(1).max(1_000_000).default(60),
   RESERVATION_SWEEP_SECONDS: z.coerce.number().int().min(1).max(86400).default(15),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   BODY_LIMIT_BYTES: z.coerce
@@ -81,6 +83,8 @@ export interface Config {
   stripeApiUrl: string | undefined;
   giftRedeemUrl: string | undefined;
   giftExpirySweepSeconds: number;
+  /** gifts.info and the gift page, per client address. */
+  giftInfoRateLimitPerMinute: number;
   reservationSweepSeconds: number;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
   bodyLimitBytes: number;
@@ -96,6 +100,16 @@ export class ConfigError extends Error {
 }
 
 const MIN_PRODUCTION_KEY_LENGTH = 32;
+
+function isRedeemUrlTemplate(template: string): boolean {
+  if (!template.includes('{code}')) return false;
+  try {
+    const { protocol } = new URL(template.replaceAll('{code}', 'CODE'));
+    return protocol === 'https:' || protocol === 'http:';
+  } catch {
+    return false;
+  }
+}
 
 /** Reads and validates the environment once; a bad or missing variable throws a ConfigError naming it. */
 export function loadConfig(env: Record<string, string | undefined> = process.env): Readonly<Config> {
@@ -130,6 +144,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       problems.push('STRIPE_WEBHOOK_SECRET: required when STRIPE_SECRET_KEY is set in production');
     }
   }
+  if (e.GIFT_REDEEM_URL && !isRedeemUrlTemplate(e.GIFT_REDEEM_URL)) {
+    problems.push('GIFT_REDEEM_URL: must be an http(s) URL containing {code}');
+  }
   if (problems.length > 0) throw new ConfigError(problems);
 
   const authUrl = e.MANA_CORE_AUTH_URL?.replace(/\/+$/, '');
@@ -157,6 +174,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     stripeApiUrl: e.STRIPE_API_URL,
     giftRedeemUrl: e.GIFT_REDEEM_URL,
     giftExpirySweepSeconds: e.GIFT_EXPIRY_SWEEP_SECONDS,
+    giftInfoRateLimitPerMinute: e.GIFT_INFO_RATE_LIMIT_PER_MINUTE,
     reservationSweepSeconds: e.RESERVATION_SWEEP_SECONDS,
     logLevel: e.LOG_LEVEL,
     bodyLimitBytes: e.BODY_LIMIT_BYTES,

@@ -4,6 +4,7 @@ import { balanceOf, grantCredits, initBalance, refundUsage } from '../../domain/
 import { amount, description, idempotencyKey, text, userId, uuid } from '../../schemas.ts';
 import { internalProcedure, router } from '../init.ts';
 import { useInput } from './credits.ts';
+import { internalGiftsRouter } from './gifts.ts';
 
 const internalCreditsRouter = router({
   balance: internalProcedure
@@ -34,4 +35,5 @@ export const internalRouter = router({
   audit: router({
     reconcile: internalProcedure.query(({ ctx }) => reconcile(ctx.deps.db)),
   }),
+  gifts: internalGiftsRouter,
 });
