@@ -96,6 +96,54 @@ const CHECKS: CheckDefinition[] = [
           on r.reference_transaction_id = u.id
        where r.refunded > -u.amount`,
   },
+  {
+    name: 'gift_escrow',
+    description:
+      'per gift: funding = credits_per_portion × portions = claimed + refunded + still claimable, matching ledger and redemptions',
+    query: sql`
+      select g.id as gift_id, g.status, g.claimed_portions, g.refunded_credits, f.amount as funding,
+             coalesce(r.claims, 0) as claims, coalesce(r.credited, 0) as credited, coalesce(rf.refunded, 0) as refunded
+        from gifts.gift_codes g
+        left join credits.transactions f on f.id = g.funding_transaction_id
+        left join (select gift_code_id, count(*)::int8 as claims, sum(credits_received)::int8 as credited
+                     from gifts.gift_redemptions where status = 'success' group by gift_code_id) r
+          on r.gift_code_id = g.id
+        left join (select reference_transaction_id, sum(amount)::int8 as refunded from credits.transactions
+                    where type = 'refund' and reference_transaction_id is not null group by reference_transaction_id) rf
+          on rf.reference_transaction_id = g.funding_transaction_id
+       where f.amount is distinct from -(g.credits_per_portion * g.total_portions)
+          or coalesce(r.claims, 0) <> g.claimed_portions
+          or coalesce(r.credited, 0) <> g.credits_per_portion * g.claimed_portions
+          or coalesce(rf.refunded, 0) <> g.refunded_credits
+          or (g.status in ('active', 'depleted') and g.refunded_credits <> 0)
+          or (g.status = 'depleted' and g.claimed_portions <> g.total_portions)
+          or (g.status in ('expired', 'cancelled', 'refunded')
+              and g.refunded_credits + g.credits_per_portion * g.claimed_portions <> g.credits_per_portion * g.total_portions)`,
+  },
+  {
+    name: 'global_conservation',
+    description:
+      'Σ balances (holds included) + Σ pools + gift escrow = Σ purchased + Σ granted − Σ used (net of refunds) − Σ clawed back',
+    query: sql`
+      with flows as (
+        select
+          (select coalesce(sum(balance), 0) from credits.balances)::int8 as balances,
+          (select coalesce(sum(balance), 0) from credits.guild_pools)::int8 as pools,
+          (select coalesce(sum(credits_per_portion * (total_portions - claimed_portions)), 0) from gifts.gift_codes
+            where status = 'active')::int8 as escrow,
+          (select coalesce(sum(amount), 0) from credits.transactions where type = 'purchase')::int8 as purchased,
+          (select coalesce(sum(amount), 0) from credits.transactions where type = 'grant')::int8 as granted,
+          (select coalesce(-sum(amount), 0) from credits.transactions where type = 'clawback')::int8 as clawed_back,
+          ((select coalesce(-sum(amount), 0) from credits.transactions where type = 'usage')
+           - (select coalesce(sum(r.amount), 0) from credits.transactions r
+                join credits.transactions u on u.id = r.reference_transaction_id and u.type = 'usage'
+               where r.type = 'refund')
+           + (select coalesce(-sum(amount), 0) from credits.guild_transactions where type = 'usage')
+           - (select coalesce(sum(amount), 0) from credits.guild_transactions where type = 'refund'))::int8 as used
+      )
+      select * from flows
+       where balances + pools + escrow <> purchased + granted - used - clawed_back`,
+  },
 ];
 
 /** Checks that not one credit was created, lost or spent twice; returns every drift with its ids. */
