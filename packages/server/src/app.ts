@@ -4,6 +4,7 @@ import { type FastifyTRPCPluginOptions, fastifyTRPCPlugin } from '@trpc/server/a
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import { sql } from 'kysely';
 import type { AppDeps } from './deps.ts';
+import { stripeWebhookRoutes } from './http/stripe-webhook.ts';
 import { createContextFactory } from './trpc/context.ts';
 import { type AppRouter, appRouter } from './trpc/routers/_app.ts';
 
@@ -87,6 +88,8 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
       return reply.status(503).send({ status: 'database-unreachable' });
     }
   });
+
+  await app.register(stripeWebhookRoutes);
 
   await app.register(fastifyTRPCPlugin, {
     prefix: '/trpc',

@@ -1,9 +1,11 @@
 import { createDb, type Database, type DbHandle, migrateToLatest } from '@mana-credits/db';
 import type { FastifyBaseLogger } from 'fastify';
 import type { Kysely } from 'kysely';
+import type Stripe from 'stripe';
 import { createJwtVerifier, type VerifyUserToken } from './auth/jwt.ts';
 import { createServiceKeyVerifier } from './auth/service-key.ts';
 import type { Config } from './config.ts';
+import { createStripeClient } from './domain/stripe/client.ts';
 
 /** Everything a request handler may use; built once per process by createAppDeps (or by tests). */
 export interface AppDeps {
@@ -12,6 +14,8 @@ export interface AppDeps {
   dbHandle: DbHandle;
   verifyUserToken: VerifyUserToken;
   verifyServiceKey: (presented: string | undefined) => boolean;
+  /** Absent without STRIPE_SECRET_KEY: purchases then answer PAYMENTS_NOT_CONFIGURED. */
+  stripe?: Stripe;
 }
 
 export type Logger = FastifyBaseLogger;
@@ -38,5 +42,6 @@ export async function createAppDeps(config: Readonly<Config>): Promise<AppDeps> 
       audience: config.jwtAudience,
     }),
     verifyServiceKey: createServiceKeyVerifier(config.serviceKeys),
+    stripe: createStripeClient(config),
   };
 }
