@@ -1,5 +1,6 @@
 import type { FastifyInstance } from 'fastify';
 import Stripe from 'stripe';
+import { AMOUNT_MISMATCH } from '../domain/stripe/outcome.ts';
 import { applyStripeEvent } from '../domain/stripe/webhook.ts';
 
 export const STRIPE_WEBHOOK_PATH = '/api/v1/webhooks/stripe';
@@ -41,7 +42,7 @@ export async function stripeWebhookRoutes(app: FastifyInstance): Promise<void> {
     }
     const outcome = await applyStripeEvent(app.deps.db, event);
     const entry = { eventId: event.id, eventType: event.type, ...outcome };
-    if (outcome.result === 'ignored' && outcome.details && 'paid' in outcome.details) {
+    if (outcome.result === 'ignored' && outcome.reason === AMOUNT_MISMATCH) {
       request.log.error(entry, 'stripe payment not credited: amount mismatch');
     } else {
       request.log.info(entry, 'stripe event handled');

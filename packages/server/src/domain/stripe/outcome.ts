@@ -9,6 +9,9 @@ export type WebhookOutcome =
       details?: Record<string, unknown>;
     };
 
+/** The one ignored outcome that means money arrived and was not credited: operators must look. */
+export const AMOUNT_MISMATCH = 'paid amount does not match the purchase';
+
 export const ignored = (
   reason: string,
   purchaseId?: string,

@@ -1,7 +1,7 @@
 import { creditBalance, type Database, type PurchaseRow } from '@mana-credits/db';
 import { type Kysely, sql, type Transaction } from 'kysely';
 import type Stripe from 'stripe';
-import { ignored, type WebhookOutcome } from './outcome.ts';
+import { AMOUNT_MISMATCH, ignored, type WebhookOutcome } from './outcome.ts';
 import { applyDispute, applyRefund, settleReversals } from './reversals.ts';
 
 const idOf = (value: string | { id: string } | null | undefined) =>
@@ -176,7 +176,7 @@ async function completePurchase(
   payment: Payment,
 ): Promise<WebhookOutcome> {
   if (payment.amount !== purchase.price_euro_cents || payment.currency?.toLowerCase() !== purchase.currency) {
-    return ignored('paid amount does not match the purchase', purchase.id, {
+    return ignored(AMOUNT_MISMATCH, purchase.id, {
       expected: { amount: purchase.price_euro_cents, currency: purchase.currency },
       paid: { amount: payment.amount, currency: payment.currency },
     });
