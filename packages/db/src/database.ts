@@ -91,10 +91,33 @@ export interface PurchasesTable {
   stripe_payment_intent_id: string | null;
   stripe_checkout_session_id: string | null;
   stripe_customer_id: string | null;
+  stripe_charge_id: string | null;
   status: ColumnType<PurchaseStatus, PurchaseStatus | undefined, PurchaseStatus>;
   metadata: Json;
   created_at: Timestamp;
   completed_at: NullableTimestamp;
+  /** Credits refunds and disputes took back from the balance. */
+  clawed_back_credits: Int8Default;
+  /** Credits refunds and disputes should have taken back but the balance no longer had. */
+  unrecovered_credits: Int8Default;
+}
+
+export type ReversalKind = 'refund' | 'dispute';
+
+/** One refund or dispute of a purchase, recorded once (append-only). */
+export interface PurchaseReversalsTable {
+  id: Generated<string>;
+  purchase_id: string;
+  kind: ReversalKind;
+  /** `refund:<charge>:<cumulative amount>` or `dispute:<dispute>`: unique, so each is applied once. */
+  reversal_key: string;
+  stripe_object_id: string;
+  stripe_event_id: string;
+  /** Cumulative amount refunded, or the amount disputed, in cents. */
+  amount_cents: Int8;
+  /** The share of the purchase's credits this reversal takes back. */
+  credits_due: Int8;
+  created_at: Timestamp;
 }
 
 export interface StripeCustomersTable {
@@ -204,6 +227,7 @@ export interface Database {
   'credits.transactions': TransactionsTable;
   'credits.packages': PackagesTable;
   'credits.purchases': PurchasesTable;
+  'credits.purchase_reversals': PurchaseReversalsTable;
   'credits.stripe_customers': StripeCustomersTable;
   'credits.stripe_events': StripeEventsTable;
   'credits.usage_stats': UsageStatsTable;
@@ -220,3 +244,4 @@ export type NewLedgerRow = Insertable<TransactionsTable>;
 export type PackageRow = Selectable<PackagesTable>;
 export type GiftRow = Selectable<GiftCodesTable>;
 export type GiftRedemptionRow = Selectable<GiftRedemptionsTable>;
+export type PurchaseRow = Selectable<PurchasesTable>;

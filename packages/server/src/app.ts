@@ -5,6 +5,7 @@ import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastif
 import { sql } from 'kysely';
 import type { AppDeps } from './deps.ts';
 import { registerGiftPage } from './http/gift-page.ts';
+import { stripeWebhookRoutes } from './http/stripe-webhook.ts';
 import { registerGiftExpirySweep } from './jobs/gift-expiry.ts';
 import { createContextFactory } from './trpc/context.ts';
 import { type AppRouter, appRouter } from './trpc/routers/_app.ts';
@@ -89,6 +90,8 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
       return reply.status(503).send({ status: 'database-unreachable' });
     }
   });
+
+  await app.register(stripeWebhookRoutes);
 
   await app.register(fastifyTRPCPlugin, {
     prefix: '/trpc',

@@ -1,12 +1,14 @@
 import { createDb, type Database, type DbHandle, migrateToLatest } from '@mana-credits/db';
 import type { FastifyBaseLogger } from 'fastify';
 import type { Kysely } from 'kysely';
+import type Stripe from 'stripe';
 import { createJwtVerifier, type VerifyUserToken } from './auth/jwt.ts';
 import { createServiceKeyVerifier } from './auth/service-key.ts';
 import type { Config } from './config.ts';
 import type { MovementResult } from './domain/credits/mappers.ts';
 import { type SpendInput, spendCredits } from './domain/credits/personal.ts';
 import { SpendCoalescer } from './domain/credits/spend-coalescer.ts';
+import { createStripeClient } from './domain/stripe/client.ts';
 
 /** Everything a request handler may use; built once per process by createAppDeps (or by tests). */
 export interface AppDeps {
@@ -17,6 +19,8 @@ export interface AppDeps {
   verifyServiceKey: (presented: string | undefined) => boolean;
   /** Personal spends go through here: coalesced per hot account, or one by one when disabled. */
   spend: (input: SpendInput) => Promise<MovementResult>;
+  /** Absent without STRIPE_SECRET_KEY: purchases then answer PAYMENTS_NOT_CONFIGURED. */
+  stripe?: Stripe;
 }
 
 export type Logger = FastifyBaseLogger;
@@ -44,6 +48,7 @@ export async function createAppDeps(config: Readonly<Config>): Promise<AppDeps> 
     }),
     verifyServiceKey: createServiceKeyVerifier(config.serviceKeys),
     spend: personalSpender(dbHandle.db, config.coalesceDebits),
+    stripe: createStripeClient(config),
   };
 }
 

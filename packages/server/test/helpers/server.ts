@@ -3,9 +3,9 @@ import { createTRPCClient, httpBatchLink, httpLink, type TRPCClient } from '@trp
 import type { FastifyInstance } from 'fastify';
 import superjson from 'superjson';
 import { buildApp } from '../../src/app.ts';
-import { reconcile } from '../../src/domain/audit/reconcile.ts';
 import { configFrom } from '../../src/config.ts';
 import { type AppDeps, createAppDeps } from '../../src/deps.ts';
+import { reconcile } from '../../src/domain/audit/reconcile.ts';
 import type { AppRouter } from '../../src/trpc/routers/_app.ts';
 import { TestAuthServer, type TestUser } from './auth-server.ts';
 import { createTestDatabase, type TestDatabase } from './database.ts';

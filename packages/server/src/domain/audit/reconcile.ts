@@ -121,6 +121,18 @@ const CHECKS: CheckDefinition[] = [
               and g.refunded_credits + g.credits_per_portion * g.claimed_portions <> g.credits_per_portion * g.total_portions)`,
   },
   {
+    name: 'purchases_credited_once',
+    description: 'per purchase: completed ⇔ exactly one purchase ledger row for its credits; otherwise none',
+    query: sql`
+      select p.id as purchase_id, p.status, p.credits, coalesce(l.rows, 0) as ledger_rows, l.credited
+        from credits.purchases p
+        left join (select user_id, idempotency_key, count(*)::int8 as rows, sum(amount)::int8 as credited
+                     from credits.transactions where type = 'purchase' group by user_id, idempotency_key) l
+          on l.user_id = p.user_id and l.idempotency_key = 'purchase:' || p.id
+       where (p.status = 'completed' and (coalesce(l.rows, 0) <> 1 or l.credited <> p.credits))
+          or (p.status <> 'completed' and coalesce(l.rows, 0) <> 0)`,
+  },
+  {
     name: 'global_conservation',
     description:
       'Σ balances (holds included) + Σ pools + gift escrow = Σ purchased + Σ granted − Σ used (net of refunds) − Σ clawed back',

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { activePackages, balanceOf, transactionHistory } from '../../domain/credits/personal.ts';
-import { amount, appId, description, idempotencyKey, metadata, pageInput } from '../../schemas.ts';
+import { purchaseHistory, purchaseStatus, startPurchase } from '../../domain/stripe/purchases.ts';
+import { amount, appId, description, idempotencyKey, metadata, pageInput, uuid } from '../../schemas.ts';
 import { authedProcedure, publicProcedure, router } from '../init.ts';
 
 export const useInput = z.strictObject({
@@ -9,6 +10,13 @@ export const useInput = z.strictObject({
   description,
   idempotencyKey: idempotencyKey.optional(),
   metadata: metadata.optional(),
+});
+
+export const purchaseInput = z.strictObject({
+  packageId: uuid,
+  mode: z.enum(['payment_intent', 'checkout']).default('payment_intent'),
+  successUrl: z.string().max(2048).optional(),
+  cancelUrl: z.string().max(2048).optional(),
 });
 
 export const creditsRouter = router({
@@ -23,4 +31,23 @@ export const creditsRouter = router({
     .query(({ ctx, input }) => transactionHistory(ctx.deps.db, ctx.user.id, input ?? { limit: 20 })),
 
   packages: publicProcedure.query(({ ctx }) => activePackages(ctx.deps.db)),
+
+  purchase: authedProcedure.input(purchaseInput).mutation(({ ctx, input }) =>
+    startPurchase(
+      {
+        db: ctx.deps.db,
+        stripe: ctx.deps.stripe,
+        redirectOrigins: [...ctx.deps.config.corsOrigins, ...ctx.deps.config.checkoutAllowedOrigins],
+      },
+      { user: ctx.user, ...input },
+    ),
+  ),
+
+  purchases: authedProcedure
+    .input(pageInput.optional())
+    .query(({ ctx, input }) => purchaseHistory(ctx.deps.db, ctx.user.id, input ?? { limit: 20 })),
+
+  purchaseStatus: authedProcedure
+    .input(z.strictObject({ purchaseId: uuid }))
+    .query(({ ctx, input }) => purchaseStatus(ctx.deps.db, ctx.user.id, input.purchaseId)),
 });

@@ -1,7 +1,8 @@
 import { z } from 'zod';
 import { reconcile } from '../../domain/audit/reconcile.ts';
+import { upsertPackage } from '../../domain/credits/packages.ts';
 import { balanceOf, grantCredits, initBalance, refundUsage } from '../../domain/credits/personal.ts';
-import { amount, description, idempotencyKey, text, userId, uuid } from '../../schemas.ts';
+import { amount, description, idempotencyKey, identifier, text, userId, uuid } from '../../schemas.ts';
 import { internalProcedure, router } from '../init.ts';
 import { useInput } from './credits.ts';
 import { internalGiftsRouter } from './gifts.ts';
@@ -30,10 +31,37 @@ const internalCreditsRouter = router({
     .mutation(({ ctx, input }) => refundUsage(ctx.deps.db, input)),
 });
 
+/** Stripe's bounds for one EUR charge, in cents. */
+const MIN_PRICE_EURO_CENTS = 50;
+const MAX_PRICE_EURO_CENTS = 99_999_999;
+
+const internalPackagesRouter = router({
+  upsert: internalProcedure
+    .input(
+      z.strictObject({
+        id: uuid.optional(),
+        name: text(200).trim().min(1),
+        description: text(1000).optional(),
+        credits: amount,
+        priceEuroCents: z
+          .int()
+          .min(MIN_PRICE_EURO_CENTS, {
+            error: `must be at least ${MIN_PRICE_EURO_CENTS} (Stripe's minimum charge)`,
+          })
+          .max(MAX_PRICE_EURO_CENTS),
+        stripePriceId: identifier(255).optional(),
+        active: z.boolean(),
+        sortOrder: z.int().min(-1_000_000).max(1_000_000),
+      }),
+    )
+    .mutation(({ ctx, input }) => upsertPackage(ctx.deps.db, input)),
+});
+
 export const internalRouter = router({
   credits: internalCreditsRouter,
   audit: router({
     reconcile: internalProcedure.query(({ ctx }) => reconcile(ctx.deps.db)),
   }),
   gifts: internalGiftsRouter,
+  packages: internalPackagesRouter,
 });
