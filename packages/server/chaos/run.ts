@@ -293,22 +293,65 @@ async function main() {
   );
   const byKey = new Map(rows.rows.map((row) => [`${row.user_id}/${row.idempotency_key}`, row]));
   const expectedBalance = new Map(USERS.map((u) => [u, INITIAL_CREDITS]));
+  const adjust = (userId: string, delta: number) =>
+    expectedBalance.set(userId, (expectedBalance.get(userId) ?? 0) + delta);
+  const giftRows = await handle.db.selectFrom('gifts.gift_codes').selectAll().execute();
+  const giftsById = new Map(giftRows.map((gift) => [gift.id, gift]));
+  const successes = await handle.db
+    .selectFrom('gifts.gift_redemptions')
+    .innerJoin('gifts.gift_codes', 'gifts.gift_codes.id', 'gifts.gift_redemptions.gift_code_id')
+    .select(['gift_code_id', 'code', 'redeemer_user_id', 'credits_received'])
+    .where('gifts.gift_redemptions.status', '=', 'success')
+    .execute();
+  const normalCode = (code: unknown) => String(code).replace(/[^0-9a-z]/gi, '').toUpperCase();
+  const successByCodeAndUser = new Map(successes.map((r) => [`${normalCode(r.code)}/${r.redeemer_user_id}`, r]));
   for (const op of operations) {
     const userId = (op.input.userId as string | undefined) ?? op.actor;
-    const key = op.input.idempotencyKey as string;
-    const row = byKey.get(`${userId}/${key}`);
+    const key = op.input.idempotencyKey as string | undefined;
+    const row = key ? byKey.get(`${userId}/${key}`) : undefined;
     if (op.outcome === 'unknown') {
       violations.push(`${op.id} (${op.kind}) is still unknown after retries`);
-    } else if (op.outcome === 'ok') {
+      continue;
+    }
+    if (op.kind === 'gift.redeem') {
+      const success = successByCodeAndUser.get(`${normalCode(op.input.code)}/${op.actor}`);
+      if (op.outcome === 'ok' && success?.credits_received !== op.result?.creditsReceived) {
+        violations.push(
+          `${op.id} redeemed ${op.result?.creditsReceived} but the database has ${success?.credits_received}`,
+        );
+      }
+      continue; // redemption credits are counted once per (gift, user) below
+    }
+    if (op.kind === 'gift.cancel') {
+      const gift = giftsById.get(op.input.id as string);
+      if (
+        op.outcome === 'ok' &&
+        (!gift || gift.refunded_credits !== op.result?.refunded || gift.status === 'active')
+      ) {
+        violations.push(
+          `${op.id} cancel answered ${op.result?.refunded}, gift is ${gift?.status}/${gift?.refunded_credits}`,
+        );
+      }
+      continue; // refunds are counted from the gifts below
+    }
+    if (op.outcome === 'ok') {
       if (!row) violations.push(`${op.id} (${op.kind}) was acknowledged but has no ledger row`);
-      else if (row.id !== op.result?.transactionId)
-        violations.push(`${op.id} acknowledged ${op.result?.transactionId}, ledger has ${row.id}`);
-      const delta = op.kind === 'use' ? -(op.input.amount as number) : (op.input.amount as number);
-      expectedBalance.set(userId, (expectedBalance.get(userId) ?? 0) + delta);
+      if (op.kind === 'gift.create') {
+        if (!giftsById.has(op.result?.id as string))
+          violations.push(`${op.id} created gift ${op.result?.id}, not in the database`);
+        adjust(userId, -10);
+      } else {
+        if (row && row.id !== op.result?.transactionId) {
+          violations.push(`${op.id} acknowledged ${op.result?.transactionId}, ledger has ${row.id}`);
+        }
+        adjust(userId, op.kind === 'use' ? -(op.input.amount as number) : (op.input.amount as number));
+      }
     } else if (row) {
       violations.push(`${op.id} (${op.kind}) was refused (${op.reason}) but left ledger row ${row.id}`);
     }
   }
+  for (const success of successes) adjust(success.redeemer_user_id, success.credits_received);
+  for (const gift of giftRows) adjust(gift.creator_id, gift.refunded_credits);
   const balances = await handle.db.selectFrom('credits.balances').select(['user_id', 'balance']).execute();
   for (const { user_id, balance } of balances) {
     const expected = expectedBalance.get(user_id);

@@ -25,6 +25,7 @@ const random = seededRandom(config.seed);
 const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)] as T;
 let sequence = 0;
 const spentUsages: { userId: string; transactionId: string; amount: number }[] = [];
+const gifts: { id: string; code: string; creator: string }[] = [];
 
 function nextOperation(): Operation {
   const id = `w${config.worker}-${++sequence}`;
@@ -46,7 +47,25 @@ function nextOperation(): Operation {
       },
     };
   }
-  if (roll < 0.15) {
+  if (roll < 0.2) {
+    return {
+      id,
+      kind: 'gift.create',
+      path: 'gifts.create',
+      actor: userId,
+      input: { type: 'split', totalCredits: 10, totalPortions: 5, idempotencyKey: id },
+    };
+  }
+  if (roll < 0.3 && gifts.length > 0) {
+    const gift = pick(gifts);
+    const redeemer = pick(config.users.filter((user) => user !== gift.creator));
+    return { id, kind: 'gift.redeem', path: 'gifts.redeem', actor: redeemer, input: { code: gift.code } };
+  }
+  if (roll < 0.33 && gifts.length > 0) {
+    const gift = gifts.splice(Math.floor(random() * gifts.length), 1)[0]!;
+    return { id, kind: 'gift.cancel', path: 'gifts.cancel', actor: gift.creator, input: { id: gift.id } };
+  }
+  if (roll < 0.38) {
     return {
       id,
       kind: 'grant',
@@ -56,7 +75,7 @@ function nextOperation(): Operation {
     };
   }
   const amount = 1 + Math.floor(random() * 5);
-  if (roll < 0.4) {
+  if (roll < 0.55) {
     return {
       id,
       kind: 'use',
@@ -96,6 +115,9 @@ while (Date.now() < config.deadline) {
       amount: logged.input.amount as number,
     });
     if (spentUsages.length > 50) spentUsages.shift();
+  }
+  if (logged.kind === 'gift.create' && logged.outcome === 'ok' && logged.result) {
+    gifts.push({ id: logged.result.id as string, code: logged.result.code as string, creator: logged.actor });
   }
   appendFileSync(config.logFile, `${JSON.stringify(logged)}\n`);
 }
