@@ -4,6 +4,7 @@ import type { Kysely } from 'kysely';
 import { createJwtVerifier, type VerifyUserToken } from './auth/jwt.ts';
 import { createServiceKeyVerifier } from './auth/service-key.ts';
 import type { Config } from './config.ts';
+import { createMembershipClient, type MembershipClient } from './domain/guild/membership.ts';
 
 /** Everything a request handler may use; built once per process by createAppDeps (or by tests). */
 export interface AppDeps {
@@ -12,6 +13,8 @@ export interface AppDeps {
   dbHandle: DbHandle;
   verifyUserToken: VerifyUserToken;
   verifyServiceKey: (presented: string | undefined) => boolean;
+  /** Who is in which guild, asked of the auth service. */
+  membership: MembershipClient;
 }
 
 export type Logger = FastifyBaseLogger;
@@ -38,5 +41,10 @@ export async function createAppDeps(config: Readonly<Config>): Promise<AppDeps> 
       audience: config.jwtAudience,
     }),
     verifyServiceKey: createServiceKeyVerifier(config.serviceKeys),
+    membership: createMembershipClient({
+      authUrl: config.authUrl,
+      serviceKey: config.authServiceKey,
+      cacheSeconds: config.membershipCacheSeconds,
+    }),
   };
 }

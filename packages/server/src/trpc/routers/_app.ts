@@ -1,11 +1,13 @@
 import type { inferRouterInputs, inferRouterOutputs } from '@trpc/server';
 import { router } from '../init.ts';
 import { creditsRouter } from './credits.ts';
+import { guildRouter } from './guild.ts';
 import { internalRouter } from './internal.ts';
 
 export const appRouter = router({
   credits: creditsRouter,
   internal: internalRouter,
+  guild: guildRouter,
 });
 
 export type AppRouter = typeof appRouter;

@@ -5,7 +5,8 @@ import {
   spendCredits,
   transactionHistory,
 } from '../../domain/credits/personal.ts';
-import { amount, appId, description, idempotencyKey, metadata, pageInput } from '../../schemas.ts';
+import { useGuildCreditsViaCreditsUse } from '../../domain/guild/pools.ts';
+import { amount, appId, description, guildId, idempotencyKey, metadata, pageInput } from '../../schemas.ts';
 import { authedProcedure, publicProcedure, router } from '../init.ts';
 
 export const useInput = z.strictObject({
@@ -14,6 +15,8 @@ export const useInput = z.strictObject({
   description,
   idempotencyKey: idempotencyKey.optional(),
   metadata: metadata.optional(),
+  /** Spend from this guild's pool instead of the personal balance. */
+  guildId: guildId.optional(),
 });
 
 export const creditsRouter = router({
@@ -21,7 +24,11 @@ export const creditsRouter = router({
 
   use: authedProcedure
     .input(useInput)
-    .mutation(({ ctx, input }) => spendCredits(ctx.deps.db, { userId: ctx.user.id, ...input })),
+    .mutation(({ ctx, input: { guildId, ...spend } }) =>
+      guildId
+        ? useGuildCreditsViaCreditsUse(ctx.deps, { ...spend, guildId, userId: ctx.user.id })
+        : spendCredits(ctx.deps.db, { ...spend, userId: ctx.user.id }),
+    ),
 
   transactions: authedProcedure
     .input(pageInput.optional())

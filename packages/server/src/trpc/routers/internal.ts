@@ -6,7 +6,8 @@ import {
   refundUsage,
   spendCredits,
 } from '../../domain/credits/personal.ts';
-import { amount, description, idempotencyKey, text, userId, uuid } from '../../schemas.ts';
+import { initPool, useGuildCreditsViaCreditsUse } from '../../domain/guild/pools.ts';
+import { amount, description, guildId, idempotencyKey, text, userId, uuid } from '../../schemas.ts';
 import { internalProcedure, router } from '../init.ts';
 import { useInput } from './credits.ts';
 
@@ -21,7 +22,11 @@ const internalCreditsRouter = router({
 
   use: internalProcedure
     .input(useInput.extend({ userId }))
-    .mutation(({ ctx, input }) => spendCredits(ctx.deps.db, input)),
+    .mutation(({ ctx, input: { guildId, ...spend } }) =>
+      guildId
+        ? useGuildCreditsViaCreditsUse(ctx.deps, { ...spend, guildId })
+        : spendCredits(ctx.deps.db, spend),
+    ),
 
   grant: internalProcedure
     .input(z.strictObject({ userId, amount, reason: text(500).min(1), idempotencyKey }))
@@ -34,6 +39,13 @@ const internalCreditsRouter = router({
     .mutation(({ ctx, input }) => refundUsage(ctx.deps.db, input)),
 });
 
+const internalGuildPoolRouter = router({
+  init: internalProcedure
+    .input(z.strictObject({ guildId }))
+    .mutation(({ ctx, input }) => initPool(ctx.deps.db, input.guildId)),
+});
+
 export const internalRouter = router({
   credits: internalCreditsRouter,
+  guildPool: internalGuildPoolRouter,
 });
