@@ -176,6 +176,16 @@ export interface GuildTransactionsTable {
   idempotency_key: string | null;
   request_hash: string | null;
   created_at: Timestamp;
+  /** The spendable pool balance (balance − reserved) right after this entry: what the caller was told. */
+  available_after: ColumnType<number | null, number | bigint | null | undefined, never>;
+}
+
+export interface GuildMemberUsageTable {
+  organization_id: string;
+  user_id: string;
+  /** UTC day, as 'YYYY-MM-DD'. */
+  day: string;
+  spent: Int8Default;
 }
 
 export interface GiftCodesTable {
@@ -234,6 +244,7 @@ export interface Database {
   'credits.guild_pools': GuildPoolsTable;
   'credits.guild_spending_limits': GuildSpendingLimitsTable;
   'credits.guild_transactions': GuildTransactionsTable;
+  'credits.guild_member_usage': GuildMemberUsageTable;
   'gifts.gift_codes': GiftCodesTable;
   'gifts.gift_redemptions': GiftRedemptionsTable;
   'gifts.rate_limits': RateLimitsTable;
@@ -245,3 +256,5 @@ export type PackageRow = Selectable<PackagesTable>;
 export type GiftRow = Selectable<GiftCodesTable>;
 export type GiftRedemptionRow = Selectable<GiftRedemptionsTable>;
 export type PurchaseRow = Selectable<PurchasesTable>;
+export type GuildPoolRow = Selectable<GuildPoolsTable>;
+export type GuildLedgerRow = Selectable<GuildTransactionsTable>;

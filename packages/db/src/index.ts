@@ -4,5 +4,6 @@ export * from './int8.ts';
 export * from './migrate.ts';
 export * from './queries/balances.ts';
 export * from './queries/errors.ts';
+export * from './queries/guild.ts';
 export * from './queries/ledger.ts';
 export * from './queries/rate-limits.ts';

@@ -2,6 +2,7 @@ import { type Kysely, type Migration, type MigrationResultSet, Migrator } from '
 import * as initial from './migrations/2026_11_25_0001_initial.ts';
 import * as debitMany from './migrations/2026_11_25_0050_debit_many.ts';
 import * as stripe from './migrations/2026_11_25_0100_stripe.ts';
+import * as guild from './migrations/2026_11_25_0200_guild.ts';
 import * as gifts from './migrations/2026_11_25_0300_gifts.ts';
 
 /** Every migration, by its dated name. Add new ones here; never edit one that has shipped. */
@@ -10,6 +11,7 @@ export const migrations: Record<string, Migration> = {
   '2026_11_25_0050_debit_many': debitMany,
   '2026_11_25_0300_gifts': gifts,
   '2026_11_25_0100_stripe': stripe,
+  '2026_11_25_0200_guild': guild,
 };
 
 /**

@@ -303,8 +303,13 @@ async function main() {
     .select(['gift_code_id', 'code', 'redeemer_user_id', 'credits_received'])
     .where('gifts.gift_redemptions.status', '=', 'success')
     .execute();
-  const normalCode = (code: unknown) => String(code).replace(/[^0-9a-z]/gi, '').toUpperCase();
-  const successByCodeAndUser = new Map(successes.map((r) => [`${normalCode(r.code)}/${r.redeemer_user_id}`, r]));
+  const normalCode = (code: unknown) =>
+    String(code)
+      .replace(/[^0-9a-z]/gi, '')
+      .toUpperCase();
+  const successByCodeAndUser = new Map(
+    successes.map((r) => [`${normalCode(r.code)}/${r.redeemer_user_id}`, r]),
+  );
   for (const op of operations) {
     const userId = (op.input.userId as string | undefined) ?? op.actor;
     const key = op.input.idempotencyKey as string | undefined;

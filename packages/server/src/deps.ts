@@ -8,6 +8,7 @@ import type { Config } from './config.ts';
 import type { MovementResult } from './domain/credits/mappers.ts';
 import { type SpendInput, spendCredits } from './domain/credits/personal.ts';
 import { SpendCoalescer } from './domain/credits/spend-coalescer.ts';
+import { createMembershipClient, type MembershipClient } from './domain/guild/membership.ts';
 import { createStripeClient } from './domain/stripe/client.ts';
 
 /** Everything a request handler may use; built once per process by createAppDeps (or by tests). */
@@ -21,6 +22,8 @@ export interface AppDeps {
   spend: (input: SpendInput) => Promise<MovementResult>;
   /** Absent without STRIPE_SECRET_KEY: purchases then answer PAYMENTS_NOT_CONFIGURED. */
   stripe?: Stripe;
+  /** Who is in which guild, asked of the auth service. */
+  membership: MembershipClient;
 }
 
 export type Logger = FastifyBaseLogger;
@@ -49,6 +52,11 @@ export async function createAppDeps(config: Readonly<Config>): Promise<AppDeps> 
     verifyServiceKey: createServiceKeyVerifier(config.serviceKeys),
     spend: personalSpender(dbHandle.db, config.coalesceDebits),
     stripe: createStripeClient(config),
+    membership: createMembershipClient({
+      authUrl: config.authUrl,
+      serviceKey: config.authServiceKey,
+      cacheSeconds: config.membershipCacheSeconds,
+    }),
   };
 }
 

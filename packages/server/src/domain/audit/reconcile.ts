@@ -76,6 +76,20 @@ const CHECKS: CheckDefinition[] = [
        where coalesce(p.balance, 0) <> coalesce(l.total, 0) or p.balance < 0 or p.reserved > p.balance`,
   },
   {
+    name: 'member_usage_counters',
+    description: 'per guild member and UTC day: the limit counter = Σ pool usage in the guild ledger',
+    query: sql`
+      select coalesce(c.organization_id, l.organization_id) as organization_id, coalesce(c.user_id, l.user_id) as user_id,
+             coalesce(c.day, l.day) as day, coalesce(c.spent, 0) as counted, coalesce(l.spent, 0) as ledger
+        from credits.guild_member_usage c
+        full join (select organization_id, user_id, (created_at at time zone 'utc')::date as day,
+                          -sum(amount)::int8 as spent
+                     from credits.guild_transactions where type = 'usage'
+                    group by organization_id, user_id, (created_at at time zone 'utc')::date) l
+          on l.organization_id = c.organization_id and l.user_id = c.user_id and l.day = c.day
+       where coalesce(c.spent, 0) <> coalesce(l.spent, 0)`,
+  },
+  {
     name: 'one_execution_per_idempotency_key',
     description: 'per (account, idempotency key): one ledger row',
     query: sql`

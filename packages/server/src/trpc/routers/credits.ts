@@ -1,7 +1,17 @@
 import { z } from 'zod';
 import { activePackages, balanceOf, transactionHistory } from '../../domain/credits/personal.ts';
+import { useGuildCreditsViaCreditsUse } from '../../domain/guild/pools.ts';
 import { purchaseHistory, purchaseStatus, startPurchase } from '../../domain/stripe/purchases.ts';
-import { amount, appId, description, idempotencyKey, metadata, pageInput, uuid } from '../../schemas.ts';
+import {
+  amount,
+  appId,
+  description,
+  guildId,
+  idempotencyKey,
+  metadata,
+  pageInput,
+  uuid,
+} from '../../schemas.ts';
 import { authedProcedure, publicProcedure, router } from '../init.ts';
 
 export const useInput = z.strictObject({
@@ -10,6 +20,8 @@ export const useInput = z.strictObject({
   description,
   idempotencyKey: idempotencyKey.optional(),
   metadata: metadata.optional(),
+  /** Spend from this guild's pool instead of the personal balance. */
+  guildId: guildId.optional(),
 });
 
 export const purchaseInput = z.strictObject({
@@ -24,7 +36,11 @@ export const creditsRouter = router({
 
   use: authedProcedure
     .input(useInput)
-    .mutation(({ ctx, input }) => ctx.deps.spend({ userId: ctx.user.id, ...input })),
+    .mutation(({ ctx, input: { guildId, ...spend } }) =>
+      guildId
+        ? useGuildCreditsViaCreditsUse(ctx.deps, { ...spend, guildId, userId: ctx.user.id })
+        : ctx.deps.spend({ ...spend, userId: ctx.user.id }),
+    ),
 
   transactions: authedProcedure
     .input(pageInput.optional())

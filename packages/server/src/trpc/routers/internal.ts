@@ -2,7 +2,17 @@ import { z } from 'zod';
 import { reconcile } from '../../domain/audit/reconcile.ts';
 import { upsertPackage } from '../../domain/credits/packages.ts';
 import { balanceOf, grantCredits, initBalance, refundUsage } from '../../domain/credits/personal.ts';
-import { amount, description, idempotencyKey, identifier, text, userId, uuid } from '../../schemas.ts';
+import { initPool, useGuildCreditsViaCreditsUse } from '../../domain/guild/pools.ts';
+import {
+  amount,
+  description,
+  guildId,
+  idempotencyKey,
+  identifier,
+  text,
+  userId,
+  uuid,
+} from '../../schemas.ts';
 import { internalProcedure, router } from '../init.ts';
 import { useInput } from './credits.ts';
 import { internalGiftsRouter } from './gifts.ts';
@@ -18,7 +28,9 @@ const internalCreditsRouter = router({
 
   use: internalProcedure
     .input(useInput.extend({ userId }))
-    .mutation(({ ctx, input }) => ctx.deps.spend(input)),
+    .mutation(({ ctx, input: { guildId, ...spend } }) =>
+      guildId ? useGuildCreditsViaCreditsUse(ctx.deps, { ...spend, guildId }) : ctx.deps.spend(spend),
+    ),
 
   grant: internalProcedure
     .input(z.strictObject({ userId, amount, reason: text(500).min(1), idempotencyKey }))
@@ -57,6 +69,12 @@ const internalPackagesRouter = router({
     .mutation(({ ctx, input }) => upsertPackage(ctx.deps.db, input)),
 });
 
+const internalGuildPoolRouter = router({
+  init: internalProcedure
+    .input(z.strictObject({ guildId }))
+    .mutation(({ ctx, input }) => initPool(ctx.deps.db, input.guildId)),
+});
+
 export const internalRouter = router({
   credits: internalCreditsRouter,
   audit: router({
@@ -64,4 +82,5 @@ export const internalRouter = router({
   }),
   gifts: internalGiftsRouter,
   packages: internalPackagesRouter,
+  guildPool: internalGuildPoolRouter,
 });
