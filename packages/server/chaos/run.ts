@@ -190,6 +190,8 @@ async function main() {
     instances.push({ port, url: `http://127.0.0.1:${port}`, child: undefined, paused: false });
   }
   await Promise.all(instances.map((instance) => startInstance(instance, auth)));
+  // One guild: user 0 owns it and funds the pool, everyone else spends from it (user 1 under a daily limit).
+  USERS.forEach((userId, index) => auth.setRole('chaos-guild', userId, index === 0 ? 'owner' : 'member'));
   const tokens = Object.fromEntries(
     await Promise.all(USERS.map(async (id) => [id, await auth.sign({ id }, { expiresIn: '2h' })] as const)),
   );
@@ -213,6 +215,30 @@ async function main() {
     );
     if (seeded.outcome !== 'ok') throw new Error(`seeding failed: ${seeded.reason}`);
   }
+
+  const poolInit = await callOnce(
+    {
+      id: 'pool',
+      kind: 'init',
+      path: 'internal.guildPool.init',
+      actor: 'service',
+      input: { guildId: 'chaos-guild' },
+    },
+    callOptions,
+    instances[0]!.url,
+  );
+  const limits = await callOnce(
+    {
+      id: 'limits',
+      kind: 'limits',
+      path: 'guild.setMemberLimits',
+      actor: USERS[0]!,
+      input: { guildId: 'chaos-guild', userId: USERS[1], dailyLimit: 25, monthlyLimit: null },
+    },
+    callOptions,
+    instances[0]!.url,
+  );
+  if (poolInit.outcome !== 'ok' || limits.outcome !== 'ok') throw new Error('guild setup failed');
 
   const logDir = mkdtempSync(join(tmpdir(), 'mana-credits-chaos-'));
   const deadline = Date.now() + seconds * 1000;
@@ -292,6 +318,18 @@ async function main() {
     handle.db,
   );
   const byKey = new Map(rows.rows.map((row) => [`${row.user_id}/${row.idempotency_key}`, row]));
+  const guildRows = await handle.db
+    .selectFrom('credits.guild_transactions')
+    .select(['user_id', 'idempotency_key', 'id', 'amount', 'type'])
+    .where('organization_id', '=', 'chaos-guild')
+    .execute();
+  for (const row of guildRows)
+    byKey.set(`guild/${row.user_id}/${row.idempotency_key}`, {
+      ...row,
+      user_id: row.user_id,
+      idempotency_key: row.idempotency_key ?? '',
+    });
+  let expectedPool = 0;
   const expectedBalance = new Map(USERS.map((u) => [u, INITIAL_CREDITS]));
   const adjust = (userId: string, delta: number) =>
     expectedBalance.set(userId, (expectedBalance.get(userId) ?? 0) + delta);
@@ -313,7 +351,9 @@ async function main() {
   for (const op of operations) {
     const userId = (op.input.userId as string | undefined) ?? op.actor;
     const key = op.input.idempotencyKey as string | undefined;
-    const row = key ? byKey.get(`${userId}/${key}`) : undefined;
+    const row = key
+      ? byKey.get(`${op.kind.startsWith('guild.') ? 'guild/' : ''}${userId}/${key}`)
+      : undefined;
     if (op.outcome === 'unknown') {
       violations.push(`${op.id} (${op.kind}) is still unknown after retries`);
       continue;
@@ -341,7 +381,14 @@ async function main() {
     }
     if (op.outcome === 'ok') {
       if (!row) violations.push(`${op.id} (${op.kind}) was acknowledged but has no ledger row`);
-      if (op.kind === 'gift.create') {
+      if (op.kind === 'guild.fund') {
+        adjust(userId, -(op.input.amount as number));
+        expectedPool += op.input.amount as number;
+      } else if (op.kind === 'guild.use') {
+        if (row && row.id !== op.result?.transactionId)
+          violations.push(`${op.id} acknowledged ${op.result?.transactionId}, guild ledger has ${row.id}`);
+        expectedPool -= op.input.amount as number;
+      } else if (op.kind === 'gift.create') {
         if (!giftsById.has(op.result?.id as string))
           violations.push(`${op.id} created gift ${op.result?.id}, not in the database`);
         adjust(userId, -10);
@@ -364,6 +411,23 @@ async function main() {
       violations.push(`${user_id}: balance ${balance}, acknowledged operations say ${expected}`);
     }
   }
+
+  const pool = await handle.db
+    .selectFrom('credits.guild_pools')
+    .select('balance')
+    .where('organization_id', '=', 'chaos-guild')
+    .executeTakeFirst();
+  if ((pool?.balance ?? 0) !== expectedPool) {
+    violations.push(`guild pool: balance ${pool?.balance}, acknowledged operations say ${expectedPool}`);
+  }
+  const limited = await handle.db
+    .selectFrom('credits.guild_member_usage')
+    .select(['day', 'spent'])
+    .where('organization_id', '=', 'chaos-guild')
+    .where('user_id', '=', USERS[1]!)
+    .execute();
+  for (const day of limited)
+    if (day.spent > 25) violations.push(`daily limit 25 exceeded: ${day.spent} on ${day.day}`);
 
   for (const instance of instances) kill(instance, 'SIGTERM');
   await handle.close();

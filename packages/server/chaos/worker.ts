@@ -65,7 +65,31 @@ function nextOperation(): Operation {
     const gift = gifts.splice(Math.floor(random() * gifts.length), 1)[0]!;
     return { id, kind: 'gift.cancel', path: 'gifts.cancel', actor: gift.creator, input: { id: gift.id } };
   }
-  if (roll < 0.38) {
+  if (roll < 0.36) {
+    return {
+      id,
+      kind: 'guild.fund',
+      path: 'guild.fund',
+      actor: config.users[0]!,
+      input: { guildId: 'chaos-guild', amount: 1 + Math.floor(random() * 10), idempotencyKey: id },
+    };
+  }
+  if (roll < 0.45) {
+    return {
+      id,
+      kind: 'guild.use',
+      path: 'guild.use',
+      actor: pick(config.users.slice(1)),
+      input: {
+        guildId: 'chaos-guild',
+        amount: 1 + Math.floor(random() * 3),
+        appId: 'chaos',
+        description: 'pool',
+        idempotencyKey: id,
+      },
+    };
+  }
+  if (roll < 0.5) {
     return {
       id,
       kind: 'grant',
@@ -75,7 +99,7 @@ function nextOperation(): Operation {
     };
   }
   const amount = 1 + Math.floor(random() * 5);
-  if (roll < 0.55) {
+  if (roll < 0.65) {
     return {
       id,
       kind: 'use',
