@@ -4,6 +4,7 @@ import type { Kysely } from 'kysely';
 import { createJwtVerifier, type VerifyUserToken } from './auth/jwt.ts';
 import { createServiceKeyVerifier } from './auth/service-key.ts';
 import type { Config } from './config.ts';
+import { createMetrics, type Metrics } from './metrics.ts';
 
 /** Everything a request handler may use; built once per process by createAppDeps (or by tests). */
 export interface AppDeps {
@@ -12,18 +13,28 @@ export interface AppDeps {
   dbHandle: DbHandle;
   verifyUserToken: VerifyUserToken;
   verifyServiceKey: (presented: string | undefined) => boolean;
+  /** This app's Prometheus metrics (its own registry). */
+  metrics: Metrics;
 }
 
 export type Logger = FastifyBaseLogger;
 
-export async function createAppDeps(config: Readonly<Config>): Promise<AppDeps> {
+export interface CreateAppDepsOptions {
+  /** Run migrations before returning (default: config.migrateOnStart). main.ts runs them after listening. */
+  migrate?: boolean;
+}
+
+export async function createAppDeps(
+  config: Readonly<Config>,
+  options: CreateAppDepsOptions = {},
+): Promise<AppDeps> {
   const dbHandle = await createDb({
     databaseUrl: config.databaseUrl,
     dataDir: config.dataDir,
     poolSize: config.dbPoolSize,
   });
   try {
-    if (config.migrateOnStart) await migrateToLatest(dbHandle.db);
+    if (options.migrate ?? config.migrateOnStart) await migrateToLatest(dbHandle.db);
   } catch (error) {
     await dbHandle.close();
     throw error;
@@ -38,5 +49,6 @@ export async function createAppDeps(config: Readonly<Config>): Promise<AppDeps> 
       audience: config.jwtAudience,
     }),
     verifyServiceKey: createServiceKeyVerifier(config.serviceKeys),
+    metrics: createMetrics(dbHandle),
   };
 }
