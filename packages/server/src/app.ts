@@ -71,8 +71,6 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
 
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
-    // Shutting down: every response tells its client to open a new connection (to another instance).
-    if (!app.readiness.accepting) reply.header('connection', 'close');
     if (app.readiness.migrating && !PROBE_ROUTES.has(request.routeOptions.url ?? '')) {
       return reply
         .status(503)
@@ -85,6 +83,12 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
           },
         });
     }
+  });
+
+  // Shutting down: every response, also of a request that was in flight when it began, closes its
+  // connection, so the client opens its next one elsewhere and the server's close is not held up by keep-alive.
+  app.addHook('onSend', async (_request, reply) => {
+    if (!app.readiness.accepting) reply.header('connection', 'close');
   });
 
   app.setNotFoundHandler((request, reply) => {
