@@ -192,6 +192,7 @@ describe('graceful shutdown of the real process', () => {
       });
 
       const outcomes: Outcome[] = [];
+      const failedBeforeSignal: Outcome[] = [];
       let signalled = false;
       /** The readiness answers a load balancer would have seen from SIGTERM until the listener closed. */
       const probes: Array<number | 'refused'> = [];
@@ -211,6 +212,7 @@ describe('graceful shutdown of the real process', () => {
         for (let i = 0; ; i++) {
           const outcome = await spend(server.client, userId, `w${worker}-${i}`);
           outcomes.push(outcome);
+          if (outcome.kind !== 'ok' && !signalled) failedBeforeSignal.push(outcome);
           if (outcome.kind === 'network') return; // the listener is gone: this client is done
           if (!signalled && outcomes.filter((o) => o.kind === 'ok').length >= 200) {
             signalled = true;
@@ -222,17 +224,12 @@ describe('graceful shutdown of the real process', () => {
       await Promise.all(workers);
       await probing;
       const exit = await server.exited;
-      console.log(
-        'DEBUG',
-        outcomes.length,
-        JSON.stringify(outcomes.filter((o) => o.kind !== 'ok')),
-        JSON.stringify(probes),
-      );
 
       expect(exit).toEqual({ code: 0, signal: null });
       expect(logged(server, 'shut down cleanly')).toBe(true);
       // Nothing was answered with an error: every call succeeded or found the door closed.
       expect(outcomes.filter((o) => o.kind === 'http')).toEqual([]);
+      expect(failedBeforeSignal).toEqual([]);
       const acknowledged = outcomes.filter((o) => o.kind === 'ok').length;
       expect(acknowledged).toBeGreaterThanOrEqual(200);
       // Probes saw the instance leave the pool (ready until the signal landed, then 503, then closed).
