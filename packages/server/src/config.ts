@@ -51,10 +51,14 @@ const envSchema = z.object({
     .max(50 * 1024 * 1024)
     .default(1024 * 1024),
   SHUTDOWN_TIMEOUT_MS: z.coerce.number().int().min(0).max(600_000).default(10_000),
+  SHUTDOWN_DRAIN_MS: z.coerce.number().int().min(0).max(600_000).default(0),
   METRICS_TOKEN: optionalText,
 });
 
 export type Env = z.input<typeof envSchema>;
+
+/** Every environment variable the server reads (the Dockerfile and compose tests check theirs against it). */
+export const ENV_NAMES: readonly string[] = Object.freeze(Object.keys(envSchema.shape));
 
 export interface Config {
   nodeEnv: 'development' | 'production' | 'test';
@@ -89,6 +93,8 @@ export interface Config {
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
   bodyLimitBytes: number;
   shutdownTimeoutMs: number;
+  /** After SIGTERM, how long /ready answers 503 while requests are still served, before the server closes. */
+  shutdownDrainMs: number;
   metricsToken: string | undefined;
 }
 
@@ -147,6 +153,11 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   if (e.GIFT_REDEEM_URL && !isRedeemUrlTemplate(e.GIFT_REDEEM_URL)) {
     problems.push('GIFT_REDEEM_URL: must be an http(s) URL containing {code}');
   }
+  if (e.SHUTDOWN_DRAIN_MS > 0 && e.SHUTDOWN_DRAIN_MS >= e.SHUTDOWN_TIMEOUT_MS) {
+    problems.push(
+      'SHUTDOWN_DRAIN_MS: must be shorter than SHUTDOWN_TIMEOUT_MS (the drain counts towards it)',
+    );
+  }
   if (problems.length > 0) throw new ConfigError(problems);
 
   const authUrl = e.MANA_CORE_AUTH_URL?.replace(/\/+$/, '');
@@ -179,6 +190,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     logLevel: e.LOG_LEVEL,
     bodyLimitBytes: e.BODY_LIMIT_BYTES,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
+    shutdownDrainMs: e.SHUTDOWN_DRAIN_MS,
     metricsToken: e.METRICS_TOKEN,
   });
 }

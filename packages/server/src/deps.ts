@@ -10,6 +10,7 @@ import { type SpendInput, spendCredits } from './domain/credits/personal.ts';
 import { SpendCoalescer } from './domain/credits/spend-coalescer.ts';
 import { createMembershipClient, type MembershipClient } from './domain/guild/membership.ts';
 import { createStripeClient } from './domain/stripe/client.ts';
+import { createMetrics, type Metrics } from './metrics.ts';
 
 /** Everything a request handler may use; built once per process by createAppDeps (or by tests). */
 export interface AppDeps {
@@ -24,18 +25,28 @@ export interface AppDeps {
   stripe?: Stripe;
   /** Who is in which guild, asked of the auth service. */
   membership: MembershipClient;
+  /** This app's Prometheus metrics (its own registry). */
+  metrics: Metrics;
 }
 
 export type Logger = FastifyBaseLogger;
 
-export async function createAppDeps(config: Readonly<Config>): Promise<AppDeps> {
+export interface CreateAppDepsOptions {
+  /** Run migrations before returning (default: config.migrateOnStart). main.ts runs them after listening. */
+  migrate?: boolean;
+}
+
+export async function createAppDeps(
+  config: Readonly<Config>,
+  options: CreateAppDepsOptions = {},
+): Promise<AppDeps> {
   const dbHandle = await createDb({
     databaseUrl: config.databaseUrl,
     dataDir: config.dataDir,
     poolSize: config.dbPoolSize,
   });
   try {
-    if (config.migrateOnStart) await migrateToLatest(dbHandle.db);
+    if (options.migrate ?? config.migrateOnStart) await migrateToLatest(dbHandle.db);
   } catch (error) {
     await dbHandle.close();
     throw error;
@@ -57,6 +68,7 @@ export async function createAppDeps(config: Readonly<Config>): Promise<AppDeps> 
       serviceKey: config.authServiceKey,
       cacheSeconds: config.membershipCacheSeconds,
     }),
+    metrics: createMetrics(dbHandle),
   };
 }
 

@@ -36,11 +36,23 @@ export async function stripeWebhookRoutes(app: FastifyInstance): Promise<void> {
       if (typeof event?.id !== 'string' || typeof event.type !== 'string') throw new Error('not an event');
     } catch (error) {
       request.log.warn({ err: error }, 'stripe webhook refused: invalid signature or payload');
+      app.deps.metrics.webhookEvents.inc({ type: 'unverified', outcome: 'invalid_signature' });
       return reply.status(400).send({
         error: { message: 'Invalid Stripe signature', reason: 'INVALID_SIGNATURE', requestId: request.id },
       });
     }
-    const outcome = await applyStripeEvent(app.deps.db, event);
+    const metrics = app.deps.metrics;
+    const type = metrics.webhookTypeLabel(event.type);
+    let outcome: Awaited<ReturnType<typeof applyStripeEvent>>;
+    try {
+      outcome = await applyStripeEvent(app.deps.db, event);
+    } catch (error) {
+      metrics.webhookEvents.inc({ type, outcome: 'error' });
+      throw error;
+    }
+    metrics.webhookEvents.inc({ type, outcome: outcome.result });
+    const clawedBack = outcome.result === 'applied' ? Number(outcome.details?.clawedBack ?? 0) : 0;
+    if (clawedBack > 0) metrics.creditsClawedBack.inc({ app: metrics.appLabel('stripe') }, clawedBack);
     const entry = { eventId: event.id, eventType: event.type, ...outcome };
     if (outcome.result === 'ignored' && outcome.reason === AMOUNT_MISMATCH) {
       request.log.error(entry, 'stripe payment not credited: amount mismatch');

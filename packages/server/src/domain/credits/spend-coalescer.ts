@@ -1,6 +1,7 @@
 import { type Database, debitMany } from '@mana-credits/db';
 import type { Kysely } from 'kysely';
 import { IdempotencyConflictError, InsufficientCreditsError } from '../errors.ts';
+import { markReplayed } from '../idempotency.ts';
 import type { MovementResult } from './mappers.ts';
 import { type SpendInput, spendCredits, spendRequestHash } from './personal.ts';
 
@@ -80,7 +81,10 @@ export class SpendCoalescer {
       else if (outcome.outcome === 'conflict') reject(new IdempotencyConflictError());
       else if (outcome.outcome === 'insufficient')
         reject(new InsufficientCreditsError(input.amount, outcome.available));
-      else resolve({ transactionId: outcome.id, balance: outcome.available });
+      else {
+        const result = { transactionId: outcome.id, balance: outcome.available };
+        resolve(outcome.outcome === 'replay' ? markReplayed(result) : result);
+      }
     });
   }
 }

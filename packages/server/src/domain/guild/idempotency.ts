@@ -7,6 +7,7 @@ import {
 } from '@mana-credits/db';
 import type { Kysely } from 'kysely';
 import { DomainError, IdempotencyConflictError } from '../errors.ts';
+import { markReplayed } from '../idempotency.ts';
 
 export interface GuildIdempotency {
   guildId: string;
@@ -39,6 +40,6 @@ export async function withGuildIdempotency<T>(
       throw error;
     }
     if (first.request_hash !== idempotency.hash) throw new IdempotencyConflictError();
-    return replay(first);
+    return markReplayed(await replay(first));
   }
 }
