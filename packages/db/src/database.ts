@@ -155,6 +155,34 @@ export interface GuildTransactionsTable {
   created_at: Timestamp;
 }
 
+export type ReservationStatus = 'open' | 'committed' | 'released' | 'expired';
+
+/** A hold on an account's credits (a personal balance, or a guild pool when organization_id is set). */
+export interface ReservationsTable {
+  id: Generated<string>;
+  user_id: string;
+  organization_id: string | null;
+  amount: Int8;
+  status: ColumnType<ReservationStatus, ReservationStatus | undefined, ReservationStatus>;
+  app_id: string;
+  description: string;
+  metadata: Json;
+  idempotency_key: string;
+  request_hash: string;
+  /** Spendable right after the hold was placed: what reserve answered (and answers on a replay). */
+  available_after: Int8;
+  expires_at: ColumnType<Date, Date | string, Date | string>;
+  committed_amount: ColumnType<number | null, number | bigint | null | undefined, number | bigint | null>;
+  released_amount: ColumnType<number | null, number | bigint | null | undefined, number | bigint | null>;
+  /** The usage ledger row the commit posted. */
+  transaction_id: string | null;
+  /** Fingerprint of the commit request, so a repeated commit can be told from a different one. */
+  commit_hash: string | null;
+  created_at: Timestamp;
+  updated_at: Timestamp;
+  closed_at: NullableTimestamp;
+}
+
 export interface GiftCodesTable {
   id: Generated<string>;
   code: string;
@@ -199,6 +227,7 @@ export interface Database {
   'credits.guild_pools': GuildPoolsTable;
   'credits.guild_spending_limits': GuildSpendingLimitsTable;
   'credits.guild_transactions': GuildTransactionsTable;
+  'credits.reservations': ReservationsTable;
   'gifts.gift_codes': GiftCodesTable;
   'gifts.gift_redemptions': GiftRedemptionsTable;
 }
@@ -206,3 +235,4 @@ export interface Database {
 export type LedgerRow = Selectable<TransactionsTable>;
 export type NewLedgerRow = Insertable<TransactionsTable>;
 export type PackageRow = Selectable<PackagesTable>;
+export type ReservationRow = Selectable<ReservationsTable>;

@@ -3,5 +3,7 @@ export * from './database.ts';
 export * from './int8.ts';
 export * from './migrate.ts';
 export * from './queries/balances.ts';
+export * from './queries/batch.ts';
 export * from './queries/errors.ts';
 export * from './queries/ledger.ts';
+export * from './queries/reservations.ts';

@@ -4,6 +4,8 @@ import { type FastifyTRPCPluginOptions, fastifyTRPCPlugin } from '@trpc/server/a
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import { sql } from 'kysely';
 import type { AppDeps } from './deps.ts';
+import { sweepExpiredHolds } from './domain/credits/reservations.ts';
+import { type PeriodicTask, startPeriodicTask } from './periodic.ts';
 import { createContextFactory } from './trpc/context.ts';
 import { type AppRouter, appRouter } from './trpc/routers/_app.ts';
 
@@ -100,6 +102,21 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
         }
       },
     } satisfies FastifyTRPCPluginOptions<AppRouter>['trpcOptions'],
+  });
+
+  // Expired holds return even when nobody touches them; every instance sweeps, safely (SKIP LOCKED).
+  let reservationSweep: PeriodicTask | undefined;
+  app.addHook('onReady', async () => {
+    reservationSweep = startPeriodicTask({
+      name: 'reservation-sweep',
+      intervalMs: deps.config.reservationSweepSeconds * 1000,
+      run: () => sweepExpiredHolds(deps.db),
+      log: app.log,
+    });
+  });
+  // preClose runs before every onClose hook, so the sweep is done before the database closes.
+  app.addHook('preClose', async () => {
+    await reservationSweep?.stop();
   });
 
   if (options.closeDepsOnClose) {
