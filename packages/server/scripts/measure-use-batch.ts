@@ -4,8 +4,14 @@
  * Creates a throw-away database, starts the real server on a free port, funds USERS users, then sends
  * ROUNDS batches of 1,000 items from CONCURRENCY parallel callers over HTTP and prints debits per second.
  * Also times the database call alone (postUsageBatch) and checks Σ ledger = balance at the end.
+ * Wall-clock figures depend on whatever else runs on the machine, so it also reports the CPU time spent per
+ * 1,000 debits by this process (server and client) and by the Postgres backends serving it (read from
+ * /proc, so Postgres must run on this machine; autovacuum not included), and the rate those would allow on
+ * all cores.
  */
 import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { type BatchDebit, postUsageBatch } from '@mana-credits/db';
 import { createTRPCClient, httpLink } from '@trpc/client';
 import { sql } from 'kysely';
@@ -68,8 +74,32 @@ try {
       metadata: { model: 'm', tokens: i },
     }));
 
+  /** CPU seconds used so far by each client backend connected to the measured database. */
+  const postgresCpu = async () => {
+    const { rows } = await sql<{ pid: number }>`
+      select pid from pg_stat_activity
+       where datname = current_database() and backend_type = 'client backend'`.execute(deps.db);
+    const seconds = new Map<number, number>();
+    for (const { pid } of rows) {
+      try {
+        const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+        seconds.set(pid, (Number(fields[11]) + Number(fields[12])) / 100); // utime + stime, in clock ticks
+      } catch {
+        // a backend that has just gone away
+      }
+    }
+    return seconds;
+  };
+  const cpuSpent = (before: Map<number, number>, after: Map<number, number>) => {
+    let total = 0;
+    for (const [pid, seconds] of after) total += seconds - (before.get(pid) ?? seconds);
+    return total;
+  };
+
   const measure = async (label: string, send: () => Promise<number>) => {
-    await send(); // warm-up
+    for (let i = 0; i < 3; i++) await send(); // warm-up
+    const nodeBefore = process.cpuUsage();
+    const postgresBefore = await postgresCpu();
     const started = performance.now();
     let debits = 0;
     await Promise.all(
@@ -78,9 +108,15 @@ try {
       }),
     );
     const seconds = (performance.now() - started) / 1000;
+    const node = process.cpuUsage(nodeBefore);
+    const nodeMs = ((node.user + node.system) / 1000 / debits) * 1000;
+    const postgresMs = (cpuSpent(postgresBefore, await postgresCpu()) * 1000 * 1000) / debits;
+    const cores = availableParallelism();
     console.log(
       `${label}: ${debits} debits in ${seconds.toFixed(2)} s = ${Math.round(debits / seconds)} debits/s ` +
-        `(users=${USERS}, concurrency=${CONCURRENCY})`,
+        `(users=${USERS}, concurrency=${CONCURRENCY})\n` +
+        `  CPU per 1,000 debits: node ${nodeMs.toFixed(1)} ms, postgres ${postgresMs.toFixed(1)} ms → ` +
+        `${Math.round((cores * 1_000_000) / (nodeMs + postgresMs))} debits/s on ${cores} idle cores`,
     );
   };
 
