@@ -113,6 +113,9 @@ export async function up(db: Kysely<any>): Promise<void> {
   // cannot be overtaken; should the unique index fire anyway, the whole call fails and the server retries
   // it (every item is idempotent). An item whose user has too little is checked once more after returning
   // that user's expired holds (check on access).
+  // Measured with packages/server/scripts/measure-use-batch.ts on the 2-core machine (while other test runs
+  // shared it): about 40 ms of Postgres CPU per 1,000 debits, 16,000 debits/s for the call alone from one
+  // caller; a third of that time is the ledger INSERT with its three indexes.
   await sql`
     create function credits.use_batch(
       p_users text[], p_amounts int8[], p_apps text[], p_descriptions text[], p_metadata jsonb[], p_keys text[],
