@@ -188,6 +188,34 @@ export interface GuildMemberUsageTable {
   spent: Int8Default;
 }
 
+export type ReservationStatus = 'open' | 'committed' | 'released' | 'expired';
+
+/** A hold on an account's credits (a personal balance, or a guild pool when organization_id is set). */
+export interface ReservationsTable {
+  id: Generated<string>;
+  user_id: string;
+  organization_id: string | null;
+  amount: Int8;
+  status: ColumnType<ReservationStatus, ReservationStatus | undefined, ReservationStatus>;
+  app_id: string;
+  description: string;
+  metadata: Json;
+  idempotency_key: string;
+  request_hash: string;
+  /** Spendable right after the hold was placed: what reserve answered (and answers on a replay). */
+  available_after: Int8;
+  expires_at: ColumnType<Date, Date | string, Date | string>;
+  committed_amount: ColumnType<number | null, number | bigint | null | undefined, number | bigint | null>;
+  released_amount: ColumnType<number | null, number | bigint | null | undefined, number | bigint | null>;
+  /** The usage ledger row the commit posted. */
+  transaction_id: string | null;
+  /** Fingerprint of the commit request, so a repeated commit can be told from a different one. */
+  commit_hash: string | null;
+  created_at: Timestamp;
+  updated_at: Timestamp;
+  closed_at: NullableTimestamp;
+}
+
 export interface GiftCodesTable {
   id: Generated<string>;
   code: string;
@@ -245,6 +273,7 @@ export interface Database {
   'credits.guild_spending_limits': GuildSpendingLimitsTable;
   'credits.guild_transactions': GuildTransactionsTable;
   'credits.guild_member_usage': GuildMemberUsageTable;
+  'credits.reservations': ReservationsTable;
   'gifts.gift_codes': GiftCodesTable;
   'gifts.gift_redemptions': GiftRedemptionsTable;
   'gifts.rate_limits': RateLimitsTable;
@@ -258,3 +287,4 @@ export type GiftRedemptionRow = Selectable<GiftRedemptionsTable>;
 export type PurchaseRow = Selectable<PurchasesTable>;
 export type GuildPoolRow = Selectable<GuildPoolsTable>;
 export type GuildLedgerRow = Selectable<GuildTransactionsTable>;
+export type ReservationRow = Selectable<ReservationsTable>;

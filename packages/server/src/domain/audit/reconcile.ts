@@ -65,6 +65,24 @@ const CHECKS: CheckDefinition[] = [
     query: sql`select id, user_id from credits.transactions where balance_after <> balance_before + amount`,
   },
   {
+    name: 'holds_match_reservations',
+    description: 'per user and pool: reserved = Σ open holds',
+    query: sql`
+      select 'user' as account, coalesce(b.user_id, h.user_id) as id, coalesce(b.reserved, 0) as reserved,
+             coalesce(h.held, 0) as held
+        from credits.balances b
+        full join (select user_id, sum(amount)::int8 as held from credits.reservations
+                    where status = 'open' and organization_id is null group by user_id) h on h.user_id = b.user_id
+       where coalesce(b.reserved, 0) <> coalesce(h.held, 0)
+      union all
+      select 'pool', coalesce(p.organization_id, h.organization_id), coalesce(p.reserved, 0), coalesce(h.held, 0)
+        from credits.guild_pools p
+        full join (select organization_id, sum(amount)::int8 as held from credits.reservations
+                    where status = 'open' and organization_id is not null group by organization_id) h
+          on h.organization_id = p.organization_id
+       where coalesce(p.reserved, 0) <> coalesce(h.held, 0)`,
+  },
+  {
     name: 'pool_ledger_matches_balance',
     description: 'per pool: Σ guild ledger = pool balance, balance >= 0',
     query: sql`

@@ -1,14 +1,18 @@
 import { z } from 'zod';
 import { reconcile } from '../../domain/audit/reconcile.ts';
+import { MAX_BATCH_ITEMS, useCreditsBatch } from '../../domain/credits/batch.ts';
 import { upsertPackage } from '../../domain/credits/packages.ts';
 import { balanceOf, grantCredits, initBalance, refundUsage } from '../../domain/credits/personal.ts';
+import { commitReservation, releaseReservation, reserveCredits } from '../../domain/credits/reservations.ts';
 import { initPool, useGuildCreditsViaCreditsUse } from '../../domain/guild/pools.ts';
 import {
   amount,
+  appId,
   description,
   guildId,
   idempotencyKey,
   identifier,
+  metadata,
   text,
   userId,
   uuid,
@@ -41,6 +45,41 @@ const internalCreditsRouter = router({
       z.strictObject({ userId, transactionId: uuid, amount: amount.optional(), description, idempotencyKey }),
     )
     .mutation(({ ctx, input }) => refundUsage(ctx.deps.db, input)),
+
+  reserve: internalProcedure
+    .input(
+      z.strictObject({
+        userId,
+        amount,
+        appId,
+        description,
+        ttlSeconds: z.int().min(1).max(86_400).default(600),
+        idempotencyKey,
+        guildId: guildId.optional(),
+        metadata: metadata.optional(),
+      }),
+    )
+    .mutation(({ ctx, input }) => reserveCredits(ctx.deps.db, input)),
+
+  commit: internalProcedure
+    .input(
+      z.strictObject({
+        reservationId: uuid,
+        amount: amount.optional(),
+        description: description.optional(),
+        metadata: metadata.optional(),
+      }),
+    )
+    .mutation(({ ctx, input }) => commitReservation(ctx.deps.db, input)),
+
+  release: internalProcedure
+    .input(z.strictObject({ reservationId: uuid }))
+    .mutation(({ ctx, input }) => releaseReservation(ctx.deps.db, input.reservationId)),
+
+  // Items are checked one by one inside (a bad item fails alone), so here only the list itself is.
+  useBatch: internalProcedure
+    .input(z.strictObject({ items: z.array(z.unknown()).min(1).max(MAX_BATCH_ITEMS) }))
+    .mutation(({ ctx, input }) => useCreditsBatch(ctx.deps.db, input.items)),
 });
 
 /** Stripe's bounds for one EUR charge, in cents. */
