@@ -1,7 +1,7 @@
 // Prints the closing line "N passed, N failed" from vitest's JSON report and exits with the right code.
 import { readFileSync } from 'node:fs';
 
-const [file, statusText] = process.argv.slice(2);
+const [file, statusText, ...extraChecks] = process.argv.slice(2);
 const status = Number(statusText);
 let passed = 0;
 let failed = 0;
@@ -14,5 +14,14 @@ try {
   failed = 1;
 }
 if (status !== 0 && failed === 0) failed = 1;
+// Extra checks run after the suite, each "name=exitCode", count as one test each.
+for (const check of extraChecks) {
+  const [name, code] = check.split('=');
+  if (code === '0') passed++;
+  else {
+    failed++;
+    console.log(`${name} failed (exit ${code})`);
+  }
+}
 console.log(`${passed} passed, ${failed} failed`);
 process.exit(failed > 0 || passed === 0 ? 1 : 0);

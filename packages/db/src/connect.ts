@@ -56,8 +56,10 @@ export async function createPglite(dataDir: string): Promise<PGlite> {
 export async function createDb(config: DbConfig): Promise<DbHandle> {
   if (config.databaseUrl) {
     const pool = createPgPool(config);
-    // An idle client that loses its connection (e.g. Postgres restarted) must not crash the process.
+    // A connection lost while idle (pool) or while checked out between queries (client) must not crash the
+    // process: the query in flight fails on its own, and pg-pool drops the broken client on release.
     pool.on('error', () => {});
+    pool.on('connect', (client) => client.on('error', () => {}));
     const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
     return {
       db,

@@ -91,10 +91,33 @@ export interface PurchasesTable {
   stripe_payment_intent_id: string | null;
   stripe_checkout_session_id: string | null;
   stripe_customer_id: string | null;
+  stripe_charge_id: string | null;
   status: ColumnType<PurchaseStatus, PurchaseStatus | undefined, PurchaseStatus>;
   metadata: Json;
   created_at: Timestamp;
   completed_at: NullableTimestamp;
+  /** Credits refunds and disputes took back from the balance. */
+  clawed_back_credits: Int8Default;
+  /** Credits refunds and disputes should have taken back but the balance no longer had. */
+  unrecovered_credits: Int8Default;
+}
+
+export type ReversalKind = 'refund' | 'dispute';
+
+/** One refund or dispute of a purchase, recorded once (append-only). */
+export interface PurchaseReversalsTable {
+  id: Generated<string>;
+  purchase_id: string;
+  kind: ReversalKind;
+  /** `refund:<charge>:<cumulative amount>` or `dispute:<dispute>`: unique, so each is applied once. */
+  reversal_key: string;
+  stripe_object_id: string;
+  stripe_event_id: string;
+  /** Cumulative amount refunded, or the amount disputed, in cents. */
+  amount_cents: Int8;
+  /** The share of the purchase's credits this reversal takes back. */
+  credits_due: Int8;
+  created_at: Timestamp;
 }
 
 export interface StripeCustomersTable {
@@ -153,6 +176,44 @@ export interface GuildTransactionsTable {
   idempotency_key: string | null;
   request_hash: string | null;
   created_at: Timestamp;
+  /** The spendable pool balance (balance − reserved) right after this entry: what the caller was told. */
+  available_after: ColumnType<number | null, number | bigint | null | undefined, never>;
+}
+
+export interface GuildMemberUsageTable {
+  organization_id: string;
+  user_id: string;
+  /** UTC day, as 'YYYY-MM-DD'. */
+  day: string;
+  spent: Int8Default;
+}
+
+export type ReservationStatus = 'open' | 'committed' | 'released' | 'expired';
+
+/** A hold on an account's credits (a personal balance, or a guild pool when organization_id is set). */
+export interface ReservationsTable {
+  id: Generated<string>;
+  user_id: string;
+  organization_id: string | null;
+  amount: Int8;
+  status: ColumnType<ReservationStatus, ReservationStatus | undefined, ReservationStatus>;
+  app_id: string;
+  description: string;
+  metadata: Json;
+  idempotency_key: string;
+  request_hash: string;
+  /** Spendable right after the hold was placed: what reserve answered (and answers on a replay). */
+  available_after: Int8;
+  expires_at: ColumnType<Date, Date | string, Date | string>;
+  committed_amount: ColumnType<number | null, number | bigint | null | undefined, number | bigint | null>;
+  released_amount: ColumnType<number | null, number | bigint | null | undefined, number | bigint | null>;
+  /** The usage ledger row the commit posted. */
+  transaction_id: string | null;
+  /** Fingerprint of the commit request, so a repeated commit can be told from a different one. */
+  commit_hash: string | null;
+  created_at: Timestamp;
+  updated_at: Timestamp;
+  closed_at: NullableTimestamp;
 }
 
 export interface GiftCodesTable {
@@ -174,6 +235,10 @@ export interface GiftCodesTable {
   expires_at: ColumnType<Date, Date | string, Date | string>;
   created_at: Timestamp;
   updated_at: Timestamp;
+  /** Escrow returned to the creator by cancel or expiry (2026_11_25_0300_gifts). */
+  refunded_credits: Int8Default;
+  /** The ledger entry that debited the escrow. */
+  funding_transaction_id: string | null;
 }
 
 export interface GiftRedemptionsTable {
@@ -188,21 +253,38 @@ export interface GiftRedemptionsTable {
   created_at: Timestamp;
 }
 
+/** One fixed-window counter per bucket (e.g. a client address), shared by every server instance. */
+export interface RateLimitsTable {
+  bucket: string;
+  window_start: Timestamp;
+  hits: number;
+}
+
 export interface Database {
   'credits.balances': BalancesTable;
   'credits.transactions': TransactionsTable;
   'credits.packages': PackagesTable;
   'credits.purchases': PurchasesTable;
+  'credits.purchase_reversals': PurchaseReversalsTable;
   'credits.stripe_customers': StripeCustomersTable;
   'credits.stripe_events': StripeEventsTable;
   'credits.usage_stats': UsageStatsTable;
   'credits.guild_pools': GuildPoolsTable;
   'credits.guild_spending_limits': GuildSpendingLimitsTable;
   'credits.guild_transactions': GuildTransactionsTable;
+  'credits.guild_member_usage': GuildMemberUsageTable;
+  'credits.reservations': ReservationsTable;
   'gifts.gift_codes': GiftCodesTable;
   'gifts.gift_redemptions': GiftRedemptionsTable;
+  'gifts.rate_limits': RateLimitsTable;
 }
 
 export type LedgerRow = Selectable<TransactionsTable>;
 export type NewLedgerRow = Insertable<TransactionsTable>;
 export type PackageRow = Selectable<PackagesTable>;
+export type GiftRow = Selectable<GiftCodesTable>;
+export type GiftRedemptionRow = Selectable<GiftRedemptionsTable>;
+export type PurchaseRow = Selectable<PurchasesTable>;
+export type GuildPoolRow = Selectable<GuildPoolsTable>;
+export type GuildLedgerRow = Selectable<GuildTransactionsTable>;
+export type ReservationRow = Selectable<ReservationsTable>;

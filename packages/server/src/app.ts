@@ -1,11 +1,16 @@
 import { randomUUID } from 'node:crypto';
 import cors from '@fastify/cors';
 import { type FastifyTRPCPluginOptions, fastifyTRPCPlugin } from '@trpc/server/adapters/fastify';
-import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import Fastify, { type FastifyInstance, type FastifyServerOptions, LogController } from 'fastify';
 import { sql } from 'kysely';
 import type { AppDeps } from './deps.ts';
+import { registerGiftPage } from './http/gift-page.ts';
+import { registerMetrics } from './http/metrics.ts';
 import { restApi } from './http/rest/plugin.ts';
+import { stripeWebhookRoutes } from './http/stripe-webhook.ts';
+import { registerGiftExpirySweep } from './jobs/gift-expiry.ts';
 import { createContextFactory } from './trpc/context.ts';
+import { noteErrorRequestId } from './trpc/init.ts';
 import { type AppRouter, appRouter } from './trpc/routers/_app.ts';
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -19,13 +24,21 @@ export interface BuildAppOptions {
   /** Close the database when the app closes (true when the app owns its deps, as in main.ts). */
   closeDepsOnClose?: boolean;
   logger?: FastifyServerOptions['logger'];
+  /** Where the default logger writes (stdout when unset); tests read the log lines from here. */
+  logStream?: { write(line: string): void };
 }
+
+/** Answered even while the app is not ready: probes and the scraper. */
+const PROBE_ROUTES = new Set(['/health', '/ready', '/metrics']);
 
 declare module 'fastify' {
   interface FastifyInstance {
     deps: AppDeps;
-    /** False while shutting down, so load balancers stop sending traffic. */
-    readiness: { accepting: boolean };
+    /**
+     * `accepting` is false while shutting down and `migrating` true while migrations run: either makes
+     * /ready answer 503, so load balancers send no traffic.
+     */
+    readiness: { accepting: boolean; migrating: boolean };
   }
 }
 
@@ -42,20 +55,54 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
         ],
         censor: '[redacted]',
       },
+      ...(options.logStream ? { stream: options.logStream } : {}),
     },
+    // Log lines of a request carry the same requestId as its response header and error bodies.
+    logController: new LogController({ requestIdLogLabel: 'requestId' }),
     genReqId: (req) => requestIdOf(req.headers['x-request-id']),
     requestIdHeader: false,
     bodyLimit: deps.config.bodyLimitBytes,
     // tRPC batches put every procedure name in the path.
     routerOptions: { maxParamLength: 5000 },
     forceCloseConnections: 'idle',
+    // A request arriving on a kept-alive connection while the server closes is served (with Connection:
+    // close) rather than refused with a 503: its client sent it before it could know.
+    return503OnClosing: false,
   });
 
   app.decorate('deps', deps);
-  app.decorate('readiness', { accepting: true });
+  app.decorate('readiness', { accepting: true, migrating: false });
 
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
+    if (app.readiness.migrating && !PROBE_ROUTES.has(request.routeOptions.url ?? '')) {
+      return reply
+        .status(503)
+        .header('retry-after', '5')
+        .send({
+          error: {
+            message: 'The service is starting (migrations)',
+            reason: 'MIGRATING',
+            requestId: request.id,
+          },
+        });
+    }
+  });
+
+  // Shutting down: every response, also of a request that was in flight when it began, closes its
+  // connection, so the client opens its next one elsewhere and the server's close is not held up by keep-alive.
+  app.addHook('onSend', async (_request, reply) => {
+    if (!app.readiness.accepting) reply.header('connection', 'close');
+  });
+
+  app.setNotFoundHandler((request, reply) => {
+    reply.status(404).send({
+      error: {
+        message: `Route ${request.method} ${request.url} not found`,
+        reason: 'NOT_FOUND',
+        requestId: request.id,
+      },
+    });
   });
 
   // Fastify-level failures (bad JSON, body too large, …) keep their 4xx; anything else says nothing internal.
@@ -81,6 +128,7 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
   app.get('/health', async () => ({ status: 'ok' }));
   app.get('/ready', async (_request, reply) => {
     if (!app.readiness.accepting) return reply.status(503).send({ status: 'shutting-down' });
+    if (app.readiness.migrating) return reply.status(503).send({ status: 'migrating' });
     try {
       await sql`select 1`.execute(deps.db);
       return { status: 'ready' };
@@ -89,21 +137,27 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
     }
   });
 
+  await app.register(stripeWebhookRoutes);
+  registerMetrics(app, new Set(Object.keys(appRouter._def.procedures)));
+
   await app.register(fastifyTRPCPlugin, {
     prefix: '/trpc',
     trpcOptions: {
       router: appRouter,
       createContext: createContextFactory(deps),
       maxBatchSize: 100,
-      onError({ error, ctx, path }) {
+      onError({ error, ctx, path, req }) {
+        if (!ctx) noteErrorRequestId(error, req.id);
         if (error.code === 'INTERNAL_SERVER_ERROR') {
-          ctx?.log?.error({ err: error.cause ?? error, path }, 'procedure failed');
+          (ctx?.log ?? req.log).error({ err: error.cause ?? error, path }, 'procedure failed');
         }
       },
     } satisfies FastifyTRPCPluginOptions<AppRouter>['trpcOptions'],
   });
 
   await app.register(restApi, { deps });
+  registerGiftPage(app);
+  registerGiftExpirySweep(app);
 
   if (options.closeDepsOnClose) {
     app.addHook('onClose', async () => {

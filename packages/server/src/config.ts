@@ -39,7 +39,9 @@ const envSchema = z.object({
   STRIPE_WEBHOOK_SECRET: optionalText,
   STRIPE_API_URL: optionalText.pipe(z.url().optional()),
   GIFT_REDEEM_URL: optionalText,
-  GIFT_EXPIRY_SWEEP_SECONDS: z.coerce.number().int().min(1).max(86400).default(60),
+  /** 0 turns the periodic sweep off (expiry on access still applies). */
+  GIFT_EXPIRY_SWEEP_SECONDS: z.coerce.number().int().min(0).max(86400).default(60),
+  GIFT_INFO_RATE_LIMIT_PER_MINUTE: z.coerce.number().int().min(1).max(1_000_000).default(60),
   RESERVATION_SWEEP_SECONDS: z.coerce.number().int().min(1).max(86400).default(15),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   BODY_LIMIT_BYTES: z.coerce
@@ -49,10 +51,14 @@ const envSchema = z.object({
     .max(50 * 1024 * 1024)
     .default(1024 * 1024),
   SHUTDOWN_TIMEOUT_MS: z.coerce.number().int().min(0).max(600_000).default(10_000),
+  SHUTDOWN_DRAIN_MS: z.coerce.number().int().min(0).max(600_000).default(0),
   METRICS_TOKEN: optionalText,
 });
 
 export type Env = z.input<typeof envSchema>;
+
+/** Every environment variable the server reads (the Dockerfile and compose tests check theirs against it). */
+export const ENV_NAMES: readonly string[] = Object.freeze(Object.keys(envSchema.shape));
 
 export interface Config {
   nodeEnv: 'development' | 'production' | 'test';
@@ -81,10 +87,14 @@ export interface Config {
   stripeApiUrl: string | undefined;
   giftRedeemUrl: string | undefined;
   giftExpirySweepSeconds: number;
+  /** gifts.info and the gift page, per client address. */
+  giftInfoRateLimitPerMinute: number;
   reservationSweepSeconds: number;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
   bodyLimitBytes: number;
   shutdownTimeoutMs: number;
+  /** After SIGTERM, how long /ready answers 503 while requests are still served, before the server closes. */
+  shutdownDrainMs: number;
   metricsToken: string | undefined;
 }
 
@@ -96,6 +106,16 @@ export class ConfigError extends Error {
 }
 
 const MIN_PRODUCTION_KEY_LENGTH = 32;
+
+function isRedeemUrlTemplate(template: string): boolean {
+  if (!template.includes('{code}')) return false;
+  try {
+    const { protocol } = new URL(template.replaceAll('{code}', 'CODE'));
+    return protocol === 'https:' || protocol === 'http:';
+  } catch {
+    return false;
+  }
+}
 
 /** Reads and validates the environment once; a bad or missing variable throws a ConfigError naming it. */
 export function loadConfig(env: Record<string, string | undefined> = process.env): Readonly<Config> {
@@ -130,6 +150,14 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       problems.push('STRIPE_WEBHOOK_SECRET: required when STRIPE_SECRET_KEY is set in production');
     }
   }
+  if (e.GIFT_REDEEM_URL && !isRedeemUrlTemplate(e.GIFT_REDEEM_URL)) {
+    problems.push('GIFT_REDEEM_URL: must be an http(s) URL containing {code}');
+  }
+  if (e.SHUTDOWN_DRAIN_MS > 0 && e.SHUTDOWN_DRAIN_MS >= e.SHUTDOWN_TIMEOUT_MS) {
+    problems.push(
+      'SHUTDOWN_DRAIN_MS: must be shorter than SHUTDOWN_TIMEOUT_MS (the drain counts towards it)',
+    );
+  }
   if (problems.length > 0) throw new ConfigError(problems);
 
   const authUrl = e.MANA_CORE_AUTH_URL?.replace(/\/+$/, '');
@@ -157,10 +185,12 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     stripeApiUrl: e.STRIPE_API_URL,
     giftRedeemUrl: e.GIFT_REDEEM_URL,
     giftExpirySweepSeconds: e.GIFT_EXPIRY_SWEEP_SECONDS,
+    giftInfoRateLimitPerMinute: e.GIFT_INFO_RATE_LIMIT_PER_MINUTE,
     reservationSweepSeconds: e.RESERVATION_SWEEP_SECONDS,
     logLevel: e.LOG_LEVEL,
     bodyLimitBytes: e.BODY_LIMIT_BYTES,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
+    shutdownDrainMs: e.SHUTDOWN_DRAIN_MS,
     metricsToken: e.METRICS_TOKEN,
   });
 }

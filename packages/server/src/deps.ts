@@ -1,12 +1,16 @@
 import { createDb, type Database, type DbHandle, migrateToLatest } from '@mana-credits/db';
 import type { FastifyBaseLogger } from 'fastify';
 import type { Kysely } from 'kysely';
+import type Stripe from 'stripe';
 import { createJwtVerifier, type VerifyUserToken } from './auth/jwt.ts';
 import { createServiceKeyVerifier } from './auth/service-key.ts';
 import type { Config } from './config.ts';
 import type { MovementResult } from './domain/credits/mappers.ts';
 import { type SpendInput, spendCredits } from './domain/credits/personal.ts';
 import { SpendCoalescer } from './domain/credits/spend-coalescer.ts';
+import { createMembershipClient, type MembershipClient } from './domain/guild/membership.ts';
+import { createStripeClient } from './domain/stripe/client.ts';
+import { createMetrics, type Metrics } from './metrics.ts';
 
 /** Everything a request handler may use; built once per process by createAppDeps (or by tests). */
 export interface AppDeps {
@@ -17,18 +21,32 @@ export interface AppDeps {
   verifyServiceKey: (presented: string | undefined) => boolean;
   /** Personal spends go through here: coalesced per hot account, or one by one when disabled. */
   spend: (input: SpendInput) => Promise<MovementResult>;
+  /** Absent without STRIPE_SECRET_KEY: purchases then answer PAYMENTS_NOT_CONFIGURED. */
+  stripe?: Stripe;
+  /** Who is in which guild, asked of the auth service. */
+  membership: MembershipClient;
+  /** This app's Prometheus metrics (its own registry). */
+  metrics: Metrics;
 }
 
 export type Logger = FastifyBaseLogger;
 
-export async function createAppDeps(config: Readonly<Config>): Promise<AppDeps> {
+export interface CreateAppDepsOptions {
+  /** Run migrations before returning (default: config.migrateOnStart). main.ts runs them after listening. */
+  migrate?: boolean;
+}
+
+export async function createAppDeps(
+  config: Readonly<Config>,
+  options: CreateAppDepsOptions = {},
+): Promise<AppDeps> {
   const dbHandle = await createDb({
     databaseUrl: config.databaseUrl,
     dataDir: config.dataDir,
     poolSize: config.dbPoolSize,
   });
   try {
-    if (config.migrateOnStart) await migrateToLatest(dbHandle.db);
+    if (options.migrate ?? config.migrateOnStart) await migrateToLatest(dbHandle.db);
   } catch (error) {
     await dbHandle.close();
     throw error;
@@ -44,6 +62,13 @@ export async function createAppDeps(config: Readonly<Config>): Promise<AppDeps> 
     }),
     verifyServiceKey: createServiceKeyVerifier(config.serviceKeys),
     spend: personalSpender(dbHandle.db, config.coalesceDebits),
+    stripe: createStripeClient(config),
+    membership: createMembershipClient({
+      authUrl: config.authUrl,
+      serviceKey: config.authServiceKey,
+      cacheSeconds: config.membershipCacheSeconds,
+    }),
+    metrics: createMetrics(dbHandle),
   };
 }
 

@@ -1,3 +1,5 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { migrateToLatest } from '@mana-credits/db';
 import { buildApp } from './app.ts';
 import { ConfigError, loadConfig } from './config.ts';
 import { createAppDeps } from './deps.ts';
@@ -13,10 +15,20 @@ async function main() {
     }
     throw error;
   }
-  const deps = await createAppDeps(config);
+  // Migrations run after listening, so /health answers and /ready says 'migrating' while they run.
+  const deps = await createAppDeps(config, { migrate: false });
   const app = await buildApp(deps, { closeDepsOnClose: true });
+  if (config.nodeEnv === 'production' && !config.metricsToken) {
+    app.log.warn('METRICS_TOKEN is unset: /metrics is open to anyone who can reach the port');
+  }
 
+  let migrations: Promise<unknown> = Promise.resolve();
   let closing = false;
+  /**
+   * SIGTERM: /ready turns 503 at once, requests are still served for SHUTDOWN_DRAIN_MS (so a load balancer
+   * can notice), then the listener closes, in-flight requests finish, the pool closes and the process exits
+   * 0. The whole sequence is bounded by SHUTDOWN_TIMEOUT_MS; past it the process exits 1.
+   */
   const shutdown = async (signal: string) => {
     if (closing) return;
     closing = true;
@@ -28,7 +40,11 @@ async function main() {
     }, config.shutdownTimeoutMs);
     timer.unref();
     try {
+      // A migration is never cut off half-way (it would roll back, but the next start would redo it).
+      await migrations.catch(() => {});
+      if (config.shutdownDrainMs > 0) await sleep(config.shutdownDrainMs);
       await app.close();
+      app.log.info('shut down cleanly');
       process.exit(0);
     } catch (error) {
       app.log.error({ err: error }, 'shutdown failed');
@@ -38,11 +54,33 @@ async function main() {
   process.once('SIGTERM', () => void shutdown('SIGTERM'));
   process.once('SIGINT', () => void shutdown('SIGINT'));
 
+  app.readiness.migrating = config.migrateOnStart;
   await app.listen({ port: config.port, host: config.host });
+  const address = app.server.address();
   app.log.info(
-    { database: deps.dbHandle.kind, port: config.port },
+    {
+      database: deps.dbHandle.kind,
+      port: typeof address === 'object' && address ? address.port : config.port,
+    },
     deps.dbHandle.kind === 'pglite' ? `embedded database in ${config.dataDir}` : 'connected to Postgres',
   );
+
+  if (config.migrateOnStart) {
+    migrations = migrateToLatest(deps.db);
+    try {
+      await migrations;
+    } catch (error) {
+      app.log.fatal({ err: error }, 'migrations failed');
+      if (!closing) {
+        closing = true;
+        await app.close().catch(() => {});
+        process.exit(1);
+      }
+      return;
+    }
+    app.readiness.migrating = false;
+    app.log.info('migrations done: ready');
+  }
 }
 
 main().catch((error) => {

@@ -58,7 +58,8 @@ describe('coalesced debits of one account', () => {
     ]);
     const refused = outcomes[2] as PromiseRejectedResult;
     expect(refused.reason).toBeInstanceOf(InsufficientCreditsError);
-    expect((refused.reason as InsufficientCreditsError).details).toEqual({ required: 5, available: 3 });
+    // Refused in the batch, it is retried alone (holds may have lapsed) and refused against what is left then.
+    expect((refused.reason as InsufficientCreditsError).details).toEqual({ required: 5, available: 0 });
     expect(await ledgerSum(server.deps.db, userId)).toBe(0);
   });
 

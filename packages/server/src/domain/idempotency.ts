@@ -59,6 +59,21 @@ export async function withLedgerIdempotency<T>(
       throw error;
     }
     if (first.request_hash !== idempotency.hash) throw new IdempotencyConflictError();
-    return replay(first);
+    return markReplayed(replay(first));
   }
+}
+
+const replayedResults = new WeakSet<object>();
+
+/**
+ * Marks an answer as a replay of an earlier call (nothing moved this time), so the metrics count the money
+ * once. Code with its own idempotency path (not withLedgerIdempotency) marks its replays with this too.
+ */
+export function markReplayed<T>(result: T): T {
+  if (typeof result === 'object' && result !== null) replayedResults.add(result);
+  return result;
+}
+
+export function isReplayed(result: unknown): boolean {
+  return typeof result === 'object' && result !== null && replayedResults.has(result);
 }

@@ -44,6 +44,13 @@ export function createContextInner(deps: AppDeps, options: InnerContextOptions =
 
 const headerText = (value: string | string[] | undefined) => (typeof value === 'string' ? value : undefined);
 
+const APP_ID = /^[A-Za-z0-9._:-]{1,100}$/;
+
+/** The app a service names in X-App-Id, when it is a sane identifier; 'unknown' otherwise. */
+export function serviceAppIdOf(header: string | undefined): string {
+  return header && APP_ID.test(header) ? header : 'unknown';
+}
+
 export function bearerTokenOf(authorization: string | undefined): string | undefined {
   if (!authorization) return undefined;
   const match = /^Bearer\s+(\S+)\s*$/i.exec(authorization);

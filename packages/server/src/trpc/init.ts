@@ -3,7 +3,8 @@ import type { TRPC_ERROR_CODE_KEY } from '@trpc/server/rpc';
 import { ZodError } from 'zod';
 import { InvalidTokenError, KeySetUnavailableError } from '../auth/jwt.ts';
 import { DomainError, type DomainErrorKind } from '../domain/errors.ts';
-import type { Context } from './context.ts';
+import { type Context, serviceAppIdOf } from './context.ts';
+import { recordProcedureCall } from './metrics.ts';
 import { transformer } from './transformer.ts';
 
 const CODE_OF_KIND: Record<DomainErrorKind, TRPC_ERROR_CODE_KEY> = {
@@ -71,6 +72,16 @@ export function toTRPCError(error: DomainError): TRPCError {
   return new TRPCError({ code: CODE_OF_KIND[error.kind], message: error.message, cause: error });
 }
 
+const requestIdOfError = new WeakMap<object, string>();
+
+/**
+ * Errors raised before tRPC made a context (e.g. a batch over the size limit) have no ctx.requestId: the
+ * adapter's onError, which sees the HTTP request, notes its id here for the error formatter.
+ */
+export function noteErrorRequestId(error: object, requestId: string) {
+  requestIdOfError.set(error, requestId);
+}
+
 const t = initTRPC.context<Context>().create({
   transformer,
   isDev: false,
@@ -85,7 +96,7 @@ const t = initTRPC.context<Context>().create({
         path: shape.data.path,
         reason,
         ...(details === undefined ? {} : { details }),
-        requestId: ctx?.requestId,
+        requestId: ctx?.requestId ?? requestIdOfError.get(error),
       },
     };
   },
@@ -102,7 +113,21 @@ const mapDomainErrors = t.middleware(async ({ next }) => {
   return result;
 });
 
-export const publicProcedure = t.procedure.use(mapDomainErrors);
+/** Every call is timed and counted; money procedures are counted by the table in metrics.ts. */
+const observe = t.middleware(async ({ ctx, path, type, getRawInput, next }) => {
+  const started = performance.now();
+  const result = await next();
+  await recordProcedureCall(ctx, {
+    path,
+    type,
+    seconds: (performance.now() - started) / 1000,
+    getRawInput,
+    outcome: result.ok ? { ok: true, data: result.data } : { ok: false, error: result.error },
+  });
+  return result;
+});
+
+export const publicProcedure = t.procedure.use(observe).use(mapDomainErrors);
 
 export const authedProcedure = publicProcedure.use(async ({ ctx, next }) => {
   if (ctx.user) return next({ ctx: { user: ctx.user } });
@@ -125,13 +150,10 @@ export const authedProcedure = publicProcedure.use(async ({ ctx, next }) => {
   }
 });
 
-const APP_ID = /^[A-Za-z0-9._:-]{1,100}$/;
-
 export const internalProcedure = publicProcedure.use(async ({ ctx, next }) => {
   if (ctx.service) return next({ ctx: { service: ctx.service } });
   if (!ctx.deps.verifyServiceKey(ctx.serviceKey)) {
     throw new TRPCError({ code: 'UNAUTHORIZED', message: 'A valid X-Service-Key is required' });
   }
-  const appId = ctx.appId && APP_ID.test(ctx.appId) ? ctx.appId : 'unknown';
-  return next({ ctx: { service: { appId } } });
+  return next({ ctx: { service: { appId: serviceAppIdOf(ctx.appId) } } });
 });

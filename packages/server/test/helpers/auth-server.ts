@@ -37,8 +37,10 @@ export class TestAuthServer {
   readonly audience = 'manacore';
   /** guildId → userId → role */
   readonly memberships = new Map<string, Map<string, GuildRole>>();
-  /** 'ok' | 'down' (500) | 'garbage' (nonsense JSON) */
-  membershipMode: 'ok' | 'down' | 'garbage' = 'ok';
+  /** 'ok' | 'down' (500) | 'garbage' (nonsense JSON) | 'hang' (never answers) */
+  membershipMode: 'ok' | 'down' | 'garbage' | 'hang' = 'ok';
+  /** When set, the membership endpoint answers this JSON with 200 instead of looking the member up. */
+  membershipBody: unknown;
   membershipRequests = 0;
   /** The service key the membership endpoint expects. */
   expectedServiceKey: string | undefined;
@@ -109,6 +111,11 @@ export class TestAuthServer {
         res.writeHead(200, { 'content-type': 'application/json' }).end('{"isMember":"perhaps"}');
         return;
       }
+      if (this.membershipMode === 'hang') return;
+      if (this.membershipBody !== undefined) {
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(this.membershipBody));
+        return;
+      }
       const guildId = decodeURIComponent(member[1]!);
       const userId = decodeURIComponent(member[2]!);
       const role = this.memberships.get(guildId)?.get(userId);
@@ -136,6 +143,9 @@ export class TestAuthServer {
   }
 
   async close() {
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    // A 'hang' request would otherwise hold the server open.
+    this.server.closeAllConnections();
+    await closed;
   }
 }

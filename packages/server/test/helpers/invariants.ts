@@ -38,3 +38,31 @@ export async function ledgerSum(db: Kysely<Database>, userId: string): Promise<n
     .executeTakeFirstOrThrow();
   return row.total;
 }
+
+/**
+ * Hold invariants: every balance's `reserved` equals the sum of its user's open personal holds, and every
+ * pool's `reserved` the sum of its open pool holds. Returns the offending accounts.
+ */
+export async function holdDrift(db: Kysely<Database>) {
+  const users = await sql<{ user_id: string; reserved: number; held: number }>`
+    select coalesce(b.user_id, h.user_id) as user_id, coalesce(b.reserved, 0)::int8 as reserved,
+           coalesce(h.total, 0)::int8 as held
+      from credits.balances b
+      full join (select user_id, sum(amount)::int8 as total from credits.reservations
+                  where status = 'open' and organization_id is null group by user_id) h
+        on h.user_id = b.user_id
+     where coalesce(b.reserved, 0) <> coalesce(h.total, 0)`.execute(db);
+  const pools = await sql<{ organization_id: string; reserved: number; held: number }>`
+    select coalesce(p.organization_id, h.organization_id) as organization_id,
+           coalesce(p.reserved, 0)::int8 as reserved, coalesce(h.total, 0)::int8 as held
+      from credits.guild_pools p
+      full join (select organization_id, sum(amount)::int8 as total from credits.reservations
+                  where status = 'open' and organization_id is not null group by organization_id) h
+        on h.organization_id = p.organization_id
+     where coalesce(p.reserved, 0) <> coalesce(h.total, 0)`.execute(db);
+  return { users: users.rows, pools: pools.rows };
+}
+
+export async function expectHoldsConsistent(db: Kysely<Database>) {
+  expect(await holdDrift(db)).toEqual({ users: [], pools: [] });
+}

@@ -5,6 +5,7 @@ import superjson from 'superjson';
 import { buildApp } from '../../src/app.ts';
 import { configFrom } from '../../src/config.ts';
 import { type AppDeps, createAppDeps } from '../../src/deps.ts';
+import { reconcile } from '../../src/domain/audit/reconcile.ts';
 import type { AppRouter } from '../../src/trpc/routers/_app.ts';
 import { TestAuthServer, type TestUser } from './auth-server.ts';
 import { createTestDatabase, type TestDatabase } from './database.ts';
@@ -87,6 +88,13 @@ export async function startTestServer(env: Record<string, string | undefined> = 
       return clientFor(url, () => headers);
     },
     async close() {
+      // Every test file ends with a full reconcile of its database: any drift fails the file.
+      const report = await reconcile(deps.db);
+      if (!report.ok) {
+        const drift = report.checks.filter((check) => !check.ok);
+        await app.close();
+        throw new Error(`reconcile found drift: ${JSON.stringify(drift, null, 2)}`);
+      }
       await app.close();
       await auth.close();
       await database.drop();

@@ -1,4 +1,4 @@
-import type { JsonObject, LedgerRow, PackageRow } from '@mana-credits/db';
+import type { JsonObject, LedgerRow, PackageRow, PurchaseRow } from '@mana-credits/db';
 
 /** Ledger rows as callers see them. */
 export function toTransactionView(row: LedgerRow) {
@@ -28,6 +28,40 @@ export function toPackageView(row: PackageRow) {
   };
 }
 
+/** A package as operators manage it (internal.packages). */
+export function toStoredPackageView(row: PackageRow) {
+  return {
+    ...toPackageView(row),
+    stripePriceId: row.stripe_price_id,
+    active: row.active,
+    sortOrder: row.sort_order,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  };
+}
+
+export function toPurchaseStatusView(row: PurchaseRow) {
+  return {
+    id: row.id,
+    status: row.status,
+    credits: row.credits,
+    priceEuroCents: row.price_euro_cents,
+    createdAt: row.created_at,
+    completedAt: row.completed_at,
+  };
+}
+
+export function toPurchaseView(row: PurchaseRow) {
+  return {
+    ...toPurchaseStatusView(row),
+    packageId: row.package_id,
+    currency: row.currency,
+    /** Credits refunds and disputes took back, and what they could not take because it was spent. */
+    clawedBackCredits: row.clawed_back_credits,
+    unrecoveredCredits: row.unrecovered_credits,
+  };
+}
+
 /** The answer to every call that moves one personal ledger entry; also what a replay returns. */
 export function toMovementResult(row: Pick<LedgerRow, 'id' | 'balance_after' | 'available_after'>) {
   return { transactionId: row.id, balance: row.available_after ?? row.balance_after };
@@ -36,3 +70,5 @@ export function toMovementResult(row: Pick<LedgerRow, 'id' | 'balance_after' | '
 export type MovementResult = ReturnType<typeof toMovementResult>;
 export type TransactionView = ReturnType<typeof toTransactionView>;
 export type PackageView = ReturnType<typeof toPackageView>;
+export type StoredPackageView = ReturnType<typeof toStoredPackageView>;
+export type PurchaseView = ReturnType<typeof toPurchaseView>;

@@ -6,6 +6,7 @@ import {
   getBalance,
   type JsonObject,
   listLedgerEntries,
+  releaseExpiredHolds,
 } from '@mana-credits/db';
 import { type Kysely, sql } from 'kysely';
 import { InsufficientCreditsError, InvalidRequestError, NotFoundError } from '../errors.ts';
@@ -21,8 +22,8 @@ export interface SpendInput {
   metadata?: JsonObject | undefined;
 }
 
-/** The fingerprint of a personal spend; the same for a single debit and a coalesced one. */
-export function spendRequestHash(input: SpendInput): string {
+/** The fingerprint of a usage debit; shared by credits.use and batch items, which share one key space. */
+export function usageRequestHash(input: Omit<SpendInput, 'userId' | 'idempotencyKey'>): string {
   return requestHash('credits.use', {
     amount: input.amount,
     appId: input.appId,
@@ -33,21 +34,25 @@ export function spendRequestHash(input: SpendInput): string {
 
 /** Spends personal credits: one statement, idempotent by (user, key). */
 export async function spendCredits(db: Kysely<Database>, input: SpendInput): Promise<MovementResult> {
-  const hash = spendRequestHash(input);
+  const hash = usageRequestHash(input);
   return withLedgerIdempotency(
     db,
     { userId: input.userId, key: input.idempotencyKey, hash },
     async () => {
-      const posted = await debitBalance(db, {
-        userId: input.userId,
-        type: 'usage',
-        amount: input.amount,
-        appId: input.appId,
-        description: input.description,
-        metadata: input.metadata,
-        idempotencyKey: input.idempotencyKey,
-        requestHash: hash,
-      });
+      const debit = () =>
+        debitBalance(db, {
+          userId: input.userId,
+          type: 'usage',
+          amount: input.amount,
+          appId: input.appId,
+          description: input.description,
+          metadata: input.metadata,
+          idempotencyKey: input.idempotencyKey,
+          requestHash: hash,
+        });
+      // A hold whose time is up must not block a spend, even before the sweep has returned it.
+      const posted =
+        (await debit()) ?? ((await releaseExpiredHolds(db, input.userId)) > 0 ? await debit() : null);
       if (!posted) {
         const { balance } = await getBalance(db, input.userId);
         throw new InsufficientCreditsError(input.amount, balance);

@@ -1,8 +1,9 @@
 import { type Database, debitMany } from '@mana-credits/db';
 import type { Kysely } from 'kysely';
-import { IdempotencyConflictError, InsufficientCreditsError } from '../errors.ts';
+import { IdempotencyConflictError } from '../errors.ts';
+import { markReplayed } from '../idempotency.ts';
 import type { MovementResult } from './mappers.ts';
-import { type SpendInput, spendCredits, spendRequestHash } from './personal.ts';
+import { type SpendInput, spendCredits, usageRequestHash } from './personal.ts';
 
 interface Waiting {
   input: SpendInput;
@@ -64,7 +65,7 @@ export class SpendCoalescer {
           description: input.description,
           metadata: input.metadata,
           idempotencyKey: input.idempotencyKey,
-          requestHash: spendRequestHash(input),
+          requestHash: usageRequestHash(input),
         })),
       );
     } catch {
@@ -78,9 +79,12 @@ export class SpendCoalescer {
       const outcome = outcomes[index];
       if (!outcome) reject(new Error('debit_many returned no outcome'));
       else if (outcome.outcome === 'conflict') reject(new IdempotencyConflictError());
-      else if (outcome.outcome === 'insufficient')
-        reject(new InsufficientCreditsError(input.amount, outcome.available));
-      else resolve({ transactionId: outcome.id, balance: outcome.available });
+      // Refused here, the single path may still succeed: it first returns holds whose time is up.
+      else if (outcome.outcome === 'insufficient') spendCredits(this.db, input).then(resolve, reject);
+      else {
+        const result = { transactionId: outcome.id, balance: outcome.available };
+        resolve(outcome.outcome === 'replay' ? markReplayed(result) : result);
+      }
     });
   }
 }

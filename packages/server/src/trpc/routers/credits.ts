@@ -1,6 +1,17 @@
 import { z } from 'zod';
 import { activePackages, balanceOf, transactionHistory } from '../../domain/credits/personal.ts';
-import { amount, appId, description, idempotencyKey, metadata, pageInput } from '../../schemas.ts';
+import { useGuildCreditsViaCreditsUse } from '../../domain/guild/pools.ts';
+import { purchaseHistory, purchaseStatus, startPurchase } from '../../domain/stripe/purchases.ts';
+import {
+  amount,
+  appId,
+  description,
+  guildId,
+  idempotencyKey,
+  metadata,
+  pageInput,
+  uuid,
+} from '../../schemas.ts';
 import { authedProcedure, publicProcedure, router } from '../init.ts';
 
 export const useInput = z.strictObject({
@@ -9,6 +20,15 @@ export const useInput = z.strictObject({
   description,
   idempotencyKey: idempotencyKey.optional(),
   metadata: metadata.optional(),
+  /** Spend from this guild's pool instead of the personal balance. */
+  guildId: guildId.optional(),
+});
+
+export const purchaseInput = z.strictObject({
+  packageId: uuid,
+  mode: z.enum(['payment_intent', 'checkout']).default('payment_intent'),
+  successUrl: z.string().max(2048).optional(),
+  cancelUrl: z.string().max(2048).optional(),
 });
 
 export const creditsRouter = router({
@@ -16,11 +36,34 @@ export const creditsRouter = router({
 
   use: authedProcedure
     .input(useInput)
-    .mutation(({ ctx, input }) => ctx.deps.spend({ userId: ctx.user.id, ...input })),
+    .mutation(({ ctx, input: { guildId, ...spend } }) =>
+      guildId
+        ? useGuildCreditsViaCreditsUse(ctx.deps, { ...spend, guildId, userId: ctx.user.id })
+        : ctx.deps.spend({ ...spend, userId: ctx.user.id }),
+    ),
 
   transactions: authedProcedure
     .input(pageInput.optional())
     .query(({ ctx, input }) => transactionHistory(ctx.deps.db, ctx.user.id, input ?? { limit: 20 })),
 
   packages: publicProcedure.query(({ ctx }) => activePackages(ctx.deps.db)),
+
+  purchase: authedProcedure.input(purchaseInput).mutation(({ ctx, input }) =>
+    startPurchase(
+      {
+        db: ctx.deps.db,
+        stripe: ctx.deps.stripe,
+        redirectOrigins: [...ctx.deps.config.corsOrigins, ...ctx.deps.config.checkoutAllowedOrigins],
+      },
+      { user: ctx.user, ...input },
+    ),
+  ),
+
+  purchases: authedProcedure
+    .input(pageInput.optional())
+    .query(({ ctx, input }) => purchaseHistory(ctx.deps.db, ctx.user.id, input ?? { limit: 20 })),
+
+  purchaseStatus: authedProcedure
+    .input(z.strictObject({ purchaseId: uuid }))
+    .query(({ ctx, input }) => purchaseStatus(ctx.deps.db, ctx.user.id, input.purchaseId)),
 });

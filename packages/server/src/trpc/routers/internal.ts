@@ -1,8 +1,25 @@
 import { z } from 'zod';
+import { reconcile } from '../../domain/audit/reconcile.ts';
+import { MAX_BATCH_ITEMS, useCreditsBatch } from '../../domain/credits/batch.ts';
+import { upsertPackage } from '../../domain/credits/packages.ts';
 import { balanceOf, grantCredits, initBalance, refundUsage } from '../../domain/credits/personal.ts';
-import { amount, description, idempotencyKey, text, userId, uuid } from '../../schemas.ts';
+import { commitReservation, releaseReservation, reserveCredits } from '../../domain/credits/reservations.ts';
+import { initPool, useGuildCreditsViaCreditsUse } from '../../domain/guild/pools.ts';
+import {
+  amount,
+  appId,
+  description,
+  guildId,
+  idempotencyKey,
+  identifier,
+  metadata,
+  text,
+  userId,
+  uuid,
+} from '../../schemas.ts';
 import { internalProcedure, router } from '../init.ts';
 import { useInput } from './credits.ts';
+import { internalGiftsRouter } from './gifts.ts';
 
 const internalCreditsRouter = router({
   balance: internalProcedure
@@ -15,7 +32,9 @@ const internalCreditsRouter = router({
 
   use: internalProcedure
     .input(useInput.extend({ userId }))
-    .mutation(({ ctx, input }) => ctx.deps.spend(input)),
+    .mutation(({ ctx, input: { guildId, ...spend } }) =>
+      guildId ? useGuildCreditsViaCreditsUse(ctx.deps, { ...spend, guildId }) : ctx.deps.spend(spend),
+    ),
 
   grant: internalProcedure
     .input(z.strictObject({ userId, amount, reason: text(500).min(1), idempotencyKey }))
@@ -26,8 +45,81 @@ const internalCreditsRouter = router({
       z.strictObject({ userId, transactionId: uuid, amount: amount.optional(), description, idempotencyKey }),
     )
     .mutation(({ ctx, input }) => refundUsage(ctx.deps.db, input)),
+
+  reserve: internalProcedure
+    .input(
+      z.strictObject({
+        userId,
+        amount,
+        appId,
+        description,
+        ttlSeconds: z.int().min(1).max(86_400).default(600),
+        idempotencyKey,
+        guildId: guildId.optional(),
+        metadata: metadata.optional(),
+      }),
+    )
+    .mutation(({ ctx, input }) => reserveCredits(ctx.deps.db, input)),
+
+  commit: internalProcedure
+    .input(
+      z.strictObject({
+        reservationId: uuid,
+        amount: amount.optional(),
+        description: description.optional(),
+        metadata: metadata.optional(),
+      }),
+    )
+    .mutation(({ ctx, input }) => commitReservation(ctx.deps.db, input)),
+
+  release: internalProcedure
+    .input(z.strictObject({ reservationId: uuid }))
+    .mutation(({ ctx, input }) => releaseReservation(ctx.deps.db, input.reservationId)),
+
+  // Items are checked one by one inside (a bad item fails alone), so here only the list itself is.
+  useBatch: internalProcedure
+    .input(z.strictObject({ items: z.array(z.unknown()).min(1).max(MAX_BATCH_ITEMS) }))
+    .mutation(({ ctx, input }) => useCreditsBatch(ctx.deps.db, input.items)),
+});
+
+/** Stripe's bounds for one EUR charge, in cents. */
+const MIN_PRICE_EURO_CENTS = 50;
+const MAX_PRICE_EURO_CENTS = 99_999_999;
+
+const internalPackagesRouter = router({
+  upsert: internalProcedure
+    .input(
+      z.strictObject({
+        id: uuid.optional(),
+        name: text(200).trim().min(1),
+        description: text(1000).optional(),
+        credits: amount,
+        priceEuroCents: z
+          .int()
+          .min(MIN_PRICE_EURO_CENTS, {
+            error: `must be at least ${MIN_PRICE_EURO_CENTS} (Stripe's minimum charge)`,
+          })
+          .max(MAX_PRICE_EURO_CENTS),
+        stripePriceId: identifier(255).optional(),
+        active: z.boolean(),
+        sortOrder: z.int().min(-1_000_000).max(1_000_000),
+      }),
+    )
+    .mutation(({ ctx, input }) => upsertPackage(ctx.deps.db, input)),
+});
+
+const internalGuildPoolRouter = router({
+  init: internalProcedure
+    .input(z.strictObject({ guildId }))
+    .mutation(({ ctx, input }) => initPool(ctx.deps.db, input.guildId)),
 });
 
 export const internalRouter = router({
   credits: internalCreditsRouter,
+  audit: router({
+    reconcile: internalProcedure.query(({ ctx }) => reconcile(ctx.deps.db)),
+  }),
+  gifts: internalGiftsRouter,
+  packages: internalPackagesRouter,
+  guildPool: internalGuildPoolRouter,
 });

@@ -1,0 +1,54 @@
+import { type Kysely, sql } from 'kysely';
+import type { Database, JsonObject } from '../database.ts';
+
+export interface BatchDebit {
+  userId: string;
+  amount: number;
+  appId: string;
+  description: string;
+  metadata?: JsonObject | null | undefined;
+  idempotencyKey: string;
+  requestHash: string;
+}
+
+export type BatchOutcome =
+  | { outcome: 'ok' | 'replay'; transactionId: string; available: number }
+  | { outcome: 'insufficient'; available: number }
+  | { outcome: 'conflict' };
+
+/**
+ * Posts many usage debits in one call of credits.use_batch (one round trip, one transaction; see the
+ * reservations migration for how), passing the items as parallel arrays so Postgres parses no JSON per item. Returns one outcome per debit, in input order.
+ */
+export async function postUsageBatch(
+  db: Kysely<Database>,
+  debits: readonly BatchDebit[],
+): Promise<BatchOutcome[]> {
+  const column = <T>(pick: (debit: BatchDebit) => T) => debits.map(pick);
+  const { rows } = await sql<{
+    ord: number;
+    outcome: BatchOutcome['outcome'];
+    transaction_id: string | null;
+    available: number | null;
+  }>`
+    select ord, outcome, transaction_id, available
+      from credits.use_batch(
+        ${column((d) => d.userId)}::text[], ${column((d) => d.amount)}::int8[], ${column((d) => d.appId)}::text[],
+        ${column((d) => d.description)}::text[], ${column((d) => (d.metadata ? JSON.stringify(d.metadata) : null))}::jsonb[],
+        ${column((d) => d.idempotencyKey)}::text[], ${column((d) => d.requestHash)}::text[])
+  `.execute(db);
+  if (rows.length !== debits.length) throw new Error('use_batch did not return one result per item');
+  return rows.map((row): BatchOutcome => {
+    switch (row.outcome) {
+      case 'ok':
+      case 'replay':
+        return { outcome: row.outcome, transactionId: row.transaction_id!, available: row.available! };
+      case 'insufficient':
+        return { outcome: 'insufficient', available: row.available! };
+      case 'conflict':
+        return { outcome: 'conflict' };
+      default:
+        throw new Error(`use_batch returned an unknown outcome: ${String(row.outcome)}`);
+    }
+  });
+}

@@ -1,0 +1,279 @@
+import { type Kysely, sql } from 'kysely';
+import type { Database, GuildLedgerRow, GuildLedgerType, GuildPoolRow, JsonObject } from '../database.ts';
+
+/** The unique index that makes guild idempotency atomic: (organization_id, user_id, idempotency_key). */
+export const GUILD_IDEMPOTENCY_INDEX = 'guild_transactions_idempotency_key';
+
+/** The CHECK that keeps a pool balance within the safe integer range. */
+export const GUILD_POOL_SAFE_INTEGER_CHECK = 'guild_pools_balance_safe_integer';
+
+/** A guild ledger entry to post; `amount` is always positive, the function says which way it moves. */
+export interface GuildEntryInput {
+  /** Chosen by the caller when another row must point at this one before it exists. */
+  id?: string | undefined;
+  guildId: string;
+  userId: string;
+  type: GuildLedgerType;
+  amount: number;
+  appId?: string | null | undefined;
+  description: string;
+  metadata?: JsonObject | null | undefined;
+  idempotencyKey?: string | null | undefined;
+  requestHash?: string | null | undefined;
+}
+
+export interface PostedGuildEntry {
+  id: string;
+  /** Σ guild ledger after the entry. */
+  balanceAfter: number;
+  /** Spendable pool after the entry (balance − reserved). */
+  available: number;
+  createdAt: Date;
+}
+
+const json = (metadata: JsonObject | null | undefined) => (metadata ? JSON.stringify(metadata) : null);
+
+/** Creates the pool if missing; safe when called concurrently. Returns true if this call created it. */
+export async function ensureGuildPool(db: Kysely<Database>, guildId: string): Promise<boolean> {
+  const result = await db
+    .insertInto('credits.guild_pools')
+    .values({ organization_id: guildId })
+    .onConflict((oc) => oc.column('organization_id').doNothing())
+    .executeTakeFirst();
+  return Number(result.numInsertedOrUpdatedRows ?? 0) > 0;
+}
+
+export async function findGuildPool(
+  db: Kysely<Database>,
+  guildId: string,
+): Promise<GuildPoolRow | undefined> {
+  return db
+    .selectFrom('credits.guild_pools')
+    .selectAll()
+    .where('organization_id', '=', guildId)
+    .executeTakeFirst();
+}
+
+/**
+ * Locks the pool row for the rest of the transaction. Every spend from a pool takes this lock first, so
+ * checks made after it (balance, member limits) cannot be overtaken by a concurrent spend of the same pool.
+ */
+export async function lockGuildPool(
+  trx: Kysely<Database>,
+  guildId: string,
+): Promise<GuildPoolRow | undefined> {
+  return trx
+    .selectFrom('credits.guild_pools')
+    .selectAll()
+    .where('organization_id', '=', guildId)
+    .forUpdate()
+    .executeTakeFirst();
+}
+
+export interface MemberLimitsRow {
+  /** null = unlimited. */
+  dailyLimit: number | null;
+  monthlyLimit: number | null;
+}
+
+export async function upsertMemberLimits(
+  db: Kysely<Database>,
+  guildId: string,
+  userId: string,
+  limits: MemberLimitsRow,
+): Promise<void> {
+  await db
+    .insertInto('credits.guild_spending_limits')
+    .values({
+      organization_id: guildId,
+      user_id: userId,
+      daily_limit: limits.dailyLimit,
+      monthly_limit: limits.monthlyLimit,
+    })
+    .onConflict((oc) =>
+      oc.columns(['organization_id', 'user_id']).doUpdateSet({
+        daily_limit: limits.dailyLimit,
+        monthly_limit: limits.monthlyLimit,
+        updated_at: sql`now()`,
+      }),
+    )
+    .execute();
+}
+
+export interface MemberSpending extends MemberLimitsRow {
+  spentToday: number;
+  spentThisMonth: number;
+}
+
+/**
+ * A member's caps (null = unlimited, also when none were set) and what they spent from the pool in the UTC
+ * day and UTC calendar month that contain `day` ('YYYY-MM-DD'; default: today in UTC by the database clock,
+ * the clock that dates the counters). One round trip. Inside a spend it must run after lockGuildPool, as
+ * its own statement, so that it reads every spend committed before the lock was granted.
+ */
+export async function memberSpending(
+  db: Kysely<Database>,
+  guildId: string,
+  userId: string,
+  day?: string,
+): Promise<MemberSpending> {
+  const { rows } = await sql<{
+    daily_limit: number | null;
+    monthly_limit: number | null;
+    spent_today: number;
+    spent_this_month: number;
+  }>`
+    select l.daily_limit, l.monthly_limit, s.spent_today, s.spent_this_month
+      from (select coalesce(${day ?? null}::date, (now() at time zone 'utc')::date) as today) w
+     cross join lateral (
+       select coalesce(sum(u.spent) filter (where u.day = w.today), 0)::int8 as spent_today,
+              coalesce(sum(u.spent), 0)::int8 as spent_this_month
+         from credits.guild_member_usage u
+        where u.organization_id = ${guildId} and u.user_id = ${userId}
+          and u.day between date_trunc('month', w.today)::date and w.today
+     ) s
+      left join credits.guild_spending_limits l on l.organization_id = ${guildId} and l.user_id = ${userId}
+  `.execute(db);
+  const row = rows[0];
+  return {
+    dailyLimit: row?.daily_limit ?? null,
+    monthlyLimit: row?.monthly_limit ?? null,
+    spentToday: row?.spent_today ?? 0,
+    spentThisMonth: row?.spent_this_month ?? 0,
+  };
+}
+
+/**
+ * Debits a pool for a member's usage in one statement: the conditional UPDATE cannot overdraw or touch held
+ * credits, the guild ledger row comes from its RETURNING, and the member's day counter and usage_stats are
+ * upserted. Returns null when the spendable pool is too small (nothing written). A replayed idempotency key
+ * fails the statement with a unique violation on GUILD_IDEMPOTENCY_INDEX.
+ */
+export async function debitGuildPool(
+  db: Kysely<Database>,
+  entry: GuildEntryInput,
+): Promise<PostedGuildEntry | null> {
+  const { rows } = await sql<{ id: string; balance_after: number; available: number; created_at: Date }>`
+    with debit as (
+      update credits.guild_pools
+         set balance = balance - ${entry.amount}::int8,
+             total_spent = total_spent + ${entry.amount}::int8,
+             version = version + 1,
+             updated_at = now()
+       where organization_id = ${entry.guildId} and balance - reserved >= ${entry.amount}::int8
+      returning balance, reserved
+    ), entry as (
+      insert into credits.guild_transactions
+        (id, organization_id, user_id, type, amount, balance_before, balance_after, available_after, app_id,
+         description, metadata, idempotency_key, request_hash)
+      select coalesce(${entry.id ?? null}::uuid, gen_random_uuid()), ${entry.guildId}, ${entry.userId},
+             ${entry.type}, -${entry.amount}::int8, balance + ${entry.amount}::int8, balance, balance - reserved,
+             ${entry.appId ?? null}, ${entry.description}, ${json(entry.metadata)}::jsonb,
+             ${entry.idempotencyKey ?? null}, ${entry.requestHash ?? null}
+        from debit
+      returning id, balance_after, available_after, created_at
+    ), member_usage as (
+      insert into credits.guild_member_usage (organization_id, user_id, day, spent)
+      select ${entry.guildId}, ${entry.userId}, (now() at time zone 'utc')::date, ${entry.amount}::int8 from entry
+      on conflict (organization_id, user_id, day)
+        do update set spent = credits.guild_member_usage.spent + excluded.spent
+    ), usage as (
+      insert into credits.usage_stats (user_id, app_id, date, credits_used)
+      select ${entry.userId}, ${entry.appId ?? ''}, (now() at time zone 'utc')::date, ${entry.amount}::int8
+        from entry where ${entry.appId ? sql`true` : sql`false`}
+      on conflict (user_id, app_id, date)
+        do update set credits_used = credits.usage_stats.credits_used + excluded.credits_used
+    )
+    select id, balance_after, available_after as available, created_at from entry
+  `.execute(db);
+  const row = rows[0];
+  return row
+    ? { id: row.id, balanceAfter: row.balance_after, available: row.available, createdAt: row.created_at }
+    : null;
+}
+
+/** Credits a pool (funding) in one statement. Returns null when the pool does not exist. */
+export async function creditGuildPool(
+  db: Kysely<Database>,
+  entry: GuildEntryInput,
+): Promise<PostedGuildEntry | null> {
+  const { rows } = await sql<{ id: string; balance_after: number; available: number; created_at: Date }>`
+    with credit as (
+      update credits.guild_pools
+         set balance = balance + ${entry.amount}::int8,
+             total_funded = total_funded + ${entry.amount}::int8,
+             version = version + 1,
+             updated_at = now()
+       where organization_id = ${entry.guildId}
+      returning balance, reserved
+    ), entry as (
+      insert into credits.guild_transactions
+        (id, organization_id, user_id, type, amount, balance_before, balance_after, available_after, app_id,
+         description, metadata, idempotency_key, request_hash)
+      select coalesce(${entry.id ?? null}::uuid, gen_random_uuid()), ${entry.guildId}, ${entry.userId},
+             ${entry.type}, ${entry.amount}::int8, balance - ${entry.amount}::int8, balance, balance - reserved,
+             ${entry.appId ?? null}, ${entry.description}, ${json(entry.metadata)}::jsonb,
+             ${entry.idempotencyKey ?? null}, ${entry.requestHash ?? null}
+        from credit
+      returning id, balance_after, available_after, created_at
+    )
+    select id, balance_after, available_after as available, created_at from entry
+  `.execute(db);
+  const row = rows[0];
+  return row
+    ? { id: row.id, balanceAfter: row.balance_after, available: row.available, createdAt: row.created_at }
+    : null;
+}
+
+export async function findGuildEntryByKey(
+  db: Kysely<Database>,
+  guildId: string,
+  userId: string,
+  idempotencyKey: string,
+): Promise<GuildLedgerRow | undefined> {
+  return db
+    .selectFrom('credits.guild_transactions')
+    .selectAll()
+    .where('organization_id', '=', guildId)
+    .where('user_id', '=', userId)
+    .where('idempotency_key', '=', idempotencyKey)
+    .executeTakeFirst();
+}
+
+/**
+ * One page of a pool's ledger, newest first; only `userId`'s rows when given. The cursor is the id of the
+ * last row of the previous page and must be a row this listing could show; undefined when it is not.
+ */
+export async function listGuildEntries(
+  db: Kysely<Database>,
+  guildId: string,
+  onlyUserId: string | undefined,
+  limit: number,
+  cursor?: string,
+): Promise<{ rows: GuildLedgerRow[]; nextCursor: string | null } | undefined> {
+  let query = db
+    .selectFrom('credits.guild_transactions')
+    .selectAll()
+    .where('organization_id', '=', guildId)
+    .$if(onlyUserId !== undefined, (q) => q.where('user_id', '=', onlyUserId as string))
+    .orderBy('created_at', 'desc')
+    .orderBy('id', 'desc')
+    .limit(limit + 1);
+  if (cursor) {
+    const anchor = await db
+      .selectFrom('credits.guild_transactions')
+      .select('id')
+      .where('organization_id', '=', guildId)
+      .$if(onlyUserId !== undefined, (q) => q.where('user_id', '=', onlyUserId as string))
+      .where('id', '=', cursor)
+      .executeTakeFirst();
+    if (!anchor) return undefined;
+    query = query.where(
+      sql<boolean>`(created_at, id) < (select c.created_at, c.id from credits.guild_transactions c where c.id = ${cursor}::uuid)`,
+    );
+  }
+  const rows = await query.execute();
+  const hasMore = rows.length > limit;
+  const page = hasMore ? rows.slice(0, limit) : rows;
+  return { rows: page, nextCursor: hasMore ? (page[page.length - 1]?.id ?? null) : null };
+}

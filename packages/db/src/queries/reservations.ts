@@ -1,0 +1,194 @@
+import { type Kysely, sql, type Transaction } from 'kysely';
+import type { Database, JsonObject, ReservationRow } from '../database.ts';
+
+export const RESERVATION_IDEMPOTENCY_INDEX = 'reservations_user_idempotency_key';
+
+const json = (metadata: JsonObject | null | undefined) => (metadata ? JSON.stringify(metadata) : null);
+
+/**
+ * The ledger idempotency key of a reservation's commit: at most one usage row per reservation, enforced by
+ * the ledger's unique index on top of the reservation's own status. It starts with a control character,
+ * which every API idempotency key refuses, so no caller can take it first.
+ */
+export function reservationCommitKey(reservationId: string): string {
+  return `\u001freservation:${reservationId}`;
+}
+
+export interface HoldInput {
+  userId: string;
+  amount: number;
+  appId: string;
+  description: string;
+  metadata?: JsonObject | null | undefined;
+  idempotencyKey: string;
+  requestHash: string;
+  ttlSeconds: number;
+}
+
+export interface PlacedHold {
+  id: string;
+  expiresAt: Date;
+  /** Spendable right after the hold. */
+  available: number;
+}
+
+/**
+ * Holds personal credits in one statement: the conditional UPDATE raises `reserved` only while the spendable
+ * balance covers the amount, and the reservation row is inserted from its RETURNING. Returns null when the
+ * spendable balance is too small (nothing written). A replayed key fails the insert on
+ * RESERVATION_IDEMPOTENCY_INDEX, which undoes the hold with it. Expiry is computed by the database clock,
+ * the one clock every instance shares.
+ */
+export async function placeHold(db: Kysely<Database>, hold: HoldInput): Promise<PlacedHold | null> {
+  const { rows } = await sql<{ id: string; expires_at: Date; available_after: number }>`
+    with hold as (
+      update credits.balances
+         set reserved = reserved + ${hold.amount}::int8, version = version + 1, updated_at = now()
+       where user_id = ${hold.userId} and balance - reserved >= ${hold.amount}::int8
+      returning balance - reserved as available
+    )
+    insert into credits.reservations
+      (user_id, amount, app_id, description, metadata, idempotency_key, request_hash, available_after, expires_at)
+    select ${hold.userId}, ${hold.amount}::int8, ${hold.appId}, ${hold.description}, ${json(hold.metadata)}::jsonb,
+           ${hold.idempotencyKey}, ${hold.requestHash}, available, now() + ${hold.ttlSeconds}::int * interval '1 second'
+      from hold
+    returning id, expires_at, available_after
+  `.execute(db);
+  const row = rows[0];
+  return row ? { id: row.id, expiresAt: row.expires_at, available: row.available_after } : null;
+}
+
+export async function findReservationByKey(
+  db: Kysely<Database>,
+  userId: string,
+  idempotencyKey: string,
+): Promise<ReservationRow | undefined> {
+  return db
+    .selectFrom('credits.reservations')
+    .selectAll()
+    .where('user_id', '=', userId)
+    .where('idempotency_key', '=', idempotencyKey)
+    .executeTakeFirst();
+}
+
+export interface LockedReservation extends ReservationRow {
+  /** True when the hold is still open but its time is up (by the database clock). */
+  lapsed: boolean;
+}
+
+/**
+ * Locks one reservation row for the rest of the transaction (FOR UPDATE): commits and releases serialise.
+ * Only the reservation is read here: after waiting for the lock, Postgres rechecks the locked row alone, so
+ * anything joined to it could still be what it was before the wait.
+ */
+export async function lockReservation(
+  trx: Transaction<Database>,
+  reservationId: string,
+): Promise<LockedReservation | undefined> {
+  const { rows } = await sql<LockedReservation>`
+    select r.*, (r.status = 'open' and r.expires_at <= now()) as lapsed
+      from credits.reservations r
+     where r.id = ${reservationId}::uuid
+       for update
+  `.execute(trx);
+  return rows[0];
+}
+
+export interface CommitInput {
+  amount: number;
+  description: string;
+  metadata?: JsonObject | null | undefined;
+  commitHash: string;
+}
+
+/**
+ * Settles a locked, open personal hold in one statement: the balance drops by the committed amount and the
+ * whole hold leaves `reserved`, one usage ledger row is posted (keyed by the reservation, so it can never
+ * post twice), the day's usage grows and the reservation is closed as committed.
+ */
+export async function commitHold(
+  trx: Transaction<Database>,
+  reservation: ReservationRow,
+  commit: CommitInput,
+): Promise<{ transactionId: string; available: number }> {
+  const { rows } = await sql<{ id: string; available_after: number; closed: number }>`
+    with settle as (
+      update credits.balances
+         set balance = balance - ${commit.amount}::int8,
+             reserved = reserved - ${reservation.amount}::int8,
+             total_spent = total_spent + ${commit.amount}::int8,
+             version = version + 1,
+             updated_at = now()
+       where user_id = ${reservation.user_id}
+      returning balance, reserved
+    ), entry as (
+      insert into credits.transactions
+        (user_id, type, amount, balance_before, balance_after, available_after, app_id, description, metadata,
+         idempotency_key, request_hash)
+      select ${reservation.user_id}, 'usage', -${commit.amount}::int8, balance + ${commit.amount}::int8, balance,
+             balance - reserved, ${reservation.app_id}, ${commit.description}, ${json(commit.metadata)}::jsonb,
+             ${reservationCommitKey(reservation.id)}, ${commit.commitHash}
+        from settle
+      returning id, available_after
+    ), usage as (
+      insert into credits.usage_stats (user_id, app_id, date, credits_used)
+      select ${reservation.user_id}, ${reservation.app_id}, (now() at time zone 'utc')::date, ${commit.amount}::int8
+        from entry
+      on conflict (user_id, app_id, date)
+        do update set credits_used = credits.usage_stats.credits_used + excluded.credits_used
+    ), closed as (
+      update credits.reservations
+         set status = 'committed', committed_amount = ${commit.amount}::int8,
+             released_amount = amount - ${commit.amount}::int8, transaction_id = (select id from entry),
+             commit_hash = ${commit.commitHash}, closed_at = now(), updated_at = now()
+       where id = ${reservation.id}::uuid and status = 'open'
+      returning id
+    )
+    select entry.id, entry.available_after, (select count(*) from closed)::int4 as closed from entry
+  `.execute(trx);
+  const row = rows[0];
+  if (row?.closed !== 1) throw new Error(`reservation ${reservation.id} could not be committed`);
+  return { transactionId: row.id, available: row.available_after };
+}
+
+/**
+ * Returns a locked, open personal hold to its account in one statement and closes it as `released` (or
+ * `expired`, when its time ran out first). Returns the spendable balance afterwards.
+ */
+export async function releaseHold(
+  trx: Transaction<Database>,
+  reservation: ReservationRow,
+  status: 'released' | 'expired',
+): Promise<number> {
+  const { rows } = await sql<{ available: number }>`
+    with closed as (
+      update credits.reservations
+         set status = ${status}, released_amount = amount, closed_at = now(), updated_at = now()
+       where id = ${reservation.id}::uuid and status = 'open'
+      returning user_id, amount
+    )
+    update credits.balances b
+       set reserved = b.reserved - c.amount, version = b.version + 1, updated_at = now()
+      from closed c
+     where b.user_id = c.user_id
+    returning b.balance - b.reserved as available
+  `.execute(trx);
+  const row = rows[0];
+  if (!row) throw new Error(`reservation ${reservation.id} could not be released`);
+  return row.available;
+}
+
+/**
+ * Returns expired personal holds to their accounts (see credits.release_expired_holds): one user's when
+ * `userId` is given, anyone's otherwise; at most `limit` per call. Returns how many were returned.
+ */
+export async function releaseExpiredHolds(
+  db: Kysely<Database>,
+  userId: string | null,
+  limit = 1000,
+): Promise<number> {
+  const { rows } = await sql<{ released: number }>`
+    select credits.release_expired_holds(${userId}, ${limit}::int) as released
+  `.execute(db);
+  return rows[0]?.released ?? 0;
+}

@@ -1,0 +1,461 @@
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { createDb, migrateToLatest } from '@mana-credits/db';
+import { sql } from 'kysely';
+import pg from 'pg';
+import { reconcile } from '../src/domain/audit/reconcile.ts';
+import { TestAuthServer } from '../test/helpers/auth-server.ts';
+import { type CallOptions, callOnce, type LoggedOperation, seededRandom } from './protocol.ts';
+
+/**
+ * `pnpm chaos`: a bounded fault-injection run against the local Postgres. Client processes drive mixed
+ * traffic while a nemesis kills, pauses and restarts servers, terminates Postgres backends and restarts
+ * Postgres in immediate mode. Afterwards every unknown operation is retried with its key and the database is
+ * checked: reconcile, every acknowledged operation present exactly once, no trace of a refused one.
+ */
+const { values: args } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    seconds: { type: 'string' },
+    instances: { type: 'string', default: '1' },
+    workers: { type: 'string', default: '3' },
+    seed: { type: 'string', default: String(Date.now() % 100000) },
+    'no-pg-restart': { type: 'boolean', default: false },
+    'database-url': {
+      type: 'string',
+      default: process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres',
+    },
+  },
+});
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
+const seconds = Number(args.seconds ?? (args.quick ? 25 : 300));
+const instanceCount = Number(args.instances);
+const workerCount = Number(args.workers);
+const seed = Number(args.seed);
+const random = seededRandom(seed);
+const SERVICE_KEY = 'chaos-service-key-0123456789abcdefghijklmnop';
+const USERS = Array.from({ length: 12 }, (_, i) => `chaos-user-${i}`);
+const INITIAL_CREDITS = 500;
+const log = (message: string) => console.log(`[chaos ${new Date().toISOString().slice(11, 19)}] ${message}`);
+
+async function freePort(): Promise<number> {
+  return new Promise((resolvePort) => {
+    const server = createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolvePort(port));
+    });
+  });
+}
+
+// ── the database ──────────────────────────────────────────────────────────────────────────────────────────
+const adminUrl = args['database-url']!;
+const dbName = `mana_credits_chaos_${Date.now()}`;
+const databaseUrl = Object.assign(new URL(adminUrl), { pathname: `/${dbName}` }).toString();
+
+async function admin<T>(query: string, params: unknown[] = []): Promise<T[]> {
+  const client = new pg.Client({ connectionString: adminUrl });
+  await client.connect();
+  try {
+    return (await client.query(query, params)).rows as T[];
+  } finally {
+    await client.end();
+  }
+}
+
+async function waitForPostgres() {
+  for (let i = 0; i < 60; i++) {
+    try {
+      await admin('select 1');
+      return;
+    } catch {
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+  throw new Error('Postgres did not come back');
+}
+
+// ── the servers ───────────────────────────────────────────────────────────────────────────────────────────
+interface Instance {
+  port: number;
+  url: string;
+  child: ChildProcess | undefined;
+  paused: boolean;
+}
+
+function startInstance(instance: Instance, auth: TestAuthServer): Promise<void> {
+  const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'packages/server/src/main.ts')], {
+    cwd: root,
+    env: {
+      ...process.env,
+      NODE_ENV: 'production',
+      PORT: String(instance.port),
+      HOST: '127.0.0.1',
+      DATABASE_URL: databaseUrl,
+      MANA_CORE_SERVICE_KEY: SERVICE_KEY,
+      MANA_CORE_AUTH_URL: auth.url,
+      BASE_URL: instance.url,
+      LOG_LEVEL: 'error',
+      DB_POOL_SIZE: '5',
+      SHUTDOWN_TIMEOUT_MS: '3000',
+    },
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  instance.child = child;
+  instance.paused = false;
+  return waitUntilReady(instance);
+}
+
+async function waitUntilReady(instance: Instance) {
+  for (let i = 0; i < 120; i++) {
+    try {
+      const response = await fetch(`${instance.url}/ready`, { signal: AbortSignal.timeout(1000) });
+      if (response.ok) return;
+    } catch {}
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  throw new Error(`server on ${instance.port} did not become ready`);
+}
+
+function kill(instance: Instance, signal: NodeJS.Signals) {
+  if (instance.child?.pid) process.kill(instance.child.pid, signal);
+}
+
+// ── the nemesis ───────────────────────────────────────────────────────────────────────────────────────────
+const faults: Record<string, number> = {};
+async function nemesis(instances: Instance[], auth: TestAuthServer, deadline: number) {
+  const kinds = [
+    'kill',
+    'pause',
+    'terminate-backends',
+    ...(args['no-pg-restart'] ? [] : ['restart-postgres']),
+  ];
+  while (Date.now() < deadline - 3000) {
+    await new Promise((r) => setTimeout(r, 1500 + random() * 3000));
+    if (Date.now() >= deadline - 3000) break;
+    const kind = kinds[Math.floor(random() * kinds.length)]!;
+    const instance = instances[Math.floor(random() * instances.length)]!;
+    faults[kind] = (faults[kind] ?? 0) + 1;
+    log(`fault: ${kind}${kind === 'kill' || kind === 'pause' ? ` server :${instance.port}` : ''}`);
+    try {
+      if (kind === 'kill') {
+        kill(instance, 'SIGKILL');
+        await new Promise((r) => setTimeout(r, 300 + random() * 700));
+        await startInstance(instance, auth);
+      } else if (kind === 'pause') {
+        kill(instance, 'SIGSTOP');
+        instance.paused = true;
+        await new Promise((r) => setTimeout(r, 1000 + random() * 2500));
+        kill(instance, 'SIGCONT');
+        instance.paused = false;
+      } else if (kind === 'terminate-backends') {
+        await admin(
+          `select pg_terminate_backend(pid) from pg_stat_activity
+            where datname = $1 and pid <> pg_backend_pid() and random() < 0.7`,
+          [dbName],
+        );
+      } else {
+        const version = execFileSync('ls', ['/etc/postgresql']).toString().trim().split('\n')[0]!;
+        execFileSync(
+          'pg_ctlcluster',
+          ['--skip-systemctl-redirect', '-m', 'immediate', version, 'main', 'restart'],
+          {
+            stdio: 'ignore',
+          },
+        );
+        await waitForPostgres();
+      }
+    } catch (error) {
+      log(`nemesis step failed: ${error instanceof Error ? error.message : error}`);
+    }
+  }
+}
+
+// ── the run ───────────────────────────────────────────────────────────────────────────────────────────────
+async function main() {
+  log(`seed ${seed}, ${seconds}s, ${instanceCount} instance(s), ${workerCount} workers, database ${dbName}`);
+  await admin(`create database ${dbName}`);
+  const handle = await createDb({ databaseUrl, poolSize: 4 });
+  await migrateToLatest(handle.db);
+  const auth = await TestAuthServer.start();
+  const instances: Instance[] = [];
+  for (let i = 0; i < instanceCount; i++) {
+    const port = await freePort();
+    instances.push({ port, url: `http://127.0.0.1:${port}`, child: undefined, paused: false });
+  }
+  await Promise.all(instances.map((instance) => startInstance(instance, auth)));
+  // One guild: user 0 owns it and funds the pool, everyone else spends from it (user 1 under a daily limit).
+  USERS.forEach((userId, index) => auth.setRole('chaos-guild', userId, index === 0 ? 'owner' : 'member'));
+  const tokens = Object.fromEntries(
+    await Promise.all(USERS.map(async (id) => [id, await auth.sign({ id }, { expiresIn: '2h' })] as const)),
+  );
+  const callOptions: CallOptions = {
+    baseUrls: instances.map((i) => i.url),
+    serviceKey: SERVICE_KEY,
+    tokens,
+    timeoutMs: 2000,
+  };
+  for (const userId of USERS) {
+    const seeded = await callOnce(
+      {
+        id: `seed-${userId}`,
+        kind: 'grant',
+        path: 'internal.credits.grant',
+        actor: 'service',
+        input: { userId, amount: INITIAL_CREDITS, reason: 'chaos seed', idempotencyKey: `seed-${userId}` },
+      },
+      callOptions,
+      instances[0]!.url,
+    );
+    if (seeded.outcome !== 'ok') throw new Error(`seeding failed: ${seeded.reason}`);
+  }
+
+  const poolInit = await callOnce(
+    {
+      id: 'pool',
+      kind: 'init',
+      path: 'internal.guildPool.init',
+      actor: 'service',
+      input: { guildId: 'chaos-guild' },
+    },
+    callOptions,
+    instances[0]!.url,
+  );
+  const limits = await callOnce(
+    {
+      id: 'limits',
+      kind: 'limits',
+      path: 'guild.setMemberLimits',
+      actor: USERS[0]!,
+      input: { guildId: 'chaos-guild', userId: USERS[1], dailyLimit: 25, monthlyLimit: null },
+    },
+    callOptions,
+    instances[0]!.url,
+  );
+  if (poolInit.outcome !== 'ok' || limits.outcome !== 'ok') throw new Error('guild setup failed');
+
+  const logDir = mkdtempSync(join(tmpdir(), 'mana-credits-chaos-'));
+  const deadline = Date.now() + seconds * 1000;
+  const workers = Array.from({ length: workerCount }, (_, worker) => {
+    const logFile = join(logDir, `worker-${worker}.jsonl`);
+    writeFileSync(logFile, '');
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', join(root, 'packages/server/chaos/worker.ts')],
+      {
+        cwd: root,
+        env: {
+          ...process.env,
+          CHAOS_WORKER: JSON.stringify({
+            ...callOptions,
+            worker,
+            seed: seed * 31 + worker,
+            deadline,
+            users: USERS,
+            logFile,
+            retries: 3,
+          }),
+        },
+        stdio: ['ignore', 'inherit', 'inherit'],
+      },
+    );
+    return { child, logFile, done: new Promise<void>((r) => child.on('exit', () => r())) };
+  });
+
+  await nemesis(instances, auth, deadline);
+  await Promise.all(workers.map((w) => w.done));
+  for (const instance of instances) if (instance.paused) kill(instance, 'SIGCONT');
+  await waitForPostgres();
+  for (const instance of instances) {
+    try {
+      await waitUntilReady(instance);
+    } catch {
+      await startInstance(instance, auth);
+    }
+  }
+
+  // ── settle unknown outcomes with their own keys ─────────────────────────────────────────────────────────
+  const operations: LoggedOperation[] = workers.flatMap((w) =>
+    readFileSync(w.logFile, 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map((line) => JSON.parse(line) as LoggedOperation),
+  );
+  const unknown = operations.filter((op) => op.outcome === 'unknown');
+  for (const op of unknown) {
+    for (let attempt = 0; attempt < 20; attempt++) {
+      const answer = await callOnce(op, { ...callOptions, timeoutMs: 10_000 }, instances[0]!.url);
+      if (answer.outcome !== 'unknown') {
+        Object.assign(op, answer, { settledLater: true });
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+
+  // ── check ───────────────────────────────────────────────────────────────────────────────────────────────
+  const violations: string[] = [];
+  const report = await reconcile(handle.db);
+  for (const check of report.checks.filter((c) => !c.ok)) {
+    violations.push(
+      `reconcile ${check.name}: ${check.violations} ${JSON.stringify(check.samples.slice(0, 3))}`,
+    );
+  }
+  const rows = await sql<{
+    user_id: string;
+    idempotency_key: string;
+    id: string;
+    amount: number;
+    type: string;
+  }>`
+    select user_id, idempotency_key, id, amount, type from credits.transactions where idempotency_key is not null`.execute(
+    handle.db,
+  );
+  const byKey = new Map(rows.rows.map((row) => [`${row.user_id}/${row.idempotency_key}`, row]));
+  const guildRows = await handle.db
+    .selectFrom('credits.guild_transactions')
+    .select(['user_id', 'idempotency_key', 'id', 'amount', 'type'])
+    .where('organization_id', '=', 'chaos-guild')
+    .execute();
+  for (const row of guildRows)
+    byKey.set(`guild/${row.user_id}/${row.idempotency_key}`, {
+      ...row,
+      user_id: row.user_id,
+      idempotency_key: row.idempotency_key ?? '',
+    });
+  let expectedPool = 0;
+  const expectedBalance = new Map(USERS.map((u) => [u, INITIAL_CREDITS]));
+  const adjust = (userId: string, delta: number) =>
+    expectedBalance.set(userId, (expectedBalance.get(userId) ?? 0) + delta);
+  const giftRows = await handle.db.selectFrom('gifts.gift_codes').selectAll().execute();
+  const giftsById = new Map(giftRows.map((gift) => [gift.id, gift]));
+  const successes = await handle.db
+    .selectFrom('gifts.gift_redemptions')
+    .innerJoin('gifts.gift_codes', 'gifts.gift_codes.id', 'gifts.gift_redemptions.gift_code_id')
+    .select(['gift_code_id', 'code', 'redeemer_user_id', 'credits_received'])
+    .where('gifts.gift_redemptions.status', '=', 'success')
+    .execute();
+  const normalCode = (code: unknown) =>
+    String(code)
+      .replace(/[^0-9a-z]/gi, '')
+      .toUpperCase();
+  const successByCodeAndUser = new Map(
+    successes.map((r) => [`${normalCode(r.code)}/${r.redeemer_user_id}`, r]),
+  );
+  for (const op of operations) {
+    const userId = (op.input.userId as string | undefined) ?? op.actor;
+    const key = op.input.idempotencyKey as string | undefined;
+    const row = key
+      ? byKey.get(`${op.kind.startsWith('guild.') ? 'guild/' : ''}${userId}/${key}`)
+      : undefined;
+    if (op.outcome === 'unknown') {
+      violations.push(`${op.id} (${op.kind}) is still unknown after retries`);
+      continue;
+    }
+    if (op.kind === 'gift.redeem') {
+      const success = successByCodeAndUser.get(`${normalCode(op.input.code)}/${op.actor}`);
+      if (op.outcome === 'ok' && success?.credits_received !== op.result?.creditsReceived) {
+        violations.push(
+          `${op.id} redeemed ${op.result?.creditsReceived} but the database has ${success?.credits_received}`,
+        );
+      }
+      continue; // redemption credits are counted once per (gift, user) below
+    }
+    if (op.kind === 'gift.cancel') {
+      const gift = giftsById.get(op.input.id as string);
+      if (
+        op.outcome === 'ok' &&
+        (!gift || gift.refunded_credits !== op.result?.refunded || gift.status === 'active')
+      ) {
+        violations.push(
+          `${op.id} cancel answered ${op.result?.refunded}, gift is ${gift?.status}/${gift?.refunded_credits}`,
+        );
+      }
+      continue; // refunds are counted from the gifts below
+    }
+    if (op.outcome === 'ok') {
+      if (!row) violations.push(`${op.id} (${op.kind}) was acknowledged but has no ledger row`);
+      if (op.kind === 'guild.fund') {
+        adjust(userId, -(op.input.amount as number));
+        expectedPool += op.input.amount as number;
+      } else if (op.kind === 'guild.use') {
+        if (row && row.id !== op.result?.transactionId)
+          violations.push(`${op.id} acknowledged ${op.result?.transactionId}, guild ledger has ${row.id}`);
+        expectedPool -= op.input.amount as number;
+      } else if (op.kind === 'gift.create') {
+        if (!giftsById.has(op.result?.id as string))
+          violations.push(`${op.id} created gift ${op.result?.id}, not in the database`);
+        adjust(userId, -10);
+      } else {
+        if (row && row.id !== op.result?.transactionId) {
+          violations.push(`${op.id} acknowledged ${op.result?.transactionId}, ledger has ${row.id}`);
+        }
+        adjust(userId, op.kind === 'use' ? -(op.input.amount as number) : (op.input.amount as number));
+      }
+    } else if (row) {
+      violations.push(`${op.id} (${op.kind}) was refused (${op.reason}) but left ledger row ${row.id}`);
+    }
+  }
+  for (const success of successes) adjust(success.redeemer_user_id, success.credits_received);
+  for (const gift of giftRows) adjust(gift.creator_id, gift.refunded_credits);
+  const balances = await handle.db.selectFrom('credits.balances').select(['user_id', 'balance']).execute();
+  for (const { user_id, balance } of balances) {
+    const expected = expectedBalance.get(user_id);
+    if (expected !== undefined && expected !== balance) {
+      violations.push(`${user_id}: balance ${balance}, acknowledged operations say ${expected}`);
+    }
+  }
+
+  const pool = await handle.db
+    .selectFrom('credits.guild_pools')
+    .select('balance')
+    .where('organization_id', '=', 'chaos-guild')
+    .executeTakeFirst();
+  if ((pool?.balance ?? 0) !== expectedPool) {
+    violations.push(`guild pool: balance ${pool?.balance}, acknowledged operations say ${expectedPool}`);
+  }
+  const limited = await handle.db
+    .selectFrom('credits.guild_member_usage')
+    .select(['day', 'spent'])
+    .where('organization_id', '=', 'chaos-guild')
+    .where('user_id', '=', USERS[1]!)
+    .execute();
+  for (const day of limited)
+    if (day.spent > 25) violations.push(`daily limit 25 exceeded: ${day.spent} on ${day.day}`);
+
+  for (const instance of instances) kill(instance, 'SIGTERM');
+  await handle.close();
+  await auth.close();
+  await admin(`drop database if exists ${dbName} with (force)`).catch(() => {});
+
+  const count = (outcome: string) => operations.filter((op) => op.outcome === outcome).length;
+  console.log('');
+  console.log(`chaos summary (seed ${seed}, ${seconds}s, ${instanceCount} instance(s))`);
+  console.log(
+    `  operations: ${operations.length} (ok ${count('ok')}, refused ${count('refused')}, settled after the run ${unknown.length})`,
+  );
+  console.log(
+    `  faults injected: ${
+      Object.entries(faults)
+        .map(([k, v]) => `${k} ${v}`)
+        .join(', ') || 'none'
+    }`,
+  );
+  console.log(
+    `  reconcile: ${report.ok ? 'no drift' : 'DRIFT'} over ${report.totals.ledger_rows} ledger rows`,
+  );
+  console.log(`  violations: ${violations.length}`);
+  for (const violation of violations.slice(0, 50)) console.log(`    - ${violation}`);
+  process.exit(violations.length === 0 && operations.length > 0 ? 0 : 1);
+}
+
+main().catch((error) => {
+  console.error('chaos run failed:', error);
+  process.exit(1);
+});

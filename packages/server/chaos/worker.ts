@@ -1,0 +1,147 @@
+import { appendFileSync } from 'node:fs';
+import {
+  type CallOptions,
+  callOnce,
+  type LoggedOperation,
+  type Operation,
+  seededRandom,
+} from './protocol.ts';
+
+/**
+ * A chaos client process: drives mixed traffic against the servers until its deadline, retrying an unknown
+ * outcome a few times with the same idempotency key, and logs every operation (one JSON line each).
+ */
+interface WorkerConfig extends CallOptions {
+  worker: number;
+  seed: number;
+  deadline: number;
+  users: string[];
+  logFile: string;
+  retries: number;
+}
+
+const config = JSON.parse(process.env.CHAOS_WORKER ?? '{}') as WorkerConfig;
+const random = seededRandom(config.seed);
+const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)] as T;
+let sequence = 0;
+const spentUsages: { userId: string; transactionId: string; amount: number }[] = [];
+const gifts: { id: string; code: string; creator: string }[] = [];
+
+function nextOperation(): Operation {
+  const id = `w${config.worker}-${++sequence}`;
+  const userId = pick(config.users);
+  const roll = random();
+  if (roll < 0.1 && spentUsages.length > 0) {
+    const usage = spentUsages.splice(Math.floor(random() * spentUsages.length), 1)[0]!;
+    return {
+      id,
+      kind: 'refund',
+      path: 'internal.credits.refund',
+      actor: 'service',
+      input: {
+        userId: usage.userId,
+        transactionId: usage.transactionId,
+        amount: 1,
+        description: 'chaos refund',
+        idempotencyKey: id,
+      },
+    };
+  }
+  if (roll < 0.2) {
+    return {
+      id,
+      kind: 'gift.create',
+      path: 'gifts.create',
+      actor: userId,
+      input: { type: 'split', totalCredits: 10, totalPortions: 5, idempotencyKey: id },
+    };
+  }
+  if (roll < 0.3 && gifts.length > 0) {
+    const gift = pick(gifts);
+    const redeemer = pick(config.users.filter((user) => user !== gift.creator));
+    return { id, kind: 'gift.redeem', path: 'gifts.redeem', actor: redeemer, input: { code: gift.code } };
+  }
+  if (roll < 0.33 && gifts.length > 0) {
+    const gift = gifts.splice(Math.floor(random() * gifts.length), 1)[0]!;
+    return { id, kind: 'gift.cancel', path: 'gifts.cancel', actor: gift.creator, input: { id: gift.id } };
+  }
+  if (roll < 0.36) {
+    return {
+      id,
+      kind: 'guild.fund',
+      path: 'guild.fund',
+      actor: config.users[0]!,
+      input: { guildId: 'chaos-guild', amount: 1 + Math.floor(random() * 10), idempotencyKey: id },
+    };
+  }
+  if (roll < 0.45) {
+    return {
+      id,
+      kind: 'guild.use',
+      path: 'guild.use',
+      actor: pick(config.users.slice(1)),
+      input: {
+        guildId: 'chaos-guild',
+        amount: 1 + Math.floor(random() * 3),
+        appId: 'chaos',
+        description: 'pool',
+        idempotencyKey: id,
+      },
+    };
+  }
+  if (roll < 0.5) {
+    return {
+      id,
+      kind: 'grant',
+      path: 'internal.credits.grant',
+      actor: 'service',
+      input: { userId, amount: 1 + Math.floor(random() * 20), reason: 'chaos grant', idempotencyKey: id },
+    };
+  }
+  const amount = 1 + Math.floor(random() * 5);
+  if (roll < 0.65) {
+    return {
+      id,
+      kind: 'use',
+      path: 'credits.use',
+      actor: userId,
+      input: { amount, appId: 'chaos', description: 'chaos use (user)', idempotencyKey: id },
+    };
+  }
+  return {
+    id,
+    kind: 'use',
+    path: 'internal.credits.use',
+    actor: 'service',
+    input: { userId, amount, appId: 'chaos', description: 'chaos use', idempotencyKey: id },
+  };
+}
+
+async function run(operation: Operation): Promise<LoggedOperation> {
+  let last: Awaited<ReturnType<typeof callOnce>> = { outcome: 'unknown' };
+  let attempts = 0;
+  while (attempts <= config.retries) {
+    attempts++;
+    last = await callOnce(operation, config, pick(config.baseUrls));
+    if (last.outcome !== 'unknown') break;
+    await new Promise((resolve) => setTimeout(resolve, 50 + random() * 200));
+  }
+  return { ...operation, ...last, attempts };
+}
+
+while (Date.now() < config.deadline) {
+  const logged = await run(nextOperation());
+  if (logged.kind === 'use' && logged.outcome === 'ok' && logged.result) {
+    const userId = (logged.input.userId as string | undefined) ?? logged.actor;
+    spentUsages.push({
+      userId,
+      transactionId: logged.result.transactionId as string,
+      amount: logged.input.amount as number,
+    });
+    if (spentUsages.length > 50) spentUsages.shift();
+  }
+  if (logged.kind === 'gift.create' && logged.outcome === 'ok' && logged.result) {
+    gifts.push({ id: logged.result.id as string, code: logged.result.code as string, creator: logged.actor });
+  }
+  appendFileSync(config.logFile, `${JSON.stringify(logged)}\n`);
+}

@@ -1,0 +1,138 @@
+import {
+  type BatchDebit,
+  type BatchOutcome,
+  type Database,
+  isUniqueViolation,
+  LEDGER_IDEMPOTENCY_INDEX,
+  postUsageBatch,
+} from '@mana-credits/db';
+import type { Kysely } from 'kysely';
+import { z } from 'zod';
+import { amount, appId, description, guildId, idempotencyKey, metadata, userId } from '../../schemas.ts';
+import { usageRequestHash } from './personal.ts';
+import { guildNotSupportedYet } from './reservations.ts';
+
+export const MAX_BATCH_ITEMS = 1000;
+
+/** One item of a batch; validated on its own, so one bad item fails only itself. */
+export const batchItem = z.strictObject({
+  userId,
+  amount,
+  appId,
+  description,
+  idempotencyKey,
+  guildId: guildId.optional(),
+  metadata: metadata.optional(),
+});
+
+export type BatchItemResult =
+  | { idempotencyKey: string | null; ok: true; transactionId: string; balance: number }
+  | { idempotencyKey: string | null; ok: false; error: { reason: string; message: string } };
+
+const failed = (key: string | null, reason: string, message: string): BatchItemResult => ({
+  idempotencyKey: key,
+  ok: false,
+  error: { reason, message },
+});
+
+/** The key an invalid item names, so its result can still be matched by key. */
+function keyOf(raw: unknown): string | null {
+  if (typeof raw !== 'object' || raw === null) return null;
+  const key = (raw as { idempotencyKey?: unknown }).idempotencyKey;
+  return typeof key === 'string' ? key : null;
+}
+
+function describeIssues(error: z.ZodError): string {
+  const issues = error.issues.map(
+    (issue) => `${issue.path.length > 0 ? issue.path.map(String).join('.') : '(item)'}: ${issue.message}`,
+  );
+  return `Invalid item: ${issues.join('; ')}`;
+}
+
+function toItemResult(debit: BatchDebit, outcome: BatchOutcome): BatchItemResult {
+  switch (outcome.outcome) {
+    case 'ok':
+    case 'replay':
+      return {
+        idempotencyKey: debit.idempotencyKey,
+        ok: true,
+        transactionId: outcome.transactionId,
+        balance: outcome.available,
+      };
+    case 'insufficient':
+      return failed(
+        debit.idempotencyKey,
+        'INSUFFICIENT_CREDITS',
+        `Insufficient credits: ${debit.amount} required, ${outcome.available} available`,
+      );
+    case 'conflict':
+      return failed(
+        debit.idempotencyKey,
+        'IDEMPOTENCY_CONFLICT',
+        'This idempotency key was already used with a different request',
+      );
+  }
+}
+
+/** The database refused the whole call for a reason a retry resolves (every item is idempotent). */
+function isRetryable(error: unknown): boolean {
+  return (
+    isUniqueViolation(error, LEDGER_IDEMPOTENCY_INDEX) ||
+    (typeof error === 'object' && error !== null && (error as { code?: string }).code === '40P01')
+  );
+}
+
+async function postWithRetry(db: Kysely<Database>, debits: BatchDebit[]): Promise<BatchOutcome[]> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await postUsageBatch(db, debits);
+    } catch (error) {
+      if (attempt >= 3 || !isRetryable(error)) throw error;
+    }
+  }
+}
+
+/**
+ * Spends personal credits for many independent items in one database call (see credits.use_batch).
+ * Each item is validated, idempotent and answered on its own, in input order: a bad, short or conflicting
+ * item fails alone. Items share the idempotency space of credits.use, so an item replays a use with the
+ * same key and request, and vice versa.
+ */
+export async function useCreditsBatch(
+  db: Kysely<Database>,
+  items: readonly unknown[],
+): Promise<{ results: BatchItemResult[] }> {
+  const results: BatchItemResult[] = new Array(items.length);
+  const debits: BatchDebit[] = [];
+  const positions: number[] = [];
+  items.forEach((raw, index) => {
+    const parsed = batchItem.safeParse(raw);
+    if (!parsed.success) {
+      results[index] = failed(keyOf(raw), 'VALIDATION', describeIssues(parsed.error));
+      return;
+    }
+    const item = parsed.data;
+    if (item.guildId !== undefined) {
+      const refusal = guildNotSupportedYet();
+      results[index] = failed(item.idempotencyKey, refusal.reason, refusal.message);
+      return;
+    }
+    debits.push({
+      userId: item.userId,
+      amount: item.amount,
+      appId: item.appId,
+      description: item.description,
+      metadata: item.metadata,
+      idempotencyKey: item.idempotencyKey,
+      requestHash: usageRequestHash(item),
+    });
+    positions.push(index);
+  });
+  if (debits.length > 0) {
+    const outcomes = await postWithRetry(db, debits);
+    outcomes.forEach((outcome, j) => {
+      results[positions[j]!] = toItemResult(debits[j]!, outcome);
+    });
+  }
+  return { results };
+}

@@ -1,0 +1,240 @@
+import {
+  commitHold,
+  type Database,
+  findLedgerEntry,
+  findReservationByKey,
+  getBalance,
+  isUniqueViolation,
+  type JsonObject,
+  type LockedReservation,
+  lockReservation,
+  placeHold,
+  RESERVATION_IDEMPOTENCY_INDEX,
+  type ReservationRow,
+  type ReservationStatus,
+  releaseExpiredHolds,
+  releaseHold,
+} from '@mana-credits/db';
+import type { Kysely, Transaction } from 'kysely';
+import {
+  ConflictError,
+  IdempotencyConflictError,
+  InsufficientCreditsError,
+  InvalidRequestError,
+  NotFoundError,
+  PreconditionFailedError,
+} from '../errors.ts';
+import { requestHash } from '../idempotency.ts';
+
+/** Guild pool holds arrive with the guild pools; until then a guildId is refused, never ignored. */
+export function guildNotSupportedYet(): PreconditionFailedError {
+  return new PreconditionFailedError(
+    'guildId: spending from a guild pool is not supported by this call yet',
+    'GUILD_NOT_SUPPORTED_YET',
+    { field: 'guildId' },
+  );
+}
+
+export interface ReserveInput {
+  userId: string;
+  amount: number;
+  appId: string;
+  description: string;
+  ttlSeconds: number;
+  idempotencyKey: string;
+  guildId?: string | undefined;
+  metadata?: JsonObject | undefined;
+}
+
+export interface ReserveResult {
+  reservationId: string;
+  expiresAt: Date;
+  /** Spendable right after the hold. */
+  balance: number;
+}
+
+const toReserveResult = (
+  row: Pick<ReservationRow, 'id' | 'expires_at' | 'available_after'>,
+): ReserveResult => ({
+  reservationId: row.id,
+  expiresAt: row.expires_at,
+  balance: row.available_after,
+});
+
+/**
+ * Holds credits for a call whose price is known only afterwards. One statement places the hold (see
+ * placeHold); a replayed key answers with the first hold, another request under the same key is a CONFLICT.
+ * When the spendable balance is short, the user's expired holds are returned first (check on access).
+ */
+export async function reserveCredits(db: Kysely<Database>, input: ReserveInput): Promise<ReserveResult> {
+  if (input.guildId !== undefined) throw guildNotSupportedYet();
+  const hash = requestHash('credits.reserve', {
+    amount: input.amount,
+    appId: input.appId,
+    description: input.description,
+    ttlSeconds: input.ttlSeconds,
+    metadata: input.metadata,
+  });
+
+  const placeOrReplay = async (): Promise<ReserveResult | null> => {
+    try {
+      const placed = await placeHold(db, {
+        userId: input.userId,
+        amount: input.amount,
+        appId: input.appId,
+        description: input.description,
+        metadata: input.metadata,
+        idempotencyKey: input.idempotencyKey,
+        requestHash: hash,
+        ttlSeconds: input.ttlSeconds,
+      });
+      if (placed) return { reservationId: placed.id, expiresAt: placed.expiresAt, balance: placed.available };
+    } catch (error) {
+      if (!isUniqueViolation(error, RESERVATION_IDEMPOTENCY_INDEX)) throw error;
+    }
+    const first = await findReservationByKey(db, input.userId, input.idempotencyKey);
+    if (!first) return null;
+    if (first.request_hash !== hash) throw new IdempotencyConflictError();
+    return toReserveResult(first);
+  };
+
+  const result =
+    (await placeOrReplay()) ??
+    ((await releaseExpiredHolds(db, input.userId)) > 0 ? await placeOrReplay() : null);
+  if (result) return result;
+  const { balance } = await getBalance(db, input.userId);
+  throw new InsufficientCreditsError(input.amount, balance);
+}
+
+export interface CommitInput {
+  reservationId: string;
+  amount?: number | undefined;
+  description?: string | undefined;
+  metadata?: JsonObject | undefined;
+}
+
+export interface CommitResult {
+  transactionId: string;
+  committed: number;
+  released: number;
+  /** Spendable right after the commit. */
+  balance: number;
+}
+
+/** What a locking transaction decided: an answer, or a refusal raised only after it has committed. */
+type Settled<T> = { result: T; refused?: undefined } | { refused: ReservationStatus };
+
+function notOpen(status: ReservationStatus): ConflictError {
+  return new ConflictError(`The reservation is ${status}, not open`, 'RESERVATION_NOT_OPEN', { status });
+}
+
+/** The answer a commit gave, rebuilt from the reservation and the ledger row it posted. */
+async function committedResult(
+  trx: Transaction<Database>,
+  reservation: LockedReservation,
+): Promise<CommitResult> {
+  const entry = await findLedgerEntry(trx, reservation.user_id, reservation.transaction_id!);
+  if (!entry) throw new Error(`the ledger row of reservation ${reservation.id} is missing`);
+  return {
+    transactionId: entry.id,
+    committed: reservation.committed_amount!,
+    released: reservation.released_amount!,
+    balance: entry.available_after ?? entry.balance_after,
+  };
+}
+
+/**
+ * Charges what the call really cost and returns the rest of the hold. The reservation row is locked first,
+ * so commits, releases and the sweep of one reservation serialise; a hold whose time is up is returned
+ * right here (and the commit refused) rather than waiting for the sweep. Committing again with the same
+ * request answers as the first commit did.
+ */
+export async function commitReservation(db: Kysely<Database>, input: CommitInput): Promise<CommitResult> {
+  const commitHash = requestHash('credits.commit', {
+    amount: input.amount,
+    description: input.description,
+    metadata: input.metadata,
+  });
+  const outcome = await db.transaction().execute(async (trx): Promise<Settled<CommitResult>> => {
+    const reservation = await lockReservation(trx, input.reservationId);
+    if (!reservation) throw new NotFoundError('Reservation', 'RESERVATION_NOT_FOUND');
+    if (reservation.status === 'committed') {
+      if (reservation.commit_hash !== commitHash) throw new IdempotencyConflictError();
+      return { result: await committedResult(trx, reservation) };
+    }
+    if (reservation.status !== 'open') return { refused: reservation.status };
+    if (reservation.lapsed) {
+      await releaseHold(trx, reservation, 'expired');
+      return { refused: 'expired' };
+    }
+    if (reservation.organization_id !== null) throw guildNotSupportedYet();
+    const amount = input.amount ?? reservation.amount;
+    if (amount > reservation.amount) {
+      throw new InvalidRequestError(
+        `amount: ${amount} is more than the ${reservation.amount} credits held`,
+        'AMOUNT_EXCEEDS_RESERVATION',
+        { field: 'amount', requested: amount, reserved: reservation.amount },
+      );
+    }
+    const posted = await commitHold(trx, reservation, {
+      amount,
+      description: input.description ?? reservation.description,
+      metadata: input.metadata ?? reservation.metadata,
+      commitHash,
+    });
+    return {
+      result: {
+        transactionId: posted.transactionId,
+        committed: amount,
+        released: reservation.amount - amount,
+        balance: posted.available,
+      },
+    };
+  });
+  // Refusals are raised after the transaction, so an expiry noticed here is kept.
+  if (outcome.refused) throw notOpen(outcome.refused);
+  return outcome.result;
+}
+
+export interface ReleaseResult {
+  released: number;
+  /** Spendable now. */
+  balance: number;
+}
+
+/**
+ * Returns a whole hold. Idempotent: releasing a released or expired reservation answers the same amount;
+ * a committed one is a CONFLICT (its rest was already returned by the commit).
+ */
+export async function releaseReservation(
+  db: Kysely<Database>,
+  reservationId: string,
+): Promise<ReleaseResult> {
+  const outcome = await db.transaction().execute(async (trx): Promise<Settled<ReleaseResult>> => {
+    const reservation = await lockReservation(trx, reservationId);
+    if (!reservation) throw new NotFoundError('Reservation', 'RESERVATION_NOT_FOUND');
+    if (reservation.status === 'committed') return { refused: reservation.status };
+    if (reservation.status === 'open') {
+      if (reservation.organization_id !== null) throw guildNotSupportedYet();
+      const balance = await releaseHold(trx, reservation, reservation.lapsed ? 'expired' : 'released');
+      return { result: { released: reservation.amount, balance } };
+    }
+    const { balance } = await getBalance(trx, reservation.user_id);
+    return { result: { released: reservation.amount, balance } };
+  });
+  if (outcome.refused) throw notOpen(outcome.refused);
+  return outcome.result;
+}
+
+/**
+ * Returns every expired hold, in chunks so no transaction grows large. Safe to run on every instance at
+ * once: each chunk claims its holds with SKIP LOCKED. Returns how many holds were returned.
+ */
+export async function sweepExpiredHolds(db: Kysely<Database>, chunk = 1000): Promise<number> {
+  let total = 0;
+  for (;;) {
+    const released = await releaseExpiredHolds(db, null, chunk);
+    total += released;
+    if (released < chunk) return total;
+  }
+}

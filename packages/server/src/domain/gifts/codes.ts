@@ -1,0 +1,29 @@
+import { randomInt } from 'node:crypto';
+
+/** No 0/O, 1/I: nothing a reader can confuse. 32 symbols, so 10 of them carry 50 bits. */
+export const GIFT_CODE_ALPHABET = 'ABCDEFGHJKLMNPQRSTUVWXYZ23456789';
+export const GIFT_CODE_LENGTH = 10;
+const GROUP = 5;
+
+/** A fresh code from the CSPRNG, in its stored (canonical) form: upper case, no separators. */
+export function generateGiftCode(): string {
+  let code = '';
+  for (let i = 0; i < GIFT_CODE_LENGTH; i++) code += GIFT_CODE_ALPHABET[randomInt(GIFT_CODE_ALPHABET.length)];
+  return code;
+}
+
+/** What a person typed → the stored form: case-insensitive, spaces and dashes ignored. */
+export function normaliseGiftCode(input: string): string {
+  return input.replace(/[\s\-‐-―−]+/g, '').toUpperCase();
+}
+
+/** The stored form grouped for reading: K7QX2-MWP9D. */
+export function displayGiftCode(code: string): string {
+  const groups: string[] = [];
+  for (let i = 0; i < code.length; i += GROUP) groups.push(code.slice(i, i + GROUP));
+  return groups.join('-');
+}
+
+export function giftShortUrl(baseUrl: string, code: string): string {
+  return `${baseUrl}/g/${displayGiftCode(code)}`;
+}

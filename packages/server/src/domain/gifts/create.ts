@@ -1,0 +1,133 @@
+import { randomUUID } from 'node:crypto';
+import { type Database, debitBalance, type GiftRow, type GiftType, getBalance } from '@mana-credits/db';
+import { type Kysely, sql } from 'kysely';
+import { InsufficientCreditsError, InvalidRequestError } from '../errors.ts';
+import { requestHash, withLedgerIdempotency } from '../idempotency.ts';
+import { generateGiftCode, giftShortUrl } from './codes.ts';
+import { type CreatedGift, toCreatedGift } from './mappers.ts';
+import { hashRiddleAnswer, normaliseRiddleAnswer, riddleAnswerFingerprint } from './riddle.ts';
+
+export interface CreateGiftInput {
+  type: GiftType;
+  totalCredits: number;
+  totalPortions: number;
+  targetEmail?: string | undefined;
+  riddleQuestion?: string | undefined;
+  riddleAnswer?: string | undefined;
+  message?: string | undefined;
+  expirationDays: number;
+  idempotencyKey?: string | undefined;
+}
+
+export interface GiftCreator {
+  id: string;
+  email: string | null;
+  name: string | null;
+}
+
+const CODE_ATTEMPTS = 8;
+const LOOKS_LIKE_EMAIL = /\S+@\S+/;
+
+/** The name shown on the public page: the token's display name, never anything that looks like an email. */
+export function publicCreatorName(creator: GiftCreator): string | null {
+  const name = creator.name?.trim();
+  if (!name || LOOKS_LIKE_EMAIL.test(name)) return null;
+  return name.slice(0, 100);
+}
+
+/**
+ * Makes a gift: the escrow (creditsPerPortion × totalPortions; the remainder of an uneven split stays with
+ * the creator) is debited (ledger type `gift`) and the code inserted in one transaction. Idempotent by
+ * (creator, key): a replay answers the gift the first call made.
+ */
+export async function createGift(
+  db: Kysely<Database>,
+  baseUrl: string,
+  creator: GiftCreator,
+  input: CreateGiftInput,
+): Promise<CreatedGift> {
+  const creditsPerPortion = Math.floor(input.totalCredits / input.totalPortions);
+  if (creditsPerPortion < 1) {
+    throw new InvalidRequestError(
+      `totalCredits: ${input.totalCredits} credits cannot fill ${input.totalPortions} portions of at least 1`,
+      'VALIDATION',
+      { field: 'totalCredits' },
+    );
+  }
+  const escrow = creditsPerPortion * input.totalPortions;
+  const riddleAnswer = input.type === 'riddle' ? (input.riddleAnswer ?? '') : undefined;
+  if (riddleAnswer !== undefined && normaliseRiddleAnswer(riddleAnswer) === '') {
+    throw new InvalidRequestError('riddleAnswer: must not be blank', 'VALIDATION', { field: 'riddleAnswer' });
+  }
+  const answerHash = riddleAnswer === undefined ? null : await hashRiddleAnswer(riddleAnswer);
+  const key = input.idempotencyKey;
+  const hash = key
+    ? requestHash('gifts.create', {
+        ...input,
+        idempotencyKey: undefined,
+        riddleAnswer:
+          riddleAnswer === undefined
+            ? undefined
+            : await riddleAnswerFingerprint(riddleAnswer, `${creator.id}\n${key}`),
+      })
+    : '';
+
+  const outcome = await withLedgerIdempotency<{ created: GiftRow } | { replayOf: string }>(
+    db,
+    { userId: creator.id, key, hash },
+    () =>
+      db.transaction().execute(async (trx) => {
+        const giftId = randomUUID();
+        const funding = await debitBalance(trx, {
+          userId: creator.id,
+          type: 'gift',
+          amount: escrow,
+          description: `Gift created (${input.type})`,
+          metadata: { giftId },
+          idempotencyKey: key,
+          requestHash: key ? hash : null,
+        });
+        if (!funding) {
+          const { balance } = await getBalance(trx, creator.id);
+          throw new InsufficientCreditsError(escrow, balance);
+        }
+        for (let attempt = 0; attempt < CODE_ATTEMPTS; attempt++) {
+          const code = generateGiftCode();
+          const created = await trx
+            .insertInto('gifts.gift_codes')
+            .values({
+              id: giftId,
+              code,
+              short_url: giftShortUrl(baseUrl, code),
+              creator_id: creator.id,
+              creator_name: publicCreatorName(creator),
+              total_credits: escrow,
+              credits_per_portion: creditsPerPortion,
+              total_portions: input.totalPortions,
+              type: input.type,
+              target_email: input.type === 'personalized' ? (input.targetEmail ?? null) : null,
+              riddle_question: input.type === 'riddle' ? (input.riddleQuestion ?? null) : null,
+              riddle_answer_hash: answerHash,
+              message: input.message ?? null,
+              expires_at: sql<string>`now() + make_interval(days => ${input.expirationDays})`,
+              funding_transaction_id: funding.id,
+            })
+            // A taken code is skipped without aborting the transaction; the next attempt draws a new one.
+            .onConflict((oc) => oc.column('code').doNothing())
+            .returningAll()
+            .executeTakeFirst();
+          if (created) return { created };
+        }
+        throw new Error('no free gift code after several attempts');
+      }),
+    (first) => ({ replayOf: String(first.metadata?.giftId) }),
+  );
+  if ('created' in outcome) return toCreatedGift(outcome.created);
+  const first = await db
+    .selectFrom('gifts.gift_codes')
+    .selectAll()
+    .where('id', '=', outcome.replayOf)
+    .where('creator_id', '=', creator.id)
+    .executeTakeFirstOrThrow();
+  return toCreatedGift(first);
+}

@@ -1,0 +1,149 @@
+import { creditBalance, type Database, type GiftRow } from '@mana-credits/db';
+import { type Kysely, sql, type Transaction } from 'kysely';
+import { ForbiddenError, NotFoundError, PreconditionFailedError } from '../errors.ts';
+
+type ClosedStatus = 'expired' | 'cancelled' | 'refunded';
+
+const REFUND_DESCRIPTION: Record<ClosedStatus, string> = {
+  expired: 'Gift expired: unclaimed credits returned',
+  cancelled: 'Gift cancelled: unclaimed credits returned',
+  refunded: 'Gift cancelled: unclaimed credits returned',
+};
+
+/** A gift row locked FOR UPDATE, with whether its expiry has passed by the database clock. */
+export type LockedGift = GiftRow & { due: boolean };
+
+export async function lockGift(
+  trx: Transaction<Database>,
+  giftId: string,
+  options: { skipLocked?: boolean } = {},
+): Promise<LockedGift | undefined> {
+  let query = trx
+    .selectFrom('gifts.gift_codes')
+    .selectAll()
+    .select(sql<boolean>`expires_at <= now()`.as('due'))
+    .where('id', '=', giftId)
+    .forUpdate();
+  if (options.skipLocked) query = query.skipLocked();
+  return query.executeTakeFirst();
+}
+
+/**
+ * Closes an active gift the caller has locked and returns its unclaimed escrow to the creator (ledger type
+ * `refund`) in the caller's transaction. The status update is conditional, so even a caller that skipped
+ * the lock could not refund twice. Returns the credits refunded.
+ */
+export async function releaseEscrow(
+  trx: Transaction<Database>,
+  gift: GiftRow,
+  status: ClosedStatus,
+): Promise<number> {
+  const unclaimed = gift.credits_per_portion * (gift.total_portions - gift.claimed_portions);
+  const closed = await trx
+    .updateTable('gifts.gift_codes')
+    .set({ status, refunded_credits: unclaimed, updated_at: sql`now()` })
+    .where('id', '=', gift.id)
+    .where('status', '=', 'active')
+    .executeTakeFirst();
+  if (Number(closed.numUpdatedRows) !== 1) return 0;
+  if (unclaimed > 0) {
+    await creditBalance(
+      trx,
+      {
+        userId: gift.creator_id,
+        type: 'refund',
+        amount: unclaimed,
+        description: REFUND_DESCRIPTION[status],
+        metadata: { giftId: gift.id },
+        referenceTransactionId: gift.funding_transaction_id,
+      },
+      'unspent',
+    );
+  }
+  return unclaimed;
+}
+
+/**
+ * Expires one gift if it is active and past its expiry, refunding it, and says whether this call did. The
+ * status is re-checked under the row lock, so racing callers refund once; the sweep skips rows another
+ * instance holds rather than waiting for them.
+ */
+export async function expireGiftIfDue(
+  db: Kysely<Database>,
+  giftId: string,
+  options: { skipLocked?: boolean } = {},
+): Promise<boolean> {
+  return db.transaction().execute(async (trx) => {
+    const gift = await lockGift(trx, giftId, options);
+    if (gift?.status !== 'active' || !gift.due) return false;
+    await releaseEscrow(trx, gift, 'expired');
+    return true;
+  });
+}
+
+/**
+ * One pass of the expiry sweep: every active gift past its expiry (optionally only one creator's) is
+ * expired and refunded, each in its own short transaction, so two sweeps never refund one gift twice.
+ */
+export async function expireDueGifts(
+  db: Kysely<Database>,
+  options: { creatorId?: string; limit?: number } = {},
+): Promise<number> {
+  let query = db
+    .selectFrom('gifts.gift_codes')
+    .select('id')
+    .where('status', '=', 'active')
+    .where('expires_at', '<=', sql<Date>`now()`)
+    .orderBy('expires_at')
+    .limit(options.limit ?? 500);
+  if (options.creatorId) query = query.where('creator_id', '=', options.creatorId);
+  const due = await query.execute();
+  let expired = 0;
+  for (const { id } of due) {
+    if (await expireGiftIfDue(db, id, { skipLocked: true })) expired++;
+  }
+  return expired;
+}
+
+export type CancelOutcome = { ok: true; refunded: number } | { ok: false; error: Error };
+
+/**
+ * Cancels a gift for its creator: the unclaimed escrow goes back (status `refunded` when nothing was
+ * claimed, else `cancelled`). Cancelling an already cancelled gift answers what the first cancel refunded.
+ * A gift found past its expiry is expired (and refunded) first; that commits before the refusal is thrown.
+ */
+export async function cancelGift(
+  db: Kysely<Database>,
+  input: { userId: string; giftId: string },
+): Promise<{ refunded: number }> {
+  const outcome = await db.transaction().execute(async (trx): Promise<CancelOutcome> => {
+    const gift = await lockGift(trx, input.giftId);
+    if (!gift) throw new NotFoundError('Gift', 'GIFT_NOT_FOUND');
+    if (gift.creator_id !== input.userId) {
+      throw new ForbiddenError('Only the creator can cancel a gift', 'NOT_GIFT_CREATOR');
+    }
+    if (gift.status === 'cancelled' || gift.status === 'refunded') {
+      return { ok: true, refunded: gift.refunded_credits };
+    }
+    if (gift.status === 'active' && gift.due) {
+      await releaseEscrow(trx, gift, 'expired');
+      return {
+        ok: false,
+        error: new PreconditionFailedError('The gift has expired; its credits were returned', 'GIFT_EXPIRED'),
+      };
+    }
+    if (gift.status !== 'active') {
+      throw new PreconditionFailedError(
+        `Only active gifts can be cancelled (this one is ${gift.status})`,
+        'GIFT_NOT_ACTIVE',
+        {
+          status: gift.status,
+        },
+      );
+    }
+    const refunded = await releaseEscrow(trx, gift, gift.claimed_portions === 0 ? 'refunded' : 'cancelled');
+    return { ok: true, refunded };
+  });
+  if (!outcome.ok) throw outcome.error;
+  return { refunded: outcome.refunded };
+}

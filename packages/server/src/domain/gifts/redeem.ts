@@ -1,0 +1,283 @@
+import { creditBalance, type Database, type GiftRow, type RedemptionStatus } from '@mana-credits/db';
+import { type Kysely, sql, type Transaction } from 'kysely';
+import {
+  ConflictError,
+  DomainError,
+  ForbiddenError,
+  InvalidRequestError,
+  NotFoundError,
+  PreconditionFailedError,
+  TooManyRequestsError,
+} from '../errors.ts';
+import { normaliseGiftCode } from './codes.ts';
+import { type LockedGift, lockGift, releaseEscrow } from './escrow.ts';
+import { verifyRiddleAnswer } from './riddle.ts';
+
+/** Failed attempts one user may make on one gift within the window before being throttled. */
+export const MAX_FAILED_ATTEMPTS = 5;
+export const FAILED_ATTEMPT_WINDOW_SECONDS = 15 * 60;
+
+export interface Redeemer {
+  id: string;
+  email: string | null;
+}
+
+export interface RedeemInput {
+  code: string;
+  riddleAnswer?: string | undefined;
+  sourceAppId?: string | undefined;
+}
+
+export interface RedeemResult {
+  giftId: string;
+  creditsReceived: number;
+  balance: number;
+}
+
+type Attempt = { ok: true; result: RedeemResult } | { ok: false; error: DomainError };
+
+/** A gift by its code as typed, with whether its expiry has passed by the database clock. */
+export async function findGiftByCode(
+  db: Kysely<Database>,
+  code: string,
+): Promise<(GiftRow & { due: boolean }) | undefined> {
+  return db
+    .selectFrom('gifts.gift_codes')
+    .selectAll()
+    .select(sql<boolean>`expires_at <= now()`.as('due'))
+    .where('code', '=', normaliseGiftCode(code))
+    .executeTakeFirst();
+}
+
+/** Redeems a code for a signed-in user. */
+export async function redeemGift(
+  db: Kysely<Database>,
+  redeemer: Redeemer,
+  input: RedeemInput,
+): Promise<RedeemResult> {
+  const gift = await findGiftByCode(db, input.code);
+  if (!gift) throw new NotFoundError('Gift', 'GIFT_NOT_FOUND');
+  if (gift.type === 'riddle' && input.riddleAnswer === undefined) {
+    throw new InvalidRequestError('riddleAnswer: required for a riddle gift', 'VALIDATION', {
+      field: 'riddleAnswer',
+    });
+  }
+  return claimGift(db, gift, redeemer, input);
+}
+
+/**
+ * One attempt to claim a portion. Attempts of one user on one gift are serialised by an advisory lock, so
+ * the failure count that throttles guessing is exact even under parallel requests and across instances; the
+ * slow riddle check runs under that lock but before the gift row is locked, so other users are not held
+ * up. Under the gift row lock: expiry on access, already claimed, status, recipient, answer, then the claim.
+ * A refusal is recorded as a redemption row and committed before it is thrown.
+ */
+export async function claimGift(
+  db: Kysely<Database>,
+  gift: GiftRow,
+  redeemer: Redeemer,
+  input: Omit<RedeemInput, 'code'>,
+): Promise<RedeemResult> {
+  if (gift.creator_id === redeemer.id) {
+    throw new ForbiddenError('You cannot redeem your own gift', 'OWN_GIFT');
+  }
+  const attempt = await db.transaction().execute(async (trx): Promise<Attempt> => {
+    await sql`select pg_advisory_xact_lock(hashtextextended(${`gift-redeem\n${gift.id}\n${redeemer.id}`}, 0))`.execute(
+      trx,
+    );
+    await refuseWhenThrottled(trx, gift.id, redeemer.id);
+    const answerCorrect =
+      gift.type !== 'riddle' ||
+      (gift.riddle_answer_hash !== null &&
+        (await verifyRiddleAnswer(input.riddleAnswer ?? '', gift.riddle_answer_hash)));
+
+    const locked = await lockGift(trx, gift.id);
+    if (!locked) throw new NotFoundError('Gift', 'GIFT_NOT_FOUND');
+    const refusal = await refusalOf(trx, locked, redeemer, answerCorrect);
+    if (refusal) {
+      await trx
+        .insertInto('gifts.gift_redemptions')
+        .values({
+          gift_code_id: gift.id,
+          redeemer_user_id: redeemer.id,
+          status: refusal.status,
+          source_app_id: input.sourceAppId ?? null,
+        })
+        .execute();
+      return { ok: false, error: refusal.error };
+    }
+    return { ok: true, result: await claimPortion(trx, locked, redeemer, input.sourceAppId) };
+  });
+  if (!attempt.ok) throw attempt.error;
+  return attempt.result;
+}
+
+async function refuseWhenThrottled(trx: Transaction<Database>, giftId: string, userId: string) {
+  const { failures, retry_after } = await trx
+    .selectFrom('gifts.gift_redemptions')
+    .select([
+      sql<number>`count(*)::int4`.as('failures'),
+      sql<
+        number | null
+      >`ceil(extract(epoch from min(created_at) + make_interval(secs => ${FAILED_ATTEMPT_WINDOW_SECONDS}) - now()))::int4`.as(
+        'retry_after',
+      ),
+    ])
+    .where('gift_code_id', '=', giftId)
+    .where('redeemer_user_id', '=', userId)
+    .where('status', '<>', 'success')
+    .where('created_at', '>', sql<Date>`now() - make_interval(secs => ${FAILED_ATTEMPT_WINDOW_SECONDS})`)
+    .executeTakeFirstOrThrow();
+  if (failures >= MAX_FAILED_ATTEMPTS) {
+    throw new TooManyRequestsError(
+      'Too many failed attempts on this gift; try again later',
+      'TOO_MANY_ATTEMPTS',
+      {
+        retryAfterSeconds: Math.max(1, retry_after ?? 1),
+      },
+    );
+  }
+}
+
+async function refusalOf(
+  trx: Transaction<Database>,
+  gift: LockedGift,
+  redeemer: Redeemer,
+  answerCorrect: boolean,
+): Promise<{ status: Exclude<RedemptionStatus, 'success'>; error: DomainError } | null> {
+  // Expiry on access: the refund commits with the refusal.
+  if (gift.status === 'active' && gift.due) await releaseEscrow(trx, gift, 'expired');
+  const status = gift.status === 'active' && gift.due ? 'expired' : gift.status;
+  const claimed = await trx
+    .selectFrom('gifts.gift_redemptions')
+    .select('id')
+    .where('gift_code_id', '=', gift.id)
+    .where('redeemer_user_id', '=', redeemer.id)
+    .where('status', '=', 'success')
+    .executeTakeFirst();
+  if (claimed) {
+    return {
+      status: 'failed_already_claimed',
+      error: new ConflictError('You have already redeemed this gift', 'ALREADY_CLAIMED'),
+    };
+  }
+  if (status === 'expired') {
+    return {
+      status: 'failed_expired',
+      error: new PreconditionFailedError('This gift has expired', 'GIFT_EXPIRED'),
+    };
+  }
+  if (status === 'cancelled' || status === 'refunded') {
+    return {
+      status: 'failed_expired',
+      error: new PreconditionFailedError('This gift was cancelled by its creator', 'GIFT_CANCELLED'),
+    };
+  }
+  if (status === 'depleted') {
+    return {
+      status: 'failed_depleted',
+      error: new ConflictError('Every portion of this gift has been claimed', 'GIFT_DEPLETED'),
+    };
+  }
+  if (
+    gift.type === 'personalized' &&
+    (!redeemer.email ||
+      !gift.target_email ||
+      redeemer.email.toLowerCase() !== gift.target_email.toLowerCase())
+  ) {
+    return {
+      status: 'failed_wrong_user',
+      error: new ForbiddenError('This gift is meant for someone else', 'NOT_GIFT_RECIPIENT'),
+    };
+  }
+  if (!answerCorrect) {
+    return { status: 'failed_wrong_answer', error: new ForbiddenError('Wrong answer', 'WRONG_ANSWER') };
+  }
+  return null;
+}
+
+/** Takes the next portion of a locked, active gift and credits it to the redeemer (ledger type `gift`). */
+async function claimPortion(
+  trx: Transaction<Database>,
+  gift: LockedGift,
+  redeemer: Redeemer,
+  sourceAppId: string | undefined,
+): Promise<RedeemResult> {
+  const { claimed_portions: portion } = await trx
+    .updateTable('gifts.gift_codes')
+    .set({
+      claimed_portions: sql`claimed_portions + 1`,
+      status: sql`case when claimed_portions + 1 = total_portions then 'depleted' else status end`,
+      updated_at: sql`now()`,
+    })
+    .where('id', '=', gift.id)
+    .where('status', '=', 'active')
+    .where('claimed_portions', '<', sql<number>`total_portions`)
+    .returning('claimed_portions')
+    .executeTakeFirstOrThrow();
+  const credit = await creditBalance(trx, {
+    userId: redeemer.id,
+    type: 'gift',
+    amount: gift.credits_per_portion,
+    appId: sourceAppId,
+    description: 'Gift redeemed',
+    metadata: { giftId: gift.id },
+  });
+  await trx
+    .insertInto('gifts.gift_redemptions')
+    .values({
+      gift_code_id: gift.id,
+      redeemer_user_id: redeemer.id,
+      status: 'success',
+      credits_received: gift.credits_per_portion,
+      portion_number: portion,
+      credit_transaction_id: credit.id,
+      source_app_id: sourceAppId ?? null,
+    })
+    .execute();
+  return { giftId: gift.id, creditsReceived: gift.credits_per_portion, balance: credit.available };
+}
+
+/**
+ * Redeems every active personalized gift addressed to `email` for a user who just registered. Gifts the
+ * user already holds are not attempted again, so a second call redeems nothing.
+ */
+export async function redeemPendingGifts(
+  db: Kysely<Database>,
+  redeemer: { id: string; email: string },
+): Promise<{ redeemed: number; totalCredits: number }> {
+  const pending = await db
+    .selectFrom('gifts.gift_codes as g')
+    .selectAll('g')
+    .where('g.status', '=', 'active')
+    .where('g.type', '=', 'personalized')
+    .where(sql<string>`lower(g.target_email)`, '=', redeemer.email.toLowerCase())
+    .where('g.expires_at', '>', sql<Date>`now()`)
+    .where('g.creator_id', '<>', redeemer.id)
+    .where(({ not, exists, selectFrom }) =>
+      not(
+        exists(
+          selectFrom('gifts.gift_redemptions as r')
+            .select('r.id')
+            .whereRef('r.gift_code_id', '=', 'g.id')
+            .where('r.redeemer_user_id', '=', redeemer.id)
+            .where('r.status', '=', 'success'),
+        ),
+      ),
+    )
+    .orderBy('g.created_at')
+    .execute();
+  let redeemed = 0;
+  let totalCredits = 0;
+  for (const gift of pending) {
+    try {
+      const result = await claimGift(db, gift, redeemer, {});
+      redeemed++;
+      totalCredits += result.creditsReceived;
+    } catch (error) {
+      // Claimed meanwhile by a parallel call, or closed since the query: not this user's to redeem now.
+      if (!(error instanceof DomainError)) throw error;
+    }
+  }
+  return { redeemed, totalCredits };
+}

@@ -1,0 +1,198 @@
+import { randomUUID } from 'node:crypto';
+import {
+  creditGuildPool,
+  type Database,
+  debitBalance,
+  debitGuildPool,
+  ensureGuildPool,
+  findGuildPool,
+  GUILD_POOL_SAFE_INTEGER_CHECK,
+  getBalance,
+  isCheckViolation,
+  type JsonObject,
+  listGuildEntries,
+  lockGuildPool,
+} from '@mana-credits/db';
+import type { Kysely } from 'kysely';
+import { InsufficientCreditsError, InvalidRequestError, PreconditionFailedError } from '../errors.ts';
+import { requestHash } from '../idempotency.ts';
+import { withGuildIdempotency } from './idempotency.ts';
+import { assertWithinMemberLimits, poolNotFound } from './limits.ts';
+import { type PoolUseResult, toGuildTransactionView, toPoolUseResult, toPoolView } from './mappers.ts';
+import { MANAGERS, type MembershipClient, requireRole } from './membership.ts';
+
+interface GuildDeps {
+  db: Kysely<Database>;
+  membership: MembershipClient;
+}
+
+/** Creates a guild's pool; idempotent and safe when called concurrently. */
+export async function initPool(db: Kysely<Database>, guildId: string) {
+  const created = await ensureGuildPool(db, guildId);
+  const pool = await findGuildPool(db, guildId);
+  if (!pool) throw poolNotFound();
+  return { created, ...toPoolView(pool) };
+}
+
+export async function poolBalance(deps: GuildDeps, actorId: string, guildId: string) {
+  await requireRole(deps.membership, guildId, actorId);
+  const pool = await findGuildPool(deps.db, guildId);
+  if (!pool) throw poolNotFound();
+  return toPoolView(pool);
+}
+
+export interface FundInput {
+  guildId: string;
+  amount: number;
+  idempotencyKey?: string | undefined;
+}
+
+/**
+ * An owner or admin moves personal credits into the pool: personal debit (ledger `guild_funding`) and pool
+ * credit (guild ledger `funding`) in one transaction. Locks: the funder's balance row first, then the pool
+ * row — the fixed order for every transaction that touches both. The two ledger rows name each other in
+ * their metadata, so a replay can answer both balances as they were.
+ */
+export async function fundPool(deps: GuildDeps, actorId: string, input: FundInput) {
+  await requireRole(deps.membership, input.guildId, actorId, MANAGERS);
+  const { db } = deps;
+  const hash = requestHash('guild.fund', { amount: input.amount });
+  return withGuildIdempotency(
+    db,
+    { guildId: input.guildId, userId: actorId, key: input.idempotencyKey, hash },
+    () =>
+      db.transaction().execute(async (trx) => {
+        // Pools are never deleted, so an unlocked look is enough to refuse early.
+        if (!(await findGuildPool(trx, input.guildId))) throw poolNotFound();
+        const guildTransactionId = randomUUID();
+        const personal = await debitBalance(trx, {
+          userId: actorId,
+          type: 'guild_funding',
+          amount: input.amount,
+          description: 'Guild pool funding',
+          metadata: { guildTransactionId },
+          guildId: input.guildId,
+        });
+        if (!personal) {
+          const { balance } = await getBalance(trx, actorId);
+          throw new InsufficientCreditsError(input.amount, balance);
+        }
+        const pooled = await creditGuildPool(trx, {
+          id: guildTransactionId,
+          guildId: input.guildId,
+          userId: actorId,
+          type: 'funding',
+          amount: input.amount,
+          description: 'Pool funding',
+          metadata: { personalTransactionId: personal.id },
+          idempotencyKey: input.idempotencyKey,
+          requestHash: hash,
+        }).catch((error: unknown) => {
+          if (isCheckViolation(error, GUILD_POOL_SAFE_INTEGER_CHECK)) {
+            throw new PreconditionFailedError('The pool cannot hold that many credits', 'POOL_BALANCE_LIMIT');
+          }
+          throw error;
+        });
+        if (!pooled) throw poolNotFound();
+        return { poolBalance: pooled.available, personalBalance: personal.available };
+      }),
+    async (first) => {
+      const personalId = (first.metadata as { personalTransactionId?: string } | null)?.personalTransactionId;
+      const personal = personalId
+        ? await db
+            .selectFrom('credits.transactions')
+            .select(['balance_after', 'available_after'])
+            .where('id', '=', personalId)
+            .where('user_id', '=', actorId)
+            .executeTakeFirst()
+        : undefined;
+      if (!personal) throw new Error(`funding ${first.id} has no personal ledger row`);
+      return {
+        poolBalance: first.available_after ?? first.balance_after,
+        personalBalance: personal.available_after ?? personal.balance_after,
+      };
+    },
+  );
+}
+
+export interface PoolUseInput {
+  guildId: string;
+  userId: string;
+  amount: number;
+  appId: string;
+  description: string;
+  idempotencyKey?: string | undefined;
+  metadata?: JsonObject | undefined;
+}
+
+/**
+ * A member spends from the pool. Everything happens after the pool row is locked, in one transaction: pool
+ * balance, daily and monthly limits are checked, then the debit, the guild ledger row, the member's day
+ * counter and usage_stats are written in one statement. The key is scoped to (guild, member).
+ */
+export async function useGuildCredits(deps: GuildDeps, input: PoolUseInput): Promise<PoolUseResult> {
+  await requireRole(deps.membership, input.guildId, input.userId);
+  const { db } = deps;
+  const hash = requestHash('guild.use', {
+    amount: input.amount,
+    appId: input.appId,
+    description: input.description,
+    metadata: input.metadata,
+  });
+  return withGuildIdempotency(
+    db,
+    { guildId: input.guildId, userId: input.userId, key: input.idempotencyKey, hash },
+    () =>
+      db.transaction().execute(async (trx) => {
+        const pool = await lockGuildPool(trx, input.guildId);
+        if (!pool) throw poolNotFound();
+        const available = pool.balance - pool.reserved;
+        if (available < input.amount) {
+          throw new InsufficientCreditsError(input.amount, available, 'INSUFFICIENT_POOL_CREDITS');
+        }
+        await assertWithinMemberLimits(trx, input.guildId, input.userId, input.amount);
+        const posted = await debitGuildPool(trx, {
+          guildId: input.guildId,
+          userId: input.userId,
+          type: 'usage',
+          amount: input.amount,
+          appId: input.appId,
+          description: input.description,
+          metadata: input.metadata,
+          idempotencyKey: input.idempotencyKey,
+          requestHash: hash,
+        });
+        // The row is locked and was checked above; a miss here would be a bug, not a race.
+        if (!posted) throw new Error('pool debit found no spendable credits under its own lock');
+        return { transactionId: posted.id, poolBalance: posted.available };
+      }),
+    toPoolUseResult,
+  );
+}
+
+/**
+ * `credits.use` with a guildId: the guild.use path, answered in credits.use's shape, where `balance` is what
+ * is left in the account that was charged — here the pool.
+ */
+export async function useGuildCreditsViaCreditsUse(deps: GuildDeps, input: PoolUseInput) {
+  const result = await useGuildCredits(deps, input);
+  return { ...result, balance: result.poolBalance };
+}
+
+/** The pool's ledger, newest first: owners and admins see every row, members only their own. */
+export async function poolTransactions(
+  deps: GuildDeps,
+  actorId: string,
+  input: { guildId: string; limit: number; cursor?: string | undefined },
+) {
+  const role = await requireRole(deps.membership, input.guildId, actorId);
+  if (!(await findGuildPool(deps.db, input.guildId))) throw poolNotFound();
+  const onlyUserId = MANAGERS.includes(role) ? undefined : actorId;
+  const result = await listGuildEntries(deps.db, input.guildId, onlyUserId, input.limit, input.cursor);
+  if (!result) {
+    throw new InvalidRequestError('cursor: does not name a transaction you can see', 'INVALID_CURSOR', {
+      field: 'cursor',
+    });
+  }
+  return { items: result.rows.map(toGuildTransactionView), nextCursor: result.nextCursor };
+}

@@ -1,0 +1,43 @@
+import Stripe from 'stripe';
+import type { Config } from '../../config.ts';
+
+/**
+ * The Stripe client, or undefined when STRIPE_SECRET_KEY is unset (purchases then answer
+ * PAYMENTS_NOT_CONFIGURED). STRIPE_API_URL points it at another host, e.g. a local Stripe-speaking server.
+ */
+export function createStripeClient(
+  config: Pick<Config, 'stripeSecretKey' | 'stripeApiUrl'>,
+): Stripe | undefined {
+  if (!config.stripeSecretKey) return undefined;
+  const api = config.stripeApiUrl ? new URL(config.stripeApiUrl) : undefined;
+  const protocol = api?.protocol === 'http:' ? 'http' : 'https';
+  return new Stripe(config.stripeSecretKey, {
+    // The SDK retries connection errors, 409 and 5xx with the same idempotency key.
+    maxNetworkRetries: 2,
+    timeout: 20_000,
+    telemetry: false,
+    appInfo: { name: 'mana-credits' },
+    ...(api
+      ? {
+          host: api.hostname.replace(/^\[(.*)\]$/, '$1'),
+          port: api.port || (protocol === 'http' ? 80 : 443),
+          protocol,
+        }
+      : {}),
+  });
+}
+
+/**
+ * Whether Stripe certainly did not act on a failed call: it answered with a client error (other than 409, a
+ * concurrent request with the same key). Connection errors and 5xx leave the outcome unknown.
+ */
+export function stripeRefusedCall(error: unknown): boolean {
+  if (!(error instanceof Stripe.errors.StripeError)) return false;
+  if (error instanceof Stripe.errors.StripeConnectionError) return false;
+  const status = error.statusCode;
+  return status !== undefined && status >= 400 && status < 500 && status !== 409;
+}
+
+export function isStripeError(error: unknown): error is Stripe.errors.StripeError {
+  return error instanceof Stripe.errors.StripeError;
+}

@@ -1,0 +1,168 @@
+import { type Database, debitBalance, type PurchaseRow, type ReversalKind } from '@mana-credits/db';
+import { sql, type Transaction } from 'kysely';
+import type Stripe from 'stripe';
+import { ignored, type WebhookOutcome } from './outcome.ts';
+
+/** floor(credits × part / whole) in BigInt: credits × cents can pass 2^53. */
+export function creditShare(credits: number, part: number, whole: number): number {
+  return Number((BigInt(credits) * BigInt(part)) / BigInt(whole));
+}
+
+/**
+ * charge.refunded: `amount_refunded` is cumulative, so the credits owed back for the charge are
+ * credits × amount_refunded / amount, and this refund adds only what earlier refunds did not already claim.
+ * A stale event (smaller cumulative amount, arriving late) claims nothing.
+ */
+export async function applyRefund(
+  trx: Transaction<Database>,
+  purchase: PurchaseRow,
+  charge: Stripe.Charge,
+  eventId: string,
+): Promise<WebhookOutcome> {
+  if (!Number.isSafeInteger(charge.amount) || charge.amount <= 0)
+    return ignored('charge without amount', purchase.id);
+  const refunded = Math.min(Math.max(charge.amount_refunded, 0), charge.amount);
+  const owed = creditShare(purchase.credits, refunded, charge.amount);
+  const { claimed } = await trx
+    .selectFrom('credits.purchase_reversals')
+    .select(sql<number>`coalesce(sum(credits_due), 0)::int8`.as('claimed'))
+    .where('purchase_id', '=', purchase.id)
+    .where('kind', '=', 'refund')
+    .executeTakeFirstOrThrow();
+  if (purchase.stripe_charge_id === null) {
+    await trx
+      .updateTable('credits.purchases')
+      .set({ stripe_charge_id: charge.id })
+      .where('id', '=', purchase.id)
+      .execute();
+  }
+  if (owed <= claimed) return ignored('refund already applied', purchase.id, { amountRefunded: refunded });
+  return recordReversal(trx, purchase, {
+    kind: 'refund',
+    key: `refund:${charge.id}:${refunded}`,
+    stripeObjectId: charge.id,
+    eventId,
+    amountCents: refunded,
+    creditsDue: owed - claimed,
+  });
+}
+
+/** charge.dispute.created: the disputed share of the purchase is taken back, once per dispute. */
+export async function applyDispute(
+  trx: Transaction<Database>,
+  purchase: PurchaseRow,
+  dispute: Stripe.Dispute,
+  eventId: string,
+): Promise<WebhookOutcome> {
+  if (dispute.currency.toLowerCase() !== purchase.currency || purchase.price_euro_cents <= 0) {
+    return ignored('dispute in another currency', purchase.id);
+  }
+  const disputed = Math.min(Math.max(dispute.amount, 0), purchase.price_euro_cents);
+  return recordReversal(trx, purchase, {
+    kind: 'dispute',
+    key: `dispute:${dispute.id}`,
+    stripeObjectId: dispute.id,
+    eventId,
+    amountCents: disputed,
+    creditsDue: creditShare(purchase.credits, disputed, purchase.price_euro_cents),
+  });
+}
+
+interface Reversal {
+  kind: ReversalKind;
+  key: string;
+  stripeObjectId: string;
+  eventId: string;
+  amountCents: number;
+  creditsDue: number;
+}
+
+async function recordReversal(
+  trx: Transaction<Database>,
+  purchase: PurchaseRow,
+  reversal: Reversal,
+): Promise<WebhookOutcome> {
+  const inserted = await trx
+    .insertInto('credits.purchase_reversals')
+    .values({
+      purchase_id: purchase.id,
+      kind: reversal.kind,
+      reversal_key: reversal.key,
+      stripe_object_id: reversal.stripeObjectId,
+      stripe_event_id: reversal.eventId,
+      amount_cents: reversal.amountCents,
+      credits_due: reversal.creditsDue,
+    })
+    .onConflict((oc) => oc.column('reversal_key').doNothing())
+    .returning('id')
+    .executeTakeFirst();
+  if (!inserted) return ignored(`${reversal.kind} already applied`, purchase.id);
+  const settled = await settleReversals(trx, purchase.id);
+  return {
+    result: 'applied',
+    effect: 'reversed',
+    purchaseId: purchase.id,
+    details: { kind: reversal.kind, creditsDue: reversal.creditsDue, ...settled },
+  };
+}
+
+/**
+ * Takes back what the purchase's refunds and disputes claim (at most its credits) and was not yet settled,
+ * but only once the purchase was credited. Only spendable credits are taken (balance − reserved; the balance
+ * never goes below zero); the rest is recorded as unrecovered. The caller holds the purchase lock.
+ */
+export async function settleReversals(
+  trx: Transaction<Database>,
+  purchaseId: string,
+): Promise<{ clawedBack: number; unrecovered: number }> {
+  const purchase = await trx
+    .selectFrom('credits.purchases')
+    .select(['user_id', 'status', 'credits', 'clawed_back_credits', 'unrecovered_credits'])
+    .where('id', '=', purchaseId)
+    .executeTakeFirstOrThrow();
+  if (purchase.status !== 'completed') return { clawedBack: 0, unrecovered: 0 };
+  const { claimed } = await trx
+    .selectFrom('credits.purchase_reversals')
+    .select(sql<number>`coalesce(sum(credits_due), 0)::int8`.as('claimed'))
+    .where('purchase_id', '=', purchaseId)
+    .executeTakeFirstOrThrow();
+  const outstanding =
+    Math.min(claimed, purchase.credits) - purchase.clawed_back_credits - purchase.unrecovered_credits;
+  if (outstanding <= 0) return { clawedBack: 0, unrecovered: 0 };
+
+  const account = await trx
+    .selectFrom('credits.balances')
+    .select(['balance', 'reserved'])
+    .where('user_id', '=', purchase.user_id)
+    .forUpdate()
+    .executeTakeFirst();
+  const spendable = account ? account.balance - account.reserved : 0;
+  const clawedBack = Math.min(outstanding, spendable);
+  const unrecovered = outstanding - clawedBack;
+  const clawedAfter = purchase.clawed_back_credits + clawedBack;
+  if (clawedBack > 0) {
+    const posted = await debitBalance(
+      trx,
+      {
+        userId: purchase.user_id,
+        type: 'clawback',
+        amount: clawedBack,
+        description: `Credits taken back: purchase refunded or disputed`,
+        metadata: { purchaseId },
+        // Position in the purchase's clawbacks: the same share can never be taken twice.
+        idempotencyKey: `clawback:${purchaseId}:${clawedAfter}`,
+      },
+      'unearned',
+    );
+    if (!posted) throw new Error('clawback could not debit a balance it holds locked');
+  }
+  await trx
+    .updateTable('credits.purchases')
+    .set({
+      clawed_back_credits: clawedAfter,
+      unrecovered_credits: purchase.unrecovered_credits + unrecovered,
+    })
+    .where('id', '=', purchaseId)
+    .execute();
+  return { clawedBack, unrecovered };
+}

@@ -1,0 +1,231 @@
+import { creditBalance, type Database, type PurchaseRow } from '@mana-credits/db';
+import { type Kysely, sql, type Transaction } from 'kysely';
+import type Stripe from 'stripe';
+import { AMOUNT_MISMATCH, ignored, type WebhookOutcome } from './outcome.ts';
+import { applyDispute, applyRefund, settleReversals } from './reversals.ts';
+
+const idOf = (value: string | { id: string } | null | undefined) =>
+  typeof value === 'string' ? value : (value?.id ?? null);
+
+/**
+ * Applies one verified Stripe event exactly once. The event id is inserted in the same transaction as the
+ * effect: a redelivery (or a concurrent copy, which waits on the primary key) finds it and does nothing, and
+ * an error rolls both back so Stripe's retry starts clean.
+ */
+export async function applyStripeEvent(db: Kysely<Database>, event: Stripe.Event): Promise<WebhookOutcome> {
+  switch (event.type) {
+    case 'payment_intent.succeeded': {
+      const intent = event.data.object;
+      return inEventTransaction(db, event, async (trx) => {
+        const purchase = await lockPurchaseOf(trx, intent.metadata, ['stripe_payment_intent_id', intent.id]);
+        if (!purchase) return ignored('not our payment');
+        if (purchase.stripe_payment_intent_id && purchase.stripe_payment_intent_id !== intent.id) {
+          return ignored('payment intent of another purchase', purchase.id);
+        }
+        return completePurchase(trx, purchase, {
+          amount: intent.amount_received,
+          currency: intent.currency,
+          paymentIntentId: intent.id,
+          checkoutSessionId: null,
+          chargeId: idOf(intent.latest_charge),
+        });
+      });
+    }
+    case 'checkout.session.completed':
+    case 'checkout.session.async_payment_succeeded': {
+      const session = event.data.object;
+      return inEventTransaction(db, event, async (trx) => {
+        const purchase = await lockPurchaseOfSession(trx, session);
+        if (!purchase) return ignored('not our checkout session');
+        // SEPA and other delayed methods complete the session unpaid; async_payment_succeeded follows.
+        if (session.payment_status !== 'paid') return ignored('session not paid yet', purchase.id);
+        return completePurchase(trx, purchase, {
+          amount: session.amount_total,
+          currency: session.currency,
+          paymentIntentId: idOf(session.payment_intent),
+          checkoutSessionId: session.id,
+          chargeId: null,
+        });
+      });
+    }
+    case 'payment_intent.payment_failed': {
+      const intent = event.data.object;
+      return inEventTransaction(db, event, async (trx) => {
+        const purchase = await lockPurchaseOf(trx, intent.metadata, ['stripe_payment_intent_id', intent.id]);
+        if (!purchase) return ignored('not our payment');
+        return closeUnpaid(trx, purchase, 'failed');
+      });
+    }
+    case 'checkout.session.async_payment_failed':
+    case 'checkout.session.expired': {
+      const session = event.data.object;
+      return inEventTransaction(db, event, async (trx) => {
+        const purchase = await lockPurchaseOfSession(trx, session);
+        if (!purchase) return ignored('not our checkout session');
+        return closeUnpaid(trx, purchase, event.type === 'checkout.session.expired' ? 'cancelled' : 'failed');
+      });
+    }
+    case 'charge.refunded': {
+      const charge = event.data.object;
+      return inEventTransaction(db, event, async (trx) => {
+        const intentId = idOf(charge.payment_intent);
+        const purchase =
+          (await lockPurchaseBy(trx, 'stripe_charge_id', charge.id)) ??
+          (intentId ? await lockPurchaseBy(trx, 'stripe_payment_intent_id', intentId) : undefined);
+        if (!purchase) return ignored('not our charge');
+        return applyRefund(trx, purchase, charge, event.id);
+      });
+    }
+    case 'charge.dispute.created': {
+      const dispute = event.data.object;
+      return inEventTransaction(db, event, async (trx) => {
+        const chargeId = idOf(dispute.charge);
+        const intentId = idOf(dispute.payment_intent);
+        const purchase =
+          (chargeId ? await lockPurchaseBy(trx, 'stripe_charge_id', chargeId) : undefined) ??
+          (intentId ? await lockPurchaseBy(trx, 'stripe_payment_intent_id', intentId) : undefined);
+        if (!purchase) return ignored('not our charge');
+        return applyDispute(trx, purchase, dispute, event.id);
+      });
+    }
+    default:
+      return ignored(`unhandled event type ${event.type}`);
+  }
+}
+
+async function inEventTransaction(
+  db: Kysely<Database>,
+  event: Stripe.Event,
+  apply: (trx: Transaction<Database>) => Promise<WebhookOutcome>,
+): Promise<WebhookOutcome> {
+  return db.transaction().execute(async (trx) => {
+    const recorded = await trx
+      .insertInto('credits.stripe_events')
+      .values({ id: event.id, type: event.type })
+      .onConflict((oc) => oc.column('id').doNothing())
+      .returning('id')
+      .executeTakeFirst();
+    if (!recorded) return { result: 'duplicate' } satisfies WebhookOutcome;
+    return apply(trx);
+  });
+}
+
+type StripeIdColumn = 'stripe_payment_intent_id' | 'stripe_checkout_session_id' | 'stripe_charge_id';
+
+async function lockPurchaseBy(
+  trx: Transaction<Database>,
+  column: StripeIdColumn,
+  value: string,
+): Promise<PurchaseRow | undefined> {
+  return trx
+    .selectFrom('credits.purchases')
+    .selectAll()
+    .where(column, '=', value)
+    .forUpdate()
+    .executeTakeFirst();
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/**
+ * The purchase a Stripe object belongs to, locked: by the id we stored, or else by the metadata we put on
+ * the object (the webhook may come before we stored the id, and a Session's PaymentIntent is created later).
+ */
+async function lockPurchaseOf(
+  trx: Transaction<Database>,
+  metadata: Stripe.Metadata | null,
+  [column, value]: [StripeIdColumn, string],
+): Promise<PurchaseRow | undefined> {
+  const byId = await lockPurchaseBy(trx, column, value);
+  if (byId) return byId;
+  const purchaseId = metadata?.purchaseId;
+  const userId = metadata?.userId;
+  if (!purchaseId || !UUID.test(purchaseId) || !userId) return undefined;
+  const byMetadata = await trx
+    .selectFrom('credits.purchases')
+    .selectAll()
+    .where('id', '=', purchaseId)
+    .where('user_id', '=', userId)
+    .forUpdate()
+    .executeTakeFirst();
+  // A purchase already tied to another object of this kind is not this one's.
+  return byMetadata && (byMetadata[column] === null || byMetadata[column] === value) ? byMetadata : undefined;
+}
+
+function lockPurchaseOfSession(trx: Transaction<Database>, session: Stripe.Checkout.Session) {
+  return lockPurchaseOf(trx, session.metadata, ['stripe_checkout_session_id', session.id]);
+}
+
+interface Payment {
+  amount: number | null;
+  currency: string | null;
+  paymentIntentId: string | null;
+  checkoutSessionId: string | null;
+  chargeId: string | null;
+}
+
+/**
+ * Credits a paid purchase once: the row is locked and its status checked, and the ledger row carries the key
+ * `purchase:<id>`, so no second event for the same payment can credit it again. A purchase marked failed or
+ * cancelled is still completed: the money arrived. Refunds or disputes recorded before the payment was
+ * confirmed are settled right after the credit.
+ */
+async function completePurchase(
+  trx: Transaction<Database>,
+  purchase: PurchaseRow,
+  payment: Payment,
+): Promise<WebhookOutcome> {
+  if (payment.amount !== purchase.price_euro_cents || payment.currency?.toLowerCase() !== purchase.currency) {
+    return ignored(AMOUNT_MISMATCH, purchase.id, {
+      expected: { amount: purchase.price_euro_cents, currency: purchase.currency },
+      paid: { amount: payment.amount, currency: payment.currency },
+    });
+  }
+  const ids = {
+    stripe_payment_intent_id: purchase.stripe_payment_intent_id ?? payment.paymentIntentId,
+    stripe_checkout_session_id: purchase.stripe_checkout_session_id ?? payment.checkoutSessionId,
+    stripe_charge_id: purchase.stripe_charge_id ?? payment.chargeId,
+  };
+  if (purchase.status === 'completed') {
+    await trx.updateTable('credits.purchases').set(ids).where('id', '=', purchase.id).execute();
+    return ignored('purchase already completed', purchase.id);
+  }
+  const posted = await creditBalance(
+    trx,
+    {
+      userId: purchase.user_id,
+      type: 'purchase',
+      amount: purchase.credits,
+      description: `Purchase of ${purchase.credits} credits`,
+      metadata: {
+        purchaseId: purchase.id,
+        ...(purchase.package_id ? { packageId: purchase.package_id } : {}),
+      },
+      idempotencyKey: `purchase:${purchase.id}`,
+    },
+    'earned',
+  );
+  await trx
+    .updateTable('credits.purchases')
+    .set({ ...ids, status: 'completed', completed_at: sql<Date>`now()` })
+    .where('id', '=', purchase.id)
+    .execute();
+  const settled = await settleReversals(trx, purchase.id);
+  return {
+    result: 'applied',
+    effect: 'completed',
+    purchaseId: purchase.id,
+    details: { transactionId: posted.id, credits: purchase.credits, ...settled },
+  };
+}
+
+/** A failure or expiry only closes a purchase that is still pending: it never undoes a completed one. */
+async function closeUnpaid(
+  trx: Transaction<Database>,
+  purchase: PurchaseRow,
+  status: 'failed' | 'cancelled',
+): Promise<WebhookOutcome> {
+  if (purchase.status !== 'pending') return ignored(`purchase is already ${purchase.status}`, purchase.id);
+  await trx.updateTable('credits.purchases').set({ status }).where('id', '=', purchase.id).execute();
+  return { result: 'applied', effect: status, purchaseId: purchase.id };
+}

@@ -1,0 +1,64 @@
+import type { FastifyInstance } from 'fastify';
+import Stripe from 'stripe';
+import { AMOUNT_MISMATCH } from '../domain/stripe/outcome.ts';
+import { applyStripeEvent } from '../domain/stripe/webhook.ts';
+
+export const STRIPE_WEBHOOK_PATH = '/api/v1/webhooks/stripe';
+
+/**
+ * POST /api/v1/webhooks/stripe. Registered as its own encapsulated plugin: the body parser that keeps the raw
+ * bytes (the signature covers them exactly) applies to this route only. Bad or missing signature → 400,
+ * nothing changes; handler error → 500 with the transaction rolled back, so Stripe retries; anything else
+ * verified → 200, whether it applied, was a redelivery, or was not ours.
+ */
+export async function stripeWebhookRoutes(app: FastifyInstance): Promise<void> {
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', { parseAs: 'buffer' }, (_request, body, done) => done(null, body));
+
+  app.post(STRIPE_WEBHOOK_PATH, async (request, reply) => {
+    const secret = app.deps.config.stripeWebhookSecret;
+    if (!secret) {
+      request.log.warn('stripe webhook received but STRIPE_WEBHOOK_SECRET is not set');
+      return reply.status(503).send({
+        error: {
+          message: 'Payments are not configured',
+          reason: 'PAYMENTS_NOT_CONFIGURED',
+          requestId: request.id,
+        },
+      });
+    }
+    const signature = request.headers['stripe-signature'];
+    let event: Stripe.Event;
+    try {
+      if (typeof signature !== 'string' || !Buffer.isBuffer(request.body))
+        throw new Error('unsigned request');
+      event = Stripe.webhooks.constructEvent(request.body, signature, secret);
+      if (typeof event?.id !== 'string' || typeof event.type !== 'string') throw new Error('not an event');
+    } catch (error) {
+      request.log.warn({ err: error }, 'stripe webhook refused: invalid signature or payload');
+      app.deps.metrics.webhookEvents.inc({ type: 'unverified', outcome: 'invalid_signature' });
+      return reply.status(400).send({
+        error: { message: 'Invalid Stripe signature', reason: 'INVALID_SIGNATURE', requestId: request.id },
+      });
+    }
+    const metrics = app.deps.metrics;
+    const type = metrics.webhookTypeLabel(event.type);
+    let outcome: Awaited<ReturnType<typeof applyStripeEvent>>;
+    try {
+      outcome = await applyStripeEvent(app.deps.db, event);
+    } catch (error) {
+      metrics.webhookEvents.inc({ type, outcome: 'error' });
+      throw error;
+    }
+    metrics.webhookEvents.inc({ type, outcome: outcome.result });
+    const clawedBack = outcome.result === 'applied' ? Number(outcome.details?.clawedBack ?? 0) : 0;
+    if (clawedBack > 0) metrics.creditsClawedBack.inc({ app: metrics.appLabel('stripe') }, clawedBack);
+    const entry = { eventId: event.id, eventType: event.type, ...outcome };
+    if (outcome.result === 'ignored' && outcome.reason === AMOUNT_MISMATCH) {
+      request.log.error(entry, 'stripe payment not credited: amount mismatch');
+    } else {
+      request.log.info(entry, 'stripe event handled');
+    }
+    return { received: true };
+  });
+}

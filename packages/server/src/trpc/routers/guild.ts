@@ -1,0 +1,52 @@
+import { z } from 'zod';
+import { memberLimits, setMemberLimits } from '../../domain/guild/limits.ts';
+import { fundPool, poolBalance, poolTransactions, useGuildCredits } from '../../domain/guild/pools.ts';
+import {
+  amount,
+  appId,
+  description,
+  guildId,
+  idempotencyKey,
+  metadata,
+  pageInput,
+  userId,
+} from '../../schemas.ts';
+import { authedProcedure, router } from '../init.ts';
+
+/** A cap in credits: null = unlimited, 0 = blocked. Always sent explicitly. */
+const limit = z.int({ error: 'must be a whole number of credits or null' }).min(0).nullable();
+
+export const guildRouter = router({
+  balance: authedProcedure
+    .input(z.strictObject({ guildId }))
+    .query(({ ctx, input }) => poolBalance(ctx.deps, ctx.user.id, input.guildId)),
+
+  fund: authedProcedure
+    .input(z.strictObject({ guildId, amount, idempotencyKey: idempotencyKey.optional() }))
+    .mutation(({ ctx, input }) => fundPool(ctx.deps, ctx.user.id, input)),
+
+  use: authedProcedure
+    .input(
+      z.strictObject({
+        guildId,
+        amount,
+        appId,
+        description,
+        idempotencyKey: idempotencyKey.optional(),
+        metadata: metadata.optional(),
+      }),
+    )
+    .mutation(({ ctx, input }) => useGuildCredits(ctx.deps, { ...input, userId: ctx.user.id })),
+
+  transactions: authedProcedure
+    .input(pageInput.extend({ guildId }))
+    .query(({ ctx, input }) => poolTransactions(ctx.deps, ctx.user.id, input)),
+
+  memberLimits: authedProcedure
+    .input(z.strictObject({ guildId, userId }))
+    .query(({ ctx, input }) => memberLimits(ctx.deps, ctx.user.id, input)),
+
+  setMemberLimits: authedProcedure
+    .input(z.strictObject({ guildId, userId, dailyLimit: limit, monthlyLimit: limit }))
+    .mutation(({ ctx, input }) => setMemberLimits(ctx.deps, ctx.user.id, input)),
+});

@@ -1,0 +1,734 @@
+import { randomUUID } from 'node:crypto';
+import { sql } from 'kysely';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { failure } from './helpers/errors.ts';
+import { expectLedgerConsistent, ledgerSum } from './helpers/invariants.ts';
+import { type Client, newUser, startTestServer, type TestServer } from './helpers/server.ts';
+import { TestStripeServer } from './helpers/stripe-server.ts';
+
+const SHOP = 'https://shop.example.test';
+const APP = 'https://app.example.test';
+
+let server: TestServer;
+let stripe: TestStripeServer;
+
+beforeAll(async () => {
+  stripe = await TestStripeServer.start();
+  server = await startTestServer({
+    STRIPE_SECRET_KEY: stripe.secretKey,
+    STRIPE_WEBHOOK_SECRET: stripe.webhookSecret,
+    STRIPE_API_URL: stripe.url,
+    CHECKOUT_ALLOWED_ORIGINS: SHOP,
+    CORS_ORIGINS: APP,
+  });
+});
+afterEach(async () => {
+  stripe.mode = 'ok';
+  await expectLedgerConsistent(server.deps.db);
+});
+afterAll(async () => {
+  await server?.close();
+  await stripe?.close();
+});
+
+type PackageFields = Partial<{
+  name: string;
+  credits: number;
+  priceEuroCents: number;
+  stripePriceId: string;
+  active: boolean;
+}>;
+
+async function createPackage(fields: PackageFields = {}) {
+  return server.internalClient().internal.packages.upsert.mutate({
+    name: 'Standard',
+    credits: 100,
+    priceEuroCents: 999,
+    active: true,
+    sortOrder: 1,
+    ...fields,
+  });
+}
+
+async function buyer() {
+  const user = newUser();
+  return { user, client: await server.userClient(user) };
+}
+
+async function balanceOf(userId: string) {
+  return (await server.internalClient().internal.credits.balance.query({ userId })).balance;
+}
+
+async function purchaseRow(purchaseId: string) {
+  return server.deps.db
+    .selectFrom('credits.purchases')
+    .selectAll()
+    .where('id', '=', purchaseId)
+    .executeTakeFirstOrThrow();
+}
+
+async function ledgerOf(userId: string) {
+  return server.deps.db
+    .selectFrom('credits.transactions')
+    .select(['type', 'amount', 'idempotency_key'])
+    .where('user_id', '=', userId)
+    .orderBy('created_at')
+    .execute();
+}
+
+async function eventRecorded(eventId: string) {
+  const row = await server.deps.db
+    .selectFrom('credits.stripe_events')
+    .select('id')
+    .where('id', '=', eventId)
+    .executeTakeFirst();
+  return row !== undefined;
+}
+
+const deliver = (event: Record<string, unknown>, options?: Parameters<TestStripeServer['deliver']>[2]) =>
+  stripe.deliver(server.url, event, options);
+
+/** A PaymentIntent purchase whose payment Stripe has confirmed (the event is returned, not yet delivered). */
+async function paidIntentPurchase(client: Client, packageId: string) {
+  const started = await client.credits.purchase.mutate({ packageId });
+  const { stripe_payment_intent_id: intentId } = await purchaseRow(started.purchaseId);
+  const intent = stripe.succeedPaymentIntent(intentId!);
+  return { started, intentId: intentId!, succeeded: stripe.event('payment_intent.succeeded', intent) };
+}
+
+/** A purchase credited through the webhook; returns what the refund and dispute tests need. */
+async function completedPurchase(client: Client, packageId: string) {
+  const paid = await paidIntentPurchase(client, packageId);
+  expect((await deliver(paid.succeeded)).status).toBe(200);
+  return { ...paid, charge: stripe.chargeOf(paid.intentId) };
+}
+
+describe('internal.packages.upsert', () => {
+  it('creates a package, replaces it by id, and only active ones are listed and sold', async () => {
+    const created = await createPackage({ name: 'Upsert me', credits: 50, priceEuroCents: 499 });
+    expect(created).toMatchObject({
+      name: 'Upsert me',
+      credits: 50,
+      priceEuroCents: 499,
+      active: true,
+      stripePriceId: null,
+    });
+    const updated = await server.internalClient().internal.packages.upsert.mutate({
+      id: created.id,
+      name: 'Upsert me',
+      credits: 60,
+      priceEuroCents: 599,
+      active: false,
+      sortOrder: 2,
+    });
+    expect(updated).toMatchObject({ id: created.id, credits: 60, priceEuroCents: 599, active: false });
+    const listed = await (await server.userClient()).credits.packages.query();
+    expect(listed.map((p) => p.id)).not.toContain(created.id);
+
+    const { client } = await buyer();
+    const error = await failure(client.credits.purchase.mutate({ packageId: created.id }));
+    expect(error.data).toMatchObject({ code: 'PRECONDITION_FAILED', reason: 'PACKAGE_INACTIVE' });
+    const missing = await failure(client.credits.purchase.mutate({ packageId: randomUUID() }));
+    expect(missing.data).toMatchObject({ code: 'NOT_FOUND', reason: 'PACKAGE_NOT_FOUND' });
+  });
+
+  it('refuses a price Stripe cannot charge, naming the field', async () => {
+    const error = await failure(createPackage({ priceEuroCents: 10 }));
+    expect(error.data?.code).toBe('BAD_REQUEST');
+    expect(error.message).toContain('priceEuroCents');
+  });
+
+  it('needs the service key', async () => {
+    const error = await failure(
+      server.rawClient({}).internal.packages.upsert.mutate({
+        name: 'x',
+        credits: 1,
+        priceEuroCents: 100,
+        active: true,
+        sortOrder: 0,
+      }),
+    );
+    expect(error.data?.code).toBe('UNAUTHORIZED');
+  });
+});
+
+describe('credits.purchase: PaymentIntent mode', () => {
+  it('creates the PaymentIntent, and the webhook credits the purchase once it is paid', async () => {
+    const pack = await createPackage({ credits: 100, priceEuroCents: 999 });
+    const { user, client } = await buyer();
+    const started = await client.credits.purchase.mutate({ packageId: pack.id });
+    expect(started).toMatchObject({ amount: 999, currency: 'eur', credits: 100 });
+    expect(started.clientSecret).toMatch(/^pi_.+_secret_/);
+    expect(started.checkoutUrl).toBeUndefined();
+
+    const [created] = stripe
+      .requestsTo('/v1/payment_intents')
+      .filter(
+        (r) =>
+          r.body.metadata && (r.body.metadata as Record<string, string>).purchaseId === started.purchaseId,
+      );
+    expect(created?.idempotencyKey).toBe(`purchase:${started.purchaseId}:payment_intent`);
+    expect(created?.body).toMatchObject({
+      amount: '999',
+      currency: 'eur',
+      allowed_payment_method_types: ['card', 'sepa_debit'],
+      metadata: { userId: user.id, packageId: pack.id, purchaseId: started.purchaseId },
+    });
+    const row = await purchaseRow(started.purchaseId);
+    expect(created?.body.customer).toBe(row.stripe_customer_id);
+    expect(stripe.customers.get(row.stripe_customer_id!)?.metadata).toEqual({ userId: user.id });
+    expect(await client.credits.purchaseStatus.query({ purchaseId: started.purchaseId })).toMatchObject({
+      id: started.purchaseId,
+      status: 'pending',
+      credits: 100,
+      priceEuroCents: 999,
+      completedAt: null,
+    });
+    expect(await balanceOf(user.id)).toBe(0);
+
+    const intent = stripe.succeedPaymentIntent(row.stripe_payment_intent_id!);
+    const response = await deliver(stripe.event('payment_intent.succeeded', intent));
+    expect(response).toEqual({ status: 200, body: { received: true } });
+
+    const status = await client.credits.purchaseStatus.query({ purchaseId: started.purchaseId });
+    expect(status.status).toBe('completed');
+    expect(status.completedAt).toBeInstanceOf(Date);
+    expect(await balanceOf(user.id)).toBe(100);
+    expect(await ledgerOf(user.id)).toEqual([
+      { type: 'purchase', amount: 100, idempotency_key: `purchase:${started.purchaseId}` },
+    ]);
+    expect((await purchaseRow(started.purchaseId)).stripe_charge_id).toBe(intent.latest_charge);
+  });
+
+  it('creates the Stripe customer once per user, even when purchases start at once', async () => {
+    const pack = await createPackage();
+    const { user, client } = await buyer();
+    const customersBefore = stripe.customers.size;
+    const started = await Promise.all(
+      Array.from({ length: 5 }, () => client.credits.purchase.mutate({ packageId: pack.id })),
+    );
+    expect(stripe.customers.size).toBe(customersBefore + 1);
+    const stored = await server.deps.db
+      .selectFrom('credits.stripe_customers')
+      .selectAll()
+      .where('user_id', '=', user.id)
+      .execute();
+    expect(stored).toHaveLength(1);
+    for (const { purchaseId } of started) {
+      expect((await purchaseRow(purchaseId)).stripe_customer_id).toBe(stored[0]?.stripe_customer_id);
+    }
+  });
+
+  it('a lost Stripe response is retried with the same key: one PaymentIntent, not two', async () => {
+    const pack = await createPackage();
+    const { client } = await buyer();
+    await client.credits.purchase.mutate({ packageId: pack.id }); // the customer exists from here on
+    const intentsBefore = stripe.paymentIntents.size;
+    stripe.mode = 'lose-first-response';
+    const started = await client.credits.purchase.mutate({ packageId: pack.id });
+    expect(stripe.paymentIntents.size).toBe(intentsBefore + 1);
+    const attempts = stripe.requests.filter(
+      (r) => r.idempotencyKey === `purchase:${started.purchaseId}:payment_intent`,
+    );
+    expect(attempts.map((a) => a.replayed)).toEqual([false, true]);
+    const row = await purchaseRow(started.purchaseId);
+    expect(stripe.paymentIntents.get(row.stripe_payment_intent_id!)?.client_secret).toBe(
+      started.clientSecret,
+    );
+  });
+});
+
+describe('credits.purchase: Checkout mode', () => {
+  it('creates a Session with inline price data, and checkout.session.completed credits it', async () => {
+    const pack = await createPackage({ name: 'Checkout pack', credits: 250, priceEuroCents: 1999 });
+    const { user, client } = await buyer();
+    const started = await client.credits.purchase.mutate({
+      packageId: pack.id,
+      mode: 'checkout',
+      successUrl: `${SHOP}/done?session={CHECKOUT_SESSION_ID}`,
+      cancelUrl: `${APP}/cancelled`,
+    });
+    expect(started).toMatchObject({ amount: 1999, currency: 'eur', credits: 250 });
+    expect(started.checkoutUrl).toMatch(/^https:\/\/checkout\.stripe\.test\//);
+    expect(started.clientSecret).toBeUndefined();
+
+    const row = await purchaseRow(started.purchaseId);
+    const request = stripe.requests.find(
+      (r) => r.idempotencyKey === `purchase:${started.purchaseId}:checkout`,
+    );
+    const metadata = { userId: user.id, packageId: pack.id, purchaseId: started.purchaseId };
+    expect(request?.body).toMatchObject({
+      mode: 'payment',
+      customer: row.stripe_customer_id,
+      client_reference_id: started.purchaseId,
+      line_items: [
+        {
+          price_data: { currency: 'eur', unit_amount: '1999', product_data: { name: 'Checkout pack' } },
+          quantity: '1',
+        },
+      ],
+      success_url: `${SHOP}/done?session={CHECKOUT_SESSION_ID}`,
+      cancel_url: `${APP}/cancelled`,
+      metadata,
+      payment_intent_data: { metadata },
+    });
+
+    const { session } = stripe.completeSession(row.stripe_checkout_session_id!, 'paid');
+    expect((await deliver(stripe.event('checkout.session.completed', session))).status).toBe(200);
+    expect(await balanceOf(user.id)).toBe(250);
+    const completed = await purchaseRow(started.purchaseId);
+    expect(completed.status).toBe('completed');
+    expect(completed.stripe_payment_intent_id).toBe(session.payment_intent);
+  });
+
+  it('uses the package Stripe price; a delayed (SEPA) payment credits only when it succeeds', async () => {
+    stripe.prices.set('price_standard_eur', { unit_amount: 999, currency: 'eur' });
+    const pack = await createPackage({ stripePriceId: 'price_standard_eur' });
+    const { user, client } = await buyer();
+    const started = await client.credits.purchase.mutate({
+      packageId: pack.id,
+      mode: 'checkout',
+      successUrl: `${SHOP}/ok`,
+      cancelUrl: `${SHOP}/no`,
+    });
+    const request = stripe.requests.find(
+      (r) => r.idempotencyKey === `purchase:${started.purchaseId}:checkout`,
+    );
+    expect(request?.body.line_items).toEqual([{ price: 'price_standard_eur', quantity: '1' }]);
+
+    const sessionId = (await purchaseRow(started.purchaseId)).stripe_checkout_session_id!;
+    const { session: unpaid } = stripe.completeSession(sessionId, 'unpaid');
+    expect((await deliver(stripe.event('checkout.session.completed', unpaid))).status).toBe(200);
+    expect(await balanceOf(user.id)).toBe(0);
+    expect((await purchaseRow(started.purchaseId)).status).toBe('pending');
+
+    const { session: paid } = stripe.settleSession(sessionId, true);
+    expect((await deliver(stripe.event('checkout.session.async_payment_succeeded', paid))).status).toBe(200);
+    expect(await balanceOf(user.id)).toBe(100);
+    expect((await purchaseRow(started.purchaseId)).status).toBe('completed');
+  });
+
+  it('a delayed payment that fails marks the purchase failed; an expired session cancels it', async () => {
+    const pack = await createPackage();
+    const { user, client } = await buyer();
+    const input = {
+      packageId: pack.id,
+      mode: 'checkout' as const,
+      successUrl: `${SHOP}/ok`,
+      cancelUrl: `${SHOP}/no`,
+    };
+    const failing = await client.credits.purchase.mutate(input);
+    const failingSession = (await purchaseRow(failing.purchaseId)).stripe_checkout_session_id!;
+    stripe.completeSession(failingSession, 'unpaid');
+    const { session: failed } = stripe.settleSession(failingSession, false);
+    expect((await deliver(stripe.event('checkout.session.async_payment_failed', failed))).status).toBe(200);
+    expect((await purchaseRow(failing.purchaseId)).status).toBe('failed');
+
+    const expiring = await client.credits.purchase.mutate(input);
+    const expired = stripe.expireSession(
+      (await purchaseRow(expiring.purchaseId)).stripe_checkout_session_id!,
+    );
+    expect((await deliver(stripe.event('checkout.session.expired', expired))).status).toBe(200);
+    expect((await purchaseRow(expiring.purchaseId)).status).toBe('cancelled');
+    expect(await balanceOf(user.id)).toBe(0);
+  });
+
+  it('refuses redirect URLs on a foreign origin (no open redirects), writing nothing', async () => {
+    const pack = await createPackage();
+    const { user, client } = await buyer();
+    const requestsBefore = stripe.requests.length;
+    const cases = [
+      { successUrl: 'https://evil.example/phish', cancelUrl: `${SHOP}/no`, field: 'successUrl' },
+      {
+        successUrl: `${SHOP}/ok`,
+        cancelUrl: 'https://shop.example.test.evil.example/no',
+        field: 'cancelUrl',
+      },
+      { successUrl: 'javascript:alert(1)', cancelUrl: `${SHOP}/no`, field: 'successUrl' },
+      { successUrl: 'http://shop.example.test/ok', cancelUrl: `${SHOP}/no`, field: 'successUrl' },
+      { successUrl: '/relative', cancelUrl: `${SHOP}/no`, field: 'successUrl' },
+      { cancelUrl: `${SHOP}/no`, field: 'successUrl' },
+    ];
+    for (const { field, ...urls } of cases) {
+      const error = await failure(
+        client.credits.purchase.mutate({ packageId: pack.id, mode: 'checkout', ...urls }),
+      );
+      expect(error.data?.code, JSON.stringify(urls)).toBe('BAD_REQUEST');
+      expect(error.data?.details).toEqual({ field });
+      expect(error.message).toContain(field);
+    }
+    expect(stripe.requests.length).toBe(requestsBefore);
+    const rows = await server.deps.db
+      .selectFrom('credits.purchases')
+      .select('id')
+      .where('user_id', '=', user.id)
+      .execute();
+    expect(rows).toEqual([]);
+  });
+});
+
+describe('credits.purchase: Stripe unavailable or not configured', () => {
+  it('Stripe failing with 500: SERVICE_UNAVAILABLE and the purchase stays pending (outcome unknown)', async () => {
+    const pack = await createPackage();
+    const { user, client } = await buyer();
+    await client.credits.purchase.mutate({ packageId: pack.id });
+    stripe.mode = 'failing';
+    const error = await failure(client.credits.purchase.mutate({ packageId: pack.id }));
+    expect(error.data).toMatchObject({ code: 'SERVICE_UNAVAILABLE', reason: 'PAYMENT_PROVIDER_UNAVAILABLE' });
+    const rows = await server.deps.db
+      .selectFrom('credits.purchases')
+      .select(['status', 'stripe_payment_intent_id'])
+      .where('user_id', '=', user.id)
+      .orderBy('created_at')
+      .execute();
+    expect(rows).toHaveLength(2);
+    expect(rows[1]).toEqual({ status: 'pending', stripe_payment_intent_id: null });
+  });
+
+  it('Stripe refusing the call: SERVICE_UNAVAILABLE and the purchase is failed', async () => {
+    const pack = await createPackage();
+    const { user, client } = await buyer();
+    await client.credits.purchase.mutate({ packageId: pack.id });
+    stripe.mode = 'refusing';
+    const error = await failure(client.credits.purchase.mutate({ packageId: pack.id }));
+    expect(error.data?.code).toBe('SERVICE_UNAVAILABLE');
+    const statuses = await server.deps.db
+      .selectFrom('credits.purchases')
+      .select('status')
+      .where('user_id', '=', user.id)
+      .orderBy('created_at')
+      .execute();
+    expect(statuses.map((s) => s.status)).toEqual(['pending', 'failed']);
+  });
+
+  it('Stripe unreachable before the customer exists: SERVICE_UNAVAILABLE, nothing written', async () => {
+    const pack = await createPackage();
+    const { user, client } = await buyer();
+    stripe.mode = 'unreachable';
+    const error = await failure(client.credits.purchase.mutate({ packageId: pack.id }));
+    expect(error.data?.code).toBe('SERVICE_UNAVAILABLE');
+    expect(error.message).not.toContain('ECONNRESET');
+    const purchases = await server.deps.db
+      .selectFrom('credits.purchases')
+      .select('id')
+      .where('user_id', '=', user.id)
+      .execute();
+    const customers = await server.deps.db
+      .selectFrom('credits.stripe_customers')
+      .select('user_id')
+      .where('user_id', '=', user.id)
+      .execute();
+    expect({ purchases, customers }).toEqual({ purchases: [], customers: [] });
+  });
+
+  it('without STRIPE_SECRET_KEY the server starts and purchases answer PAYMENTS_NOT_CONFIGURED', async () => {
+    const bare = await startTestServer();
+    try {
+      const client = await bare.userClient();
+      const error = await failure(client.credits.purchase.mutate({ packageId: randomUUID() }));
+      expect(error.data).toMatchObject({ code: 'PRECONDITION_FAILED', reason: 'PAYMENTS_NOT_CONFIGURED' });
+      const webhook = await stripe.deliver(bare.url, stripe.event('payment_intent.succeeded', {}));
+      expect(webhook.status).toBe(503);
+    } finally {
+      await bare.close();
+    }
+  });
+});
+
+describe('credits.purchases and credits.purchaseStatus', () => {
+  it('lists the caller’s purchases newest first, page by page', async () => {
+    const pack = await createPackage();
+    const { client } = await buyer();
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++)
+      ids.push((await client.credits.purchase.mutate({ packageId: pack.id })).purchaseId);
+    const first = await client.credits.purchases.query({ limit: 2 });
+    expect(first.items.map((p) => p.id)).toEqual([ids[2], ids[1]]);
+    expect(first.items[0]).toMatchObject({
+      packageId: pack.id,
+      status: 'pending',
+      currency: 'eur',
+      clawedBackCredits: 0,
+      unrecoveredCredits: 0,
+    });
+    const second = await client.credits.purchases.query({ limit: 2, cursor: first.nextCursor! });
+    expect(second).toEqual({ items: [expect.objectContaining({ id: ids[0] })], nextCursor: null });
+  });
+
+  it("another user's purchase is NOT_FOUND", async () => {
+    const pack = await createPackage();
+    const { client: owner } = await buyer();
+    const { client: stranger } = await buyer();
+    const { purchaseId } = await owner.credits.purchase.mutate({ packageId: pack.id });
+    const error = await failure(stranger.credits.purchaseStatus.query({ purchaseId }));
+    expect(error.data).toMatchObject({ code: 'NOT_FOUND', httpStatus: 404 });
+    expect((await stranger.credits.purchases.query()).items).toEqual([]);
+  });
+});
+
+describe('webhook: exactly once', () => {
+  it('20 concurrent deliveries of one event credit once', async () => {
+    const pack = await createPackage({ credits: 100 });
+    const { user, client } = await buyer();
+    const { started, succeeded } = await paidIntentPurchase(client, pack.id);
+    const responses = await Promise.all(Array.from({ length: 20 }, () => deliver(succeeded)));
+    expect(responses.map((r) => r.status)).toEqual(Array(20).fill(200));
+    expect(await balanceOf(user.id)).toBe(100);
+    expect(await ledgerSum(server.deps.db, user.id)).toBe(100);
+    expect((await purchaseRow(started.purchaseId)).status).toBe('completed');
+  });
+
+  it('payment_intent.succeeded and checkout.session.completed for one payment credit once', async () => {
+    const pack = await createPackage({ credits: 300, priceEuroCents: 2499 });
+    const { user, client } = await buyer();
+    const started = await client.credits.purchase.mutate({
+      packageId: pack.id,
+      mode: 'checkout',
+      successUrl: `${SHOP}/ok`,
+      cancelUrl: `${SHOP}/no`,
+    });
+    const { session, intent } = stripe.completeSession(
+      (await purchaseRow(started.purchaseId)).stripe_checkout_session_id!,
+      'paid',
+    );
+    const responses = await Promise.all([
+      deliver(stripe.event('checkout.session.completed', session)),
+      deliver(stripe.event('payment_intent.succeeded', intent)),
+      deliver(stripe.event('checkout.session.completed', session)),
+      deliver(stripe.event('payment_intent.succeeded', intent)),
+    ]);
+    expect(responses.map((r) => r.status)).toEqual([200, 200, 200, 200]);
+    expect(await balanceOf(user.id)).toBe(300);
+    expect((await ledgerOf(user.id)).filter((row) => row.type === 'purchase')).toHaveLength(1);
+    const row = await purchaseRow(started.purchaseId);
+    expect(row).toMatchObject({
+      status: 'completed',
+      stripe_payment_intent_id: intent.id,
+      stripe_charge_id: intent.latest_charge,
+    });
+  });
+
+  it('a failure after success leaves the purchase completed', async () => {
+    const pack = await createPackage({ credits: 100 });
+    const { user, client } = await buyer();
+    const { started, intentId } = await completedPurchase(client, pack.id);
+    const failed = stripe.failPaymentIntent(intentId);
+    expect((await deliver(stripe.event('payment_intent.payment_failed', failed))).status).toBe(200);
+    expect((await purchaseRow(started.purchaseId)).status).toBe('completed');
+    expect(await balanceOf(user.id)).toBe(100);
+  });
+
+  it('a failed attempt marks the purchase failed; a later successful retry still completes it', async () => {
+    const pack = await createPackage({ credits: 100 });
+    const { user, client } = await buyer();
+    const started = await client.credits.purchase.mutate({ packageId: pack.id });
+    const intentId = (await purchaseRow(started.purchaseId)).stripe_payment_intent_id!;
+    await deliver(stripe.event('payment_intent.payment_failed', stripe.failPaymentIntent(intentId)));
+    expect((await purchaseRow(started.purchaseId)).status).toBe('failed');
+    await deliver(stripe.event('payment_intent.succeeded', stripe.succeedPaymentIntent(intentId)));
+    expect((await purchaseRow(started.purchaseId)).status).toBe('completed');
+    expect(await balanceOf(user.id)).toBe(100);
+  });
+
+  it('a paid amount or currency that differs from the purchase is not credited', async () => {
+    const pack = await createPackage({ credits: 100, priceEuroCents: 999 });
+    const { user, client } = await buyer();
+    const { started, succeeded } = await paidIntentPurchase(client, pack.id);
+    const object = (succeeded.data as { object: Record<string, unknown> }).object;
+    const cheaper = stripe.event('payment_intent.succeeded', { ...object, amount: 99, amount_received: 99 });
+    const dollars = stripe.event('payment_intent.succeeded', { ...object, currency: 'usd' });
+    expect((await deliver(cheaper)).status).toBe(200);
+    expect((await deliver(dollars)).status).toBe(200);
+    expect(await balanceOf(user.id)).toBe(0);
+    expect((await purchaseRow(started.purchaseId)).status).toBe('pending');
+    expect(await ledgerOf(user.id)).toEqual([]);
+  });
+
+  it('events that are not ours or of types we do not handle are acknowledged and change nothing', async () => {
+    const pack = await createPackage();
+    const { user, client } = await buyer();
+    const started = await client.credits.purchase.mutate({ packageId: pack.id });
+    const foreign = stripe.event('payment_intent.succeeded', {
+      id: 'pi_someone_else',
+      object: 'payment_intent',
+      amount: 999,
+      amount_received: 999,
+      currency: 'eur',
+      latest_charge: 'ch_someone_else',
+      metadata: { purchaseId: started.purchaseId, userId: 'another-user' },
+    });
+    expect((await deliver(foreign)).status).toBe(200);
+    expect(
+      (await deliver(stripe.event('customer.created', { id: 'cus_x', object: 'customer' }))).status,
+    ).toBe(200);
+    expect((await purchaseRow(started.purchaseId)).status).toBe('pending');
+    expect(await balanceOf(user.id)).toBe(0);
+  });
+});
+
+describe('webhook: signature', () => {
+  it('refuses a bad signature, a stale timestamp, a re-serialised body or no signature with 400, changing nothing', async () => {
+    const pack = await createPackage();
+    const { user, client } = await buyer();
+    const { started, succeeded } = await paidIntentPurchase(client, pack.id);
+    const attempts = [
+      await deliver(succeeded, { secret: 'whsec_not_the_right_one' }),
+      await deliver(succeeded, { timestamp: Math.floor(Date.now() / 1000) - 600 }),
+      await deliver(succeeded, { payload: JSON.stringify(succeeded) }),
+      await deliver(succeeded, { signature: null }),
+      await deliver(succeeded, { signature: 'garbage' }),
+    ];
+    for (const attempt of attempts) {
+      expect(attempt.status).toBe(400);
+      expect(attempt.body).toMatchObject({ error: { reason: 'INVALID_SIGNATURE' } });
+    }
+    expect(await eventRecorded(succeeded.id as string)).toBe(false);
+    expect((await purchaseRow(started.purchaseId)).status).toBe('pending');
+    expect(await balanceOf(user.id)).toBe(0);
+
+    expect((await deliver(succeeded)).status).toBe(200);
+    expect(await balanceOf(user.id)).toBe(100);
+  });
+
+  it('a handler error answers 500 and rolls back, so the retry applies it', async () => {
+    const pack = await createPackage({ credits: 100 });
+    const { user, client } = await buyer();
+    const { started, charge } = await completedPurchase(client, pack.id);
+    // A fractional cumulative amount cannot be turned into a share of credits: the handler throws.
+    const broken = stripe.event('charge.refunded', { ...charge, amount_refunded: 499.5 });
+    const response = await deliver(broken);
+    expect(response.status).toBe(500);
+    expect(response.body).toMatchObject({ error: { reason: 'INTERNAL', message: 'Internal server error' } });
+    expect(await eventRecorded(broken.id as string)).toBe(false);
+    expect(await balanceOf(user.id)).toBe(100);
+
+    const fixed = stripe.event(
+      'charge.refunded',
+      stripe.refundCharge(charge.id as string, 999),
+      broken.id as string,
+    );
+    expect((await deliver(fixed)).status).toBe(200);
+    expect(await eventRecorded(broken.id as string)).toBe(true);
+    expect(await balanceOf(user.id)).toBe(0);
+    expect((await purchaseRow(started.purchaseId)).clawed_back_credits).toBe(100);
+  });
+});
+
+describe('webhook: refunds and disputes', () => {
+  it('partial refunds claw back the proportional share, cumulatively and once each', async () => {
+    const pack = await createPackage({ credits: 100, priceEuroCents: 999 });
+    const { user, client } = await buyer();
+    const { started, charge } = await completedPurchase(client, pack.id);
+    const chargeId = charge.id as string;
+
+    const first = stripe.event('charge.refunded', stripe.refundCharge(chargeId, 333));
+    expect((await deliver(first)).status).toBe(200);
+    expect(await balanceOf(user.id)).toBe(67); // floor(100 × 333 / 999) = 33
+    expect((await deliver(first)).status).toBe(200); // redelivery
+    expect(await balanceOf(user.id)).toBe(67);
+
+    const second = stripe.event('charge.refunded', stripe.refundCharge(chargeId, 333)); // cumulative 666
+    expect((await deliver(second)).status).toBe(200);
+    expect(await balanceOf(user.id)).toBe(34); // 66 in total
+
+    // A late copy of the first refund under another event id claims nothing more.
+    const stale = stripe.event('charge.refunded', { ...(first.data as { object: object }).object });
+    expect((await deliver(stale)).status).toBe(200);
+    expect(await balanceOf(user.id)).toBe(34);
+
+    const last = stripe.event('charge.refunded', stripe.refundCharge(chargeId, 333)); // cumulative 999
+    expect((await deliver(last)).status).toBe(200);
+    expect(await balanceOf(user.id)).toBe(0);
+
+    const ledger = await ledgerOf(user.id);
+    expect(ledger.map((row) => [row.type, row.amount])).toEqual([
+      ['purchase', 100],
+      ['clawback', -33],
+      ['clawback', -33],
+      ['clawback', -34],
+    ]);
+    expect(await client.credits.purchases.query()).toMatchObject({
+      items: [{ id: started.purchaseId, status: 'completed', clawedBackCredits: 100, unrecoveredCredits: 0 }],
+    });
+    const balance = await client.credits.balance.query();
+    expect(balance).toMatchObject({ balance: 0, totalEarned: 0 });
+  });
+
+  it('a refund after the credits were spent takes what is left and records the remainder', async () => {
+    const pack = await createPackage({ credits: 100, priceEuroCents: 999 });
+    const { user, client } = await buyer();
+    const { started, charge } = await completedPurchase(client, pack.id);
+    await client.credits.use.mutate({ amount: 80, appId: 'chat', description: 'spent it' });
+
+    const refunded = stripe.event('charge.refunded', stripe.refundCharge(charge.id as string, 999));
+    expect((await deliver(refunded)).status).toBe(200);
+    expect(await balanceOf(user.id)).toBe(0);
+    const row = await purchaseRow(started.purchaseId);
+    expect(row).toMatchObject({ clawed_back_credits: 20, unrecovered_credits: 80, status: 'completed' });
+    expect((await ledgerOf(user.id)).at(-1)).toMatchObject({ type: 'clawback', amount: -20 });
+
+    // More credits later do not reopen a settled refund.
+    expect((await deliver(refunded)).status).toBe(200);
+    expect(await balanceOf(user.id)).toBe(0);
+  });
+
+  it('a dispute claws back the disputed share once, even when Stripe sends it again', async () => {
+    const pack = await createPackage({ credits: 100, priceEuroCents: 1000 });
+    const { user, client } = await buyer();
+    const { started, charge } = await completedPurchase(client, pack.id);
+    const dispute = stripe.disputeCharge(charge.id as string, 250);
+    expect((await deliver(stripe.event('charge.dispute.created', dispute))).status).toBe(200);
+    expect((await deliver(stripe.event('charge.dispute.created', dispute))).status).toBe(200);
+    expect(await balanceOf(user.id)).toBe(75);
+    expect((await purchaseRow(started.purchaseId)).clawed_back_credits).toBe(25);
+    // A refund of the whole charge afterwards takes only what the dispute did not: never more than bought.
+    const refunded = stripe.event('charge.refunded', stripe.refundCharge(charge.id as string, 1000));
+    expect((await deliver(refunded)).status).toBe(200);
+    expect(await balanceOf(user.id)).toBe(0);
+    expect((await purchaseRow(started.purchaseId)).clawed_back_credits).toBe(100);
+  });
+
+  it('a refund that arrives before the payment confirmation is settled when the purchase is credited', async () => {
+    const pack = await createPackage({ credits: 100, priceEuroCents: 1000 });
+    const { user, client } = await buyer();
+    const { started, intentId, succeeded } = await paidIntentPurchase(client, pack.id);
+    const charge = stripe.chargeOf(intentId);
+    const refunded = stripe.event('charge.refunded', stripe.refundCharge(charge.id as string, 400));
+    expect((await deliver(refunded)).status).toBe(200);
+    expect(await balanceOf(user.id)).toBe(0);
+    expect((await purchaseRow(started.purchaseId)).status).toBe('pending');
+
+    expect((await deliver(succeeded)).status).toBe(200);
+    expect(await balanceOf(user.id)).toBe(60);
+    expect((await ledgerOf(user.id)).map((row) => [row.type, row.amount])).toEqual([
+      ['purchase', 100],
+      ['clawback', -40],
+    ]);
+  });
+
+  it('concurrent refund and dispute events for one charge never take more than was bought', async () => {
+    const pack = await createPackage({ credits: 100, priceEuroCents: 1000 });
+    const { user, client } = await buyer();
+    const { started, charge } = await completedPurchase(client, pack.id);
+    const chargeId = charge.id as string;
+    const refund = stripe.event('charge.refunded', stripe.refundCharge(chargeId, 1000));
+    const dispute = stripe.event('charge.dispute.created', stripe.disputeCharge(chargeId));
+    const responses = await Promise.all([
+      ...Array.from({ length: 5 }, () => deliver(refund)),
+      ...Array.from({ length: 5 }, () => deliver(dispute)),
+    ]);
+    expect(responses.every((r) => r.status === 200)).toBe(true);
+    expect(await balanceOf(user.id)).toBe(0);
+    expect(await purchaseRow(started.purchaseId)).toMatchObject({
+      clawed_back_credits: 100,
+      unrecovered_credits: 0,
+    });
+    const { count } = await server.deps.db
+      .selectFrom('credits.transactions')
+      .select(sql<number>`count(*)::int4`.as('count'))
+      .where('user_id', '=', user.id)
+      .where('type', '=', 'clawback')
+      .executeTakeFirstOrThrow();
+    expect(count).toBe(1);
+  });
+});
