@@ -53,6 +53,138 @@ export const packageView = z.object({
   priceEuroCents: z.int(),
 });
 
+const page = <T extends z.ZodType>(item: T) =>
+  z.object({
+    items: z.array(item),
+    nextCursor: z.string().nullable().describe('Pass as `cursor` for the next page; null on the last page'),
+  });
+
+export const purchaseStarted = z.object({
+  purchaseId: z.uuid(),
+  amount: z.int().describe('Price in the smallest unit of `currency`'),
+  currency: z.string(),
+  credits,
+  clientSecret: z.string().optional().describe('payment_intent mode: confirm with Stripe.js'),
+  checkoutUrl: z.string().optional().describe('checkout mode: send the buyer here'),
+});
+
+const purchaseStatus = z.enum(['pending', 'completed', 'failed', 'cancelled']);
+
+export const purchaseState = z.object({
+  id: z.uuid(),
+  status: purchaseStatus,
+  credits,
+  priceEuroCents: z.int(),
+  createdAt: timestamp,
+  completedAt: timestamp.nullable(),
+});
+
+export const purchaseView = purchaseState.extend({
+  packageId: z.uuid().nullable(),
+  currency: z.string(),
+  clawedBackCredits: credits,
+  unrecoveredCredits: credits,
+});
+
+export const purchasePage = page(purchaseView);
+
+export const poolBalance = z.object({
+  guildId: z.string(),
+  balance: credits,
+  totalFunded: credits,
+  totalSpent: credits,
+});
+export const poolInitialized = poolBalance.extend({ created: z.boolean() });
+export const poolFunded = z.object({ poolBalance: credits, personalBalance: credits });
+export const poolSpent = z.object({ transactionId: z.uuid(), poolBalance: credits });
+
+export const guildTransactionView = z.object({
+  id: z.uuid(),
+  userId: z.string(),
+  type: z.enum(['funding', 'usage', 'refund']),
+  amount: credits.describe('Signed: negative for spending from the pool'),
+  balanceBefore: credits,
+  balanceAfter: credits,
+  appId: z.string().nullable(),
+  description: z.string(),
+  createdAt: timestamp,
+});
+export const guildTransactionPage = page(guildTransactionView);
+
+export const memberLimits = z.object({
+  dailyLimit: credits.nullable().describe('null: unlimited'),
+  monthlyLimit: credits.nullable().describe('null: unlimited'),
+  spentToday: credits.describe('UTC day'),
+  spentThisMonth: credits.describe('UTC calendar month'),
+});
+
+const giftType = z.enum(['simple', 'personalized', 'split', 'first_come', 'riddle']);
+const giftStatus = z.enum(['active', 'depleted', 'expired', 'cancelled', 'refunded']);
+
+export const giftInfo = z.object({
+  code: z.string(),
+  type: giftType,
+  status: giftStatus,
+  creditsPerPortion: credits,
+  totalPortions: z.int(),
+  claimedPortions: z.int(),
+  riddleQuestion: z.string().nullable(),
+  message: z.string().nullable(),
+  creatorName: z.string().nullable(),
+  expiresAt: timestamp,
+});
+
+export const createdGift = z.object({
+  id: z.uuid(),
+  code: z.string(),
+  shortUrl: z.string(),
+  type: giftType,
+  creditsPerPortion: credits,
+  totalPortions: z.int(),
+  expiresAt: timestamp,
+});
+
+export const createdGiftView = createdGift.extend({
+  status: giftStatus,
+  claimedPortions: z.int(),
+  escrowCredits: credits,
+  refundedCredits: credits,
+  targetEmail: z.string().nullable(),
+  riddleQuestion: z.string().nullable(),
+  message: z.string().nullable(),
+  createdAt: timestamp,
+});
+export const createdGiftPage = page(createdGiftView);
+
+export const receivedGiftView = z.object({
+  code: z.string(),
+  message: z.string().nullable(),
+  type: giftType,
+  redemptionId: z.uuid(),
+  giftId: z.uuid(),
+  creditsReceived: credits,
+  creatorName: z.string().nullable(),
+  redeemedAt: timestamp,
+});
+export const receivedGiftPage = page(receivedGiftView);
+
+export const redeemed = z.object({ giftId: z.uuid(), creditsReceived: credits, balance: credits });
+export const giftCancelled = z.object({ refunded: credits });
+export const pendingGiftsRedeemed = z.object({ redeemed: z.int(), totalCredits: credits });
+
+export const reserved = z.object({
+  reservationId: z.uuid(),
+  expiresAt: timestamp,
+  balance: credits.describe('Spendable right after the hold'),
+});
+export const committed = z.object({
+  transactionId: z.uuid(),
+  committed: credits,
+  released: credits,
+  balance: credits,
+});
+export const released = z.object({ released: credits, balance: credits });
+
 export const errorBody = z.object({
   error: z.object({
     message: z.string(),
@@ -74,5 +206,17 @@ export const namedSchemas: Readonly<Record<string, z.ZodType>> = {
   Transaction: transactionView,
   TransactionPage: transactionPage,
   Package: packageView,
+  PurchaseStarted: purchaseStarted,
+  PurchaseState: purchaseState,
+  Purchase: purchaseView,
+  PurchasePage: purchasePage,
+  PoolBalance: poolBalance,
+  GuildTransactionPage: guildTransactionPage,
+  MemberLimits: memberLimits,
+  GiftInfo: giftInfo,
+  CreatedGift: createdGift,
+  CreatedGiftPage: createdGiftPage,
+  ReceivedGiftPage: receivedGiftPage,
+  Reservation: reserved,
   Error: errorBody,
 };
