@@ -1,81 +1,26 @@
 import { randomUUID } from 'node:crypto';
 import { validate } from '@readme/openapi-parser';
-import { Ajv2020 } from 'ajv/dist/2020.js';
 import Fastify from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { OpenApiDocument } from '../src/http/rest/openapi.ts';
 import { restApi } from '../src/http/rest/plugin.ts';
 import { restRoutes } from '../src/http/rest/routes.ts';
 import { expectLedgerConsistent, ledgerSum } from './helpers/invariants.ts';
+import { type Answer, type CallOptions, restCaller } from './helpers/rest.ts';
 import { newUser, SERVICE_KEY, startTestServer, type TestServer } from './helpers/server.ts';
 
 let server: TestServer;
 let document: OpenApiDocument;
-const ajv = new Ajv2020({ strict: false, validateFormats: false });
-const DOCUMENT_ID = 'https://mana-credits.test/openapi.json';
+let call: (route: string, options?: CallOptions) => Promise<Answer>;
 
 beforeAll(async () => {
   server = await startTestServer();
-  const response = await fetch(`${server.url}/api/v1/openapi.json`);
-  expect(response.status).toBe(200);
-  document = (await response.json()) as OpenApiDocument;
-  ajv.addSchema({ $id: DOCUMENT_ID, components: document.components });
+  ({ document, call } = await restCaller(server));
 });
 afterAll(async () => {
   await expectLedgerConsistent(server.deps.db);
   await server.close();
 });
-
-interface CallOptions {
-  params?: Record<string, string>;
-  query?: Record<string, string>;
-  body?: unknown;
-  token?: string;
-  serviceKey?: string;
-  headers?: Record<string, string>;
-}
-
-interface Answer {
-  status: number;
-  // biome-ignore lint/suspicious/noExplicitAny: response bodies are inspected freely in assertions
-  body: any;
-  requestId: string | null;
-}
-
-/**
- * Calls a route named as in the document ('POST /api/v1/credits/use') and checks that the status is
- * documented for it and that the body matches the documented schema of that status.
- */
-async function call(route: string, options: CallOptions = {}): Promise<Answer> {
-  const [method, template] = route.split(' ') as [string, string];
-  const path = template.replace(/\{(\w+)\}/g, (_, name: string) =>
-    encodeURIComponent(options.params?.[name] ?? ''),
-  );
-  const query = options.query ? `?${new URLSearchParams(options.query)}` : '';
-  const headers: Record<string, string> = { ...options.headers };
-  if (options.token) headers.authorization = `Bearer ${options.token}`;
-  if (options.serviceKey) headers['x-service-key'] = options.serviceKey;
-  if (options.body !== undefined) headers['content-type'] = 'application/json';
-  const response = await fetch(`${server.url}${path}${query}`, {
-    method,
-    headers,
-    body: options.body === undefined ? undefined : JSON.stringify(options.body),
-  });
-  const body = await response.json();
-  const operation = document.paths[template]?.[method.toLowerCase()] as
-    | { responses: Record<string, { content: { 'application/json': { schema: { $ref: string } } } }> }
-    | undefined;
-  expect(operation, `${route} is documented`).toBeDefined();
-  const documented = operation?.responses[String(response.status)];
-  expect(documented, `${route} documents status ${response.status}`).toBeDefined();
-  const validateBody = ajv.compile({
-    $ref: `${DOCUMENT_ID}${documented?.content['application/json'].schema.$ref}`,
-  });
-  expect(validateBody(body) ? [] : validateBody.errors, `${route} ${response.status} body matches`).toEqual(
-    [],
-  );
-  return { status: response.status, body, requestId: response.headers.get('x-request-id') };
-}
 
 async function tokenFor(user = newUser()) {
   return { user, token: await server.auth.sign(user) };
