@@ -79,16 +79,14 @@ describe('purchases', () => {
       body: { packageId: randomUUID() },
     });
     expect(noPackage.status).toBe(404);
-    await server
-      .internalClient()
-      .internal.packages.upsert.mutate({
-        id: pack.id,
-        name: 'Standard',
-        credits: 100,
-        priceEuroCents: 999,
-        active: false,
-        sortOrder: 1,
-      });
+    await server.internalClient().internal.packages.upsert.mutate({
+      id: pack.id,
+      name: 'Standard',
+      credits: 100,
+      priceEuroCents: 999,
+      active: false,
+      sortOrder: 1,
+    });
     const inactive = await call('POST /api/v1/credits/purchase', { token, body: { packageId: pack.id } });
     expect(inactive.status).toBe(412);
     expect(inactive.body.error.reason).toBe('PACKAGE_INACTIVE');
