@@ -4,11 +4,13 @@ import { type FastifyTRPCPluginOptions, fastifyTRPCPlugin } from '@trpc/server/a
 import Fastify, { type FastifyInstance, type FastifyServerOptions, LogController } from 'fastify';
 import { sql } from 'kysely';
 import type { AppDeps } from './deps.ts';
+import { sweepExpiredHolds } from './domain/credits/reservations.ts';
 import { registerGiftPage } from './http/gift-page.ts';
 import { registerMetrics } from './http/metrics.ts';
 import { restApi } from './http/rest/plugin.ts';
 import { stripeWebhookRoutes } from './http/stripe-webhook.ts';
 import { registerGiftExpirySweep } from './jobs/gift-expiry.ts';
+import { type PeriodicTask, startPeriodicTask } from './periodic.ts';
 import { createContextFactory } from './trpc/context.ts';
 import { noteErrorRequestId } from './trpc/init.ts';
 import { type AppRouter, appRouter } from './trpc/routers/_app.ts';
@@ -158,6 +160,20 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
   await app.register(restApi, { deps });
   registerGiftPage(app);
   registerGiftExpirySweep(app);
+  // Expired holds return even when nobody touches them; every instance sweeps, safely (SKIP LOCKED).
+  let reservationSweep: PeriodicTask | undefined;
+  app.addHook('onReady', async () => {
+    reservationSweep = startPeriodicTask({
+      name: 'reservation-sweep',
+      intervalMs: deps.config.reservationSweepSeconds * 1000,
+      run: () => sweepExpiredHolds(deps.db),
+      log: app.log,
+    });
+  });
+  // preClose runs before every onClose hook, so the sweep is done before the database closes.
+  app.addHook('preClose', async () => {
+    await reservationSweep?.stop();
+  });
 
   if (options.closeDepsOnClose) {
     app.addHook('onClose', async () => {
