@@ -49,6 +49,7 @@ const envSchema = z.object({
     .default(1024 * 1024),
   SHUTDOWN_TIMEOUT_MS: z.coerce.number().int().min(0).max(600_000).default(10_000),
   METRICS_TOKEN: optionalText,
+  BENCH_NOOP: booleanFromEnv.default(false),
 });
 
 export type Env = z.input<typeof envSchema>;
@@ -83,6 +84,8 @@ export interface Config {
   bodyLimitBytes: number;
   shutdownTimeoutMs: number;
   metricsToken: string | undefined;
+  /** Mounts `bench.noop` (internal auth, no work): the Node ceiling of `pnpm bench`. Off unless asked for. */
+  benchNoop: boolean;
 }
 
 export class ConfigError extends Error {
@@ -158,6 +161,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     bodyLimitBytes: e.BODY_LIMIT_BYTES,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
     metricsToken: e.METRICS_TOKEN,
+    benchNoop: e.BENCH_NOOP,
   });
 }
 

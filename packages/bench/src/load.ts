@@ -1,0 +1,92 @@
+import { readFileSync } from 'node:fs';
+import autocannon from 'autocannon';
+import { type LoadTarget, requestFactory } from './requests.ts';
+import { summarize } from './stats.ts';
+
+/**
+ * The load generator: one autocannon run in its own process, so its CPU is never the orchestrator's. Reads a
+ * LoadJob (JSON file named on the command line), prints one JSON LoadResult line on stdout.
+ */
+export interface LoadJob {
+  url: string;
+  target: Omit<LoadTarget, 'tokens'> & { tokensFile?: string };
+  connections: number;
+  warmupSeconds: number;
+  seconds: number;
+  /** Requests per second over all connections; unset = as fast as the server answers. */
+  rate?: number;
+}
+
+export interface LoadResult {
+  seconds: number;
+  /** Responses by status, e.g. { "200": 51234 }. */
+  statuses: Record<string, number>;
+  ok: number;
+  non2xx: number;
+  /** Socket errors and timeouts, counted apart from HTTP answers. */
+  errors: number;
+  timeouts: number;
+  okPerSecond: number;
+  debitsPerSecond: number;
+  /** Latency of 2xx responses in ms, measured per request (sub-millisecond resolution). */
+  latency: { p50: number; p99: number; max: number; mean: number };
+}
+
+async function main() {
+  const job = JSON.parse(readFileSync(process.argv[2]!, 'utf8')) as LoadJob;
+  const tokens = job.target.tokensFile
+    ? (JSON.parse(readFileSync(job.target.tokensFile, 'utf8')) as string[])
+    : undefined;
+  const factory = requestFactory({ ...job.target, tokens });
+
+  const latencies: number[] = [];
+  const options = {
+    url: job.url,
+    connections: job.connections,
+    duration: job.seconds,
+    timeout: 30,
+    ...(job.rate ? { overallRate: job.rate } : {}),
+    ...(job.warmupSeconds > 0
+      ? { warmup: { connections: job.connections, duration: job.warmupSeconds } }
+      : {}),
+    requests: [
+      {
+        method: 'POST' as const,
+        path: factory.path,
+        setupRequest: (request: autocannon.Request) => ({ ...request, ...factory.next() }),
+      },
+    ],
+  };
+  // Without a callback autocannon returns its event emitter, made thenable (the typings only say Promise).
+  const instance = autocannon(options as autocannon.Options) as unknown as autocannon.Instance &
+    PromiseLike<autocannon.Result>;
+  instance.on('response', (_client, statusCode: number, _bytes: number, responseTime: number) => {
+    if (statusCode >= 200 && statusCode < 300) latencies.push(responseTime);
+  });
+  const result = await instance;
+
+  const statuses: Record<string, number> = {};
+  for (const [code, { count }] of Object.entries(result.statusCodeStats ?? {}))
+    statuses[code] = Number(count);
+  const ok = Object.entries(statuses)
+    .filter(([code]) => code.startsWith('2'))
+    .reduce((sum, [, count]) => sum + count, 0);
+  const seconds = result.duration;
+  const output: LoadResult = {
+    seconds,
+    statuses,
+    ok,
+    non2xx: result.non2xx,
+    errors: result.errors,
+    timeouts: result.timeouts,
+    okPerSecond: ok / seconds,
+    debitsPerSecond: (ok * factory.debitsPerRequest) / seconds,
+    latency: summarize(latencies),
+  };
+  process.stdout.write(`${JSON.stringify(output)}\n`);
+}
+
+main().catch((error) => {
+  console.error(error);
+  process.exit(1);
+});
