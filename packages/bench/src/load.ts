@@ -4,8 +4,9 @@ import { type LoadTarget, requestFactory } from './requests.ts';
 import { summarize } from './stats.ts';
 
 /**
- * The load generator: one autocannon run in its own process, so its CPU is never the orchestrator's. Reads a
- * LoadJob (JSON file named on the command line), prints one JSON LoadResult line on stdout.
+ * The load generator: a process of its own (forked by run.ts), so its CPU is never the orchestrator's or the
+ * server's. It stays up for the whole bench and runs one autocannon job per message, answering with a
+ * LoadResult; starting it once saves a tsx start-up per step.
  */
 export interface LoadJob {
   url: string;
@@ -32,8 +33,7 @@ export interface LoadResult {
   latency: { p50: number; p99: number; max: number; mean: number };
 }
 
-async function main() {
-  const job = JSON.parse(readFileSync(process.argv[2]!, 'utf8')) as LoadJob;
+async function runJob(job: LoadJob): Promise<LoadResult> {
   const tokens = job.target.tokensFile
     ? (JSON.parse(readFileSync(job.target.tokensFile, 'utf8')) as string[])
     : undefined;
@@ -83,10 +83,14 @@ async function main() {
     debitsPerSecond: (ok * factory.debitsPerRequest) / seconds,
     latency: summarize(latencies),
   };
-  process.stdout.write(`${JSON.stringify(output)}\n`);
+  return output;
 }
 
-main().catch((error) => {
-  console.error(error);
-  process.exit(1);
+// The orchestrator went away (finished or killed): so does the load.
+process.on('disconnect', () => process.exit(0));
+process.on('message', (job: LoadJob) => {
+  runJob(job).then(
+    (result) => process.send?.({ result }),
+    (error: unknown) => process.send?.({ error: error instanceof Error ? error.message : String(error) }),
+  );
 });

@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { fork } from 'node:child_process';
 import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -101,30 +101,39 @@ async function probe(url: string, target: LoadTarget): Promise<{ skip?: string; 
   return { fail: `probe answered ${response.status}: ${body.slice(0, 300)}` };
 }
 
+/** The load process, forked once; each step sends it one job. */
+function startLoadProcess() {
+  const child = fork(join(root, 'packages/bench/src/load.ts'), [], {
+    execArgv: ['--import', 'tsx'],
+    cwd: join(root, 'packages/bench'),
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  cleanups.push(async () => {
+    child.kill();
+  });
+  return (job: LoadJob) =>
+    new Promise<LoadResult>((resolveResult, reject) => {
+      const onExit = (code: number | null) => reject(new Error(`load process exited with ${code}`));
+      child.once('exit', onExit);
+      child.once('message', (message: { result?: LoadResult; error?: string }) => {
+        child.off('exit', onExit);
+        if (message.result) resolveResult(message.result);
+        else reject(new Error(`load process failed: ${message.error}`));
+      });
+      child.send(job);
+    });
+}
+
+let sendLoad: ((job: LoadJob) => Promise<LoadResult>) | undefined;
+
 async function runLoad(job: LoadJob, server: BenchServer): Promise<{ result: LoadResult; rssMb: number }> {
-  const jobFile = join(workDir, `job-${Date.now()}.json`);
-  writeFileSync(jobFile, JSON.stringify(job));
+  sendLoad ??= startLoadProcess();
   let rssMb = 0;
   const sampler = setInterval(() => {
     rssMb = Math.max(rssMb, server.memory().rssMb);
   }, 250);
   try {
-    const output = await new Promise<string>((resolveOutput, reject) => {
-      const child = spawn(process.execPath, ['--import', 'tsx', 'src/load.ts', jobFile], {
-        cwd: join(root, 'packages/bench'),
-        stdio: ['ignore', 'pipe', 'inherit'],
-      });
-      let stdout = '';
-      child.stdout.on('data', (chunk) => {
-        stdout += chunk;
-      });
-      child.once('error', reject);
-      child.once('exit', (code) =>
-        code === 0 ? resolveOutput(stdout) : reject(new Error(`load process exited with ${code}`)),
-      );
-    });
-    const last = output.trim().split('\n').pop() ?? '';
-    return { result: JSON.parse(last) as LoadResult, rssMb };
+    return { result: await sendLoad(job), rssMb };
   } finally {
     clearInterval(sampler);
   }
@@ -189,6 +198,7 @@ async function main() {
     `${mode} run: ${seconds} s per step (+${warmupSeconds} s warm-up), pool ${poolSize}, load ${machine.loadBefore}`,
   );
 
+  sendLoad = startLoadProcess();
   const database = await createBenchDatabase(adminUrl);
   cleanups.push(() => database.drop());
   const seeding = Date.now();
