@@ -127,14 +127,27 @@ function notes(rows: StepRow[]): string[] {
     .map((row) => `  step ${row.id} ${row.status === 'ok' ? '' : `${row.status}: `}${row.note}`);
 }
 
+/** A Markdown table padded the way the formatter (Biome) prints it, so the generated file stays clean. */
+function markdown(header: string[], body: string[][], rightAligned: (column: number) => boolean): string {
+  const widths = header.map((title, column) =>
+    Math.max(3, title.length, ...body.map((line) => line[column]!.length)),
+  );
+  const row = (values: string[]) =>
+    `| ${values
+      .map((value, column) =>
+        rightAligned(column) ? value.padStart(widths[column]!) : value.padEnd(widths[column]!),
+      )
+      .join(' | ')} |`;
+  const rule = `| ${widths
+    .map((width, column) => (rightAligned(column) ? `${'-'.repeat(width - 1)}:` : '-'.repeat(width)))
+    .join(' | ')} |`;
+  return [row(header), rule, ...body.map(row)].join('\n');
+}
+
 export function markdownTable(rows: StepRow[]): string {
-  const lines = [
-    `| ${HEADER.join(' | ')} |`,
-    `| ${HEADER.map((_, column) => (column < 2 ? '---' : '---:')).join(' | ')} |`,
-    ...rows.map((row) => `| ${cells(row).join(' | ')} |`),
-  ];
+  const table = markdown(HEADER, rows.map(cells), (column) => column >= 2);
   const extra = notes(rows).map((note) => `-${note.slice(1)}`);
-  return [...lines, ...(extra.length ? ['', ...extra] : [])].join('\n');
+  return [table, ...(extra.length ? ['', ...extra] : [])].join('\n');
 }
 
 export function goalsText(goals: Goal[]): string {
@@ -167,9 +180,11 @@ export function markdownReport(report: Report): string {
     '',
     markdownTable(report.rows),
     '',
-    '| goal | target | measured | verdict |',
-    '| --- | --- | --- | --- |',
-    ...report.goals.map((goal) => `| ${goal.id} | ${goal.text} | ${goal.measured} | ${goal.verdict} |`),
+    markdown(
+      ['goal', 'target', 'measured', 'verdict'],
+      report.goals.map((goal) => [goal.id, goal.text, goal.measured, goal.verdict]),
+      () => false,
+    ),
     '',
     `Ledger after the run: ${report.ledger}`,
   ];
