@@ -148,13 +148,16 @@ interface HttpStep {
   unit?: string;
 }
 
-async function httpStep(server: BenchServer, step: HttpStep, tokensFile: string): Promise<StepRow> {
+/** User tokens for step 3b: in a file for the load process, one at hand for the probe. */
+interface Tokens {
+  file: string;
+  sample: string;
+}
+
+async function httpStep(server: BenchServer, step: HttpStep, tokens: Tokens): Promise<StepRow> {
   const row: StepRow = { id: step.id, title: step.title, status: 'ok', connections: step.connections };
-  const target = baseTarget(step.kind, tokensFile);
-  const { skip, fail } = await probe(server.url, {
-    ...target,
-    tokens: step.kind === 'user-use' ? [tokenForProbe] : undefined,
-  });
+  const target = baseTarget(step.kind, tokens.file);
+  const { skip, fail } = await probe(server.url, { ...target, tokens: [tokens.sample] });
   if (skip || fail) {
     log(`step ${step.id} ${step.title}: ${skip ?? fail}`);
     return { ...row, status: skip ? 'skipped' : 'failed', note: skip ?? fail };
@@ -188,8 +191,6 @@ async function httpStep(server: BenchServer, step: HttpStep, tokensFile: string)
   };
 }
 
-let tokenForProbe = '';
-
 async function main() {
   const started = Date.now();
   const adminUrl = args['database-url']!;
@@ -201,20 +202,9 @@ async function main() {
   sendLoad = startLoadProcess();
   const database = await createBenchDatabase(adminUrl);
   cleanups.push(() => database.drop());
-  const seeding = Date.now();
-  await seed(database.url, population);
-  log(`seeded ${population.users.toLocaleString('en-US')} users in ${Date.now() - seeding} ms`);
-
   const auth = await TestAuthServer.start();
   cleanups.push(() => auth.close());
   for (const member of population.guildMembers) auth.setRole(population.guildId, member, 'member');
-  const tokens = await Promise.all(
-    Array.from({ length: TOKEN_USERS }, (_, i) => auth.sign({ id: String(i + 1) }, { expiresIn: '2h' })),
-  );
-  tokenForProbe = tokens[0]!;
-  const tokensFile = join(workDir, 'tokens.json');
-  writeFileSync(tokensFile, JSON.stringify(tokens));
-
   const serverOptions = {
     root,
     databaseUrl: database.url,
@@ -222,8 +212,27 @@ async function main() {
     serviceKey: SERVICE_KEY,
     poolSize,
   };
-  const server = await startServer(serverOptions);
+
+  // Seeding, the server's start-up and signing tokens overlap (both sides migrate under Kysely's lock).
+  const seeded = (async () => {
+    const seeding = Date.now();
+    await seed(database.url, population);
+    log(`seeded ${population.users.toLocaleString('en-US')} users in ${Date.now() - seeding} ms`);
+  })();
+  const starting = startServer(serverOptions);
+  const signed = Promise.all(
+    Array.from({ length: TOKEN_USERS }, (_, i) => auth.sign({ id: String(i + 1) }, { expiresIn: '2h' })),
+  );
+  const [server, signedTokens] = await Promise.all([starting, signed, seeded]).then(
+    ([server, signedTokens]) => [server, signedTokens] as const,
+    async (error: unknown) => {
+      await starting.then((server) => server.stop()).catch(() => undefined);
+      throw error;
+    },
+  );
   cleanups.push(() => server.stop());
+  const tokens: Tokens = { file: join(workDir, 'tokens.json'), sample: signedTokens[0]! };
+  writeFileSync(tokens.file, JSON.stringify(signedTokens));
   log(`server pid ${server.pid} at ${server.url}`);
 
   const rows: StepRow[] = [];
@@ -240,7 +249,7 @@ async function main() {
     await httpStep(
       server,
       { id: '1', title: 'no-op procedure (Node ceiling)', kind: 'noop', connections: CONNECTIONS.throughput },
-      tokensFile,
+      tokens,
     ),
   );
 
@@ -286,7 +295,7 @@ async function main() {
           kind: 'internal-use',
           connections: CONNECTIONS.throughput,
         },
-        tokensFile,
+        tokens,
       ),
       '1',
       'no-op',
@@ -302,7 +311,7 @@ async function main() {
           kind: 'user-use',
           connections: CONNECTIONS.throughput,
         },
-        tokensFile,
+        tokens,
       ),
       '1',
       'no-op',
@@ -315,7 +324,7 @@ async function main() {
       await httpStep(
         server,
         { id: '4a', title: 'hot user, internal.credits.use', kind: 'hot-user', connections: CONNECTIONS.hot },
-        tokensFile,
+        tokens,
       ),
       '2b',
       'hot-row',
@@ -331,7 +340,7 @@ async function main() {
           kind: 'hot-guild',
           connections: CONNECTIONS.hot,
         },
-        tokensFile,
+        tokens,
       ),
       '2b',
       'hot-row',
@@ -349,7 +358,7 @@ async function main() {
         connections: CONNECTIONS.batch,
         unit: 'debits/s',
       },
-      tokensFile,
+      tokens,
     ),
   );
 
@@ -366,7 +375,7 @@ async function main() {
           connections: CONNECTIONS.throughput,
           rate: Math.max(1, Math.floor(peak / 2)),
         },
-        tokensFile,
+        tokens,
       ),
     );
   } else {
