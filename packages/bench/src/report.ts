@@ -47,7 +47,11 @@ export function machineInfo(postgres: string, pgbench: string, root: string): Ma
   let commit = 'unknown';
   try {
     commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: root, encoding: 'utf8' }).trim();
-    const dirty = execFileSync('git', ['status', '--porcelain'], { cwd: root, encoding: 'utf8' }).trim();
+    // The results file itself is rewritten by every run, so it does not count as a local change.
+    const dirty = execFileSync('git', ['status', '--porcelain', '--', '.', ':!docs/benchmarks.md'], {
+      cwd: root,
+      encoding: 'utf8',
+    }).trim();
     if (dirty) commit += ' (uncommitted changes)';
   } catch {}
   return {

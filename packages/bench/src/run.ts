@@ -449,7 +449,7 @@ async function main() {
   if (!args['no-docs']) {
     const block = markdownReport({
       mode,
-      date: `${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC`,
+      date: `started ${new Date(started).toISOString().slice(0, 16).replace('T', ' ')} UTC, took ${Math.round((Date.now() - started) / 1000)} s`,
       machine,
       settings:
         `${seconds} s per step after ${warmupSeconds} s warm-up; ${population.users.toLocaleString('en-US')} seeded users; ` +
