@@ -99,6 +99,8 @@ export interface PgbenchJob {
   script: string;
   defines: string[];
   clients: number;
+  /** 'prepared' for the ceiling; 'extended' sends unnamed statements, parsed and planned every time, as node-pg does. */
+  protocol?: 'prepared' | 'extended';
   warmupSeconds: number;
   seconds: number;
   workDir: string;
@@ -112,7 +114,7 @@ export async function runPgbench(job: PgbenchJob): Promise<PgbenchResult> {
   const common = [
     '-n',
     '-M',
-    'prepared',
+    job.protocol ?? 'prepared',
     '-c',
     String(job.clients),
     '-j',

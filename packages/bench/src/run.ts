@@ -255,9 +255,11 @@ async function main() {
 
   // 2. Database ceiling: the captured debit statement, replayed by pgbench with the pool's client count.
   const statement = await captureUseStatement();
-  for (const [id, title, user] of [
-    ['2a', 'pgbench debit, random users (DB ceiling)', { random: population.users }],
-    ['2b', 'pgbench debit, one hot user (hot-row ceiling)', { fixed: population.hotUserId }],
+  // 2c is for reference, not a goal: the same replay with unnamed statements, the way node-pg sends them.
+  for (const [id, title, user, protocol] of [
+    ['2a', 'pgbench debit, random users (DB ceiling)', { random: population.users }, 'prepared'],
+    ['2b', 'pgbench debit, one hot user (hot-row ceiling)', { fixed: population.hotUserId }, 'prepared'],
+    ['2c', 'pgbench debit, random users, unnamed (as node-pg)', { random: population.users }, 'extended'],
   ] as const) {
     log(`step ${id} ${title}: ${poolSize} clients`);
     const { script, defines } = pgbenchScript(statement, user);
@@ -266,14 +268,17 @@ async function main() {
       script,
       defines,
       clients: poolSize,
+      protocol,
       warmupSeconds,
       seconds,
       workDir: join(workDir, `pgbench-${id}`),
     });
+    const ceiling = rows.find((row) => row.id === '2a')?.throughput;
     rows.push({
       id,
       title,
       status: 'ok',
+      ...(id === '2c' && ceiling ? { ratio: { value: result.tps / ceiling, of: 'DB' } } : {}),
       connections: poolSize,
       throughput: result.tps,
       unit: 'tps',
