@@ -29,8 +29,8 @@ import {
   NotFoundError,
 } from '../errors.ts';
 import { assertWithinMemberLimits, poolNotFound } from '../guild/limits.ts';
-import { type GuildDeps, lockPoolForSpend } from '../guild/pools.ts';
 import { requireRole } from '../guild/membership.ts';
+import { type GuildDeps, lockPoolForSpend } from '../guild/pools.ts';
 import { requestHash } from '../idempotency.ts';
 
 export interface ReserveInput {
