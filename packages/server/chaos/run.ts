@@ -191,7 +191,8 @@ async function main() {
   }
   await Promise.all(instances.map((instance) => startInstance(instance, auth)));
   // One guild: user 0 owns it and funds the pool, everyone else spends from it (user 1 under a daily limit).
-  USERS.forEach((userId, index) => auth.setRole('chaos-guild', userId, index === 0 ? 'owner' : 'member'));
+  for (const [index, userId] of USERS.entries())
+    auth.setRole('chaos-guild', userId, index === 0 ? 'owner' : 'member');
   const tokens = Object.fromEntries(
     await Promise.all(USERS.map(async (id) => [id, await auth.sign({ id }, { expiresIn: '2h' })] as const)),
   );
