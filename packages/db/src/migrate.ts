@@ -5,6 +5,7 @@ import * as stripe from './migrations/2026_11_25_0100_stripe.ts';
 import * as guild from './migrations/2026_11_25_0200_guild.ts';
 import * as gifts from './migrations/2026_11_25_0300_gifts.ts';
 import * as reservations from './migrations/2026_11_25_0400_reservations.ts';
+import * as poolHolds from './migrations/2026_11_25_0600_pool_holds.ts';
 
 /** Every migration, by its dated name. Add new ones here; never edit one that has shipped. */
 export const migrations: Record<string, Migration> = {
@@ -14,6 +15,7 @@ export const migrations: Record<string, Migration> = {
   '2026_11_25_0100_stripe': stripe,
   '2026_11_25_0200_guild': guild,
   '2026_11_25_0400_reservations': reservations,
+  '2026_11_25_0600_pool_holds': poolHolds,
 };
 
 /**

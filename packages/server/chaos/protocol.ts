@@ -11,6 +11,8 @@ export interface Operation {
   /** 'service' (X-Service-Key) or a user id whose token the worker holds. */
   actor: string;
   input: Record<string, unknown>;
+  /** The account an operation moves when its input does not name it (e.g. a commit names a reservation). */
+  account?: string;
 }
 
 export interface LoggedOperation extends Operation {

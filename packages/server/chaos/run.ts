@@ -191,7 +191,8 @@ async function main() {
   }
   await Promise.all(instances.map((instance) => startInstance(instance, auth)));
   // One guild: user 0 owns it and funds the pool, everyone else spends from it (user 1 under a daily limit).
-  USERS.forEach((userId, index) => auth.setRole('chaos-guild', userId, index === 0 ? 'owner' : 'member'));
+  for (const [index, userId] of USERS.entries())
+    auth.setRole('chaos-guild', userId, index === 0 ? 'owner' : 'member');
   const tokens = Object.fromEntries(
     await Promise.all(USERS.map(async (id) => [id, await auth.sign({ id }, { expiresIn: '2h' })] as const)),
   );
@@ -330,6 +331,14 @@ async function main() {
       idempotency_key: row.idempotency_key ?? '',
     });
   let expectedPool = 0;
+  const reservationIds = new Set(
+    (await handle.db.selectFrom('credits.reservations').select('id').execute()).map((r) => r.id),
+  );
+  const ledgerById = new Map(
+    (await handle.db.selectFrom('credits.transactions').select(['id', 'user_id', 'amount']).execute()).map(
+      (r) => [r.id, r],
+    ),
+  );
   const expectedBalance = new Map(USERS.map((u) => [u, INITIAL_CREDITS]));
   const adjust = (userId: string, delta: number) =>
     expectedBalance.set(userId, (expectedBalance.get(userId) ?? 0) + delta);
@@ -349,13 +358,36 @@ async function main() {
     successes.map((r) => [`${normalCode(r.code)}/${r.redeemer_user_id}`, r]),
   );
   for (const op of operations) {
-    const userId = (op.input.userId as string | undefined) ?? op.actor;
+    const userId = op.account ?? (op.input.userId as string | undefined) ?? op.actor;
     const key = op.input.idempotencyKey as string | undefined;
     const row = key
       ? byKey.get(`${op.kind.startsWith('guild.') ? 'guild/' : ''}${userId}/${key}`)
       : undefined;
     if (op.outcome === 'unknown') {
       violations.push(`${op.id} (${op.kind}) is still unknown after retries`);
+      continue;
+    }
+    if (op.kind === 'reserve' || op.kind === 'release') {
+      // Holds move no ledger money; reconcile checks reserved = Σ open holds. A reserve must exist once.
+      if (
+        op.kind === 'reserve' &&
+        op.outcome === 'ok' &&
+        !reservationIds.has(op.result?.reservationId as string)
+      ) {
+        violations.push(`${op.id} reserved ${op.result?.reservationId}, not in the database`);
+      }
+      continue;
+    }
+    if (op.kind === 'commit') {
+      if (op.outcome === 'ok') {
+        const posted = ledgerById.get(op.result?.transactionId as string);
+        if (!posted || posted.user_id !== userId || -posted.amount !== op.result?.committed) {
+          violations.push(
+            `${op.id} committed ${op.result?.committed} as ${op.result?.transactionId}: ledger has ${JSON.stringify(posted)}`,
+          );
+        }
+        adjust(userId, -(op.result?.committed as number));
+      }
       continue;
     }
     if (op.kind === 'gift.redeem') {

@@ -26,6 +26,7 @@ const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.le
 let sequence = 0;
 const spentUsages: { userId: string; transactionId: string; amount: number }[] = [];
 const gifts: { id: string; code: string; creator: string }[] = [];
+const holds: { reservationId: string; userId: string; amount: number }[] = [];
 
 function nextOperation(): Operation {
   const id = `w${config.worker}-${++sequence}`;
@@ -99,7 +100,37 @@ function nextOperation(): Operation {
     };
   }
   const amount = 1 + Math.floor(random() * 5);
-  if (roll < 0.65) {
+  if (roll < 0.55) {
+    return {
+      id,
+      kind: 'reserve',
+      path: 'internal.credits.reserve',
+      actor: 'service',
+      input: {
+        userId,
+        amount: 1 + Math.floor(random() * 8),
+        appId: 'chaos',
+        description: 'hold',
+        ttlSeconds: 5,
+        idempotencyKey: id,
+      },
+    };
+  }
+  if (roll < 0.62 && holds.length > 0) {
+    const hold = holds.splice(Math.floor(random() * holds.length), 1)[0]!;
+    const release = random() < 0.3;
+    return {
+      id,
+      kind: release ? 'release' : 'commit',
+      path: release ? 'internal.credits.release' : 'internal.credits.commit',
+      actor: 'service',
+      account: hold.userId,
+      input: release
+        ? { reservationId: hold.reservationId }
+        : { reservationId: hold.reservationId, amount: 1 + Math.floor(random() * hold.amount) },
+    };
+  }
+  if (roll < 0.7) {
     return {
       id,
       kind: 'use',
@@ -139,6 +170,13 @@ while (Date.now() < config.deadline) {
       amount: logged.input.amount as number,
     });
     if (spentUsages.length > 50) spentUsages.shift();
+  }
+  if (logged.kind === 'reserve' && logged.outcome === 'ok' && logged.result) {
+    holds.push({
+      reservationId: logged.result.reservationId as string,
+      userId: logged.input.userId as string,
+      amount: logged.input.amount as number,
+    });
   }
   if (logged.kind === 'gift.create' && logged.outcome === 'ok' && logged.result) {
     gifts.push({ id: logged.result.id as string, code: logged.result.code as string, creator: logged.actor });

@@ -14,6 +14,7 @@ import { type PeriodicTask, startPeriodicTask } from './periodic.ts';
 import { createContextFactory } from './trpc/context.ts';
 import { noteErrorRequestId } from './trpc/init.ts';
 import { type AppRouter, appRouter } from './trpc/routers/_app.ts';
+import { appRouterWithBench } from './trpc/routers/bench.ts';
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
@@ -145,7 +146,7 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
   await app.register(fastifyTRPCPlugin, {
     prefix: '/trpc',
     trpcOptions: {
-      router: appRouter,
+      router: deps.config.benchNoop ? appRouterWithBench : appRouter,
       createContext: createContextFactory(deps),
       maxBatchSize: 100,
       onError({ error, ctx, path, req }) {

@@ -53,6 +53,7 @@ const envSchema = z.object({
   SHUTDOWN_TIMEOUT_MS: z.coerce.number().int().min(0).max(600_000).default(10_000),
   SHUTDOWN_DRAIN_MS: z.coerce.number().int().min(0).max(600_000).default(0),
   METRICS_TOKEN: optionalText,
+  BENCH_NOOP: booleanFromEnv.default(false),
 });
 
 export type Env = z.input<typeof envSchema>;
@@ -96,6 +97,8 @@ export interface Config {
   /** After SIGTERM, how long /ready answers 503 while requests are still served, before the server closes. */
   shutdownDrainMs: number;
   metricsToken: string | undefined;
+  /** Mounts `bench.noop` (internal auth, no work): the Node ceiling of `pnpm bench`. Off unless asked for. */
+  benchNoop: boolean;
 }
 
 export class ConfigError extends Error {
@@ -192,6 +195,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
     shutdownDrainMs: e.SHUTDOWN_DRAIN_MS,
     metricsToken: e.METRICS_TOKEN,
+    benchNoop: e.BENCH_NOOP,
   });
 }
 

@@ -101,7 +101,7 @@ describe('internal.credits.useBatch', () => {
     expect(results[7]).toMatchObject({
       idempotencyKey: 'pool',
       ok: false,
-      error: { reason: 'GUILD_NOT_SUPPORTED_YET' },
+      error: { reason: 'NOT_A_GUILD_MEMBER' },
     });
     expect(results[8]).toMatchObject({ idempotencyKey: 'extra', ok: false, error: { reason: 'VALIDATION' } });
     expect(results[9]).toMatchObject({ idempotencyKey: null, ok: false, error: { reason: 'VALIDATION' } });

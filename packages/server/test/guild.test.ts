@@ -448,6 +448,8 @@ describe('guild.use', () => {
       monthlyLimit: null,
       spentToday: 30,
       spentThisMonth: 30,
+      heldToday: 0,
+      heldThisMonth: 0,
     });
   });
 
@@ -636,7 +638,14 @@ describe('member limits', () => {
       dailyLimit,
       monthlyLimit,
     });
-    expect(limits).toEqual({ dailyLimit, monthlyLimit, spentToday: 0, spentThisMonth: 0 });
+    expect(limits).toEqual({
+      dailyLimit,
+      monthlyLimit,
+      spentToday: 0,
+      spentThisMonth: 0,
+      heldToday: 0,
+      heldThisMonth: 0,
+    });
     return { guildId, owner, member };
   }
 
@@ -709,13 +718,22 @@ describe('member limits', () => {
       monthlyLimit: null,
       spentToday: 5,
       spentThisMonth: 5,
+      heldToday: 0,
+      heldThisMonth: 0,
     });
   });
 
   it('memberLimits: the member and managers see it, other members and strangers do not', async () => {
     const { guildId, owner, member } = await cappedMember(100, 10, 100);
     await member.client.guild.use.mutate(use(guildId, 3));
-    const expected = { dailyLimit: 10, monthlyLimit: 100, spentToday: 3, spentThisMonth: 3 };
+    const expected = {
+      dailyLimit: 10,
+      monthlyLimit: 100,
+      spentToday: 3,
+      spentThisMonth: 3,
+      heldToday: 0,
+      heldThisMonth: 0,
+    };
     expect(await member.client.guild.memberLimits.query({ guildId, userId: member.id })).toEqual(expected);
     expect(await owner.client.guild.memberLimits.query({ guildId, userId: member.id })).toEqual(expected);
     const admin = await join(guildId, 'admin');

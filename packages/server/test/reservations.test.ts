@@ -184,8 +184,9 @@ describe('internal.credits.reserve', () => {
       expect(error.data).toMatchObject({ code: 'BAD_REQUEST', reason: 'VALIDATION' });
       expect(error.message).toContain(field);
     }
+    // A stranger to the guild holds nothing (membership fails closed).
     const guild = await failure(internal().reserve.mutate({ ...base, guildId: 'guild-1' }));
-    expect(guild.data).toMatchObject({ code: 'PRECONDITION_FAILED', reason: 'GUILD_NOT_SUPPORTED_YET' });
+    expect(guild.data).toMatchObject({ code: 'FORBIDDEN', reason: 'NOT_A_GUILD_MEMBER' });
     expect(await internal().balance.query({ userId: user.id })).toMatchObject({ balance: 100, reserved: 0 });
   });
 

@@ -103,13 +103,22 @@ export async function upsertMemberLimits(
 export interface MemberSpending extends MemberLimitsRow {
   spentToday: number;
   spentThisMonth: number;
+  /** Open pool holds of the member placed today / this month: not spent yet, but they may be. */
+  heldToday: number;
+  heldThisMonth: number;
 }
 
 /**
- * A member's caps (null = unlimited, also when none were set) and what they spent from the pool in the UTC
- * day and UTC calendar month that contain `day` ('YYYY-MM-DD'; default: today in UTC by the database clock,
- * the clock that dates the counters). One round trip. Inside a spend it must run after lockGuildPool, as
- * its own statement, so that it reads every spend committed before the lock was granted.
+ * A member's caps (null = unlimited, also when none were set), what they spent from the pool and what their
+ * open pool holds keep back, in the UTC day and UTC calendar month that contain `day` ('YYYY-MM-DD';
+ * default: today in UTC by the database clock, the clock that dates the counters). One round trip. Inside a
+ * spend or a hold it must run after lockGuildPool, as its own statement, so that it reads every spend, hold,
+ * commit and release committed before the lock was granted (each of them writes the pool row).
+ *
+ * An open hold counts in the UTC day (and month) it was placed in, until it is committed — then the usage
+ * row counts, in the day of the commit — or released. Holds whose time is up but that are not returned yet
+ * still count: until the pool's check on access or the sweep closes them, a commit in progress may still
+ * settle them, so leaving them out could let a spend pass the limit alongside that commit.
  */
 export async function memberSpending(
   db: Kysely<Database>,
@@ -122,8 +131,10 @@ export async function memberSpending(
     monthly_limit: number | null;
     spent_today: number;
     spent_this_month: number;
+    held_today: number;
+    held_this_month: number;
   }>`
-    select l.daily_limit, l.monthly_limit, s.spent_today, s.spent_this_month
+    select l.daily_limit, l.monthly_limit, s.spent_today, s.spent_this_month, h.held_today, h.held_this_month
       from (select coalesce(${day ?? null}::date, (now() at time zone 'utc')::date) as today) w
      cross join lateral (
        select coalesce(sum(u.spent) filter (where u.day = w.today), 0)::int8 as spent_today,
@@ -132,6 +143,15 @@ export async function memberSpending(
         where u.organization_id = ${guildId} and u.user_id = ${userId}
           and u.day between date_trunc('month', w.today)::date and w.today
      ) s
+     cross join lateral (
+       select coalesce(sum(r.amount) filter (where r.created_at >= w.today::timestamp at time zone 'utc'), 0)::int8
+                as held_today,
+              coalesce(sum(r.amount), 0)::int8 as held_this_month
+         from credits.reservations r
+        where r.organization_id = ${guildId} and r.user_id = ${userId} and r.status = 'open'
+          and r.created_at >= date_trunc('month', w.today)::timestamp at time zone 'utc'
+          and r.created_at < (w.today + 1)::timestamp at time zone 'utc'
+     ) h
       left join credits.guild_spending_limits l on l.organization_id = ${guildId} and l.user_id = ${userId}
   `.execute(db);
   const row = rows[0];
@@ -140,6 +160,8 @@ export async function memberSpending(
     monthlyLimit: row?.monthly_limit ?? null,
     spentToday: row?.spent_today ?? 0,
     spentThisMonth: row?.spent_this_month ?? 0,
+    heldToday: row?.held_today ?? 0,
+    heldThisMonth: row?.held_this_month ?? 0,
   };
 }
 
@@ -223,6 +245,19 @@ export async function creditGuildPool(
   return row
     ? { id: row.id, balanceAfter: row.balance_after, available: row.available, createdAt: row.created_at }
     : null;
+}
+
+export async function findGuildEntry(
+  db: Kysely<Database>,
+  guildId: string,
+  transactionId: string,
+): Promise<GuildLedgerRow | undefined> {
+  return db
+    .selectFrom('credits.guild_transactions')
+    .selectAll()
+    .where('organization_id', '=', guildId)
+    .where('id', '=', transactionId)
+    .executeTakeFirst();
 }
 
 export async function findGuildEntryByKey(

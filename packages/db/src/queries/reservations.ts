@@ -152,35 +152,46 @@ export async function commitHold(
 }
 
 /**
- * Returns a locked, open personal hold to its account in one statement and closes it as `released` (or
- * `expired`, when its time ran out first). Returns the spendable balance afterwards.
+ * Returns a locked, open hold to its account (the personal balance, or the pool for a pool hold) in one
+ * statement and closes it as `released` (or `expired`, when its time ran out first). Returns the spendable
+ * balance of that account afterwards.
  */
 export async function releaseHold(
   trx: Transaction<Database>,
   reservation: ReservationRow,
   status: 'released' | 'expired',
 ): Promise<number> {
-  const { rows } = await sql<{ available: number }>`
-    with closed as (
+  const closed = sql`
+    closed as (
       update credits.reservations
          set status = ${status}, released_amount = amount, closed_at = now(), updated_at = now()
        where id = ${reservation.id}::uuid and status = 'open'
-      returning user_id, amount
-    )
-    update credits.balances b
-       set reserved = b.reserved - c.amount, version = b.version + 1, updated_at = now()
-      from closed c
-     where b.user_id = c.user_id
-    returning b.balance - b.reserved as available
-  `.execute(trx);
+      returning user_id, organization_id, amount
+    )`;
+  const { rows } = await (reservation.organization_id === null
+    ? sql<{ available: number }>`
+        with ${closed}
+        update credits.balances b
+           set reserved = b.reserved - c.amount, version = b.version + 1, updated_at = now()
+          from closed c
+         where b.user_id = c.user_id
+        returning b.balance - b.reserved as available`
+    : sql<{ available: number }>`
+        with ${closed}
+        update credits.guild_pools p
+           set reserved = p.reserved - c.amount, version = p.version + 1, updated_at = now()
+          from closed c
+         where p.organization_id = c.organization_id
+        returning p.balance - p.reserved as available`
+  ).execute(trx);
   const row = rows[0];
   if (!row) throw new Error(`reservation ${reservation.id} could not be released`);
   return row.available;
 }
 
 /**
- * Returns expired personal holds to their accounts (see credits.release_expired_holds): one user's when
- * `userId` is given, anyone's otherwise; at most `limit` per call. Returns how many were returned.
+ * Returns expired holds to their accounts (see credits.release_expired_holds): one user's personal holds
+ * when `userId` is given, anyone's (pool holds included) otherwise; at most `limit` per call. Returns how many were returned.
  */
 export async function releaseExpiredHolds(
   db: Kysely<Database>,
@@ -190,5 +201,109 @@ export async function releaseExpiredHolds(
   const { rows } = await sql<{ released: number }>`
     select credits.release_expired_holds(${userId}, ${limit}::int) as released
   `.execute(db);
+  return rows[0]?.released ?? 0;
+}
+
+/**
+ * Holds pool credits for a member in one statement, like placeHold: `reserved` of the pool rises only while
+ * the spendable pool covers the amount, and the reservation row (organization_id set) comes from its
+ * RETURNING. Returns null when the spendable pool is too small. Call it after lockGuildPool and the member's
+ * limit check, in the same transaction. A replayed key fails on RESERVATION_IDEMPOTENCY_INDEX.
+ */
+export async function placePoolHold(
+  trx: Transaction<Database>,
+  hold: HoldInput & { guildId: string },
+): Promise<PlacedHold | null> {
+  const { rows } = await sql<{ id: string; expires_at: Date; available_after: number }>`
+    with hold as (
+      update credits.guild_pools
+         set reserved = reserved + ${hold.amount}::int8, version = version + 1, updated_at = now()
+       where organization_id = ${hold.guildId} and balance - reserved >= ${hold.amount}::int8
+      returning balance - reserved as available
+    )
+    insert into credits.reservations
+      (user_id, organization_id, amount, app_id, description, metadata, idempotency_key, request_hash,
+       available_after, expires_at)
+    select ${hold.userId}, ${hold.guildId}, ${hold.amount}::int8, ${hold.appId}, ${hold.description},
+           ${json(hold.metadata)}::jsonb, ${hold.idempotencyKey}, ${hold.requestHash}, available,
+           now() + ${hold.ttlSeconds}::int * interval '1 second'
+      from hold
+    returning id, expires_at, available_after
+  `.execute(trx);
+  const row = rows[0];
+  return row ? { id: row.id, expiresAt: row.expires_at, available: row.available_after } : null;
+}
+
+/**
+ * Settles a locked, open pool hold in one statement: the pool balance drops by the committed amount and the
+ * whole hold leaves `reserved`, one usage row is posted in the guild ledger (keyed by the reservation, so it
+ * can never post twice), the member's limit counter grows for the UTC day of that row, usage_stats grows,
+ * and the reservation is closed as committed.
+ */
+export async function commitPoolHold(
+  trx: Transaction<Database>,
+  reservation: ReservationRow & { organization_id: string },
+  commit: CommitInput,
+): Promise<{ transactionId: string; available: number }> {
+  const guildId = reservation.organization_id;
+  const { rows } = await sql<{ id: string; available_after: number; closed: number }>`
+    with settle as (
+      update credits.guild_pools
+         set balance = balance - ${commit.amount}::int8,
+             reserved = reserved - ${reservation.amount}::int8,
+             total_spent = total_spent + ${commit.amount}::int8,
+             version = version + 1,
+             updated_at = now()
+       where organization_id = ${guildId}
+      returning balance, reserved
+    ), entry as (
+      insert into credits.guild_transactions
+        (organization_id, user_id, type, amount, balance_before, balance_after, available_after, app_id,
+         description, metadata, idempotency_key, request_hash)
+      select ${guildId}, ${reservation.user_id}, 'usage', -${commit.amount}::int8, balance + ${commit.amount}::int8,
+             balance, balance - reserved, ${reservation.app_id}, ${commit.description}, ${json(commit.metadata)}::jsonb,
+             ${reservationCommitKey(reservation.id)}, ${commit.commitHash}
+        from settle
+      returning id, available_after, created_at
+    ), member_usage as (
+      insert into credits.guild_member_usage (organization_id, user_id, day, spent)
+      select ${guildId}, ${reservation.user_id}, (created_at at time zone 'utc')::date, ${commit.amount}::int8
+        from entry
+      on conflict (organization_id, user_id, day)
+        do update set spent = credits.guild_member_usage.spent + excluded.spent
+    ), usage as (
+      insert into credits.usage_stats (user_id, app_id, date, credits_used)
+      select ${reservation.user_id}, ${reservation.app_id}, (created_at at time zone 'utc')::date,
+             ${commit.amount}::int8
+        from entry
+      on conflict (user_id, app_id, date)
+        do update set credits_used = credits.usage_stats.credits_used + excluded.credits_used
+    ), closed as (
+      update credits.reservations
+         set status = 'committed', committed_amount = ${commit.amount}::int8,
+             released_amount = amount - ${commit.amount}::int8, transaction_id = (select id from entry),
+             commit_hash = ${commit.commitHash}, closed_at = now(), updated_at = now()
+       where id = ${reservation.id}::uuid and status = 'open'
+      returning id
+    )
+    select entry.id, entry.available_after, (select count(*) from closed)::int4 as closed from entry
+  `.execute(trx);
+  const row = rows[0];
+  if (row?.closed !== 1) throw new Error(`reservation ${reservation.id} could not be committed`);
+  return { transactionId: row.id, available: row.available_after };
+}
+
+/**
+ * Returns a pool's expired holds (see credits.release_expired_pool_holds); call it while holding the pool
+ * row. Returns how many were returned.
+ */
+export async function releaseExpiredPoolHolds(
+  trx: Transaction<Database>,
+  guildId: string,
+  limit = 1000,
+): Promise<number> {
+  const { rows } = await sql<{ released: number }>`
+    select credits.release_expired_pool_holds(${guildId}, ${limit}::int) as released
+  `.execute(trx);
   return rows[0]?.released ?? 0;
 }

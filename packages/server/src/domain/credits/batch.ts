@@ -9,8 +9,9 @@ import {
 import type { Kysely } from 'kysely';
 import { z } from 'zod';
 import { amount, appId, description, guildId, idempotencyKey, metadata, userId } from '../../schemas.ts';
+import { DomainError } from '../errors.ts';
+import { type GuildDeps, type PoolUseInput, useGuildCredits } from '../guild/pools.ts';
 import { usageRequestHash } from './personal.ts';
-import { guildNotSupportedYet } from './reservations.ts';
 
 export const MAX_BATCH_ITEMS = 1000;
 
@@ -93,28 +94,30 @@ async function postWithRetry(db: Kysely<Database>, debits: BatchDebit[]): Promis
 }
 
 /**
- * Spends personal credits for many independent items in one database call (see credits.use_batch).
- * Each item is validated, idempotent and answered on its own, in input order: a bad, short or conflicting
- * item fails alone. Items share the idempotency space of credits.use, so an item replays a use with the
+ * Spends credits for many independent items: personal items in one database call (see credits.use_batch),
+ * then guild items (`guildId` set) one by one through the guild.use path (membership, pool, limits, its own
+ * transaction and idempotency; few per batch in practice). Each item is validated, idempotent and answered
+ * on its own, in input order: a bad, short, refused or conflicting item fails alone. Items share the
+ * idempotency space of credits.use (and of guild.use for guild items), so an item replays a use with the
  * same key and request, and vice versa.
  */
 export async function useCreditsBatch(
-  db: Kysely<Database>,
+  deps: GuildDeps,
   items: readonly unknown[],
 ): Promise<{ results: BatchItemResult[] }> {
   const results: BatchItemResult[] = new Array(items.length);
   const debits: BatchDebit[] = [];
   const positions: number[] = [];
+  const poolUses: { index: number; use: PoolUseInput & { idempotencyKey: string } }[] = [];
   items.forEach((raw, index) => {
     const parsed = batchItem.safeParse(raw);
     if (!parsed.success) {
       results[index] = failed(keyOf(raw), 'VALIDATION', describeIssues(parsed.error));
       return;
     }
-    const item = parsed.data;
-    if (item.guildId !== undefined) {
-      const refusal = guildNotSupportedYet();
-      results[index] = failed(item.idempotencyKey, refusal.reason, refusal.message);
+    const { guildId, ...item } = parsed.data;
+    if (guildId !== undefined) {
+      poolUses.push({ index, use: { ...item, guildId } });
       return;
     }
     debits.push({
@@ -129,10 +132,25 @@ export async function useCreditsBatch(
     positions.push(index);
   });
   if (debits.length > 0) {
-    const outcomes = await postWithRetry(db, debits);
+    const outcomes = await postWithRetry(deps.db, debits);
     outcomes.forEach((outcome, j) => {
       results[positions[j]!] = toItemResult(debits[j]!, outcome);
     });
+  }
+  for (const { index, use } of poolUses) {
+    try {
+      const used = await useGuildCredits(deps, use);
+      results[index] = {
+        idempotencyKey: use.idempotencyKey,
+        ok: true,
+        transactionId: used.transactionId,
+        balance: used.poolBalance,
+      };
+    } catch (error) {
+      // A refusal fails this item alone; anything else fails the call, which is safe to retry as a whole.
+      if (!(error instanceof DomainError)) throw error;
+      results[index] = failed(use.idempotencyKey, error.reason, error.message);
+    }
   }
   return { results };
 }

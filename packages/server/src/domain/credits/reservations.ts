@@ -1,6 +1,9 @@
 import {
   commitHold,
+  commitPoolHold,
   type Database,
+  findGuildEntry,
+  findGuildPool,
   findLedgerEntry,
   findReservationByKey,
   getBalance,
@@ -9,6 +12,7 @@ import {
   type LockedReservation,
   lockReservation,
   placeHold,
+  placePoolHold,
   RESERVATION_IDEMPOTENCY_INDEX,
   type ReservationRow,
   type ReservationStatus,
@@ -18,22 +22,16 @@ import {
 import type { Kysely, Transaction } from 'kysely';
 import {
   ConflictError,
+  DomainError,
   IdempotencyConflictError,
   InsufficientCreditsError,
   InvalidRequestError,
   NotFoundError,
-  PreconditionFailedError,
 } from '../errors.ts';
+import { assertWithinMemberLimits, poolNotFound } from '../guild/limits.ts';
+import { requireRole } from '../guild/membership.ts';
+import { type GuildDeps, lockPoolForSpend } from '../guild/pools.ts';
 import { requestHash } from '../idempotency.ts';
-
-/** Guild pool holds arrive with the guild pools; until then a guildId is refused, never ignored. */
-export function guildNotSupportedYet(): PreconditionFailedError {
-  return new PreconditionFailedError(
-    'guildId: spending from a guild pool is not supported by this call yet',
-    'GUILD_NOT_SUPPORTED_YET',
-    { field: 'guildId' },
-  );
-}
 
 export interface ReserveInput {
   userId: string;
@@ -65,9 +63,11 @@ const toReserveResult = (
  * Holds credits for a call whose price is known only afterwards. One statement places the hold (see
  * placeHold); a replayed key answers with the first hold, another request under the same key is a CONFLICT.
  * When the spendable balance is short, the user's expired holds are returned first (check on access).
+ * With a guildId the hold is on the pool (see reservePoolCredits).
  */
-export async function reserveCredits(db: Kysely<Database>, input: ReserveInput): Promise<ReserveResult> {
-  if (input.guildId !== undefined) throw guildNotSupportedYet();
+export async function reserveCredits(deps: GuildDeps, input: ReserveInput): Promise<ReserveResult> {
+  if (input.guildId !== undefined) return reservePoolCredits(deps, { ...input, guildId: input.guildId });
+  const { db } = deps;
   const hash = requestHash('credits.reserve', {
     amount: input.amount,
     appId: input.appId,
@@ -106,6 +106,64 @@ export async function reserveCredits(db: Kysely<Database>, input: ReserveInput):
   throw new InsufficientCreditsError(input.amount, balance);
 }
 
+/**
+ * Holds pool credits for a member (who must be one: fail closed). In one transaction, like guild.use: the
+ * pool row is locked first (its expired holds returned), then the spendable pool and the member's daily and
+ * monthly limits (open holds counted) are checked and the hold is placed — so no interleaving of holds and
+ * spends can exceed the pool or a limit. Keys share the user's reservation key space; the guild is part of
+ * the fingerprint, so the same key for another pool (or for a personal hold) is a CONFLICT. A replay is
+ * answered from the first hold even when the pool or the limit would refuse it now.
+ */
+async function reservePoolCredits(
+  deps: GuildDeps,
+  input: ReserveInput & { guildId: string },
+): Promise<ReserveResult> {
+  await requireRole(deps.membership, input.guildId, input.userId);
+  const { db } = deps;
+  const hash = requestHash('credits.reserve', {
+    guildId: input.guildId,
+    amount: input.amount,
+    appId: input.appId,
+    description: input.description,
+    ttlSeconds: input.ttlSeconds,
+    metadata: input.metadata,
+  });
+  try {
+    return await db.transaction().execute(async (trx) => {
+      const pool = await lockPoolForSpend(trx, input.guildId);
+      const available = pool.balance - pool.reserved;
+      if (available < input.amount) {
+        throw new InsufficientCreditsError(input.amount, available, 'INSUFFICIENT_POOL_CREDITS');
+      }
+      await assertWithinMemberLimits(trx, input.guildId, input.userId, input.amount);
+      const placed = await placePoolHold(trx, {
+        guildId: input.guildId,
+        userId: input.userId,
+        amount: input.amount,
+        appId: input.appId,
+        description: input.description,
+        metadata: input.metadata,
+        idempotencyKey: input.idempotencyKey,
+        requestHash: hash,
+        ttlSeconds: input.ttlSeconds,
+      });
+      // The row is locked and was checked above; a miss here would be a bug, not a race.
+      if (!placed) throw new Error('pool hold found no spendable credits under its own lock');
+      return { reservationId: placed.id, expiresAt: placed.expiresAt, balance: placed.available };
+    });
+  } catch (error) {
+    const duplicate = isUniqueViolation(error, RESERVATION_IDEMPOTENCY_INDEX);
+    if (!duplicate && !(error instanceof DomainError)) throw error;
+    const first = await findReservationByKey(db, input.userId, input.idempotencyKey);
+    if (!first) {
+      if (duplicate) throw new Error('reservation key collided but no row was found', { cause: error });
+      throw error;
+    }
+    if (first.request_hash !== hash) throw new IdempotencyConflictError();
+    return toReserveResult(first);
+  }
+}
+
 export interface CommitInput {
   reservationId: string;
   amount?: number | undefined;
@@ -133,7 +191,10 @@ async function committedResult(
   trx: Transaction<Database>,
   reservation: LockedReservation,
 ): Promise<CommitResult> {
-  const entry = await findLedgerEntry(trx, reservation.user_id, reservation.transaction_id!);
+  const entry =
+    reservation.organization_id === null
+      ? await findLedgerEntry(trx, reservation.user_id, reservation.transaction_id!)
+      : await findGuildEntry(trx, reservation.organization_id, reservation.transaction_id!);
   if (!entry) throw new Error(`the ledger row of reservation ${reservation.id} is missing`);
   return {
     transactionId: entry.id,
@@ -167,7 +228,6 @@ export async function commitReservation(db: Kysely<Database>, input: CommitInput
       await releaseHold(trx, reservation, 'expired');
       return { refused: 'expired' };
     }
-    if (reservation.organization_id !== null) throw guildNotSupportedYet();
     const amount = input.amount ?? reservation.amount;
     if (amount > reservation.amount) {
       throw new InvalidRequestError(
@@ -176,12 +236,18 @@ export async function commitReservation(db: Kysely<Database>, input: CommitInput
         { field: 'amount', requested: amount, reserved: reservation.amount },
       );
     }
-    const posted = await commitHold(trx, reservation, {
+    const commit = {
       amount,
       description: input.description ?? reservation.description,
       metadata: input.metadata ?? reservation.metadata,
       commitHash,
-    });
+    };
+    // The hold already counted against the member's limits, so a pool commit checks none again.
+    const { organization_id: guildId } = reservation;
+    const posted =
+      guildId === null
+        ? await commitHold(trx, reservation, commit)
+        : await commitPoolHold(trx, { ...reservation, organization_id: guildId }, commit);
     return {
       result: {
         transactionId: posted.transactionId,
@@ -194,6 +260,14 @@ export async function commitReservation(db: Kysely<Database>, input: CommitInput
   // Refusals are raised after the transaction, so an expiry noticed here is kept.
   if (outcome.refused) throw notOpen(outcome.refused);
   return outcome.result;
+}
+
+/** What the account a reservation was held on (personal balance or pool) can spend now. */
+async function spendableNow(trx: Transaction<Database>, reservation: ReservationRow): Promise<number> {
+  if (reservation.organization_id === null) return (await getBalance(trx, reservation.user_id)).balance;
+  const pool = await findGuildPool(trx, reservation.organization_id);
+  if (!pool) throw poolNotFound();
+  return pool.balance - pool.reserved;
 }
 
 export interface ReleaseResult {
@@ -215,19 +289,17 @@ export async function releaseReservation(
     if (!reservation) throw new NotFoundError('Reservation', 'RESERVATION_NOT_FOUND');
     if (reservation.status === 'committed') return { refused: reservation.status };
     if (reservation.status === 'open') {
-      if (reservation.organization_id !== null) throw guildNotSupportedYet();
       const balance = await releaseHold(trx, reservation, reservation.lapsed ? 'expired' : 'released');
       return { result: { released: reservation.amount, balance } };
     }
-    const { balance } = await getBalance(trx, reservation.user_id);
-    return { result: { released: reservation.amount, balance } };
+    return { result: { released: reservation.amount, balance: await spendableNow(trx, reservation) } };
   });
   if (outcome.refused) throw notOpen(outcome.refused);
   return outcome.result;
 }
 
 /**
- * Returns every expired hold, in chunks so no transaction grows large. Safe to run on every instance at
+ * Returns every expired hold (personal and pool holds), in chunks so no transaction grows large. Safe to run on every instance at
  * once: each chunk claims its holds with SKIP LOCKED. Returns how many holds were returned.
  */
 export async function sweepExpiredHolds(db: Kysely<Database>, chunk = 1000): Promise<number> {

@@ -17,9 +17,11 @@ interface GuildDeps {
 export const poolNotFound = () => new NotFoundError('Guild pool', 'GUILD_POOL_NOT_FOUND');
 
 /**
- * The one check of a member's caps before pool credits leave for them. Call it inside the spending
- * transaction after lockGuildPool: the lock serialises every spend of the pool, so what memberSpending
- * reads cannot change before the debit commits. Windows are the UTC day and the UTC calendar month.
+ * The one check of a member's caps before pool credits leave for them or are held for them (guild.use, pool
+ * reserves). Call it inside the spending transaction after lockGuildPool: the lock serialises every spend,
+ * hold, commit and release of the pool, so what memberSpending reads cannot change before the debit or the
+ * hold commits. Open pool holds count as spent (see memberSpending for the day they count in). Windows are
+ * the UTC day and the UTC calendar month.
  */
 export async function assertWithinMemberLimits(
   trx: Kysely<Database>,
@@ -28,18 +30,20 @@ export async function assertWithinMemberLimits(
   amount: number,
 ): Promise<void> {
   const spending = await memberSpending(trx, guildId, userId);
-  if (spending.dailyLimit !== null && spending.spentToday + amount > spending.dailyLimit) {
+  const today = spending.spentToday + spending.heldToday;
+  const thisMonth = spending.spentThisMonth + spending.heldThisMonth;
+  if (spending.dailyLimit !== null && today + amount > spending.dailyLimit) {
     throw new PreconditionFailedError(
-      `Your daily limit in this guild is ${spending.dailyLimit} credits (${spending.spentToday} spent today)`,
+      `Your daily limit in this guild is ${spending.dailyLimit} credits (${today} spent or held today)`,
       'DAILY_LIMIT_EXCEEDED',
-      { limit: spending.dailyLimit, spent: spending.spentToday, requested: amount },
+      { limit: spending.dailyLimit, spent: today, requested: amount },
     );
   }
-  if (spending.monthlyLimit !== null && spending.spentThisMonth + amount > spending.monthlyLimit) {
+  if (spending.monthlyLimit !== null && thisMonth + amount > spending.monthlyLimit) {
     throw new PreconditionFailedError(
-      `Your monthly limit in this guild is ${spending.monthlyLimit} credits (${spending.spentThisMonth} spent this month)`,
+      `Your monthly limit in this guild is ${spending.monthlyLimit} credits (${thisMonth} spent or held this month)`,
       'MONTHLY_LIMIT_EXCEEDED',
-      { limit: spending.monthlyLimit, spent: spending.spentThisMonth, requested: amount },
+      { limit: spending.monthlyLimit, spent: thisMonth, requested: amount },
     );
   }
 }

@@ -7,13 +7,15 @@ import {
   ensureGuildPool,
   findGuildPool,
   GUILD_POOL_SAFE_INTEGER_CHECK,
+  type GuildPoolRow,
   getBalance,
   isCheckViolation,
   type JsonObject,
   listGuildEntries,
   lockGuildPool,
+  releaseExpiredPoolHolds,
 } from '@mana-credits/db';
-import type { Kysely } from 'kysely';
+import type { Kysely, Transaction } from 'kysely';
 import { InsufficientCreditsError, InvalidRequestError, PreconditionFailedError } from '../errors.ts';
 import { requestHash } from '../idempotency.ts';
 import { withGuildIdempotency } from './idempotency.ts';
@@ -21,7 +23,7 @@ import { assertWithinMemberLimits, poolNotFound } from './limits.ts';
 import { type PoolUseResult, toGuildTransactionView, toPoolUseResult, toPoolView } from './mappers.ts';
 import { MANAGERS, type MembershipClient, requireRole } from './membership.ts';
 
-interface GuildDeps {
+export interface GuildDeps {
   db: Kysely<Database>;
   membership: MembershipClient;
 }
@@ -115,6 +117,19 @@ export async function fundPool(deps: GuildDeps, actorId: string, input: FundInpu
   );
 }
 
+/**
+ * Locks a pool for a spend or a hold (the first lock of such a transaction) and returns its expired holds
+ * first (check on access), so they neither block the pool nor count against a member's limits any longer.
+ */
+export async function lockPoolForSpend(trx: Transaction<Database>, guildId: string): Promise<GuildPoolRow> {
+  const pool = await lockGuildPool(trx, guildId);
+  if (!pool) throw poolNotFound();
+  if (pool.reserved === 0 || (await releaseExpiredPoolHolds(trx, guildId)) === 0) return pool;
+  const settled = await lockGuildPool(trx, guildId);
+  if (!settled) throw poolNotFound();
+  return settled;
+}
+
 export interface PoolUseInput {
   guildId: string;
   userId: string;
@@ -144,8 +159,7 @@ export async function useGuildCredits(deps: GuildDeps, input: PoolUseInput): Pro
     { guildId: input.guildId, userId: input.userId, key: input.idempotencyKey, hash },
     () =>
       db.transaction().execute(async (trx) => {
-        const pool = await lockGuildPool(trx, input.guildId);
-        if (!pool) throw poolNotFound();
+        const pool = await lockPoolForSpend(trx, input.guildId);
         const available = pool.balance - pool.reserved;
         if (available < input.amount) {
           throw new InsufficientCreditsError(input.amount, available, 'INSUFFICIENT_POOL_CREDITS');

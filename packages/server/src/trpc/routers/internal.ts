@@ -59,7 +59,7 @@ const internalCreditsRouter = router({
         metadata: metadata.optional(),
       }),
     )
-    .mutation(({ ctx, input }) => reserveCredits(ctx.deps.db, input)),
+    .mutation(({ ctx, input }) => reserveCredits(ctx.deps, input)),
 
   commit: internalProcedure
     .input(
@@ -79,7 +79,7 @@ const internalCreditsRouter = router({
   // Items are checked one by one inside (a bad item fails alone), so here only the list itself is.
   useBatch: internalProcedure
     .input(z.strictObject({ items: z.array(z.unknown()).min(1).max(MAX_BATCH_ITEMS) }))
-    .mutation(({ ctx, input }) => useCreditsBatch(ctx.deps.db, input.items)),
+    .mutation(({ ctx, input }) => useCreditsBatch(ctx.deps, input.items)),
 });
 
 /** Stripe's bounds for one EUR charge, in cents. */

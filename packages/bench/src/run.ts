@@ -1,0 +1,526 @@
+import { fork } from 'node:child_process';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { TestAuthServer } from '../../server/test/helpers/auth-server.ts';
+import { checkLedger, createBenchDatabase, type Population, postgresVersion, seed } from './database.ts';
+import type { LoadJob, LoadResult } from './load.ts';
+import { captureUseStatement, pgbenchScript, pgbenchVersion, runPgbench } from './pgbench.ts';
+import { mainThreadProfile, summarizeProfile } from './profile.ts';
+import {
+  type Goal,
+  goalsText,
+  loadText,
+  machineInfo,
+  markdownReport,
+  type StepRow,
+  textTable,
+  writeDocs,
+} from './report.ts';
+import { type LoadKind, type LoadTarget, requestFactory } from './requests.ts';
+import { type BenchServer, startServer } from './server.ts';
+
+/**
+ * `pnpm bench`: starts the real server against a fresh Postgres database, drives it from a separate
+ * autocannon process and compares every figure with ceilings measured in the same run (a no-op procedure
+ * for Node, pgbench replaying the exact debit statement for Postgres). See docs/benchmarks.md.
+ */
+const { values: args } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    profile: { type: 'boolean', default: false },
+    seconds: { type: 'string' },
+    users: { type: 'string' },
+    pool: { type: 'string', default: '10' },
+    'no-docs': { type: 'boolean', default: false },
+    'database-url': {
+      type: 'string',
+      default: process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres',
+    },
+  },
+});
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
+const mode = args.quick ? 'quick' : 'full';
+const seconds = Number(args.seconds ?? (args.quick ? 3 : 10));
+const warmupSeconds = args.quick ? 1 : 3;
+const poolSize = Number(args.pool);
+const SERVICE_KEY = 'bench-service-key-0123456789abcdefghijklmnop';
+const CONNECTIONS = { throughput: 32, hot: 64, batch: 8 };
+const BATCH_SIZE = 100;
+const population: Population = {
+  users: Number(args.users ?? (args.quick ? 20_000 : 100_000)),
+  credits: 1_000_000_000,
+  hotUserId: 'bench-hot-user',
+  guildId: 'bench-guild',
+  guildMembers: Array.from({ length: 50 }, (_, i) => `bench-guild-member-${i + 1}`),
+};
+const TOKEN_USERS = args.quick ? 500 : 2_000;
+
+const log = (message: string) => console.log(`[bench ${new Date().toISOString().slice(11, 19)}] ${message}`);
+
+const workDir = mkdtempSync(join(tmpdir(), 'mana-bench-'));
+const cleanups: (() => Promise<void>)[] = [];
+async function cleanUp() {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => undefined);
+}
+process.once('SIGINT', () => {
+  log('interrupted: cleaning up');
+  void cleanUp().then(() => process.exit(130));
+});
+
+function baseTarget(kind: LoadKind, tokensFile?: string): LoadJob['target'] {
+  return {
+    kind,
+    serviceKey: SERVICE_KEY,
+    users: population.users,
+    hotUserId: population.hotUserId,
+    guildId: population.guildId,
+    guildMembers: population.guildMembers,
+    batchSize: BATCH_SIZE,
+    ...(tokensFile ? { tokensFile } : {}),
+  };
+}
+
+/** One real call first: a missing procedure (or input field) means the feature is not built yet. */
+async function probe(url: string, target: LoadTarget): Promise<{ skip?: string; fail?: string }> {
+  const factory = requestFactory(target);
+  const request = factory.next();
+  const response = await fetch(`${url}${factory.path}`, { method: 'POST', ...request });
+  if (response.ok) return {};
+  const body = await response.text();
+  const procedure = factory.path.slice('/trpc/'.length);
+  if (response.status === 404 && body.includes('No procedure found')) {
+    return { skip: `not available yet: ${procedure} is not on this server` };
+  }
+  if (response.status === 400 && target.kind === 'hot-guild' && body.includes('guildId')) {
+    return { skip: `not available yet: ${procedure} does not take guildId` };
+  }
+  return { fail: `probe answered ${response.status}: ${body.slice(0, 300)}` };
+}
+
+/** The load process, forked once; each step sends it one job. */
+function startLoadProcess() {
+  const child = fork(join(root, 'packages/bench/src/load.ts'), [], {
+    execArgv: ['--import', 'tsx'],
+    cwd: join(root, 'packages/bench'),
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  cleanups.push(async () => {
+    child.kill();
+  });
+  return (job: LoadJob) =>
+    new Promise<LoadResult>((resolveResult, reject) => {
+      const onExit = (code: number | null) => reject(new Error(`load process exited with ${code}`));
+      child.once('exit', onExit);
+      child.once('message', (message: { result?: LoadResult; error?: string }) => {
+        child.off('exit', onExit);
+        if (message.result) resolveResult(message.result);
+        else reject(new Error(`load process failed: ${message.error}`));
+      });
+      child.send(job);
+    });
+}
+
+let sendLoad: ((job: LoadJob) => Promise<LoadResult>) | undefined;
+
+async function runLoad(job: LoadJob, server: BenchServer): Promise<{ result: LoadResult; rssMb: number }> {
+  sendLoad ??= startLoadProcess();
+  let rssMb = 0;
+  const sampler = setInterval(() => {
+    rssMb = Math.max(rssMb, server.memory().rssMb);
+  }, 250);
+  try {
+    return { result: await sendLoad(job), rssMb };
+  } finally {
+    clearInterval(sampler);
+  }
+}
+
+interface HttpStep {
+  id: string;
+  title: string;
+  kind: LoadKind;
+  connections: number;
+  rate?: number;
+  unit?: string;
+}
+
+/** User tokens for step 3b: in a file for the load process, one at hand for the probe. */
+interface Tokens {
+  file: string;
+  sample: string;
+}
+
+async function httpStep(server: BenchServer, step: HttpStep, tokens: Tokens): Promise<StepRow> {
+  const row: StepRow = { id: step.id, title: step.title, status: 'ok', connections: step.connections };
+  const target = baseTarget(step.kind, tokens.file);
+  const { skip, fail } = await probe(server.url, { ...target, tokens: [tokens.sample] });
+  if (skip || fail) {
+    log(`step ${step.id} ${step.title}: ${skip ?? fail}`);
+    return { ...row, status: skip ? 'skipped' : 'failed', note: skip ?? fail };
+  }
+  log(
+    `step ${step.id} ${step.title}: ${step.connections} connections${step.rate ? ` at ${step.rate}/s` : ''}`,
+  );
+  const { result, rssMb } = await runLoad(
+    { url: server.url, target, connections: step.connections, warmupSeconds, seconds, rate: step.rate },
+    server,
+  );
+  const throughput = step.kind === 'use-batch' ? result.debitsPerSecond : result.okPerSecond;
+  const statuses = Object.entries(result.statuses)
+    .filter(([code]) => !code.startsWith('2'))
+    .map(([code, count]) => `${count}×${code}`)
+    .join(', ');
+  return {
+    ...row,
+    throughput,
+    unit: step.unit ?? 'req/s',
+    latency: result.latency,
+    errors: result.errors,
+    non2xx: result.non2xx,
+    statuses: result.statuses,
+    rssMb,
+    ...(statuses || result.errors
+      ? {
+          note: `non-2xx ${statuses || 'none'}; socket errors ${result.errors} (timeouts ${result.timeouts})`,
+        }
+      : {}),
+  };
+}
+
+async function main() {
+  const started = Date.now();
+  const adminUrl = args['database-url']!;
+  const machine = machineInfo(await postgresVersion(adminUrl), await pgbenchVersion(), root);
+  log(
+    `${mode} run: ${seconds} s per step (+${warmupSeconds} s warm-up), pool ${poolSize}, load ${machine.loadBefore}`,
+  );
+
+  sendLoad = startLoadProcess();
+  const database = await createBenchDatabase(adminUrl);
+  cleanups.push(() => database.drop());
+  const auth = await TestAuthServer.start();
+  cleanups.push(() => auth.close());
+  for (const member of population.guildMembers) auth.setRole(population.guildId, member, 'member');
+  const serverOptions = {
+    root,
+    databaseUrl: database.url,
+    authUrl: auth.url,
+    serviceKey: SERVICE_KEY,
+    poolSize,
+  };
+
+  // Seeding, the server's start-up and signing tokens overlap (both sides migrate under Kysely's lock).
+  const seeded = (async () => {
+    const seeding = Date.now();
+    await seed(database.url, population);
+    log(`seeded ${population.users.toLocaleString('en-US')} users in ${Date.now() - seeding} ms`);
+  })();
+  const starting = startServer(serverOptions);
+  const signed = Promise.all(
+    Array.from({ length: TOKEN_USERS }, (_, i) => auth.sign({ id: String(i + 1) }, { expiresIn: '2h' })),
+  );
+  const [server, signedTokens] = await Promise.all([starting, signed, seeded]).then(
+    ([server, signedTokens]) => [server, signedTokens] as const,
+    async (error: unknown) => {
+      await starting.then((server) => server.stop()).catch(() => undefined);
+      throw error;
+    },
+  );
+  cleanups.push(() => server.stop());
+  const tokens: Tokens = { file: join(workDir, 'tokens.json'), sample: signedTokens[0]! };
+  writeFileSync(tokens.file, JSON.stringify(signedTokens));
+  log(`server pid ${server.pid} at ${server.url}`);
+
+  const rows: StepRow[] = [];
+  const find = (id: string) => rows.find((row) => row.id === id && row.status === 'ok');
+  const ratio = (row: StepRow, ceilingId: string, label: string): StepRow => {
+    const ceiling = find(ceilingId);
+    return ceiling?.throughput && row.throughput !== undefined
+      ? { ...row, ratio: { value: row.throughput / ceiling.throughput, of: label } }
+      : row;
+  };
+
+  // 1. Node ceiling.
+  rows.push(
+    await httpStep(
+      server,
+      { id: '1', title: 'no-op procedure (Node ceiling)', kind: 'noop', connections: CONNECTIONS.throughput },
+      tokens,
+    ),
+  );
+
+  // 2. Database ceiling: the captured debit statement, replayed by pgbench with the pool's client count.
+  const statement = await captureUseStatement();
+  // 2c is for reference, not a goal: the same replay with unnamed statements, the way node-pg sends them.
+  for (const [id, title, user, protocol] of [
+    ['2a', 'pgbench debit, random users (DB ceiling)', { random: population.users }, 'prepared'],
+    ['2b', 'pgbench debit, one hot user (hot-row ceiling)', { fixed: population.hotUserId }, 'prepared'],
+    ['2c', 'pgbench debit, random users, unnamed (as node-pg)', { random: population.users }, 'extended'],
+  ] as const) {
+    log(`step ${id} ${title}: ${poolSize} clients`);
+    const { script, defines } = pgbenchScript(statement, user);
+    const result = await runPgbench({
+      databaseUrl: database.url,
+      script,
+      defines,
+      clients: poolSize,
+      protocol,
+      warmupSeconds,
+      seconds,
+      workDir: join(workDir, `pgbench-${id}`),
+    });
+    const ceiling = rows.find((row) => row.id === '2a')?.throughput;
+    rows.push({
+      id,
+      title,
+      status: 'ok',
+      ...(id === '2c' && ceiling ? { ratio: { value: result.tps / ceiling, of: 'DB' } } : {}),
+      connections: poolSize,
+      throughput: result.tps,
+      unit: 'tps',
+      latency: result.latency,
+      errors: result.failed,
+      non2xx: 0,
+      ...(result.aborted ? { note: 'some pgbench clients aborted' } : {}),
+    });
+  }
+
+  // 3. The real procedures, random users.
+  rows.push(
+    ratio(
+      await httpStep(
+        server,
+        {
+          id: '3a',
+          title: 'internal.credits.use, random users',
+          kind: 'internal-use',
+          connections: CONNECTIONS.throughput,
+        },
+        tokens,
+      ),
+      '1',
+      'no-op',
+    ),
+  );
+  rows.push(
+    ratio(
+      await httpStep(
+        server,
+        {
+          id: '3b',
+          title: 'credits.use with JWT, random users',
+          kind: 'user-use',
+          connections: CONNECTIONS.throughput,
+        },
+        tokens,
+      ),
+      '1',
+      'no-op',
+    ),
+  );
+
+  // 4. One hot account, 64 callers.
+  rows.push(
+    ratio(
+      await httpStep(
+        server,
+        { id: '4a', title: 'hot user, internal.credits.use', kind: 'hot-user', connections: CONNECTIONS.hot },
+        tokens,
+      ),
+      '2b',
+      'hot-row',
+    ),
+  );
+  rows.push(
+    ratio(
+      await httpStep(
+        server,
+        {
+          id: '4b',
+          title: `hot guild pool (${population.guildMembers.length} members)`,
+          kind: 'hot-guild',
+          connections: CONNECTIONS.hot,
+        },
+        tokens,
+      ),
+      '2b',
+      'hot-row',
+    ),
+  );
+
+  // 5. Batches of 100 debits.
+  rows.push(
+    await httpStep(
+      server,
+      {
+        id: '5',
+        title: `internal.credits.useBatch, ${BATCH_SIZE} items/call`,
+        kind: 'use-batch',
+        connections: CONNECTIONS.batch,
+        unit: 'debits/s',
+      },
+      tokens,
+    ),
+  );
+
+  // 6. Latency at half of the measured peak of 3a.
+  const peak = find('3a')?.throughput;
+  if (peak) {
+    rows.push(
+      await httpStep(
+        server,
+        {
+          id: '6',
+          title: 'internal.credits.use at ½ peak (latency)',
+          kind: 'internal-use',
+          connections: CONNECTIONS.throughput,
+          rate: Math.max(1, Math.floor(peak / 2)),
+        },
+        tokens,
+      ),
+    );
+  } else {
+    rows.push({ id: '6', title: 'latency at ½ peak', status: 'skipped', note: 'no peak from step 3a' });
+  }
+
+  const peakRssMb = server.memory().peakRssMb;
+  await server.stop();
+
+  let profile: ReturnType<typeof summarizeProfile> | undefined;
+  if (args.profile) {
+    const profileDir = join(workDir, 'profile');
+    log('profiling: server with --cpu-prof under the load of step 3a');
+    const profiled = await startServer({
+      ...serverOptions,
+      nodeFlags: ['--cpu-prof', `--cpu-prof-dir=${profileDir}`],
+    });
+    cleanups.push(() => profiled.stop());
+    await runLoad(
+      {
+        url: profiled.url,
+        target: baseTarget('internal-use'),
+        connections: CONNECTIONS.throughput,
+        warmupSeconds,
+        seconds,
+      },
+      profiled,
+    );
+    await profiled.stop();
+    const file = mainThreadProfile(
+      readdirSync(profileDir)
+        .filter((name) => name.endsWith('.cpuprofile'))
+        .map((name) => join(profileDir, name)),
+    );
+    if (file) {
+      // Start-up and warm-up are left out; what remains is the server under the measured load.
+      profile = summarizeProfile(file, profiled.readyAfterMs + warmupSeconds * 1000 + 1000);
+      // Kept for a closer look (e.g. Chrome DevTools or speedscope); ignored by git.
+      const kept = join(root, 'packages/bench/profiles', `server-${mode}-${Date.now()}.cpuprofile`);
+      mkdirSync(dirname(kept), { recursive: true });
+      copyFileSync(file, kept);
+      log(`profile kept at ${kept}`);
+    } else {
+      log('no .cpuprofile was written');
+    }
+  }
+
+  const ledger = await checkLedger(database.url);
+  const ledgerText =
+    ledger.mismatched === 0
+      ? `Σ ledger = balance for all ${ledger.accounts.toLocaleString('en-US')} accounts (${ledger.ledgerRows.toLocaleString('en-US')} ledger rows).`
+      : `MISMATCH: ${ledger.mismatched} of ${ledger.accounts} accounts differ from their ledger.`;
+  machine.loadAfter = loadText();
+
+  const goals = evaluateGoals(rows, peakRssMb);
+  const table = textTable(rows);
+  console.log(
+    `\n${table}\n\nserver peak RSS (VmHWM): ${peakRssMb.toFixed(0)} MB\n${goalsText(goals)}\n${ledgerText}`,
+  );
+  if (profile) {
+    console.log('\nprofile, self time by origin:');
+    for (const line of profile.byOrigin)
+      console.log(`  ${line.percent.toFixed(1).padStart(5)}%  ${line.name}`);
+    console.log('profile, inclusive time by area:');
+    for (const line of profile.byArea) console.log(`  ${line.percent.toFixed(1).padStart(5)}%  ${line.name}`);
+    console.log('profile, top functions (self):');
+    for (const line of profile.byFunction)
+      console.log(`  ${line.percent.toFixed(1).padStart(5)}%  ${line.name}`);
+  }
+
+  if (!args['no-docs']) {
+    const block = markdownReport({
+      mode,
+      date: `started ${new Date(started).toISOString().slice(0, 16).replace('T', ' ')} UTC, took ${Math.round((Date.now() - started) / 1000)} s`,
+      machine,
+      settings:
+        `${seconds} s per step after ${warmupSeconds} s warm-up; ${population.users.toLocaleString('en-US')} seeded users; ` +
+        `server pool ${poolSize} (pgbench clients the same); autocannon connections: ${CONNECTIONS.throughput} ` +
+        `(steps 1, 3, 6), ${CONNECTIONS.hot} (4), ${CONNECTIONS.batch} (5); amount 1 and a unique idempotency key per debit; ` +
+        `server peak RSS (VmHWM) ${peakRssMb.toFixed(0)} MB.`,
+      rows,
+      goals,
+      ledger: ledgerText,
+      profile,
+    });
+    writeDocs(join(root, 'docs/benchmarks.md'), mode, block);
+    log(`wrote docs/benchmarks.md (${mode} block)`);
+  }
+  log(`done in ${((Date.now() - started) / 1000).toFixed(0)} s`);
+  if (ledger.mismatched > 0) process.exitCode = 1;
+}
+
+function evaluateGoals(rows: StepRow[], peakRssMb: number): Goal[] {
+  const ok = (id: string) => rows.find((row) => row.id === id && row.status === 'ok');
+  const verdict = (pass: boolean | undefined): Goal['verdict'] =>
+    pass === undefined ? 'n/a' : pass ? 'pass' : 'FAIL';
+  const ratioOf = (id: string) => ok(id)?.ratio?.value;
+  const p1 = ratioOf('3a');
+  const p2 = ratioOf('4a');
+  const p2guild = ratioOf('4b');
+  const p3 = ok('5')?.throughput;
+  const p99 = ok('6')?.latency?.p99;
+  const fmt = (value: number | undefined, text: (v: number) => string) =>
+    value === undefined ? 'not measured' : text(value);
+  return [
+    {
+      id: 'P1',
+      text: 'internal.credits.use, random users ≥ 0.8× no-op',
+      measured: fmt(p1, (v) => `${v.toFixed(2)}×`),
+      verdict: verdict(p1 === undefined ? undefined : p1 >= 0.8),
+    },
+    {
+      id: 'P2',
+      text: 'hot account, 64 callers ≥ 1.0× pgbench hot row',
+      measured:
+        fmt(p2, (v) => `user ${v.toFixed(2)}×`) +
+        (p2guild === undefined ? '; guild pool not measured' : `; guild pool ${p2guild.toFixed(2)}×`),
+      verdict: verdict(p2 === undefined ? undefined : p2 >= 1 && (p2guild === undefined || p2guild >= 1)),
+    },
+    {
+      id: 'P3',
+      text: 'useBatch ≥ 20,000 debits/s',
+      measured: fmt(p3, (v) => `${Math.round(v).toLocaleString('en-US')} debits/s`),
+      verdict: verdict(p3 === undefined ? undefined : p3 >= 20_000),
+    },
+    {
+      id: 'P4',
+      text: 'p99 ≤ 10 ms at ½ peak; RSS ≤ 150 MB',
+      measured: `${fmt(p99, (v) => `p99 ${v.toFixed(2)} ms`)}; peak RSS ${peakRssMb.toFixed(0)} MB`,
+      verdict: verdict(p99 === undefined ? undefined : p99 <= 10 && peakRssMb <= 150),
+    },
+  ];
+}
+
+main()
+  .catch((error) => {
+    console.error('bench failed:', error instanceof Error ? (error.stack ?? error.message) : error);
+    process.exitCode = 1;
+  })
+  .finally(async () => {
+    await cleanUp();
+    rmSync(workDir, { recursive: true, force: true });
+  });

@@ -1,0 +1,99 @@
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { checkLedger, createBenchDatabase, seed } from '../src/database.ts';
+import { captureUseStatement, pgbenchScript, runPgbench } from '../src/pgbench.ts';
+import { writeDocs } from '../src/report.ts';
+import { summarize } from '../src/stats.ts';
+
+const pgbenchAvailable = spawnSync('pgbench', ['--version']).status === 0;
+
+describe('the captured debit statement', () => {
+  it('is the update + ledger insert of credits.use, with user and key as pgbench variables', async () => {
+    const statement = await captureUseStatement();
+    expect(statement.sql).toMatch(/update credits\.balances/);
+    expect(statement.sql).toMatch(/insert into credits\.transactions/);
+
+    const { script, defines } = pgbenchScript(statement, { random: 1000 });
+    expect(script).toContain('\\set uid random(1, 1000)');
+    expect(script).toMatch(/where user_id = :uid/);
+    expect(script).not.toMatch(/\$\d/);
+    expect(script.trimEnd().endsWith(';')).toBe(true);
+    expect(defines).toContain('p7=usage');
+
+    const hot = pgbenchScript(statement, { fixed: 'hot-user' });
+    expect(hot.script).not.toContain('\\set uid');
+    expect(hot.defines).toContain('uid=hot-user');
+  });
+
+  // pgbench needs a Postgres server; with PGlite only the script itself is checked (above).
+  it.runIf(process.env.DATABASE_URL && pgbenchAvailable)(
+    'debits exactly once per pgbench transaction, ledger included',
+    async () => {
+      const database = await createBenchDatabase(process.env.DATABASE_URL!);
+      const workDir = mkdtempSync(join(tmpdir(), 'bench-test-'));
+      try {
+        await seed(database.url, {
+          users: 3,
+          credits: 1000,
+          hotUserId: 'hot',
+          guildId: 'guild',
+          guildMembers: [],
+        });
+        const { script, defines } = pgbenchScript(await captureUseStatement(), { fixed: 'hot' });
+        // -T with a short run: the statement must run without errors and move exactly one credit each time.
+        const result = await runPgbench({
+          databaseUrl: database.url,
+          script,
+          defines,
+          clients: 2,
+          warmupSeconds: 0,
+          seconds: 1,
+          workDir,
+        });
+        expect(result.failed).toBe(0);
+        expect(result.aborted).toBe(false);
+        expect(result.transactions).toBeGreaterThan(0);
+        const ledger = await checkLedger(database.url);
+        expect(ledger.mismatched).toBe(0);
+        // 3 + 1 seeded balances and the pool, each with its seed row, plus one row per pgbench debit.
+        expect(ledger.accounts).toBe(5);
+        expect(ledger.ledgerRows).toBe(5 + result.transactions);
+      } finally {
+        rmSync(workDir, { recursive: true, force: true });
+        await database.drop();
+      }
+    },
+  );
+});
+
+describe('report helpers', () => {
+  it('computes nearest-rank percentiles', () => {
+    const values = Array.from({ length: 100 }, (_, i) => i + 1);
+    expect(summarize(values)).toEqual({ p50: 50, p99: 99, max: 100, mean: 50.5 });
+    expect(summarize([])).toEqual({ p50: 0, p99: 0, max: 0, mean: 0 });
+  });
+
+  it('replaces only its own block of docs/benchmarks.md', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'bench-docs-'));
+    const file = join(dir, 'benchmarks.md');
+    try {
+      writeFileSync(
+        file,
+        'intro by hand\n<!-- bench:full:begin -->\nold full\n<!-- bench:full:end -->\n' +
+          '<!-- bench:quick:begin -->\nold quick\n<!-- bench:quick:end -->\nnotes by hand\n',
+      );
+      writeDocs(file, 'quick', 'new quick');
+      const text = readFileSync(file, 'utf8');
+      expect(text).toContain('intro by hand');
+      expect(text).toContain('old full');
+      expect(text).toContain('new quick');
+      expect(text).not.toContain('old quick');
+      expect(text).toContain('notes by hand');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
