@@ -152,7 +152,14 @@ describe('guild pools', () => {
       body: { dailyLimit: 10, monthlyLimit: null },
     });
     expect(set.status).toBe(200);
-    expect(set.body).toEqual({ dailyLimit: 10, monthlyLimit: null, spentToday: 0, spentThisMonth: 0 });
+    expect(set.body).toEqual({
+      dailyLimit: 10,
+      monthlyLimit: null,
+      spentToday: 0,
+      spentThisMonth: 0,
+      heldToday: 0,
+      heldThisMonth: 0,
+    });
     const notManager = await call('PUT /api/v1/credits/guild/{guildId}/members/{userId}/limits', {
       token: member.token,
       params: limits,

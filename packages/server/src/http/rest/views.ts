@@ -116,6 +116,8 @@ export const memberLimits = z.object({
   monthlyLimit: credits.nullable().describe('null: unlimited'),
   spentToday: credits.describe('UTC day'),
   spentThisMonth: credits.describe('UTC calendar month'),
+  heldToday: credits.describe('Open pool holds placed today: not spent yet, but they may be'),
+  heldThisMonth: credits.describe('Open pool holds placed this month'),
 });
 
 const giftType = z.enum(['simple', 'personalized', 'split', 'first_come', 'riddle']);
