@@ -11,7 +11,7 @@ import { coerceQueryValue, type RouteInput, routeInput } from './input.ts';
 import { buildOpenApiDocument, type OpenApiDocument } from './openapi.ts';
 import { type RestRoute, restRoutes } from './routes.ts';
 
-export const OPENAPI_PATH = '/api/v1/openapi.json';
+const OPENAPI_PATH = '/api/v1/openapi.json';
 
 const createCaller = createCallerFactory(appRouter);
 type Caller = ReturnType<typeof createCaller>;
