@@ -1,2 +1,26 @@
-// The typed client grows in its own issue; for now callers get the router's types.
 export type { AppRouter, RouterInputs, RouterOutputs } from '@mana-credits/server/router';
+export {
+  type CreditsClient,
+  type CreditsClientOptions,
+  createCreditsClient,
+  createInternalCreditsClient,
+  type InternalCreditsClient,
+  type InternalCreditsClientOptions,
+} from './clients.ts';
+export {
+  type CreditsClientError,
+  type CreditsErrorWith,
+  creditsErrorReason,
+  type IdempotencyConflictError,
+  type InsufficientCreditsDetails,
+  type InsufficientCreditsError,
+  isIdempotencyConflict,
+  isInsufficientCredits,
+  isLimitExceeded,
+  isUnauthorized,
+  type LimitExceededDetails,
+  type LimitExceededError,
+  type UnauthorizedError,
+} from './errors.ts';
+export type { RetryOptions } from './retry.ts';
+export { CreditsTransportError } from './transport.ts';

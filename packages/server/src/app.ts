@@ -7,6 +7,7 @@ import type { AppDeps } from './deps.ts';
 import { sweepExpiredHolds } from './domain/credits/reservations.ts';
 import { registerGiftPage } from './http/gift-page.ts';
 import { registerMetrics } from './http/metrics.ts';
+import { restApi } from './http/rest/plugin.ts';
 import { stripeWebhookRoutes } from './http/stripe-webhook.ts';
 import { registerGiftExpirySweep } from './jobs/gift-expiry.ts';
 import { type PeriodicTask, startPeriodicTask } from './periodic.ts';
@@ -157,6 +158,7 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
     } satisfies FastifyTRPCPluginOptions<AppRouter>['trpcOptions'],
   });
 
+  await app.register(restApi, { deps });
   registerGiftPage(app);
   registerGiftExpirySweep(app);
   // Expired holds return even when nobody touches them; every instance sweeps, safely (SKIP LOCKED).

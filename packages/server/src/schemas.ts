@@ -27,6 +27,8 @@ export const guildId = identifier(200);
 export const idempotencyKey = identifier(200);
 export const description = text(500);
 export const uuid = z.uuid();
+/** Any JSON value; one instance, so the OpenAPI document can name it once. */
+export const jsonValue = z.json();
 
 const FORBIDDEN_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
 const MAX_METADATA_BYTES = 4096;
@@ -68,7 +70,7 @@ export const metadata = z
       ctx.addIssue({ code: 'custom', message: `must be at most ${MAX_METADATA_BYTES} bytes as JSON` });
     }
   })
-  .pipe(z.record(z.string(), z.json()));
+  .pipe(z.record(z.string(), jsonValue));
 
 export const pageInput = z.strictObject({
   limit: z.int().min(1).max(100).default(20),

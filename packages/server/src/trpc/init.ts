@@ -50,6 +50,24 @@ export function describeValidation(issues: ValidationIssue[]): string {
   return `Invalid input: ${issues.map((issue) => `${issue.field}: ${issue.message}`).join('; ')}`;
 }
 
+export interface ErrorDescription {
+  message: string;
+  reason: string;
+  details?: unknown;
+}
+
+/** What a caller learns about a failed call: the same over tRPC (error.data) and REST (the error body). */
+export function describeError(error: TRPCError): ErrorDescription {
+  const cause = error.cause;
+  const message = error.code === 'INTERNAL_SERVER_ERROR' ? 'Internal server error' : error.message;
+  if (cause instanceof DomainError) return { message, reason: cause.reason, details: cause.details };
+  if (cause instanceof ZodError) {
+    const issues = validationIssues(cause);
+    return { message: describeValidation(issues), reason: 'VALIDATION', details: { issues } };
+  }
+  return { message, reason: DEFAULT_REASON[error.code] ?? error.code };
+}
+
 export function toTRPCError(error: DomainError): TRPCError {
   return new TRPCError({ code: CODE_OF_KIND[error.kind], message: error.message, cause: error });
 }
@@ -68,20 +86,7 @@ const t = initTRPC.context<Context>().create({
   transformer,
   isDev: false,
   errorFormatter({ shape, error, ctx }) {
-    const cause = error.cause;
-    const internal = error.code === 'INTERNAL_SERVER_ERROR';
-    let message = internal ? 'Internal server error' : shape.message;
-    let reason = DEFAULT_REASON[error.code] ?? error.code;
-    let details: unknown;
-    if (cause instanceof DomainError) {
-      reason = cause.reason;
-      details = cause.details;
-    } else if (cause instanceof ZodError) {
-      const issues = validationIssues(cause);
-      reason = 'VALIDATION';
-      message = describeValidation(issues);
-      details = { issues };
-    }
+    const { message, reason, details } = describeError(error);
     return {
       message,
       code: shape.code,

@@ -1,0 +1,69 @@
+import type { AppRouter } from '@mana-credits/server/router';
+import type { TRPCClientError } from '@trpc/client';
+
+/** What a failed call of either client throws. */
+export type CreditsClientError = TRPCClientError<AppRouter>;
+
+type ErrorData = NonNullable<CreditsClientError['data']>;
+
+/** A CreditsClientError whose data carries a known reason and details. */
+export type CreditsErrorWith<TReason extends string, TDetails> = CreditsClientError & {
+  data: ErrorData & { reason: TReason; details: TDetails };
+};
+
+export interface InsufficientCreditsDetails {
+  required: number;
+  available: number;
+}
+
+export interface LimitExceededDetails {
+  limit: number;
+  spent: number;
+  requested: number;
+}
+
+export type InsufficientCreditsError = CreditsErrorWith<string, InsufficientCreditsDetails>;
+export type LimitExceededError = CreditsErrorWith<`${string}_LIMIT_EXCEEDED`, LimitExceededDetails>;
+export type IdempotencyConflictError = CreditsErrorWith<'IDEMPOTENCY_CONFLICT', unknown>;
+export type UnauthorizedError = CreditsErrorWith<string, unknown> & { data: { code: 'UNAUTHORIZED' } };
+
+const isRecord = (value: unknown): value is Record<string, unknown> =>
+  typeof value === 'object' && value !== null;
+
+/** The error's data when it came from the credits service (read by shape, so two copies of @trpc/client work). */
+function serviceErrorData(error: unknown): ErrorData | undefined {
+  if (!(error instanceof Error)) return undefined;
+  const data = (error as { data?: unknown }).data;
+  return isRecord(data) && typeof data.reason === 'string' ? (data as ErrorData) : undefined;
+}
+
+const numbers = (value: unknown, keys: readonly string[]) =>
+  isRecord(value) && keys.every((key) => typeof value[key] === 'number');
+
+/** The stable reason the service gave (INSUFFICIENT_CREDITS, VALIDATION, …); undefined for other errors. */
+export function creditsErrorReason(error: unknown): string | undefined {
+  return serviceErrorData(error)?.reason;
+}
+
+/** Not enough credits (personal or pool); `error.data.details` says how many were required and available. */
+export function isInsufficientCredits(error: unknown): error is InsufficientCreditsError {
+  const data = serviceErrorData(error);
+  return data?.code === 'PAYMENT_REQUIRED' && numbers(data.details, ['required', 'available']);
+}
+
+/** A spending limit (e.g. DAILY_LIMIT_EXCEEDED in a guild); details: limit, spent so far, requested. */
+export function isLimitExceeded(error: unknown): error is LimitExceededError {
+  const data = serviceErrorData(error);
+  if (!data?.reason.endsWith('_LIMIT_EXCEEDED')) return false;
+  return numbers(data.details, ['limit', 'spent', 'requested']);
+}
+
+/** The idempotency key was already used with a different request. */
+export function isIdempotencyConflict(error: unknown): error is IdempotencyConflictError {
+  return serviceErrorData(error)?.reason === 'IDEMPOTENCY_CONFLICT';
+}
+
+/** Missing, expired or invalid credentials (bearer token or service key). */
+export function isUnauthorized(error: unknown): error is UnauthorizedError {
+  return serviceErrorData(error)?.code === 'UNAUTHORIZED';
+}

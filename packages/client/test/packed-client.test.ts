@@ -1,0 +1,223 @@
+import { execFile } from 'node:child_process';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { newUser, SERVICE_KEY, startTestServer, type TestServer } from '../../server/test/helpers/server.ts';
+
+/**
+ * The proof that the published package stands alone: build it, pack it as it would be published, install
+ * the tarball into a project outside the workspace with only @trpc/client, superjson and TypeScript, type-check
+ * a consumer under strict nodenext (and a file that must not compile), then run the consumer against a live
+ * server.
+ */
+const run = promisify(execFile);
+const packageDir = join(dirname(fileURLToPath(import.meta.url)), '..');
+const TRPC_VERSION = '11.25.2';
+
+/** The child's environment without what pnpm exports to scripts, so npm behaves as in a fresh shell. */
+const childEnv = Object.fromEntries(
+  Object.entries(process.env).filter(
+    ([name]) => !/^(npm_|pnpm_)/i.test(name) || name.toLowerCase() === 'npm_config_registry',
+  ),
+);
+
+async function sh(command: string, args: string[], cwd: string, env: Record<string, string> = {}) {
+  return run(command, args, { cwd, env: { ...childEnv, ...env }, maxBuffer: 16 * 1024 * 1024 });
+}
+
+/** Runs a command that must fail and returns what it printed. */
+async function shFailing(command: string, args: string[], cwd: string) {
+  try {
+    await sh(command, args, cwd);
+  } catch (error) {
+    const { stdout, stderr } = error as { stdout: string; stderr: string };
+    return `${stdout}${stderr}`;
+  }
+  throw new Error(`${command} ${args.join(' ')} was expected to fail`);
+}
+
+const CONSUMER = `declare const process: { env: Record<string, string | undefined> };
+import {
+  createCreditsClient,
+  createInternalCreditsClient,
+  isIdempotencyConflict,
+  isInsufficientCredits,
+  type RouterOutputs,
+} from '@mana-credits/client';
+
+const url = process.env.CREDITS_URL!;
+const userId = process.env.USER_ID!;
+const service = createInternalCreditsClient({ url, serviceKey: process.env.SERVICE_KEY!, appId: 'consumer' });
+const user = createCreditsClient({ url, getToken: async () => process.env.USER_TOKEN });
+
+await service.internal.credits.grant.mutate({ userId, amount: 50, reason: 'welcome', idempotencyKey: 'welcome' });
+const spent = await user.credits.use.mutate({ amount: 20, appId: 'consumer', description: 'one call', idempotencyKey: 'c1' });
+const balance: RouterOutputs['credits']['balance'] = await user.credits.balance.query();
+let shortBy = 0;
+try {
+  await user.credits.use.mutate({ amount: 1000, appId: 'consumer', description: 'too much' });
+} catch (error) {
+  if (isInsufficientCredits(error)) shortBy = error.data.details.required - error.data.details.available;
+}
+let conflict = false;
+try {
+  await user.credits.use.mutate({ amount: 21, appId: 'consumer', description: 'one call', idempotencyKey: 'c1' });
+} catch (error) {
+  conflict = isIdempotencyConflict(error);
+}
+console.log(JSON.stringify({ spent: spent.balance, balance: balance.balance, dated: balance.updatedAt instanceof Date, shortBy, conflict }));
+`;
+
+const MUST_NOT_COMPILE = `import { createCreditsClient } from '@mana-credits/client';
+
+const user = createCreditsClient({ url: 'http://localhost:3060', getToken: () => 'token' });
+await user.credits.use.mutate({ amount: '20', appId: 'a', description: 'x' });
+await user.credits.usee.mutate({ amount: 20, appId: 'a', description: 'x' });
+await user.internal.credits.balance.query({ userId: 'u' });
+`;
+
+const COMMONJS_CONSUMER = `const { createCreditsClient } = require('@mana-credits/client');
+createCreditsClient({ url: process.env.CREDITS_URL, getToken: () => process.env.USER_TOKEN })
+  .credits.balance.query()
+  .then((balance) => console.log(JSON.stringify(balance)));
+`;
+
+const TSCONFIG = {
+  compilerOptions: {
+    strict: true,
+    module: 'nodenext',
+    moduleResolution: 'nodenext',
+    target: 'es2022',
+    // No @types/node: the package must not need it. @trpc/server's own types use Disposable.
+    lib: ['es2023', 'esnext.disposable', 'dom'],
+    types: [],
+    skipLibCheck: false,
+    outDir: 'out',
+  },
+  files: ['consumer.ts'],
+};
+
+let scratch: string;
+let tarball: string;
+let server: TestServer;
+
+beforeAll(async () => {
+  scratch = await mkdtemp(join(tmpdir(), 'mana-credits-consumer-'));
+  const [started] = await Promise.all([
+    startTestServer(),
+    (async () => {
+      await sh('npm', ['run', 'build'], packageDir);
+      await sh('npx', ['-y', 'pnpm@10', 'pack', '--pack-destination', scratch], packageDir);
+      tarball = join(scratch, (await readdir(scratch)).find((name) => name.endsWith('.tgz')) as string);
+      await writeFile(
+        join(scratch, 'package.json'),
+        JSON.stringify({ name: 'consumer', private: true, type: 'module' }),
+      );
+      await sh(
+        'npm',
+        [
+          'install',
+          '--no-audit',
+          '--no-fund',
+          tarball,
+          `@trpc/client@${TRPC_VERSION}`,
+          'superjson@2.2.6',
+          'typescript@5.9.3',
+        ],
+        scratch,
+      );
+    })(),
+  ]);
+  server = started;
+}, 240_000);
+
+afterAll(async () => {
+  await server?.close();
+  if (scratch) await rm(scratch, { recursive: true, force: true });
+});
+
+describe('the packed @mana-credits/client', () => {
+  it('ships only dist, with declarations that import nothing of the server', async () => {
+    const { stdout } = await sh('tar', ['tzf', tarball], scratch);
+    expect(stdout.trim().split('\n').sort()).toEqual([
+      'package/README.md',
+      'package/dist/index.cjs',
+      'package/dist/index.cjs.map',
+      'package/dist/index.d.cts',
+      'package/dist/index.d.ts',
+      'package/dist/index.js',
+      'package/dist/index.js.map',
+      'package/package.json',
+    ]);
+    for (const file of ['index.d.ts', 'index.d.cts']) {
+      const declarations = await readFile(
+        join(scratch, 'node_modules/@mana-credits/client/dist', file),
+        'utf8',
+      );
+      const imported = [...declarations.matchAll(/(?:from |import\()['"]([^'"]+)['"]/g)].map(
+        (match) => match[1],
+      );
+      expect(new Set(imported)).toEqual(new Set(['@trpc/server', '@trpc/client']));
+      // Imports are the proof; these names would only appear if a server type had been inlined.
+      expect(declarations).not.toMatch(
+        /\b(Kysely|ColumnType|FastifyBaseLogger|FastifyInstance|ZodType|PGlite)\b|@mana-credits\//,
+      );
+    }
+    const manifest = JSON.parse(
+      await readFile(join(scratch, 'node_modules/@mana-credits/client/package.json'), 'utf8'),
+    );
+    expect(Object.keys(manifest.dependencies ?? {})).toEqual([]);
+    expect(manifest.version).toMatch(/^\d+\.\d+\.\d+$/);
+  });
+
+  it('passes @arethetypeswrong/cli', async () => {
+    const { stdout } = await sh(
+      join(packageDir, 'node_modules/.bin/attw'),
+      [tarball, '--format', 'json'],
+      scratch,
+    );
+    const report = JSON.parse(stdout) as { analysis: { problems: unknown[] }; problems?: unknown[] };
+    expect(report.analysis.problems).toEqual([]);
+  });
+
+  it('type-checks a consumer under strict nodenext and refuses a wrong one', async () => {
+    await writeFile(join(scratch, 'tsconfig.json'), JSON.stringify(TSCONFIG));
+    await writeFile(join(scratch, 'consumer.ts'), CONSUMER);
+    await sh('npx', ['tsc', '-p', 'tsconfig.json'], scratch);
+
+    await writeFile(
+      join(scratch, 'tsconfig.wrong.json'),
+      JSON.stringify({ extends: './tsconfig.json', compilerOptions: { noEmit: true }, files: ['wrong.ts'] }),
+    );
+    await writeFile(join(scratch, 'wrong.ts'), MUST_NOT_COMPILE);
+    const output = await shFailing('npx', ['tsc', '-p', 'tsconfig.wrong.json'], scratch);
+    const errors = [...output.matchAll(/^(wrong\.ts\(\d+,\d+\): error TS\d+)/gm)].map((match) => match[1]);
+    expect(errors).toEqual([
+      'wrong.ts(4,33): error TS2322',
+      'wrong.ts(5,20): error TS2551',
+      'wrong.ts(6,12): error TS2339',
+    ]);
+    expect(output).toContain("Type 'string' is not assignable to type 'number'");
+    expect(output).toContain("Property 'usee' does not exist");
+    expect(output).toContain("Property 'internal' does not exist on type 'CreditsClient'");
+  });
+
+  it('runs the consumer against a live server, as ESM and as CommonJS', async () => {
+    const user = newUser();
+    const env = {
+      CREDITS_URL: server.url,
+      SERVICE_KEY,
+      USER_ID: user.id,
+      USER_TOKEN: await server.auth.sign(user),
+    };
+    const { stdout } = await sh('node', ['out/consumer.js'], scratch, env);
+    expect(JSON.parse(stdout)).toEqual({ spent: 30, balance: 30, dated: true, shortBy: 970, conflict: true });
+
+    await writeFile(join(scratch, 'consumer.cjs'), COMMONJS_CONSUMER);
+    const commonjs = await sh('node', ['consumer.cjs'], scratch, env);
+    expect(JSON.parse(commonjs.stdout)).toMatchObject({ balance: 30, totalSpent: 20 });
+  });
+});

@@ -1,0 +1,179 @@
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { expectLedgerConsistent, ledgerSum } from '../../server/test/helpers/invariants.ts';
+import { newUser, SERVICE_KEY, startTestServer, type TestServer } from '../../server/test/helpers/server.ts';
+import {
+  CreditsTransportError,
+  createCreditsClient,
+  createInternalCreditsClient,
+  isInsufficientCredits,
+  type RetryOptions,
+} from '../src/index.ts';
+import { FlakyProxy } from './helpers/flaky-proxy.ts';
+
+let server: TestServer;
+let proxy: FlakyProxy;
+const FAST: RetryOptions = { baseDelayMs: 5, maxDelayMs: 20 };
+
+beforeAll(async () => {
+  server = await startTestServer();
+  proxy = await FlakyProxy.start(server.url);
+});
+afterAll(async () => {
+  await proxy.close();
+  await expectLedgerConsistent(server.deps.db);
+  await server.close();
+});
+
+function serviceThroughProxy(retry: RetryOptions | false = FAST) {
+  return createInternalCreditsClient({ url: proxy.url, serviceKey: SERVICE_KEY, appId: 'retry-test', retry });
+}
+
+async function userThroughProxy(funds: number, retry: RetryOptions | false = FAST) {
+  const user = newUser();
+  if (funds > 0) {
+    await createInternalCreditsClient({
+      url: server.url,
+      serviceKey: SERVICE_KEY,
+      appId: 'setup',
+    }).internal.credits.grant.mutate({
+      userId: user.id,
+      amount: funds,
+      reason: 'funds',
+      idempotencyKey: randomUUID(),
+    });
+  }
+  const token = await server.auth.sign(user);
+  return { user, client: createCreditsClient({ url: proxy.url, getToken: () => token, retry }) };
+}
+
+async function usageRows(userId: string) {
+  return server.deps.db
+    .selectFrom('credits.transactions')
+    .select(['id', 'amount'])
+    .where('user_id', '=', userId)
+    .where('type', '=', 'usage')
+    .execute();
+}
+
+const failureOf = async (promise: Promise<unknown>) =>
+  promise.then(
+    () => {
+      throw new Error('expected the call to fail');
+    },
+    (error: unknown) => error as Error & { cause?: unknown },
+  );
+
+describe('a mutation with an idempotency key', () => {
+  it('survives a reset, a lost response and a 503, debiting once with the same key each time', async () => {
+    const { user, client } = await userThroughProxy(100);
+    proxy.failNext('reset', 'lost', 503);
+    const result = await client.credits.use.mutate({
+      amount: 30,
+      appId: 'chat',
+      description: 'reply',
+      idempotencyKey: 'use-1',
+    });
+    expect(result.balance).toBe(70);
+    expect(proxy.requests).toHaveLength(4);
+    for (const request of proxy.requests) expect(request.body).toContain('"idempotencyKey":"use-1"');
+    const rows = await usageRows(user.id);
+    expect(rows).toEqual([{ id: result.transactionId, amount: -30 }]);
+    expect(await ledgerSum(server.deps.db, user.id)).toBe(70);
+  });
+
+  it('is retried after 502/504 pages and the service’s own 503, for internal calls too', async () => {
+    const client = serviceThroughProxy();
+    const userId = newUser().id;
+    proxy.failNext(502, 'json503', 504);
+    const grant = await client.internal.credits.grant.mutate({
+      userId,
+      amount: 40,
+      reason: 'welcome',
+      idempotencyKey: 'grant-1',
+    });
+    expect(grant.balance).toBe(40);
+    expect(proxy.requests).toHaveLength(4);
+    expect(await ledgerSum(server.deps.db, userId)).toBe(40);
+  });
+
+  it('gives up after the configured retries with the transport error', async () => {
+    const client = serviceThroughProxy({ ...FAST, retries: 2 });
+    proxy.failNext(503, 503, 503, 503);
+    const error = await failureOf(
+      client.internal.credits.grant.mutate({
+        userId: newUser().id,
+        amount: 1,
+        reason: 'x',
+        idempotencyKey: 'g',
+      }),
+    );
+    expect(proxy.requests).toHaveLength(3);
+    expect(error.cause).toBeInstanceOf(CreditsTransportError);
+    expect((error.cause as CreditsTransportError).status).toBe(503);
+  });
+
+  it('is not retried when retry is off', async () => {
+    const client = serviceThroughProxy(false);
+    proxy.failNext(503);
+    await failureOf(
+      client.internal.credits.grant.mutate({
+        userId: newUser().id,
+        amount: 1,
+        reason: 'x',
+        idempotencyKey: 'g',
+      }),
+    );
+    expect(proxy.requests).toHaveLength(1);
+  });
+
+  it('is not retried on an answer from the service, such as insufficient credits', async () => {
+    const { client } = await userThroughProxy(5);
+    proxy.failNext();
+    const error = await failureOf(
+      client.credits.use.mutate({ amount: 6, appId: 'chat', description: 'x', idempotencyKey: 'k' }),
+    );
+    expect(isInsufficientCredits(error)).toBe(true);
+    expect(proxy.requests).toHaveLength(1);
+  });
+});
+
+describe('calls that are never retried', () => {
+  it('a mutation without a key fails at once, even though the lost request took effect', async () => {
+    const { user, client } = await userThroughProxy(50);
+    proxy.failNext('lost');
+    const error = await failureOf(client.credits.use.mutate({ amount: 10, appId: 'chat', description: 'x' }));
+    expect(error.cause).toBeInstanceOf(CreditsTransportError);
+    expect((error.cause as CreditsTransportError).status).toBe(502);
+    expect(proxy.requests).toHaveLength(1);
+    // Exactly why it is not retried: the service did debit, and a blind repeat would debit again.
+    expect(await ledgerSum(server.deps.db, user.id)).toBe(40);
+  });
+
+  it('a query is not retried', async () => {
+    const { client } = await userThroughProxy(0);
+    proxy.failNext(503);
+    await failureOf(client.credits.balance.query());
+    expect(proxy.requests).toHaveLength(1);
+  });
+
+  it('in one batch, keyed calls are retried and the unkeyed one is not', async () => {
+    const { user, client } = await userThroughProxy(100);
+    proxy.failNext('lost');
+    const [first, second, unkeyed] = await Promise.allSettled([
+      client.credits.use.mutate({ amount: 1, appId: 'a', description: 'x', idempotencyKey: 'b1' }),
+      client.credits.use.mutate({ amount: 2, appId: 'a', description: 'x', idempotencyKey: 'b2' }),
+      client.credits.use.mutate({ amount: 4, appId: 'a', description: 'x' }),
+    ]);
+    expect(first.status).toBe('fulfilled');
+    expect(second.status).toBe('fulfilled');
+    expect(unkeyed.status).toBe('rejected');
+    expect(proxy.requests[0]?.url).toContain('credits.use,credits.use,credits.use');
+    expect(proxy.requests.slice(1).map((request) => request.body.includes('"idempotencyKey"'))).not.toContain(
+      false,
+    );
+    // All three were applied by the lost first request; the retries replayed b1 and b2.
+    expect((await usageRows(user.id)).map((row) => row.amount).sort()).toEqual([-1, -2, -4]);
+    expect(await ledgerSum(server.deps.db, user.id)).toBe(93);
+  });
+});

@@ -1,0 +1,123 @@
+import { TRPCError } from '@trpc/server';
+import { getHTTPStatusCodeFromError } from '@trpc/server/http';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { AppDeps } from '../../deps.ts';
+import { InvalidRequestError } from '../../domain/errors.ts';
+import { createContextFactory } from '../../trpc/context.ts';
+import { createCallerFactory, describeError, toTRPCError } from '../../trpc/init.ts';
+import { appRouter } from '../../trpc/routers/_app.ts';
+import { renderDocsPage } from './docs-page.ts';
+import { coerceQueryValue, type RouteInput, routeInput } from './input.ts';
+import { buildOpenApiDocument, type OpenApiDocument } from './openapi.ts';
+import { type RestRoute, restRoutes } from './routes.ts';
+
+const OPENAPI_PATH = '/api/v1/openapi.json';
+
+const createCaller = createCallerFactory(appRouter);
+type Caller = ReturnType<typeof createCaller>;
+
+function sendError(request: FastifyRequest, reply: FastifyReply, error: TRPCError) {
+  const { message, reason, details } = describeError(error);
+  return reply.status(getHTTPStatusCodeFromError(error)).send({
+    error: { message, reason, ...(details === undefined ? {} : { details }), requestId: request.id },
+  });
+}
+
+const invalid = (field: string, message: string) =>
+  toTRPCError(
+    new InvalidRequestError(`Invalid input: ${field}: ${message}`, 'VALIDATION', {
+      issues: [{ field, message }],
+    }),
+  );
+
+/** The procedure's input from the request: query (GET, DELETE) or JSON body, plus the path parameters. */
+function inputOf(route: RestRoute, input: RouteInput, request: FastifyRequest): unknown {
+  if (!input.schema) return undefined;
+  const params = request.params as Record<string, string>;
+  const fromPath = Object.fromEntries(input.pathParams.map((name) => [name, params[name]]));
+  if (route.method === 'GET' || route.method === 'DELETE') {
+    const query = request.query as Record<string, string | string[]>;
+    const fields = Object.fromEntries(
+      Object.entries(query).map(([name, value]) => [
+        name,
+        coerceQueryValue(input.jsonSchema?.properties?.[name], value),
+      ]),
+    );
+    return { ...fields, ...fromPath };
+  }
+  const body = request.body;
+  if (input.pathParams.length === 0) return body;
+  if (body === undefined || body === null) return fromPath;
+  if (typeof body !== 'object' || Array.isArray(body)) throw invalid('(body)', 'must be a JSON object');
+  for (const name of input.pathParams) {
+    if (name in body) throw invalid(name, 'belongs in the path, not in the body');
+  }
+  return { ...body, ...fromPath };
+}
+
+/** caller['internal']['credits']['use'] for 'internal.credits.use'. */
+function procedureOf(caller: Caller, path: string) {
+  return path.split('.').reduce<unknown>((node, key) => (node as Record<string, unknown>)[key], caller) as (
+    input: unknown,
+  ) => Promise<unknown>;
+}
+
+/**
+ * The REST surface: every route calls its procedure through a server-side caller, so input validation,
+ * auth, domain logic and error mapping are the procedure's own; only the transport differs (plain JSON, the
+ * error's HTTP status, the body { error: { … } }). Also serves the OpenAPI document and a docs page.
+ */
+export async function restApi(
+  app: FastifyInstance,
+  options: { deps: AppDeps; routes?: readonly RestRoute[] },
+) {
+  const { deps, routes = restRoutes } = options;
+  const createContext = createContextFactory(deps);
+  for (const route of routes) {
+    const input = routeInput(route);
+    app.route({
+      method: route.method,
+      url: route.path,
+      handler: async (request, reply) => {
+        const caller = createCaller(createContext({ req: request, res: reply }), {
+          onError({ error }) {
+            if (error.code === 'INTERNAL_SERVER_ERROR') {
+              request.log.error({ err: error.cause ?? error, path: route.procedure }, 'procedure failed');
+            }
+          },
+        });
+        try {
+          return await procedureOf(caller, route.procedure)(inputOf(route, input, request));
+        } catch (error) {
+          if (error instanceof TRPCError) return sendError(request, reply, error);
+          throw error;
+        }
+      },
+    });
+  }
+
+  // Built on first request rather than at start-up, then served from memory.
+  let document: OpenApiDocument | undefined;
+  let page: string | undefined;
+  const openApiDocument = () => {
+    document ??= buildOpenApiDocument(routes, deps.config.baseUrl);
+    return document;
+  };
+  app.get(OPENAPI_PATH, async () => openApiDocument());
+  app.get('/docs', async (_request, reply) => {
+    page ??= renderDocsPage(openApiDocument(), OPENAPI_PATH);
+    return reply
+      .type('text/html; charset=utf-8')
+      .header('content-security-policy', "default-src 'none'; style-src 'unsafe-inline'")
+      .send(page);
+  });
+
+  await app.register(
+    async (api) => {
+      api.setNotFoundHandler((request, reply) =>
+        sendError(request, reply, new TRPCError({ code: 'NOT_FOUND', message: 'No such route' })),
+      );
+    },
+    { prefix: '/api/v1' },
+  );
+}

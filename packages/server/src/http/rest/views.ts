@@ -1,0 +1,224 @@
+import { z } from 'zod';
+import { jsonValue } from '../../schemas.ts';
+
+/**
+ * Response bodies of the REST routes as zod schemas, for the OpenAPI document. Each route checks at compile
+ * time that its schema describes exactly what its procedure returns (see `route` in routes.ts); dates travel
+ * as ISO 8601 strings.
+ */
+const credits = z.int();
+const timestamp = z.date();
+
+export const balanceView = z.object({
+  balance: credits.describe('Spendable now: balance minus reserved'),
+  reserved: credits.describe('Held by open reservations'),
+  totalEarned: credits,
+  totalSpent: credits,
+  updatedAt: timestamp.nullable(),
+});
+
+/** The ledger entry a money-moving call wrote. */
+export const movementResult = z.object({
+  transactionId: z.uuid(),
+  balance: credits.describe('Spendable right after this entry (a replay answers the first result)'),
+});
+
+export const initResult = balanceView.extend({ created: z.boolean() });
+
+export const transactionView = z.object({
+  id: z.uuid(),
+  type: z.enum(['purchase', 'usage', 'refund', 'gift', 'guild_funding', 'grant', 'clawback']),
+  status: z.enum(['pending', 'completed', 'failed']),
+  amount: credits.describe('Signed: negative for debits'),
+  balanceBefore: credits,
+  balanceAfter: credits,
+  appId: z.string().nullable(),
+  description: z.string(),
+  metadata: z.record(z.string(), jsonValue).nullable(),
+  guildId: z.string().nullable(),
+  referenceTransactionId: z.uuid().nullable(),
+  createdAt: timestamp,
+});
+
+export const transactionPage = z.object({
+  items: z.array(transactionView),
+  nextCursor: z.uuid().nullable().describe('Pass as `cursor` for the next page; null on the last page'),
+});
+
+export const packageView = z.object({
+  id: z.uuid(),
+  name: z.string(),
+  description: z.string().nullable(),
+  credits,
+  priceEuroCents: z.int(),
+});
+
+const page = <T extends z.ZodType>(item: T) =>
+  z.object({
+    items: z.array(item),
+    nextCursor: z.string().nullable().describe('Pass as `cursor` for the next page; null on the last page'),
+  });
+
+export const purchaseStarted = z.object({
+  purchaseId: z.uuid(),
+  amount: z.int().describe('Price in the smallest unit of `currency`'),
+  currency: z.string(),
+  credits,
+  clientSecret: z.string().optional().describe('payment_intent mode: confirm with Stripe.js'),
+  checkoutUrl: z.string().optional().describe('checkout mode: send the buyer here'),
+});
+
+const purchaseStatus = z.enum(['pending', 'completed', 'failed', 'cancelled']);
+
+export const purchaseState = z.object({
+  id: z.uuid(),
+  status: purchaseStatus,
+  credits,
+  priceEuroCents: z.int(),
+  createdAt: timestamp,
+  completedAt: timestamp.nullable(),
+});
+
+export const purchaseView = purchaseState.extend({
+  packageId: z.uuid().nullable(),
+  currency: z.string(),
+  clawedBackCredits: credits,
+  unrecoveredCredits: credits,
+});
+
+export const purchasePage = page(purchaseView);
+
+export const poolBalance = z.object({
+  guildId: z.string(),
+  balance: credits,
+  totalFunded: credits,
+  totalSpent: credits,
+});
+export const poolInitialized = poolBalance.extend({ created: z.boolean() });
+export const poolFunded = z.object({ poolBalance: credits, personalBalance: credits });
+export const poolSpent = z.object({ transactionId: z.uuid(), poolBalance: credits });
+
+export const guildTransactionView = z.object({
+  id: z.uuid(),
+  userId: z.string(),
+  type: z.enum(['funding', 'usage', 'refund']),
+  amount: credits.describe('Signed: negative for spending from the pool'),
+  balanceBefore: credits,
+  balanceAfter: credits,
+  appId: z.string().nullable(),
+  description: z.string(),
+  createdAt: timestamp,
+});
+export const guildTransactionPage = page(guildTransactionView);
+
+export const memberLimits = z.object({
+  dailyLimit: credits.nullable().describe('null: unlimited'),
+  monthlyLimit: credits.nullable().describe('null: unlimited'),
+  spentToday: credits.describe('UTC day'),
+  spentThisMonth: credits.describe('UTC calendar month'),
+  heldToday: credits.describe('Open pool holds placed today: not spent yet, but they may be'),
+  heldThisMonth: credits.describe('Open pool holds placed this month'),
+});
+
+const giftType = z.enum(['simple', 'personalized', 'split', 'first_come', 'riddle']);
+const giftStatus = z.enum(['active', 'depleted', 'expired', 'cancelled', 'refunded']);
+
+export const giftInfo = z.object({
+  code: z.string(),
+  type: giftType,
+  status: giftStatus,
+  creditsPerPortion: credits,
+  totalPortions: z.int(),
+  claimedPortions: z.int(),
+  riddleQuestion: z.string().nullable(),
+  message: z.string().nullable(),
+  creatorName: z.string().nullable(),
+  expiresAt: timestamp,
+});
+
+export const createdGift = z.object({
+  id: z.uuid(),
+  code: z.string(),
+  shortUrl: z.string(),
+  type: giftType,
+  creditsPerPortion: credits,
+  totalPortions: z.int(),
+  expiresAt: timestamp,
+});
+
+export const createdGiftView = createdGift.extend({
+  status: giftStatus,
+  claimedPortions: z.int(),
+  escrowCredits: credits,
+  refundedCredits: credits,
+  targetEmail: z.string().nullable(),
+  riddleQuestion: z.string().nullable(),
+  message: z.string().nullable(),
+  createdAt: timestamp,
+});
+export const createdGiftPage = page(createdGiftView);
+
+export const receivedGiftView = z.object({
+  code: z.string(),
+  message: z.string().nullable(),
+  type: giftType,
+  redemptionId: z.uuid(),
+  giftId: z.uuid(),
+  creditsReceived: credits,
+  creatorName: z.string().nullable(),
+  redeemedAt: timestamp,
+});
+export const receivedGiftPage = page(receivedGiftView);
+
+export const redeemed = z.object({ giftId: z.uuid(), creditsReceived: credits, balance: credits });
+export const giftCancelled = z.object({ refunded: credits });
+export const pendingGiftsRedeemed = z.object({ redeemed: z.int(), totalCredits: credits });
+
+export const reserved = z.object({
+  reservationId: z.uuid(),
+  expiresAt: timestamp,
+  balance: credits.describe('Spendable right after the hold'),
+});
+export const committed = z.object({
+  transactionId: z.uuid(),
+  committed: credits,
+  released: credits,
+  balance: credits,
+});
+export const released = z.object({ released: credits, balance: credits });
+
+export const errorBody = z.object({
+  error: z.object({
+    message: z.string(),
+    reason: z.string().describe('Stable machine-readable reason, e.g. INSUFFICIENT_CREDITS or VALIDATION'),
+    details: z
+      .record(z.string(), z.unknown())
+      .optional()
+      .describe('e.g. { required, available } for INSUFFICIENT_CREDITS, { issues } for VALIDATION'),
+    requestId: z.string(),
+  }),
+});
+
+/** Schemas the document names under components/schemas (the rest are inlined where used). */
+export const namedSchemas: Readonly<Record<string, z.ZodType>> = {
+  JsonValue: jsonValue,
+  Balance: balanceView,
+  Movement: movementResult,
+  InitializedBalance: initResult,
+  Transaction: transactionView,
+  TransactionPage: transactionPage,
+  Package: packageView,
+  PurchaseStarted: purchaseStarted,
+  PurchaseState: purchaseState,
+  Purchase: purchaseView,
+  PurchasePage: purchasePage,
+  PoolBalance: poolBalance,
+  GuildTransactionPage: guildTransactionPage,
+  MemberLimits: memberLimits,
+  GiftInfo: giftInfo,
+  CreatedGift: createdGift,
+  CreatedGiftPage: createdGiftPage,
+  ReceivedGiftPage: receivedGiftPage,
+  Reservation: reserved,
+  Error: errorBody,
+};
