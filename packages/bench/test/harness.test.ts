@@ -37,7 +37,7 @@ describe('the captured debit statement', () => {
       try {
         await seed(database.url, {
           users: 3,
-          credits: 1000,
+          credits: 1_000_000_000,
           hotUserId: 'hot',
           guildId: 'guild',
           guildMembers: [],
