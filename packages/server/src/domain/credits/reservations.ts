@@ -28,7 +28,7 @@ import {
   InvalidRequestError,
   NotFoundError,
 } from '../errors.ts';
-import { assertWithinMemberLimits, poolNotFound } from '../guild/limits.ts';
+import { poolNotFound } from '../guild/limits.ts';
 import { requireRole } from '../guild/membership.ts';
 import { type GuildDeps, lockPoolForSpend } from '../guild/pools.ts';
 import { requestHash } from '../idempotency.ts';
@@ -130,12 +130,7 @@ async function reservePoolCredits(
   });
   try {
     return await db.transaction().execute(async (trx) => {
-      const pool = await lockPoolForSpend(trx, input.guildId);
-      const available = pool.balance - pool.reserved;
-      if (available < input.amount) {
-        throw new InsufficientCreditsError(input.amount, available, 'INSUFFICIENT_POOL_CREDITS');
-      }
-      await assertWithinMemberLimits(trx, input.guildId, input.userId, input.amount);
+      await lockPoolForSpend(trx, input.guildId, input.userId, input.amount);
       const placed = await placePoolHold(trx, {
         guildId: input.guildId,
         userId: input.userId,

@@ -7,7 +7,6 @@ import {
   ensureGuildPool,
   findGuildPool,
   GUILD_POOL_SAFE_INTEGER_CHECK,
-  type GuildPoolRow,
   getBalance,
   isCheckViolation,
   type JsonObject,
@@ -118,16 +117,25 @@ export async function fundPool(deps: GuildDeps, actorId: string, input: FundInpu
 }
 
 /**
- * Locks a pool for a spend or a hold (the first lock of such a transaction) and returns its expired holds
- * first (check on access), so they neither block the pool nor count against a member's limits any longer.
+ * Locks a pool for a member's spend or hold (the first lock of such a transaction), returns its expired holds
+ * first (check on access) so they neither block the pool nor count against limits any longer, then checks
+ * that `amount` fits the spendable pool and the member's daily and monthly limits — all under the lock.
  */
-export async function lockPoolForSpend(trx: Transaction<Database>, guildId: string): Promise<GuildPoolRow> {
-  const pool = await lockGuildPool(trx, guildId);
+export async function lockPoolForSpend(
+  trx: Transaction<Database>,
+  guildId: string,
+  userId: string,
+  amount: number,
+): Promise<void> {
+  let pool = await lockGuildPool(trx, guildId);
   if (!pool) throw poolNotFound();
-  if (pool.reserved === 0 || (await releaseExpiredPoolHolds(trx, guildId)) === 0) return pool;
-  const settled = await lockGuildPool(trx, guildId);
-  if (!settled) throw poolNotFound();
-  return settled;
+  if (pool.reserved > 0 && (await releaseExpiredPoolHolds(trx, guildId)) > 0) {
+    pool = await lockGuildPool(trx, guildId);
+    if (!pool) throw poolNotFound();
+  }
+  const available = pool.balance - pool.reserved;
+  if (available < amount) throw new InsufficientCreditsError(amount, available, 'INSUFFICIENT_POOL_CREDITS');
+  await assertWithinMemberLimits(trx, guildId, userId, amount);
 }
 
 export interface PoolUseInput {
@@ -159,12 +167,7 @@ export async function useGuildCredits(deps: GuildDeps, input: PoolUseInput): Pro
     { guildId: input.guildId, userId: input.userId, key: input.idempotencyKey, hash },
     () =>
       db.transaction().execute(async (trx) => {
-        const pool = await lockPoolForSpend(trx, input.guildId);
-        const available = pool.balance - pool.reserved;
-        if (available < input.amount) {
-          throw new InsufficientCreditsError(input.amount, available, 'INSUFFICIENT_POOL_CREDITS');
-        }
-        await assertWithinMemberLimits(trx, input.guildId, input.userId, input.amount);
+        await lockPoolForSpend(trx, input.guildId, input.userId, input.amount);
         const posted = await debitGuildPool(trx, {
           guildId: input.guildId,
           userId: input.userId,
