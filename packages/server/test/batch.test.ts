@@ -19,11 +19,7 @@ afterAll(async () => {
 
 const internal = () => server.internalClient().internal.credits;
 
-async function fundedUser(amount: number) {
-  const user = newUser();
-  await internal().grant.mutate({ userId: user.id, amount, reason: 'test funds', idempotencyKey: 'fund' });
-  return user;
-}
+const fundedUser = (amount: number) => server.fundedUser(amount);
 
 function item(userId: string, amount: number, key = `item-${randomUUID()}`) {
   return { userId, amount, appId: 'meter', description: 'metered call', idempotencyKey: key };

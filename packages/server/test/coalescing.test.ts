@@ -1,9 +1,8 @@
-import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SpendCoalescer } from '../src/domain/credits/spend-coalescer.ts';
 import { IdempotencyConflictError, InsufficientCreditsError } from '../src/domain/errors.ts';
 import { expectLedgerConsistent, ledgerSum } from './helpers/invariants.ts';
-import { newUser, startTestServer, type TestServer } from './helpers/server.ts';
+import { startTestServer, type TestServer } from './helpers/server.ts';
 
 let server: TestServer;
 beforeAll(async () => {
@@ -14,16 +13,7 @@ afterAll(async () => {
   await server.close();
 });
 
-async function fund(amount: number) {
-  const { id } = newUser();
-  await server.internalClient().internal.credits.grant.mutate({
-    userId: id,
-    amount,
-    reason: 'seed',
-    idempotencyKey: `seed-${randomUUID()}`,
-  });
-  return id;
-}
+const fund = async (amount: number) => (await server.fundedUser(amount)).id;
 
 const spendOf = (
   userId: string,

@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { failure } from './helpers/errors.ts';
 import { expectLedgerConsistent, ledgerSum } from './helpers/invariants.ts';
@@ -13,16 +12,7 @@ afterAll(async () => {
   await server.close();
 });
 
-async function fundedUser(amount: number) {
-  const user = newUser();
-  await server.internalClient().internal.credits.grant.mutate({
-    userId: user.id,
-    amount,
-    reason: 'test funds',
-    idempotencyKey: `fund-${randomUUID()}`,
-  });
-  return user;
-}
+const fundedUser = (amount: number) => server.fundedUser(amount);
 
 describe('credits.balance', () => {
   it('is zero for a user without a row', async () => {

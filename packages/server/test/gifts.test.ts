@@ -39,16 +39,8 @@ afterAll(async () => {
   await server.close();
 });
 
-async function fundedUser(amount: number, overrides: Partial<TestUser> = {}) {
-  const user = newUser(overrides);
-  await server.internalClient().internal.credits.grant.mutate({
-    userId: user.id,
-    amount,
-    reason: 'test funds',
-    idempotencyKey: `fund-${randomUUID()}`,
-  });
-  return user;
-}
+const fundedUser = (amount: number, overrides: Partial<TestUser> = {}) =>
+  server.fundedUser(amount, overrides);
 
 async function creatorWith(amount: number, overrides: Partial<TestUser> = {}) {
   const user = await fundedUser(amount, overrides);

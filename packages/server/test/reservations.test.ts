@@ -24,11 +24,7 @@ afterAll(async () => {
 
 const internal = () => server.internalClient().internal.credits;
 
-async function fundedUser(amount: number) {
-  const user = newUser();
-  await internal().grant.mutate({ userId: user.id, amount, reason: 'test funds', idempotencyKey: 'fund' });
-  return user;
-}
+const fundedUser = (amount: number) => server.fundedUser(amount);
 
 function reserveInput(userId: string, amount: number, extra: { ttlSeconds?: number; key?: string } = {}) {
   return {

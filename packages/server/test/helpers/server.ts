@@ -26,6 +26,8 @@ export interface TestServer {
   internalClient(options?: { serviceKey?: string; appId?: string; batch?: boolean }): Client;
   /** A client with arbitrary headers (for auth refusal tests). */
   rawClient(headers: Record<string, string>): Client;
+  /** A fresh user holding `amount` credits, granted through the internal API (ledger reason 'test funds'). */
+  fundedUser(amount: number, overrides?: Partial<TestUser>): Promise<TestUser & { id: string }>;
   close(): Promise<void>;
 }
 
@@ -86,6 +88,16 @@ export async function startTestServer(env: Record<string, string | undefined> = 
     },
     rawClient(headers) {
       return clientFor(url, () => headers);
+    },
+    async fundedUser(amount, overrides = {}) {
+      const user = newUser(overrides);
+      await clientFor(url, () => ({ 'x-service-key': SERVICE_KEY })).internal.credits.grant.mutate({
+        userId: user.id,
+        amount,
+        reason: 'test funds',
+        idempotencyKey: `fund-${randomUUID()}`,
+      });
+      return user;
     },
     async close() {
       // Every test file ends with a full reconcile of its database: any drift fails the file.
