@@ -1,0 +1,95 @@
+import { createServer, type Server, type Socket, connect } from 'node:net';
+
+/**
+ * A TCP proxy between the server and Postgres that cuts connections on command: the fault that leaves an
+ * outcome unknown. `cutResponses(p)` closes a connection, with probability p, at the moment Postgres starts
+ * to answer a request — after it executed (and for an implicit transaction, committed) it, before the
+ * client has heard the answer. `cutAll()` drops every open connection at once. Used by the test suite and
+ * by `pnpm chaos`.
+ */
+export class TcpFaultProxy {
+  private readonly connections = new Set<{ client: Socket; upstream: Socket }>();
+  private cutProbability = 0;
+  /** Connections cut so far (by either method). */
+  cuts = 0;
+
+  private constructor(
+    private readonly server: Server,
+    readonly port: number,
+    private readonly random: () => number,
+  ) {}
+
+  static async start(
+    target: { host: string; port: number },
+    options: { random?: () => number; listenPort?: number } = {},
+  ): Promise<TcpFaultProxy> {
+    let proxy: TcpFaultProxy | undefined;
+    const server = createServer((client) => proxy?.accept(client, target));
+    await new Promise<void>((resolve) => server.listen(options.listenPort ?? 0, '127.0.0.1', resolve));
+    const address = server.address();
+    const port = typeof address === 'object' && address ? address.port : 0;
+    proxy = new TcpFaultProxy(server, port, options.random ?? Math.random);
+    return proxy;
+  }
+
+  /** A connection string that goes through the proxy instead of straight to `databaseUrl`. */
+  urlFor(databaseUrl: string): string {
+    const url = new URL(databaseUrl);
+    url.hostname = '127.0.0.1';
+    url.port = String(this.port);
+    return url.toString();
+  }
+
+  /** From now on each answer that starts is cut with this probability (0 = forward everything). */
+  cutResponses(probability: number): void {
+    this.cutProbability = probability;
+  }
+
+  cutAll(): void {
+    for (const connection of this.connections) this.cut(connection);
+  }
+
+  async close(): Promise<void> {
+    this.cutProbability = 0;
+    this.cutAll();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  private accept(client: Socket, target: { host: string; port: number }): void {
+    const upstream = connect(target.port, target.host);
+    const connection = { client, upstream };
+    this.connections.add(connection);
+    // The first client message is the start-up packet; answers count once the connection asked a query.
+    let requests = 0;
+    let answering = false;
+    client.on('data', (chunk) => {
+      requests++;
+      answering = false;
+      upstream.write(chunk);
+    });
+    upstream.on('data', (chunk) => {
+      if (requests > 1 && !answering && this.cutProbability > 0 && this.random() < this.cutProbability) {
+        this.cut(connection);
+        return;
+      }
+      answering = true;
+      client.write(chunk);
+    });
+    const end = () => {
+      this.connections.delete(connection);
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('close', end);
+    upstream.on('close', end);
+    client.on('error', end);
+    upstream.on('error', end);
+  }
+
+  private cut(connection: { client: Socket; upstream: Socket }): void {
+    if (!this.connections.delete(connection)) return;
+    this.cuts++;
+    connection.client.destroy();
+    connection.upstream.destroy();
+  }
+}
