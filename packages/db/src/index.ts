@@ -9,3 +9,4 @@ export * from './queries/guild.ts';
 export * from './queries/ledger.ts';
 export * from './queries/rate-limits.ts';
 export * from './queries/reservations.ts';
+export * from './system-keys.ts';

@@ -195,7 +195,7 @@ describe('credits.purchase: PaymentIntent mode', () => {
     expect(status.completedAt).toBeInstanceOf(Date);
     expect(await balanceOf(user.id)).toBe(100);
     expect(await ledgerOf(user.id)).toEqual([
-      { type: 'purchase', amount: 100, idempotency_key: `purchase:${started.purchaseId}` },
+      { type: 'purchase', amount: 100, idempotency_key: `\u001fpurchase:${started.purchaseId}` },
     ]);
     expect((await purchaseRow(started.purchaseId)).stripe_charge_id).toBe(intent.latest_charge);
   });

@@ -1,18 +1,10 @@
 import { type Kysely, sql, type Transaction } from 'kysely';
 import type { Database, JsonObject, ReservationRow } from '../database.ts';
+import { systemKeys } from '../system-keys.ts';
 
 export const RESERVATION_IDEMPOTENCY_INDEX = 'reservations_user_idempotency_key';
 
 const json = (metadata: JsonObject | null | undefined) => (metadata ? JSON.stringify(metadata) : null);
-
-/**
- * The ledger idempotency key of a reservation's commit: at most one usage row per reservation, enforced by
- * the ledger's unique index on top of the reservation's own status. It starts with a control character,
- * which every API idempotency key refuses, so no caller can take it first.
- */
-export function reservationCommitKey(reservationId: string): string {
-  return `\u001freservation:${reservationId}`;
-}
 
 export interface HoldInput {
   userId: string;
@@ -127,7 +119,7 @@ export async function commitHold(
          idempotency_key, request_hash)
       select ${reservation.user_id}, 'usage', -${commit.amount}::int8, balance + ${commit.amount}::int8, balance,
              balance - reserved, ${reservation.app_id}, ${commit.description}, ${json(commit.metadata)}::jsonb,
-             ${reservationCommitKey(reservation.id)}, ${commit.commitHash}
+             ${systemKeys.reservationCommit(reservation.id)}, ${commit.commitHash}
         from settle
       returning id, available_after
     ), usage as (
@@ -262,7 +254,7 @@ export async function commitPoolHold(
          description, metadata, idempotency_key, request_hash)
       select ${guildId}, ${reservation.user_id}, 'usage', -${commit.amount}::int8, balance + ${commit.amount}::int8,
              balance, balance - reserved, ${reservation.app_id}, ${commit.description}, ${json(commit.metadata)}::jsonb,
-             ${reservationCommitKey(reservation.id)}, ${commit.commitHash}
+             ${systemKeys.reservationCommit(reservation.id)}, ${commit.commitHash}
         from settle
       returning id, available_after, created_at
     ), member_usage as (

@@ -160,9 +160,21 @@ const CHECKS: CheckDefinition[] = [
         from credits.purchases p
         left join (select user_id, idempotency_key, count(*)::int8 as rows, sum(amount)::int8 as credited
                      from credits.transactions where type = 'purchase' group by user_id, idempotency_key) l
-          on l.user_id = p.user_id and l.idempotency_key = 'purchase:' || p.id
+          on l.user_id = p.user_id and l.idempotency_key = chr(31) || 'purchase:' || p.id
        where (p.status = 'completed' and (coalesce(l.rows, 0) <> 1 or l.credited <> p.credits))
           or (p.status <> 'completed' and coalesce(l.rows, 0) <> 0)`,
+  },
+  {
+    name: 'system_rows_carry_system_keys',
+    description:
+      'per purchase credit and clawback: the system key of its purchase (a namespace no caller key can reach)',
+    query: sql`
+      select id as transaction_id, user_id, type, idempotency_key from credits.transactions
+       where (type = 'purchase'
+              and idempotency_key is distinct from chr(31) || 'purchase:' || (metadata->>'purchaseId'))
+          or (type = 'clawback'
+              and (idempotency_key is null
+                   or idempotency_key not like chr(31) || 'clawback:' || (metadata->>'purchaseId') || ':%'))`,
   },
   {
     name: 'global_conservation',

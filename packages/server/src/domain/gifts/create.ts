@@ -1,5 +1,12 @@
 import { randomUUID } from 'node:crypto';
-import { type Database, debitBalance, type GiftRow, type GiftType, getBalance } from '@mana-credits/db';
+import {
+  type Database,
+  debitBalance,
+  type GiftRow,
+  type GiftType,
+  getBalance,
+  systemKeys,
+} from '@mana-credits/db';
 import { type Kysely, sql } from 'kysely';
 import { InsufficientCreditsError, InvalidRequestError } from '../errors.ts';
 import { requestHash, withLedgerIdempotency } from '../idempotency.ts';
@@ -84,7 +91,7 @@ export async function createGift(
           amount: escrow,
           description: `Gift created (${input.type})`,
           metadata: { giftId },
-          idempotencyKey: key,
+          idempotencyKey: key ?? systemKeys.giftEscrow(giftId),
           requestHash: key ? hash : null,
         });
         if (!funding) {

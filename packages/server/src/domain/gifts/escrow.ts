@@ -1,4 +1,4 @@
-import { creditBalance, type Database, type GiftRow } from '@mana-credits/db';
+import { creditBalance, type Database, type GiftRow, systemKeys } from '@mana-credits/db';
 import { type Kysely, sql, type Transaction } from 'kysely';
 import { ForbiddenError, NotFoundError, PreconditionFailedError } from '../errors.ts';
 
@@ -56,6 +56,7 @@ export async function releaseEscrow(
         description: REFUND_DESCRIPTION[status],
         metadata: { giftId: gift.id },
         referenceTransactionId: gift.funding_transaction_id,
+        idempotencyKey: systemKeys.giftRefund(gift.id),
       },
       'unspent',
     );

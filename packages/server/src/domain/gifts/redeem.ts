@@ -1,4 +1,10 @@
-import { creditBalance, type Database, type GiftRow, type RedemptionStatus } from '@mana-credits/db';
+import {
+  creditBalance,
+  type Database,
+  type GiftRow,
+  type RedemptionStatus,
+  systemKeys,
+} from '@mana-credits/db';
 import { type Kysely, sql, type Transaction } from 'kysely';
 import {
   ConflictError,
@@ -222,6 +228,7 @@ async function claimPortion(
     appId: sourceAppId,
     description: 'Gift redeemed',
     metadata: { giftId: gift.id },
+    idempotencyKey: systemKeys.giftRedemption(gift.id, portion),
   });
   await trx
     .insertInto('gifts.gift_redemptions')

@@ -1,4 +1,10 @@
-import { type Database, debitBalance, type PurchaseRow, type ReversalKind } from '@mana-credits/db';
+import {
+  type Database,
+  debitBalance,
+  type PurchaseRow,
+  type ReversalKind,
+  systemKeys,
+} from '@mana-credits/db';
 import { sql, type Transaction } from 'kysely';
 import type Stripe from 'stripe';
 import { ignored, type WebhookOutcome } from './outcome.ts';
@@ -150,7 +156,7 @@ export async function settleReversals(
         description: `Credits taken back: purchase refunded or disputed`,
         metadata: { purchaseId },
         // Position in the purchase's clawbacks: the same share can never be taken twice.
-        idempotencyKey: `clawback:${purchaseId}:${clawedAfter}`,
+        idempotencyKey: systemKeys.clawback(purchaseId, clawedAfter),
       },
       'unearned',
     );

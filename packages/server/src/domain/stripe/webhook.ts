@@ -1,4 +1,4 @@
-import { creditBalance, type Database, type PurchaseRow } from '@mana-credits/db';
+import { creditBalance, type Database, type PurchaseRow, systemKeys } from '@mana-credits/db';
 import { type Kysely, sql, type Transaction } from 'kysely';
 import type Stripe from 'stripe';
 import { AMOUNT_MISMATCH, ignored, type WebhookOutcome } from './outcome.ts';
@@ -165,9 +165,9 @@ interface Payment {
 }
 
 /**
- * Credits a paid purchase once: the row is locked and its status checked, and the ledger row carries the key
- * `purchase:<id>`, so no second event for the same payment can credit it again. A purchase marked failed or
- * cancelled is still completed: the money arrived. Refunds or disputes recorded before the payment was
+ * Credits a paid purchase once: the row is locked and its status checked, and the ledger row carries the
+ * purchase's system key, so no second event for the same payment can credit it again. A purchase marked
+ * failed or cancelled is still completed: the money arrived. Refunds or disputes recorded before the payment was
  * confirmed are settled right after the credit.
  */
 async function completePurchase(
@@ -201,7 +201,7 @@ async function completePurchase(
         purchaseId: purchase.id,
         ...(purchase.package_id ? { packageId: purchase.package_id } : {}),
       },
-      idempotencyKey: `purchase:${purchase.id}`,
+      idempotencyKey: systemKeys.purchaseCredit(purchase.id),
     },
     'earned',
   );

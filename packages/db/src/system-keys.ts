@@ -1,0 +1,28 @@
+/**
+ * Idempotency keys the service makes itself. They start with U+001F (unit separator), a control character
+ * that every caller key refuses (API keys allow no control characters), so no caller can take a system key
+ * first, and a caller key never looks like one. Every ledger row the service writes on its own behalf
+ * carries one of these; reconcile checks that purchase credits and clawbacks do.
+ */
+export const SYSTEM_KEY_PREFIX = '\u001f';
+
+const systemKey = (...parts: (string | number)[]) => `${SYSTEM_KEY_PREFIX}${parts.join(':')}`;
+
+export const systemKeys = {
+  /** The credit of a paid purchase: one per purchase, whatever Stripe sends. */
+  purchaseCredit: (purchaseId: string) => systemKey('purchase', purchaseId),
+  /** A purchase's clawback that brings its clawed-back total to `clawedAfter`: each share taken once. */
+  clawback: (purchaseId: string, clawedAfter: number) => systemKey('clawback', purchaseId, clawedAfter),
+  /** The usage row of a reservation's commit: at most one per reservation. */
+  reservationCommit: (reservationId: string) => systemKey('reservation', reservationId),
+  /** The escrow debit of a gift created without a caller key. */
+  giftEscrow: (giftId: string) => systemKey('gift-escrow', giftId),
+  /** The credit of one claimed portion of a gift. */
+  giftRedemption: (giftId: string, portion: number) => systemKey('gift-redeem', giftId, portion),
+  /** The return of a gift's unclaimed escrow (cancel or expiry): once per gift. */
+  giftRefund: (giftId: string) => systemKey('gift-refund', giftId),
+} as const;
+
+export function isSystemKey(key: string | null | undefined): boolean {
+  return typeof key === 'string' && key.startsWith(SYSTEM_KEY_PREFIX);
+}
