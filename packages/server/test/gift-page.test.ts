@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { type Browser, chromium } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { expectLedgerConsistent } from './helpers/invariants.ts';
@@ -10,9 +11,15 @@ const XSS =
   `<script>window.__xss = 'script'</script><img src=x onerror="window.__xss = 'img'">` +
   `"><svg onload="window.__xss = 'svg'"></svg> & 'quotes' \`ticks\``;
 
+// Debian's chromium: .ci/run installs it, so under CI a missing browser fails; elsewhere the file is skipped.
+const browserHere = existsSync(CHROMIUM) || process.env.CI === 'true';
+if (!browserHere)
+  console.warn(`gift-page.test.ts skipped: no Chromium at ${CHROMIUM} (apt-get install chromium)`);
+
 let server: TestServer;
 let browser: Browser;
 beforeAll(async () => {
+  if (!browserHere) return;
   server = await startTestServer({
     BASE_URL: 'https://gift.example',
     GIFT_REDEEM_URL: REDEEM_URL,
@@ -35,6 +42,7 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await browser?.close();
+  if (!server) return;
   await expectLedgerConsistent(server.deps.db);
   await server.close();
 });
@@ -64,7 +72,7 @@ async function visit(path: string) {
   return { page, response, dialogs, field, close: () => context.close() };
 }
 
-describe('GET /g/:code in headless Chromium', () => {
+describe.skipIf(!browserHere)('GET /g/:code in headless Chromium', () => {
   it('shows amount, portions left, message, status, expiry and a Redeem link; user text stays text', async () => {
     const client = await creator(`<b>Eve</b> "the" creator`);
     const gift = await client.gifts.create.mutate({
