@@ -6,6 +6,7 @@ import * as guild from './migrations/2026_11_25_0200_guild.ts';
 import * as gifts from './migrations/2026_11_25_0300_gifts.ts';
 import * as reservations from './migrations/2026_11_25_0400_reservations.ts';
 import * as poolHolds from './migrations/2026_11_25_0600_pool_holds.ts';
+import * as clock from './migrations/2026_12_03_0100_clock.ts';
 
 /** Every migration, by its dated name. Add new ones here; never edit one that has shipped. */
 export const migrations: Record<string, Migration> = {
@@ -16,6 +17,7 @@ export const migrations: Record<string, Migration> = {
   '2026_11_25_0200_guild': guild,
   '2026_11_25_0400_reservations': reservations,
   '2026_11_25_0600_pool_holds': poolHolds,
+  '2026_12_03_0100_clock': clock,
 };
 
 /**

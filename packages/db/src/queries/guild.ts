@@ -103,7 +103,7 @@ export async function upsertMemberLimits(
 export interface MemberSpending extends MemberLimitsRow {
   spentToday: number;
   spentThisMonth: number;
-  /** Open pool holds of the member placed today / this month: not spent yet, but they may be. */
+  /** The member's open pool holds, which count in the current day and month: not spent yet, but they may be. */
   heldToday: number;
   heldThisMonth: number;
 }
@@ -111,14 +111,16 @@ export interface MemberSpending extends MemberLimitsRow {
 /**
  * A member's caps (null = unlimited, also when none were set), what they spent from the pool and what their
  * open pool holds keep back, in the UTC day and UTC calendar month that contain `day` ('YYYY-MM-DD';
- * default: today in UTC by the database clock, the clock that dates the counters). One round trip. Inside a
- * spend or a hold it must run after lockGuildPool, as its own statement, so that it reads every spend, hold,
- * commit and release committed before the lock was granted (each of them writes the pool row).
+ * default: today in UTC by credits.clock(), the clock that dates the guild ledger and so the counters). One
+ * round trip. Inside a spend or a hold it must run after lockGuildPool, as its own statement, so that it
+ * reads every spend, hold, commit and release committed before the lock was granted (each of them writes the
+ * pool row).
  *
- * An open hold counts in the UTC day (and month) it was placed in, until it is committed — then the usage
- * row counts, in the day of the commit — or released. Holds whose time is up but that are not returned yet
- * still count: until the pool's check on access or the sweep closes them, a commit in progress may still
- * settle them, so leaving them out could let a spend pass the limit alongside that commit.
+ * The window rule: a spend counts in the UTC day (and month) of its ledger row; a commit of a hold is such a
+ * spend, booked in the day of the commit. Every open hold counts in the current day and month, whenever it
+ * was placed, until it is committed or returned: so a hold placed before midnight still counts after it,
+ * and its commit — which checks no limit — can never take a window past its cap. Holds whose time is up but
+ * that are not returned yet still count: a commit in progress may still settle them.
  */
 export async function memberSpending(
   db: Kysely<Database>,
@@ -131,11 +133,10 @@ export async function memberSpending(
     monthly_limit: number | null;
     spent_today: number;
     spent_this_month: number;
-    held_today: number;
-    held_this_month: number;
+    held: number;
   }>`
-    select l.daily_limit, l.monthly_limit, s.spent_today, s.spent_this_month, h.held_today, h.held_this_month
-      from (select coalesce(${day ?? null}::date, (now() at time zone 'utc')::date) as today) w
+    select l.daily_limit, l.monthly_limit, s.spent_today, s.spent_this_month, h.held
+      from (select coalesce(${day ?? null}::date, (credits.clock() at time zone 'utc')::date) as today) w
      cross join lateral (
        select coalesce(sum(u.spent) filter (where u.day = w.today), 0)::int8 as spent_today,
               coalesce(sum(u.spent), 0)::int8 as spent_this_month
@@ -144,13 +145,9 @@ export async function memberSpending(
           and u.day between date_trunc('month', w.today)::date and w.today
      ) s
      cross join lateral (
-       select coalesce(sum(r.amount) filter (where r.created_at >= w.today::timestamp at time zone 'utc'), 0)::int8
-                as held_today,
-              coalesce(sum(r.amount), 0)::int8 as held_this_month
+       select coalesce(sum(r.amount), 0)::int8 as held
          from credits.reservations r
         where r.organization_id = ${guildId} and r.user_id = ${userId} and r.status = 'open'
-          and r.created_at >= date_trunc('month', w.today)::timestamp at time zone 'utc'
-          and r.created_at < (w.today + 1)::timestamp at time zone 'utc'
      ) h
       left join credits.guild_spending_limits l on l.organization_id = ${guildId} and l.user_id = ${userId}
   `.execute(db);
@@ -160,8 +157,8 @@ export async function memberSpending(
     monthlyLimit: row?.monthly_limit ?? null,
     spentToday: row?.spent_today ?? 0,
     spentThisMonth: row?.spent_this_month ?? 0,
-    heldToday: row?.held_today ?? 0,
-    heldThisMonth: row?.held_this_month ?? 0,
+    heldToday: row?.held ?? 0,
+    heldThisMonth: row?.held ?? 0,
   };
 }
 
@@ -196,12 +193,13 @@ export async function debitGuildPool(
       returning id, balance_after, available_after, created_at
     ), member_usage as (
       insert into credits.guild_member_usage (organization_id, user_id, day, spent)
-      select ${entry.guildId}, ${entry.userId}, (now() at time zone 'utc')::date, ${entry.amount}::int8 from entry
+      select ${entry.guildId}, ${entry.userId}, (created_at at time zone 'utc')::date, ${entry.amount}::int8
+        from entry
       on conflict (organization_id, user_id, day)
         do update set spent = credits.guild_member_usage.spent + excluded.spent
     ), usage as (
       insert into credits.usage_stats (user_id, app_id, date, credits_used)
-      select ${entry.userId}, ${entry.appId ?? ''}, (now() at time zone 'utc')::date, ${entry.amount}::int8
+      select ${entry.userId}, ${entry.appId ?? ''}, (created_at at time zone 'utc')::date, ${entry.amount}::int8
         from entry where ${entry.appId ? sql`true` : sql`false`}
       on conflict (user_id, app_id, date)
         do update set credits_used = credits.usage_stats.credits_used + excluded.credits_used
