@@ -284,6 +284,9 @@ describe('pool holds', () => {
     const { guildId, member } = await guildWithMember(10, 10);
     const hold = await internal().credits.reserve.mutate(reserveInput(guildId, member.id, 10, { ttl: 1 }));
     await waitUntilLapsed([hold.reservationId]);
+    // A read counts only holds still open, before anything returned the lapsed one.
+    expect(await member.client.guild.balance.query({ guildId })).toMatchObject({ balance: 10 });
+    expect(await pool(guildId)).toMatchObject({ reserved: 10 });
     // Check on access: the whole pool and the whole day are free again.
     expect(await member.client.guild.use.mutate(useInput(guildId, 10))).toMatchObject({ poolBalance: 0 });
     expect(await reservation(hold.reservationId)).toMatchObject({ status: 'expired', released_amount: 10 });

@@ -367,8 +367,14 @@ describe('expiry', () => {
       internal().reserve.mutate(reserveInput(user.id, 30, { ttlSeconds: 1 })),
     ]);
     await waitUntilLapsed(holds.map((h) => h.reservationId));
-    // The user still looks fully held: nobody has touched the holds since they lapsed.
-    expect(await internal().balance.query({ userId: user.id })).toMatchObject({ balance: 0, reserved: 100 });
+    // Nobody has touched the holds since they lapsed, yet a read already counts only holds still open.
+    expect(await internal().balance.query({ userId: user.id })).toMatchObject({ balance: 100, reserved: 0 });
+    const stored = await server.deps.db
+      .selectFrom('credits.balances')
+      .select('reserved')
+      .where('user_id', '=', user.id)
+      .executeTakeFirstOrThrow();
+    expect(stored.reserved).toBe(100);
     const client = await server.userClient(user);
     expect((await client.credits.use.mutate({ amount: 90, appId: 'chat', description: 'x' })).balance).toBe(
       10,

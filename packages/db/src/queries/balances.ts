@@ -1,4 +1,4 @@
-import type { Kysely } from 'kysely';
+import { type Kysely, type RawBuilder, sql } from 'kysely';
 import type { Database } from '../database.ts';
 
 export interface BalanceView {
@@ -10,12 +10,24 @@ export interface BalanceView {
   updatedAt: Date | null;
 }
 
+/**
+ * A user's balance as they may spend it now. `reserved` counts only holds that are still open at the time of
+ * the read: a hold whose time is up is already spendable (every spend returns such holds first), even before
+ * the sweep or a check on access has closed it.
+ */
 export async function getBalance(db: Kysely<Database>, userId: string): Promise<BalanceView> {
-  const row = await db
-    .selectFrom('credits.balances')
-    .select(['balance', 'reserved', 'total_earned', 'total_spent', 'updated_at'])
-    .where('user_id', '=', userId)
-    .executeTakeFirst();
+  const { rows } = await sql<{
+    balance: number;
+    reserved: number;
+    total_earned: number;
+    total_spent: number;
+    updated_at: Date;
+  }>`
+    select b.balance, b.reserved - ${lapsedHolds(sql`r.user_id = b.user_id and r.organization_id is null`)} as reserved,
+           b.total_earned, b.total_spent, b.updated_at
+      from credits.balances b
+     where b.user_id = ${userId}`.execute(db);
+  const row = rows[0];
   if (!row) return { balance: 0, reserved: 0, totalEarned: 0, totalSpent: 0, updatedAt: null };
   return {
     balance: row.balance - row.reserved,
@@ -24,6 +36,12 @@ export async function getBalance(db: Kysely<Database>, userId: string): Promise<
     totalSpent: row.total_spent,
     updatedAt: row.updated_at,
   };
+}
+
+/** Σ of the open holds matching `where` (on `credits.reservations r`) whose time is up: held no longer. */
+export function lapsedHolds(where: RawBuilder<boolean>): RawBuilder<number> {
+  return sql<number>`(select coalesce(sum(r.amount), 0)::int8 from credits.reservations r
+                        where ${where} and r.status = 'open' and r.expires_at <= now())`;
 }
 
 /** Creates the user's balance row if missing; safe when called concurrently. Returns true if it was created. */
