@@ -5,6 +5,7 @@ import Fastify, { type FastifyInstance, type FastifyServerOptions, LogController
 import { sql } from 'kysely';
 import type { AppDeps } from './deps.ts';
 import { sweepExpiredHolds } from './domain/credits/reservations.ts';
+import { ServiceUnavailableError } from './domain/errors.ts';
 import { registerGiftPage } from './http/gift-page.ts';
 import { registerMetrics } from './http/metrics.ts';
 import { restApi } from './http/rest/plugin.ts';
@@ -12,7 +13,7 @@ import { stripeWebhookRoutes } from './http/stripe-webhook.ts';
 import { registerGiftExpirySweep } from './jobs/gift-expiry.ts';
 import { type PeriodicTask, startPeriodicTask } from './periodic.ts';
 import { createContextFactory } from './trpc/context.ts';
-import { noteErrorRequestId } from './trpc/init.ts';
+import { noteErrorRequestId, toTRPCError } from './trpc/init.ts';
 import { type AppRouter, appRouter } from './trpc/routers/_app.ts';
 import { appRouterWithBench } from './trpc/routers/bench.ts';
 
@@ -33,6 +34,7 @@ export interface BuildAppOptions {
 
 /** Answered even while the app is not ready: probes and the scraper. */
 const PROBE_ROUTES = new Set(['/health', '/ready', '/metrics']);
+const MIGRATING_MESSAGE = 'The service is starting (migrations)';
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -79,16 +81,12 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
     if (app.readiness.migrating && !PROBE_ROUTES.has(request.routeOptions.url ?? '')) {
-      return reply
-        .status(503)
-        .header('retry-after', '5')
-        .send({
-          error: {
-            message: 'The service is starting (migrations)',
-            reason: 'MIGRATING',
-            requestId: request.id,
-          },
-        });
+      reply.header('retry-after', '5');
+      // tRPC answers in its own error envelope (see createContext below), which its clients can parse.
+      if (request.url.startsWith('/trpc/')) return;
+      return reply.status(503).send({
+        error: { message: MIGRATING_MESSAGE, reason: 'MIGRATING', requestId: request.id },
+      });
     }
   });
 
@@ -143,11 +141,17 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
   await app.register(stripeWebhookRoutes);
   registerMetrics(app, new Set(Object.keys(appRouter._def.procedures)));
 
+  const createContext = createContextFactory(deps);
   await app.register(fastifyTRPCPlugin, {
     prefix: '/trpc',
     trpcOptions: {
       router: deps.config.benchNoop ? appRouterWithBench : appRouter,
-      createContext: createContextFactory(deps),
+      createContext: (options) => {
+        if (app.readiness.migrating) {
+          throw toTRPCError(new ServiceUnavailableError(MIGRATING_MESSAGE, 'MIGRATING'));
+        }
+        return createContext(options);
+      },
       maxBatchSize: 100,
       onError({ error, ctx, path, req }) {
         if (!ctx) noteErrorRequestId(error, req.id);

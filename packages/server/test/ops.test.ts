@@ -389,11 +389,35 @@ describe('readiness', () => {
       const ready = await fetch(`${server.url}/ready`);
       expect(ready.status).toBe(503);
       expect(await ready.json()).toEqual({ status: 'migrating' });
+      // tRPC callers get tRPC's error envelope, which the client parses (single calls and batches alike).
       const api = await fetch(`${server.url}/trpc/credits.packages`, {
         headers: { 'x-request-id': 'ops-mig' },
       });
       expect(api.status).toBe(503);
-      expect(await api.json()).toMatchObject({ error: { reason: 'MIGRATING', requestId: 'ops-mig' } });
+      expect(api.headers.get('retry-after')).toBe('5');
+      expect(await api.json()).toMatchObject({
+        error: { json: { data: { code: 'SERVICE_UNAVAILABLE', reason: 'MIGRATING', requestId: 'ops-mig' } } },
+      });
+      for (const client of [server.internalClient(), server.internalClient({ batch: true })]) {
+        const refused = await failure(client.credits.packages.query());
+        expect(refused.data).toMatchObject({
+          code: 'SERVICE_UNAVAILABLE',
+          httpStatus: 503,
+          reason: 'MIGRATING',
+        });
+      }
+      // REST callers get the REST envelope.
+      const rest = await fetch(`${server.url}/api/v1/credits/packages`, {
+        headers: { 'x-request-id': 'ops-rest' },
+      });
+      expect(rest.status).toBe(503);
+      expect(await rest.json()).toEqual({
+        error: {
+          message: 'The service is starting (migrations)',
+          reason: 'MIGRATING',
+          requestId: 'ops-rest',
+        },
+      });
     } finally {
       server.app.readiness.migrating = false;
     }

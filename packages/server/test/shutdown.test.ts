@@ -370,7 +370,7 @@ describe('readiness of the real process', () => {
         expect(await ready.json()).toEqual({ status: 'migrating' });
         const api = await fetch(`${server.url}/trpc/credits.packages`);
         expect(api.status).toBe(503);
-        expect(await api.json()).toMatchObject({ error: { reason: 'MIGRATING' } });
+        expect(await api.json()).toMatchObject({ error: { json: { data: { reason: 'MIGRATING' } } } });
         expect(logged(server, 'migrations done')).toBe(false);
 
         await migrator.query(`select pg_advisory_unlock(${KYSELY_MIGRATION_LOCK})`);
