@@ -139,7 +139,8 @@ describe('internal.credits.useBatch', () => {
       .select(['amount', 'balance_before', 'balance_after'])
       .where('user_id', '=', user.id)
       .where('type', '=', 'usage')
-      .orderBy('created_at')
+      // Rows of one INSERT may share a created_at (microseconds): the chain itself gives the order.
+      .orderBy('balance_before', 'desc')
       .execute();
     expect(chain).toEqual([
       { amount: -60, balance_before: 100, balance_after: 40 },
