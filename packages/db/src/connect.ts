@@ -15,6 +15,11 @@ export interface DbConfig {
   poolSize?: number | undefined;
   /** Application name shown in pg_stat_activity. */
   applicationName?: string | undefined;
+  /**
+   * PGlite only: a dump of a data directory (PGlite's dumpDataDir) to start from instead of an empty one.
+   * The tests migrate one database once and start every file from its dump, which skips initdb.
+   */
+  pgliteSnapshot?: Blob | undefined;
 }
 
 export interface DbHandle {
@@ -22,6 +27,8 @@ export interface DbHandle {
   kind: 'postgres' | 'pglite';
   /** Connections in use, idle and waiting (pg only). */
   poolStats(): { total: number; idle: number; waiting: number };
+  /** PGlite only: the whole data directory as a tarball (a copy to start another database from). */
+  dumpDataDir?: () => Promise<Blob>;
   close(): Promise<void>;
 }
 
@@ -44,10 +51,11 @@ export function createPgPool(config: DbConfig): pg.Pool {
   });
 }
 
-export async function createPglite(dataDir: string): Promise<PGlite> {
+export async function createPglite(dataDir: string, snapshot?: Blob): Promise<PGlite> {
   if (!dataDir.startsWith('memory://')) mkdirSync(dataDir, { recursive: true });
   const pglite = new PGlite(dataDir, {
     parsers: { [PG_OID.int8]: parseInt8, [PG_OID.numeric]: parseNumericInteger, [PG_OID.date]: keepText },
+    ...(snapshot ? { loadDataDir: snapshot } : {}),
   });
   await pglite.waitReady;
   return pglite;
@@ -68,12 +76,13 @@ export async function createDb(config: DbConfig): Promise<DbHandle> {
       close: () => db.destroy(),
     };
   }
-  const pglite = await createPglite(config.dataDir ?? './.data');
+  const pglite = await createPglite(config.dataDir ?? './.data', config.pgliteSnapshot);
   const db = new Kysely<Database>({ dialect: new PGliteDialect(pglite) });
   return {
     db,
     kind: 'pglite',
     poolStats: () => ({ total: 1, idle: 1, waiting: 0 }),
+    dumpDataDir: () => pglite.dumpDataDir('none'),
     close: () => db.destroy(),
   };
 }

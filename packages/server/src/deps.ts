@@ -34,6 +34,8 @@ export type Logger = FastifyBaseLogger;
 export interface CreateAppDepsOptions {
   /** Run migrations before returning (default: config.migrateOnStart). main.ts runs them after listening. */
   migrate?: boolean;
+  /** Start an embedded database from this PGlite dump (see DbConfig.pgliteSnapshot). */
+  pgliteSnapshot?: Blob | undefined;
 }
 
 export async function createAppDeps(
@@ -44,6 +46,7 @@ export async function createAppDeps(
     databaseUrl: config.databaseUrl,
     dataDir: config.dataDir,
     poolSize: config.dbPoolSize,
+    pgliteSnapshot: options.pgliteSnapshot,
   });
   try {
     if (options.migrate ?? config.migrateOnStart) await migrateToLatest(dbHandle.db);

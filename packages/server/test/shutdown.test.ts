@@ -56,6 +56,7 @@ async function freshDatabase(): Promise<TestDatabase & { open(): Promise<DbHandl
     env: { DATA_DIR: dataDir },
     kind: 'pglite',
     url: undefined,
+    pgliteSnapshot: undefined,
     drop: async () => rmSync(dataDir, { recursive: true, force: true }),
     open: () => createDb({ dataDir }),
   };

@@ -1,5 +1,16 @@
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import pg from 'pg';
+import { inject } from 'vitest';
+
+declare module 'vitest' {
+  export interface ProvidedContext {
+    /** A migrated Postgres database that each test file copies (CREATE DATABASE … TEMPLATE). */
+    templateDatabase: string | undefined;
+    /** A file holding the dump of a migrated PGlite database that each test file starts from. */
+    pgliteSnapshotPath: string | undefined;
+  }
+}
 
 /**
  * A fresh database for one test file. With DATABASE_URL set (CI) it is a new Postgres database on that
@@ -10,19 +21,36 @@ export interface TestDatabase {
   env: Record<string, string>;
   kind: 'postgres' | 'pglite';
   url: string | undefined;
+  /** PGlite: the migrated database to start from (see global-setup.ts). */
+  pgliteSnapshot: Blob | undefined;
   drop(): Promise<void>;
+}
+
+let snapshot: Blob | undefined;
+function pgliteSnapshot(): Blob | undefined {
+  const path = inject('pgliteSnapshotPath');
+  if (path && !snapshot) snapshot = new Blob([readFileSync(path)]);
+  return snapshot;
 }
 
 export async function createTestDatabase(): Promise<TestDatabase> {
   const serverUrl = process.env.DATABASE_URL;
   if (!serverUrl) {
-    return { env: { DATA_DIR: 'memory://' }, kind: 'pglite', url: undefined, drop: async () => {} };
+    return {
+      env: { DATA_DIR: 'memory://' },
+      kind: 'pglite',
+      url: undefined,
+      pgliteSnapshot: pgliteSnapshot(),
+      drop: async () => {},
+    };
   }
   const name = `mana_credits_test_${process.pid}_${randomBytes(4).toString('hex')}`;
   const admin = new pg.Client({ connectionString: serverUrl });
   await admin.connect();
   try {
-    await admin.query(`create database ${name}`);
+    // A copy of the database global-setup.ts migrated once (CREATE DATABASE copies it file by file).
+    const template = inject('templateDatabase');
+    await admin.query(`create database ${name}${template ? ` template ${template}` : ''}`);
   } finally {
     await admin.end();
   }
@@ -32,6 +60,7 @@ export async function createTestDatabase(): Promise<TestDatabase> {
     env: { DATABASE_URL: url.toString() },
     kind: 'postgres',
     url: url.toString(),
+    pgliteSnapshot: undefined,
     drop: async () => {
       const client = new pg.Client({ connectionString: serverUrl });
       await client.connect();

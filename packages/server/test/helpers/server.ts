@@ -60,7 +60,7 @@ export async function startTestServer(env: Record<string, string | undefined> = 
     ...database.env,
     ...env,
   });
-  const deps = await createAppDeps(config);
+  const deps = await createAppDeps(config, { pgliteSnapshot: database.pgliteSnapshot });
   const app = await buildApp(deps, { closeDepsOnClose: true, logger: false });
   await app.listen({ port: 0, host: '127.0.0.1' });
   const address = app.server.address();

@@ -1,0 +1,53 @@
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createDb, migrateToLatest } from '@mana-credits/db';
+import pg from 'pg';
+import type { TestProject } from 'vitest/node';
+// What this file provides is declared beside the code that injects it.
+import type {} from './helpers/database.ts';
+
+/**
+ * Migrates one database before any test file runs; every file then starts from a copy of it instead of
+ * creating and migrating its own (for PGlite that also skips initdb, most of a file's start-up time).
+ */
+export default async function setup(project: TestProject) {
+  const serverUrl = process.env.DATABASE_URL;
+  if (serverUrl) {
+    const name = `mana_credits_template_${process.pid}_${randomBytes(4).toString('hex')}`;
+    await admin(serverUrl, `create database ${name}`);
+    const url = Object.assign(new URL(serverUrl), { pathname: `/${name}` }).toString();
+    const handle = await createDb({ databaseUrl: url, poolSize: 1 });
+    try {
+      await migrateToLatest(handle.db);
+    } finally {
+      await handle.close();
+    }
+    project.provide('templateDatabase', name);
+    project.provide('pgliteSnapshotPath', undefined);
+    return async () => admin(serverUrl, `drop database if exists ${name} with (force)`);
+  }
+  const handle = await createDb({ dataDir: 'memory://' });
+  const directory = mkdtempSync(join(tmpdir(), 'mana-credits-pglite-'));
+  try {
+    await migrateToLatest(handle.db);
+    const dump = await handle.dumpDataDir!();
+    writeFileSync(join(directory, 'migrated.tar'), Buffer.from(await dump.arrayBuffer()));
+  } finally {
+    await handle.close();
+  }
+  project.provide('templateDatabase', undefined);
+  project.provide('pgliteSnapshotPath', join(directory, 'migrated.tar'));
+  return () => rmSync(directory, { recursive: true, force: true });
+}
+
+async function admin(serverUrl: string, statement: string) {
+  const client = new pg.Client({ connectionString: serverUrl });
+  await client.connect();
+  try {
+    await client.query(statement);
+  } finally {
+    await client.end();
+  }
+}
