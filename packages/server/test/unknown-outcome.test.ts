@@ -56,9 +56,7 @@ describe.skipIf(!databaseUrl)('unknown outcomes (needs DATABASE_URL: PGlite has 
     const failures = outcomes.flatMap((o) => (o.status === 'rejected' ? [o.reason as unknown] : []));
     for (const error of failures) {
       expect(error).toBeInstanceOf(TRPCClientError);
-      const { data, message } = error as TRPCClientError<never> & {
-        data: { code: string; reason: string; httpStatus: number };
-      };
+      const { data, message } = error as { data?: Record<string, unknown>; message: string };
       expect({ code: data?.code, reason: data?.reason, httpStatus: data?.httpStatus }).toEqual({
         code: 'SERVICE_UNAVAILABLE',
         reason: 'OUTCOME_UNKNOWN',
@@ -189,7 +187,7 @@ describe.skipIf(!databaseUrl)('unknown outcomes (needs DATABASE_URL: PGlite has 
       const rows = await usageRows(userId);
       expect(rows.length).toBe(N);
       const rowOfKey = new Map(rows.map((row) => [row.idempotency_key, row.id]));
-      keys.forEach((key, i) => expect(answers[i]!.transactionId).toBe(rowOfKey.get(key)));
+      for (const [i, key] of keys.entries()) expect(answers[i]!.transactionId).toBe(rowOfKey.get(key));
       expect(funded - (await balanceOf(userId))).toBe(N * AMOUNT);
     });
   });
@@ -355,7 +353,7 @@ describe.skipIf(!databaseUrl)('unknown outcomes (needs DATABASE_URL: PGlite has 
         .execute();
       expect(rows.length).toBe(N);
       const rowOfKey = new Map(rows.map((row) => [row.idempotency_key, row.id]));
-      keys.forEach((key, i) => expect(answers[i]!.transactionId).toBe(rowOfKey.get(key)));
+      for (const [i, key] of keys.entries()) expect(answers[i]!.transactionId).toBe(rowOfKey.get(key));
     });
   });
 });
