@@ -47,16 +47,15 @@ const PG_CONNECTION_MESSAGES =
  * bug): a network error, node-pg's connection messages, a FATAL/PANIC response, SQLSTATE class 08
  * (connection exception) or 57P (shutdown, crash, cannot connect now). Such errors answer 503, never 500.
  */
-export function isConnectionFailure(error: unknown, depth = 0): boolean {
-  if (!(error instanceof Error) || depth > 3) return false;
+export function isConnectionFailure(error: unknown): boolean {
+  if (!(error instanceof Error)) return false;
   const { code, severity } = error as { code?: unknown; severity?: unknown };
   if (severity === 'FATAL' || severity === 'PANIC') return true;
   if (typeof code === 'string') {
     if (NETWORK_ERRNOS.has(code)) return true;
     if (SQLSTATE.test(code)) return code.startsWith('08') || code.startsWith('57P');
   }
-  if (code === undefined && PG_CONNECTION_MESSAGES.test(error.message)) return true;
-  return isConnectionFailure(error.cause, depth + 1);
+  return code === undefined && PG_CONNECTION_MESSAGES.test(error.message);
 }
 
 /**
