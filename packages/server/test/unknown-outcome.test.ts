@@ -181,7 +181,8 @@ describe.skipIf(!databaseUrl)('unknown outcomes (needs DATABASE_URL: PGlite has 
           body: JSON.stringify({ userId, amount: AMOUNT, appId: 'fault', description: 'rest' }),
         });
         const read = await fetch(`${server.url}/api/v1/internal/credits/balance/${userId}`, { headers });
-        const [writeBody, readBody] = [await write.json(), await read.json()];
+        type ErrorBody = { error?: { reason?: string } };
+        const [writeBody, readBody] = [(await write.json()) as ErrorBody, (await read.json()) as ErrorBody];
         expect({ status: write.status, reason: writeBody.error?.reason }).toEqual({
           status: 503,
           reason: 'OUTCOME_UNKNOWN',
