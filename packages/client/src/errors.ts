@@ -63,6 +63,16 @@ export function isIdempotencyConflict(error: unknown): error is IdempotencyConfl
   return serviceErrorData(error)?.reason === 'IDEMPOTENCY_CONFLICT';
 }
 
+/**
+ * The service lost its database connection and cannot say whether the call took effect (HTTP 503). A call
+ * with an idempotency key is retried with the same key (the retry link does this), which answers the first
+ * result if it was applied; a call without one must not be repeated blindly — check the balance or the
+ * transactions first.
+ */
+export function isOutcomeUnknown(error: unknown): error is CreditsErrorWith<'OUTCOME_UNKNOWN', unknown> {
+  return serviceErrorData(error)?.reason === 'OUTCOME_UNKNOWN';
+}
+
 /** Missing, expired or invalid credentials (bearer token or service key). */
 export function isUnauthorized(error: unknown): error is UnauthorizedError {
   return serviceErrorData(error)?.code === 'UNAUTHORIZED';

@@ -17,6 +17,7 @@ export {
   isIdempotencyConflict,
   isInsufficientCredits,
   isLimitExceeded,
+  isOutcomeUnknown,
   isUnauthorized,
   type LimitExceededDetails,
   type LimitExceededError,

@@ -33,7 +33,11 @@ export function carriesIdempotencyKey(input: unknown): boolean {
   );
 }
 
-/** Network failures and 502/503/504 (from a proxy, or the service's own SERVICE_UNAVAILABLE). */
+/**
+ * Network failures and 502/503/504 (from a proxy, or the service's own 503: SERVICE_UNAVAILABLE,
+ * DATABASE_UNAVAILABLE, OUTCOME_UNKNOWN). Only consulted for mutations that carry a key: after a 503
+ * OUTCOME_UNKNOWN the call may have taken effect, which only a key makes safe to repeat.
+ */
 export function isTransientFailure(error: TRPCClientError<AppRouter>): boolean {
   const cause = error.cause;
   if (cause instanceof CreditsTransportError) {

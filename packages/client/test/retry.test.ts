@@ -7,6 +7,7 @@ import {
   createCreditsClient,
   createInternalCreditsClient,
   isInsufficientCredits,
+  isOutcomeUnknown,
   type RetryOptions,
 } from '../src/index.ts';
 import { FlakyProxy } from './helpers/flaky-proxy.ts';
@@ -113,6 +114,20 @@ describe('a mutation with an idempotency key', () => {
     expect((error.cause as CreditsTransportError).status).toBe(503);
   });
 
+  it('is retried after OUTCOME_UNKNOWN (the first attempt took effect): the same key replays it', async () => {
+    const { user, client } = await userThroughProxy(100);
+    proxy.failNext('unknown503');
+    const result = await client.credits.use.mutate({
+      amount: 25,
+      appId: 'chat',
+      description: 'reply',
+      idempotencyKey: 'unknown-1',
+    });
+    expect(proxy.requests).toHaveLength(2);
+    expect(await usageRows(user.id)).toEqual([{ id: result.transactionId, amount: -25 }]);
+    expect(await ledgerSum(server.deps.db, user.id)).toBe(75);
+  });
+
   it('is not retried when retry is off', async () => {
     const client = serviceThroughProxy(false);
     proxy.failNext(503);
@@ -147,6 +162,16 @@ describe('calls that are never retried', () => {
     expect((error.cause as CreditsTransportError).status).toBe(502);
     expect(proxy.requests).toHaveLength(1);
     // Exactly why it is not retried: the service did debit, and a blind repeat would debit again.
+    expect(await ledgerSum(server.deps.db, user.id)).toBe(40);
+  });
+
+  it('a mutation without a key answered OUTCOME_UNKNOWN fails at once and says so', async () => {
+    const { user, client } = await userThroughProxy(50);
+    proxy.failNext('unknown503');
+    const error = await failureOf(client.credits.use.mutate({ amount: 10, appId: 'chat', description: 'x' }));
+    expect(isOutcomeUnknown(error)).toBe(true);
+    expect(proxy.requests).toHaveLength(1);
+    // It did take effect: a blind repeat would have debited twice.
     expect(await ledgerSum(server.deps.db, user.id)).toBe(40);
   });
 

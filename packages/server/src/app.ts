@@ -6,6 +6,7 @@ import { sql } from 'kysely';
 import type { AppDeps } from './deps.ts';
 import { sweepExpiredHolds } from './domain/credits/reservations.ts';
 import { ServiceUnavailableError } from './domain/errors.ts';
+import { DatabaseUnavailableError, isConnectionFailure, OutcomeUnknownError } from './domain/outcome.ts';
 import { registerGiftPage } from './http/gift-page.ts';
 import { registerMetrics } from './http/metrics.ts';
 import { restApi } from './http/rest/plugin.ts';
@@ -106,12 +107,20 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
     });
   });
 
-  // Fastify-level failures (bad JSON, body too large, …) keep their 4xx; anything else says nothing internal.
+  // Fastify-level failures (bad JSON, body too large, …) keep their 4xx; a lost database is a retryable 503
+  // (the Stripe webhook's retry is keyed by the event id); anything else says nothing internal.
   app.setErrorHandler((error: { statusCode?: number; code?: string; message: string }, request, reply) => {
+    if (isConnectionFailure(error)) {
+      request.log.warn({ err: error }, 'request failed: database unavailable');
+      const unavailable = new DatabaseUnavailableError(error);
+      return reply.status(503).send({
+        error: { message: unavailable.message, reason: unavailable.reason, requestId: request.id },
+      });
+    }
     const status =
       error.statusCode && error.statusCode >= 400 && error.statusCode < 500 ? error.statusCode : 500;
     if (status >= 500) request.log.error({ err: error }, 'request failed');
-    reply.status(status).send({
+    return reply.status(status).send({
       error: {
         message: status >= 500 ? 'Internal server error' : error.message,
         reason: status >= 500 ? 'INTERNAL' : (error.code ?? 'BAD_REQUEST'),
@@ -157,6 +166,10 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
         if (!ctx) noteErrorRequestId(error, req.id);
         if (error.code === 'INTERNAL_SERVER_ERROR') {
           (ctx?.log ?? req.log).error({ err: error.cause ?? error, path }, 'procedure failed');
+        } else if (error.cause instanceof OutcomeUnknownError) {
+          // A lost connection is expected now and then; anything else that left the outcome unknown is a bug.
+          const level = isConnectionFailure(error.cause.cause) ? 'warn' : 'error';
+          (ctx?.log ?? req.log)[level]({ err: error.cause.cause, path }, 'procedure outcome unknown');
         }
       },
     } satisfies FastifyTRPCPluginOptions<AppRouter>['trpcOptions'],

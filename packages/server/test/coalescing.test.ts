@@ -1,6 +1,8 @@
+import type { KyselyPlugin, QueryId, RootOperationNode } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SpendCoalescer } from '../src/domain/credits/spend-coalescer.ts';
 import { IdempotencyConflictError, InsufficientCreditsError } from '../src/domain/errors.ts';
+import { OutcomeUnknownError } from '../src/domain/outcome.ts';
 import { expectLedgerConsistent, ledgerSum } from './helpers/invariants.ts';
 import { startTestServer, type TestServer } from './helpers/server.ts';
 
@@ -127,5 +129,75 @@ describe('coalesced debits of one account', () => {
       .where('type', '=', 'usage')
       .execute();
     expect(new Set(keys.map((k) => k.idempotency_key)).size).toBe(keys.length);
+  });
+});
+
+/**
+ * Fails the next call of credits.debit_many: 'after' lets it run (and commit) and then throws what node-pg
+ * throws when the connection drops before the answer; 'before' throws a Postgres ERROR response instead of
+ * sending it (the batch is certainly not written).
+ */
+function failDebitMany(when: 'after' | 'before'): KyselyPlugin & { failed: number } {
+  const doomed = new WeakSet<QueryId>();
+  const plugin = {
+    failed: 0,
+    transformQuery({ node, queryId }: { node: RootOperationNode; queryId: QueryId }) {
+      const text = node.kind === 'RawNode' ? node.sqlFragments.join('?') : '';
+      if (plugin.failed === 0 && text.includes('credits.debit_many(')) {
+        plugin.failed++;
+        if (when === 'before') {
+          throw Object.assign(new Error('deadlock detected'), { severity: 'ERROR', code: '40P01' });
+        }
+        doomed.add(queryId);
+      }
+      return node;
+    },
+    async transformResult<T>({ result, queryId }: { result: T; queryId: QueryId }): Promise<T> {
+      if (doomed.has(queryId)) throw new Error('Connection terminated unexpectedly');
+      return result;
+    },
+  };
+  return plugin;
+}
+
+describe('a coalesced batch that fails (issue 13)', () => {
+  it('lost after its commit: never run again, every caller of the batch hears OUTCOME_UNKNOWN', async () => {
+    const userId = await fund(100);
+    const fault = failDebitMany('after');
+    const coalescer = new SpendCoalescer(server.deps.db.withPlugin(fault));
+    const outcomes = await Promise.allSettled(
+      [1, 2, 3, 4, 5].map((amount) => coalescer.spend(spendOf(userId, amount))),
+    );
+    expect(fault.failed).toBe(1);
+    expect(outcomes[0]).toMatchObject({ status: 'fulfilled' });
+    for (const outcome of outcomes.slice(1)) {
+      expect(outcome.status).toBe('rejected');
+      const reason = (outcome as PromiseRejectedResult).reason;
+      expect(reason).toBeInstanceOf(OutcomeUnknownError);
+      expect((reason as OutcomeUnknownError).cause).toMatchObject({
+        message: 'Connection terminated unexpectedly',
+      });
+    }
+    // The batch did commit: each debit exactly once, none a second time by a fallback.
+    const rows = await server.deps.db
+      .selectFrom('credits.transactions')
+      .select('amount')
+      .where('user_id', '=', userId)
+      .where('type', '=', 'usage')
+      .execute();
+    expect(rows.map((row) => row.amount).sort()).toEqual([-1, -2, -3, -4, -5]);
+    expect(await ledgerSum(server.deps.db, userId)).toBe(85);
+  });
+
+  it('refused by Postgres (rolled back): each debit takes the single path on its own', async () => {
+    const userId = await fund(100);
+    const fault = failDebitMany('before');
+    const coalescer = new SpendCoalescer(server.deps.db.withPlugin(fault));
+    const results = await Promise.all(
+      [1, 2, 3, 4, 5].map((amount) => coalescer.spend(spendOf(userId, amount))),
+    );
+    expect(fault.failed).toBe(1);
+    expect(new Set(results.map((result) => result.transactionId)).size).toBe(5);
+    expect(await ledgerSum(server.deps.db, userId)).toBe(85);
   });
 });

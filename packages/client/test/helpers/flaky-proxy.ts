@@ -13,9 +13,11 @@ import type { AddressInfo } from 'node:net';
  * - 502 | 503 | 504: answers that status with an HTML page, without forwarding;
  * - 'lost': forwards, lets the service act, then answers 502 instead of its response (the worst case: the
  *   effect happened and the caller cannot know);
- * - 'json503': answers what the service says when it is unavailable (tRPC JSON, SERVICE_UNAVAILABLE).
+ * - 'json503': answers what the service says when it is unavailable (tRPC JSON, SERVICE_UNAVAILABLE);
+ * - 'unknown503': forwards, lets the service act, then answers what the service says when it lost its
+ *   database connection after a commit (tRPC JSON, 503, reason OUTCOME_UNKNOWN).
  */
-export type Failure = 'reset' | 502 | 503 | 504 | 'lost' | 'json503';
+export type Failure = 'reset' | 502 | 503 | 504 | 'lost' | 'json503' | 'unknown503';
 
 export interface ProxiedRequest {
   method: string;
@@ -71,19 +73,7 @@ export class FlakyProxy {
       return;
     }
     if (failure === 'json503') {
-      const calls = new URL(req.url ?? '/', this.url).pathname.split(',').length;
-      const error = {
-        error: {
-          json: {
-            message: 'Authentication is temporarily unavailable',
-            code: -32603,
-            data: { code: 'SERVICE_UNAVAILABLE', httpStatus: 503, reason: 'SERVICE_UNAVAILABLE' },
-          },
-        },
-      };
-      res
-        .writeHead(503, { 'content-type': 'application/json' })
-        .end(JSON.stringify(Array(calls).fill(error)));
+      this.answer503(req, res, 'SERVICE_UNAVAILABLE', 'Authentication is temporarily unavailable');
       return;
     }
     const answer = await this.forward(req, body);
@@ -91,7 +81,26 @@ export class FlakyProxy {
       res.writeHead(502, { 'content-type': 'text/plain' }).end('upstream connection lost');
       return;
     }
+    if (failure === 'unknown503') {
+      this.answer503(req, res, 'OUTCOME_UNKNOWN', 'The connection to the database was lost');
+      return;
+    }
     res.writeHead(answer.status, answer.headers).end(answer.body);
+  }
+
+  /** A tRPC JSON 503 for every call of the (possibly batched) request. */
+  private answer503(req: IncomingMessage, res: ServerResponse, reason: string, message: string): void {
+    const calls = new URL(req.url ?? '/', this.url).pathname.split(',').length;
+    const error = {
+      error: {
+        json: {
+          message,
+          code: -32603,
+          data: { code: 'SERVICE_UNAVAILABLE', httpStatus: 503, reason },
+        },
+      },
+    };
+    res.writeHead(503, { 'content-type': 'application/json' }).end(JSON.stringify(Array(calls).fill(error)));
   }
 
   private forward(req: IncomingMessage, body: string) {

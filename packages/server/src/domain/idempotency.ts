@@ -8,6 +8,7 @@ import {
 } from '@mana-credits/db';
 import type { Kysely } from 'kysely';
 import { DomainError, IdempotencyConflictError } from './errors.ts';
+import { certainlyNotCommitted, certainOrUnknown } from './outcome.ts';
 
 function canonicalJson(value: unknown): string {
   if (value === undefined) return 'null';
@@ -50,9 +51,12 @@ export async function withLedgerIdempotency<T>(
     return await run();
   } catch (error) {
     const { key } = idempotency;
-    if (!key) throw error;
+    if (!key) throw certainOrUnknown(error);
     const duplicate = isUniqueViolation(error, LEDGER_IDEMPOTENCY_INDEX);
-    if (!duplicate && !(error instanceof DomainError)) throw error;
+    // Only a certain failure (a refusal, or Postgres' own rollback) is looked up; an unknown outcome (a lost
+    // connection, perhaps after the commit) is answered as unknown: the caller retries with the same key.
+    if (!duplicate && !(error instanceof DomainError && certainlyNotCommitted(error)))
+      throw certainOrUnknown(error);
     const first = await findLedgerEntryByKey(db, idempotency.userId, key);
     if (!first) {
       if (duplicate) throw new Error('idempotency key collided but no row was found', { cause: error });

@@ -3,6 +3,12 @@ import type { TRPC_ERROR_CODE_KEY } from '@trpc/server/rpc';
 import { ZodError } from 'zod';
 import { InvalidTokenError, KeySetUnavailableError } from '../auth/jwt.ts';
 import { DomainError, type DomainErrorKind } from '../domain/errors.ts';
+import {
+  certainlyNotCommitted,
+  DatabaseUnavailableError,
+  isConnectionFailure,
+  OutcomeUnknownError,
+} from '../domain/outcome.ts';
 import { type Context, serviceAppIdOf } from './context.ts';
 import { recordProcedureCall } from './metrics.ts';
 import { transformer } from './transformer.ts';
@@ -107,10 +113,24 @@ export const mergeRouters = t.mergeRouters;
 export const middleware = t.middleware;
 export const createCallerFactory = t.createCallerFactory;
 
-/** Domain errors become tRPC errors with the right code; the DomainError stays as `cause`. */
-const mapDomainErrors = t.middleware(async ({ next }) => {
+/**
+ * Domain errors become tRPC errors with the right code; the DomainError stays as `cause`. A lost or
+ * unreachable database is retryable (503), never an opaque 500: for a mutation the outcome is unknown unless
+ * Postgres itself refused the statement (OUTCOME_UNKNOWN: retry with the same idempotency key), for a query
+ * nothing was written (DATABASE_UNAVAILABLE). Other errors stay 500 (logged, message hidden).
+ */
+const mapErrors = t.middleware(async ({ type, next }) => {
   const result = await next();
-  if (!result.ok && result.error.cause instanceof DomainError) throw toTRPCError(result.error.cause);
+  if (result.ok) return result;
+  const cause = result.error.cause;
+  if (cause instanceof DomainError) throw toTRPCError(cause);
+  if (isConnectionFailure(cause)) {
+    throw toTRPCError(
+      type === 'mutation' && !certainlyNotCommitted(cause)
+        ? new OutcomeUnknownError(cause)
+        : new DatabaseUnavailableError(cause),
+    );
+  }
   return result;
 });
 
@@ -128,7 +148,7 @@ const observe = t.middleware(async ({ ctx, path, type, getRawInput, next }) => {
   return result;
 });
 
-export const publicProcedure = t.procedure.use(observe).use(mapDomainErrors);
+export const publicProcedure = t.procedure.use(observe).use(mapErrors);
 
 export const authedProcedure = publicProcedure.use(async ({ ctx, next }) => {
   if (ctx.user) return next({ ctx: { user: ctx.user } });

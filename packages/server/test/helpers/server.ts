@@ -1,6 +1,8 @@
 import { randomUUID } from 'node:crypto';
+import { createDb, type Database, migrateToLatest } from '@mana-credits/db';
 import { createTRPCClient, httpBatchLink, httpLink, type TRPCClient } from '@trpc/client';
 import type { FastifyInstance } from 'fastify';
+import type { Kysely } from 'kysely';
 import superjson from 'superjson';
 import { buildApp } from '../../src/app.ts';
 import { configFrom } from '../../src/config.ts';
@@ -9,6 +11,7 @@ import { reconcile } from '../../src/domain/audit/reconcile.ts';
 import type { AppRouter } from '../../src/trpc/routers/_app.ts';
 import { TestAuthServer, type TestUser } from './auth-server.ts';
 import { createTestDatabase, type TestDatabase } from './database.ts';
+import type { TcpFaultProxy } from './tcp-proxy.ts';
 
 export const SERVICE_KEY = 'test-service-key-0123456789abcdefghij';
 
@@ -20,6 +23,11 @@ export interface TestServer {
   deps: AppDeps;
   auth: TestAuthServer;
   database: TestDatabase;
+  /**
+   * A connection straight to the database (not through `options.proxy`): for assertions while the proxy cuts
+   * connections. Without a proxy it is deps.db.
+   */
+  db: Kysely<Database>;
   /** A tRPC client acting as `user` (a fresh random user when omitted). */
   userClient(user?: TestUser, options?: { batch?: boolean }): Promise<Client>;
   /** A tRPC client acting as an internal service. */
@@ -47,10 +55,29 @@ export function clientFor(
   return createTRPCClient<AppRouter>({ links: [link] });
 }
 
+export interface TestServerOptions {
+  /**
+   * The server reaches Postgres through this proxy (its DATABASE_URL is the proxy's); migrations and the
+   * closing reconcile use the direct URL. Postgres only (DATABASE_URL set).
+   */
+  proxy?: TcpFaultProxy;
+}
+
 /** Starts the real server on a fresh database with a real auth server beside it, on port 0. */
-export async function startTestServer(env: Record<string, string | undefined> = {}): Promise<TestServer> {
+export async function startTestServer(
+  env: Record<string, string | undefined> = {},
+  options: TestServerOptions = {},
+): Promise<TestServer> {
   const auth = await TestAuthServer.start();
   const database = await createTestDatabase();
+  let direct: Awaited<ReturnType<typeof createDb>> | undefined;
+  const proxied: Record<string, string> = {};
+  if (options.proxy) {
+    if (!database.url) throw new Error('a proxied test server needs DATABASE_URL (Postgres)');
+    direct = await createDb({ databaseUrl: database.url, poolSize: 2 });
+    await migrateToLatest(direct.db);
+    Object.assign(proxied, { DATABASE_URL: options.proxy.urlFor(database.url), MIGRATE_ON_START: 'false' });
+  }
   const config = configFrom({
     MANA_CORE_AUTH_URL: auth.url,
     MANA_CORE_SERVICE_KEY: SERVICE_KEY,
@@ -59,6 +86,7 @@ export async function startTestServer(env: Record<string, string | undefined> = 
     DB_POOL_SIZE: '10',
     ...database.env,
     ...env,
+    ...proxied,
   });
   const deps = await createAppDeps(config, { pgliteSnapshot: database.pgliteSnapshot });
   const app = await buildApp(deps, { closeDepsOnClose: true, logger: false });
@@ -72,6 +100,7 @@ export async function startTestServer(env: Record<string, string | undefined> = 
     deps,
     auth,
     database,
+    db: direct?.db ?? deps.db,
     async userClient(user = newUser(), options = {}) {
       const token = await auth.sign(user);
       return clientFor(url, () => ({ authorization: `Bearer ${token}` }), options.batch);
@@ -101,13 +130,15 @@ export async function startTestServer(env: Record<string, string | undefined> = 
     },
     async close() {
       // Every test file ends with a full reconcile of its database: any drift fails the file.
-      const report = await reconcile(deps.db);
+      const report = await reconcile(direct?.db ?? deps.db);
       if (!report.ok) {
         const drift = report.checks.filter((check) => !check.ok);
         await app.close();
+        await direct?.close();
         throw new Error(`reconcile found drift: ${JSON.stringify(drift, null, 2)}`);
       }
       await app.close();
+      await direct?.close();
       await auth.close();
       await database.drop();
     },

@@ -11,6 +11,7 @@ import { z } from 'zod';
 import { amount, appId, description, guildId, idempotencyKey, metadata, userId } from '../../schemas.ts';
 import { DomainError } from '../errors.ts';
 import { type GuildDeps, type PoolUseInput, useGuildCredits } from '../guild/pools.ts';
+import { certainlyNotCommitted, certainOrUnknown } from '../outcome.ts';
 import { usageRequestHash } from './personal.ts';
 
 export const MAX_BATCH_ITEMS = 1000;
@@ -75,11 +76,15 @@ function toItemResult(debit: BatchDebit, outcome: BatchOutcome): BatchItemResult
   }
 }
 
-/** The database refused the whole call for a reason a retry resolves (every item is idempotent). */
+/**
+ * Postgres refused the whole call (rolled back: nothing was written) for a reason a retry resolves: a key
+ * taken by a concurrent call, or a deadlock. Any other failure is thrown; one whose outcome is unknown (a
+ * lost connection) is answered OUTCOME_UNKNOWN, and as every item is keyed the caller's retry replays.
+ */
 function isRetryable(error: unknown): boolean {
   return (
-    isUniqueViolation(error, LEDGER_IDEMPOTENCY_INDEX) ||
-    (typeof error === 'object' && error !== null && (error as { code?: string }).code === '40P01')
+    certainlyNotCommitted(error) &&
+    (isUniqueViolation(error, LEDGER_IDEMPOTENCY_INDEX) || (error as { code?: string }).code === '40P01')
   );
 }
 
@@ -88,7 +93,7 @@ async function postWithRetry(db: Kysely<Database>, debits: BatchDebit[]): Promis
     try {
       return await postUsageBatch(db, debits);
     } catch (error) {
-      if (attempt >= 3 || !isRetryable(error)) throw error;
+      if (attempt >= 3 || !isRetryable(error)) throw certainOrUnknown(error);
     }
   }
 }
@@ -147,8 +152,9 @@ export async function useCreditsBatch(
         balance: used.poolBalance,
       };
     } catch (error) {
-      // A refusal fails this item alone; anything else fails the call, which is safe to retry as a whole.
-      if (!(error instanceof DomainError)) throw error;
+      // A refusal fails this item alone. Anything else fails the call — an unknown outcome (perhaps applied)
+      // as OUTCOME_UNKNOWN — which is safe to retry as a whole: every item is keyed, so applied ones replay.
+      if (!(error instanceof DomainError) || !certainlyNotCommitted(error)) throw certainOrUnknown(error);
       results[index] = failed(use.idempotencyKey, error.reason, error.message);
     }
   }

@@ -32,6 +32,7 @@ import { poolNotFound } from '../guild/limits.ts';
 import { requireRole } from '../guild/membership.ts';
 import { type GuildDeps, lockPoolForSpend } from '../guild/pools.ts';
 import { requestHash } from '../idempotency.ts';
+import { certainlyNotCommitted, certainOrUnknown } from '../outcome.ts';
 
 export interface ReserveInput {
   userId: string;
@@ -90,7 +91,7 @@ export async function reserveCredits(deps: GuildDeps, input: ReserveInput): Prom
       });
       if (placed) return { reservationId: placed.id, expiresAt: placed.expiresAt, balance: placed.available };
     } catch (error) {
-      if (!isUniqueViolation(error, RESERVATION_IDEMPOTENCY_INDEX)) throw error;
+      if (!isUniqueViolation(error, RESERVATION_IDEMPOTENCY_INDEX)) throw certainOrUnknown(error);
     }
     const first = await findReservationByKey(db, input.userId, input.idempotencyKey);
     if (!first) return null;
@@ -148,7 +149,10 @@ async function reservePoolCredits(
     });
   } catch (error) {
     const duplicate = isUniqueViolation(error, RESERVATION_IDEMPOTENCY_INDEX);
-    if (!duplicate && !(error instanceof DomainError)) throw error;
+    // An unknown outcome is answered as such (the key makes the caller's retry a replay); see outcome.ts.
+    if (!duplicate && !(error instanceof DomainError && certainlyNotCommitted(error))) {
+      throw certainOrUnknown(error);
+    }
     const first = await findReservationByKey(db, input.userId, input.idempotencyKey);
     if (!first) {
       if (duplicate) throw new Error('reservation key collided but no row was found', { cause: error });

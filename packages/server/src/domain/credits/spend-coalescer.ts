@@ -2,6 +2,7 @@ import { type Database, debitMany } from '@mana-credits/db';
 import type { Kysely } from 'kysely';
 import { IdempotencyConflictError } from '../errors.ts';
 import { markReplayed } from '../idempotency.ts';
+import { certainlyNotCommitted, OutcomeUnknownError } from '../outcome.ts';
 import type { MovementResult } from './mappers.ts';
 import { type SpendInput, spendCredits, usageRequestHash } from './personal.ts';
 
@@ -19,6 +20,10 @@ const MAX_COALESCED = 200;
  * then go together through credits.debit_many: one lock, one commit, each caller still with its own ledger
  * row, idempotency and answer. This only batches: every rule is still enforced by Postgres, so any number of
  * server instances may coalesce independently.
+ *
+ * A batch that failed is run again item by item only when the failure proves nothing was committed (see
+ * outcome.ts); when its outcome is unknown (the connection was lost, perhaps after the commit) every caller
+ * of the batch is answered OutcomeUnknownError — a keyless debit repeated here would be charged twice.
  */
 export class SpendCoalescer {
   private readonly lanes = new Map<string, Waiting[]>();
@@ -68,8 +73,14 @@ export class SpendCoalescer {
           requestHash: usageRequestHash(input),
         })),
       );
-    } catch {
-      // The batch failed as a whole (nothing was written): let each debit take the single path on its own.
+    } catch (error) {
+      if (!certainlyNotCommitted(error)) {
+        // Perhaps committed, perhaps not: nobody may run these debits again as if nothing was written.
+        for (const { reject } of batch) reject(new OutcomeUnknownError(error));
+        return;
+      }
+      // Postgres refused the batch as a whole (rolled back, nothing written): each debit takes the single
+      // path on its own, where a refusal fails only that debit.
       await Promise.all(
         batch.map(({ input, resolve, reject }) => spendCredits(this.db, input).then(resolve, reject)),
       );
@@ -77,9 +88,11 @@ export class SpendCoalescer {
     }
     batch.forEach(({ input, resolve, reject }, index) => {
       const outcome = outcomes[index];
-      if (!outcome) reject(new Error('debit_many returned no outcome'));
+      // The batch committed but says nothing of this debit: it may have been applied.
+      if (!outcome) reject(new OutcomeUnknownError(new Error('debit_many returned no outcome')));
       else if (outcome.outcome === 'conflict') reject(new IdempotencyConflictError());
-      // Refused here, the single path may still succeed: it first returns holds whose time is up.
+      // Refused here (a known outcome: nothing was written for this debit), the single path may still
+      // succeed: it first returns holds whose time is up.
       else if (outcome.outcome === 'insufficient') spendCredits(this.db, input).then(resolve, reject);
       else {
         const result = { transactionId: outcome.id, balance: outcome.available };

@@ -15,6 +15,7 @@ import {
   PreconditionFailedError,
   TooManyRequestsError,
 } from '../errors.ts';
+import { certainlyNotCommitted } from '../outcome.ts';
 import { normaliseGiftCode } from './codes.ts';
 import { type LockedGift, lockGift, releaseEscrow } from './escrow.ts';
 import { verifyRiddleAnswer } from './riddle.ts';
@@ -282,8 +283,9 @@ export async function redeemPendingGifts(
       redeemed++;
       totalCredits += result.creditsReceived;
     } catch (error) {
-      // Claimed meanwhile by a parallel call, or closed since the query: not this user's to redeem now.
-      if (!(error instanceof DomainError)) throw error;
+      // Claimed meanwhile by a parallel call, or closed since the query: not this user's to redeem now. An
+      // unknown outcome (the claim may have committed) fails the call; a repeat skips gifts already held.
+      if (!(error instanceof DomainError) || !certainlyNotCommitted(error)) throw error;
     }
   }
   return { redeemed, totalCredits };

@@ -3,6 +3,7 @@ import { getHTTPStatusCodeFromError } from '@trpc/server/http';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { AppDeps } from '../../deps.ts';
 import { InvalidRequestError } from '../../domain/errors.ts';
+import { isConnectionFailure, OutcomeUnknownError } from '../../domain/outcome.ts';
 import { createContextFactory } from '../../trpc/context.ts';
 import { createCallerFactory, describeError, toTRPCError } from '../../trpc/init.ts';
 import { appRouter } from '../../trpc/routers/_app.ts';
@@ -83,6 +84,12 @@ export async function restApi(
           onError({ error }) {
             if (error.code === 'INTERNAL_SERVER_ERROR') {
               request.log.error({ err: error.cause ?? error, path: route.procedure }, 'procedure failed');
+            } else if (error.cause instanceof OutcomeUnknownError) {
+              const level = isConnectionFailure(error.cause.cause) ? 'warn' : 'error';
+              request.log[level](
+                { err: error.cause.cause, path: route.procedure },
+                'procedure outcome unknown',
+              );
             }
           },
         });
