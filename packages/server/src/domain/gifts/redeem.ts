@@ -1,5 +1,6 @@
-import { creditBalance, type Database, type GiftRow, type RedemptionStatus } from '@mana-credits/db';
+import type { Database, GiftRow, RedemptionStatus } from '@mana-credits/db';
 import { type Kysely, sql, type Transaction } from 'kysely';
+import { creditEarned } from '../credits/balance-limit.ts';
 import {
   ConflictError,
   DomainError,
@@ -9,7 +10,7 @@ import {
   PreconditionFailedError,
   TooManyRequestsError,
 } from '../errors.ts';
-import { normaliseGiftCode } from './codes.ts';
+import { isCanonicalGiftCode, normaliseGiftCode } from './codes.ts';
 import { type LockedGift, lockGift, releaseEscrow } from './escrow.ts';
 import { verifyRiddleAnswer } from './riddle.ts';
 
@@ -36,16 +37,21 @@ export interface RedeemResult {
 
 type Attempt = { ok: true; result: RedeemResult } | { ok: false; error: DomainError };
 
-/** A gift by its code as typed, with whether its expiry has passed by the database clock. */
+/**
+ * A gift by its code as typed, with whether its expiry has passed by the database clock. A code that cannot be
+ * one of ours (wrong length or symbols) is not looked up.
+ */
 export async function findGiftByCode(
   db: Kysely<Database>,
   code: string,
 ): Promise<(GiftRow & { due: boolean }) | undefined> {
+  const canonical = normaliseGiftCode(code);
+  if (!isCanonicalGiftCode(canonical)) return undefined;
   return db
     .selectFrom('gifts.gift_codes')
     .selectAll()
     .select(sql<boolean>`expires_at <= now()`.as('due'))
-    .where('code', '=', normaliseGiftCode(code))
+    .where('code', '=', canonical)
     .executeTakeFirst();
 }
 
@@ -215,7 +221,7 @@ async function claimPortion(
     .where('claimed_portions', '<', sql<number>`total_portions`)
     .returning('claimed_portions')
     .executeTakeFirstOrThrow();
-  const credit = await creditBalance(trx, {
+  const credit = await creditEarned(trx, {
     userId: redeemer.id,
     type: 'gift',
     amount: gift.credits_per_portion,

@@ -160,7 +160,7 @@ export const restRoutes: readonly RestRoute[] = [
     auth: 'service',
     summary: 'Grant promotional or support credits',
     output: movementResult,
-    errors: [409],
+    errors: [409, 412],
   }),
   route({
     method: 'POST',
