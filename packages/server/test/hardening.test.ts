@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, configFrom } from '../src/config.ts';
-import type { GuildRole } from './helpers/auth-server.ts';
+import type { GuildRole, TestUser } from './helpers/auth-server.ts';
 import { failure } from './helpers/errors.ts';
 import { ledgerSum } from './helpers/invariants.ts';
 import { restCaller } from './helpers/rest.ts';
@@ -105,11 +105,7 @@ describe('personalized gifts honour email_verified', () => {
     const client = await server.userClient(creator);
     return client.gifts.create.mutate({ type: 'personalized', totalCredits: 10, targetEmail: email });
   }
-  const redeemAs = async (
-    user: { id: string; email: string },
-    claims: Record<string, unknown>,
-    code: string,
-  ) => {
+  const redeemAs = async (user: TestUser, claims: Record<string, unknown>, code: string) => {
     const token = await server.auth.sign(user, {}, claims);
     return server.rawClient({ authorization: `Bearer ${token}` }).gifts.redeem.mutate({ code });
   };
@@ -360,10 +356,11 @@ describe('ids that would break the membership URL are refused by validation', ()
     expect(server.auth.membershipRequests).toBe(asked);
   });
 
-  it('a token whose subject is not path-safe is simply not a member; the auth service is not asked', async () => {
+  it('a token whose subject is a dot segment is simply not a member; the auth service is not asked', async () => {
     const guildId = await newGuild();
     const asked = server.auth.membershipRequests;
-    for (const sub of ['..', 'a/b', '.']) {
+    // (Other characters in a subject are percent-encoded into its own segment; see the membership client tests.)
+    for (const sub of ['..', '.']) {
       server.auth.setRole(guildId, sub, 'owner');
       const token = await server.auth.sign({ id: sub });
       const error = await failure(

@@ -21,6 +21,8 @@ export const FAILED_ATTEMPT_WINDOW_SECONDS = 15 * 60;
 export interface Redeemer {
   id: string;
   email: string | null;
+  /** From the token's email_verified claim; false refuses personalized gifts, null/absent = not stated. */
+  emailVerified?: boolean | null | undefined;
 }
 
 export interface RedeemInput {
@@ -183,6 +185,16 @@ async function refusalOf(
     return {
       status: 'failed_depleted',
       error: new ConflictError('Every portion of this gift has been claimed', 'GIFT_DEPLETED'),
+    };
+  }
+  // Checked before the address, so that an unverified caller learns nothing about whom the gift is for.
+  if (gift.type === 'personalized' && redeemer.emailVerified === false) {
+    return {
+      status: 'failed_wrong_user',
+      error: new ForbiddenError(
+        'Verify your email address to redeem a gift meant for it',
+        'EMAIL_NOT_VERIFIED',
+      ),
     };
   }
   if (
