@@ -120,7 +120,7 @@ function metadataProblem(value: unknown, depth: number, path: (string | number)[
     return { path, message: `must be JSON: ${describeNonJson(value)} is not` };
   }
   if (Array.isArray(value)) {
-    // A for loop, not for…of over entries: holes (sparse arrays) are visited too.
+    // Every index, holes of a sparse array included (they read as undefined, which JSON cannot carry).
     for (let index = 0; index < value.length; index++) {
       const problem = metadataProblem(value[index], depth + 1, [...path, index]);
       if (problem) return problem;
