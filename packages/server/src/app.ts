@@ -25,6 +25,17 @@ export function requestIdOf(header: string | string[] | undefined): string {
   return typeof header === 'string' && REQUEST_ID.test(header) ? header : randomUUID();
 }
 
+/**
+ * TRUST_PROXY as Fastify takes it: a hop count becomes the function Fastify itself would build for a number
+ * (its types omit numbers), and the frozen address list a mutable copy.
+ */
+function fastifyTrustProxy(
+  trust: AppDeps['config']['trustProxy'],
+): boolean | string[] | ((address: string, hop: number) => boolean) {
+  if (typeof trust === 'number') return (_address, hop) => hop < trust;
+  return typeof trust === 'boolean' ? trust : [...trust];
+}
+
 export interface BuildAppOptions {
   /** Close the database when the app closes (true when the app owns its deps, as in main.ts). */
   closeDepsOnClose?: boolean;
@@ -68,6 +79,8 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
     genReqId: (req) => requestIdOf(req.headers['x-request-id']),
     requestIdHeader: false,
     bodyLimit: deps.config.bodyLimitBytes,
+    // request.ip (the per-address gift-info limit) believes X-Forwarded-For only from the proxies configured.
+    trustProxy: fastifyTrustProxy(deps.config.trustProxy),
     // tRPC batches put every procedure name in the path.
     routerOptions: { maxParamLength: 5000 },
     forceCloseConnections: 'idle',

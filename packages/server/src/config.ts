@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import { z } from 'zod';
 
 const booleanFromEnv = z
@@ -42,6 +43,8 @@ const envSchema = z.object({
   /** 0 turns the periodic sweep off (expiry on access still applies). */
   GIFT_EXPIRY_SWEEP_SECONDS: z.coerce.number().int().min(0).max(86400).default(60),
   GIFT_INFO_RATE_LIMIT_PER_MINUTE: z.coerce.number().int().min(1).max(1_000_000).default(60),
+  /** Which proxies' X-Forwarded-For to believe; see parseTrustProxy. */
+  TRUST_PROXY: optionalText,
   RESERVATION_SWEEP_SECONDS: z.coerce.number().int().min(1).max(86400).default(15),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   BODY_LIMIT_BYTES: z.coerce
@@ -90,6 +93,12 @@ export interface Config {
   giftExpirySweepSeconds: number;
   /** gifts.info and the gift page, per client address. */
   giftInfoRateLimitPerMinute: number;
+  /**
+   * Fastify's trustProxy: false = the client address is the connection's (X-Forwarded-For ignored); true =
+   * the left-most X-Forwarded-For entry; a number = that many proxy hops; addresses/CIDRs (or proxy-addr's
+   * names loopback, linklocal, uniquelocal) = the right-most entry not sent by one of them.
+   */
+  trustProxy: boolean | number | readonly string[];
   reservationSweepSeconds: number;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
   bodyLimitBytes: number;
@@ -118,6 +127,40 @@ function isRedeemUrlTemplate(template: string): boolean {
   } catch {
     return false;
   }
+}
+
+const PROXY_ADDRESS_NAMES = new Set(['loopback', 'linklocal', 'uniquelocal']);
+
+function isProxyAddress(item: string): boolean {
+  if (PROXY_ADDRESS_NAMES.has(item)) return true;
+  const [address = '', prefix, ...rest] = item.split('/');
+  const family = isIP(address);
+  if (family === 0 || rest.length > 0) return false;
+  if (prefix === undefined) return true;
+  return /^\d{1,3}$/.test(prefix) && Number(prefix) <= (family === 4 ? 32 : 128);
+}
+
+/** TRUST_PROXY → Fastify's trustProxy, or a problem naming the variable. */
+export function parseTrustProxy(
+  value: string | undefined,
+): { ok: true; value: Config['trustProxy'] } | { ok: false; problem: string } {
+  if (value === undefined || value === 'false' || value === '0') return { ok: true, value: false };
+  if (value === 'true') return { ok: true, value: true };
+  if (/^\d+$/.test(value)) {
+    const hops = Number(value);
+    return hops <= 100
+      ? { ok: true, value: hops }
+      : { ok: false, problem: 'TRUST_PROXY: a hop count must be at most 100' };
+  }
+  const items = value.split(',').map((item) => item.trim());
+  const bad = items.filter((item) => !isProxyAddress(item));
+  if (bad.length > 0) {
+    return {
+      ok: false,
+      problem: `TRUST_PROXY: must be true, false, a hop count, or comma-separated IP addresses/CIDRs (or loopback, linklocal, uniquelocal); not ${bad.map((item) => JSON.stringify(item)).join(', ')}`,
+    };
+  }
+  return { ok: true, value: Object.freeze(items) };
 }
 
 /** Reads and validates the environment once; a bad or missing variable throws a ConfigError naming it. */
@@ -161,6 +204,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       'SHUTDOWN_DRAIN_MS: must be shorter than SHUTDOWN_TIMEOUT_MS (the drain counts towards it)',
     );
   }
+  const trustProxy = parseTrustProxy(e.TRUST_PROXY);
+  if (!trustProxy.ok) problems.push(trustProxy.problem);
   if (problems.length > 0) throw new ConfigError(problems);
 
   const authUrl = e.MANA_CORE_AUTH_URL?.replace(/\/+$/, '');
@@ -189,6 +234,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     giftRedeemUrl: e.GIFT_REDEEM_URL,
     giftExpirySweepSeconds: e.GIFT_EXPIRY_SWEEP_SECONDS,
     giftInfoRateLimitPerMinute: e.GIFT_INFO_RATE_LIMIT_PER_MINUTE,
+    trustProxy: trustProxy.ok ? trustProxy.value : false,
     reservationSweepSeconds: e.RESERVATION_SWEEP_SECONDS,
     logLevel: e.LOG_LEVEL,
     bodyLimitBytes: e.BODY_LIMIT_BYTES,

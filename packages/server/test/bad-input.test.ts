@@ -1,7 +1,9 @@
+import { randomUUID } from 'node:crypto';
 import { base64url } from 'jose';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { reconcile } from '../src/domain/audit/reconcile.ts';
+import { restCaller } from './helpers/rest.ts';
 import { newUser, SERVICE_KEY, startTestServer, type TestServer } from './helpers/server.ts';
 
 /**
@@ -49,6 +51,8 @@ interface BadRequest {
   raw?: string;
   status?: number;
   reason?: string;
+  /** The field the answer must name (a validation message says which field is wrong). */
+  field?: string;
 }
 
 const use = (input: Record<string, unknown>): Omit<BadRequest, 'name'> => ({
@@ -63,6 +67,29 @@ const internalUse = (input: Record<string, unknown>): Omit<BadRequest, 'name'> =
   as: 'service',
   input: { userId: victim.id, amount: 1, appId: 'app', description: 'd', ...input },
 });
+const reserve = (input: Record<string, unknown>): Omit<BadRequest, 'name'> => ({
+  path: '/trpc/internal.credits.reserve',
+  method: 'POST',
+  as: 'service',
+  input: { userId: victim.id, amount: 1, appId: 'app', description: 'd', idempotencyKey: 'r', ...input },
+});
+const createGift = (input: Record<string, unknown>): Omit<BadRequest, 'name'> => ({
+  path: '/trpc/gifts.create',
+  method: 'POST',
+  as: 'user',
+  input: { type: 'simple', totalCredits: 5, ...input },
+});
+/** A superjson body for credits.use whose metadata.x is revived as `type` from the JSON value `value`. */
+const useWithRevived = (value: unknown, type: unknown, at = 'x'): Omit<BadRequest, 'name'> => ({
+  ...use({}),
+  input: undefined,
+  raw: JSON.stringify({
+    json: { amount: 1, appId: 'a', description: 'd', metadata: { [at.split('.')[0]!]: value } },
+    meta: { values: { [`metadata.${at}`]: [type] } },
+  }),
+});
+const LONE = '\ud800';
+const LONE_LOW = 'a\udc00b';
 const now = () => Math.floor(Date.now() / 1000);
 
 async function jwtCases(): Promise<BadRequest[]> {
@@ -239,6 +266,251 @@ const CASES: BadRequest[] = [
     ...use({ metadata: JSON.parse(`${'{"a":'.repeat(50)}1${'}'.repeat(50)}`) }),
     status: 400,
   },
+  // lone UTF-16 surrogates: not Unicode, so neither Postgres text nor jsonb can hold them
+  { name: 'description: lone surrogate', ...use({ description: LONE }), status: 400, field: 'description' },
+  { name: 'appId: lone surrogate', ...use({ appId: LONE_LOW }), status: 400, field: 'appId' },
+  {
+    name: 'idempotency key: lone surrogate',
+    ...use({ idempotencyKey: LONE }),
+    status: 400,
+    field: 'idempotencyKey',
+  },
+  {
+    name: 'metadata value: lone surrogate',
+    ...use({ metadata: { a: LONE } }),
+    status: 400,
+    field: 'metadata',
+  },
+  {
+    name: 'metadata key: lone surrogate',
+    ...use({ metadata: { [LONE_LOW]: 1 } }),
+    status: 400,
+    field: 'metadata',
+  },
+  {
+    name: 'metadata nested value: lone surrogate',
+    ...use({ metadata: { a: [{ b: LONE }] } }),
+    status: 400,
+    field: 'metadata.a.0.b',
+  },
+  {
+    name: 'internal use: description lone surrogate',
+    ...internalUse({ description: LONE }),
+    status: 400,
+    field: 'description',
+  },
+  {
+    name: 'internal use: metadata lone surrogate',
+    ...internalUse({ metadata: { a: LONE } }),
+    status: 400,
+    field: 'metadata',
+  },
+  {
+    name: 'internal use: userId lone surrogate',
+    ...internalUse({ userId: LONE }),
+    status: 400,
+    field: 'userId',
+  },
+  {
+    name: 'reserve: description lone surrogate',
+    ...reserve({ description: LONE }),
+    status: 400,
+    field: 'description',
+  },
+  {
+    name: 'reserve: metadata lone surrogate',
+    ...reserve({ metadata: { [LONE]: 'x' } }),
+    status: 400,
+    field: 'metadata',
+  },
+  {
+    name: 'reserve: idempotency key lone surrogate',
+    ...reserve({ idempotencyKey: LONE_LOW }),
+    status: 400,
+    field: 'idempotencyKey',
+  },
+  {
+    name: 'grant: reason lone surrogate',
+    path: '/trpc/internal.credits.grant',
+    method: 'POST',
+    as: 'service',
+    input: { userId: victim.id, amount: 1, reason: LONE, idempotencyKey: 'g-lone' },
+    status: 400,
+    field: 'reason',
+  },
+  { name: 'gift: message lone surrogate', ...createGift({ message: LONE }), status: 400, field: 'message' },
+  {
+    name: 'gift: riddle question lone surrogate',
+    ...createGift({ type: 'riddle', riddleQuestion: LONE, riddleAnswer: 'a' }),
+    status: 400,
+    field: 'riddleQuestion',
+  },
+  {
+    name: 'gift: riddle answer lone surrogate',
+    ...createGift({ type: 'riddle', riddleQuestion: 'q?', riddleAnswer: LONE_LOW }),
+    status: 400,
+    field: 'riddleAnswer',
+  },
+  {
+    name: 'gift: idempotency key lone surrogate',
+    ...createGift({ idempotencyKey: LONE }),
+    status: 400,
+    field: 'idempotencyKey',
+  },
+  {
+    name: 'redeem: riddle answer lone surrogate',
+    path: '/trpc/gifts.redeem',
+    method: 'POST',
+    as: 'user',
+    input: { code: 'ABCDE-FGHJK', riddleAnswer: LONE },
+    status: 400,
+    field: 'riddleAnswer',
+  },
+  {
+    name: 'purchase: successUrl lone surrogate',
+    path: '/trpc/credits.purchase',
+    method: 'POST',
+    as: 'user',
+    input: {
+      packageId: '00000000-0000-4000-8000-000000000000',
+      mode: 'checkout',
+      successUrl: `https://a.example/${LONE}`,
+    },
+    status: 400,
+    field: 'successUrl',
+  },
+  {
+    name: 'package: name lone surrogate',
+    path: '/trpc/internal.packages.upsert',
+    method: 'POST',
+    as: 'service',
+    input: { name: LONE, credits: 10, priceEuroCents: 100, active: false, sortOrder: 0 },
+    status: 400,
+    field: 'name',
+  },
+  // values JSON cannot carry, revived by superjson inside metadata
+  { name: 'metadata: a BigInt', ...useWithRevived('5', 'bigint'), status: 400, field: 'metadata.x' },
+  {
+    name: 'metadata: a Date',
+    ...useWithRevived('2020-01-01T00:00:00.000Z', 'Date'),
+    status: 400,
+    field: 'metadata.x',
+  },
+  { name: 'metadata: a Map', ...useWithRevived([['k', 1]], 'map'), status: 400, field: 'metadata.x' },
+  { name: 'metadata: a Set', ...useWithRevived([1, 2], 'set'), status: 400, field: 'metadata.x' },
+  { name: 'metadata: a RegExp', ...useWithRevived('/a/g', 'regexp'), status: 400, field: 'metadata.x' },
+  { name: 'metadata: NaN', ...useWithRevived('NaN', 'number'), status: 400, field: 'metadata.x' },
+  { name: 'metadata: Infinity', ...useWithRevived('Infinity', 'number'), status: 400, field: 'metadata.x' },
+  { name: 'metadata: -Infinity', ...useWithRevived('-Infinity', 'number'), status: 400, field: 'metadata.x' },
+  {
+    name: 'metadata: undefined in an array',
+    ...useWithRevived([1, null, 3], 'undefined', 'x.1'),
+    status: 400,
+    field: 'metadata.x.1',
+  },
+  {
+    name: 'metadata: a BigInt on internal use',
+    ...internalUse({}),
+    input: undefined,
+    raw: JSON.stringify({
+      json: { userId: victim.id, amount: 1, appId: 'a', description: 'd', metadata: { n: '7' } },
+      meta: { values: { 'metadata.n': ['bigint'] } },
+    }),
+    status: 400,
+    field: 'metadata.n',
+  },
+  // NUL and friends in path and query parameters that reach SQL
+  { name: 'gift page: NUL in the code', path: '/g/%00', method: 'GET', status: 404 },
+  { name: 'gift page: NUL among letters', path: '/g/ABCDE%00FGHJK', method: 'GET', status: 404 },
+  { name: 'gift page: encoded lone surrogate', path: '/g/%ED%A0%80', method: 'GET' },
+  { name: 'gift page: control characters', path: '/g/%01%1F%7F', method: 'GET', status: 404 },
+  {
+    name: 'REST gift info: NUL in the code',
+    path: '/api/v1/gifts/%00',
+    method: 'GET',
+    status: 404,
+    reason: 'GIFT_NOT_FOUND',
+  },
+  {
+    name: 'REST redeem: NUL in the code',
+    path: '/api/v1/gifts/%00/redeem',
+    method: 'POST',
+    as: 'user',
+    input: undefined,
+    raw: '{}',
+    status: 404,
+    reason: 'GIFT_NOT_FOUND',
+  },
+  {
+    name: 'REST cancel: NUL in the id',
+    path: '/api/v1/gifts/%00',
+    method: 'DELETE',
+    as: 'user',
+    status: 400,
+    field: 'id',
+  },
+  {
+    name: 'REST internal balance: NUL in the userId',
+    path: '/api/v1/internal/credits/balance/%00',
+    method: 'GET',
+    as: 'service',
+    status: 400,
+    field: 'userId',
+  },
+  {
+    name: 'REST guild balance: NUL in the guildId',
+    path: '/api/v1/credits/guild/%00/balance',
+    method: 'GET',
+    as: 'user',
+    status: 400,
+    field: 'guildId',
+  },
+  {
+    name: 'REST member limits: NUL in the userId',
+    path: '/api/v1/credits/guild/g1/members/%00/limits',
+    method: 'GET',
+    as: 'user',
+    status: 400,
+    field: 'userId',
+  },
+  {
+    name: 'REST purchase status: NUL in the id',
+    path: '/api/v1/credits/purchase/%00',
+    method: 'GET',
+    as: 'user',
+    status: 400,
+    field: 'purchaseId',
+  },
+  {
+    name: 'REST transactions: NUL in the cursor',
+    path: '/api/v1/credits/transactions?cursor=%00',
+    method: 'GET',
+    as: 'user',
+    status: 400,
+    field: 'cursor',
+  },
+  {
+    name: 'REST guild transactions: NUL in the cursor',
+    path: '/api/v1/credits/guild/g1/transactions?cursor=%00',
+    method: 'GET',
+    as: 'user',
+    status: 400,
+    field: 'cursor',
+  },
+  {
+    name: 'tRPC gift info: NUL in the code',
+    path: `/trpc/gifts.info?input=${encodeURIComponent(JSON.stringify({ json: { code: '\u0000' } }))}`,
+    method: 'GET',
+    status: 404,
+    reason: 'GIFT_NOT_FOUND',
+  },
+  {
+    name: 'tRPC gift info: lone surrogate in the code',
+    path: `/trpc/gifts.info?input=${encodeURIComponent(JSON.stringify({ json: { code: LONE } }))}`,
+    method: 'GET',
+    status: 404,
+    reason: 'GIFT_NOT_FOUND',
+  },
   // other users' things
   {
     name: "refund of another user's transaction",
@@ -405,8 +677,8 @@ async function fingerprint() {
 }
 
 describe('bad-input catalogue', () => {
-  it('has at least 60 cases across transports', async () => {
-    expect(CASES.length + (await jwtCases()).length).toBeGreaterThanOrEqual(60);
+  it('has at least 100 cases across transports', async () => {
+    expect(CASES.length + (await jwtCases()).length).toBeGreaterThanOrEqual(100);
   });
 
   it('every hostile request gets a 4xx with a reason and changes nothing', async () => {
@@ -420,6 +692,11 @@ describe('bad-input catalogue', () => {
         failures.push(`${c.name}: leaks ${text.slice(0, 200)}`);
       if (c.reason && !text.includes(c.reason))
         failures.push(`${c.name}: reason ${c.reason} missing from ${text.slice(0, 200)}`);
+      if (
+        c.field &&
+        !(text.includes('VALIDATION') && (text.includes(`${c.field}:`) || text.includes(`${c.field}.`)))
+      )
+        failures.push(`${c.name}: no VALIDATION naming ${c.field} in ${text.slice(0, 300)}`);
     }
     expect(failures).toEqual([]);
     expect(await fingerprint()).toEqual(before);
@@ -432,5 +709,227 @@ describe('bad-input catalogue', () => {
     const client = server.rawClient({ authorization: `Bearer ${victimToken}` });
     expect((await client.credits.balance.query()).balance).toBe(90);
     expect(victimUsage).toMatch(/^[0-9a-f-]{36}$/);
+  });
+});
+
+describe('useBatch: one bad item fails alone, always', () => {
+  it('each malformed item gets VALIDATION naming its field; the good items are applied', async () => {
+    const payer = await server.fundedUser(100);
+    const before = await fingerprint();
+    const good = (key: string, extra: Record<string, unknown> = {}) => ({
+      userId: payer.id,
+      amount: 1,
+      appId: 'meter',
+      description: 'call',
+      idempotencyKey: key,
+      ...extra,
+    });
+    const bad: [string, unknown, string][] = [
+      ['lone surrogate in description', good('b1', { description: LONE }), 'description'],
+      ['lone surrogate in appId', good('b2', { appId: LONE_LOW }), 'appId'],
+      ['lone surrogate in userId', good('b3', { userId: `u${LONE}` }), 'userId'],
+      ['lone surrogate in a metadata value', good('b4', { metadata: { a: LONE } }), 'metadata.a'],
+      ['lone surrogate in a metadata key', good('b5', { metadata: { [LONE_LOW]: 1 } }), 'metadata'],
+      ['a BigInt in metadata', good('b6', { metadata: { n: 5n } }), 'metadata.n'],
+      ['a Date in metadata', good('b7', { metadata: { at: new Date(0) } }), 'metadata.at'],
+      ['a Map in metadata', good('b8', { metadata: { m: new Map([['k', 1]]) } }), 'metadata.m'],
+      ['a Set in metadata', good('b9', { metadata: { s: new Set([1]) } }), 'metadata.s'],
+      ['NaN in metadata', good('b10', { metadata: { x: Number.NaN } }), 'metadata.x'],
+      ['Infinity in metadata', good('b11', { metadata: { x: Number.POSITIVE_INFINITY } }), 'metadata.x'],
+      [
+        'undefined in a metadata array',
+        good('b12', { metadata: { list: [1, undefined, 3] } }),
+        'metadata.list.1',
+      ],
+      ['a Date as metadata', good('b13', { metadata: new Date(0) }), 'metadata'],
+      ['a BigInt as the amount', good('b14', { amount: 5n }), 'amount'],
+      ['a dot-segment guildId', good('b15', { guildId: '..' }), 'guildId'],
+      ['an idempotency key with a lone surrogate', good(`k${LONE}`), 'idempotencyKey'],
+      ['NUL in the description', good('b17', { description: 'a\u0000b' }), 'description'],
+    ];
+    const shapeless: unknown[] = [null, 42, 'item', [good('b18')], new Map([['userId', payer.id]])];
+    const items = [
+      good('ok-1'),
+      ...bad.map(([, item]) => item),
+      ...shapeless,
+      good('ok-2', { metadata: { fine: ['x', 1, true, null, { deep: '😀' }] } }),
+    ];
+
+    const { results } = await server.internalClient().internal.credits.useBatch.mutate({ items });
+
+    expect(results).toHaveLength(items.length);
+    expect(results[0]).toMatchObject({ idempotencyKey: 'ok-1', ok: true, balance: 99 });
+    bad.forEach(([name, , field], i) => {
+      const result = results[i + 1]!;
+      expect(result.ok, name).toBe(false);
+      if (result.ok) return;
+      expect(result.error.reason, name).toBe('VALIDATION');
+      expect(result.error.message, name).toMatch(new RegExp(`(^|[ ;])${field.replace(/\./g, '\\.')}[:.]`));
+    });
+    for (let i = 0; i < shapeless.length; i++) {
+      expect(results[bad.length + 1 + i]).toMatchObject({ ok: false, error: { reason: 'VALIDATION' } });
+    }
+    expect(results.at(-1)).toMatchObject({ idempotencyKey: 'ok-2', ok: true, balance: 98 });
+
+    // Exactly the two good items moved credits.
+    const after = await fingerprint();
+    expect(after!.rows).toBe(before!.rows + 2);
+    expect(after!.total).toBe(before!.total - 2);
+    expect(await server.internalClient().internal.credits.balance.query({ userId: payer.id })).toMatchObject({
+      balance: 98,
+      totalSpent: 2,
+    });
+  });
+
+  it('only a malformed envelope refuses the whole call', async () => {
+    const internal = server.internalClient().internal.credits;
+    const envelopes: unknown[] = [
+      { items: 'nope' },
+      { items: {} },
+      { items: [] },
+      { items: Array.from({ length: 1001 }, () => null) },
+      { items: [null], extra: true },
+      null,
+    ];
+    for (const input of envelopes) {
+      // biome-ignore lint/suspicious/noExplicitAny: deliberately malformed input
+      const error = await internal.useBatch.mutate(input as any).then(
+        () => null,
+        (e: { data?: { httpStatus?: number; reason?: string } }) => e,
+      );
+      expect(error?.data, JSON.stringify(input)?.slice(0, 80)).toMatchObject({
+        httpStatus: 400,
+        reason: 'VALIDATION',
+      });
+    }
+  });
+});
+
+const MAX_SAFE = Number.MAX_SAFE_INTEGER;
+
+describe('totals near 2^53 − 1', () => {
+  let near: TestServer;
+  beforeAll(async () => {
+    near = await startTestServer({ MEMBERSHIP_CACHE_SECONDS: '0' });
+  });
+  afterAll(async () => {
+    await near.close();
+  });
+
+  async function totalsOf(userId: string) {
+    return near.deps.db
+      .selectFrom('credits.balances')
+      .select(['balance', 'total_earned', 'total_spent'])
+      .where('user_id', '=', userId)
+      .executeTakeFirstOrThrow();
+  }
+
+  it('a grant that would push a balance past 2^53 − 1 is refused with BALANCE_LIMIT_EXCEEDED', async () => {
+    // A consistent account holding MAX − 10^6: one ledger row and its balance (what 9,007 large grants make).
+    const rich = newUser();
+    const start = MAX_SAFE - 1_000_000;
+    await sql`insert into credits.transactions (user_id, type, amount, balance_before, balance_after, available_after,
+                description, idempotency_key)
+              values (${rich.id}, 'grant', ${start}::int8, 0, ${start}::int8, ${start}::int8, 'planted', 'planted')`.execute(
+      near.deps.db,
+    );
+    await sql`insert into credits.balances (user_id, balance, total_earned) values (${rich.id}, ${start}::int8, ${start}::int8)`.execute(
+      near.deps.db,
+    );
+    const internal = near.internalClient().internal.credits;
+    for (const amount of [1_000_001, 1_000_000_000_000]) {
+      const refused = await internal.grant
+        .mutate({ userId: rich.id, amount, reason: 'more', idempotencyKey: `more-${amount}` })
+        .then(
+          () => null,
+          (e: { data?: unknown; message: string }) => e,
+        );
+      expect(refused?.data).toMatchObject({ httpStatus: 412, reason: 'BALANCE_LIMIT_EXCEEDED' });
+      expect(refused?.message).toContain(String(MAX_SAFE));
+    }
+    // Over REST too, with the documented status and body.
+    const { call } = await restCaller(near);
+    const rest = await call('POST /api/v1/internal/credits/grant', {
+      serviceKey: SERVICE_KEY,
+      body: { userId: rich.id, amount: 1_000_001, reason: 'more', idempotencyKey: 'more-rest' },
+    });
+    expect(rest.status).toBe(412);
+    expect(rest.body.error.reason).toBe('BALANCE_LIMIT_EXCEEDED');
+    expect(await totalsOf(rich.id)).toEqual({ balance: start, total_earned: start, total_spent: 0 });
+    expect((await internal.balance.query({ userId: rich.id })).balance).toBe(start);
+    expect((await reconcile(near.deps.db)).ok).toBe(true);
+  });
+
+  it('credits that would push total earned past 2^53 − 1 are refused: grants and gift redemptions', async () => {
+    const internal = near.internalClient().internal.credits;
+    const veteran = await near.fundedUser(100);
+    // A long life of earning and spending: what the totals say, while balance = Σ ledger stays 100.
+    await sql`update credits.balances set total_earned = ${MAX_SAFE - 5}::int8, total_spent = ${MAX_SAFE - 105}::int8
+               where user_id = ${veteran.id}`.execute(near.deps.db);
+
+    const refused = await internal.grant
+      .mutate({ userId: veteran.id, amount: 6, reason: 'bonus', idempotencyKey: 'bonus-6' })
+      .then(
+        () => null,
+        (e: { data?: unknown }) => e,
+      );
+    expect(refused?.data).toMatchObject({ httpStatus: 412, reason: 'BALANCE_LIMIT_EXCEEDED' });
+
+    // A gift to them is refused the same way and stays claimable.
+    const giver = await near.fundedUser(10);
+    const gift = await (await near.userClient(giver)).gifts.create.mutate({
+      type: 'simple',
+      totalCredits: 10,
+    });
+    const redeem = await (await near.userClient(veteran)).gifts.redeem.mutate({ code: gift.code }).then(
+      () => null,
+      (e: { data?: unknown }) => e,
+    );
+    expect(redeem?.data).toMatchObject({ httpStatus: 412, reason: 'BALANCE_LIMIT_EXCEEDED' });
+    expect(await totalsOf(veteran.id)).toEqual({
+      balance: 100,
+      total_earned: MAX_SAFE - 5,
+      total_spent: MAX_SAFE - 105,
+    });
+    const other = await near.userClient();
+    expect((await other.gifts.redeem.mutate({ code: gift.code })).creditsReceived).toBe(10);
+
+    // Up to the limit exactly is fine, and the account stays readable.
+    await internal.grant.mutate({
+      userId: veteran.id,
+      amount: 5,
+      reason: 'bonus',
+      idempotencyKey: 'bonus-5',
+    });
+    expect(await internal.balance.query({ userId: veteran.id })).toMatchObject({
+      balance: 105,
+      totalEarned: MAX_SAFE,
+      totalSpent: MAX_SAFE - 105,
+    });
+    expect((await reconcile(near.deps.db)).ok).toBe(true);
+  });
+
+  it('funding that would push a pool total past 2^53 − 1 is refused with POOL_BALANCE_LIMIT', async () => {
+    const guildId = `guild-${randomUUID()}`;
+    await near.internalClient().internal.guildPool.init.mutate({ guildId });
+    await sql`update credits.guild_pools set total_funded = ${MAX_SAFE - 5}::int8, total_spent = ${MAX_SAFE - 5}::int8
+               where organization_id = ${guildId}`.execute(near.deps.db);
+    const owner = await near.fundedUser(100);
+    near.auth.setRole(guildId, owner.id, 'owner');
+    const client = await near.userClient(owner);
+    const refused = await client.guild.fund.mutate({ guildId, amount: 6 }).then(
+      () => null,
+      (e: { data?: unknown }) => e,
+    );
+    expect(refused?.data).toMatchObject({ httpStatus: 412, reason: 'POOL_BALANCE_LIMIT' });
+    expect((await near.internalClient().internal.credits.balance.query({ userId: owner.id })).balance).toBe(
+      100,
+    );
+    await client.guild.fund.mutate({ guildId, amount: 5 });
+    expect(await client.guild.balance.query({ guildId })).toMatchObject({
+      balance: 5,
+      totalFunded: MAX_SAFE,
+    });
+    expect((await reconcile(near.deps.db)).ok).toBe(true);
   });
 });

@@ -3,6 +3,11 @@ import { createRemoteJWKSet, errors, type JWTPayload, type JWTVerifyGetKey, jwtV
 export interface AuthUser {
   id: string;
   email: string | null;
+  /**
+   * The token's `email_verified` claim: true or false (also as the strings "true"/"false"), null when the
+   * token has no such claim. Any other value counts as false: a claim that cannot be read verifies nothing.
+   */
+  emailVerified: boolean | null;
   name: string | null;
   role: string | null;
 }
@@ -39,6 +44,12 @@ const claimText = (payload: JWTPayload, name: string) => {
   return typeof value === 'string' && value.length > 0 ? value : null;
 };
 
+function emailVerifiedClaim(payload: JWTPayload): boolean | null {
+  const value = payload.email_verified;
+  if (value === undefined || value === null) return null;
+  return value === true || value === 'true';
+}
+
 /**
  * Verifies user tokens against one cached remote key set (jose refetches it on an unknown kid, rate
  * limited). Algorithms are pinned, issuer and audience are checked and exp is required.
@@ -63,6 +74,7 @@ export function createJwtVerifier(options: JwtVerifierOptions): VerifyUserToken 
       return {
         id,
         email: claimText(payload, 'email'),
+        emailVerified: emailVerifiedClaim(payload),
         name: claimText(payload, 'name'),
         role: claimText(payload, 'role'),
       };

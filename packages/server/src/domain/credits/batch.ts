@@ -51,6 +51,23 @@ function describeIssues(error: z.ZodError): string {
   return `Invalid item: ${issues.join('; ')}`;
 }
 
+/**
+ * One item checked on its own. Whatever is wrong with it — even something that makes a check throw rather
+ * than report — fails this item alone, never the batch.
+ */
+function parseItem(
+  raw: unknown,
+): { success: true; data: z.output<typeof batchItem> } | { success: false; message: string } {
+  try {
+    const parsed = batchItem.safeParse(raw);
+    return parsed.success
+      ? { success: true, data: parsed.data }
+      : { success: false, message: describeIssues(parsed.error) };
+  } catch {
+    return { success: false, message: 'Invalid item: (item): is not a valid item' };
+  }
+}
+
 function toItemResult(debit: BatchDebit, outcome: BatchOutcome): BatchItemResult {
   switch (outcome.outcome) {
     case 'ok':
@@ -115,9 +132,9 @@ export async function useCreditsBatch(
   const positions: number[] = [];
   const poolUses: { index: number; use: PoolUseInput & { idempotencyKey: string } }[] = [];
   items.forEach((raw, index) => {
-    const parsed = batchItem.safeParse(raw);
+    const parsed = parseItem(raw);
     if (!parsed.success) {
-      results[index] = failed(keyOf(raw), 'VALIDATION', describeIssues(parsed.error));
+      results[index] = failed(keyOf(raw), 'VALIDATION', parsed.message);
       return;
     }
     const { guildId, ...item } = parsed.data;

@@ -11,6 +11,7 @@ import {
 import { type Kysely, sql } from 'kysely';
 import { InsufficientCreditsError, InvalidRequestError, NotFoundError } from '../errors.ts';
 import { requestHash, withLedgerIdempotency } from '../idempotency.ts';
+import { creditEarned } from './balance-limit.ts';
 import { type MovementResult, toMovementResult, toPackageView, toTransactionView } from './mappers.ts';
 
 export interface SpendInput {
@@ -71,24 +72,25 @@ export interface GrantInput {
   appId?: string | undefined;
 }
 
-/** Promotional or support credits. */
+/** Promotional or support credits; refused (BALANCE_LIMIT_EXCEEDED) past MAX_CREDITS. */
 export async function grantCredits(db: Kysely<Database>, input: GrantInput): Promise<MovementResult> {
   const hash = requestHash('credits.grant', { amount: input.amount, reason: input.reason });
   return withLedgerIdempotency(
     db,
     { userId: input.userId, key: input.idempotencyKey, hash },
-    async () => {
-      const posted = await creditBalance(db, {
-        userId: input.userId,
-        type: 'grant',
-        amount: input.amount,
-        appId: input.appId,
-        description: input.reason,
-        idempotencyKey: input.idempotencyKey,
-        requestHash: hash,
-      });
-      return { transactionId: posted.id, balance: posted.available };
-    },
+    () =>
+      db.transaction().execute(async (trx) => {
+        const posted = await creditEarned(trx, {
+          userId: input.userId,
+          type: 'grant',
+          amount: input.amount,
+          appId: input.appId,
+          description: input.reason,
+          idempotencyKey: input.idempotencyKey,
+          requestHash: hash,
+        });
+        return { transactionId: posted.id, balance: posted.available };
+      }),
     toMovementResult,
   );
 }

@@ -17,6 +17,16 @@ export function normaliseGiftCode(input: string): string {
   return input.replace(/[\s\-‐-―−]+/g, '').toUpperCase();
 }
 
+const CANONICAL_CODE = new RegExp(`^[${GIFT_CODE_ALPHABET}]{${GIFT_CODE_LENGTH}}$`);
+
+/**
+ * Whether a normalised code has the shape of a code we issue. Anything else (NUL, control characters, lone
+ * surrogates, other symbols) names no gift, so it is never sent to the database, which cannot hold some of it.
+ */
+export function isCanonicalGiftCode(code: string): boolean {
+  return CANONICAL_CODE.test(code);
+}
+
 /** The stored form grouped for reading: K7QX2-MWP9D. */
 export function displayGiftCode(code: string): string {
   const groups: string[] = [];

@@ -1,11 +1,6 @@
-import {
-  creditBalance,
-  type Database,
-  type GiftRow,
-  type RedemptionStatus,
-  systemKeys,
-} from '@mana-credits/db';
+import { type Database, type GiftRow, type RedemptionStatus, systemKeys } from '@mana-credits/db';
 import { type Kysely, sql, type Transaction } from 'kysely';
+import { creditEarned } from '../credits/balance-limit.ts';
 import {
   ConflictError,
   DomainError,
@@ -16,7 +11,7 @@ import {
   TooManyRequestsError,
 } from '../errors.ts';
 import { certainlyNotCommitted } from '../outcome.ts';
-import { normaliseGiftCode } from './codes.ts';
+import { isCanonicalGiftCode, normaliseGiftCode } from './codes.ts';
 import { type LockedGift, lockGift, releaseEscrow } from './escrow.ts';
 import { verifyRiddleAnswer } from './riddle.ts';
 
@@ -27,6 +22,8 @@ export const FAILED_ATTEMPT_WINDOW_SECONDS = 15 * 60;
 export interface Redeemer {
   id: string;
   email: string | null;
+  /** From the token's email_verified claim; false refuses personalized gifts, null/absent = not stated. */
+  emailVerified?: boolean | null | undefined;
 }
 
 export interface RedeemInput {
@@ -43,16 +40,21 @@ export interface RedeemResult {
 
 type Attempt = { ok: true; result: RedeemResult } | { ok: false; error: DomainError };
 
-/** A gift by its code as typed, with whether its expiry has passed by the database clock. */
+/**
+ * A gift by its code as typed, with whether its expiry has passed by the database clock. A code that cannot be
+ * one of ours (wrong length or symbols) is not looked up.
+ */
 export async function findGiftByCode(
   db: Kysely<Database>,
   code: string,
 ): Promise<(GiftRow & { due: boolean }) | undefined> {
+  const canonical = normaliseGiftCode(code);
+  if (!isCanonicalGiftCode(canonical)) return undefined;
   return db
     .selectFrom('gifts.gift_codes')
     .selectAll()
     .select(sql<boolean>`expires_at <= now()`.as('due'))
-    .where('code', '=', normaliseGiftCode(code))
+    .where('code', '=', canonical)
     .executeTakeFirst();
 }
 
@@ -186,6 +188,16 @@ async function refusalOf(
       error: new ConflictError('Every portion of this gift has been claimed', 'GIFT_DEPLETED'),
     };
   }
+  // Checked before the address, so that an unverified caller learns nothing about whom the gift is for.
+  if (gift.type === 'personalized' && redeemer.emailVerified === false) {
+    return {
+      status: 'failed_wrong_user',
+      error: new ForbiddenError(
+        'Verify your email address to redeem a gift meant for it',
+        'EMAIL_NOT_VERIFIED',
+      ),
+    };
+  }
   if (
     gift.type === 'personalized' &&
     (!redeemer.email ||
@@ -222,7 +234,7 @@ async function claimPortion(
     .where('claimed_portions', '<', sql<number>`total_portions`)
     .returning('claimed_portions')
     .executeTakeFirstOrThrow();
-  const credit = await creditBalance(trx, {
+  const credit = await creditEarned(trx, {
     userId: redeemer.id,
     type: 'gift',
     amount: gift.credits_per_portion,

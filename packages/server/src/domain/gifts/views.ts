@@ -10,7 +10,8 @@ const INFO_WINDOW_SECONDS = 60;
 
 /**
  * The public view of a code, rate-limited per client address (shared by gifts.info and the landing page).
- * An unknown code costs the same work as a known one: one counter hit, one indexed lookup.
+ * An unknown well-formed code costs the same work as a known one: one counter hit, one indexed lookup (a code
+ * that cannot be one of ours is not looked up; see findGiftByCode).
  */
 export async function giftInfo(
   db: Kysely<Database>,

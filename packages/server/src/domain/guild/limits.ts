@@ -6,7 +6,7 @@ import {
   upsertMemberLimits,
 } from '@mana-credits/db';
 import type { Kysely } from 'kysely';
-import { NotFoundError, PreconditionFailedError } from '../errors.ts';
+import { ForbiddenError, NotFoundError, PreconditionFailedError } from '../errors.ts';
 import { MANAGERS, type MembershipClient, requireRole } from './membership.ts';
 
 interface GuildDeps {
@@ -66,15 +66,30 @@ export interface SetMemberLimitsInput {
   monthlyLimit: number | null;
 }
 
-/** Owners and admins cap a member: null = unlimited, 0 = blocked. The target must be a member. */
+/**
+ * Owners and admins cap a member: null = unlimited, 0 = blocked. The target must be a member. Owners may set
+ * anyone's limits (their own too); admins only those of plain members — not their own (an admin could lift
+ * their own cap), not another admin's (two admins could lift each other's), not an owner's.
+ */
 export async function setMemberLimits(
   deps: GuildDeps,
   actorId: string,
   input: SetMemberLimitsInput,
 ): Promise<MemberSpending> {
-  await requireRole(deps.membership, input.guildId, actorId, MANAGERS);
-  if (!(await deps.membership.roleOf(input.guildId, input.userId))) {
-    throw new NotFoundError('Guild member', 'MEMBER_NOT_FOUND');
+  const actorRole = await requireRole(deps.membership, input.guildId, actorId, MANAGERS);
+  if (actorRole !== 'owner' && actorId === input.userId) {
+    throw new ForbiddenError(
+      'Admins cannot change their own limits; ask a guild owner',
+      'GUILD_OWNER_REQUIRED',
+    );
+  }
+  const targetRole = await deps.membership.roleOf(input.guildId, input.userId);
+  if (!targetRole) throw new NotFoundError('Guild member', 'MEMBER_NOT_FOUND');
+  if (actorRole !== 'owner' && targetRole !== 'member') {
+    throw new ForbiddenError(
+      `Only a guild owner may change the limits of an ${targetRole}`,
+      'GUILD_OWNER_REQUIRED',
+    );
   }
   if (!(await findGuildPool(deps.db, input.guildId))) throw poolNotFound();
   await upsertMemberLimits(deps.db, input.guildId, input.userId, input);

@@ -27,6 +27,8 @@ const answerSchema = z.union([
   z.object({ isMember: z.literal(false) }),
 ]);
 
+const isDotSegment = (id: string) => id === '.' || id === '..';
+
 const unavailable = (cause?: unknown) =>
   new ServiceUnavailableError(
     'Guild membership cannot be checked right now; try again shortly',
@@ -47,6 +49,10 @@ export function createMembershipClient(options: MembershipClientOptions): Member
   const cache = new Map<string, { expiresAt: number; answer: Promise<GuildRole | null> }>();
 
   async function ask(guildId: string, userId: string): Promise<GuildRole | null> {
+    // Input ids are validated (schemas.ts, isPathSafeId); a token subject is not. encodeURIComponent keeps
+    // "/", "?", "#", "%" and spaces inside their segment, but not a dot segment: "." or ".." would be resolved
+    // away by the URL parser and the request would name another resource. Such an id names no member.
+    if (isDotSegment(guildId) || isDotSegment(userId)) return null;
     if (!options.authUrl || !options.serviceKey) throw unavailable();
     const url = `${options.authUrl}/api/v1/internal/org/${encodeURIComponent(guildId)}/member/${encodeURIComponent(userId)}`;
     let body: unknown;

@@ -14,7 +14,8 @@ import {
   lockGuildPool,
   releaseExpiredPoolHolds,
 } from '@mana-credits/db';
-import type { Kysely, Transaction } from 'kysely';
+import { type Kysely, sql, type Transaction } from 'kysely';
+import { MAX_CREDITS } from '../credits/balance-limit.ts';
 import { InsufficientCreditsError, InvalidRequestError, PreconditionFailedError } from '../errors.ts';
 import { requestHash } from '../idempotency.ts';
 import { withGuildIdempotency } from './idempotency.ts';
@@ -41,6 +42,13 @@ export async function poolBalance(deps: GuildDeps, actorId: string, guildId: str
   if (!pool) throw poolNotFound();
   return toPoolView(pool);
 }
+
+const poolLimit = (requested: number) =>
+  new PreconditionFailedError(
+    `The pool cannot hold more than ${MAX_CREDITS} credits (balance and total funded)`,
+    'POOL_BALANCE_LIMIT',
+    { limit: MAX_CREDITS, requested },
+  );
 
 export interface FundInput {
   guildId: string;
@@ -89,12 +97,16 @@ export async function fundPool(deps: GuildDeps, actorId: string, input: FundInpu
           idempotencyKey: input.idempotencyKey,
           requestHash: hash,
         }).catch((error: unknown) => {
-          if (isCheckViolation(error, GUILD_POOL_SAFE_INTEGER_CHECK)) {
-            throw new PreconditionFailedError('The pool cannot hold that many credits', 'POOL_BALANCE_LIMIT');
-          }
+          if (isCheckViolation(error, GUILD_POOL_SAFE_INTEGER_CHECK)) throw poolLimit(input.amount);
           throw error;
         });
         if (!pooled) throw poolNotFound();
+        // total_funded has no CHECK; past 2^53 − 1 the pool could no longer be read. Compared in SQL, under the
+        // row lock the credit holds, so a refusal rolls back exactly this funding.
+        const { rows } = await sql<{ over: boolean }>`
+          select total_funded > ${MAX_CREDITS}::int8 as over from credits.guild_pools
+           where organization_id = ${input.guildId}`.execute(trx);
+        if (rows[0]?.over) throw poolLimit(input.amount);
         return { poolBalance: pooled.available, personalBalance: personal.available };
       }),
     async (first) => {

@@ -160,7 +160,7 @@ export const restRoutes: readonly RestRoute[] = [
     auth: 'service',
     summary: 'Grant promotional or support credits',
     output: movementResult,
-    errors: [409],
+    errors: [409, 412],
   }),
   route({
     method: 'POST',
@@ -265,7 +265,8 @@ export const restRoutes: readonly RestRoute[] = [
     path: '/api/v1/credits/guild/:guildId/members/:userId/limits',
     procedure: 'guild.setMemberLimits',
     auth: 'user',
-    summary: "Set a member's daily and monthly limits (owners and admins; null = unlimited)",
+    summary:
+      "Set a member's daily and monthly limits (owners; admins for plain members only; null = unlimited)",
     output: memberLimits,
     errors: [403, 404, 503],
   }),

@@ -10,6 +10,7 @@ import {
   idempotencyKey,
   metadata,
   pageInput,
+  text,
   uuid,
 } from '../../schemas.ts';
 import { authedProcedure, publicProcedure, router } from '../init.ts';
@@ -27,8 +28,8 @@ export const useInput = z.strictObject({
 export const purchaseInput = z.strictObject({
   packageId: uuid,
   mode: z.enum(['payment_intent', 'checkout']).default('payment_intent'),
-  successUrl: z.string().max(2048).optional(),
-  cancelUrl: z.string().max(2048).optional(),
+  successUrl: text(2048).optional(),
+  cancelUrl: text(2048).optional(),
 });
 
 export const creditsRouter = router({

@@ -1,0 +1,54 @@
+import {
+  creditBalance,
+  type Database,
+  isCheckViolation,
+  type LedgerEntryInput,
+  type PostedEntry,
+} from '@mana-credits/db';
+import { type Kysely, sql } from 'kysely';
+import { PreconditionFailedError } from '../errors.ts';
+
+/**
+ * The most credits any account or running total may hold: 2^53 − 1, the largest integer a JS number (and so
+ * every API answer) carries exactly. Balances have a CHECK at this bound; the running totals (total_earned,
+ * a pool's total_funded) have none, and a value past it would make the account unreadable (int8.ts refuses
+ * it), so the credits that raise them are checked here.
+ */
+export const MAX_CREDITS = Number.MAX_SAFE_INTEGER;
+
+/** The CHECK that keeps a personal balance ≤ MAX_CREDITS (initial migration). */
+export const BALANCE_SAFE_INTEGER_CHECK = 'balances_balance_safe_integer';
+
+export class BalanceLimitError extends PreconditionFailedError {
+  constructor(requested: number) {
+    super(
+      `This account cannot hold more than ${MAX_CREDITS} credits (balance and total earned); ${requested} more would pass that`,
+      'BALANCE_LIMIT_EXCEEDED',
+      { limit: MAX_CREDITS, requested },
+    );
+  }
+}
+
+/**
+ * Credits earned credits (a grant, a gift portion) so that neither the balance nor total_earned passes
+ * MAX_CREDITS. Must run inside the caller's transaction: the credit statement locks the balance row, so the
+ * check after it sees exactly what will be committed, and a refusal rolls the credit back. Every other credit
+ * (refunds, returned escrow) lowers total_spent instead, and since balance = total_earned − total_spent it
+ * cannot pass the bound when total_earned does not.
+ */
+export async function creditEarned(trx: Kysely<Database>, entry: LedgerEntryInput): Promise<PostedEntry> {
+  let posted: PostedEntry;
+  try {
+    posted = await creditBalance(trx, entry, 'earned');
+  } catch (error) {
+    if (isCheckViolation(error, BALANCE_SAFE_INTEGER_CHECK)) throw new BalanceLimitError(entry.amount);
+    throw error;
+  }
+  // Compared in SQL: a total past the bound cannot be read into a JS number.
+  const { rows } = await sql<{ over: boolean }>`
+    select total_earned > ${MAX_CREDITS}::int8 as over from credits.balances where user_id = ${entry.userId}`.execute(
+    trx,
+  );
+  if (rows[0]?.over) throw new BalanceLimitError(entry.amount);
+  return posted;
+}
