@@ -253,11 +253,12 @@ export interface GiftRedemptionsTable {
   created_at: Timestamp;
 }
 
-/** One fixed-window counter per bucket (e.g. a client address), shared by every server instance. */
+/** One sliding-window counter per bucket (e.g. a client address), shared by every server instance. */
 export interface RateLimitsTable {
   bucket: string;
   window_start: Timestamp;
   hits: number;
+  previous_hits: Generated<number>;
 }
 
 export interface Database {

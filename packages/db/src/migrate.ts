@@ -7,6 +7,7 @@ import * as gifts from './migrations/2026_11_25_0300_gifts.ts';
 import * as reservations from './migrations/2026_11_25_0400_reservations.ts';
 import * as poolHolds from './migrations/2026_11_25_0600_pool_holds.ts';
 import * as clock from './migrations/2026_12_03_0100_clock.ts';
+import * as slidingRateLimit from './migrations/2026_12_03_0200_sliding_rate_limit.ts';
 
 /** Every migration, by its dated name. Add new ones here; never edit one that has shipped. */
 export const migrations: Record<string, Migration> = {
@@ -18,6 +19,7 @@ export const migrations: Record<string, Migration> = {
   '2026_11_25_0400_reservations': reservations,
   '2026_11_25_0600_pool_holds': poolHolds,
   '2026_12_03_0100_clock': clock,
+  '2026_12_03_0200_sliding_rate_limit': slidingRateLimit,
 };
 
 /**

@@ -2,8 +2,9 @@ import { type Kysely, sql } from 'kysely';
 import type { Database } from '../database.ts';
 
 /**
- * Counts one hit in a fixed window of `windowSeconds` for `bucket` and returns the hits so far in the current
- * window: one upsert, so every server instance shares the count. A new window resets the row in place.
+ * Counts one hit for `bucket` and returns the hits in the last `windowSeconds` (sliding window): the current
+ * fixed window's hits plus the previous window's, weighted by how much of it the last `windowSeconds` still
+ * cover. One upsert, so every server instance shares the count; a new window moves the row on in place.
  */
 export async function hitRateLimit(
   db: Kysely<Database>,
@@ -11,12 +12,22 @@ export async function hitRateLimit(
   windowSeconds: number,
 ): Promise<number> {
   const { rows } = await sql<{ hits: number }>`
-    insert into gifts.rate_limits as r (bucket, window_start, hits)
-    values (${bucket}, date_bin(make_interval(secs => ${windowSeconds}), now(), timestamptz '2000-01-01'), 1)
+    with w as (
+      select date_bin(make_interval(secs => ${windowSeconds}), now(), timestamptz '2000-01-01') as start
+    )
+    insert into gifts.rate_limits as r (bucket, window_start, hits, previous_hits)
+    select ${bucket}, w.start, 1, 0 from w
     on conflict (bucket) do update
-      set hits = case when r.window_start = excluded.window_start then r.hits + 1 else 1 end,
+      set previous_hits = case
+            when r.window_start = excluded.window_start then r.previous_hits
+            when r.window_start = excluded.window_start - make_interval(secs => ${windowSeconds}) then r.hits
+            else 0 end,
+          hits = case when r.window_start = excluded.window_start then r.hits + 1 else 1 end,
           window_start = excluded.window_start
-    returning hits`.execute(db);
+    returning hits + ceil(previous_hits
+                          * (1 - extract(epoch from now() - window_start) / ${windowSeconds}))::int4 as hits`.execute(
+    db,
+  );
   return rows[0]!.hits;
 }
 
