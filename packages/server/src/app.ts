@@ -4,15 +4,14 @@ import { type FastifyTRPCPluginOptions, fastifyTRPCPlugin } from '@trpc/server/a
 import Fastify, { type FastifyInstance, type FastifyServerOptions, LogController } from 'fastify';
 import { sql } from 'kysely';
 import type { AppDeps } from './deps.ts';
-import { sweepExpiredHolds } from './domain/credits/reservations.ts';
 import { ServiceUnavailableError } from './domain/errors.ts';
 import { DatabaseUnavailableError, isConnectionFailure, OutcomeUnknownError } from './domain/outcome.ts';
 import { registerGiftPage } from './http/gift-page.ts';
 import { registerMetrics } from './http/metrics.ts';
 import { restApi } from './http/rest/plugin.ts';
 import { stripeWebhookRoutes } from './http/stripe-webhook.ts';
-import { registerGiftExpirySweep } from './jobs/gift-expiry.ts';
-import { type PeriodicTask, startPeriodicTask } from './periodic.ts';
+import { periodicJobs } from './jobs/index.ts';
+import { registerScheduler } from './jobs/scheduler.ts';
 import { createContextFactory } from './trpc/context.ts';
 import { noteErrorRequestId, toTRPCError } from './trpc/init.ts';
 import { type AppRouter, appRouter } from './trpc/routers/_app.ts';
@@ -190,21 +189,10 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
 
   await app.register(restApi, { deps });
   registerGiftPage(app);
-  registerGiftExpirySweep(app);
-  // Expired holds return even when nobody touches them; every instance sweeps, safely (SKIP LOCKED).
-  let reservationSweep: PeriodicTask | undefined;
-  app.addHook('onReady', async () => {
-    reservationSweep = startPeriodicTask({
-      name: 'reservation-sweep',
-      intervalMs: deps.config.reservationSweepSeconds * 1000,
-      run: () => sweepExpiredHolds(deps.db),
-      log: app.log,
-    });
-  });
-  // preClose runs before every onClose hook, so the sweep is done before the database closes.
-  app.addHook('preClose', async () => {
-    await reservationSweep?.stop();
-  });
+  // All periodic work (expiry sweeps, pruning) runs on one scheduler: started when the app is ready, stopped
+  // in preClose (a run in progress is awaited), before the database closes in onClose.
+  const scheduler = registerScheduler(app);
+  for (const job of periodicJobs(deps, app.log)) scheduler.register(job);
 
   if (options.closeDepsOnClose) {
     app.addHook('onClose', async () => {

@@ -1,30 +1,36 @@
 import type { DbHandle } from '@mana-credits/db';
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import type { EffectSink } from './domain/effects.ts';
 
 /**
  * Prometheus metrics of one app. Each app owns its registry (tests build many apps in one process; nothing
  * goes to prom-client's global registry). Labels only ever take values from small bounded sets: procedure
- * paths and routes known to the code, status classes, and caller-chosen strings (app ids, webhook event
- * types) only through a BoundedLabel. Never a user id, a key or an amount as a label.
+ * paths, routes and job names known to the code, status classes, movement types, and caller-chosen strings
+ * (app ids, webhook event types) only through a BoundedLabel. Never a user id, a key or an amount as a label.
  *
- * Counting money: tRPC procedures are counted by one table in trpc/metrics.ts (add a row for a new money
- * procedure). Code outside tRPC (webhooks, sweepers) calls these counters through `deps.metrics`:
- *   deps.metrics.creditsClawedBack.inc({ app: deps.metrics.appLabel(appId) }, amount)
- *   deps.metrics.webhookEvents.inc({ type: deps.metrics.webhookTypeLabel(event.type), outcome: 'processed' })
- *   deps.metrics.reservations.inc({ event: 'expired' }, count)
+ * Counting money: every movement is counted once, through `moved`. tRPC procedures are counted by one table in
+ * trpc/metrics.ts (add a row for a new money procedure), from their input and answer; the webhook counts the
+ * purchases and clawbacks it applied; what work moves besides what it was asked (expiries found on the way,
+ * sweeps) is reported by the domain code through domain/effects.ts into `effects`.
  */
 export interface Metrics {
   readonly registry: Registry;
   readonly httpRequestDuration: Histogram<'method' | 'route' | 'status_class'>;
   readonly procedureDuration: Histogram<'procedure' | 'type' | 'outcome'>;
-  readonly creditsDebited: Counter<'app'>;
-  readonly creditsCredited: Counter<'app'>;
-  readonly creditsRefunded: Counter<'app'>;
+  readonly creditsDebited: Counter<'app' | 'account' | 'type'>;
+  readonly creditsCredited: Counter<'app' | 'account' | 'type'>;
+  readonly creditsRefunded: Counter<'app' | 'type'>;
   readonly creditsClawedBack: Counter<'app'>;
   readonly insufficientCredits: Counter<'procedure' | 'app'>;
   readonly idempotentReplays: Counter<'procedure'>;
   readonly webhookEvents: Counter<'type' | 'outcome'>;
   readonly reservations: Counter<'event'>;
+  readonly jobRuns: Counter<'job' | 'outcome'>;
+  readonly jobDuration: Histogram<'job'>;
+  /** Counts one movement of credits (nothing when the amount is not a positive whole number). */
+  moved(movement: Movement): void;
+  /** Side effects reported by the domain code (see domain/effects.ts), counted into this app's metrics. */
+  readonly effects: EffectSink;
   /** An app id as a label value: the first MAX_APP_LABELS distinct ids keep their name, later ones are 'other'. */
   appLabel(appId: string | undefined): string;
   /** A webhook event type as a label value, bounded the same way. */
@@ -33,7 +39,28 @@ export interface Metrics {
   render(): Promise<{ contentType: string; body: string }>;
 }
 
-export type MoneyCounter = 'creditsDebited' | 'creditsCredited' | 'creditsRefunded' | 'creditsClawedBack';
+/** Whose credits moved: a user's personal balance or a guild's pool. */
+export type Account = 'personal' | 'pool';
+
+/**
+ * One movement of credits, as the metrics count it. `type` says what kind of movement it was (the ledger's
+ * types); `app` is the app id the movement names, if any ('unknown' when it names none).
+ *  - debited: credits left an account — `usage` (spends, committed holds), `gift` (escrow of a new gift),
+ *    `guild_funding` (the personal side of funding a pool).
+ *  - credited: credits arrived — `purchase`, `grant`, `gift` (a redeemed portion), `guild_funding` (the pool
+ *    side of funding it).
+ *  - refunded: credits given back for earlier spending — `usage` (internal refunds), `gift` (the unclaimed escrow
+ *    of a cancelled or expired gift).
+ *  - clawed_back: credits taken back after a payment was refunded or disputed.
+ * Holds move no credits (only what is spendable): they are counted by reservations_total, and a commit debits.
+ */
+export type Movement = { amount: number | undefined; app?: string | undefined } & (
+  | { kind: 'debited'; account: Account; type: 'usage' | 'gift' | 'guild_funding' }
+  | { kind: 'credited'; account: Account; type: 'purchase' | 'grant' | 'gift' | 'guild_funding' }
+  | { kind: 'refunded'; type: 'usage' | 'gift' }
+  | { kind: 'clawed_back' }
+);
+
 export type ReservationEvent = 'opened' | 'committed' | 'released' | 'expired';
 
 const PREFIX = 'mana_credits_';
@@ -98,6 +125,50 @@ export function createMetrics(dbHandle: Pick<DbHandle, 'poolStats'>): Metrics {
   poolGauge('db_pool_connections_idle', 'Open database connections waiting for work', (s) => s.idle);
   poolGauge('db_pool_waiting_requests', 'Queries waiting for a free database connection', (s) => s.waiting);
 
+  const creditsDebited = counter(
+    'credits_debited_total',
+    'Credits that left an account: spent, put in gift escrow, or moved into a guild pool',
+    ['app', 'account', 'type'],
+  );
+  const creditsCredited = counter(
+    'credits_credited_total',
+    'Credits that arrived in an account: purchases, grants, redeemed gifts, pool funding',
+    ['app', 'account', 'type'],
+  );
+  const creditsRefunded = counter(
+    'credits_refunded_total',
+    'Credits given back: refunded usage, the unclaimed escrow of cancelled or expired gifts',
+    ['app', 'type'],
+  );
+  const creditsClawedBack = counter(
+    'credits_clawed_back_total',
+    'Credits taken back after a payment was refunded or disputed',
+    ['app'],
+  );
+  const reservations = counter('reservations_total', 'Holds opened, committed, released and expired', [
+    'event',
+  ]);
+
+  const moved = (movement: Movement) => {
+    const { amount } = movement;
+    if (amount === undefined || !Number.isSafeInteger(amount) || amount <= 0) return;
+    const app = apps.of(movement.app);
+    switch (movement.kind) {
+      case 'debited':
+        creditsDebited.inc({ app, account: movement.account, type: movement.type }, amount);
+        return;
+      case 'credited':
+        creditsCredited.inc({ app, account: movement.account, type: movement.type }, amount);
+        return;
+      case 'refunded':
+        creditsRefunded.inc({ app, type: movement.type }, amount);
+        return;
+      case 'clawed_back':
+        creditsClawedBack.inc({ app }, amount);
+        return;
+    }
+  };
+
   return {
     registry,
     httpRequestDuration: new Histogram({
@@ -112,33 +183,43 @@ export function createMetrics(dbHandle: Pick<DbHandle, 'poolStats'>): Metrics {
       labelNames: ['procedure', 'type', 'outcome'],
       registers,
     }),
-    creditsDebited: counter('credits_debited_total', 'Credits spent from personal balances', ['app']),
-    creditsCredited: counter(
-      'credits_credited_total',
-      'Credits added to personal balances (purchases, grants)',
-      ['app'],
-    ),
-    creditsRefunded: counter('credits_refunded_total', 'Credits given back for earlier spending', ['app']),
-    creditsClawedBack: counter(
-      'credits_clawed_back_total',
-      'Credits taken back after a payment was refunded or disputed',
-      ['app'],
-    ),
+    creditsDebited,
+    creditsCredited,
+    creditsRefunded,
+    creditsClawedBack,
     insufficientCredits: counter(
       'insufficient_credits_total',
-      'Calls refused because the spendable balance was too small',
+      'Calls (and batch items) refused because the spendable balance was too small',
       ['procedure', 'app'],
     ),
     idempotentReplays: counter(
       'idempotent_replays_total',
-      'Money calls answered with the stored first result of their idempotency key',
+      'Money calls (and batch items) answered with the stored first result of their idempotency key',
       ['procedure'],
     ),
     webhookEvents: counter('webhook_events_total', 'Webhook events received, by type and outcome', [
       'type',
       'outcome',
     ]),
-    reservations: counter('reservations_total', 'Reservation lifecycle events', ['event']),
+    reservations,
+    jobRuns: counter('job_runs_total', "Runs of periodic jobs, by job and outcome ('ok' or 'error')", [
+      'job',
+      'outcome',
+    ]),
+    jobDuration: new Histogram({
+      name: `${PREFIX}job_duration_seconds`,
+      help: 'How long the runs of periodic jobs took',
+      labelNames: ['job'],
+      buckets: [0.005, 0.025, 0.1, 0.5, 1, 2.5, 10, 30, 120],
+      registers,
+    }),
+    moved,
+    effects: {
+      holdsExpired: (count) => {
+        if (count > 0) reservations.inc({ event: 'expired' }, count);
+      },
+      giftExpired: (refunded) => moved({ kind: 'refunded', type: 'gift', amount: refunded }),
+    },
     appLabel: (appId) => apps.of(appId),
     webhookTypeLabel: (type) => webhookTypes.of(type),
     async render() {

@@ -1,5 +1,6 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { createServiceKeyVerifier } from '../auth/service-key.ts';
+import { reportingEffectsTo } from '../domain/effects.ts';
 import { bearerTokenOf } from '../trpc/context.ts';
 
 const TRPC_ROUTE = '/trpc/:path';
@@ -18,12 +19,16 @@ export function routeLabel(request: FastifyRequest, procedures: ReadonlySet<stri
 }
 
 /**
- * Times every response and serves GET /metrics (Prometheus text). With METRICS_TOKEN set the scraper must
+ * Times every response, counts side effects of requests, and serves GET /metrics (Prometheus text). With METRICS_TOKEN set the scraper must
  * present it as a bearer token (compared in constant time); unset, /metrics is open to whoever reaches the port.
  */
 export function registerMetrics(app: FastifyInstance, procedures: ReadonlySet<string>) {
   const { metrics, config } = app.deps;
   const tokenMatches = createServiceKeyVerifier(config.metricsToken ? [config.metricsToken] : []);
+
+  // Whatever a request moves besides its own work (expired holds and gifts it comes across) is reported
+  // into this app's metrics (see domain/effects.ts). Entered after the body is read, right before the handler.
+  app.addHook('preHandler', (_request, _reply, done) => reportingEffectsTo(metrics.effects, done));
 
   app.addHook('onResponse', async (request, reply) => {
     metrics.httpRequestDuration.observe(

@@ -51,8 +51,21 @@ export async function stripeWebhookRoutes(app: FastifyInstance): Promise<void> {
       throw error;
     }
     metrics.webhookEvents.inc({ type, outcome: outcome.result });
-    const clawedBack = outcome.result === 'applied' ? Number(outcome.details?.clawedBack ?? 0) : 0;
-    if (clawedBack > 0) metrics.creditsClawedBack.inc({ app: metrics.appLabel('stripe') }, clawedBack);
+    // Only an applied event moved credits (a redelivery is a duplicate): the purchase it credited, and what
+    // it took back for refunds or disputes (also settled right after a late credit).
+    if (outcome.result === 'applied') {
+      const { details } = outcome;
+      if (outcome.effect === 'completed') {
+        metrics.moved({
+          kind: 'credited',
+          account: 'personal',
+          type: 'purchase',
+          amount: Number(details?.credits ?? 0),
+          app: 'stripe',
+        });
+      }
+      metrics.moved({ kind: 'clawed_back', amount: Number(details?.clawedBack ?? 0), app: 'stripe' });
+    }
     const entry = { eventId: event.id, eventType: event.type, ...outcome };
     if (outcome.result === 'ignored' && outcome.reason === AMOUNT_MISMATCH) {
       request.log.error(entry, 'stripe payment not credited: amount mismatch');

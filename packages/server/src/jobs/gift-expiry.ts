@@ -1,48 +1,19 @@
-import { pruneRateLimits } from '@mana-credits/db';
-import type { FastifyInstance } from 'fastify';
+import type { AppDeps, Logger } from '../deps.ts';
 import { expireDueGifts } from '../domain/gifts/escrow.ts';
-
-/** Rate-limit counters older than this are dropped by the sweep (the longest window is a minute). */
-const RATE_LIMIT_RETENTION_SECONDS = 3600;
+import type { Job } from './scheduler.ts';
 
 /**
- * The periodic expiry sweep: starts when the app is ready, stops (and waits for a pass in progress) as it
- * starts closing. Every instance may run it; expireDueGifts is safe to run concurrently. Interval 0 turns it off.
+ * Expires and refunds active gifts past their expiry that nobody touched (a gift is also expired when it is
+ * looked at). Safe on every instance at once: each gift is claimed with SKIP LOCKED and closed by a
+ * conditional update, so it is refunded once. GIFT_EXPIRY_SWEEP_SECONDS; 0 turns it off.
  */
-export function registerGiftExpirySweep(app: FastifyInstance): void {
-  const intervalMs = app.deps.config.giftExpirySweepSeconds * 1000;
-  if (intervalMs === 0) return;
-  let timer: NodeJS.Timeout | undefined;
-  let running: Promise<void> | undefined;
-  let stopped = false;
-
-  const pass = async () => {
-    try {
-      const expired = await expireDueGifts(app.deps.db);
-      if (expired > 0) app.log.info({ expired }, 'expired gifts refunded');
-      await pruneRateLimits(app.deps.db, RATE_LIMIT_RETENTION_SECONDS);
-    } catch (error) {
-      app.log.error({ err: error }, 'gift expiry sweep failed');
-    }
+export function giftExpiryJob(deps: Pick<AppDeps, 'db' | 'config'>, log?: Logger): Job {
+  return {
+    name: 'gift-expiry',
+    intervalMs: deps.config.giftExpirySweepSeconds * 1000,
+    async run() {
+      const expired = await expireDueGifts(deps.db);
+      if (expired > 0) log?.info({ expired }, 'expired gifts refunded');
+    },
   };
-  const schedule = () => {
-    if (stopped) return;
-    timer = setTimeout(() => {
-      running = pass().finally(() => {
-        running = undefined;
-        schedule();
-      });
-    }, intervalMs);
-    timer.unref();
-  };
-
-  app.addHook('onReady', async () => {
-    schedule();
-  });
-  // preClose runs before every onClose hook (those run last-added first), so the database is still open.
-  app.addHook('preClose', async () => {
-    stopped = true;
-    clearTimeout(timer);
-    await running;
-  });
 }

@@ -3,7 +3,7 @@ import type { TRPCError } from '@trpc/server';
 import type { Kysely } from 'kysely';
 import { DomainError } from '../domain/errors.ts';
 import { isReplayed } from '../domain/idempotency.ts';
-import type { MoneyCounter } from '../metrics.ts';
+import type { Account, Movement, ReservationEvent } from '../metrics.ts';
 import { type Context, serviceAppIdOf } from './context.ts';
 
 /** A successful money call as the metrics see it; `input` passed the procedure's validation. */
@@ -15,23 +15,27 @@ export interface MoneyCall {
   db: Kysely<Database>;
 }
 
-export interface Movement {
-  amount: number | undefined;
-  app: string | undefined;
+/** What one successful, first (not replayed) money call is counted as. */
+export interface Tally {
+  movements?: Movement[];
+  reservation?: ReservationEvent;
+  /** Items of a batch answered with their stored first result. */
+  replayedItems?: number;
+  /** Items of a batch refused for lack of credits, by the app each named. */
+  shortItems?: (string | undefined)[];
 }
 
 export interface MoneyProcedure {
-  counter: MoneyCounter;
-  /** How many credits moved and for which app; a promise when only the posted ledger row knows. */
-  measure(call: MoneyCall): Movement | Promise<Movement>;
+  /** How the call is counted; a promise when only the database knows (the posted row, the hold). */
+  measure(call: MoneyCall): Tally | Promise<Tally>;
 }
 
 const field = (value: unknown, key: string): unknown =>
   typeof value === 'object' && value !== null ? (value as Record<string, unknown>)[key] : undefined;
 
-const amountOf = (value: unknown): number | undefined => {
-  const amount = field(value, 'amount');
-  return typeof amount === 'number' && Number.isSafeInteger(amount) && amount > 0 ? amount : undefined;
+const numberOf = (value: unknown, key: string): number | undefined => {
+  const number = field(value, key);
+  return typeof number === 'number' && Number.isSafeInteger(number) ? number : undefined;
 };
 
 const textOf = (value: unknown, key: string): string | undefined => {
@@ -39,37 +43,161 @@ const textOf = (value: unknown, key: string): string | undefined => {
   return typeof text === 'string' ? text : undefined;
 };
 
-const spentByInput = ({ input }: MoneyCall): Movement => ({
-  amount: amountOf(input),
+const accountOf = (input: unknown): Account => (textOf(input, 'guildId') ? 'pool' : 'personal');
+
+/** credits.use and guild.use (and a batch item): the amount leaves the personal balance or, with a guildId, the pool. */
+const usage = (input: unknown): Movement => ({
+  kind: 'debited',
+  account: accountOf(input),
+  type: 'usage',
+  amount: numberOf(input, 'amount'),
   app: textOf(input, 'appId'),
 });
 
-/** Reads amount and app from the ledger row a call posted (when the input does not say, e.g. a full refund). */
-async function postedEntry({ result, db }: MoneyCall): Promise<Movement> {
+const spend: MoneyProcedure = { measure: ({ input }) => ({ movements: [usage(input)] }) };
+
+/** Reads amount and app from the ledger row a refund posted (the input names no amount for a full refund). */
+async function refundedUsage({ result, db }: MoneyCall): Promise<Tally> {
   const transactionId = textOf(result, 'transactionId');
-  if (!transactionId) return { amount: undefined, app: undefined };
-  const row = await db
-    .selectFrom('credits.transactions')
-    .select(['amount', 'app_id'])
-    .where('id', '=', transactionId)
+  const row = transactionId
+    ? await db
+        .selectFrom('credits.transactions')
+        .select(['amount', 'app_id'])
+        .where('id', '=', transactionId)
+        .executeTakeFirst()
+    : undefined;
+  if (!row) return {};
+  return {
+    movements: [
+      { kind: 'refunded', type: 'usage', amount: Math.abs(row.amount), app: row.app_id ?? undefined },
+    ],
+  };
+}
+
+/** The hold a commit or release closed (they answer neither its account nor its app). */
+async function heldReservation({ input, db }: MoneyCall) {
+  const id = textOf(input, 'reservationId');
+  if (!id) return undefined;
+  return db
+    .selectFrom('credits.reservations')
+    .select(['app_id', 'organization_id', 'status'])
+    .where('id', '=', id)
     .executeTakeFirst();
-  return { amount: row ? Math.abs(row.amount) : undefined, app: row?.app_id ?? undefined };
+}
+
+const SHORT_OF_CREDITS = new Set(['INSUFFICIENT_CREDITS', 'INSUFFICIENT_POOL_CREDITS']);
+
+/** Each applied item of a batch is counted like the credits.use it stands for; replayed and short ones apart. */
+function batchItems({ input, result }: MoneyCall): Tally {
+  const items = field(input, 'items');
+  const results = field(result, 'results');
+  if (!Array.isArray(items) || !Array.isArray(results)) return {};
+  const tally = { movements: [] as Movement[], replayedItems: 0, shortItems: [] as (string | undefined)[] };
+  results.forEach((item: unknown, index) => {
+    if (isReplayed(item)) tally.replayedItems++;
+    else if (field(item, 'ok') === true) tally.movements.push(usage(items[index]));
+    else if (SHORT_OF_CREDITS.has(textOf(field(item, 'error'), 'reason') ?? '')) {
+      tally.shortItems.push(textOf(items[index], 'appId'));
+    }
+  });
+  return tally;
 }
 
 /**
- * Every tRPC procedure that moves credits, by path → the counter it feeds. Add a row with each new money
- * procedure (guild, gifts, reservations, …). Replays (see markReplayed) are counted as replays, never as
- * money, so a retried call is counted once. Code outside tRPC (webhooks, sweepers) uses deps.metrics directly.
+ * Every tRPC procedure that moves credits or holds, by path → how a successful first call is counted. Add a
+ * row with each new money procedure. Replays (see markReplayed) are counted as replays, never as money, so a
+ * retried call is counted once; a refused call counts nothing (only insufficient_credits_total). What a call
+ * moves besides its own work (expired holds or gifts it came across) is reported by the domain code (see
+ * domain/effects.ts), as is the work of the sweeps; the Stripe webhook counts its purchases and clawbacks.
  */
 export const MONEY_PROCEDURES: Readonly<Record<string, MoneyProcedure>> = {
-  'credits.use': { counter: 'creditsDebited', measure: spentByInput },
-  'internal.credits.use': { counter: 'creditsDebited', measure: spentByInput },
+  'credits.use': spend,
+  'internal.credits.use': spend,
+  'guild.use': spend,
+  'internal.credits.useBatch': { measure: batchItems },
   'internal.credits.grant': {
-    counter: 'creditsCredited',
-    measure: ({ input, serviceAppId }) => ({ amount: amountOf(input), app: serviceAppId }),
+    measure: ({ input, serviceAppId }) => ({
+      movements: [
+        {
+          kind: 'credited',
+          account: 'personal',
+          type: 'grant',
+          amount: numberOf(input, 'amount'),
+          app: serviceAppId,
+        },
+      ],
+    }),
   },
-  'internal.credits.refund': { counter: 'creditsRefunded', measure: postedEntry },
-  'guild.use': { counter: 'creditsDebited', measure: spentByInput },
+  'internal.credits.refund': { measure: refundedUsage },
+  'internal.credits.reserve': { measure: () => ({ reservation: 'opened' }) },
+  'internal.credits.commit': {
+    async measure(call) {
+      const hold = await heldReservation(call);
+      const movement: Movement = {
+        kind: 'debited',
+        account: hold?.organization_id ? 'pool' : 'personal',
+        type: 'usage',
+        amount: numberOf(call.result, 'committed'),
+        app: hold?.app_id,
+      };
+      return { reservation: 'committed', movements: [movement] };
+    },
+  },
+  'internal.credits.release': {
+    // A hold whose time was up when released is closed (and counted) as expired.
+    async measure(call) {
+      const hold = await heldReservation(call);
+      return { reservation: hold?.status === 'expired' ? 'expired' : 'released' };
+    },
+  },
+  'guild.fund': {
+    measure: ({ input }) => {
+      const amount = numberOf(input, 'amount');
+      return {
+        movements: [
+          { kind: 'debited', account: 'personal', type: 'guild_funding', amount },
+          { kind: 'credited', account: 'pool', type: 'guild_funding', amount },
+        ],
+      };
+    },
+  },
+  'gifts.create': {
+    measure: ({ result }) => ({
+      movements: [
+        {
+          kind: 'debited',
+          account: 'personal',
+          type: 'gift',
+          amount: (numberOf(result, 'creditsPerPortion') ?? 0) * (numberOf(result, 'totalPortions') ?? 0),
+        },
+      ],
+    }),
+  },
+  'gifts.redeem': {
+    measure: ({ input, result }) => ({
+      movements: [
+        {
+          kind: 'credited',
+          account: 'personal',
+          type: 'gift',
+          amount: numberOf(result, 'creditsReceived'),
+          app: textOf(input, 'sourceAppId'),
+        },
+      ],
+    }),
+  },
+  'internal.gifts.redeemPending': {
+    measure: ({ result }) => ({
+      movements: [
+        { kind: 'credited', account: 'personal', type: 'gift', amount: numberOf(result, 'totalCredits') },
+      ],
+    }),
+  },
+  'gifts.cancel': {
+    measure: ({ result }) => ({
+      movements: [{ kind: 'refunded', type: 'gift', amount: numberOf(result, 'refunded') }],
+    }),
+  },
 };
 
 export interface ProcedureCall {
@@ -106,8 +234,13 @@ export async function recordProcedureCall(ctx: Context, call: ProcedureCall): Pr
     const procedure = MONEY_PROCEDURES[path];
     if (!procedure) return;
     const input = await call.getRawInput();
-    const { amount, app } = await procedure.measure({ input, result: outcome.data, serviceAppId, db });
-    if (amount !== undefined) metrics[procedure.counter].inc({ app: metrics.appLabel(app) }, amount);
+    const tally = await procedure.measure({ input, result: outcome.data, serviceAppId, db });
+    for (const movement of tally.movements ?? []) metrics.moved(movement);
+    if (tally.reservation) metrics.reservations.inc({ event: tally.reservation });
+    if (tally.replayedItems) metrics.idempotentReplays.inc({ procedure: path }, tally.replayedItems);
+    for (const app of tally.shortItems ?? []) {
+      metrics.insufficientCredits.inc({ procedure: path, app: metrics.appLabel(app) });
+    }
   } catch (error) {
     ctx.log?.warn({ err: error, path }, 'could not record metrics');
   }

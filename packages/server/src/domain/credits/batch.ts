@@ -11,6 +11,7 @@ import { z } from 'zod';
 import { amount, appId, description, guildId, idempotencyKey, metadata, userId } from '../../schemas.ts';
 import { DomainError } from '../errors.ts';
 import { type GuildDeps, type PoolUseInput, useGuildCredits } from '../guild/pools.ts';
+import { isReplayed, markReplayed } from '../idempotency.ts';
 import { certainlyNotCommitted, certainOrUnknown } from '../outcome.ts';
 import { usageRequestHash } from './personal.ts';
 
@@ -71,13 +72,16 @@ function parseItem(
 function toItemResult(debit: BatchDebit, outcome: BatchOutcome): BatchItemResult {
   switch (outcome.outcome) {
     case 'ok':
-    case 'replay':
-      return {
+    case 'replay': {
+      const applied: BatchItemResult = {
         idempotencyKey: debit.idempotencyKey,
         ok: true,
         transactionId: outcome.transactionId,
         balance: outcome.available,
       };
+      // A replayed item is counted by the metrics as a replay, not as credits spent again.
+      return outcome.outcome === 'replay' ? markReplayed(applied) : applied;
+    }
     case 'insufficient':
       return failed(
         debit.idempotencyKey,
@@ -162,12 +166,13 @@ export async function useCreditsBatch(
   for (const { index, use } of poolUses) {
     try {
       const used = await useGuildCredits(deps, use);
-      results[index] = {
+      const applied: BatchItemResult = {
         idempotencyKey: use.idempotencyKey,
         ok: true,
         transactionId: used.transactionId,
         balance: used.poolBalance,
       };
+      results[index] = isReplayed(used) ? markReplayed(applied) : applied;
     } catch (error) {
       // A refusal fails this item alone. Anything else fails the call — an unknown outcome (perhaps applied)
       // as OUTCOME_UNKNOWN — which is safe to retry as a whole: every item is keyed, so applied ones replay.

@@ -9,6 +9,7 @@ import {
   releaseExpiredHolds,
 } from '@mana-credits/db';
 import { type Kysely, sql } from 'kysely';
+import { effects } from '../effects.ts';
 import { InsufficientCreditsError, InvalidRequestError, NotFoundError } from '../errors.ts';
 import { requestHash, withLedgerIdempotency } from '../idempotency.ts';
 import { creditEarned } from './balance-limit.ts';
@@ -33,6 +34,16 @@ export function usageRequestHash(input: Omit<SpendInput, 'userId' | 'idempotency
   });
 }
 
+/**
+ * Returns a user's personal holds whose time is up (one statement, committed at once) and reports them to the
+ * metrics; says how many.
+ */
+export async function returnExpiredHolds(db: Kysely<Database>, userId: string): Promise<number> {
+  const expired = await releaseExpiredHolds(db, userId);
+  effects.holdsExpired(expired);
+  return expired;
+}
+
 /** Spends personal credits: one statement, idempotent by (user, key). */
 export async function spendCredits(db: Kysely<Database>, input: SpendInput): Promise<MovementResult> {
   const hash = usageRequestHash(input);
@@ -53,7 +64,7 @@ export async function spendCredits(db: Kysely<Database>, input: SpendInput): Pro
         });
       // A hold whose time is up must not block a spend, even before the sweep has returned it.
       const posted =
-        (await debit()) ?? ((await releaseExpiredHolds(db, input.userId)) > 0 ? await debit() : null);
+        (await debit()) ?? ((await returnExpiredHolds(db, input.userId)) > 0 ? await debit() : null);
       if (!posted) {
         const { balance } = await getBalance(db, input.userId);
         throw new InsufficientCreditsError(input.amount, balance);

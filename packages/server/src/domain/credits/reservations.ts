@@ -20,6 +20,7 @@ import {
   releaseHold,
 } from '@mana-credits/db';
 import type { Kysely, Transaction } from 'kysely';
+import { effects } from '../effects.ts';
 import {
   ConflictError,
   DomainError,
@@ -31,8 +32,9 @@ import {
 import { poolNotFound } from '../guild/limits.ts';
 import { requireRole } from '../guild/membership.ts';
 import { type GuildDeps, lockPoolForSpend } from '../guild/pools.ts';
-import { requestHash } from '../idempotency.ts';
+import { markReplayed, requestHash } from '../idempotency.ts';
 import { certainlyNotCommitted, certainOrUnknown } from '../outcome.ts';
+import { returnExpiredHolds } from './personal.ts';
 
 export interface ReserveInput {
   userId: string;
@@ -96,12 +98,12 @@ export async function reserveCredits(deps: GuildDeps, input: ReserveInput): Prom
     const first = await findReservationByKey(db, input.userId, input.idempotencyKey);
     if (!first) return null;
     if (first.request_hash !== hash) throw new IdempotencyConflictError();
-    return toReserveResult(first);
+    return markReplayed(toReserveResult(first));
   };
 
   const result =
     (await placeOrReplay()) ??
-    ((await releaseExpiredHolds(db, input.userId)) > 0 ? await placeOrReplay() : null);
+    ((await returnExpiredHolds(db, input.userId)) > 0 ? await placeOrReplay() : null);
   if (result) return result;
   const { balance } = await getBalance(db, input.userId);
   throw new InsufficientCreditsError(input.amount, balance);
@@ -130,8 +132,9 @@ async function reservePoolCredits(
     metadata: input.metadata,
   });
   try {
-    return await db.transaction().execute(async (trx) => {
-      await lockPoolForSpend(trx, input.guildId, input.userId, input.amount);
+    let expired = 0;
+    const placed = await db.transaction().execute(async (trx) => {
+      expired = await lockPoolForSpend(trx, input.guildId, input.userId, input.amount);
       const placed = await placePoolHold(trx, {
         guildId: input.guildId,
         userId: input.userId,
@@ -147,6 +150,8 @@ async function reservePoolCredits(
       if (!placed) throw new Error('pool hold found no spendable credits under its own lock');
       return { reservationId: placed.id, expiresAt: placed.expiresAt, balance: placed.available };
     });
+    effects.holdsExpired(expired);
+    return placed;
   } catch (error) {
     const duplicate = isUniqueViolation(error, RESERVATION_IDEMPOTENCY_INDEX);
     // An unknown outcome is answered as such (the key makes the caller's retry a replay); see outcome.ts.
@@ -159,7 +164,7 @@ async function reservePoolCredits(
       throw error;
     }
     if (first.request_hash !== hash) throw new IdempotencyConflictError();
-    return toReserveResult(first);
+    return markReplayed(toReserveResult(first));
   }
 }
 
@@ -178,8 +183,13 @@ export interface CommitResult {
   balance: number;
 }
 
-/** What a locking transaction decided: an answer, or a refusal raised only after it has committed. */
-type Settled<T> = { result: T; refused?: undefined } | { refused: ReservationStatus };
+/**
+ * What a locking transaction decided: an answer, or a refusal raised only after it has committed (`expired`:
+ * the hold was found past its time and closed on the way).
+ */
+type Settled<T> =
+  | { result: T; refused?: undefined; expired?: undefined }
+  | { refused: ReservationStatus; expired?: true };
 
 function notOpen(status: ReservationStatus): ConflictError {
   return new ConflictError(`The reservation is ${status}, not open`, 'RESERVATION_NOT_OPEN', { status });
@@ -220,12 +230,12 @@ export async function commitReservation(db: Kysely<Database>, input: CommitInput
     if (!reservation) throw new NotFoundError('Reservation', 'RESERVATION_NOT_FOUND');
     if (reservation.status === 'committed') {
       if (reservation.commit_hash !== commitHash) throw new IdempotencyConflictError();
-      return { result: await committedResult(trx, reservation) };
+      return { result: markReplayed(await committedResult(trx, reservation)) };
     }
     if (reservation.status !== 'open') return { refused: reservation.status };
     if (reservation.lapsed) {
       await releaseHold(trx, reservation, 'expired');
-      return { refused: 'expired' };
+      return { refused: 'expired', expired: true };
     }
     const amount = input.amount ?? reservation.amount;
     if (amount > reservation.amount) {
@@ -256,7 +266,8 @@ export async function commitReservation(db: Kysely<Database>, input: CommitInput
       },
     };
   });
-  // Refusals are raised after the transaction, so an expiry noticed here is kept.
+  // Refusals are raised after the transaction, so an expiry noticed here is kept (and counted).
+  if (outcome.expired) effects.holdsExpired(1);
   if (outcome.refused) throw notOpen(outcome.refused);
   return outcome.result;
 }
@@ -291,7 +302,10 @@ export async function releaseReservation(
       const balance = await releaseHold(trx, reservation, reservation.lapsed ? 'expired' : 'released');
       return { result: { released: reservation.amount, balance } };
     }
-    return { result: { released: reservation.amount, balance: await spendableNow(trx, reservation) } };
+    // Released or expired before: the same answer again, a replay.
+    return {
+      result: markReplayed({ released: reservation.amount, balance: await spendableNow(trx, reservation) }),
+    };
   });
   if (outcome.refused) throw notOpen(outcome.refused);
   return outcome.result;
@@ -305,6 +319,7 @@ export async function sweepExpiredHolds(db: Kysely<Database>, chunk = 1000): Pro
   let total = 0;
   for (;;) {
     const released = await releaseExpiredHolds(db, null, chunk);
+    effects.holdsExpired(released);
     total += released;
     if (released < chunk) return total;
   }

@@ -9,7 +9,7 @@ import {
 } from '@mana-credits/db';
 import { type Kysely, sql } from 'kysely';
 import { InsufficientCreditsError, InvalidRequestError } from '../errors.ts';
-import { requestHash, withLedgerIdempotency } from '../idempotency.ts';
+import { markReplayed, requestHash, withLedgerIdempotency } from '../idempotency.ts';
 import { generateGiftCode, giftShortUrl } from './codes.ts';
 import { type CreatedGift, toCreatedGift } from './mappers.ts';
 import { hashRiddleAnswer, normaliseRiddleAnswer, riddleAnswerFingerprint } from './riddle.ts';
@@ -136,5 +136,5 @@ export async function createGift(
     .where('id', '=', outcome.replayOf)
     .where('creator_id', '=', creator.id)
     .executeTakeFirstOrThrow();
-  return toCreatedGift(first);
+  return markReplayed(toCreatedGift(first));
 }

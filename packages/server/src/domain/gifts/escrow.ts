@@ -1,6 +1,8 @@
 import { creditBalance, type Database, type GiftRow, systemKeys } from '@mana-credits/db';
 import { type Kysely, sql, type Transaction } from 'kysely';
+import { effects } from '../effects.ts';
 import { ForbiddenError, NotFoundError, PreconditionFailedError } from '../errors.ts';
+import { markReplayed } from '../idempotency.ts';
 
 type ClosedStatus = 'expired' | 'cancelled' | 'refunded';
 
@@ -74,12 +76,14 @@ export async function expireGiftIfDue(
   giftId: string,
   options: { skipLocked?: boolean } = {},
 ): Promise<boolean> {
-  return db.transaction().execute(async (trx) => {
+  const refunded = await db.transaction().execute(async (trx) => {
     const gift = await lockGift(trx, giftId, options);
-    if (gift?.status !== 'active' || !gift.due) return false;
-    await releaseEscrow(trx, gift, 'expired');
-    return true;
+    if (gift?.status !== 'active' || !gift.due) return null;
+    return releaseEscrow(trx, gift, 'expired');
   });
+  if (refunded === null) return false;
+  effects.giftExpired(refunded);
+  return true;
 }
 
 /**
@@ -106,7 +110,9 @@ export async function expireDueGifts(
   return expired;
 }
 
-export type CancelOutcome = { ok: true; refunded: number } | { ok: false; error: Error };
+export type CancelOutcome =
+  | { ok: true; refunded: number; again?: true }
+  | { ok: false; error: Error; expiredRefund?: number };
 
 /**
  * Cancels a gift for its creator: the unclaimed escrow goes back (status `refunded` when nothing was
@@ -124,13 +130,13 @@ export async function cancelGift(
       throw new ForbiddenError('Only the creator can cancel a gift', 'NOT_GIFT_CREATOR');
     }
     if (gift.status === 'cancelled' || gift.status === 'refunded') {
-      return { ok: true, refunded: gift.refunded_credits };
+      return { ok: true, refunded: gift.refunded_credits, again: true };
     }
     if (gift.status === 'active' && gift.due) {
-      await releaseEscrow(trx, gift, 'expired');
       return {
         ok: false,
         error: new PreconditionFailedError('The gift has expired; its credits were returned', 'GIFT_EXPIRED'),
+        expiredRefund: await releaseEscrow(trx, gift, 'expired'),
       };
     }
     if (gift.status !== 'active') {
@@ -145,6 +151,10 @@ export async function cancelGift(
     const refunded = await releaseEscrow(trx, gift, gift.claimed_portions === 0 ? 'refunded' : 'cancelled');
     return { ok: true, refunded };
   });
-  if (!outcome.ok) throw outcome.error;
-  return { refunded: outcome.refunded };
+  if (!outcome.ok) {
+    if (outcome.expiredRefund !== undefined) effects.giftExpired(outcome.expiredRefund);
+    throw outcome.error;
+  }
+  // Cancelling again answers what the first cancel refunded: a replay, for the metrics.
+  return outcome.again ? markReplayed({ refunded: outcome.refunded }) : { refunded: outcome.refunded };
 }

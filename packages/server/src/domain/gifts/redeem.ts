@@ -1,6 +1,7 @@
 import { type Database, type GiftRow, type RedemptionStatus, systemKeys } from '@mana-credits/db';
 import { type Kysely, sql, type Transaction } from 'kysely';
 import { creditEarned } from '../credits/balance-limit.ts';
+import { effects } from '../effects.ts';
 import {
   ConflictError,
   DomainError,
@@ -38,7 +39,8 @@ export interface RedeemResult {
   balance: number;
 }
 
-type Attempt = { ok: true; result: RedeemResult } | { ok: false; error: DomainError };
+/** `expiredRefund`: the gift was found past its expiry and its escrow returned on the way (committed). */
+type Attempt = { ok: true; result: RedeemResult } | { ok: false; error: DomainError; expiredRefund?: number };
 
 /**
  * A gift by its code as typed, with whether its expiry has passed by the database clock. A code that cannot be
@@ -113,11 +115,14 @@ export async function claimGift(
           source_app_id: input.sourceAppId ?? null,
         })
         .execute();
-      return { ok: false, error: refusal.error };
+      return { ok: false, error: refusal.error, expiredRefund: refusal.expiredRefund };
     }
     return { ok: true, result: await claimPortion(trx, locked, redeemer, input.sourceAppId) };
   });
-  if (!attempt.ok) throw attempt.error;
+  if (!attempt.ok) {
+    if (attempt.expiredRefund !== undefined) effects.giftExpired(attempt.expiredRefund);
+    throw attempt.error;
+  }
   return attempt.result;
 }
 
@@ -153,9 +158,14 @@ async function refusalOf(
   gift: LockedGift,
   redeemer: Redeemer,
   answerCorrect: boolean,
-): Promise<{ status: Exclude<RedemptionStatus, 'success'>; error: DomainError } | null> {
+): Promise<{
+  status: Exclude<RedemptionStatus, 'success'>;
+  error: DomainError;
+  expiredRefund?: number;
+} | null> {
   // Expiry on access: the refund commits with the refusal.
-  if (gift.status === 'active' && gift.due) await releaseEscrow(trx, gift, 'expired');
+  const expiredRefund =
+    gift.status === 'active' && gift.due ? await releaseEscrow(trx, gift, 'expired') : undefined;
   const status = gift.status === 'active' && gift.due ? 'expired' : gift.status;
   const claimed = await trx
     .selectFrom('gifts.gift_redemptions')
@@ -168,12 +178,14 @@ async function refusalOf(
     return {
       status: 'failed_already_claimed',
       error: new ConflictError('You have already redeemed this gift', 'ALREADY_CLAIMED'),
+      expiredRefund,
     };
   }
   if (status === 'expired') {
     return {
       status: 'failed_expired',
       error: new PreconditionFailedError('This gift has expired', 'GIFT_EXPIRED'),
+      expiredRefund,
     };
   }
   if (status === 'cancelled' || status === 'refunded') {

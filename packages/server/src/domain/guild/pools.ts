@@ -16,8 +16,9 @@ import {
 } from '@mana-credits/db';
 import { type Kysely, sql, type Transaction } from 'kysely';
 import { MAX_CREDITS } from '../credits/balance-limit.ts';
+import { effects } from '../effects.ts';
 import { InsufficientCreditsError, InvalidRequestError, PreconditionFailedError } from '../errors.ts';
-import { requestHash } from '../idempotency.ts';
+import { isReplayed, markReplayed, requestHash } from '../idempotency.ts';
 import { withGuildIdempotency } from './idempotency.ts';
 import { assertWithinMemberLimits, poolNotFound } from './limits.ts';
 import { type PoolUseResult, toGuildTransactionView, toPoolUseResult, toPoolView } from './mappers.ts';
@@ -132,22 +133,25 @@ export async function fundPool(deps: GuildDeps, actorId: string, input: FundInpu
  * Locks a pool for a member's spend or hold (the first lock of such a transaction), returns its expired holds
  * first (check on access) so they neither block the pool nor count against limits any longer, then checks
  * that `amount` fits the spendable pool and the member's daily and monthly limits — all under the lock.
+ * Returns how many expired holds it returned (for the metrics, once the transaction has committed).
  */
 export async function lockPoolForSpend(
   trx: Transaction<Database>,
   guildId: string,
   userId: string,
   amount: number,
-): Promise<void> {
+): Promise<number> {
   let pool = await lockGuildPool(trx, guildId);
   if (!pool) throw poolNotFound();
-  if (pool.reserved > 0 && (await releaseExpiredPoolHolds(trx, guildId)) > 0) {
+  const expired = pool.reserved > 0 ? await releaseExpiredPoolHolds(trx, guildId) : 0;
+  if (expired > 0) {
     pool = await lockGuildPool(trx, guildId);
     if (!pool) throw poolNotFound();
   }
   const available = pool.balance - pool.reserved;
   if (available < amount) throw new InsufficientCreditsError(amount, available, 'INSUFFICIENT_POOL_CREDITS');
   await assertWithinMemberLimits(trx, guildId, userId, amount);
+  return expired;
 }
 
 export interface PoolUseInput {
@@ -177,9 +181,10 @@ export async function useGuildCredits(deps: GuildDeps, input: PoolUseInput): Pro
   return withGuildIdempotency(
     db,
     { guildId: input.guildId, userId: input.userId, key: input.idempotencyKey, hash },
-    () =>
-      db.transaction().execute(async (trx) => {
-        await lockPoolForSpend(trx, input.guildId, input.userId, input.amount);
+    async () => {
+      let expired = 0;
+      const used = await db.transaction().execute(async (trx) => {
+        expired = await lockPoolForSpend(trx, input.guildId, input.userId, input.amount);
         const posted = await debitGuildPool(trx, {
           guildId: input.guildId,
           userId: input.userId,
@@ -194,7 +199,10 @@ export async function useGuildCredits(deps: GuildDeps, input: PoolUseInput): Pro
         // The row is locked and was checked above; a miss here would be a bug, not a race.
         if (!posted) throw new Error('pool debit found no spendable credits under its own lock');
         return { transactionId: posted.id, poolBalance: posted.available };
-      }),
+      });
+      effects.holdsExpired(expired);
+      return used;
+    },
     toPoolUseResult,
   );
 }
@@ -205,7 +213,8 @@ export async function useGuildCredits(deps: GuildDeps, input: PoolUseInput): Pro
  */
 export async function useGuildCreditsViaCreditsUse(deps: GuildDeps, input: PoolUseInput) {
   const result = await useGuildCredits(deps, input);
-  return { ...result, balance: result.poolBalance };
+  const answer = { ...result, balance: result.poolBalance };
+  return isReplayed(result) ? markReplayed(answer) : answer;
 }
 
 /** The pool's ledger, newest first: owners and admins see every row, members only their own. */

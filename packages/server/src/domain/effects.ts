@@ -1,0 +1,35 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
+
+/**
+ * Movements a piece of work makes besides the one its caller asked for, so the metrics count them: holds and
+ * gifts found past their expiry and closed on the way (by a sweep, or by a call that came across them). What a
+ * call itself moves is counted from its input and answer (trpc/metrics.ts); only these side effects are
+ * reported from the domain code, and only after the transaction that made them has committed.
+ */
+export interface EffectSink {
+  /** `count` holds (personal or pool) were closed as expired, their credits spendable again. */
+  holdsExpired(count: number): void;
+  /** A gift was closed as expired and `refunded` unclaimed credits went back to its creator. */
+  giftExpired(refunded: number): void;
+}
+
+const current = new AsyncLocalStorage<EffectSink>();
+
+/**
+ * Runs `work` (and everything it starts) reporting into `sink`: each app reports into its own metrics, so
+ * every request and every periodic job runs inside this. Outside it (a test calling the domain directly),
+ * effects are not reported anywhere.
+ */
+export function reportingEffectsTo<T>(sink: EffectSink, work: () => T): T {
+  return current.run(sink, work);
+}
+
+/** Report side effects here, after their transaction committed; a no-op outside reportingEffectsTo. */
+export const effects: EffectSink = {
+  holdsExpired(count) {
+    if (count > 0) current.getStore()?.holdsExpired(count);
+  },
+  giftExpired(refunded) {
+    current.getStore()?.giftExpired(refunded);
+  },
+};

@@ -1,0 +1,10 @@
+import type { AppDeps, Logger } from '../deps.ts';
+import { giftExpiryJob } from './gift-expiry.ts';
+import { rateLimitPruneJob } from './rate-limit-prune.ts';
+import { reservationSweepJob } from './reservation-sweep.ts';
+import type { Job } from './scheduler.ts';
+
+/** All periodic work of the server, run by the app's scheduler (see scheduler.ts). Add new jobs here. */
+export function periodicJobs(deps: Pick<AppDeps, 'db' | 'config'>, log?: Logger): Job[] {
+  return [giftExpiryJob(deps, log), reservationSweepJob(deps, log), rateLimitPruneJob(deps)];
+}
