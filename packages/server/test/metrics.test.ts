@@ -148,7 +148,7 @@ async function sweepingSibling(config: Partial<AppDeps['config']>) {
 
 describe('every money procedure is in the table', () => {
   it('MONEY_PROCEDURES names only real procedures, and only mutations', () => {
-    const procedures = appRouter._def.procedures as Record<string, { _def: { type: string } }>;
+    const procedures = appRouter._def.procedures as unknown as Record<string, { _def: { type: string } }>;
     for (const path of Object.keys(MONEY_PROCEDURES)) {
       expect(procedures[path], path).toBeDefined();
       expect(procedures[path]?._def.type, path).toBe('mutation');
