@@ -153,6 +153,7 @@ export function registerScheduler(app: FastifyInstance): Scheduler {
   app.decorate('scheduler', scheduler);
   app.addHook('onReady', async () => {
     scheduler.start();
+    app.log.debug({ jobs: scheduler.jobs() }, 'periodic jobs scheduled');
   });
   app.addHook('preClose', async () => {
     await scheduler.stop();
