@@ -5,15 +5,12 @@ import {
   findGuildEntry,
   findGuildPool,
   findLedgerEntry,
-  findReservationByKey,
   getBalance,
-  isUniqueViolation,
   type JsonObject,
   type LockedReservation,
   lockReservation,
   placeHold,
   placePoolHold,
-  RESERVATION_IDEMPOTENCY_INDEX,
   type ReservationRow,
   type ReservationStatus,
   releaseExpiredHolds,
@@ -22,7 +19,6 @@ import {
 import type { Kysely, Transaction } from 'kysely';
 import {
   ConflictError,
-  DomainError,
   IdempotencyConflictError,
   InsufficientCreditsError,
   InvalidRequestError,
@@ -31,8 +27,7 @@ import {
 import { poolNotFound } from '../guild/limits.ts';
 import { requireRole } from '../guild/membership.ts';
 import { type GuildDeps, lockPoolForSpend } from '../guild/pools.ts';
-import { requestHash } from '../idempotency.ts';
-import { certainlyNotCommitted, certainOrUnknown } from '../outcome.ts';
+import { requestHash, reservationKeys, withIdempotency } from '../idempotency.ts';
 
 export interface ReserveInput {
   userId: string;
@@ -77,34 +72,31 @@ export async function reserveCredits(deps: GuildDeps, input: ReserveInput): Prom
     metadata: input.metadata,
   });
 
-  const placeOrReplay = async (): Promise<ReserveResult | null> => {
-    try {
-      const placed = await placeHold(db, {
-        userId: input.userId,
-        amount: input.amount,
-        appId: input.appId,
-        description: input.description,
-        metadata: input.metadata,
-        idempotencyKey: input.idempotencyKey,
-        requestHash: hash,
-        ttlSeconds: input.ttlSeconds,
-      });
-      if (placed) return { reservationId: placed.id, expiresAt: placed.expiresAt, balance: placed.available };
-    } catch (error) {
-      if (!isUniqueViolation(error, RESERVATION_IDEMPOTENCY_INDEX)) throw certainOrUnknown(error);
-    }
-    const first = await findReservationByKey(db, input.userId, input.idempotencyKey);
-    if (!first) return null;
-    if (first.request_hash !== hash) throw new IdempotencyConflictError();
-    return toReserveResult(first);
-  };
-
-  const result =
-    (await placeOrReplay()) ??
-    ((await releaseExpiredHolds(db, input.userId)) > 0 ? await placeOrReplay() : null);
-  if (result) return result;
-  const { balance } = await getBalance(db, input.userId);
-  throw new InsufficientCreditsError(input.amount, balance);
+  return withIdempotency(
+    reservationKeys(db, input.userId),
+    { key: input.idempotencyKey, hash },
+    async () => {
+      const place = () =>
+        placeHold(db, {
+          userId: input.userId,
+          amount: input.amount,
+          appId: input.appId,
+          description: input.description,
+          metadata: input.metadata,
+          idempotencyKey: input.idempotencyKey,
+          requestHash: hash,
+          ttlSeconds: input.ttlSeconds,
+        });
+      const placed =
+        (await place()) ?? ((await releaseExpiredHolds(db, input.userId)) > 0 ? await place() : null);
+      if (!placed) {
+        const { balance } = await getBalance(db, input.userId);
+        throw new InsufficientCreditsError(input.amount, balance);
+      }
+      return { reservationId: placed.id, expiresAt: placed.expiresAt, balance: placed.available };
+    },
+    toReserveResult,
+  );
 }
 
 /**
@@ -129,38 +121,29 @@ async function reservePoolCredits(
     ttlSeconds: input.ttlSeconds,
     metadata: input.metadata,
   });
-  try {
-    return await db.transaction().execute(async (trx) => {
-      await lockPoolForSpend(trx, input.guildId, input.userId, input.amount);
-      const placed = await placePoolHold(trx, {
-        guildId: input.guildId,
-        userId: input.userId,
-        amount: input.amount,
-        appId: input.appId,
-        description: input.description,
-        metadata: input.metadata,
-        idempotencyKey: input.idempotencyKey,
-        requestHash: hash,
-        ttlSeconds: input.ttlSeconds,
-      });
-      // The row is locked and was checked above; a miss here would be a bug, not a race.
-      if (!placed) throw new Error('pool hold found no spendable credits under its own lock');
-      return { reservationId: placed.id, expiresAt: placed.expiresAt, balance: placed.available };
-    });
-  } catch (error) {
-    const duplicate = isUniqueViolation(error, RESERVATION_IDEMPOTENCY_INDEX);
-    // An unknown outcome is answered as such (the key makes the caller's retry a replay); see outcome.ts.
-    if (!duplicate && !(error instanceof DomainError && certainlyNotCommitted(error))) {
-      throw certainOrUnknown(error);
-    }
-    const first = await findReservationByKey(db, input.userId, input.idempotencyKey);
-    if (!first) {
-      if (duplicate) throw new Error('reservation key collided but no row was found', { cause: error });
-      throw error;
-    }
-    if (first.request_hash !== hash) throw new IdempotencyConflictError();
-    return toReserveResult(first);
-  }
+  return withIdempotency(
+    reservationKeys(db, input.userId),
+    { key: input.idempotencyKey, hash },
+    () =>
+      db.transaction().execute(async (trx) => {
+        await lockPoolForSpend(trx, input.guildId, input.userId, input.amount);
+        const placed = await placePoolHold(trx, {
+          guildId: input.guildId,
+          userId: input.userId,
+          amount: input.amount,
+          appId: input.appId,
+          description: input.description,
+          metadata: input.metadata,
+          idempotencyKey: input.idempotencyKey,
+          requestHash: hash,
+          ttlSeconds: input.ttlSeconds,
+        });
+        // The row is locked and was checked above; a miss here would be a bug, not a race.
+        if (!placed) throw new Error('pool hold found no spendable credits under its own lock');
+        return { reservationId: placed.id, expiresAt: placed.expiresAt, balance: placed.available };
+      }),
+    toReserveResult,
+  );
 }
 
 export interface CommitInput {
