@@ -69,24 +69,25 @@ function parseItem(
 }
 
 function toItemResult(debit: BatchDebit, outcome: BatchOutcome): BatchItemResult {
+  const key = debit.idempotencyKey ?? null; // always set: batch items require a key
   switch (outcome.outcome) {
     case 'ok':
     case 'replay':
       return {
-        idempotencyKey: debit.idempotencyKey,
+        idempotencyKey: key,
         ok: true,
         transactionId: outcome.transactionId,
         balance: outcome.available,
       };
     case 'insufficient':
       return failed(
-        debit.idempotencyKey,
+        key,
         'INSUFFICIENT_CREDITS',
         `Insufficient credits: ${debit.amount} required, ${outcome.available} available`,
       );
     case 'conflict':
       return failed(
-        debit.idempotencyKey,
+        key,
         'IDEMPOTENCY_CONFLICT',
         'This idempotency key was already used with a different request',
       );
