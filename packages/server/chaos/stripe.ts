@@ -92,7 +92,13 @@ export class StripeChaos {
 
   constructor(private readonly options: StripeChaosOptions) {}
 
-  private pick<T>(items: readonly T[], random = this.options.random): T {
+  /**
+   * The numbers of the current step: each step takes the same count from the seeded stream whatever it ends up
+   * doing, so a seed replays the same sequence of decisions even when timing changes what they apply to.
+   */
+  private draw: () => number = () => 0;
+
+  private pick<T>(items: readonly T[], random = this.draw): T {
     return items[Math.floor(random() * items.length)] as T;
   }
 
@@ -127,7 +133,10 @@ export class StripeChaos {
     while (Date.now() < deadline) {
       await sleep(100 + random() * 250);
       if (Date.now() >= deadline) break;
-      const roll = random();
+      const draws = Array.from({ length: 32 }, () => random());
+      let next = 0;
+      this.draw = () => draws[next++ % draws.length]!;
+      const roll = this.draw();
       if (roll < 0.35) await this.purchase();
       else if (roll < 0.65) this.pay();
       else if (roll < 0.85) this.refund();
@@ -156,7 +165,8 @@ export class StripeChaos {
    * them all the same, and the webhook must find the purchase by its metadata.
    */
   private pay() {
-    const { stripe, random } = this.options;
+    const { stripe } = this.options;
+    const random = this.draw;
     const candidates = [...stripe.paymentIntents.values()].filter(
       (intent) =>
         intent.status !== 'succeeded' &&
@@ -201,7 +211,8 @@ export class StripeChaos {
   }
 
   private refund(chosen?: Payment, maxDelay = 2500) {
-    const { stripe, random } = this.options;
+    const { stripe } = this.options;
+    const random = this.draw;
     const candidates = [...this.payments.values()].filter(
       (p) => p.refunded < p.price && p.disputes.length === 0,
     );
@@ -218,7 +229,8 @@ export class StripeChaos {
   }
 
   private dispute() {
-    const { stripe, random } = this.options;
+    const { stripe } = this.options;
+    const random = this.draw;
     const candidates = [...this.payments.values()].filter(
       (p) => p.disputes.length === 0 && p.refunded < p.price,
     );
@@ -234,13 +246,14 @@ export class StripeChaos {
   }
 
   /**
-   * Queues an event for delivery after a random delay in [minDelay, maxDelay): sometimes twice under its id,
+   * Queues an event for delivery after a random delay in [minDelay, maxDelay): at least twice under its id,
    * sometimes also under a second id (Stripe may send an event again, and several events for one payment).
    */
   private emit(type: string, object: Json, maxDelay: number, minDelay = 0) {
-    const { random, stripe, seed } = this.options;
-    const copies = random() < 0.3 ? 2 : 1;
-    const ids = random() < 0.25 ? 2 : 1;
+    const { stripe, seed } = this.options;
+    const random = this.draw;
+    const copies = random() < 0.2 ? 3 : 2;
+    const ids = random() < 0.3 ? 2 : 1;
     for (let i = 0; i < ids; i++) {
       const event = stripe.event(type, object, `evt_chaos${seed}_${++this.eventSequence}`);
       const payload = JSON.stringify(event, null, 2);
