@@ -32,6 +32,8 @@ const { values: args } = parseArgs({
     workers: { type: 'string', default: '3' },
     seed: { type: 'string', default: String(Date.now() % 100000) },
     'no-pg-restart': { type: 'boolean', default: false },
+    /** Comma-separated nemesis steps to choose from (default: all), e.g. to reproduce one kind of fault. */
+    faults: { type: 'string' },
     'database-url': {
       type: 'string',
       default: process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres',
@@ -168,7 +170,7 @@ function kill(instance: Instance, signal: NodeJS.Signals) {
 // ── the nemesis ───────────────────────────────────────────────────────────────────────────────────────────
 const faults: Record<string, number> = {};
 async function nemesis(instances: Instance[], services: Services, proxy: TcpFaultProxy, deadline: number) {
-  const kinds = [
+  const all = [
     'kill',
     'pause',
     'terminate-backends',
@@ -176,6 +178,10 @@ async function nemesis(instances: Instance[], services: Services, proxy: TcpFaul
     'cut-answers',
     ...(args['no-pg-restart'] ? [] : ['restart-postgres']),
   ];
+  const chosen = args.faults?.split(',').map((kind) => kind.trim());
+  const unknownKinds = chosen?.filter((kind) => !all.includes(kind)) ?? [];
+  if (unknownKinds.length > 0) throw new Error(`--faults: unknown or disabled ${unknownKinds.join(', ')}`);
+  const kinds = chosen ?? all;
   while (Date.now() < deadline - 3000) {
     await new Promise((r) => setTimeout(r, 1000 + random() * 2500));
     if (Date.now() >= deadline - 3000) break;
@@ -454,8 +460,34 @@ async function main() {
   const successByCodeAndUser = new Map(
     successes.map((r) => [`${normalCode(r.code)}/${r.redeemer_user_id}`, r]),
   );
+  // Keyless debits are named by their metadata: an acknowledged one is charged once, as told; a refused one
+  // never; one with an unknown outcome at most once (≤ semantics; it was not retried).
+  const keylessRows = new Map<string, { id: string; user_id: string; amount: number }[]>();
+  for (const row of (
+    await sql<{ id: string; user_id: string; amount: number; op: string }>`
+      select id, user_id, amount, metadata->>'chaosOp' as op from credits.transactions
+       where idempotency_key is null and metadata ? 'chaosOp'`.execute(handle.db)
+  ).rows) {
+    keylessRows.set(row.op, [...(keylessRows.get(row.op) ?? []), row]);
+  }
   for (const op of operations) {
     const userId = op.account ?? (op.input.userId as string | undefined) ?? op.actor;
+    if (op.keyless && op.kind === 'use') {
+      const charged = keylessRows.get(op.id) ?? [];
+      const allowed = op.outcome === 'ok' ? [1, 1] : op.outcome === 'refused' ? [0, 0] : [0, 1];
+      if (charged.length < allowed[0]! || charged.length > allowed[1]!) {
+        violations.push(
+          `${op.id} (keyless use of ${op.input.amount}, ${op.outcome}${op.reason ? ` ${op.reason}` : ''}) charged ${charged.length} times: ${charged.map((r) => r.id).join(', ')}`,
+        );
+      }
+      if (op.outcome === 'ok' && charged.length === 1 && charged[0]!.id !== op.result?.transactionId) {
+        violations.push(`${op.id} acknowledged ${op.result?.transactionId}, ledger has ${charged[0]!.id}`);
+      }
+      // What the caller was told (an unknown one: whether it happened at all), not what the ledger holds.
+      const happened = op.outcome === 'ok' ? 1 : op.outcome === 'unknown' ? Math.min(charged.length, 1) : 0;
+      adjust(userId, -happened * (op.input.amount as number));
+      continue;
+    }
     const key = op.input.idempotencyKey as string | undefined;
     const row = key
       ? byKey.get(`${op.kind.startsWith('guild.') ? 'guild/' : ''}${userId}/${key}`)
@@ -572,7 +604,7 @@ async function main() {
   console.log('');
   console.log(`chaos summary (seed ${seed}, ${seconds}s, ${instanceCount} instance(s))`);
   console.log(
-    `  operations: ${operations.length} (ok ${count('ok')}, refused ${count('refused')}, settled after the run ${unknown.length})`,
+    `  operations: ${operations.length} (ok ${count('ok')}, refused ${count('refused')}, settled after the run ${unknown.length}; keyless ${operations.filter((op) => op.keyless).length}, of them unknown ${count('unknown')})`,
   );
   const purchaseCount = (outcome: string) =>
     stripeDriver.purchases.filter((op) => op.outcome === outcome).length;
