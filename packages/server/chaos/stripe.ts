@@ -25,6 +25,10 @@ export interface ChaosPackage {
 interface Delivery {
   eventId: string;
   type: string;
+  /** The purchase the event is about (from the intent's metadata), for the timeline of a violation. */
+  purchaseId: string;
+  /** When this delivery got its 2xx, ms since the driver started. */
+  acknowledgedAt?: number;
   payload: string;
   due: number;
   attempts: number;
@@ -88,6 +92,7 @@ export class StripeChaos {
     acknowledgedAfterRun: 0,
   };
   private sequence = 0;
+  private readonly startedAt = Date.now();
   private eventSequence = 0;
 
   constructor(private readonly options: StripeChaosOptions) {}
@@ -176,16 +181,17 @@ export class StripeChaos {
     if (candidates.length === 0) return;
     const intent = this.pick(candidates);
     const intentId = intent.id as string;
+    const purchaseId = (intent.metadata as Record<string, string>).purchaseId!;
     if (random() < 0.15) {
       // Declined, and never paid afterwards.
       this.abandoned.add(intentId);
-      this.emit('payment_intent.payment_failed', stripe.failPaymentIntent(intentId), 2000);
+      this.emit('payment_intent.payment_failed', stripe.failPaymentIntent(intentId), purchaseId, 2000);
       return;
     }
     if (random() < 0.15) {
       // Declined first, then paid with another card: the failure may arrive after the success.
       this.stats.declinedFirst++;
-      this.emit('payment_intent.payment_failed', stripe.failPaymentIntent(intentId), 3000);
+      this.emit('payment_intent.payment_failed', stripe.failPaymentIntent(intentId), purchaseId, 3000);
     }
     const paid = stripe.succeedPaymentIntent(intentId);
     const metadata = paid.metadata as Record<string, string>;
@@ -204,9 +210,9 @@ export class StripeChaos {
       // A refund (already) on its way that overtakes the payment's own event.
       this.stats.refundsBeforePayment++;
       this.refund(payment, 200);
-      this.emit('payment_intent.succeeded', paid, 3000, 1500);
+      this.emit('payment_intent.succeeded', paid, purchaseId, 3000, 1500);
     } else {
-      this.emit('payment_intent.succeeded', paid, 2500);
+      this.emit('payment_intent.succeeded', paid, purchaseId, 2500);
     }
   }
 
@@ -225,7 +231,7 @@ export class StripeChaos {
     payment.refunded += amount;
     this.stats.refunds++;
     if (payment.refunded === payment.price) this.stats.fullRefunds++;
-    this.emit('charge.refunded', charge, maxDelay);
+    this.emit('charge.refunded', charge, payment.purchaseId, maxDelay);
   }
 
   private dispute() {
@@ -242,14 +248,14 @@ export class StripeChaos {
     const dispute = stripe.disputeCharge(payment.chargeId, amount);
     payment.disputes.push({ id: dispute.id as string, amount });
     this.stats.disputes++;
-    this.emit('charge.dispute.created', dispute, 2500);
+    this.emit('charge.dispute.created', dispute, payment.purchaseId, 2500);
   }
 
   /**
    * Queues an event for delivery after a random delay in [minDelay, maxDelay): at least twice under its id,
    * sometimes also under a second id (Stripe may send an event again, and several events for one payment).
    */
-  private emit(type: string, object: Json, maxDelay: number, minDelay = 0) {
+  private emit(type: string, object: Json, purchaseId: string, maxDelay: number, minDelay = 0) {
     const { stripe, seed } = this.options;
     const random = this.draw;
     const copies = random() < 0.2 ? 3 : 2;
@@ -265,6 +271,7 @@ export class StripeChaos {
         this.deliveries.push({
           eventId: event.id as string,
           type,
+          purchaseId,
           payload,
           due: Date.now() + minDelay + random() * (maxDelay - minDelay),
           attempts: 0,
@@ -295,8 +302,10 @@ export class StripeChaos {
         timeoutMs,
       );
       delivery.inFlight = false;
-      if (typeof status === 'number' && status >= 200 && status < 300) delivery.acknowledged = true;
-      else delivery.due = Date.now() + Math.min(250 * delivery.attempts, 2000) * (0.5 + random());
+      if (typeof status === 'number' && status >= 200 && status < 300) {
+        delivery.acknowledged = true;
+        delivery.acknowledgedAt = Date.now() - this.startedAt;
+      } else delivery.due = Date.now() + Math.min(250 * delivery.attempts, 2000) * (0.5 + random());
     }
   }
 
@@ -326,6 +335,27 @@ export class StripeChaos {
    * purchase, the keyless purchase calls within ≤ bounds. Returns the violations and, per user, what Stripe
    * moved (credits bought minus credits clawed back) for the balance check.
    */
+  /** What happened to a purchase, for a violation: its call, its row and when each of its events was taken. */
+  private story(
+    purchaseId: string,
+    row:
+      | { stripe_payment_intent_id: string | null; stripe_charge_id: string | null; status: string }
+      | undefined,
+  ) {
+    const call = this.purchases.find((op) => op.result?.purchaseId === purchaseId);
+    const acknowledged = new Map<string, { type: string; at: number }>();
+    for (const d of this.deliveries) {
+      if (d.purchaseId !== purchaseId || d.acknowledgedAt === undefined) continue;
+      const first = acknowledged.get(d.eventId);
+      if (!first || d.acknowledgedAt < first.at)
+        acknowledged.set(d.eventId, { type: d.type, at: d.acknowledgedAt });
+    }
+    const events = [...acknowledged.entries()]
+      .sort((a, b) => a[1].at - b[1].at)
+      .map(([id, e]) => `${e.type} ${id} @${(e.at / 1000).toFixed(1)}s`);
+    return `[call ${call ? `${call.id} ok` : 'not acknowledged'}; row ${row ? `${row.status}, intent ${row.stripe_payment_intent_id}, charge ${row.stripe_charge_id}` : 'missing'}; first taken: ${events.join(', ')}]`;
+  }
+
   async check(db: Kysely<Database>): Promise<{ violations: string[]; balanceDelta: Map<string, number> }> {
     const violations: string[] = [];
     const balanceDelta = new Map<string, number>();
@@ -427,7 +457,7 @@ export class StripeChaos {
         credited[0]!.user_id !== payment.userId
       ) {
         violations.push(
-          `purchase ${purchaseId} paid (${pack.credits} credits for ${payment.userId}): status ${row.status}, purchase rows ${JSON.stringify(credited.map((r) => [r.user_id, r.amount]))}`,
+          `purchase ${purchaseId} paid (${pack.credits} credits for ${payment.userId}): status ${row.status}, purchase rows ${JSON.stringify(credited.map((r) => [r.user_id, r.amount]))} ${this.story(purchaseId, row)}`,
         );
       }
       adjust(payment.userId, pack.credits);
@@ -445,13 +475,13 @@ export class StripeChaos {
       const refundsDue = own.filter((r) => r.kind === 'refund').reduce((sum, r) => sum + r.credits_due, 0);
       if (refundsDue !== refundCredits)
         violations.push(
-          `purchase ${purchaseId}: refunded ${payment.refunded}/${payment.price} cents = ${refundCredits} credits, reversals claim ${refundsDue}`,
+          `purchase ${purchaseId}: refunded ${payment.refunded}/${payment.price} cents = ${refundCredits} credits, reversals claim ${refundsDue} ${this.story(purchaseId, row)}`,
         );
       for (const dispute of payment.disputes) {
         const recordedDisputes = own.filter((r) => r.kind === 'dispute' && r.stripe_object_id === dispute.id);
         if (recordedDisputes.length !== 1)
           violations.push(
-            `purchase ${purchaseId}: dispute ${dispute.id} recorded ${recordedDisputes.length} times`,
+            `purchase ${purchaseId}: dispute ${dispute.id} recorded ${recordedDisputes.length} times ${this.story(purchaseId, row)}`,
           );
       }
       const clawedBack = -rows.clawback.reduce((sum, r) => sum + r.amount, 0);
@@ -462,7 +492,7 @@ export class StripeChaos {
         rows.clawback.length > own.length
       ) {
         violations.push(
-          `purchase ${purchaseId}: Stripe reversed ${claimed} of ${pack.credits} credits (${own.length} reversals); clawback rows ${clawedBack} in ${rows.clawback.length}, purchase says clawed back ${row.clawed_back_credits} + unrecovered ${row.unrecovered_credits}`,
+          `purchase ${purchaseId}: Stripe reversed ${claimed} of ${pack.credits} credits (${own.length} reversals); clawback rows ${clawedBack} in ${rows.clawback.length}, purchase says clawed back ${row.clawed_back_credits} + unrecovered ${row.unrecovered_credits} ${this.story(purchaseId, row)}`,
         );
       }
     }
