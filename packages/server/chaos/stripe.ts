@@ -329,13 +329,7 @@ export class StripeChaos {
     }
   }
 
-  /**
-   * After every delivery was acknowledged: each paid purchase credited exactly once with its package's credits,
-   * no other purchase credited, reversals recorded once and clawed back at most once each and never beyond the
-   * purchase, the keyless purchase calls within ≤ bounds. Returns the violations and, per user, what Stripe
-   * moved (credits bought minus credits clawed back) for the balance check.
-   */
-  /** What happened to a purchase, for a violation: its call, its row and when each of its events was taken. */
+  /** What happened to a purchase, for a violation: its call, its row and when each of its events was first acknowledged. */
   private story(
     purchaseId: string,
     row:
@@ -353,9 +347,15 @@ export class StripeChaos {
     const events = [...acknowledged.entries()]
       .sort((a, b) => a[1].at - b[1].at)
       .map(([id, e]) => `${e.type} ${id} @${(e.at / 1000).toFixed(1)}s`);
-    return `[call ${call ? `${call.id} ok` : 'not acknowledged'}; row ${row ? `${row.status}, intent ${row.stripe_payment_intent_id}, charge ${row.stripe_charge_id}` : 'missing'}; first taken: ${events.join(', ')}]`;
+    return `[call ${call ? `${call.id} ok` : 'not acknowledged'}; row ${row ? `${row.status}, intent ${row.stripe_payment_intent_id}, charge ${row.stripe_charge_id}` : 'missing'}; first acknowledged: ${events.join(', ')}]`;
   }
 
+  /**
+   * After every delivery was acknowledged: each paid purchase credited exactly once with its package's credits,
+   * no other purchase credited, reversals recorded once and clawed back at most once each and never beyond the
+   * purchase, the keyless purchase calls within ≤ bounds. Returns the violations and, per user, what Stripe
+   * moved (credits bought minus credits clawed back) for the balance check.
+   */
   async check(db: Kysely<Database>): Promise<{ violations: string[]; balanceDelta: Map<string, number> }> {
     const violations: string[] = [];
     const balanceDelta = new Map<string, number>();
