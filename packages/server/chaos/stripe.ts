@@ -129,6 +129,12 @@ export class StripeChaos {
     return this.pending();
   }
 
+  /** Paid purchases whose `credits.purchase` answer the user never got. */
+  paidWithoutAnswer(): number {
+    const answered = new Set(this.purchases.map((op) => op.result?.purchaseId));
+    return [...this.payments.values()].filter((p) => !answered.has(p.purchaseId)).length;
+  }
+
   pending(): number {
     return this.deliveries.filter((d) => !d.acknowledged).length;
   }
@@ -329,7 +335,7 @@ export class StripeChaos {
     }
   }
 
-  /** What happened to a purchase, for a violation: its call, its row and when each of its events was first acknowledged. */
+  /** For a violation: the purchase's call, its row, and when each of its events was first acknowledged. */
   private story(
     purchaseId: string,
     row:
