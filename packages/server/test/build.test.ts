@@ -31,7 +31,7 @@ afterEach(() => {
   running.clear();
 });
 
-function start(command: string, args: string[], env: Record<string, string>, cwd = serverDir) {
+function start(command: string, args: readonly string[], env: Record<string, string>, cwd = serverDir) {
   const child = spawn(command, args, {
     cwd,
     env: { PATH: process.env.PATH ?? '', ...env },
@@ -51,7 +51,7 @@ function start(command: string, args: string[], env: Record<string, string>, cwd
   return { child, exited, output: () => output };
 }
 
-const run = (command: string, args: string[], env: Record<string, string> = {}) =>
+const run = (command: string, args: readonly string[], env: Record<string, string> = {}) =>
   start(command, args, env).exited;
 
 let auth: TestAuthServer;
