@@ -8,14 +8,14 @@
 # `node` user. Plain `node` is PID 1's only process, so SIGTERM reaches the server itself.
 ARG NODE_VERSION=20.19
 
-FROM node:${NODE_VERSION}-bookworm-slim AS pnpm
+FROM node:${NODE_VERSION}-bookworm-slim AS base
 RUN npm install --global pnpm@10.34.9
 WORKDIR /app
 COPY package.json pnpm-lock.yaml pnpm-workspace.yaml ./
 COPY packages/db/package.json packages/db/
 COPY packages/server/package.json packages/server/
 
-FROM pnpm AS build
+FROM base AS build
 RUN pnpm install --frozen-lockfile --filter @mana-credits/server...
 COPY tsconfig.base.json ./
 COPY packages/db/src packages/db/src
@@ -23,7 +23,7 @@ COPY packages/server/src packages/server/src
 COPY packages/server/tsconfig.json packages/server/tsconfig.build.json packages/server/tsup.config.ts packages/server/
 RUN pnpm build
 
-FROM pnpm AS deps
+FROM base AS deps
 # typescript is a peer dependency of @trpc/server (for its types) that pnpm installs with it; nothing loads
 # it at run time, and it is a quarter of the production node_modules (23 of 104 MB).
 RUN pnpm install --frozen-lockfile --prod --filter @mana-credits/server \
