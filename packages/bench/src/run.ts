@@ -20,7 +20,7 @@ import {
   writeDocs,
 } from './report.ts';
 import { type LoadKind, type LoadTarget, requestFactory } from './requests.ts';
-import { type BenchServer, startServer } from './server.ts';
+import { type BenchServer, buildServer, type ServerRuntime, startServer } from './server.ts';
 
 /**
  * `pnpm bench`: starts the real server against a fresh Postgres database, drives it from a separate
@@ -35,6 +35,8 @@ const { values: args } = parseArgs({
     users: { type: 'string' },
     pool: { type: 'string', default: '10' },
     'no-docs': { type: 'boolean', default: false },
+    /** dist: the production bundle (built first, as `pnpm start` does); tsx: the sources, as `pnpm dev`. */
+    server: { type: 'string', default: 'dist' },
     'database-url': {
       type: 'string',
       default: process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres',
@@ -47,6 +49,8 @@ const mode = args.quick ? 'quick' : 'full';
 const seconds = Number(args.seconds ?? (args.quick ? 3 : 10));
 const warmupSeconds = args.quick ? 1 : 3;
 const poolSize = Number(args.pool);
+if (args.server !== 'dist' && args.server !== 'tsx') throw new Error('--server must be dist or tsx');
+const runtime: ServerRuntime = args.server;
 const SERVICE_KEY = 'bench-service-key-0123456789abcdefghijklmnop';
 const CONNECTIONS = { throughput: 32, hot: 64, batch: 8 };
 const BATCH_SIZE = 100;
@@ -199,6 +203,10 @@ async function main() {
     `${mode} run: ${seconds} s per step (+${warmupSeconds} s warm-up), pool ${poolSize}, load ${machine.loadBefore}`,
   );
 
+  if (runtime === 'dist') {
+    log('building the server bundle (packages/server/dist)');
+    await buildServer(root);
+  }
   sendLoad = startLoadProcess();
   const database = await createBenchDatabase(adminUrl);
   cleanups.push(() => database.drop());
@@ -211,6 +219,7 @@ async function main() {
     authUrl: auth.url,
     serviceKey: SERVICE_KEY,
     poolSize,
+    runtime,
   };
 
   // Seeding, the server's start-up and signing tokens overlap (both sides migrate under Kysely's lock).
@@ -460,7 +469,7 @@ async function main() {
         `${seconds} s per step after ${warmupSeconds} s warm-up; ${population.users.toLocaleString('en-US')} seeded users; ` +
         `server pool ${poolSize} (pgbench clients the same); autocannon connections: ${CONNECTIONS.throughput} ` +
         `(steps 1, 3, 6), ${CONNECTIONS.hot} (4), ${CONNECTIONS.batch} (5); amount 1 and a unique idempotency key per debit; ` +
-        `server peak RSS (VmHWM) ${peakRssMb.toFixed(0)} MB.`,
+        `server ${runtime === 'dist' ? 'bundle (node dist/main.js)' : 'sources through tsx'}, peak RSS (VmHWM) ${peakRssMb.toFixed(0)} MB.`,
       rows,
       goals,
       ledger: ledgerText,

@@ -3,9 +3,13 @@ import { readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 
+/** `dist`: the production bundle (`pnpm start`, the image); `tsx`: the sources through tsx's loader (`pnpm dev`). */
+export type ServerRuntime = 'dist' | 'tsx';
+
 export interface ServerOptions {
   root: string;
-  databaseUrl: string;
+  /** Postgres; undefined = the embedded PGlite in memory (DATA_DIR=memory://). */
+  databaseUrl: string | undefined;
   authUrl: string;
   serviceKey: string;
   poolSize: number;
@@ -13,6 +17,8 @@ export interface ServerOptions {
   nodeFlags?: string[];
   /** Extra environment, e.g. COALESCE_DEBITS. */
   env?: Record<string, string>;
+  /** Default 'dist' (call buildServer first). */
+  runtime?: ServerRuntime;
 }
 
 export interface BenchServer {
@@ -48,8 +54,27 @@ function statusKb(pid: number, field: 'VmRSS' | 'VmHWM'): number {
 }
 
 /**
- * The real server as a child process: `node --import tsx packages/server/src/main.ts` (tsx as a loader rather
- * than the tsx CLI, so the pid is the server's own and its memory can be read), with production settings.
+ * Bundles the server as `pnpm start` does (tsup, packages/server/dist; no type check), so that the bench
+ * measures the build that ships.
+ */
+export async function buildServer(root: string): Promise<void> {
+  const serverDir = join(root, 'packages/server');
+  const child = spawn(join(serverDir, 'node_modules/.bin/tsup'), ['--silent'], {
+    cwd: serverDir,
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+  const code = await new Promise<number | null>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('exit', resolve);
+  });
+  if (code !== 0) throw new Error(`building the server bundle failed (tsup exited with ${code})`);
+}
+
+/**
+ * The real server as a child process with production settings: by default the bundle the image runs,
+ * `node --enable-source-maps dist/main.js`; with runtime 'tsx' the sources, `node --import tsx src/main.ts`
+ * (tsx as a loader rather than the tsx CLI, so that either way the pid is the server's own and its memory can
+ * be read).
  */
 export async function startServer(options: ServerOptions): Promise<BenchServer> {
   const port = await freePort();
@@ -57,7 +82,12 @@ export async function startServer(options: ServerOptions): Promise<BenchServer> 
   const serverDir = join(options.root, 'packages/server');
   const child: ChildProcess = spawn(
     process.execPath,
-    [...(options.nodeFlags ?? []), '--import', 'tsx', 'src/main.ts'],
+    [
+      ...(options.nodeFlags ?? []),
+      ...(options.runtime === 'tsx'
+        ? ['--import', 'tsx', 'src/main.ts']
+        : ['--enable-source-maps', 'dist/main.js']),
+    ],
     {
       cwd: serverDir,
       env: {
@@ -67,7 +97,7 @@ export async function startServer(options: ServerOptions): Promise<BenchServer> 
         HOST: '127.0.0.1',
         PORT: String(port),
         BASE_URL: url,
-        DATABASE_URL: options.databaseUrl,
+        ...(options.databaseUrl ? { DATABASE_URL: options.databaseUrl } : { DATA_DIR: 'memory://' }),
         DB_POOL_SIZE: String(options.poolSize),
         MANA_CORE_SERVICE_KEY: options.serviceKey,
         MANA_CORE_AUTH_URL: options.authUrl,

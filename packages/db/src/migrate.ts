@@ -1,4 +1,5 @@
 import { type Kysely, type Migration, type MigrationResultSet, Migrator } from 'kysely';
+import { applySqlFunctions } from './functions/index.ts';
 import * as initial from './migrations/2026_11_25_0001_initial.ts';
 import * as debitMany from './migrations/2026_11_25_0050_debit_many.ts';
 import * as stripe from './migrations/2026_11_25_0100_stripe.ts';
@@ -8,6 +9,7 @@ import * as reservations from './migrations/2026_11_25_0400_reservations.ts';
 import * as poolHolds from './migrations/2026_11_25_0600_pool_holds.ts';
 import * as clock from './migrations/2026_12_03_0100_clock.ts';
 import * as slidingRateLimit from './migrations/2026_12_03_0200_sliding_rate_limit.ts';
+import * as sqlFunctionFiles from './migrations/2026_12_03_0300_sql_function_files.ts';
 
 /** Every migration, by its dated name. Add new ones here; never edit one that has shipped. */
 export const migrations: Record<string, Migration> = {
@@ -20,11 +22,12 @@ export const migrations: Record<string, Migration> = {
   '2026_11_25_0600_pool_holds': poolHolds,
   '2026_12_03_0100_clock': clock,
   '2026_12_03_0200_sliding_rate_limit': slidingRateLimit,
+  '2026_12_03_0300_sql_function_files': sqlFunctionFiles,
 };
 
 /**
- * Brings the schema up to date. Kysely's migrator takes a Postgres advisory lock, so two instances starting
- * at once apply each migration exactly once.
+ * Brings the schema up to date: the dated migrations, then the SQL function files that changed. Kysely's
+ * migrator takes a Postgres advisory lock, so two instances starting at once apply each migration exactly once.
  */
 // biome-ignore lint/suspicious/noExplicitAny: migrations are written against Kysely<any> on purpose
 export async function migrateToLatest(db: Kysely<any>): Promise<MigrationResultSet> {
@@ -33,5 +36,6 @@ export async function migrateToLatest(db: Kysely<any>): Promise<MigrationResultS
   if (result.error) {
     throw result.error instanceof Error ? result.error : new Error(String(result.error));
   }
+  await applySqlFunctions(db);
   return result;
 }

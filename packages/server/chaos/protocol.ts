@@ -13,6 +13,11 @@ export interface Operation {
   input: Record<string, unknown>;
   /** The account an operation moves when its input does not name it (e.g. a commit names a reservation). */
   account?: string;
+  /**
+   * No idempotency key and no natural one (a purchase starts a new one on every call): an unknown outcome is
+   * never retried, it stays `unknown` and is checked with ≤ semantics (it may or may not have happened).
+   */
+  keyless?: boolean;
 }
 
 export interface LoggedOperation extends Operation {

@@ -10,13 +10,19 @@ import { sql } from 'kysely';
 import pg from 'pg';
 import { reconcile } from '../src/domain/audit/reconcile.ts';
 import { TestAuthServer } from '../test/helpers/auth-server.ts';
+import { TestStripeServer } from '../test/helpers/stripe-server.ts';
+import { TcpFaultProxy } from '../test/helpers/tcp-proxy.ts';
 import { type CallOptions, callOnce, type LoggedOperation, seededRandom } from './protocol.ts';
+import { type ChaosPackage, StripeChaos } from './stripe.ts';
 
 /**
  * `pnpm chaos`: a bounded fault-injection run against the local Postgres. Client processes drive mixed
- * traffic while a nemesis kills, pauses and restarts servers, terminates Postgres backends and restarts
- * Postgres in immediate mode. Afterwards every unknown operation is retried with its key and the database is
- * checked: reconcile, every acknowledged operation present exactly once, no trace of a refused one.
+ * traffic and a Stripe driver (./stripe.ts) buys credits and delivers duplicated, reordered webhooks, while a
+ * nemesis kills, pauses and restarts servers, cuts their Postgres connections in a TCP proxy (all at once, or
+ * a fraction of answers, after the statement ran), terminates Postgres backends and restarts Postgres in
+ * immediate mode. Afterwards every unknown keyed operation is retried with its key, every unacknowledged
+ * webhook redelivered, and the database is checked: reconcile, every acknowledged operation present exactly
+ * once, no trace of a refused one, every paid purchase credited once and reversed at most as Stripe did.
  */
 const { values: args } = parseArgs({
   options: {
@@ -26,6 +32,8 @@ const { values: args } = parseArgs({
     workers: { type: 'string', default: '3' },
     seed: { type: 'string', default: String(Date.now() % 100000) },
     'no-pg-restart': { type: 'boolean', default: false },
+    /** Comma-separated nemesis steps to choose from (default: all), e.g. to reproduce one kind of fault. */
+    faults: { type: 'string' },
     'database-url': {
       type: 'string',
       default: process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres',
@@ -42,6 +50,11 @@ const random = seededRandom(seed);
 const SERVICE_KEY = 'chaos-service-key-0123456789abcdefghijklmnop';
 const USERS = Array.from({ length: 12 }, (_, i) => `chaos-user-${i}`);
 const INITIAL_CREDITS = 500;
+const PACKAGES: ChaosPackage[] = [
+  { id: '00000000-0000-4000-8000-00000000c101', credits: 100, priceEuroCents: 199 },
+  { id: '00000000-0000-4000-8000-00000000c102', credits: 500, priceEuroCents: 799 },
+  { id: '00000000-0000-4000-8000-00000000c103', credits: 7, priceEuroCents: 333 },
+];
 const log = (message: string) => console.log(`[chaos ${new Date().toISOString().slice(11, 19)}] ${message}`);
 
 async function freePort(): Promise<number> {
@@ -87,9 +100,20 @@ interface Instance {
   url: string;
   child: ChildProcess | undefined;
   paused: boolean;
+  /** Set before the nemesis or the end of the run stops it: any other exit is a crash. */
+  stopping: boolean;
 }
 
-function startInstance(instance: Instance, auth: TestAuthServer): Promise<void> {
+/** What every instance needs besides its port: the auth and Stripe servers and the proxied database URL. */
+interface Services {
+  auth: TestAuthServer;
+  stripe: TestStripeServer;
+  serverDatabaseUrl: string;
+}
+
+const crashes: string[] = [];
+
+function startInstance(instance: Instance, services: Services): Promise<void> {
   const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'packages/server/src/main.ts')], {
     cwd: root,
     env: {
@@ -97,9 +121,14 @@ function startInstance(instance: Instance, auth: TestAuthServer): Promise<void> 
       NODE_ENV: 'production',
       PORT: String(instance.port),
       HOST: '127.0.0.1',
-      DATABASE_URL: databaseUrl,
+      // Through the fault proxy; migrations ran directly before the servers started.
+      DATABASE_URL: services.serverDatabaseUrl,
+      MIGRATE_ON_START: 'false',
       MANA_CORE_SERVICE_KEY: SERVICE_KEY,
-      MANA_CORE_AUTH_URL: auth.url,
+      MANA_CORE_AUTH_URL: services.auth.url,
+      STRIPE_SECRET_KEY: services.stripe.secretKey,
+      STRIPE_WEBHOOK_SECRET: services.stripe.webhookSecret,
+      STRIPE_API_URL: services.stripe.url,
       BASE_URL: instance.url,
       LOG_LEVEL: 'error',
       DB_POOL_SIZE: '5',
@@ -109,6 +138,13 @@ function startInstance(instance: Instance, auth: TestAuthServer): Promise<void> 
   });
   instance.child = child;
   instance.paused = false;
+  instance.stopping = false;
+  child.once('exit', (code, signal) => {
+    if (instance.child === child && !instance.stopping) {
+      crashes.push(`server :${instance.port} exited by itself (code ${code}, signal ${signal})`);
+      log(`server :${instance.port} exited by itself (code ${code}, signal ${signal})`);
+    }
+  });
   return waitUntilReady(instance);
 }
 
@@ -123,37 +159,62 @@ async function waitUntilReady(instance: Instance) {
   throw new Error(`server on ${instance.port} did not become ready`);
 }
 
+const alive = (instance: Instance) =>
+  instance.child?.pid !== undefined && instance.child.exitCode === null && instance.child.signalCode === null;
+
 function kill(instance: Instance, signal: NodeJS.Signals) {
-  if (instance.child?.pid) process.kill(instance.child.pid, signal);
+  if (signal === 'SIGKILL' || signal === 'SIGTERM') instance.stopping = true;
+  if (alive(instance)) process.kill(instance.child!.pid!, signal);
 }
 
 // ── the nemesis ───────────────────────────────────────────────────────────────────────────────────────────
 const faults: Record<string, number> = {};
-async function nemesis(instances: Instance[], auth: TestAuthServer, deadline: number) {
-  const kinds = [
+async function nemesis(instances: Instance[], services: Services, proxy: TcpFaultProxy, deadline: number) {
+  const all = [
     'kill',
     'pause',
     'terminate-backends',
+    'cut-connections',
+    'cut-answers',
     ...(args['no-pg-restart'] ? [] : ['restart-postgres']),
   ];
+  const chosen = args.faults?.split(',').map((kind) => kind.trim());
+  const unknownKinds = chosen?.filter((kind) => !all.includes(kind)) ?? [];
+  if (unknownKinds.length > 0) throw new Error(`--faults: unknown or disabled ${unknownKinds.join(', ')}`);
+  const kinds = chosen ?? all;
   while (Date.now() < deadline - 3000) {
-    await new Promise((r) => setTimeout(r, 1500 + random() * 3000));
+    await new Promise((r) => setTimeout(r, 1000 + random() * 2500));
     if (Date.now() >= deadline - 3000) break;
     const kind = kinds[Math.floor(random() * kinds.length)]!;
     const instance = instances[Math.floor(random() * instances.length)]!;
+    const fraction = 0.1 + random() * 0.4;
+    const duration = 1000 + random() * 2500;
     faults[kind] = (faults[kind] ?? 0) + 1;
-    log(`fault: ${kind}${kind === 'kill' || kind === 'pause' ? ` server :${instance.port}` : ''}`);
+    log(
+      `fault: ${kind}${kind === 'kill' || kind === 'pause' ? ` server :${instance.port}` : ''}${
+        kind === 'cut-answers' ? ` ${Math.round(fraction * 100)}% for ${(duration / 1000).toFixed(1)}s` : ''
+      }`,
+    );
     try {
+      // A server that crashed on its own (reported at the end) comes back before the next fault.
+      for (const other of instances) if (!alive(other)) await startInstance(other, services);
       if (kind === 'kill') {
         kill(instance, 'SIGKILL');
         await new Promise((r) => setTimeout(r, 300 + random() * 700));
-        await startInstance(instance, auth);
+        await startInstance(instance, services);
       } else if (kind === 'pause') {
         kill(instance, 'SIGSTOP');
         instance.paused = true;
         await new Promise((r) => setTimeout(r, 1000 + random() * 2500));
         kill(instance, 'SIGCONT');
         instance.paused = false;
+      } else if (kind === 'cut-connections') {
+        proxy.cutAll();
+      } else if (kind === 'cut-answers') {
+        // Statements run (and implicit transactions commit), then the connection drops before the answer.
+        proxy.cutResponses(fraction);
+        await new Promise((r) => setTimeout(r, duration));
+        proxy.cutResponses(0);
       } else if (kind === 'terminate-backends') {
         await admin(
           `select pg_terminate_backend(pid) from pg_stat_activity
@@ -183,13 +244,38 @@ async function main() {
   await admin(`create database ${dbName}`);
   const handle = await createDb({ databaseUrl, poolSize: 4 });
   await migrateToLatest(handle.db);
+  await handle.db
+    .insertInto('credits.packages')
+    .values(
+      PACKAGES.map((p, index) => ({
+        id: p.id,
+        name: `Chaos ${index + 1}`,
+        credits: p.credits,
+        price_euro_cents: p.priceEuroCents,
+        sort_order: index,
+      })),
+    )
+    .execute();
   const auth = await TestAuthServer.start();
+  const stripe = await TestStripeServer.start();
+  const postgres = new URL(databaseUrl);
+  const proxy = await TcpFaultProxy.start(
+    { host: postgres.hostname, port: Number(postgres.port || 5432) },
+    { random: seededRandom(seed * 7 + 3) },
+  );
+  const services: Services = { auth, stripe, serverDatabaseUrl: proxy.urlFor(databaseUrl) };
   const instances: Instance[] = [];
   for (let i = 0; i < instanceCount; i++) {
     const port = await freePort();
-    instances.push({ port, url: `http://127.0.0.1:${port}`, child: undefined, paused: false });
+    instances.push({
+      port,
+      url: `http://127.0.0.1:${port}`,
+      child: undefined,
+      paused: false,
+      stopping: false,
+    });
   }
-  await Promise.all(instances.map((instance) => startInstance(instance, auth)));
+  await Promise.all(instances.map((instance) => startInstance(instance, services)));
   // One guild: user 0 owns it and funds the pool, everyone else spends from it (user 1 under a daily limit).
   for (const [index, userId] of USERS.entries())
     auth.setRole('chaos-guild', userId, index === 0 ? 'owner' : 'member');
@@ -269,15 +355,27 @@ async function main() {
     return { child, logFile, done: new Promise<void>((r) => child.on('exit', () => r())) };
   });
 
-  await nemesis(instances, auth, deadline);
+  const stripeDriver = new StripeChaos({
+    stripe,
+    random: seededRandom(seed * 31 + 1000),
+    deliveryRandom: seededRandom(seed * 31 + 2000),
+    seed,
+    callOptions,
+    users: USERS,
+    packages: PACKAGES,
+  });
+  await Promise.all([nemesis(instances, services, proxy, deadline), stripeDriver.run(deadline)]);
   await Promise.all(workers.map((w) => w.done));
+  proxy.cutResponses(0);
   for (const instance of instances) if (instance.paused) kill(instance, 'SIGCONT');
   await waitForPostgres();
   for (const instance of instances) {
     try {
+      if (!alive(instance)) throw new Error('not running');
       await waitUntilReady(instance);
     } catch {
-      await startInstance(instance, auth);
+      kill(instance, 'SIGKILL');
+      await startInstance(instance, services);
     }
   }
 
@@ -288,7 +386,8 @@ async function main() {
       .filter(Boolean)
       .map((line) => JSON.parse(line) as LoggedOperation),
   );
-  const unknown = operations.filter((op) => op.outcome === 'unknown');
+  // Keyless operations are never retried: their unknown outcome stays unknown (checked with ≤ semantics).
+  const unknown = operations.filter((op) => op.outcome === 'unknown' && !op.keyless);
   for (const op of unknown) {
     for (let attempt = 0; attempt < 20; attempt++) {
       const answer = await callOnce(op, { ...callOptions, timeoutMs: 10_000 }, instances[0]!.url);
@@ -300,8 +399,12 @@ async function main() {
     }
   }
 
+  // ── redeliver every webhook not yet acknowledged, as Stripe keeps doing ───────────────────────────────────
+  const unacknowledged = await stripeDriver.drain(15_000);
+  if (unacknowledged > 0) log(`${unacknowledged} webhook deliveries still unacknowledged`);
+
   // ── check ───────────────────────────────────────────────────────────────────────────────────────────────
-  const violations: string[] = [];
+  const violations: string[] = [...crashes];
   const report = await reconcile(handle.db);
   for (const check of report.checks.filter((c) => !c.ok)) {
     violations.push(
@@ -357,14 +460,40 @@ async function main() {
   const successByCodeAndUser = new Map(
     successes.map((r) => [`${normalCode(r.code)}/${r.redeemer_user_id}`, r]),
   );
+  // Keyless debits are named by their metadata: an acknowledged one is charged once, as told; a refused one
+  // never; one with an unknown outcome at most once (≤ semantics; it was not retried).
+  const keylessRows = new Map<string, { id: string; user_id: string; amount: number }[]>();
+  for (const row of (
+    await sql<{ id: string; user_id: string; amount: number; op: string }>`
+      select id, user_id, amount, metadata->>'chaosOp' as op from credits.transactions
+       where idempotency_key is null and metadata ? 'chaosOp'`.execute(handle.db)
+  ).rows) {
+    keylessRows.set(row.op, [...(keylessRows.get(row.op) ?? []), row]);
+  }
   for (const op of operations) {
     const userId = op.account ?? (op.input.userId as string | undefined) ?? op.actor;
+    if (op.keyless && op.kind === 'use') {
+      const charged = keylessRows.get(op.id) ?? [];
+      const allowed = op.outcome === 'ok' ? [1, 1] : op.outcome === 'refused' ? [0, 0] : [0, 1];
+      if (charged.length < allowed[0]! || charged.length > allowed[1]!) {
+        violations.push(
+          `${op.id} (keyless use of ${op.input.amount}, ${op.outcome}${op.reason ? ` ${op.reason}` : ''}) charged ${charged.length} times: ${charged.map((r) => r.id).join(', ')}`,
+        );
+      }
+      if (op.outcome === 'ok' && charged.length === 1 && charged[0]!.id !== op.result?.transactionId) {
+        violations.push(`${op.id} acknowledged ${op.result?.transactionId}, ledger has ${charged[0]!.id}`);
+      }
+      // What the caller was told (an unknown one: whether it happened at all), not what the ledger holds.
+      const happened = op.outcome === 'ok' ? 1 : op.outcome === 'unknown' ? Math.min(charged.length, 1) : 0;
+      adjust(userId, -happened * (op.input.amount as number));
+      continue;
+    }
     const key = op.input.idempotencyKey as string | undefined;
     const row = key
       ? byKey.get(`${op.kind.startsWith('guild.') ? 'guild/' : ''}${userId}/${key}`)
       : undefined;
     if (op.outcome === 'unknown') {
-      violations.push(`${op.id} (${op.kind}) is still unknown after retries`);
+      if (!op.keyless) violations.push(`${op.id} (${op.kind}) is still unknown after retries`);
       continue;
     }
     if (op.kind === 'reserve' || op.kind === 'release') {
@@ -436,6 +565,9 @@ async function main() {
   }
   for (const success of successes) adjust(success.redeemer_user_id, success.credits_received);
   for (const gift of giftRows) adjust(gift.creator_id, gift.refunded_credits);
+  const stripeCheck = await stripeDriver.check(handle.db);
+  violations.push(...stripeCheck.violations);
+  for (const [userId, delta] of stripeCheck.balanceDelta) adjust(userId, delta);
   const balances = await handle.db.selectFrom('credits.balances').select(['user_id', 'balance']).execute();
   for (const { user_id, balance } of balances) {
     const expected = expectedBalance.get(user_id);
@@ -464,14 +596,26 @@ async function main() {
   for (const instance of instances) kill(instance, 'SIGTERM');
   await handle.close();
   await auth.close();
+  await stripe.close();
+  await proxy.close();
   await admin(`drop database if exists ${dbName} with (force)`).catch(() => {});
 
   const count = (outcome: string) => operations.filter((op) => op.outcome === outcome).length;
   console.log('');
   console.log(`chaos summary (seed ${seed}, ${seconds}s, ${instanceCount} instance(s))`);
   console.log(
-    `  operations: ${operations.length} (ok ${count('ok')}, refused ${count('refused')}, settled after the run ${unknown.length})`,
+    `  operations: ${operations.length} (ok ${count('ok')}, refused ${count('refused')}, settled after the run ${unknown.length}; keyless ${operations.filter((op) => op.keyless).length}, of them unknown ${count('unknown')})`,
   );
+  const purchaseCount = (outcome: string) =>
+    stripeDriver.purchases.filter((op) => op.outcome === outcome).length;
+  const s = stripeDriver.stats;
+  console.log(
+    `  purchases: ${stripeDriver.purchases.length} calls (ok ${purchaseCount('ok')}, refused ${purchaseCount('refused')}, unknown ${purchaseCount('unknown')}, not retried), ${stripeDriver.payments.size} paid (${s.declinedFirst} after a decline, ${stripeDriver.paidWithoutAnswer()} whose purchase answer was lost), ${s.refunds} refunds (${s.fullRefunds} to the full amount, ${s.refundsBeforePayment} sent before the payment), ${s.disputes} disputes`,
+  );
+  console.log(
+    `  webhooks: ${s.events} events (${s.secondEventIds} second ids for the same object), ${s.deliveries} deliveries (${s.duplicateDeliveries} duplicates, ${s.redeliveries} redeliveries, ${s.acknowledgedAfterRun} acknowledged after the run)`,
+  );
+  console.log(`  connections cut by the proxy: ${proxy.cuts}`);
   console.log(
     `  faults injected: ${
       Object.entries(faults)

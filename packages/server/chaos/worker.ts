@@ -22,6 +22,8 @@ interface WorkerConfig extends CallOptions {
 
 const config = JSON.parse(process.env.CHAOS_WORKER ?? '{}') as WorkerConfig;
 const random = seededRandom(config.seed);
+/** Retries draw from their own stream, so outcomes do not shift the seeded schedule of operations. */
+const callRandom = seededRandom(config.seed ^ 0x5eed);
 const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)] as T;
 let sequence = 0;
 const spentUsages: { userId: string; transactionId: string; amount: number }[] = [];
@@ -148,20 +150,64 @@ function nextOperation(): Operation {
   };
 }
 
-async function run(operation: Operation): Promise<LoggedOperation> {
+/**
+ * A hot account: several debits of one user at once on one instance, so they coalesce into one
+ * `debit_many` batch. Half carry no idempotency key (named only by their metadata): a keyless debit is
+ * never retried, and must be charged at most once whatever happens to its batch.
+ */
+function burst(): { operations: Operation[]; baseUrl: string } {
+  const userId = pick(config.users);
+  const baseUrl = pick(config.baseUrls);
+  const size = 4 + Math.floor(random() * 7);
+  const operations = Array.from({ length: size }, (): Operation => {
+    const id = `w${config.worker}-${++sequence}`;
+    const keyless = random() < 0.5;
+    const amount = 1 + Math.floor(random() * 3);
+    return {
+      id,
+      kind: 'use',
+      path: 'internal.credits.use',
+      actor: 'service',
+      input: {
+        userId,
+        amount,
+        appId: 'chaos',
+        description: 'chaos burst',
+        metadata: { chaosOp: id },
+        ...(keyless ? {} : { idempotencyKey: id }),
+      },
+      ...(keyless ? { keyless: true } : {}),
+    };
+  });
+  return { operations, baseUrl };
+}
+
+async function run(operation: Operation, baseUrl?: string): Promise<LoggedOperation> {
   let last: Awaited<ReturnType<typeof callOnce>> = { outcome: 'unknown' };
   let attempts = 0;
-  while (attempts <= config.retries) {
+  const retries = operation.keyless ? 0 : config.retries;
+  while (attempts <= retries) {
     attempts++;
-    last = await callOnce(operation, config, pick(config.baseUrls));
+    const url =
+      attempts === 1 && baseUrl
+        ? baseUrl
+        : config.baseUrls[Math.floor(callRandom() * config.baseUrls.length)]!;
+    last = await callOnce(operation, config, url);
     if (last.outcome !== 'unknown') break;
-    await new Promise((resolve) => setTimeout(resolve, 50 + random() * 200));
+    await new Promise((resolve) => setTimeout(resolve, 50 + callRandom() * 200));
   }
   return { ...operation, ...last, attempts };
 }
 
-while (Date.now() < config.deadline) {
-  const logged = await run(nextOperation());
+async function next(): Promise<LoggedOperation[]> {
+  if (random() < 0.05) {
+    const { operations, baseUrl } = burst();
+    return Promise.all(operations.map((operation) => run(operation, baseUrl)));
+  }
+  return [await run(nextOperation())];
+}
+
+function record(logged: LoggedOperation) {
   if (logged.kind === 'use' && logged.outcome === 'ok' && logged.result) {
     const userId = (logged.input.userId as string | undefined) ?? logged.actor;
     spentUsages.push({
@@ -182,4 +228,8 @@ while (Date.now() < config.deadline) {
     gifts.push({ id: logged.result.id as string, code: logged.result.code as string, creator: logged.actor });
   }
   appendFileSync(config.logFile, `${JSON.stringify(logged)}\n`);
+}
+
+while (Date.now() < config.deadline) {
+  for (const logged of await next()) record(logged);
 }

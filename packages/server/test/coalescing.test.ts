@@ -50,8 +50,9 @@ describe('coalesced debits of one account', () => {
     ]);
     const refused = outcomes[2] as PromiseRejectedResult;
     expect(refused.reason).toBeInstanceOf(InsufficientCreditsError);
-    // Refused in the batch, it is retried alone (holds may have lapsed) and refused against what is left then.
-    expect((refused.reason as InsufficientCreditsError).details).toEqual({ required: 5, available: 0 });
+    // Refused in arrival order, against what was spendable at its turn (use_batch returns lapsed holds before
+    // it refuses, as the single path does): final, no second try.
+    expect((refused.reason as InsufficientCreditsError).details).toEqual({ required: 5, available: 3 });
     expect(await ledgerSum(server.deps.db, userId)).toBe(0);
   });
 
@@ -133,17 +134,17 @@ describe('coalesced debits of one account', () => {
 });
 
 /**
- * Fails the next call of credits.debit_many: 'after' lets it run (and commit) and then throws what node-pg
+ * Fails the next call of credits.use_batch: 'after' lets it run (and commit) and then throws what node-pg
  * throws when the connection drops before the answer; 'before' throws a Postgres ERROR response instead of
  * sending it (the batch is certainly not written).
  */
-function failDebitMany(when: 'after' | 'before'): KyselyPlugin & { failed: number } {
+function failCoalescedBatch(when: 'after' | 'before'): KyselyPlugin & { failed: number } {
   const doomed = new WeakSet<QueryId>();
   const plugin = {
     failed: 0,
     transformQuery({ node, queryId }: { node: RootOperationNode; queryId: QueryId }) {
       const text = node.kind === 'RawNode' ? node.sqlFragments.join('?') : '';
-      if (plugin.failed === 0 && text.includes('credits.debit_many(')) {
+      if (plugin.failed === 0 && text.includes('credits.use_batch(')) {
         plugin.failed++;
         if (when === 'before') {
           throw Object.assign(new Error('deadlock detected'), { severity: 'ERROR', code: '40P01' });
@@ -163,7 +164,7 @@ function failDebitMany(when: 'after' | 'before'): KyselyPlugin & { failed: numbe
 describe('a coalesced batch that fails (issue 13)', () => {
   it('lost after its commit: never run again, every caller of the batch hears OUTCOME_UNKNOWN', async () => {
     const userId = await fund(100);
-    const fault = failDebitMany('after');
+    const fault = failCoalescedBatch('after');
     const coalescer = new SpendCoalescer(server.deps.db.withPlugin(fault));
     const outcomes = await Promise.allSettled(
       [1, 2, 3, 4, 5].map((amount) => coalescer.spend(spendOf(userId, amount))),
@@ -191,7 +192,7 @@ describe('a coalesced batch that fails (issue 13)', () => {
 
   it('refused by Postgres (rolled back): each debit takes the single path on its own', async () => {
     const userId = await fund(100);
-    const fault = failDebitMany('before');
+    const fault = failCoalescedBatch('before');
     const coalescer = new SpendCoalescer(server.deps.db.withPlugin(fault));
     const results = await Promise.all(
       [1, 2, 3, 4, 5].map((amount) => coalescer.spend(spendOf(userId, amount))),

@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { dirname, join, posix, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -570,39 +570,105 @@ describe('container image and compose file', () => {
     }
   });
 
-  it('installs the production dependencies of the server package from the lockfile, tsx included', () => {
-    const install = dockerfile.find((i) => i.keyword === 'RUN' && /pnpm install/.test(i.args));
-    expect(install?.args).toMatch(/--frozen-lockfile/);
-    expect(install?.args).toMatch(/--prod\b/);
-    expect(install?.args).toContain(`--filter ${serverPackage.name}...`);
-    // The server runs TypeScript through tsx at run time, so it must be a production dependency.
-    expect((serverPackage.dependencies as Record<string, string>).tsx).toBeDefined();
-    // Every workspace package the server uses has its manifest and its sources copied.
-    const workspaceDeps = Object.entries(serverPackage.dependencies as Record<string, string>)
-      .filter(([, version]) => version.startsWith('workspace:'))
-      .map(([name]) => name);
-    const copied = dockerfile.filter((i) => i.keyword === 'COPY').map((i) => i.args);
-    for (const dir of ['server', ...workspaceDeps.map((name) => name.split('/')[1]!)]) {
-      expect(readJson(`packages/${dir}/package.json`).name).toBeDefined();
-      expect(copied.some((args) => args.startsWith(`packages/${dir}/package.json `))).toBe(true);
-      expect(copied.some((args) => args.startsWith(`packages/${dir}/src `))).toBe(true);
+  /** The stage an instruction belongs to, by its `FROM … AS <name>`. */
+  const stageName = (stage: number) =>
+    /\bAS\s+(\S+)\s*$/i.exec(
+      dockerfile.find((i) => i.stage === stage && i.keyword === 'FROM')?.args ?? '',
+    )?.[1];
+  const finalCopiesFrom = (name: string | undefined) =>
+    dockerfile
+      .filter((i) => i.stage === finalStage && i.keyword === 'COPY' && i.args.includes(`--from=${name}`))
+      .map((i) => i.args.split(/\s+/).filter((part) => !part.startsWith('--')));
+
+  it('runs only production dependencies of the server, which declare every npm package the shipped code imports', () => {
+    const prod = dockerfile.find(
+      (i) => i.keyword === 'RUN' && /pnpm install/.test(i.args) && /--prod\b/.test(i.args),
+    );
+    expect(prod?.args).toMatch(/--frozen-lockfile/);
+    expect(prod?.args).toMatch(new RegExp(`--filter ${serverPackage.name}(\\s|$)`));
+    // The runtime stage takes its node_modules from that install, and installs nothing itself.
+    const copied = finalCopiesFrom(stageName(prod!.stage)).map((parts) => parts[0]);
+    expect(copied).toEqual(
+      expect.arrayContaining(['/app/node_modules', '/app/packages/server/node_modules']),
+    );
+    expect(dockerfile.some((i) => i.stage === finalStage && /pnpm|npm install/.test(i.args))).toBe(false);
+
+    // What the bundle imports at run time (sources of the server and of the workspace packages it bundles).
+    const dependencies = serverPackage.dependencies as Record<string, string>;
+    expect(dependencies.tsx, 'tsx is a dev dependency: production runs compiled JavaScript').toBeUndefined();
+    const sourceFiles = (dir: string): string[] =>
+      readdirSync(join(root, dir), { withFileTypes: true }).flatMap((entry) =>
+        entry.isDirectory()
+          ? sourceFiles(`${dir}/${entry.name}`)
+          : entry.name.endsWith('.ts')
+            ? [`${dir}/${entry.name}`]
+            : [],
+      );
+    const imported = new Set<string>();
+    for (const file of [...sourceFiles('packages/server/src'), ...sourceFiles('packages/db/src')]) {
+      for (const match of read(file).matchAll(
+        /^(?:import|export)\s+(?!type\s)[^;]*?\sfrom\s+'([^'.][^']*)'/gm,
+      )) {
+        const specifier = match[1]!;
+        if (specifier.startsWith('node:')) continue;
+        imported.add(
+          specifier
+            .split('/')
+            .slice(0, specifier.startsWith('@') ? 2 : 1)
+            .join('/'),
+        );
+      }
+    }
+    expect([...imported]).toEqual(expect.arrayContaining(['pg', '@electric-sql/pglite', 'fastify']));
+    const buildCopies = dockerfile
+      .filter((i) => i.keyword === 'COPY' && !i.args.includes('--from'))
+      .map((i) => i.args);
+    for (const name of imported) {
+      if (name.startsWith('@mana-credits/')) {
+        // Bundled in: its manifest and sources reach the build stage.
+        const dir = name.split('/')[1]!;
+        expect(readJson(`packages/${dir}/package.json`).name).toBe(name);
+        expect(buildCopies.some((args) => args.startsWith(`packages/${dir}/package.json `))).toBe(true);
+        expect(buildCopies.some((args) => args.startsWith(`packages/${dir}/src `))).toBe(true);
+      } else {
+        expect(dependencies[name], `${name} is imported by the server or the db sources`).toBeDefined();
+      }
     }
   });
 
-  it('starts the same entry point as `pnpm start`, and the migrate service the same as `pnpm db:migrate`', () => {
+  it('starts the bundle `pnpm start` runs, and the migrate service the bundle of `pnpm db:migrate`', async () => {
+    const { entry } = (await import('../tsup.config.ts')) as { entry: Record<string, string> };
+    /** A bundle's path inside the image → the source file it was built from (repository path). */
+    const sourceOf = (imagePath: string) => {
+      const name = /^packages\/server\/dist\/([\w-]+)\.js$/.exec(repoPathOf(imagePath))?.[1];
+      return name && entry[name] ? posix.join('packages/server', entry[name]) : undefined;
+    };
     const cmd = JSON.parse(
       dockerfile.filter((i) => i.stage === finalStage && i.keyword === 'CMD').at(-1)?.args ?? '[]',
     ) as string[];
-    expect(cmd.slice(0, 3)).toEqual(['node', '--import', 'tsx']);
-    expect(repoPathOf(cmd[3]!)).toBe(scriptTarget(rootScripts.start!));
-    expect(existsSync(join(root, repoPathOf(cmd[3]!)))).toBe(true);
-    // `--import tsx` resolves from the working directory: the server package's own dependency.
-    expect(existsSync(join(root, repoPathOf('node_modules/tsx/package.json')))).toBe(true);
+    expect(cmd).toEqual(['node', '--enable-source-maps', 'dist/main.js']);
+    expect(sourceOf(cmd[2]!)).toBe('packages/server/src/main.ts');
+    expect(existsSync(join(root, sourceOf(cmd[2]!)!))).toBe(true);
+    // `pnpm start` builds the same bundle and runs it the same way; `pnpm dev` runs its source.
+    expect(rootScripts.start).toMatch(/--filter @mana-credits\/server bundle && /);
+    expect(rootScripts.start).toContain(`node --enable-source-maps ${repoPathOf(cmd[2]!)}`);
+    expect(rootScripts.dev).toBe(`tsx watch ${sourceOf(cmd[2]!)}`);
+    // The image builds with `pnpm build` (type check, then bundle) and copies that dist where CMD runs it.
+    const build = dockerfile.find((i) => i.keyword === 'RUN' && /^pnpm build$/.test(i.args));
+    expect(build).toBeDefined();
+    expect(rootScripts.build).toBe('pnpm --filter @mana-credits/server build');
+    expect((serverPackage.scripts as Record<string, string>).build).toMatch(
+      /^tsc -p tsconfig\.build\.json && tsup\b/,
+    );
+    const dist = finalCopiesFrom(stageName(build!.stage)).find(
+      (parts) => parts[0] === '/app/packages/server/dist',
+    );
+    expect(dist && posix.resolve('/app', dist[1]!)).toBe(posix.resolve(workdir, 'dist'));
 
     const migrate = compose.services.migrate?.command ?? [];
-    expect(migrate.slice(0, 3)).toEqual(['node', '--import', 'tsx']);
-    expect(repoPathOf(migrate[3]!)).toBe(scriptTarget(rootScripts['db:migrate']!));
-    expect(existsSync(join(root, repoPathOf(migrate[3]!)))).toBe(true);
+    expect(migrate).toEqual(['node', '--enable-source-maps', 'dist/migrate.js']);
+    expect(sourceOf(migrate[2]!)).toBe(posix.normalize(`packages/server/${entry.migrate}`));
+    expect(posix.normalize(sourceOf(migrate[2]!)!)).toBe(scriptTarget(rootScripts['db:migrate']!));
   });
 
   it('sets only variables the server reads, and the README documents every one of them', () => {

@@ -15,8 +15,9 @@ import { expectLedgerConsistent, ledgerSum } from './helpers/invariants.ts';
 import { type Client, clientFor, SERVICE_KEY } from './helpers/server.ts';
 
 /**
- * The real process: `node --import tsx packages/server/src/main.ts` (what `pnpm start` and the container run),
- * on a fresh database, signalled like an orchestrator would.
+ * The real process, from its sources: `node --import tsx packages/server/src/main.ts` (no build needed; the
+ * bundle that `pnpm start` and the container run is started by build.test.ts), on a fresh database,
+ * signalled like an orchestrator would.
  */
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 const onPostgres = Boolean(process.env.DATABASE_URL);

@@ -706,6 +706,42 @@ describe('webhook: refunds and disputes', () => {
     ]);
   });
 
+  it('a refund and a dispute that overtake the payment of a purchase whose intent id was never stored still claw back once', async () => {
+    const pack = await createPackage({ credits: 100, priceEuroCents: 1000 });
+    const { user, client } = await buyer();
+    const paid = await paidIntentPurchase(client, pack.id);
+    // As if the answer of the PaymentIntent creation had been lost: the purchase does not know its intent.
+    await server.deps.db
+      .updateTable('credits.purchases')
+      .set({ stripe_payment_intent_id: null })
+      .where('id', '=', paid.started.purchaseId)
+      .execute();
+    const chargeId = stripe.chargeOf(paid.intentId).id as string;
+    const refund = stripe.event('charge.refunded', stripe.refundCharge(chargeId, 300));
+    const dispute = stripe.event('charge.dispute.created', stripe.disputeCharge(chargeId, 200));
+    expect((await deliver(refund)).status).toBe(200);
+    expect((await deliver(dispute)).status).toBe(200);
+    expect((await deliver(paid.succeeded)).status).toBe(200);
+    expect((await deliver(refund)).status).toBe(200);
+    expect((await ledgerOf(user.id)).map((row) => [row.type, row.amount])).toEqual([
+      ['purchase', 100],
+      ['clawback', -50],
+    ]);
+    expect(await purchaseRow(paid.started.purchaseId)).toMatchObject({
+      status: 'completed',
+      stripe_payment_intent_id: paid.intentId,
+      clawed_back_credits: 50,
+    });
+    // A charge of an intent this account does not have is not ours (acknowledged, nothing changes).
+    const foreign = stripe.event('charge.refunded', {
+      ...stripe.chargeOf(paid.intentId),
+      id: 'ch_foreign',
+      payment_intent: 'pi_unknown',
+    });
+    expect((await deliver(foreign)).status).toBe(200);
+    expect(await balanceOf(user.id)).toBe(50);
+  });
+
   it('concurrent refund and dispute events for one charge never take more than was bought', async () => {
     const pack = await createPackage({ credits: 100, priceEuroCents: 1000 });
     const { user, client } = await buyer();

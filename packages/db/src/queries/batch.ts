@@ -7,7 +7,8 @@ export interface BatchDebit {
   appId: string;
   description: string;
   metadata?: JsonObject | null | undefined;
-  idempotencyKey: string;
+  /** Absent = a keyless debit (coalesced credits.use calls may have none). */
+  idempotencyKey?: string | null | undefined;
   requestHash: string;
 }
 
@@ -17,8 +18,9 @@ export type BatchOutcome =
   | { outcome: 'conflict' };
 
 /**
- * Posts many usage debits in one call of credits.use_batch (one round trip, one transaction; see the
- * reservations migration for how), passing the items as parallel arrays so Postgres parses no JSON per item. Returns one outcome per debit, in input order.
+ * Posts many usage debits in one call of credits.use_batch (one round trip, one transaction; see
+ * functions/use_batch.sql for how), passing the items as parallel arrays so Postgres parses no JSON per item.
+ * Returns one outcome per debit, in input order.
  */
 export async function postUsageBatch(
   db: Kysely<Database>,
@@ -35,7 +37,7 @@ export async function postUsageBatch(
       from credits.use_batch(
         ${column((d) => d.userId)}::text[], ${column((d) => d.amount)}::int8[], ${column((d) => d.appId)}::text[],
         ${column((d) => d.description)}::text[], ${column((d) => (d.metadata ? JSON.stringify(d.metadata) : null))}::jsonb[],
-        ${column((d) => d.idempotencyKey)}::text[], ${column((d) => d.requestHash)}::text[])
+        ${column((d) => d.idempotencyKey ?? null)}::text[], ${column((d) => d.requestHash)}::text[])
   `.execute(db);
   if (rows.length !== debits.length) throw new Error('use_batch did not return one result per item');
   return rows.map((row): BatchOutcome => {

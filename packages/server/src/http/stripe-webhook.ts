@@ -45,7 +45,24 @@ export async function stripeWebhookRoutes(app: FastifyInstance): Promise<void> {
     const type = metrics.webhookTypeLabel(event.type);
     let outcome: Awaited<ReturnType<typeof applyStripeEvent>>;
     try {
-      outcome = await applyStripeEvent(app.deps.db, event);
+      const { stripe } = app.deps;
+      outcome = await applyStripeEvent(app.deps.db, event, {
+        intentMetadata: stripe
+          ? async (intentId) => {
+              try {
+                return (await stripe.paymentIntents.retrieve(intentId)).metadata;
+              } catch (error) {
+                // Not an intent of this account: the event is not ours.
+                if (
+                  error instanceof Stripe.errors.StripeInvalidRequestError &&
+                  error.code === 'resource_missing'
+                )
+                  return null;
+                throw error;
+              }
+            }
+          : undefined,
+      });
     } catch (error) {
       metrics.webhookEvents.inc({ type, outcome: 'error' });
       throw error;

@@ -159,6 +159,16 @@ export class TestStripeServer {
     if (method === 'POST' && path === '/v1/customers')
       return { status: 200, body: this.createCustomer(body) };
     if (method === 'POST' && path === '/v1/payment_intents') return this.createPaymentIntent(body);
+    const intentId = /^\/v1\/payment_intents\/([^/]+)$/.exec(path)?.[1];
+    if (method === 'GET' && intentId) {
+      const intent = this.paymentIntents.get(intentId);
+      if (intent) return { status: 200, body: structuredClone(intent) };
+      const message = `No such payment_intent: '${intentId}'`;
+      return {
+        status: 404,
+        body: { error: { type: 'invalid_request_error', code: 'resource_missing', message } },
+      };
+    }
     if (method === 'POST' && path === '/v1/checkout/sessions') return this.createSession(body);
     return {
       status: 404,

@@ -70,11 +70,12 @@ function parseItem(
 }
 
 function toItemResult(debit: BatchDebit, outcome: BatchOutcome): BatchItemResult {
+  const key = debit.idempotencyKey ?? null; // always set: batch items require a key
   switch (outcome.outcome) {
     case 'ok':
     case 'replay': {
       const applied: BatchItemResult = {
-        idempotencyKey: debit.idempotencyKey,
+        idempotencyKey: key,
         ok: true,
         transactionId: outcome.transactionId,
         balance: outcome.available,
@@ -84,13 +85,13 @@ function toItemResult(debit: BatchDebit, outcome: BatchOutcome): BatchItemResult
     }
     case 'insufficient':
       return failed(
-        debit.idempotencyKey,
+        key,
         'INSUFFICIENT_CREDITS',
         `Insufficient credits: ${debit.amount} required, ${outcome.available} available`,
       );
     case 'conflict':
       return failed(
-        debit.idempotencyKey,
+        key,
         'IDEMPOTENCY_CONFLICT',
         'This idempotency key was already used with a different request',
       );

@@ -11,7 +11,7 @@ import {
 import { type Kysely, sql } from 'kysely';
 import { effects } from '../effects.ts';
 import { InsufficientCreditsError, InvalidRequestError, NotFoundError } from '../errors.ts';
-import { requestHash, withLedgerIdempotency } from '../idempotency.ts';
+import { ledgerKeys, requestHash, withIdempotency } from '../idempotency.ts';
 import { creditEarned } from './balance-limit.ts';
 import { type MovementResult, toMovementResult, toPackageView, toTransactionView } from './mappers.ts';
 
@@ -47,9 +47,9 @@ export async function returnExpiredHolds(db: Kysely<Database>, userId: string): 
 /** Spends personal credits: one statement, idempotent by (user, key). */
 export async function spendCredits(db: Kysely<Database>, input: SpendInput): Promise<MovementResult> {
   const hash = usageRequestHash(input);
-  return withLedgerIdempotency(
-    db,
-    { userId: input.userId, key: input.idempotencyKey, hash },
+  return withIdempotency(
+    ledgerKeys(db, input.userId),
+    { key: input.idempotencyKey, hash },
     async () => {
       const debit = () =>
         debitBalance(db, {
@@ -86,9 +86,9 @@ export interface GrantInput {
 /** Promotional or support credits; refused (BALANCE_LIMIT_EXCEEDED) past MAX_CREDITS. */
 export async function grantCredits(db: Kysely<Database>, input: GrantInput): Promise<MovementResult> {
   const hash = requestHash('credits.grant', { amount: input.amount, reason: input.reason });
-  return withLedgerIdempotency(
-    db,
-    { userId: input.userId, key: input.idempotencyKey, hash },
+  return withIdempotency(
+    ledgerKeys(db, input.userId),
+    { key: input.idempotencyKey, hash },
     () =>
       db.transaction().execute(async (trx) => {
         const posted = await creditEarned(trx, {
@@ -125,9 +125,9 @@ export async function refundUsage(db: Kysely<Database>, input: RefundInput): Pro
     amount: input.amount,
     description: input.description,
   });
-  return withLedgerIdempotency(
-    db,
-    { userId: input.userId, key: input.idempotencyKey, hash },
+  return withIdempotency(
+    ledgerKeys(db, input.userId),
+    { key: input.idempotencyKey, hash },
     () =>
       db.transaction().execute(async (trx) => {
         const original = await trx

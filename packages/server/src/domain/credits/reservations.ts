@@ -5,15 +5,14 @@ import {
   findGuildEntry,
   findGuildPool,
   findLedgerEntry,
-  findReservationByKey,
   getBalance,
-  isUniqueViolation,
+  type HoldInput,
   type JsonObject,
   type LockedReservation,
   lockReservation,
+  type PlacedHold,
   placeHold,
   placePoolHold,
-  RESERVATION_IDEMPOTENCY_INDEX,
   type ReservationRow,
   type ReservationStatus,
   releaseExpiredHolds,
@@ -23,7 +22,6 @@ import type { Kysely, Transaction } from 'kysely';
 import { effects } from '../effects.ts';
 import {
   ConflictError,
-  DomainError,
   IdempotencyConflictError,
   InsufficientCreditsError,
   InvalidRequestError,
@@ -32,8 +30,7 @@ import {
 import { poolNotFound } from '../guild/limits.ts';
 import { requireRole } from '../guild/membership.ts';
 import { type GuildDeps, lockPoolForSpend } from '../guild/pools.ts';
-import { markReplayed, requestHash } from '../idempotency.ts';
-import { certainlyNotCommitted, certainOrUnknown } from '../outcome.ts';
+import { markReplayed, requestHash, reservationKeys, withIdempotency } from '../idempotency.ts';
 import { returnExpiredHolds } from './personal.ts';
 
 export interface ReserveInput {
@@ -66,106 +63,75 @@ const toReserveResult = (
  * Holds credits for a call whose price is known only afterwards. One statement places the hold (see
  * placeHold); a replayed key answers with the first hold, another request under the same key is a CONFLICT.
  * When the spendable balance is short, the user's expired holds are returned first (check on access).
- * With a guildId the hold is on the pool (see reservePoolCredits).
+ * With a guildId the hold is on the pool (see holdPoolCredits). Keys share the user's reservation key space;
+ * the guild is part of the fingerprint, so the same key for another pool (or for a personal hold) is a
+ * CONFLICT. A replay is answered from the first hold even when the account or a limit would refuse it now.
  */
 export async function reserveCredits(deps: GuildDeps, input: ReserveInput): Promise<ReserveResult> {
-  if (input.guildId !== undefined) return reservePoolCredits(deps, { ...input, guildId: input.guildId });
   const { db } = deps;
+  const { guildId } = input;
+  if (guildId !== undefined) await requireRole(deps.membership, guildId, input.userId);
   const hash = requestHash('credits.reserve', {
+    guildId,
     amount: input.amount,
     appId: input.appId,
     description: input.description,
     ttlSeconds: input.ttlSeconds,
     metadata: input.metadata,
   });
-
-  const placeOrReplay = async (): Promise<ReserveResult | null> => {
-    try {
-      const placed = await placeHold(db, {
-        userId: input.userId,
-        amount: input.amount,
-        appId: input.appId,
-        description: input.description,
-        metadata: input.metadata,
-        idempotencyKey: input.idempotencyKey,
-        requestHash: hash,
-        ttlSeconds: input.ttlSeconds,
-      });
-      if (placed) return { reservationId: placed.id, expiresAt: placed.expiresAt, balance: placed.available };
-    } catch (error) {
-      if (!isUniqueViolation(error, RESERVATION_IDEMPOTENCY_INDEX)) throw certainOrUnknown(error);
-    }
-    const first = await findReservationByKey(db, input.userId, input.idempotencyKey);
-    if (!first) return null;
-    if (first.request_hash !== hash) throw new IdempotencyConflictError();
-    return markReplayed(toReserveResult(first));
+  const hold: HoldInput = {
+    userId: input.userId,
+    amount: input.amount,
+    appId: input.appId,
+    description: input.description,
+    metadata: input.metadata,
+    idempotencyKey: input.idempotencyKey,
+    requestHash: hash,
+    ttlSeconds: input.ttlSeconds,
   };
+  return withIdempotency(
+    reservationKeys(db, input.userId),
+    { key: input.idempotencyKey, hash },
+    async () => {
+      const placed =
+        guildId === undefined
+          ? await holdPersonalCredits(db, hold)
+          : await holdPoolCredits(db, { ...hold, guildId });
+      return { reservationId: placed.id, expiresAt: placed.expiresAt, balance: placed.available };
+    },
+    toReserveResult,
+  );
+}
 
-  const result =
-    (await placeOrReplay()) ??
-    ((await returnExpiredHolds(db, input.userId)) > 0 ? await placeOrReplay() : null);
-  if (result) return result;
-  const { balance } = await getBalance(db, input.userId);
-  throw new InsufficientCreditsError(input.amount, balance);
+async function holdPersonalCredits(db: Kysely<Database>, hold: HoldInput): Promise<PlacedHold> {
+  const placed =
+    (await placeHold(db, hold)) ??
+    ((await returnExpiredHolds(db, hold.userId)) > 0 ? await placeHold(db, hold) : null);
+  if (placed) return placed;
+  const { balance } = await getBalance(db, hold.userId);
+  throw new InsufficientCreditsError(hold.amount, balance);
 }
 
 /**
- * Holds pool credits for a member (who must be one: fail closed). In one transaction, like guild.use: the
- * pool row is locked first (its expired holds returned), then the spendable pool and the member's daily and
- * monthly limits (open holds counted) are checked and the hold is placed — so no interleaving of holds and
- * spends can exceed the pool or a limit. Keys share the user's reservation key space; the guild is part of
- * the fingerprint, so the same key for another pool (or for a personal hold) is a CONFLICT. A replay is
- * answered from the first hold even when the pool or the limit would refuse it now.
+ * Holds pool credits for a member (who must be one: checked before, fail closed). In one transaction, like
+ * guild.use: the pool row is locked first (its expired holds returned), then the spendable pool and the
+ * member's daily and monthly limits (open holds counted) are checked and the hold is placed — so no
+ * interleaving of holds and spends can exceed the pool or a limit.
  */
-async function reservePoolCredits(
-  deps: GuildDeps,
-  input: ReserveInput & { guildId: string },
-): Promise<ReserveResult> {
-  await requireRole(deps.membership, input.guildId, input.userId);
-  const { db } = deps;
-  const hash = requestHash('credits.reserve', {
-    guildId: input.guildId,
-    amount: input.amount,
-    appId: input.appId,
-    description: input.description,
-    ttlSeconds: input.ttlSeconds,
-    metadata: input.metadata,
-  });
-  try {
-    let expired = 0;
-    const placed = await db.transaction().execute(async (trx) => {
-      expired = await lockPoolForSpend(trx, input.guildId, input.userId, input.amount);
-      const placed = await placePoolHold(trx, {
-        guildId: input.guildId,
-        userId: input.userId,
-        amount: input.amount,
-        appId: input.appId,
-        description: input.description,
-        metadata: input.metadata,
-        idempotencyKey: input.idempotencyKey,
-        requestHash: hash,
-        ttlSeconds: input.ttlSeconds,
-      });
-      // The row is locked and was checked above; a miss here would be a bug, not a race.
-      if (!placed) throw new Error('pool hold found no spendable credits under its own lock');
-      return { reservationId: placed.id, expiresAt: placed.expiresAt, balance: placed.available };
-    });
-    effects.holdsExpired(expired);
+async function holdPoolCredits(
+  db: Kysely<Database>,
+  hold: HoldInput & { guildId: string },
+): Promise<PlacedHold> {
+  let expired = 0;
+  const placed = await db.transaction().execute(async (trx) => {
+    expired = await lockPoolForSpend(trx, hold.guildId, hold.userId, hold.amount);
+    const placed = await placePoolHold(trx, hold);
+    // The row is locked and was checked above; a miss here would be a bug, not a race.
+    if (!placed) throw new Error('pool hold found no spendable credits under its own lock');
     return placed;
-  } catch (error) {
-    const duplicate = isUniqueViolation(error, RESERVATION_IDEMPOTENCY_INDEX);
-    // An unknown outcome is answered as such (the key makes the caller's retry a replay); see outcome.ts.
-    if (!duplicate && !(error instanceof DomainError && certainlyNotCommitted(error))) {
-      throw certainOrUnknown(error);
-    }
-    const first = await findReservationByKey(db, input.userId, input.idempotencyKey);
-    if (!first) {
-      if (duplicate) throw new Error('reservation key collided but no row was found', { cause: error });
-      throw error;
-    }
-    if (first.request_hash !== hash) throw new IdempotencyConflictError();
-    return markReplayed(toReserveResult(first));
-  }
+  });
+  effects.holdsExpired(expired);
+  return placed;
 }
 
 export interface CommitInput {

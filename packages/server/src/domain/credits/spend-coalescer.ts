@@ -1,6 +1,6 @@
-import { type Database, debitMany } from '@mana-credits/db';
+import { type BatchOutcome, type Database, postUsageBatch } from '@mana-credits/db';
 import type { Kysely } from 'kysely';
-import { IdempotencyConflictError } from '../errors.ts';
+import { IdempotencyConflictError, InsufficientCreditsError } from '../errors.ts';
 import { markReplayed } from '../idempotency.ts';
 import { certainlyNotCommitted, OutcomeUnknownError } from '../outcome.ts';
 import type { MovementResult } from './mappers.ts';
@@ -17,8 +17,8 @@ const MAX_COALESCED = 200;
 /**
  * Coalesces concurrent debits of one account. The first debit of an account goes straight to the database
  * (one statement, no added latency); debits that arrive for the same account while it is in flight wait and
- * then go together through credits.debit_many: one lock, one commit, each caller still with its own ledger
- * row, idempotency and answer. This only batches: every rule is still enforced by Postgres, so any number of
+ * then go together through credits.use_batch (the function of every batched usage debit): one lock, one
+ * commit, each caller still with its own ledger row, idempotency and answer. This only batches: every rule is still enforced by Postgres, so any number of
  * server instances may coalesce independently.
  *
  * A batch that failed is run again item by item only when the failure proves nothing was committed (see
@@ -59,12 +59,12 @@ export class SpendCoalescer {
       await spendCredits(this.db, only.input).then(only.resolve, only.reject);
       return;
     }
-    let outcomes: Awaited<ReturnType<typeof debitMany>>;
+    let outcomes: BatchOutcome[];
     try {
-      outcomes = await debitMany(
+      outcomes = await postUsageBatch(
         this.db,
-        userId,
         batch.map(({ input }) => ({
+          userId,
           amount: input.amount,
           appId: input.appId,
           description: input.description,
@@ -89,13 +89,13 @@ export class SpendCoalescer {
     batch.forEach(({ input, resolve, reject }, index) => {
       const outcome = outcomes[index];
       // The batch committed but says nothing of this debit: it may have been applied.
-      if (!outcome) reject(new OutcomeUnknownError(new Error('debit_many returned no outcome')));
+      if (!outcome) reject(new OutcomeUnknownError(new Error('use_batch returned no outcome')));
       else if (outcome.outcome === 'conflict') reject(new IdempotencyConflictError());
-      // Refused here (a known outcome: nothing was written for this debit), the single path may still
-      // succeed: it first returns holds whose time is up.
-      else if (outcome.outcome === 'insufficient') spendCredits(this.db, input).then(resolve, reject);
-      else {
-        const result = { transactionId: outcome.id, balance: outcome.available };
+      // Final: use_batch already returned the user's lapsed holds before refusing (check on access).
+      else if (outcome.outcome === 'insufficient') {
+        reject(new InsufficientCreditsError(input.amount, outcome.available));
+      } else {
+        const result = { transactionId: outcome.transactionId, balance: outcome.available };
         resolve(outcome.outcome === 'replay' ? markReplayed(result) : result);
       }
     });

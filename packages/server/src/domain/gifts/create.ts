@@ -5,11 +5,12 @@ import {
   type GiftRow,
   type GiftType,
   getBalance,
+  type LedgerRow,
   systemKeys,
 } from '@mana-credits/db';
 import { type Kysely, sql } from 'kysely';
 import { InsufficientCreditsError, InvalidRequestError } from '../errors.ts';
-import { markReplayed, requestHash, withLedgerIdempotency } from '../idempotency.ts';
+import { ledgerKeys, markReplayed, requestHash, withIdempotency } from '../idempotency.ts';
 import { generateGiftCode, giftShortUrl } from './codes.ts';
 import { type CreatedGift, toCreatedGift } from './mappers.ts';
 import { hashRiddleAnswer, normaliseRiddleAnswer, riddleAnswerFingerprint } from './riddle.ts';
@@ -79,9 +80,9 @@ export async function createGift(
       })
     : '';
 
-  const outcome = await withLedgerIdempotency<{ created: GiftRow } | { replayOf: string }>(
-    db,
-    { userId: creator.id, key, hash },
+  const outcome = await withIdempotency<{ created: GiftRow } | { replayOf: string }, LedgerRow>(
+    ledgerKeys(db, creator.id),
+    { key, hash },
     () =>
       db.transaction().execute(async (trx) => {
         const giftId = randomUUID();

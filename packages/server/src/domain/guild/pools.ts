@@ -18,8 +18,7 @@ import { type Kysely, sql, type Transaction } from 'kysely';
 import { MAX_CREDITS } from '../credits/balance-limit.ts';
 import { effects } from '../effects.ts';
 import { InsufficientCreditsError, InvalidRequestError, PreconditionFailedError } from '../errors.ts';
-import { isReplayed, markReplayed, requestHash } from '../idempotency.ts';
-import { withGuildIdempotency } from './idempotency.ts';
+import { guildKeys, isReplayed, markReplayed, requestHash, withIdempotency } from '../idempotency.ts';
 import { assertWithinMemberLimits, poolNotFound } from './limits.ts';
 import { type PoolUseResult, toGuildTransactionView, toPoolUseResult, toPoolView } from './mappers.ts';
 import { MANAGERS, type MembershipClient, requireRole } from './membership.ts';
@@ -67,9 +66,9 @@ export async function fundPool(deps: GuildDeps, actorId: string, input: FundInpu
   await requireRole(deps.membership, input.guildId, actorId, MANAGERS);
   const { db } = deps;
   const hash = requestHash('guild.fund', { amount: input.amount });
-  return withGuildIdempotency(
-    db,
-    { guildId: input.guildId, userId: actorId, key: input.idempotencyKey, hash },
+  return withIdempotency(
+    guildKeys(db, input.guildId, actorId),
+    { key: input.idempotencyKey, hash },
     () =>
       db.transaction().execute(async (trx) => {
         // Pools are never deleted, so an unlocked look is enough to refuse early.
@@ -178,9 +177,9 @@ export async function useGuildCredits(deps: GuildDeps, input: PoolUseInput): Pro
     description: input.description,
     metadata: input.metadata,
   });
-  return withGuildIdempotency(
-    db,
-    { guildId: input.guildId, userId: input.userId, key: input.idempotencyKey, hash },
+  return withIdempotency(
+    guildKeys(db, input.guildId, input.userId),
+    { key: input.idempotencyKey, hash },
     async () => {
       let expired = 0;
       const used = await db.transaction().execute(async (trx) => {

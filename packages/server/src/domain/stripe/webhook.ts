@@ -12,7 +12,20 @@ const idOf = (value: string | { id: string } | null | undefined) =>
  * effect: a redelivery (or a concurrent copy, which waits on the primary key) finds it and does nothing, and
  * an error rolls both back so Stripe's retry starts clean.
  */
-export async function applyStripeEvent(db: Kysely<Database>, event: Stripe.Event): Promise<WebhookOutcome> {
+export interface StripeLookups {
+  /**
+   * The metadata of a PaymentIntent, asked of Stripe: a refund or dispute may arrive for a purchase whose
+   * PaymentIntent id we never stored (its creation answer was lost), and only the intent's metadata names
+   * the purchase then. Absent = such events are not ours.
+   */
+  intentMetadata?: (intentId: string) => Promise<Stripe.Metadata | null>;
+}
+
+export async function applyStripeEvent(
+  db: Kysely<Database>,
+  event: Stripe.Event,
+  lookups: StripeLookups = {},
+): Promise<WebhookOutcome> {
   switch (event.type) {
     case 'payment_intent.succeeded': {
       const intent = event.data.object;
@@ -68,10 +81,9 @@ export async function applyStripeEvent(db: Kysely<Database>, event: Stripe.Event
     case 'charge.refunded': {
       const charge = event.data.object;
       return inEventTransaction(db, event, async (trx) => {
-        const intentId = idOf(charge.payment_intent);
         const purchase =
           (await lockPurchaseBy(trx, 'stripe_charge_id', charge.id)) ??
-          (intentId ? await lockPurchaseBy(trx, 'stripe_payment_intent_id', intentId) : undefined);
+          (await lockPurchaseOfIntent(trx, idOf(charge.payment_intent), lookups));
         if (!purchase) return ignored('not our charge');
         return applyRefund(trx, purchase, charge, event.id);
       });
@@ -80,10 +92,9 @@ export async function applyStripeEvent(db: Kysely<Database>, event: Stripe.Event
       const dispute = event.data.object;
       return inEventTransaction(db, event, async (trx) => {
         const chargeId = idOf(dispute.charge);
-        const intentId = idOf(dispute.payment_intent);
         const purchase =
           (chargeId ? await lockPurchaseBy(trx, 'stripe_charge_id', chargeId) : undefined) ??
-          (intentId ? await lockPurchaseBy(trx, 'stripe_payment_intent_id', intentId) : undefined);
+          (await lockPurchaseOfIntent(trx, idOf(dispute.payment_intent), lookups));
         if (!purchase) return ignored('not our charge');
         return applyDispute(trx, purchase, dispute, event.id);
       });
@@ -150,6 +161,22 @@ async function lockPurchaseOf(
     .executeTakeFirst();
   // A purchase already tied to another object of this kind is not this one's.
   return byMetadata && (byMetadata[column] === null || byMetadata[column] === value) ? byMetadata : undefined;
+}
+
+/**
+ * The purchase of a charge's PaymentIntent: by the intent id we stored, or else by the metadata Stripe has on
+ * the intent (asked only when we know nothing of the intent: a reversal may overtake the payment event of a
+ * purchase whose intent id was never stored). Nothing is locked during the call but the event's own row.
+ */
+async function lockPurchaseOfIntent(
+  trx: Transaction<Database>,
+  intentId: string | null,
+  lookups: StripeLookups,
+): Promise<PurchaseRow | undefined> {
+  if (!intentId) return undefined;
+  const byId = await lockPurchaseBy(trx, 'stripe_payment_intent_id', intentId);
+  if (byId || !lookups.intentMetadata) return byId;
+  return lockPurchaseOf(trx, await lookups.intentMetadata(intentId), ['stripe_payment_intent_id', intentId]);
 }
 
 function lockPurchaseOfSession(trx: Transaction<Database>, session: Stripe.Checkout.Session) {

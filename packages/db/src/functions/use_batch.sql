@@ -1,0 +1,153 @@
+-- credits.use_batch: many usage debits, of one user or of many, in one call (one round trip, one
+-- transaction). The one debit function of the personal usage paths: credits.use (coalesced debits of a hot
+-- account) and internal.credits.useBatch both call it.
+--
+-- The items arrive as parallel arrays, element i of each being item i; a null key = a keyless debit.
+-- Returns one row per item, in input order: outcome 'ok' (posted), 'replay' (the key was posted before, or
+-- earlier in this batch, with the same request), 'conflict' (the key was posted with another request) or
+-- 'insufficient'; transaction_id, and available (spendable after the item; for 'insufficient', spendable
+-- when refused).
+--
+-- How: lock every balance row of the batch once, in user_id order (the order every multi-account writer
+-- uses, "C" collation so it never depends on locale); decide each item in input order on in-memory copies of
+-- the locked balances (expanded PL/pgSQL arrays, O(1) per access); then write everything set-based: one
+-- INSERT of all ledger rows, one UPDATE of the balances, one usage upsert. While the balance rows are locked
+-- no other writer can post a ledger row for these users, so the key lookup made after locking cannot be
+-- overtaken; should the unique index fire anyway, the whole call fails (nothing written, a certain failure).
+-- An item whose user has too little is checked once more after returning that user's expired holds (check
+-- on access), so a lapsed hold never refuses a debit.
+create or replace function credits.use_batch(
+  p_users text[], p_amounts int8[], p_apps text[], p_descriptions text[], p_metadata jsonb[], p_keys text[],
+  p_hashes text[])
+returns table (ord int, outcome text, transaction_id uuid, available int8)
+language plpgsql as $$
+#variable_conflict use_column
+declare
+  v_count int := cardinality(p_users);
+  -- per item, in input order
+  v_slot int[];
+  v_first int[];
+  v_prior_id uuid[];
+  v_prior_hash text[];
+  v_prior_available int8[];
+  v_outcome text[];
+  v_tx uuid[];
+  v_before int8[];
+  v_available int8[];
+  v_winner int[];
+  -- per account, in user_id order (v_slot points here)
+  a_user text[];
+  a_balance int8[];
+  a_reserved int8[];
+  a_checked boolean[];
+  v_reserved int8;
+  i int;
+  s int;
+  w int;
+begin
+  if v_count is null or v_count = 0 then
+    return;
+  end if;
+  v_outcome := array_fill(null::text, array[v_count]);
+  v_tx := array_fill(null::uuid, array[v_count]);
+  v_before := array_fill(null::int8, array[v_count]);
+  v_available := array_fill(null::int8, array[v_count]);
+  v_winner := array_fill(null::int, array[v_count]);
+  -- v_slot: the item's account; v_first: the first item of the batch with the same (user, key)
+  select array_agg(u.user_id order by u.user_id collate "C") into a_user
+    from (select distinct x.user_id from unnest(p_users) as x(user_id)) u;
+  select array_agg(r.slot order by r.n), array_agg(r.first order by r.n)
+    into v_slot, v_first
+    from (select x.n, dense_rank() over (order by x.user_id collate "C")::int as slot,
+                 -- an item without a key is its own first (keyless items are never replays)
+                 case when x.key is null then x.n
+                      else min(x.n) over (partition by x.user_id, x.key) end::int as first
+            from unnest(p_users, p_keys) with ordinality as x(user_id, key, n)) r;
+
+  perform 1 from credits.balances where user_id = any(a_user) order by user_id collate "C" for update;
+
+  select array_agg(coalesce(b.balance, 0) order by u.n), array_agg(coalesce(b.reserved, 0) order by u.n),
+         array_agg(false)
+    into a_balance, a_reserved, a_checked
+    from unnest(a_user) with ordinality as u(user_id, n)
+    left join credits.balances b on b.user_id = u.user_id;
+  select array_agg(t.id order by x.n), array_agg(t.request_hash order by x.n),
+         array_agg(coalesce(t.available_after, t.balance_after) order by x.n)
+    into v_prior_id, v_prior_hash, v_prior_available
+    from unnest(p_users, p_keys) with ordinality as x(user_id, key, n)
+    left join credits.transactions t on t.user_id = x.user_id and t.idempotency_key = x.key;
+
+  for i in 1 .. v_count loop
+    w := v_winner[v_first[i]];
+    if v_prior_id[i] is not null then
+      if v_prior_hash[i] is not distinct from p_hashes[i] then
+        v_outcome[i] := 'replay';
+        v_tx[i] := v_prior_id[i];
+        v_available[i] := v_prior_available[i];
+      else
+        v_outcome[i] := 'conflict';
+      end if;
+    elsif w is not null then
+      -- the same key appeared earlier in this batch and was posted there
+      if p_hashes[w] = p_hashes[i] then
+        v_outcome[i] := 'replay';
+        v_tx[i] := v_tx[w];
+        v_available[i] := v_available[w];
+      else
+        v_outcome[i] := 'conflict';
+      end if;
+    else
+      s := v_slot[i];
+      if a_balance[s] - a_reserved[s] < p_amounts[i] and not a_checked[s] then
+        a_checked[s] := true;
+        if credits.release_expired_holds(a_user[s], 1000) > 0 then
+          select b.reserved into v_reserved from credits.balances b where b.user_id = a_user[s];
+          a_reserved[s] := v_reserved;
+        end if;
+      end if;
+      if a_balance[s] - a_reserved[s] >= p_amounts[i] then
+        v_before[i] := a_balance[s];
+        a_balance[s] := a_balance[s] - p_amounts[i];
+        v_outcome[i] := 'ok';
+        v_tx[i] := gen_random_uuid();
+        v_available[i] := a_balance[s] - a_reserved[s];
+        v_winner[v_first[i]] := i;
+      else
+        v_outcome[i] := 'insufficient';
+        v_available[i] := a_balance[s] - a_reserved[s];
+      end if;
+    end if;
+  end loop;
+
+  insert into credits.transactions
+    (id, user_id, type, amount, balance_before, balance_after, available_after, app_id, description, metadata,
+     idempotency_key, request_hash)
+  select t.id, t.user_id, 'usage', -t.amount, t.before, t.before - t.amount, t.available, t.app_id,
+         t.description, t.metadata, t.key, t.hash
+    from unnest(v_outcome, v_tx, p_users, p_amounts, v_before, v_available, p_apps, p_descriptions, p_metadata,
+                p_keys, p_hashes)
+         as t(outcome, id, user_id, amount, before, available, app_id, description, metadata, key, hash)
+   where t.outcome = 'ok';
+
+  update credits.balances b
+     set balance = b.balance - d.spent, total_spent = b.total_spent + d.spent, version = b.version + 1,
+         updated_at = now()
+    from (select t.user_id, sum(t.amount)::int8 as spent
+            from unnest(v_outcome, p_users, p_amounts) as t(outcome, user_id, amount)
+           where t.outcome = 'ok' group by t.user_id) d
+   where b.user_id = d.user_id;
+
+  insert into credits.usage_stats as u (user_id, app_id, date, credits_used)
+  select t.user_id, t.app_id, (now() at time zone 'utc')::date, sum(t.amount)::int8
+    from unnest(v_outcome, p_users, p_apps, p_amounts) as t(outcome, user_id, app_id, amount)
+   where t.outcome = 'ok'
+   group by t.user_id, t.app_id
+   order by t.user_id collate "C", t.app_id collate "C"
+  on conflict (user_id, app_id, date) do update set credits_used = u.credits_used + excluded.credits_used;
+
+  return query
+    select r.n::int, r.outcome, r.id, r.available
+      from unnest(v_outcome, v_tx, v_available) with ordinality as r(outcome, id, available, n)
+     order by r.n;
+end
+$$;
