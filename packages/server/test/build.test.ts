@@ -112,7 +112,13 @@ describe('the production bundle', () => {
     // Postgres: a database of its own. PGlite: a directory, so migrate, server and reconcile share it.
     const dataDir = onPostgres ? undefined : mkdtempSync(join(tmpdir(), 'mana-credits-build-'));
     const database: TestDatabase = dataDir
-      ? { env: { DATA_DIR: dataDir }, kind: 'pglite', url: undefined, drop: async () => {} }
+      ? {
+          env: { DATA_DIR: dataDir },
+          kind: 'pglite',
+          url: undefined,
+          pgliteSnapshot: undefined,
+          drop: async () => {},
+        }
       : await createTestDatabase();
     try {
       const env = {
