@@ -112,8 +112,14 @@ describe('the production bundle', () => {
     // Postgres: a database of its own. PGlite: a directory, so migrate, server and reconcile share it.
     const dataDir = onPostgres ? undefined : mkdtempSync(join(tmpdir(), 'mana-credits-build-'));
     const database: TestDatabase = dataDir
-      ? { env: { DATA_DIR: dataDir }, kind: 'pglite', url: undefined, drop: async () => {} }
-      : await createTestDatabase();
+      ? {
+          env: { DATA_DIR: dataDir },
+          kind: 'pglite',
+          url: undefined,
+          pgliteSnapshot: undefined,
+          drop: async () => {},
+        }
+      : await createTestDatabase({ empty: true });
     try {
       const env = {
         NODE_ENV: 'production',
