@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { copyFileSync, readdirSync, readFileSync } from 'node:fs';
 import { builtinModules } from 'node:module';
 import { defineConfig, type Options } from 'tsup';
 
@@ -69,4 +69,12 @@ export default defineConfig({
   removeNodeProtocol: false,
   noExternal: [/^@mana-credits\//],
   esbuildPlugins: [declaredExternals],
+  // The SQL function files are read next to the module that applies them (packages/db/src/functions), which
+  // in the bundle is any entry in dist/: they travel beside it.
+  async onSuccess() {
+    const functions = new URL('../db/src/functions/', import.meta.url);
+    for (const file of readdirSync(functions).filter((name) => name.endsWith('.sql'))) {
+      copyFileSync(new URL(file, functions), new URL(`./dist/${file}`, import.meta.url));
+    }
+  },
 });

@@ -119,7 +119,7 @@ describe('the production bundle', () => {
           pgliteSnapshot: undefined,
           drop: async () => {},
         }
-      : await createTestDatabase();
+      : await createTestDatabase({ empty: true });
     try {
       const env = {
         NODE_ENV: 'production',

@@ -33,14 +33,15 @@ function pgliteSnapshot(): Blob | undefined {
   return snapshot;
 }
 
-export async function createTestDatabase(): Promise<TestDatabase> {
+/** `empty`: a database nothing was applied to (for tests of the migrations themselves). */
+export async function createTestDatabase(options: { empty?: boolean } = {}): Promise<TestDatabase> {
   const serverUrl = process.env.DATABASE_URL;
   if (!serverUrl) {
     return {
       env: { DATA_DIR: 'memory://' },
       kind: 'pglite',
       url: undefined,
-      pgliteSnapshot: pgliteSnapshot(),
+      pgliteSnapshot: options.empty ? undefined : pgliteSnapshot(),
       drop: async () => {},
     };
   }
@@ -49,7 +50,7 @@ export async function createTestDatabase(): Promise<TestDatabase> {
   await admin.connect();
   try {
     // A copy of the database global-setup.ts migrated once (CREATE DATABASE copies it file by file).
-    const template = inject('templateDatabase');
+    const template = options.empty ? undefined : inject('templateDatabase');
     await admin.query(`create database ${name}${template ? ` template ${template}` : ''}`);
   } finally {
     await admin.end();
