@@ -66,7 +66,7 @@ async function run(path: Path, userId: string, debits: Debit[]): Promise<string[
     server.deps,
     debits.map((item) => ({ ...item, userId })),
   );
-  return results.map((result, index) => {
+  return results.map((result) => {
     if (result.ok) {
       // useBatch answers replays like first executions; the ledger comparison below tells them apart.
       return `ok:${result.balance}`;
