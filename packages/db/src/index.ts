@@ -7,6 +7,7 @@ export * from './queries/batch.ts';
 export * from './queries/errors.ts';
 export * from './queries/guild.ts';
 export * from './queries/ledger.ts';
+export * from './queries/pagination.ts';
 export * from './queries/rate-limits.ts';
 export * from './queries/reservations.ts';
 export * from './system-keys.ts';

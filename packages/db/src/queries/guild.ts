@@ -1,6 +1,7 @@
 import { type Kysely, sql } from 'kysely';
 import type { Database, GuildLedgerRow, GuildLedgerType, GuildPoolRow, JsonObject } from '../database.ts';
 import { lapsedHolds } from './balances.ts';
+import { newestFirst, type Page, type PageRequest } from './pagination.ts';
 
 /** The unique index that makes guild idempotency atomic: (organization_id, user_id, idempotency_key). */
 export const GUILD_IDEMPOTENCY_INDEX = 'guild_transactions_idempotency_key';
@@ -291,39 +292,22 @@ export async function findGuildEntryByKey(
 }
 
 /**
- * One page of a pool's ledger, newest first; only `userId`'s rows when given. The cursor is the id of the
- * last row of the previous page and must be a row this listing could show; undefined when it is not.
+ * One page of a pool's ledger, newest first; only `onlyUserId`'s rows when given. Undefined when the cursor
+ * names no row this listing could show.
  */
 export async function listGuildEntries(
   db: Kysely<Database>,
   guildId: string,
   onlyUserId: string | undefined,
-  limit: number,
-  cursor?: string,
-): Promise<{ rows: GuildLedgerRow[]; nextCursor: string | null } | undefined> {
-  let query = db
-    .selectFrom('credits.guild_transactions')
-    .selectAll()
-    .where('organization_id', '=', guildId)
-    .$if(onlyUserId !== undefined, (q) => q.where('user_id', '=', onlyUserId as string))
-    .orderBy('created_at', 'desc')
-    .orderBy('id', 'desc')
-    .limit(limit + 1);
-  if (cursor) {
-    const anchor = await db
+  page: PageRequest,
+): Promise<Page<GuildLedgerRow> | undefined> {
+  return newestFirst(
+    db
       .selectFrom('credits.guild_transactions')
-      .select('id')
+      .selectAll()
       .where('organization_id', '=', guildId)
-      .$if(onlyUserId !== undefined, (q) => q.where('user_id', '=', onlyUserId as string))
-      .where('id', '=', cursor)
-      .executeTakeFirst();
-    if (!anchor) return undefined;
-    query = query.where(
-      sql<boolean>`(created_at, id) < (select c.created_at, c.id from credits.guild_transactions c where c.id = ${cursor}::uuid)`,
-    );
-  }
-  const rows = await query.execute();
-  const hasMore = rows.length > limit;
-  const page = hasMore ? rows.slice(0, limit) : rows;
-  return { rows: page, nextCursor: hasMore ? (page[page.length - 1]?.id ?? null) : null };
+      .$if(onlyUserId !== undefined, (q) => q.where('user_id', '=', onlyUserId as string)),
+    { table: 'credits.guild_transactions', idOf: (row) => row.id },
+    page,
+  );
 }

@@ -1,5 +1,6 @@
 import { type Kysely, sql } from 'kysely';
 import type { Database, JsonObject, LedgerRow, LedgerType } from '../database.ts';
+import { newestFirst, type Page, type PageRequest } from './pagination.ts';
 
 /** A personal ledger entry to post; `amount` is always positive, the direction says which way it moves. */
 export interface LedgerEntryInput {
@@ -146,38 +147,15 @@ export async function findLedgerEntry(
     .executeTakeFirst();
 }
 
-/**
- * One page of a user's ledger, newest first. The cursor is the id of the last row of the previous page; the
- * keyset (created_at, id) is compared inside Postgres so microsecond timestamps stay exact.
- * Returns undefined when the cursor names no row of this user.
- */
+/** One page of a user's ledger, newest first; undefined when the cursor names no row of this user. */
 export async function listLedgerEntries(
   db: Kysely<Database>,
   userId: string,
-  limit: number,
-  cursor?: string,
-): Promise<{ rows: LedgerRow[]; nextCursor: string | null } | undefined> {
-  let query = db
-    .selectFrom('credits.transactions')
-    .selectAll()
-    .where('user_id', '=', userId)
-    .orderBy('created_at', 'desc')
-    .orderBy('id', 'desc')
-    .limit(limit + 1);
-  if (cursor) {
-    const anchor = await db
-      .selectFrom('credits.transactions')
-      .select('id')
-      .where('user_id', '=', userId)
-      .where('id', '=', cursor)
-      .executeTakeFirst();
-    if (!anchor) return undefined;
-    query = query.where(
-      sql<boolean>`(created_at, id) < (select c.created_at, c.id from credits.transactions c where c.id = ${cursor}::uuid)`,
-    );
-  }
-  const rows = await query.execute();
-  const hasMore = rows.length > limit;
-  const page = hasMore ? rows.slice(0, limit) : rows;
-  return { rows: page, nextCursor: hasMore ? (page[page.length - 1]?.id ?? null) : null };
+  page: PageRequest,
+): Promise<Page<LedgerRow> | undefined> {
+  return newestFirst(
+    db.selectFrom('credits.transactions').selectAll().where('user_id', '=', userId),
+    { table: 'credits.transactions', idOf: (row) => row.id },
+    page,
+  );
 }

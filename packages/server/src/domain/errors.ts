@@ -92,3 +92,10 @@ export class ServiceUnavailableError extends DomainError {
     super('unavailable', reason, message, undefined, options);
   }
 }
+
+/** A page cursor that names no row the listing could show: the one refusal of every paginated listing. */
+export class InvalidCursorError extends InvalidRequestError {
+  constructor(what: string) {
+    super(`cursor: does not name ${what}`, 'INVALID_CURSOR', { field: 'cursor' });
+  }
+}

@@ -10,7 +10,12 @@ import {
 } from '@mana-credits/db';
 import { type Kysely, sql } from 'kysely';
 import { effects } from '../effects.ts';
-import { InsufficientCreditsError, InvalidRequestError, NotFoundError } from '../errors.ts';
+import {
+  InsufficientCreditsError,
+  InvalidCursorError,
+  InvalidRequestError,
+  NotFoundError,
+} from '../errors.ts';
 import { ledgerKeys, requestHash, withIdempotency } from '../idempotency.ts';
 import { creditEarned } from './balance-limit.ts';
 import { type MovementResult, toMovementResult, toPackageView, toTransactionView } from './mappers.ts';
@@ -192,10 +197,9 @@ export async function transactionHistory(
   userId: string,
   page: { limit: number; cursor?: string | undefined },
 ) {
-  const result = await listLedgerEntries(db, userId, page.limit, page.cursor);
-  if (!result)
-    throw new InvalidRequestError('cursor: does not name a transaction of yours', 'INVALID_CURSOR');
-  return { items: result.rows.map(toTransactionView), nextCursor: result.nextCursor };
+  const result = await listLedgerEntries(db, userId, page);
+  if (!result) throw new InvalidCursorError('a transaction of yours');
+  return { items: result.items.map(toTransactionView), nextCursor: result.nextCursor };
 }
 
 export async function activePackages(db: Kysely<Database>) {

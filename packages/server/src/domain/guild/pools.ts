@@ -17,7 +17,7 @@ import {
 import { type Kysely, sql, type Transaction } from 'kysely';
 import { MAX_CREDITS } from '../credits/balance-limit.ts';
 import { effects } from '../effects.ts';
-import { InsufficientCreditsError, InvalidRequestError, PreconditionFailedError } from '../errors.ts';
+import { InsufficientCreditsError, InvalidCursorError, PreconditionFailedError } from '../errors.ts';
 import { guildKeys, isReplayed, markReplayed, requestHash, withIdempotency } from '../idempotency.ts';
 import { assertWithinMemberLimits, poolNotFound } from './limits.ts';
 import { type PoolUseResult, toGuildTransactionView, toPoolUseResult, toPoolView } from './mappers.ts';
@@ -225,11 +225,7 @@ export async function poolTransactions(
   const role = await requireRole(deps.membership, input.guildId, actorId);
   if (!(await findGuildPool(deps.db, input.guildId))) throw poolNotFound();
   const onlyUserId = MANAGERS.includes(role) ? undefined : actorId;
-  const result = await listGuildEntries(deps.db, input.guildId, onlyUserId, input.limit, input.cursor);
-  if (!result) {
-    throw new InvalidRequestError('cursor: does not name a transaction you can see', 'INVALID_CURSOR', {
-      field: 'cursor',
-    });
-  }
-  return { items: result.rows.map(toGuildTransactionView), nextCursor: result.nextCursor };
+  const result = await listGuildEntries(deps.db, input.guildId, onlyUserId, input);
+  if (!result) throw new InvalidCursorError('a transaction you can see');
+  return { items: result.items.map(toGuildTransactionView), nextCursor: result.nextCursor };
 }

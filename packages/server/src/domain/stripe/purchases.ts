@@ -1,8 +1,9 @@
-import type { Database } from '@mana-credits/db';
-import { type Kysely, sql } from 'kysely';
+import { type Database, newestFirst } from '@mana-credits/db';
+import type { Kysely } from 'kysely';
 import type Stripe from 'stripe';
 import { toPurchaseStatusView, toPurchaseView } from '../credits/mappers.ts';
 import {
+  InvalidCursorError,
   InvalidRequestError,
   NotFoundError,
   PreconditionFailedError,
@@ -225,32 +226,13 @@ export async function purchaseHistory(
   userId: string,
   page: { limit: number; cursor?: string | undefined },
 ) {
-  let query = db
-    .selectFrom('credits.purchases')
-    .selectAll()
-    .where('user_id', '=', userId)
-    .orderBy('created_at', 'desc')
-    .orderBy('id', 'desc')
-    .limit(page.limit + 1);
-  if (page.cursor) {
-    const anchor = await db
-      .selectFrom('credits.purchases')
-      .select('id')
-      .where('user_id', '=', userId)
-      .where('id', '=', page.cursor)
-      .executeTakeFirst();
-    if (!anchor) throw new InvalidRequestError('cursor: does not name a purchase of yours', 'INVALID_CURSOR');
-    query = query.where(
-      sql<boolean>`(created_at, id) < (select p.created_at, p.id from credits.purchases p where p.id = ${page.cursor}::uuid)`,
-    );
-  }
-  const rows = await query.execute();
-  const hasMore = rows.length > page.limit;
-  const items = hasMore ? rows.slice(0, page.limit) : rows;
-  return {
-    items: items.map(toPurchaseView),
-    nextCursor: hasMore ? (items[items.length - 1]?.id ?? null) : null,
-  };
+  const result = await newestFirst(
+    db.selectFrom('credits.purchases').selectAll().where('user_id', '=', userId),
+    { table: 'credits.purchases', idOf: (row) => row.id },
+    page,
+  );
+  if (!result) throw new InvalidCursorError('a purchase of yours');
+  return { items: result.items.map(toPurchaseView), nextCursor: result.nextCursor };
 }
 
 /** One purchase of the caller; someone else's is NOT_FOUND, like a missing one. */
