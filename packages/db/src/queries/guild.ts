@@ -1,6 +1,7 @@
 import { type Kysely, sql } from 'kysely';
-import type { Database, GuildLedgerRow, GuildLedgerType, GuildPoolRow, JsonObject } from '../database.ts';
+import type { Database, GuildLedgerRow, GuildPoolRow } from '../database.ts';
 import { lapsedHolds } from './balances.ts';
+import { type GuildRow, guildLedgerRow, memberCounter, usageCounter } from './ledger-rows.ts';
 import { newestFirst, type Page, type PageRequest } from './pagination.ts';
 
 /** The unique index that makes guild idempotency atomic: (organization_id, user_id, idempotency_key). */
@@ -10,19 +11,7 @@ export const GUILD_IDEMPOTENCY_INDEX = 'guild_transactions_idempotency_key';
 export const GUILD_POOL_SAFE_INTEGER_CHECK = 'guild_pools_balance_safe_integer';
 
 /** A guild ledger entry to post; `amount` is always positive, the function says which way it moves. */
-export interface GuildEntryInput {
-  /** Chosen by the caller when another row must point at this one before it exists. */
-  id?: string | undefined;
-  guildId: string;
-  userId: string;
-  type: GuildLedgerType;
-  amount: number;
-  appId?: string | null | undefined;
-  description: string;
-  metadata?: JsonObject | null | undefined;
-  idempotencyKey?: string | null | undefined;
-  requestHash?: string | null | undefined;
-}
+export type GuildEntryInput = GuildRow;
 
 export interface PostedGuildEntry {
   id: string;
@@ -32,8 +21,6 @@ export interface PostedGuildEntry {
   available: number;
   createdAt: Date;
 }
-
-const json = (metadata: JsonObject | null | undefined) => (metadata ? JSON.stringify(metadata) : null);
 
 /** Creates the pool if missing; safe when called concurrently. Returns true if this call created it. */
 export async function ensureGuildPool(db: Kysely<Database>, guildId: string): Promise<boolean> {
@@ -199,29 +186,12 @@ export async function debitGuildPool(
              updated_at = now()
        where organization_id = ${entry.guildId} and balance - reserved >= ${entry.amount}::int8
       returning balance, reserved
-    ), entry as (
-      insert into credits.guild_transactions
-        (id, organization_id, user_id, type, amount, balance_before, balance_after, available_after, app_id,
-         description, metadata, idempotency_key, request_hash)
-      select coalesce(${entry.id ?? null}::uuid, gen_random_uuid()), ${entry.guildId}, ${entry.userId},
-             ${entry.type}, -${entry.amount}::int8, balance + ${entry.amount}::int8, balance, balance - reserved,
-             ${entry.appId ?? null}, ${entry.description}, ${json(entry.metadata)}::jsonb,
-             ${entry.idempotencyKey ?? null}, ${entry.requestHash ?? null}
-        from debit
-      returning id, balance_after, available_after, created_at
-    ), member_usage as (
-      insert into credits.guild_member_usage (organization_id, user_id, day, spent)
-      select ${entry.guildId}, ${entry.userId}, (created_at at time zone 'utc')::date, ${entry.amount}::int8
-        from entry
-      on conflict (organization_id, user_id, day)
-        do update set spent = credits.guild_member_usage.spent + excluded.spent
-    ), usage as (
-      insert into credits.usage_stats (user_id, app_id, date, credits_used)
-      select ${entry.userId}, ${entry.appId ?? ''}, (created_at at time zone 'utc')::date, ${entry.amount}::int8
-        from entry where ${entry.appId ? sql`true` : sql`false`}
-      on conflict (user_id, app_id, date)
-        do update set credits_used = credits.usage_stats.credits_used + excluded.credits_used
-    )
+    ), entry as (${guildLedgerRow('debit', entry, -1)}),
+    member_usage as (${memberCounter('entry', entry.guildId, entry.userId, entry.amount)})${
+      entry.appId
+        ? sql`, usage as (${usageCounter('entry', entry.userId, entry.appId, entry.amount)})`
+        : sql``
+    }
     select id, balance_after, available_after as available, created_at from entry
   `.execute(db);
   const row = rows[0];
@@ -244,17 +214,7 @@ export async function creditGuildPool(
              updated_at = now()
        where organization_id = ${entry.guildId}
       returning balance, reserved
-    ), entry as (
-      insert into credits.guild_transactions
-        (id, organization_id, user_id, type, amount, balance_before, balance_after, available_after, app_id,
-         description, metadata, idempotency_key, request_hash)
-      select coalesce(${entry.id ?? null}::uuid, gen_random_uuid()), ${entry.guildId}, ${entry.userId},
-             ${entry.type}, ${entry.amount}::int8, balance - ${entry.amount}::int8, balance, balance - reserved,
-             ${entry.appId ?? null}, ${entry.description}, ${json(entry.metadata)}::jsonb,
-             ${entry.idempotencyKey ?? null}, ${entry.requestHash ?? null}
-        from credit
-      returning id, balance_after, available_after, created_at
-    )
+    ), entry as (${guildLedgerRow('credit', entry, 1)})
     select id, balance_after, available_after as available, created_at from entry
   `.execute(db);
   const row = rows[0];

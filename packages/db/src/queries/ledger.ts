@@ -1,20 +1,10 @@
 import { type Kysely, sql } from 'kysely';
-import type { Database, JsonObject, LedgerRow, LedgerType } from '../database.ts';
+import type { Database, LedgerRow } from '../database.ts';
+import { type PersonalRow, personalLedgerRow, usageCounter } from './ledger-rows.ts';
 import { newestFirst, type Page, type PageRequest } from './pagination.ts';
 
 /** A personal ledger entry to post; `amount` is always positive, the direction says which way it moves. */
-export interface LedgerEntryInput {
-  userId: string;
-  type: LedgerType;
-  amount: number;
-  appId?: string | null | undefined;
-  description: string;
-  metadata?: JsonObject | null | undefined;
-  idempotencyKey?: string | null | undefined;
-  requestHash?: string | null | undefined;
-  referenceTransactionId?: string | null | undefined;
-  guildId?: string | null | undefined;
-}
+export type LedgerEntryInput = PersonalRow;
 
 export interface PostedEntry {
   id: string;
@@ -27,8 +17,6 @@ export interface PostedEntry {
 
 /** The unique index that makes idempotency atomic: a replayed key fails the insert, never a read-then-write. */
 export const LEDGER_IDEMPOTENCY_INDEX = 'transactions_user_idempotency_key';
-
-const json = (metadata: JsonObject | null | undefined) => (metadata ? JSON.stringify(metadata) : null);
 
 /**
  * Debits a personal balance in one statement (one implicit transaction, one round trip): the conditional
@@ -55,23 +43,11 @@ export async function debitBalance(
              updated_at = now()
        where user_id = ${entry.userId} and balance - reserved >= ${entry.amount}::int8
       returning balance, reserved
-    ), entry as (
-      insert into credits.transactions
-        (user_id, type, amount, balance_before, balance_after, available_after, app_id, description, metadata,
-         idempotency_key, request_hash, reference_transaction_id, guild_id)
-      select ${entry.userId}, ${entry.type}, -${entry.amount}::int8, balance + ${entry.amount}::int8, balance,
-             balance - reserved, ${entry.appId ?? null}, ${entry.description}, ${json(entry.metadata)}::jsonb,
-             ${entry.idempotencyKey ?? null}, ${entry.requestHash ?? null}, ${entry.referenceTransactionId ?? null}::uuid,
-             ${entry.guildId ?? null}
-        from debit
-      returning id, balance_after, available_after, created_at
-    ), usage as (
-      insert into credits.usage_stats (user_id, app_id, date, credits_used)
-      select ${entry.userId}, ${entry.appId ?? ''}, (now() at time zone 'utc')::date, ${entry.amount}::int8
-        from entry where ${countsAsUsage ? sql`true` : sql`false`}
-      on conflict (user_id, app_id, date)
-        do update set credits_used = credits.usage_stats.credits_used + excluded.credits_used
-    )
+    ), entry as (${personalLedgerRow('debit', entry, -1)})${
+      countsAsUsage
+        ? sql`, usage as (${usageCounter('entry', entry.userId, entry.appId ?? '', entry.amount)})`
+        : sql``
+    }
     select id, balance_after, available_after as available, created_at from entry
   `.execute(db);
   const row = rows[0];
@@ -103,17 +79,7 @@ export async function creditBalance(
             version = b.version + 1,
             updated_at = now()
       returning balance, reserved
-    ), entry as (
-      insert into credits.transactions
-        (user_id, type, amount, balance_before, balance_after, available_after, app_id, description, metadata,
-         idempotency_key, request_hash, reference_transaction_id, guild_id)
-      select ${entry.userId}, ${entry.type}, ${entry.amount}::int8, balance - ${entry.amount}::int8, balance,
-             balance - reserved, ${entry.appId ?? null}, ${entry.description}, ${json(entry.metadata)}::jsonb,
-             ${entry.idempotencyKey ?? null}, ${entry.requestHash ?? null}, ${entry.referenceTransactionId ?? null}::uuid,
-             ${entry.guildId ?? null}
-        from account
-      returning id, balance_after, available_after, created_at
-    )
+    ), entry as (${personalLedgerRow('account', entry, 1)})
     select id, balance_after, available_after as available, created_at from entry
   `.execute(db);
   const row = rows[0];

@@ -1,6 +1,7 @@
 import { type Kysely, sql, type Transaction } from 'kysely';
 import type { Database, JsonObject, ReservationRow } from '../database.ts';
 import { systemKeys } from '../system-keys.ts';
+import { guildLedgerRow, memberCounter, personalLedgerRow, usageCounter } from './ledger-rows.ts';
 
 export const RESERVATION_IDEMPOTENCY_INDEX = 'reservations_user_idempotency_key';
 
@@ -86,6 +87,18 @@ export async function lockReservation(
   return rows[0];
 }
 
+/** The usage row a commit posts: keyed by the reservation (system key), so it can never post twice. */
+function usageOf(reservation: ReservationRow, commit: CommitInput) {
+  return {
+    amount: commit.amount,
+    appId: reservation.app_id,
+    description: commit.description,
+    metadata: commit.metadata,
+    idempotencyKey: systemKeys.reservationCommit(reservation.id),
+    requestHash: commit.commitHash,
+  };
+}
+
 export interface CommitInput {
   amount: number;
   description: string;
@@ -113,22 +126,9 @@ export async function commitHold(
              updated_at = now()
        where user_id = ${reservation.user_id}
       returning balance, reserved
-    ), entry as (
-      insert into credits.transactions
-        (user_id, type, amount, balance_before, balance_after, available_after, app_id, description, metadata,
-         idempotency_key, request_hash)
-      select ${reservation.user_id}, 'usage', -${commit.amount}::int8, balance + ${commit.amount}::int8, balance,
-             balance - reserved, ${reservation.app_id}, ${commit.description}, ${json(commit.metadata)}::jsonb,
-             ${systemKeys.reservationCommit(reservation.id)}, ${commit.commitHash}
-        from settle
-      returning id, available_after
-    ), usage as (
-      insert into credits.usage_stats (user_id, app_id, date, credits_used)
-      select ${reservation.user_id}, ${reservation.app_id}, (now() at time zone 'utc')::date, ${commit.amount}::int8
-        from entry
-      on conflict (user_id, app_id, date)
-        do update set credits_used = credits.usage_stats.credits_used + excluded.credits_used
-    ), closed as (
+    ), entry as (${personalLedgerRow('settle', { ...usageOf(reservation, commit), userId: reservation.user_id, type: 'usage' }, -1)}),
+    usage as (${usageCounter('entry', reservation.user_id, reservation.app_id, commit.amount)}),
+    closed as (
       update credits.reservations
          set status = 'committed', committed_amount = ${commit.amount}::int8,
              released_amount = amount - ${commit.amount}::int8, transaction_id = (select id from entry),
@@ -248,29 +248,10 @@ export async function commitPoolHold(
              updated_at = now()
        where organization_id = ${guildId}
       returning balance, reserved
-    ), entry as (
-      insert into credits.guild_transactions
-        (organization_id, user_id, type, amount, balance_before, balance_after, available_after, app_id,
-         description, metadata, idempotency_key, request_hash)
-      select ${guildId}, ${reservation.user_id}, 'usage', -${commit.amount}::int8, balance + ${commit.amount}::int8,
-             balance, balance - reserved, ${reservation.app_id}, ${commit.description}, ${json(commit.metadata)}::jsonb,
-             ${systemKeys.reservationCommit(reservation.id)}, ${commit.commitHash}
-        from settle
-      returning id, available_after, created_at
-    ), member_usage as (
-      insert into credits.guild_member_usage (organization_id, user_id, day, spent)
-      select ${guildId}, ${reservation.user_id}, (created_at at time zone 'utc')::date, ${commit.amount}::int8
-        from entry
-      on conflict (organization_id, user_id, day)
-        do update set spent = credits.guild_member_usage.spent + excluded.spent
-    ), usage as (
-      insert into credits.usage_stats (user_id, app_id, date, credits_used)
-      select ${reservation.user_id}, ${reservation.app_id}, (created_at at time zone 'utc')::date,
-             ${commit.amount}::int8
-        from entry
-      on conflict (user_id, app_id, date)
-        do update set credits_used = credits.usage_stats.credits_used + excluded.credits_used
-    ), closed as (
+    ), entry as (${guildLedgerRow('settle', { ...usageOf(reservation, commit), guildId, userId: reservation.user_id, type: 'usage' }, -1)}),
+    member_usage as (${memberCounter('entry', guildId, reservation.user_id, commit.amount)}),
+    usage as (${usageCounter('entry', reservation.user_id, reservation.app_id, commit.amount)}),
+    closed as (
       update credits.reservations
          set status = 'committed', committed_amount = ${commit.amount}::int8,
              released_amount = amount - ${commit.amount}::int8, transaction_id = (select id from entry),

@@ -1,0 +1,93 @@
+import { type RawBuilder, sql } from 'kysely';
+import type { GuildLedgerType, JsonObject, LedgerType } from '../database.ts';
+
+// The pieces every single-statement money write is made of, written once: the ledger row of a movement and
+// the usage counters it feeds. Each write is `with <account update> returning balance, reserved`, then these
+// read from it; the account update itself (its condition: never below zero, never into held credits) stays
+// beside its caller, since that is what differs between a debit, a credit, a commit and a pool.
+
+const json = (metadata: JsonObject | null | undefined) => (metadata ? JSON.stringify(metadata) : null);
+
+interface EntryFields {
+  amount: number;
+  appId?: string | null | undefined;
+  description: string;
+  metadata?: JsonObject | null | undefined;
+  idempotencyKey?: string | null | undefined;
+  requestHash?: string | null | undefined;
+}
+
+export interface PersonalRow extends EntryFields {
+  userId: string;
+  type: LedgerType;
+  referenceTransactionId?: string | null | undefined;
+  guildId?: string | null | undefined;
+}
+
+export interface GuildRow extends EntryFields {
+  /** Chosen by the caller when another row must point at this one before it exists. */
+  id?: string | undefined;
+  guildId: string;
+  userId: string;
+  type: GuildLedgerType;
+}
+
+/**
+ * `insert into credits.transactions … select … from <account>`: the personal ledger row of a movement of
+ * `direction × amount` credits, its arithmetic taken from the account CTE's new balance and reserved.
+ * Returns id, balance_after, available_after, created_at.
+ */
+export function personalLedgerRow(account: string, row: PersonalRow, direction: 1 | -1): RawBuilder<unknown> {
+  const signed = direction * row.amount;
+  return sql`
+    insert into credits.transactions
+      (user_id, type, amount, balance_before, balance_after, available_after, app_id, description, metadata,
+       idempotency_key, request_hash, reference_transaction_id, guild_id)
+    select ${row.userId}, ${row.type}, ${signed}::int8, balance - ${signed}::int8, balance, balance - reserved,
+           ${row.appId ?? null}, ${row.description}, ${json(row.metadata)}::jsonb, ${row.idempotencyKey ?? null},
+           ${row.requestHash ?? null}, ${row.referenceTransactionId ?? null}::uuid, ${row.guildId ?? null}
+      from ${sql.table(account)}
+    returning id, balance_after, available_after, created_at`;
+}
+
+/** The guild ledger row of a pool movement, as personalLedgerRow. */
+export function guildLedgerRow(account: string, row: GuildRow, direction: 1 | -1): RawBuilder<unknown> {
+  const signed = direction * row.amount;
+  return sql`
+    insert into credits.guild_transactions
+      (id, organization_id, user_id, type, amount, balance_before, balance_after, available_after, app_id,
+       description, metadata, idempotency_key, request_hash)
+    select coalesce(${row.id ?? null}::uuid, gen_random_uuid()), ${row.guildId}, ${row.userId}, ${row.type},
+           ${signed}::int8, balance - ${signed}::int8, balance, balance - reserved, ${row.appId ?? null},
+           ${row.description}, ${json(row.metadata)}::jsonb, ${row.idempotencyKey ?? null}, ${row.requestHash ?? null}
+      from ${sql.table(account)}
+    returning id, balance_after, available_after, created_at`;
+}
+
+/** The day's usage of an app (`credits.usage_stats`), grown by a usage entry, on the UTC day of that entry. */
+export function usageCounter(
+  entry: string,
+  userId: string,
+  appId: string,
+  amount: number,
+): RawBuilder<unknown> {
+  return sql`
+    insert into credits.usage_stats (user_id, app_id, date, credits_used)
+    select ${userId}, ${appId}, (created_at at time zone 'utc')::date, ${amount}::int8 from ${sql.table(entry)}
+    on conflict (user_id, app_id, date)
+      do update set credits_used = credits.usage_stats.credits_used + excluded.credits_used`;
+}
+
+/** A member's limit counter (`credits.guild_member_usage`), on the UTC day of the pool usage entry. */
+export function memberCounter(
+  entry: string,
+  guildId: string,
+  userId: string,
+  amount: number,
+): RawBuilder<unknown> {
+  return sql`
+    insert into credits.guild_member_usage (organization_id, user_id, day, spent)
+    select ${guildId}, ${userId}, (created_at at time zone 'utc')::date, ${amount}::int8 from ${sql.table(entry)}
+    on conflict (organization_id, user_id, day)
+      do update set spent = credits.guild_member_usage.spent + excluded.spent`;
+}
