@@ -1,4 +1,4 @@
-import { type Kysely, sql, type Transaction } from 'kysely';
+import { type Kysely, type RawBuilder, sql, type Transaction } from 'kysely';
 import type { Database, JsonObject, ReservationRow } from '../database.ts';
 import { systemKeys } from '../system-keys.ts';
 import { guildLedgerRow, memberCounter, personalLedgerRow, usageCounter } from './ledger-rows.ts';
@@ -116,8 +116,8 @@ export async function commitHold(
   reservation: ReservationRow,
   commit: CommitInput,
 ): Promise<{ transactionId: string; available: number }> {
-  const { rows } = await sql<{ id: string; available_after: number; closed: number }>`
-    with settle as (
+  return settleCommit(trx, reservation, commit, {
+    settle: sql`
       update credits.balances
          set balance = balance - ${commit.amount}::int8,
              reserved = reserved - ${reservation.amount}::int8,
@@ -125,9 +125,32 @@ export async function commitHold(
              version = version + 1,
              updated_at = now()
        where user_id = ${reservation.user_id}
-      returning balance, reserved
-    ), entry as (${personalLedgerRow('settle', { ...usageOf(reservation, commit), userId: reservation.user_id, type: 'usage' }, -1)}),
-    usage as (${usageCounter('entry', reservation.user_id, reservation.app_id, commit.amount)}),
+      returning balance, reserved`,
+    entry: personalLedgerRow(
+      'settle',
+      { ...usageOf(reservation, commit), userId: reservation.user_id, type: 'usage' },
+      -1,
+    ),
+    counters: [usageCounter('entry', reservation.user_id, reservation.app_id, commit.amount)],
+  });
+}
+
+/**
+ * The one statement of a commit: `settle` lowers the account (balance by the committed amount, reserved by
+ * the whole hold), `entry` posts the usage row from it, `counters` grow from the entry, and the reservation is
+ * closed as committed — only if it is still open, else nothing counts (the caller holds its row lock).
+ */
+async function settleCommit(
+  trx: Transaction<Database>,
+  reservation: ReservationRow,
+  commit: CommitInput,
+  parts: { settle: RawBuilder<unknown>; entry: RawBuilder<unknown>; counters: RawBuilder<unknown>[] },
+): Promise<{ transactionId: string; available: number }> {
+  const counters = parts.counters.map(
+    (counter, index) => sql`, counter_${sql.raw(String(index))} as (${counter})`,
+  );
+  const { rows } = await sql<{ id: string; available_after: number; closed: number }>`
+    with settle as (${parts.settle}), entry as (${parts.entry})${sql.join(counters, sql``)},
     closed as (
       update credits.reservations
          set status = 'committed', committed_amount = ${commit.amount}::int8,
@@ -238,8 +261,8 @@ export async function commitPoolHold(
   commit: CommitInput,
 ): Promise<{ transactionId: string; available: number }> {
   const guildId = reservation.organization_id;
-  const { rows } = await sql<{ id: string; available_after: number; closed: number }>`
-    with settle as (
+  return settleCommit(trx, reservation, commit, {
+    settle: sql`
       update credits.guild_pools
          set balance = balance - ${commit.amount}::int8,
              reserved = reserved - ${reservation.amount}::int8,
@@ -247,23 +270,17 @@ export async function commitPoolHold(
              version = version + 1,
              updated_at = now()
        where organization_id = ${guildId}
-      returning balance, reserved
-    ), entry as (${guildLedgerRow('settle', { ...usageOf(reservation, commit), guildId, userId: reservation.user_id, type: 'usage' }, -1)}),
-    member_usage as (${memberCounter('entry', guildId, reservation.user_id, commit.amount)}),
-    usage as (${usageCounter('entry', reservation.user_id, reservation.app_id, commit.amount)}),
-    closed as (
-      update credits.reservations
-         set status = 'committed', committed_amount = ${commit.amount}::int8,
-             released_amount = amount - ${commit.amount}::int8, transaction_id = (select id from entry),
-             commit_hash = ${commit.commitHash}, closed_at = now(), updated_at = now()
-       where id = ${reservation.id}::uuid and status = 'open'
-      returning id
-    )
-    select entry.id, entry.available_after, (select count(*) from closed)::int4 as closed from entry
-  `.execute(trx);
-  const row = rows[0];
-  if (row?.closed !== 1) throw new Error(`reservation ${reservation.id} could not be committed`);
-  return { transactionId: row.id, available: row.available_after };
+      returning balance, reserved`,
+    entry: guildLedgerRow(
+      'settle',
+      { ...usageOf(reservation, commit), guildId, userId: reservation.user_id, type: 'usage' },
+      -1,
+    ),
+    counters: [
+      memberCounter('entry', guildId, reservation.user_id, commit.amount),
+      usageCounter('entry', reservation.user_id, reservation.app_id, commit.amount),
+    ],
+  });
 }
 
 /**
