@@ -1,7 +1,15 @@
 import { type Kysely, sql } from 'kysely';
 import type { Database, GuildLedgerRow, GuildPoolRow } from '../database.ts';
 import { lapsedHolds } from './balances.ts';
-import { type GuildRow, guildLedgerRow, memberCounter, usageCounter } from './ledger-rows.ts';
+import {
+  type GuildRow,
+  guildLedgerRow,
+  memberCounter,
+  type PostedEntry,
+  type PostedRow,
+  toPostedEntry,
+  usageCounter,
+} from './ledger-rows.ts';
 import { newestFirst, type Page, type PageRequest } from './pagination.ts';
 
 /** The unique index that makes guild idempotency atomic: (organization_id, user_id, idempotency_key). */
@@ -13,14 +21,7 @@ export const GUILD_POOL_SAFE_INTEGER_CHECK = 'guild_pools_balance_safe_integer';
 /** A guild ledger entry to post; `amount` is always positive, the function says which way it moves. */
 export type GuildEntryInput = GuildRow;
 
-export interface PostedGuildEntry {
-  id: string;
-  /** Σ guild ledger after the entry. */
-  balanceAfter: number;
-  /** Spendable pool after the entry (balance − reserved). */
-  available: number;
-  createdAt: Date;
-}
+export type PostedGuildEntry = PostedEntry;
 
 /** Creates the pool if missing; safe when called concurrently. Returns true if this call created it. */
 export async function ensureGuildPool(db: Kysely<Database>, guildId: string): Promise<boolean> {
@@ -177,7 +178,7 @@ export async function debitGuildPool(
   db: Kysely<Database>,
   entry: GuildEntryInput,
 ): Promise<PostedGuildEntry | null> {
-  const { rows } = await sql<{ id: string; balance_after: number; available: number; created_at: Date }>`
+  const { rows } = await sql<PostedRow>`
     with debit as (
       update credits.guild_pools
          set balance = balance - ${entry.amount}::int8,
@@ -195,9 +196,7 @@ export async function debitGuildPool(
     select id, balance_after, available_after as available, created_at from entry
   `.execute(db);
   const row = rows[0];
-  return row
-    ? { id: row.id, balanceAfter: row.balance_after, available: row.available, createdAt: row.created_at }
-    : null;
+  return row ? toPostedEntry(row) : null;
 }
 
 /** Credits a pool (funding) in one statement. Returns null when the pool does not exist. */
@@ -205,7 +204,7 @@ export async function creditGuildPool(
   db: Kysely<Database>,
   entry: GuildEntryInput,
 ): Promise<PostedGuildEntry | null> {
-  const { rows } = await sql<{ id: string; balance_after: number; available: number; created_at: Date }>`
+  const { rows } = await sql<PostedRow>`
     with credit as (
       update credits.guild_pools
          set balance = balance + ${entry.amount}::int8,
@@ -218,9 +217,7 @@ export async function creditGuildPool(
     select id, balance_after, available_after as available, created_at from entry
   `.execute(db);
   const row = rows[0];
-  return row
-    ? { id: row.id, balanceAfter: row.balance_after, available: row.available, createdAt: row.created_at }
-    : null;
+  return row ? toPostedEntry(row) : null;
 }
 
 export async function findGuildEntry(

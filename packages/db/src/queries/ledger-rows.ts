@@ -6,6 +6,26 @@ import type { GuildLedgerType, JsonObject, LedgerType } from '../database.ts';
 // read from it; the account update itself (its condition: never below zero, never into held credits) stays
 // beside its caller, since that is what differs between a debit, a credit, a commit and a pool.
 
+/** What posting a ledger row (personal or guild) tells its caller. */
+export interface PostedEntry {
+  id: string;
+  /** Σ ledger of the account after the entry. */
+  balanceAfter: number;
+  /** Spendable after the entry (balance − reserved). */
+  available: number;
+  createdAt: Date;
+}
+
+/** The row a money statement ends with: `select id, balance_after, available_after as available, created_at from entry`. */
+export type PostedRow = { id: string; balance_after: number; available: number; created_at: Date };
+
+export const toPostedEntry = (row: PostedRow): PostedEntry => ({
+  id: row.id,
+  balanceAfter: row.balance_after,
+  available: row.available,
+  createdAt: row.created_at,
+});
+
 const json = (metadata: JsonObject | null | undefined) => (metadata ? JSON.stringify(metadata) : null);
 
 interface EntryFields {

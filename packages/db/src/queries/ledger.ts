@@ -1,19 +1,19 @@
 import { type Kysely, sql } from 'kysely';
 import type { Database, LedgerRow } from '../database.ts';
-import { type PersonalRow, personalLedgerRow, usageCounter } from './ledger-rows.ts';
+import {
+  type PersonalRow,
+  type PostedEntry,
+  type PostedRow,
+  personalLedgerRow,
+  toPostedEntry,
+  usageCounter,
+} from './ledger-rows.ts';
 import { newestFirst, type Page, type PageRequest } from './pagination.ts';
 
 /** A personal ledger entry to post; `amount` is always positive, the direction says which way it moves. */
 export type LedgerEntryInput = PersonalRow;
 
-export interface PostedEntry {
-  id: string;
-  /** Σ ledger after the entry. */
-  balanceAfter: number;
-  /** Spendable after the entry (balance − reserved). */
-  available: number;
-  createdAt: Date;
-}
+export type { PostedEntry } from './ledger-rows.ts';
 
 /** The unique index that makes idempotency atomic: a replayed key fails the insert, never a read-then-write. */
 export const LEDGER_IDEMPOTENCY_INDEX = 'transactions_user_idempotency_key';
@@ -33,7 +33,7 @@ export async function debitBalance(
   const spent = totals === 'spent' ? entry.amount : 0;
   const unearned = totals === 'unearned' ? entry.amount : 0;
   const countsAsUsage = entry.type === 'usage' && entry.appId;
-  const { rows } = await sql<{ id: string; balance_after: number; available: number; created_at: Date }>`
+  const { rows } = await sql<PostedRow>`
     with debit as (
       update credits.balances
          set balance = balance - ${entry.amount}::int8,
@@ -51,9 +51,7 @@ export async function debitBalance(
     select id, balance_after, available_after as available, created_at from entry
   `.execute(db);
   const row = rows[0];
-  return row
-    ? { id: row.id, balanceAfter: row.balance_after, available: row.available, createdAt: row.created_at }
-    : null;
+  return row ? toPostedEntry(row) : null;
 }
 
 /**
@@ -68,7 +66,7 @@ export async function creditBalance(
 ): Promise<PostedEntry> {
   const earned = totals === 'earned' ? entry.amount : 0;
   const unspent = totals === 'unspent' ? entry.amount : 0;
-  const { rows } = await sql<{ id: string; balance_after: number; available: number; created_at: Date }>`
+  const { rows } = await sql<PostedRow>`
     with account as (
       insert into credits.balances as b (user_id, balance, total_earned, total_spent)
       values (${entry.userId}, ${entry.amount}::int8, ${earned}::int8, 0)
@@ -84,7 +82,7 @@ export async function creditBalance(
   `.execute(db);
   const row = rows[0];
   if (!row) throw new Error('credit statement returned no row');
-  return { id: row.id, balanceAfter: row.balance_after, available: row.available, createdAt: row.created_at };
+  return toPostedEntry(row);
 }
 
 export async function findLedgerEntryByKey(

@@ -18,8 +18,8 @@ const MAX_COALESCED = 200;
  * Coalesces concurrent debits of one account. The first debit of an account goes straight to the database
  * (one statement, no added latency); debits that arrive for the same account while it is in flight wait and
  * then go together through credits.use_batch (the function of every batched usage debit): one lock, one
- * commit, each caller still with its own ledger row, idempotency and answer. This only batches: every rule is still enforced by Postgres, so any number of
- * server instances may coalesce independently.
+ * commit, each caller still with its own ledger row, idempotency and answer. This only batches: every rule
+ * is still enforced by Postgres, so any number of server instances may coalesce independently.
  *
  * A batch that failed is run again item by item only when the failure proves nothing was committed (see
  * outcome.ts); when its outcome is unknown (the connection was lost, perhaps after the commit) every caller
