@@ -6,6 +6,8 @@ import { grantCredits, type SpendInput, spendCredits } from '../src/domain/credi
 import { reserveCredits } from '../src/domain/credits/reservations.ts';
 import { SpendCoalescer } from '../src/domain/credits/spend-coalescer.ts';
 import { DomainError } from '../src/domain/errors.ts';
+import { createGift } from '../src/domain/gifts/create.ts';
+import { fundPool, initPool } from '../src/domain/guild/pools.ts';
 import { isReplayed } from '../src/domain/idempotency.ts';
 import { startTestServer, type TestServer } from './helpers/server.ts';
 
@@ -198,5 +200,60 @@ describe('single, coalesced and batch debits agree', () => {
     expect(outcomes.single!.answers).toEqual(['ok:45', 'ok:40', 'ok:35', 'INSUFFICIENT_CREDITS:65']);
     expect(outcomes.coalesced!.answers).toEqual(outcomes.single!.answers);
     expect(outcomes.coalesced!.state).toEqual(outcomes.single!.state);
+  });
+});
+
+describe('every way credits leave a personal account refuses alike', () => {
+  // One refusal (domain/spending.ts over credits.covers): a lapsed hold never blocks a spend, an open hold is
+  // never spent, and what is refused says what is spendable. 100 granted, 20 held, 30 held but lapsed.
+  const ways: Record<string, (userId: string, amount: number) => Promise<unknown>> = {
+    use: (userId, amount) => spendCredits(server.deps.db, { ...debit(amount, undefined), userId }),
+    reserve: (userId, amount) =>
+      reserveCredits(server.deps, {
+        userId,
+        amount,
+        appId: 'chat',
+        description: 'hold',
+        ttlSeconds: 600,
+        idempotencyKey: randomUUID(),
+      }),
+    fund: async (userId, amount) => {
+      const guildId = `guild-${randomUUID()}`;
+      server.auth.setRole(guildId, userId, 'owner');
+      await initPool(server.deps.db, guildId);
+      return fundPool(server.deps, userId, { guildId, amount });
+    },
+    gift: (userId, amount) =>
+      createGift(
+        server.deps.db,
+        'https://gift.example',
+        { id: userId, email: null, name: null },
+        {
+          type: 'simple',
+          totalCredits: amount,
+          totalPortions: 1,
+          expirationDays: 30,
+        },
+      ),
+  };
+
+  it.each(Object.keys(ways))('%s: past a lapsed hold, never into an open one', async (way) => {
+    const spend = ways[way]!;
+    const userId = await account(100);
+    // 50 spendable before the lapsed hold is returned, 80 after: 70 fits only if it is returned on access.
+    await expect(spend(userId, 70)).resolves.toBeDefined();
+    const refused = await spend(userId, 11).then(
+      () => 'ok',
+      (error: unknown) => answerOf({ status: 'rejected', reason: error }),
+    );
+    expect(refused).toBe('INSUFFICIENT_CREDITS:10');
+    const { balance, holds } = await stateOf(userId);
+    // A reserve holds the 70 instead of spending it; either way 10 is left to spend.
+    expect(balance!.balance - balance!.reserved).toBe(10);
+    expect(balance!.reserved).toBe(way === 'reserve' ? 90 : 20);
+    expect(holds.filter((hold) => hold.amount !== 70)).toEqual([
+      { amount: 20, status: 'open' },
+      { amount: 30, status: 'expired' },
+    ]);
   });
 });

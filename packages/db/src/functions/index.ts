@@ -10,6 +10,7 @@ import { type Kysely, sql } from 'kysely';
  */
 export const SQL_FUNCTIONS = [
   'clock',
+  'covers',
   'release_expired_holds',
   'release_expired_pool_holds',
   'use_batch',

@@ -98,14 +98,14 @@ begin
       end if;
     else
       s := v_slot[i];
-      if a_balance[s] - a_reserved[s] < p_amounts[i] and not a_checked[s] then
+      if not a_checked[s] and not credits.covers(a_balance[s], a_reserved[s], p_amounts[i]) then
         a_checked[s] := true;
         if credits.release_expired_holds(a_user[s], 1000) > 0 then
           select b.reserved into v_reserved from credits.balances b where b.user_id = a_user[s];
           a_reserved[s] := v_reserved;
         end if;
       end if;
-      if a_balance[s] - a_reserved[s] >= p_amounts[i] then
+      if credits.covers(a_balance[s], a_reserved[s], p_amounts[i]) then
         v_before[i] := a_balance[s];
         a_balance[s] := a_balance[s] - p_amounts[i];
         v_outcome[i] := 'ok';

@@ -1,4 +1,4 @@
-import { type Kysely, sql } from 'kysely';
+import { type Kysely, sql, type Transaction } from 'kysely';
 import type { Database, GuildLedgerRow, GuildPoolRow } from '../database.ts';
 import { lapsedHolds } from './balances.ts';
 import {
@@ -61,19 +61,22 @@ export async function findGuildPool(
 }
 
 /**
- * Locks the pool row for the rest of the transaction. Every spend from a pool takes this lock first, so
- * checks made after it (balance, member limits) cannot be overtaken by a concurrent spend of the same pool.
+ * Locks the pool row for the rest of the transaction and says whether it covers a spend of `amount`
+ * (credits.covers). Every spend from a pool takes this lock first, so checks made after it (balance, member
+ * limits) cannot be overtaken by a concurrent spend of the same pool.
  */
 export async function lockGuildPool(
-  trx: Kysely<Database>,
+  trx: Transaction<Database>,
   guildId: string,
-): Promise<GuildPoolRow | undefined> {
-  return trx
-    .selectFrom('credits.guild_pools')
-    .selectAll()
-    .where('organization_id', '=', guildId)
-    .forUpdate()
-    .executeTakeFirst();
+  amount: number,
+): Promise<(GuildPoolRow & { covers: boolean }) | undefined> {
+  const { rows } = await sql<GuildPoolRow & { covers: boolean }>`
+    select *, credits.covers(balance, reserved, ${amount}::int8) as covers
+      from credits.guild_pools
+     where organization_id = ${guildId}
+       for update
+  `.execute(trx);
+  return rows[0];
 }
 
 export interface MemberLimitsRow {
@@ -185,7 +188,7 @@ export async function debitGuildPool(
              total_spent = total_spent + ${entry.amount}::int8,
              version = version + 1,
              updated_at = now()
-       where organization_id = ${entry.guildId} and balance - reserved >= ${entry.amount}::int8
+       where organization_id = ${entry.guildId} and credits.covers(balance, reserved, ${entry.amount}::int8)
       returning balance, reserved
     ), entry as (${guildLedgerRow('debit', entry, -1)}),
     member_usage as (${memberCounter('entry', entry.guildId, entry.userId, entry.amount)})${

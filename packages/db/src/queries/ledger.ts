@@ -41,7 +41,7 @@ export async function debitBalance(
              total_earned = total_earned - ${unearned}::int8,
              version = version + 1,
              updated_at = now()
-       where user_id = ${entry.userId} and balance - reserved >= ${entry.amount}::int8
+       where user_id = ${entry.userId} and credits.covers(balance, reserved, ${entry.amount}::int8)
       returning balance, reserved
     ), entry as (${personalLedgerRow('debit', entry, -1)})${
       countsAsUsage

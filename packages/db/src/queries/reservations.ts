@@ -37,7 +37,7 @@ export async function placeHold(db: Kysely<Database>, hold: HoldInput): Promise<
     with hold as (
       update credits.balances
          set reserved = reserved + ${hold.amount}::int8, version = version + 1, updated_at = now()
-       where user_id = ${hold.userId} and balance - reserved >= ${hold.amount}::int8
+       where user_id = ${hold.userId} and credits.covers(balance, reserved, ${hold.amount}::int8)
       returning balance - reserved as available
     )
     insert into credits.reservations
@@ -233,7 +233,7 @@ export async function placePoolHold(
     with hold as (
       update credits.guild_pools
          set reserved = reserved + ${hold.amount}::int8, version = version + 1, updated_at = now()
-       where organization_id = ${hold.guildId} and balance - reserved >= ${hold.amount}::int8
+       where organization_id = ${hold.guildId} and credits.covers(balance, reserved, ${hold.amount}::int8)
       returning balance - reserved as available
     )
     insert into credits.reservations

@@ -1,4 +1,6 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
+import type { Database } from '@mana-credits/db';
+import type { Kysely, Transaction } from 'kysely';
 
 /**
  * Movements a piece of work makes besides the one its caller asked for, so the metrics count them: holds and
@@ -33,3 +35,24 @@ export const effects: EffectSink = {
     current.getStore()?.giftExpired(refunded);
   },
 };
+
+/**
+ * Runs one transaction of the domain (`db.transaction().execute(work)`, which resolves once it has committed)
+ * and holds back the side effects reported inside it: they reach the sink after the commit, and are dropped
+ * if the transaction rolls back — so a refused or failed call never counts a movement it did not make.
+ */
+export async function inTransaction<T>(
+  db: Kysely<Database>,
+  work: (trx: Transaction<Database>) => Promise<T>,
+): Promise<T> {
+  const outer = current.getStore();
+  if (!outer) return db.transaction().execute(work);
+  const held: Array<(sink: EffectSink) => void> = [];
+  const holding: EffectSink = {
+    holdsExpired: (count) => held.push((sink) => sink.holdsExpired(count)),
+    giftExpired: (refunded) => held.push((sink) => sink.giftExpired(refunded)),
+  };
+  const result = await current.run(holding, () => db.transaction().execute(work));
+  for (const report of held) report(outer);
+  return result;
+}

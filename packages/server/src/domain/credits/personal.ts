@@ -6,17 +6,11 @@ import {
   getBalance,
   type JsonObject,
   listLedgerEntries,
-  releaseExpiredHolds,
 } from '@mana-credits/db';
 import { type Kysely, sql } from 'kysely';
-import { effects } from '../effects.ts';
-import {
-  InsufficientCreditsError,
-  InvalidCursorError,
-  InvalidRequestError,
-  NotFoundError,
-} from '../errors.ts';
+import { InvalidCursorError, InvalidRequestError, NotFoundError } from '../errors.ts';
 import { ledgerKeys, requestHash, withIdempotency } from '../idempotency.ts';
+import { spendPersonal } from '../spending.ts';
 import { creditEarned } from './balance-limit.ts';
 import { type MovementResult, toMovementResult, toPackageView, toTransactionView } from './mappers.ts';
 
@@ -39,16 +33,6 @@ export function usageRequestHash(input: Omit<SpendInput, 'userId' | 'idempotency
   });
 }
 
-/**
- * Returns a user's personal holds whose time is up (one statement, committed at once) and reports them to the
- * metrics; says how many.
- */
-export async function returnExpiredHolds(db: Kysely<Database>, userId: string): Promise<number> {
-  const expired = await releaseExpiredHolds(db, userId);
-  effects.holdsExpired(expired);
-  return expired;
-}
-
 /** Spends personal credits: one statement, idempotent by (user, key). */
 export async function spendCredits(db: Kysely<Database>, input: SpendInput): Promise<MovementResult> {
   const hash = usageRequestHash(input);
@@ -56,7 +40,7 @@ export async function spendCredits(db: Kysely<Database>, input: SpendInput): Pro
     ledgerKeys(db, input.userId),
     { key: input.idempotencyKey, hash },
     async () => {
-      const debit = () =>
+      const posted = await spendPersonal(db, input, () =>
         debitBalance(db, {
           userId: input.userId,
           type: 'usage',
@@ -66,14 +50,8 @@ export async function spendCredits(db: Kysely<Database>, input: SpendInput): Pro
           metadata: input.metadata,
           idempotencyKey: input.idempotencyKey,
           requestHash: hash,
-        });
-      // A hold whose time is up must not block a spend, even before the sweep has returned it.
-      const posted =
-        (await debit()) ?? ((await returnExpiredHolds(db, input.userId)) > 0 ? await debit() : null);
-      if (!posted) {
-        const { balance } = await getBalance(db, input.userId);
-        throw new InsufficientCreditsError(input.amount, balance);
-      }
+        }),
+      );
       return { transactionId: posted.id, balance: posted.available };
     },
     toMovementResult,

@@ -19,19 +19,13 @@ import {
   releaseHold,
 } from '@mana-credits/db';
 import type { Kysely, Transaction } from 'kysely';
-import { effects } from '../effects.ts';
-import {
-  ConflictError,
-  IdempotencyConflictError,
-  InsufficientCreditsError,
-  InvalidRequestError,
-  NotFoundError,
-} from '../errors.ts';
+import { effects, inTransaction } from '../effects.ts';
+import { ConflictError, IdempotencyConflictError, InvalidRequestError, NotFoundError } from '../errors.ts';
 import { poolNotFound } from '../guild/limits.ts';
 import { requireRole } from '../guild/membership.ts';
-import { type GuildDeps, lockPoolForSpend } from '../guild/pools.ts';
+import type { GuildDeps } from '../guild/pools.ts';
 import { markReplayed, requestHash, reservationKeys, withIdempotency } from '../idempotency.ts';
-import { returnExpiredHolds } from './personal.ts';
+import { spendPersonal, spendPool } from '../spending.ts';
 
 export interface ReserveInput {
   userId: string;
@@ -104,12 +98,7 @@ export async function reserveCredits(deps: GuildDeps, input: ReserveInput): Prom
 }
 
 async function holdPersonalCredits(db: Kysely<Database>, hold: HoldInput): Promise<PlacedHold> {
-  const placed =
-    (await placeHold(db, hold)) ??
-    ((await returnExpiredHolds(db, hold.userId)) > 0 ? await placeHold(db, hold) : null);
-  if (placed) return placed;
-  const { balance } = await getBalance(db, hold.userId);
-  throw new InsufficientCreditsError(hold.amount, balance);
+  return spendPersonal(db, hold, () => placeHold(db, hold));
 }
 
 /**
@@ -122,16 +111,7 @@ async function holdPoolCredits(
   db: Kysely<Database>,
   hold: HoldInput & { guildId: string },
 ): Promise<PlacedHold> {
-  let expired = 0;
-  const placed = await db.transaction().execute(async (trx) => {
-    expired = await lockPoolForSpend(trx, hold.guildId, hold.userId, hold.amount);
-    const placed = await placePoolHold(trx, hold);
-    // The row is locked and was checked above; a miss here would be a bug, not a race.
-    if (!placed) throw new Error('pool hold found no spendable credits under its own lock');
-    return placed;
-  });
-  effects.holdsExpired(expired);
-  return placed;
+  return inTransaction(db, (trx) => spendPool(trx, hold, () => placePoolHold(trx, hold)));
 }
 
 export interface CommitInput {

@@ -4,13 +4,14 @@ import {
   debitBalance,
   type GiftRow,
   type GiftType,
-  getBalance,
   type LedgerRow,
   systemKeys,
 } from '@mana-credits/db';
 import { type Kysely, sql } from 'kysely';
-import { InsufficientCreditsError, InvalidRequestError } from '../errors.ts';
+import { inTransaction } from '../effects.ts';
+import { InvalidRequestError } from '../errors.ts';
 import { ledgerKeys, markReplayed, requestHash, withIdempotency } from '../idempotency.ts';
+import { spendPersonal } from '../spending.ts';
 import { generateGiftCode, giftShortUrl } from './codes.ts';
 import { type CreatedGift, toCreatedGift } from './mappers.ts';
 import { hashRiddleAnswer, normaliseRiddleAnswer, riddleAnswerFingerprint } from './riddle.ts';
@@ -84,21 +85,19 @@ export async function createGift(
     ledgerKeys(db, creator.id),
     { key, hash },
     () =>
-      db.transaction().execute(async (trx) => {
+      inTransaction(db, async (trx) => {
         const giftId = randomUUID();
-        const funding = await debitBalance(trx, {
-          userId: creator.id,
-          type: 'gift',
-          amount: escrow,
-          description: `Gift created (${input.type})`,
-          metadata: { giftId },
-          idempotencyKey: key ?? systemKeys.giftEscrow(giftId),
-          requestHash: key ? hash : null,
-        });
-        if (!funding) {
-          const { balance } = await getBalance(trx, creator.id);
-          throw new InsufficientCreditsError(escrow, balance);
-        }
+        const funding = await spendPersonal(trx, { userId: creator.id, amount: escrow }, () =>
+          debitBalance(trx, {
+            userId: creator.id,
+            type: 'gift',
+            amount: escrow,
+            description: `Gift created (${input.type})`,
+            metadata: { giftId },
+            idempotencyKey: key ?? systemKeys.giftEscrow(giftId),
+            requestHash: key ? hash : null,
+          }),
+        );
         for (let attempt = 0; attempt < CODE_ATTEMPTS; attempt++) {
           const code = generateGiftCode();
           const created = await trx

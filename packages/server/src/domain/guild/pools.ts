@@ -7,19 +7,17 @@ import {
   ensureGuildPool,
   findGuildPool,
   GUILD_POOL_SAFE_INTEGER_CHECK,
-  getBalance,
   isCheckViolation,
   type JsonObject,
   listGuildEntries,
-  lockGuildPool,
-  releaseExpiredPoolHolds,
 } from '@mana-credits/db';
-import { type Kysely, sql, type Transaction } from 'kysely';
+import { type Kysely, sql } from 'kysely';
 import { MAX_CREDITS } from '../credits/balance-limit.ts';
-import { effects } from '../effects.ts';
-import { InsufficientCreditsError, InvalidCursorError, PreconditionFailedError } from '../errors.ts';
+import { inTransaction } from '../effects.ts';
+import { InvalidCursorError, PreconditionFailedError } from '../errors.ts';
 import { guildKeys, isReplayed, markReplayed, requestHash, withIdempotency } from '../idempotency.ts';
-import { assertWithinMemberLimits, poolNotFound } from './limits.ts';
+import { spendPersonal, spendPool } from '../spending.ts';
+import { poolNotFound } from './limits.ts';
 import { type PoolUseResult, toGuildTransactionView, toPoolUseResult, toPoolView } from './mappers.ts';
 import { MANAGERS, type MembershipClient, requireRole } from './membership.ts';
 
@@ -70,22 +68,20 @@ export async function fundPool(deps: GuildDeps, actorId: string, input: FundInpu
     guildKeys(db, input.guildId, actorId),
     { key: input.idempotencyKey, hash },
     () =>
-      db.transaction().execute(async (trx) => {
+      inTransaction(db, async (trx) => {
         // Pools are never deleted, so an unlocked look is enough to refuse early.
         if (!(await findGuildPool(trx, input.guildId))) throw poolNotFound();
         const guildTransactionId = randomUUID();
-        const personal = await debitBalance(trx, {
-          userId: actorId,
-          type: 'guild_funding',
-          amount: input.amount,
-          description: 'Guild pool funding',
-          metadata: { guildTransactionId },
-          guildId: input.guildId,
-        });
-        if (!personal) {
-          const { balance } = await getBalance(trx, actorId);
-          throw new InsufficientCreditsError(input.amount, balance);
-        }
+        const personal = await spendPersonal(trx, { userId: actorId, amount: input.amount }, () =>
+          debitBalance(trx, {
+            userId: actorId,
+            type: 'guild_funding',
+            amount: input.amount,
+            description: 'Guild pool funding',
+            metadata: { guildTransactionId },
+            guildId: input.guildId,
+          }),
+        );
         const pooled = await creditGuildPool(trx, {
           id: guildTransactionId,
           guildId: input.guildId,
@@ -128,31 +124,6 @@ export async function fundPool(deps: GuildDeps, actorId: string, input: FundInpu
   );
 }
 
-/**
- * Locks a pool for a member's spend or hold (the first lock of such a transaction), returns its expired holds
- * first (check on access) so they neither block the pool nor count against limits any longer, then checks
- * that `amount` fits the spendable pool and the member's daily and monthly limits — all under the lock.
- * Returns how many expired holds it returned (for the metrics, once the transaction has committed).
- */
-export async function lockPoolForSpend(
-  trx: Transaction<Database>,
-  guildId: string,
-  userId: string,
-  amount: number,
-): Promise<number> {
-  let pool = await lockGuildPool(trx, guildId);
-  if (!pool) throw poolNotFound();
-  const expired = pool.reserved > 0 ? await releaseExpiredPoolHolds(trx, guildId) : 0;
-  if (expired > 0) {
-    pool = await lockGuildPool(trx, guildId);
-    if (!pool) throw poolNotFound();
-  }
-  const available = pool.balance - pool.reserved;
-  if (available < amount) throw new InsufficientCreditsError(amount, available, 'INSUFFICIENT_POOL_CREDITS');
-  await assertWithinMemberLimits(trx, guildId, userId, amount);
-  return expired;
-}
-
 export interface PoolUseInput {
   guildId: string;
   userId: string;
@@ -180,28 +151,23 @@ export async function useGuildCredits(deps: GuildDeps, input: PoolUseInput): Pro
   return withIdempotency(
     guildKeys(db, input.guildId, input.userId),
     { key: input.idempotencyKey, hash },
-    async () => {
-      let expired = 0;
-      const used = await db.transaction().execute(async (trx) => {
-        expired = await lockPoolForSpend(trx, input.guildId, input.userId, input.amount);
-        const posted = await debitGuildPool(trx, {
-          guildId: input.guildId,
-          userId: input.userId,
-          type: 'usage',
-          amount: input.amount,
-          appId: input.appId,
-          description: input.description,
-          metadata: input.metadata,
-          idempotencyKey: input.idempotencyKey,
-          requestHash: hash,
-        });
-        // The row is locked and was checked above; a miss here would be a bug, not a race.
-        if (!posted) throw new Error('pool debit found no spendable credits under its own lock');
+    () =>
+      inTransaction(db, async (trx) => {
+        const posted = await spendPool(trx, input, () =>
+          debitGuildPool(trx, {
+            guildId: input.guildId,
+            userId: input.userId,
+            type: 'usage',
+            amount: input.amount,
+            appId: input.appId,
+            description: input.description,
+            metadata: input.metadata,
+            idempotencyKey: input.idempotencyKey,
+            requestHash: hash,
+          }),
+        );
         return { transactionId: posted.id, poolBalance: posted.available };
-      });
-      effects.holdsExpired(expired);
-      return used;
-    },
+      }),
     toPoolUseResult,
   );
 }

@@ -1,0 +1,72 @@
+import {
+  type Database,
+  getBalance,
+  lockGuildPool,
+  releaseExpiredHolds,
+  releaseExpiredPoolHolds,
+} from '@mana-credits/db';
+import type { Kysely, Transaction } from 'kysely';
+import { effects } from './effects.ts';
+import { InsufficientCreditsError } from './errors.ts';
+import { assertWithinMemberLimits, poolNotFound } from './guild/limits.ts';
+
+// The refusal of a spend that finds too little, written once for every path that takes credits out of an
+// account or holds them. The rule itself (never below zero, never into held credits) is the SQL function
+// credits.covers, asked by each conditional statement under the account's row lock; what is decided here is
+// what happens when it says no: a hold whose time is up never refuses a spend (its credits are returned on
+// access, before any sweep), and otherwise the caller gets INSUFFICIENT_CREDITS with what is spendable.
+// credits.use_batch (coalesced and batch debits) makes the same two moves in PL/pgSQL.
+
+/**
+ * Spends from a personal balance: `write` is a conditional statement (debitBalance, placeHold) that writes
+ * nothing and answers null when the balance does not cover it. Then the user's lapsed holds are returned and
+ * `write` is tried once more; still null → InsufficientCreditsError. Inside a transaction, pass it as `db`.
+ */
+export async function spendPersonal<T>(
+  db: Kysely<Database>,
+  spend: { userId: string; amount: number },
+  write: () => Promise<T | null>,
+): Promise<T> {
+  const posted = (await write()) ?? ((await returnExpiredHolds(db, spend.userId)) > 0 ? await write() : null);
+  if (posted) return posted;
+  const { balance } = await getBalance(db, spend.userId);
+  throw new InsufficientCreditsError(spend.amount, balance);
+}
+
+/** Returns a user's personal holds whose time is up and reports them to the metrics; says how many. */
+export async function returnExpiredHolds(db: Kysely<Database>, userId: string): Promise<number> {
+  const expired = await releaseExpiredHolds(db, userId);
+  effects.holdsExpired(expired);
+  return expired;
+}
+
+/**
+ * Spends from a guild pool for a member, in the caller's transaction (run it through inTransaction so the
+ * expired holds are reported after the commit): locks the pool first (the first lock of such a transaction),
+ * returns its expired holds so they neither block the pool nor count against limits any longer, checks that
+ * the pool covers `amount` and that the member's daily and monthly limits allow it — all under the lock —
+ * then runs `write` (debitGuildPool, placePoolHold), which cannot miss under that lock.
+ */
+export async function spendPool<T>(
+  trx: Transaction<Database>,
+  spend: { guildId: string; userId: string; amount: number },
+  write: () => Promise<T | null>,
+): Promise<T> {
+  const { guildId, userId, amount } = spend;
+  let pool = await lockGuildPool(trx, guildId, amount);
+  if (!pool) throw poolNotFound();
+  const expired = pool.reserved > 0 ? await releaseExpiredPoolHolds(trx, guildId) : 0;
+  effects.holdsExpired(expired);
+  if (expired > 0) {
+    pool = await lockGuildPool(trx, guildId, amount);
+    if (!pool) throw poolNotFound();
+  }
+  if (!pool.covers) {
+    throw new InsufficientCreditsError(amount, pool.balance - pool.reserved, 'INSUFFICIENT_POOL_CREDITS');
+  }
+  await assertWithinMemberLimits(trx, guildId, userId, amount);
+  const posted = await write();
+  // The row is locked and was checked above; a miss here would be a bug, not a race.
+  if (!posted) throw new Error('pool write found no spendable credits under its own lock');
+  return posted;
+}
