@@ -126,7 +126,7 @@ try {
   });
   await measure('database credits.use_batch alone', async () => {
     const debits: BatchDebit[] = items().map((item) => ({ ...item, requestHash: 'h'.repeat(43) }));
-    const outcomes = await postUsageBatch(deps.db, debits);
+    const { outcomes } = await postUsageBatch(deps.db, debits);
     return outcomes.filter((o) => o.outcome === 'ok').length;
   });
 

@@ -358,7 +358,11 @@ describe('holds', () => {
     const committed = await credits.reserve.mutate(reserveInput(user.id, 10));
     const spentPast = await credits.reserve.mutate(reserveInput(user.id, 70));
     const poolHold = await credits.reserve.mutate(reserveInput(owner.user.id, 90, { guildId }));
-    for (const hold of [released, committed, spentPast, poolHold]) await backdateHold(hold.reservationId);
+    const batched = await funded(100);
+    const batchedPast = await credits.reserve.mutate(reserveInput(batched.user.id, 60));
+    for (const hold of [released, committed, spentPast, poolHold, batchedPast]) {
+      await backdateHold(hold.reservationId);
+    }
 
     const deltas = await deltasOf(async () => {
       // A release of a hold whose time is up closes it as expired.
@@ -376,9 +380,16 @@ describe('holds', () => {
       // … and counted when a spend that goes through returns it.
       await owner.client.guild.use.mutate({ guildId, amount: 50, appId: 'm-pool', description: 'y' });
       expect(await holdStatus(poolHold.reservationId)).toBe('expired');
+      // A batch item (credits.use_batch) that needs the held credits returns the expired hold too.
+      await credits.useBatch.mutate({
+        items: [
+          { userId: batched.user.id, amount: 80, appId: 'm-batch', description: 'z', idempotencyKey: 'b1' },
+        ],
+      });
     });
     expect(deltas).toEqual({
-      'reservations{event=expired}': 4,
+      'reservations{event=expired}': 5,
+      'credits_debited{account=personal,app=m-batch,type=usage}': 80,
       'credits_debited{account=personal,app=m-web,type=usage}': 95,
       'credits_debited{account=pool,app=m-pool,type=usage}': 50,
       'insufficient_credits{app=m-pool,procedure=guild.use}': 1,

@@ -5,21 +5,24 @@
 -- The items arrive as parallel arrays, element i of each being item i; a null key = a keyless debit.
 -- Returns one row per item, in input order: outcome 'ok' (posted), 'replay' (the key was posted before, or
 -- earlier in this batch, with the same request), 'conflict' (the key was posted with another request) or
--- 'insufficient'; transaction_id, and available (spendable after the item; for 'insufficient', spendable
--- when refused).
+-- 'insufficient'; transaction_id, available (spendable after the item; for 'insufficient', spendable
+-- when refused) and holds_expired (how many lapsed holds this item's check returned, for the metrics).
 --
 -- How: lock every balance row of the batch once, in user_id order (the order every multi-account writer
 -- uses, "C" collation so it never depends on locale); decide each item in input order on in-memory copies of
 -- the locked balances (expanded PL/pgSQL arrays, O(1) per access); then write everything set-based: one
--- INSERT of all ledger rows, one UPDATE of the balances, one usage upsert. While the balance rows are locked
+-- INSERT of all ledger rows with the usage upsert fed by it (each counted on the UTC day of its ledger row,
+-- as every other usage write does), one UPDATE of the balances. While the balance rows are locked
 -- no other writer can post a ledger row for these users, so the key lookup made after locking cannot be
 -- overtaken; should the unique index fire anyway, the whole call fails (nothing written, a certain failure).
 -- An item whose user has too little is checked once more after returning that user's expired holds (check
 -- on access), so a lapsed hold never refuses a debit.
-create or replace function credits.use_batch(
+-- The result gained holds_expired: a changed result type needs the old function dropped first.
+drop function if exists credits.use_batch(text[], int8[], text[], text[], jsonb[], text[], text[]);
+create function credits.use_batch(
   p_users text[], p_amounts int8[], p_apps text[], p_descriptions text[], p_metadata jsonb[], p_keys text[],
   p_hashes text[])
-returns table (ord int, outcome text, transaction_id uuid, available int8)
+returns table (ord int, outcome text, transaction_id uuid, available int8, holds_expired int)
 language plpgsql as $$
 #variable_conflict use_column
 declare
@@ -35,12 +38,14 @@ declare
   v_before int8[];
   v_available int8[];
   v_winner int[];
+  v_expired int[];
   -- per account, in user_id order (v_slot points here)
   a_user text[];
   a_balance int8[];
   a_reserved int8[];
   a_checked boolean[];
   v_reserved int8;
+  v_released int;
   i int;
   s int;
   w int;
@@ -53,6 +58,7 @@ begin
   v_before := array_fill(null::int8, array[v_count]);
   v_available := array_fill(null::int8, array[v_count]);
   v_winner := array_fill(null::int, array[v_count]);
+  v_expired := array_fill(0, array[v_count]);
   -- v_slot: the item's account; v_first: the first item of the batch with the same (user, key)
   select array_agg(u.user_id order by u.user_id collate "C") into a_user
     from (select distinct x.user_id from unnest(p_users) as x(user_id)) u;
@@ -100,7 +106,9 @@ begin
       s := v_slot[i];
       if not a_checked[s] and not credits.covers(a_balance[s], a_reserved[s], p_amounts[i]) then
         a_checked[s] := true;
-        if credits.release_expired_holds(a_user[s], 1000) > 0 then
+        v_released := credits.release_expired_holds(a_user[s], 1000);
+        if v_released > 0 then
+          v_expired[i] := v_released;
           select b.reserved into v_reserved from credits.balances b where b.user_id = a_user[s];
           a_reserved[s] := v_reserved;
         end if;
@@ -119,15 +127,24 @@ begin
     end if;
   end loop;
 
-  insert into credits.transactions
-    (id, user_id, type, amount, balance_before, balance_after, available_after, app_id, description, metadata,
-     idempotency_key, request_hash)
-  select t.id, t.user_id, 'usage', -t.amount, t.before, t.before - t.amount, t.available, t.app_id,
-         t.description, t.metadata, t.key, t.hash
-    from unnest(v_outcome, v_tx, p_users, p_amounts, v_before, v_available, p_apps, p_descriptions, p_metadata,
-                p_keys, p_hashes)
-         as t(outcome, id, user_id, amount, before, available, app_id, description, metadata, key, hash)
-   where t.outcome = 'ok';
+  with posted as (
+    insert into credits.transactions
+      (id, user_id, type, amount, balance_before, balance_after, available_after, app_id, description, metadata,
+       idempotency_key, request_hash)
+    select t.id, t.user_id, 'usage', -t.amount, t.before, t.before - t.amount, t.available, t.app_id,
+           t.description, t.metadata, t.key, t.hash
+      from unnest(v_outcome, v_tx, p_users, p_amounts, v_before, v_available, p_apps, p_descriptions, p_metadata,
+                  p_keys, p_hashes)
+           as t(outcome, id, user_id, amount, before, available, app_id, description, metadata, key, hash)
+     where t.outcome = 'ok'
+    returning user_id, app_id, -amount as spent, (created_at at time zone 'utc')::date as day
+  )
+  insert into credits.usage_stats as u (user_id, app_id, date, credits_used)
+  select p.user_id, p.app_id, p.day, sum(p.spent)::int8
+    from posted p
+   group by p.user_id, p.app_id, p.day
+   order by p.user_id collate "C", p.app_id collate "C", p.day
+  on conflict (user_id, app_id, date) do update set credits_used = u.credits_used + excluded.credits_used;
 
   update credits.balances b
      set balance = b.balance - d.spent, total_spent = b.total_spent + d.spent, version = b.version + 1,
@@ -137,17 +154,9 @@ begin
            where t.outcome = 'ok' group by t.user_id) d
    where b.user_id = d.user_id;
 
-  insert into credits.usage_stats as u (user_id, app_id, date, credits_used)
-  select t.user_id, t.app_id, (now() at time zone 'utc')::date, sum(t.amount)::int8
-    from unnest(v_outcome, p_users, p_apps, p_amounts) as t(outcome, user_id, app_id, amount)
-   where t.outcome = 'ok'
-   group by t.user_id, t.app_id
-   order by t.user_id collate "C", t.app_id collate "C"
-  on conflict (user_id, app_id, date) do update set credits_used = u.credits_used + excluded.credits_used;
-
   return query
-    select r.n::int, r.outcome, r.id, r.available
-      from unnest(v_outcome, v_tx, v_available) with ordinality as r(outcome, id, available, n)
+    select r.n::int, r.outcome, r.id, r.available, r.expired
+      from unnest(v_outcome, v_tx, v_available, v_expired) with ordinality as r(outcome, id, available, expired, n)
      order by r.n;
 end
 $$;

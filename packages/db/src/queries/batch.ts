@@ -20,27 +20,28 @@ export type BatchOutcome =
 /**
  * Posts many usage debits in one call of credits.use_batch (one round trip, one transaction; see
  * functions/use_batch.sql for how), passing the items as parallel arrays so Postgres parses no JSON per item.
- * Returns one outcome per debit, in input order.
+ * Returns one outcome per debit, in input order, and how many lapsed holds the call returned on the way.
  */
 export async function postUsageBatch(
   db: Kysely<Database>,
   debits: readonly BatchDebit[],
-): Promise<BatchOutcome[]> {
+): Promise<{ outcomes: BatchOutcome[]; holdsExpired: number }> {
   const column = <T>(pick: (debit: BatchDebit) => T) => debits.map(pick);
   const { rows } = await sql<{
     ord: number;
     outcome: BatchOutcome['outcome'];
     transaction_id: string | null;
     available: number | null;
+    holds_expired: number;
   }>`
-    select ord, outcome, transaction_id, available
+    select ord, outcome, transaction_id, available, holds_expired
       from credits.use_batch(
         ${column((d) => d.userId)}::text[], ${column((d) => d.amount)}::int8[], ${column((d) => d.appId)}::text[],
         ${column((d) => d.description)}::text[], ${column((d) => (d.metadata ? JSON.stringify(d.metadata) : null))}::jsonb[],
         ${column((d) => d.idempotencyKey ?? null)}::text[], ${column((d) => d.requestHash)}::text[])
   `.execute(db);
   if (rows.length !== debits.length) throw new Error('use_batch did not return one result per item');
-  return rows.map((row): BatchOutcome => {
+  const outcomes = rows.map((row): BatchOutcome => {
     switch (row.outcome) {
       case 'ok':
       case 'replay':
@@ -53,4 +54,5 @@ export async function postUsageBatch(
         throw new Error(`use_batch returned an unknown outcome: ${String(row.outcome)}`);
     }
   });
+  return { outcomes, holdsExpired: rows.reduce((sum, row) => sum + row.holds_expired, 0) };
 }

@@ -9,6 +9,7 @@ import {
 import type { Kysely } from 'kysely';
 import { z } from 'zod';
 import { amount, appId, description, guildId, idempotencyKey, metadata, userId } from '../../schemas.ts';
+import { effects } from '../effects.ts';
 import { DomainError } from '../errors.ts';
 import { type GuildDeps, type PoolUseInput, useGuildCredits } from '../guild/pools.ts';
 import { isReplayed, markReplayed } from '../idempotency.ts';
@@ -113,7 +114,9 @@ function isRetryable(error: unknown): boolean {
 async function postWithRetry(db: Kysely<Database>, debits: BatchDebit[]): Promise<BatchOutcome[]> {
   for (let attempt = 1; ; attempt++) {
     try {
-      return await postUsageBatch(db, debits);
+      const { outcomes, holdsExpired } = await postUsageBatch(db, debits);
+      effects.holdsExpired(holdsExpired);
+      return outcomes;
     } catch (error) {
       if (attempt >= 3 || !isRetryable(error)) throw certainOrUnknown(error);
     }

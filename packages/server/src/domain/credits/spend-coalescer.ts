@@ -1,5 +1,6 @@
 import { type BatchOutcome, type Database, postUsageBatch } from '@mana-credits/db';
 import type { Kysely } from 'kysely';
+import { effects } from '../effects.ts';
 import { IdempotencyConflictError, InsufficientCreditsError } from '../errors.ts';
 import { markReplayed } from '../idempotency.ts';
 import { certainlyNotCommitted, OutcomeUnknownError } from '../outcome.ts';
@@ -61,7 +62,8 @@ export class SpendCoalescer {
     }
     let outcomes: BatchOutcome[];
     try {
-      outcomes = await postUsageBatch(
+      let holdsExpired: number;
+      ({ outcomes, holdsExpired } = await postUsageBatch(
         this.db,
         batch.map(({ input }) => ({
           userId,
@@ -72,7 +74,8 @@ export class SpendCoalescer {
           idempotencyKey: input.idempotencyKey,
           requestHash: usageRequestHash(input),
         })),
-      );
+      ));
+      effects.holdsExpired(holdsExpired);
     } catch (error) {
       if (!certainlyNotCommitted(error)) {
         // Perhaps committed, perhaps not: nobody may run these debits again as if nothing was written.
