@@ -6,6 +6,7 @@ import { sql } from 'kysely';
 import type { AppDeps } from './deps.ts';
 import { ServiceUnavailableError } from './domain/errors.ts';
 import { DatabaseUnavailableError, isConnectionFailure, OutcomeUnknownError } from './domain/outcome.ts';
+import { sendError } from './http/error-reply.ts';
 import { registerGiftPage } from './http/gift-page.ts';
 import { registerMetrics } from './http/metrics.ts';
 import { restApi } from './http/rest/plugin.ts';
@@ -97,9 +98,7 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
       reply.header('retry-after', '5');
       // tRPC answers in its own error envelope (see createContext below), which its clients can parse.
       if (request.url.startsWith('/trpc/')) return;
-      return reply.status(503).send({
-        error: { message: MIGRATING_MESSAGE, reason: 'MIGRATING', requestId: request.id },
-      });
+      return sendError(request, reply, 503, { message: MIGRATING_MESSAGE, reason: 'MIGRATING' });
     }
   });
 
@@ -110,12 +109,9 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
   });
 
   app.setNotFoundHandler((request, reply) => {
-    reply.status(404).send({
-      error: {
-        message: `Route ${request.method} ${request.url} not found`,
-        reason: 'NOT_FOUND',
-        requestId: request.id,
-      },
+    sendError(request, reply, 404, {
+      message: `Route ${request.method} ${request.url} not found`,
+      reason: 'NOT_FOUND',
     });
   });
 
@@ -125,19 +121,14 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
     if (isConnectionFailure(error)) {
       request.log.warn({ err: error }, 'request failed: database unavailable');
       const unavailable = new DatabaseUnavailableError(error);
-      return reply.status(503).send({
-        error: { message: unavailable.message, reason: unavailable.reason, requestId: request.id },
-      });
+      return sendError(request, reply, 503, unavailable);
     }
     const status =
       error.statusCode && error.statusCode >= 400 && error.statusCode < 500 ? error.statusCode : 500;
     if (status >= 500) request.log.error({ err: error }, 'request failed');
-    return reply.status(status).send({
-      error: {
-        message: status >= 500 ? 'Internal server error' : error.message,
-        reason: status >= 500 ? 'INTERNAL' : (error.code ?? 'BAD_REQUEST'),
-        requestId: request.id,
-      },
+    return sendError(request, reply, status, {
+      message: status >= 500 ? 'Internal server error' : error.message,
+      reason: status >= 500 ? 'INTERNAL' : (error.code ?? 'BAD_REQUEST'),
     });
   });
 

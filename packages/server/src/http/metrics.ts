@@ -2,6 +2,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { createServiceKeyVerifier } from '../auth/service-key.ts';
 import { reportingEffectsTo } from '../domain/effects.ts';
 import { bearerTokenOf } from '../trpc/context.ts';
+import { sendError } from './error-reply.ts';
 
 const TRPC_ROUTE = '/trpc/:path';
 
@@ -45,16 +46,11 @@ export function registerMetrics(app: FastifyInstance, procedures: ReadonlySet<st
     if (config.metricsToken) {
       const authorization = request.headers.authorization;
       if (!tokenMatches(bearerTokenOf(typeof authorization === 'string' ? authorization : undefined))) {
-        return reply
-          .status(401)
-          .header('www-authenticate', 'Bearer realm="metrics"')
-          .send({
-            error: {
-              message: 'A valid metrics bearer token is required',
-              reason: 'UNAUTHORIZED',
-              requestId: request.id,
-            },
-          });
+        reply.header('www-authenticate', 'Bearer realm="metrics"');
+        return sendError(request, reply, 401, {
+          message: 'A valid metrics bearer token is required',
+          reason: 'UNAUTHORIZED',
+        });
       }
     }
     const { contentType, body } = await metrics.render();

@@ -2,6 +2,7 @@ import type { FastifyInstance } from 'fastify';
 import Stripe from 'stripe';
 import { AMOUNT_MISMATCH } from '../domain/stripe/outcome.ts';
 import { applyStripeEvent } from '../domain/stripe/webhook.ts';
+import { sendError } from './error-reply.ts';
 
 export const STRIPE_WEBHOOK_PATH = '/api/v1/webhooks/stripe';
 
@@ -19,12 +20,9 @@ export async function stripeWebhookRoutes(app: FastifyInstance): Promise<void> {
     const secret = app.deps.config.stripeWebhookSecret;
     if (!secret) {
       request.log.warn('stripe webhook received but STRIPE_WEBHOOK_SECRET is not set');
-      return reply.status(503).send({
-        error: {
-          message: 'Payments are not configured',
-          reason: 'PAYMENTS_NOT_CONFIGURED',
-          requestId: request.id,
-        },
+      return sendError(request, reply, 503, {
+        message: 'Payments are not configured',
+        reason: 'PAYMENTS_NOT_CONFIGURED',
       });
     }
     const signature = request.headers['stripe-signature'];
@@ -37,8 +35,9 @@ export async function stripeWebhookRoutes(app: FastifyInstance): Promise<void> {
     } catch (error) {
       request.log.warn({ err: error }, 'stripe webhook refused: invalid signature or payload');
       app.deps.metrics.webhookEvents.inc({ type: 'unverified', outcome: 'invalid_signature' });
-      return reply.status(400).send({
-        error: { message: 'Invalid Stripe signature', reason: 'INVALID_SIGNATURE', requestId: request.id },
+      return sendError(request, reply, 400, {
+        message: 'Invalid Stripe signature',
+        reason: 'INVALID_SIGNATURE',
       });
     }
     const metrics = app.deps.metrics;

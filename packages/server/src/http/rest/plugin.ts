@@ -7,6 +7,7 @@ import { isConnectionFailure, OutcomeUnknownError } from '../../domain/outcome.t
 import { createContextFactory } from '../../trpc/context.ts';
 import { createCallerFactory, describeError, toTRPCError } from '../../trpc/init.ts';
 import { appRouter } from '../../trpc/routers/_app.ts';
+import { sendError } from '../error-reply.ts';
 import { renderDocsPage } from './docs-page.ts';
 import { coerceQueryValue, type RouteInput, routeInput } from './input.ts';
 import { buildOpenApiDocument, type OpenApiDocument } from './openapi.ts';
@@ -17,11 +18,8 @@ const OPENAPI_PATH = '/api/v1/openapi.json';
 const createCaller = createCallerFactory(appRouter);
 type Caller = ReturnType<typeof createCaller>;
 
-function sendError(request: FastifyRequest, reply: FastifyReply, error: TRPCError) {
-  const { message, reason, details } = describeError(error);
-  return reply.status(getHTTPStatusCodeFromError(error)).send({
-    error: { message, reason, ...(details === undefined ? {} : { details }), requestId: request.id },
-  });
+function sendTRPCError(request: FastifyRequest, reply: FastifyReply, error: TRPCError) {
+  return sendError(request, reply, getHTTPStatusCodeFromError(error), describeError(error));
 }
 
 const invalid = (field: string, message: string) =>
@@ -96,7 +94,7 @@ export async function restApi(
         try {
           return await procedureOf(caller, route.procedure)(inputOf(route, input, request));
         } catch (error) {
-          if (error instanceof TRPCError) return sendError(request, reply, error);
+          if (error instanceof TRPCError) return sendTRPCError(request, reply, error);
           throw error;
         }
       },
@@ -122,7 +120,7 @@ export async function restApi(
   await app.register(
     async (api) => {
       api.setNotFoundHandler((request, reply) =>
-        sendError(request, reply, new TRPCError({ code: 'NOT_FOUND', message: 'No such route' })),
+        sendTRPCError(request, reply, new TRPCError({ code: 'NOT_FOUND', message: 'No such route' })),
       );
     },
     { prefix: '/api/v1' },
