@@ -26,30 +26,44 @@ export interface PlacedHold {
 }
 
 /**
- * Holds personal credits in one statement: the conditional UPDATE raises `reserved` only while the spendable
- * balance covers the amount, and the reservation row is inserted from its RETURNING. Returns null when the
- * spendable balance is too small (nothing written). A replayed key fails the insert on
- * RESERVATION_IDEMPOTENCY_INDEX, which undoes the hold with it. Expiry is computed by the database clock,
- * the one clock every instance shares.
+ * Holds credits in one statement: the conditional UPDATE raises `reserved` of the account — the user's
+ * balance, or the guild pool when `guildId` is set — only while it covers the amount (credits.covers), and the
+ * reservation row is inserted from its RETURNING. Returns null when the account does not cover it (nothing
+ * written). A replayed key fails the insert on RESERVATION_IDEMPOTENCY_INDEX, which undoes the hold with it.
+ * Expiry is computed by the database clock, the one clock every instance shares. A pool hold runs after
+ * lockGuildPool and the member's limit check, in the same transaction (placePoolHold).
  */
-export async function placeHold(db: Kysely<Database>, hold: HoldInput): Promise<PlacedHold | null> {
+export async function placeHold(
+  db: Kysely<Database>,
+  hold: HoldInput & { guildId?: string | undefined },
+): Promise<PlacedHold | null> {
+  const [table, key, id] =
+    hold.guildId === undefined
+      ? (['credits.balances', 'user_id', hold.userId] as const)
+      : (['credits.guild_pools', 'organization_id', hold.guildId] as const);
   const { rows } = await sql<{ id: string; expires_at: Date; available_after: number }>`
     with hold as (
-      update credits.balances
+      update ${sql.table(table)}
          set reserved = reserved + ${hold.amount}::int8, version = version + 1, updated_at = now()
-       where user_id = ${hold.userId} and credits.covers(balance, reserved, ${hold.amount}::int8)
+       where ${sql.ref(key)} = ${id} and credits.covers(balance, reserved, ${hold.amount}::int8)
       returning balance - reserved as available
     )
     insert into credits.reservations
-      (user_id, amount, app_id, description, metadata, idempotency_key, request_hash, available_after, expires_at)
-    select ${hold.userId}, ${hold.amount}::int8, ${hold.appId}, ${hold.description}, ${json(hold.metadata)}::jsonb,
-           ${hold.idempotencyKey}, ${hold.requestHash}, available, now() + ${hold.ttlSeconds}::int * interval '1 second'
+      (user_id, organization_id, amount, app_id, description, metadata, idempotency_key, request_hash,
+       available_after, expires_at)
+    select ${hold.userId}, ${hold.guildId ?? null}, ${hold.amount}::int8, ${hold.appId}, ${hold.description},
+           ${json(hold.metadata)}::jsonb, ${hold.idempotencyKey}, ${hold.requestHash}, available,
+           now() + ${hold.ttlSeconds}::int * interval '1 second'
       from hold
     returning id, expires_at, available_after
   `.execute(db);
   const row = rows[0];
   return row ? { id: row.id, expiresAt: row.expires_at, available: row.available_after } : null;
 }
+
+/** A member's hold on a guild pool: placeHold, inside the transaction that locked the pool. */
+export const placePoolHold = (trx: Transaction<Database>, hold: HoldInput & { guildId: string }) =>
+  placeHold(trx, hold);
 
 export async function findReservationByKey(
   db: Kysely<Database>,
@@ -217,36 +231,6 @@ export async function releaseExpiredHolds(
     select credits.release_expired_holds(${userId}, ${limit}::int) as released
   `.execute(db);
   return rows[0]?.released ?? 0;
-}
-
-/**
- * Holds pool credits for a member in one statement, like placeHold: `reserved` of the pool rises only while
- * the spendable pool covers the amount, and the reservation row (organization_id set) comes from its
- * RETURNING. Returns null when the spendable pool is too small. Call it after lockGuildPool and the member's
- * limit check, in the same transaction. A replayed key fails on RESERVATION_IDEMPOTENCY_INDEX.
- */
-export async function placePoolHold(
-  trx: Transaction<Database>,
-  hold: HoldInput & { guildId: string },
-): Promise<PlacedHold | null> {
-  const { rows } = await sql<{ id: string; expires_at: Date; available_after: number }>`
-    with hold as (
-      update credits.guild_pools
-         set reserved = reserved + ${hold.amount}::int8, version = version + 1, updated_at = now()
-       where organization_id = ${hold.guildId} and credits.covers(balance, reserved, ${hold.amount}::int8)
-      returning balance - reserved as available
-    )
-    insert into credits.reservations
-      (user_id, organization_id, amount, app_id, description, metadata, idempotency_key, request_hash,
-       available_after, expires_at)
-    select ${hold.userId}, ${hold.guildId}, ${hold.amount}::int8, ${hold.appId}, ${hold.description},
-           ${json(hold.metadata)}::jsonb, ${hold.idempotencyKey}, ${hold.requestHash}, available,
-           now() + ${hold.ttlSeconds}::int * interval '1 second'
-      from hold
-    returning id, expires_at, available_after
-  `.execute(trx);
-  const row = rows[0];
-  return row ? { id: row.id, expiresAt: row.expires_at, available: row.available_after } : null;
 }
 
 /**

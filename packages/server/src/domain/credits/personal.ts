@@ -33,6 +33,24 @@ export function usageRequestHash(input: Omit<SpendInput, 'userId' | 'idempotency
   });
 }
 
+/**
+ * What a usage request writes besides its account (amount, app, description, metadata, key, fingerprint):
+ * one mapping for credits.use, guild.use and holds, so their ledger rows and reservations say the same.
+ */
+export function usageFields(
+  input: Omit<SpendInput, 'userId'>,
+  requestHash: string,
+): Omit<SpendInput, 'userId'> & { requestHash: string } {
+  return {
+    amount: input.amount,
+    appId: input.appId,
+    description: input.description,
+    metadata: input.metadata,
+    idempotencyKey: input.idempotencyKey,
+    requestHash,
+  };
+}
+
 /** Spends personal credits: one statement, idempotent by (user, key). */
 export async function spendCredits(db: Kysely<Database>, input: SpendInput): Promise<MovementResult> {
   const hash = usageRequestHash(input);
@@ -41,16 +59,7 @@ export async function spendCredits(db: Kysely<Database>, input: SpendInput): Pro
     { key: input.idempotencyKey, hash },
     async () => {
       const posted = await spendPersonal(db, input, () =>
-        debitBalance(db, {
-          userId: input.userId,
-          type: 'usage',
-          amount: input.amount,
-          appId: input.appId,
-          description: input.description,
-          metadata: input.metadata,
-          idempotencyKey: input.idempotencyKey,
-          requestHash: hash,
-        }),
+        debitBalance(db, { userId: input.userId, type: 'usage', ...usageFields(input, hash) }),
       );
       return { transactionId: posted.id, balance: posted.available };
     },

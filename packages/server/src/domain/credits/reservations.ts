@@ -26,6 +26,7 @@ import { requireRole } from '../guild/membership.ts';
 import type { GuildDeps } from '../guild/pools.ts';
 import { markReplayed, requestHash, reservationKeys, withIdempotency } from '../idempotency.ts';
 import { spendPersonal, spendPool } from '../spending.ts';
+import { usageFields } from './personal.ts';
 
 export interface ReserveInput {
   userId: string;
@@ -75,12 +76,8 @@ export async function reserveCredits(deps: GuildDeps, input: ReserveInput): Prom
   });
   const hold: HoldInput = {
     userId: input.userId,
-    amount: input.amount,
-    appId: input.appId,
-    description: input.description,
-    metadata: input.metadata,
+    ...usageFields(input, hash),
     idempotencyKey: input.idempotencyKey,
-    requestHash: hash,
     ttlSeconds: input.ttlSeconds,
   };
   return withIdempotency(

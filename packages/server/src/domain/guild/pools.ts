@@ -13,6 +13,7 @@ import {
 } from '@mana-credits/db';
 import { type Kysely, sql } from 'kysely';
 import { MAX_CREDITS } from '../credits/balance-limit.ts';
+import { usageFields } from '../credits/personal.ts';
 import { inTransaction } from '../effects.ts';
 import { InvalidCursorError, PreconditionFailedError } from '../errors.ts';
 import { guildKeys, isReplayed, markReplayed, requestHash, withIdempotency } from '../idempotency.ts';
@@ -158,12 +159,7 @@ export async function useGuildCredits(deps: GuildDeps, input: PoolUseInput): Pro
             guildId: input.guildId,
             userId: input.userId,
             type: 'usage',
-            amount: input.amount,
-            appId: input.appId,
-            description: input.description,
-            metadata: input.metadata,
-            idempotencyKey: input.idempotencyKey,
-            requestHash: hash,
+            ...usageFields(input, hash),
           }),
         );
         return { transactionId: posted.id, poolBalance: posted.available };
