@@ -5,6 +5,7 @@ export * from './migrate.ts';
 export * from './queries/balances.ts';
 export * from './queries/batch.ts';
 export * from './queries/errors.ts';
+export * from './queries/gifts.ts';
 export * from './queries/guild.ts';
 export * from './queries/ledger.ts';
 export * from './queries/pagination.ts';
