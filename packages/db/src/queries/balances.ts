@@ -1,4 +1,4 @@
-import { type Kysely, type RawBuilder, sql } from 'kysely';
+import { type Kysely, type RawBuilder, sql, type Transaction } from 'kysely';
 import type { Database } from '../database.ts';
 
 export interface BalanceView {
@@ -52,4 +52,20 @@ export async function ensureBalance(db: Kysely<Database>, userId: string): Promi
     .onConflict((oc) => oc.column('user_id').doNothing())
     .executeTakeFirst();
   return Number(result.numInsertedOrUpdatedRows ?? 0) > 0;
+}
+
+/**
+ * Locks the user's balance row (FOR UPDATE) and reads what it holds: what the caller then takes from it (a
+ * clawback) is decided from numbers no concurrent spend can change. Undefined when the user has no row.
+ */
+export async function lockBalance(
+  trx: Transaction<Database>,
+  userId: string,
+): Promise<{ balance: number; reserved: number } | undefined> {
+  return trx
+    .selectFrom('credits.balances')
+    .select(['balance', 'reserved'])
+    .where('user_id', '=', userId)
+    .forUpdate()
+    .executeTakeFirst();
 }
