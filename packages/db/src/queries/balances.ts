@@ -69,3 +69,20 @@ export async function lockBalance(
     .forUpdate()
     .executeTakeFirst();
 }
+
+/**
+ * Whether the user's total_earned is past `limit`, compared in SQL (a total past 2^53 − 1 cannot be read into
+ * a JS number). Run it in the transaction that just credited the balance: that credit holds the row lock, so
+ * this reads exactly what will commit, and a refusal rolls the credit back.
+ */
+export async function totalEarnedExceeds(
+  trx: Transaction<Database>,
+  userId: string,
+  limit: number,
+): Promise<boolean> {
+  const { rows } = await sql<{ over: boolean }>`
+    select total_earned > ${limit}::int8 as over from credits.balances where user_id = ${userId}`.execute(
+    trx,
+  );
+  return rows[0]?.over ?? false;
+}

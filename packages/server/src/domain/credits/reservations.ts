@@ -26,6 +26,9 @@ import { requireRole } from '../guild/membership.ts';
 import type { GuildDeps } from '../guild/pools.ts';
 import { markReplayed, requestHash, reservationKeys, withIdempotency } from '../idempotency.ts';
 import { spendPersonal, spendPool } from '../spending.ts';
+import { type CommitResult, type ReserveResult, toCommitResult, toReserveResult } from './mappers.ts';
+
+export type { CommitResult, ReserveResult } from './mappers.ts';
 
 export interface ReserveInput {
   userId: string;
@@ -37,21 +40,6 @@ export interface ReserveInput {
   guildId?: string | undefined;
   metadata?: JsonObject | undefined;
 }
-
-export interface ReserveResult {
-  reservationId: string;
-  expiresAt: Date;
-  /** Spendable right after the hold. */
-  balance: number;
-}
-
-const toReserveResult = (
-  row: Pick<ReservationRow, 'id' | 'expires_at' | 'available_after'>,
-): ReserveResult => ({
-  reservationId: row.id,
-  expiresAt: row.expires_at,
-  balance: row.available_after,
-});
 
 /**
  * Holds credits for a call whose price is known only afterwards. One statement places the hold (see
@@ -121,14 +109,6 @@ export interface CommitInput {
   metadata?: JsonObject | undefined;
 }
 
-export interface CommitResult {
-  transactionId: string;
-  committed: number;
-  released: number;
-  /** Spendable right after the commit. */
-  balance: number;
-}
-
 /**
  * What a locking transaction decided: an answer, or a refusal raised only after it has committed (`expired`:
  * the hold was found past its time and closed on the way).
@@ -151,12 +131,7 @@ async function committedResult(
       ? await findLedgerEntry(trx, reservation.user_id, reservation.transaction_id!)
       : await findGuildEntry(trx, reservation.organization_id, reservation.transaction_id!);
   if (!entry) throw new Error(`the ledger row of reservation ${reservation.id} is missing`);
-  return {
-    transactionId: entry.id,
-    committed: reservation.committed_amount!,
-    released: reservation.released_amount!,
-    balance: entry.available_after ?? entry.balance_after,
-  };
+  return toCommitResult(reservation, entry);
 }
 
 /**

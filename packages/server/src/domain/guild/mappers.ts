@@ -1,4 +1,4 @@
-import type { GuildLedgerRow, GuildPoolRow } from '@mana-credits/db';
+import type { GuildLedgerRow, GuildPoolRow, LedgerRow } from '@mana-credits/db';
 
 /** A pool as members see it; `balance` is spendable now (balance − reserved). */
 export function toPoolView(row: GuildPoolRow) {
@@ -30,6 +30,17 @@ export function toPoolUseResult(row: Pick<GuildLedgerRow, 'id' | 'balance_after'
   return { transactionId: row.id, poolBalance: row.available_after ?? row.balance_after };
 }
 
+type Posted = Pick<GuildLedgerRow | LedgerRow, 'balance_after' | 'available_after'>;
+
+/** The answer to guild.fund as its two ledger rows tell it (the pool's and the funder's): what a replay returns. */
+export function toFundResult(pool: Posted, personal: Posted) {
+  return {
+    poolBalance: pool.available_after ?? pool.balance_after,
+    personalBalance: personal.available_after ?? personal.balance_after,
+  };
+}
+
 export type PoolView = ReturnType<typeof toPoolView>;
 export type GuildTransactionView = ReturnType<typeof toGuildTransactionView>;
 export type PoolUseResult = ReturnType<typeof toPoolUseResult>;
+export type FundResult = ReturnType<typeof toFundResult>;
