@@ -13,5 +13,6 @@ export * from './queries/packages.ts';
 export * from './queries/pagination.ts';
 export * from './queries/purchases.ts';
 export * from './queries/rate-limits.ts';
+export * from './queries/reconcile.ts';
 export * from './queries/reservations.ts';
 export * from './system-keys.ts';
