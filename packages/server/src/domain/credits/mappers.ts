@@ -3,6 +3,8 @@ import type {
   JsonObject,
   LedgerRow,
   PackageRow,
+  PlacedHold,
+  PostedEntry,
   PurchaseRow,
   ReservationRow,
 } from '@mana-credits/db';
@@ -88,6 +90,11 @@ export function toReserveResult(
   return { reservationId: row.id, expiresAt: row.expires_at, balance: row.available_after };
 }
 
+/** The same answer from the hold the call has just placed. */
+export function toPlacedHoldResult(placed: PlacedHold): ReserveResult {
+  return { reservationId: placed.id, expiresAt: placed.expiresAt, balance: placed.available };
+}
+
 export interface CommitResult {
   transactionId: string;
   committed: number;
@@ -110,6 +117,11 @@ export function toCommitResult(
     released: reservation.released_amount!,
     balance: entry.available_after ?? entry.balance_after,
   };
+}
+
+/** The same answer from the entry the call has just posted. */
+export function toPostedMovementResult(posted: PostedEntry): MovementResult {
+  return { transactionId: posted.id, balance: posted.available };
 }
 
 export type MovementResult = ReturnType<typeof toMovementResult>;

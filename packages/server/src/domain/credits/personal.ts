@@ -15,7 +15,13 @@ import { InvalidCursorError, InvalidRequestError, NotFoundError } from '../error
 import { ledgerKeys, requestHash, withIdempotency } from '../idempotency.ts';
 import { spendPersonal } from '../spending.ts';
 import { creditEarned } from './balance-limit.ts';
-import { type MovementResult, toMovementResult, toPackageView, toTransactionView } from './mappers.ts';
+import {
+  type MovementResult,
+  toMovementResult,
+  toPackageView,
+  toPostedMovementResult,
+  toTransactionView,
+} from './mappers.ts';
 
 export interface SpendInput {
   userId: string;
@@ -55,7 +61,7 @@ export async function spendCredits(db: Kysely<Database>, input: SpendInput): Pro
           requestHash: hash,
         }),
       );
-      return { transactionId: posted.id, balance: posted.available };
+      return toPostedMovementResult(posted);
     },
     toMovementResult,
   );
@@ -86,7 +92,7 @@ export async function grantCredits(db: Kysely<Database>, input: GrantInput): Pro
           idempotencyKey: input.idempotencyKey,
           requestHash: hash,
         });
-        return { transactionId: posted.id, balance: posted.available };
+        return toPostedMovementResult(posted);
       }),
     toMovementResult,
   );
@@ -147,7 +153,7 @@ export async function refundUsage(db: Kysely<Database>, input: RefundInput): Pro
           },
           'unspent',
         );
-        return { transactionId: posted.id, balance: posted.available };
+        return toPostedMovementResult(posted);
       }),
     toMovementResult,
   );

@@ -26,7 +26,13 @@ import { requireRole } from '../guild/membership.ts';
 import type { GuildDeps } from '../guild/pools.ts';
 import { markReplayed, requestHash, reservationKeys, withIdempotency } from '../idempotency.ts';
 import { spendPersonal, spendPool } from '../spending.ts';
-import { type CommitResult, type ReserveResult, toCommitResult, toReserveResult } from './mappers.ts';
+import {
+  type CommitResult,
+  type ReserveResult,
+  toCommitResult,
+  toPlacedHoldResult,
+  toReserveResult,
+} from './mappers.ts';
 
 export type { CommitResult, ReserveResult } from './mappers.ts';
 
@@ -79,7 +85,7 @@ export async function reserveCredits(deps: GuildDeps, input: ReserveInput): Prom
         guildId === undefined
           ? await holdPersonalCredits(db, hold)
           : await holdPoolCredits(db, { ...hold, guildId });
-      return { reservationId: placed.id, expiresAt: placed.expiresAt, balance: placed.available };
+      return toPlacedHoldResult(placed);
     },
     toReserveResult,
   );

@@ -26,6 +26,8 @@ import {
   toGuildTransactionView,
   toPoolUseResult,
   toPoolView,
+  toPostedFundResult,
+  toPostedPoolUseResult,
 } from './mappers.ts';
 import { MANAGERS, type MembershipClient, requireRole } from './membership.ts';
 
@@ -108,7 +110,7 @@ export async function fundPool(deps: GuildDeps, actorId: string, input: FundInpu
         // total_funded has no CHECK; past 2^53 − 1 the pool could no longer be read. Compared in SQL, under the
         // row lock the credit holds, so a refusal rolls back exactly this funding.
         if (await totalFundedExceeds(trx, input.guildId, MAX_CREDITS)) throw poolLimit(input.amount);
-        return { poolBalance: pooled.available, personalBalance: personal.available };
+        return toPostedFundResult(pooled, personal);
       }),
     async (first) => {
       const personalId = (first.metadata as { personalTransactionId?: string } | null)?.personalTransactionId;
@@ -161,7 +163,7 @@ export async function useGuildCredits(deps: GuildDeps, input: PoolUseInput): Pro
             requestHash: hash,
           }),
         );
-        return { transactionId: posted.id, poolBalance: posted.available };
+        return toPostedPoolUseResult(posted);
       }),
     toPoolUseResult,
   );
