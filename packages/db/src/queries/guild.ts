@@ -85,6 +85,7 @@ export interface MemberLimitsRow {
   monthlyLimit: number | null;
 }
 
+/** Sets a member's caps (null = unlimited), creating their limits row or replacing what it held. */
 export async function upsertMemberLimits(
   db: Kysely<Database>,
   guildId: string,
@@ -244,6 +245,7 @@ export async function totalFundedExceeds(
   return rows[0]?.over ?? false;
 }
 
+/** A pool's guild ledger row by id (a committed pool hold's entry, for replaying the commit). */
 export async function findGuildEntry(
   db: Kysely<Database>,
   guildId: string,
@@ -257,6 +259,7 @@ export async function findGuildEntry(
     .executeTakeFirst();
 }
 
+/** The guild ledger row a member's idempotency key produced: the first execution a replay answers with. */
 export async function findGuildEntryByKey(
   db: Kysely<Database>,
   guildId: string,

@@ -85,6 +85,7 @@ export async function creditBalance(
   return toPostedEntry(row);
 }
 
+/** The ledger row a user's idempotency key produced: the first execution a replay answers with. */
 export async function findLedgerEntryByKey(
   db: Kysely<Database>,
   userId: string,
@@ -98,6 +99,7 @@ export async function findLedgerEntryByKey(
     .executeTakeFirst();
 }
 
+/** One of a user's ledger rows by id; someone else's is not found. */
 export async function findLedgerEntry(
   db: Kysely<Database>,
   userId: string,

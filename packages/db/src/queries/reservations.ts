@@ -51,6 +51,7 @@ export async function placeHold(db: Kysely<Database>, hold: HoldInput): Promise<
   return row ? { id: row.id, expiresAt: row.expires_at, available: row.available_after } : null;
 }
 
+/** The hold a user's idempotency key placed: the first execution a replay answers with. */
 export async function findReservationByKey(
   db: Kysely<Database>,
   userId: string,
