@@ -21,6 +21,17 @@ export function functionSql(name: (typeof SQL_FUNCTIONS)[number]): string {
 }
 
 /**
+ * A file's statements, one query each (the embedded database takes one statement per query): each starts at
+ * a line that begins with `create` or `drop` — function bodies are indented, so only top-level statements
+ * do. Usually one `create or replace function`; a `drop` before it when a result type changes.
+ */
+export function statementsOf(text: string): string[] {
+  return text
+    .split(/^(?=(?:create|drop) )/m)
+    .filter((part) => part.split('\n').some((line) => line.trim() !== '' && !line.trim().startsWith('--')));
+}
+
+/**
  * Applies every function file whose text changed since it was last applied (credits.sql_functions keeps a
  * hash per name), after the dated migrations: like a repeatable migration, so a changed body needs no new
  * migration and the frozen ones stay frozen. One transaction under an advisory lock, so instances starting
@@ -38,7 +49,7 @@ export async function applySqlFunctions(db: Kysely<any>): Promise<string[]> {
       const text = functionSql(name);
       const hash = createHash('sha256').update(text).digest('hex');
       if (applied.get(name) === hash) continue;
-      await sql.raw(text).execute(trx);
+      for (const statement of statementsOf(text)) await sql.raw(statement).execute(trx);
       await sql`
         insert into credits.sql_functions (name, sha256) values (${name}, ${hash})
         on conflict (name) do update set sha256 = excluded.sha256, applied_at = now()`.execute(trx);

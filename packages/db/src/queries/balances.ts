@@ -1,4 +1,4 @@
-import { type Kysely, type RawBuilder, sql } from 'kysely';
+import { type Kysely, type RawBuilder, sql, type Transaction } from 'kysely';
 import type { Database } from '../database.ts';
 
 export interface BalanceView {
@@ -52,4 +52,37 @@ export async function ensureBalance(db: Kysely<Database>, userId: string): Promi
     .onConflict((oc) => oc.column('user_id').doNothing())
     .executeTakeFirst();
   return Number(result.numInsertedOrUpdatedRows ?? 0) > 0;
+}
+
+/**
+ * Locks the user's balance row (FOR UPDATE) and reads what it holds: what the caller then takes from it (a
+ * clawback) is decided from numbers no concurrent spend can change. Undefined when the user has no row.
+ */
+export async function lockBalance(
+  trx: Transaction<Database>,
+  userId: string,
+): Promise<{ balance: number; reserved: number } | undefined> {
+  return trx
+    .selectFrom('credits.balances')
+    .select(['balance', 'reserved'])
+    .where('user_id', '=', userId)
+    .forUpdate()
+    .executeTakeFirst();
+}
+
+/**
+ * Whether the user's total_earned is past `limit`, compared in SQL (a total past 2^53 − 1 cannot be read into
+ * a JS number). Run it in the transaction that just credited the balance: that credit holds the row lock, so
+ * this reads exactly what will commit, and a refusal rolls the credit back.
+ */
+export async function totalEarnedExceeds(
+  trx: Transaction<Database>,
+  userId: string,
+  limit: number,
+): Promise<boolean> {
+  const { rows } = await sql<{ over: boolean }>`
+    select total_earned > ${limit}::int8 as over from credits.balances where user_id = ${userId}`.execute(
+    trx,
+  );
+  return rows[0]?.over ?? false;
 }

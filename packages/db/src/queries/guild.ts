@@ -85,6 +85,7 @@ export interface MemberLimitsRow {
   monthlyLimit: number | null;
 }
 
+/** Sets a member's caps (null = unlimited), creating their limits row or replacing what it held. */
 export async function upsertMemberLimits(
   db: Kysely<Database>,
   guildId: string,
@@ -175,10 +176,11 @@ export async function memberSpending(
  * Debits a pool for a member's usage in one statement: the conditional UPDATE cannot overdraw or touch held
  * credits, the guild ledger row comes from its RETURNING, and the member's day counter and usage_stats are
  * upserted. Returns null when the spendable pool is too small (nothing written). A replayed idempotency key
- * fails the statement with a unique violation on GUILD_IDEMPOTENCY_INDEX.
+ * fails the statement with a unique violation on GUILD_IDEMPOTENCY_INDEX. It checks no member limit: call it
+ * after lockGuildPool and that check, in the same transaction (as placePoolHold).
  */
 export async function debitGuildPool(
-  db: Kysely<Database>,
+  trx: Transaction<Database>,
   entry: GuildEntryInput,
 ): Promise<PostedGuildEntry | null> {
   const { rows } = await sql<PostedRow>`
@@ -197,14 +199,18 @@ export async function debitGuildPool(
         : sql``
     }
     select id, balance_after, available_after as available, created_at from entry
-  `.execute(db);
+  `.execute(trx);
   const row = rows[0];
   return row ? toPostedEntry(row) : null;
 }
 
-/** Credits a pool (funding) in one statement. Returns null when the pool does not exist. */
+/**
+ * Credits a pool (funding) in one statement. Returns null when the pool does not exist. In the caller's
+ * transaction: the funder's debit and the check of total_funded (totalFundedExceeds, under the row lock this
+ * credit takes) commit or roll back with it.
+ */
 export async function creditGuildPool(
-  db: Kysely<Database>,
+  trx: Transaction<Database>,
   entry: GuildEntryInput,
 ): Promise<PostedGuildEntry | null> {
   const { rows } = await sql<PostedRow>`
@@ -218,11 +224,28 @@ export async function creditGuildPool(
       returning balance, reserved
     ), entry as (${guildLedgerRow('credit', entry, 1)})
     select id, balance_after, available_after as available, created_at from entry
-  `.execute(db);
+  `.execute(trx);
   const row = rows[0];
   return row ? toPostedEntry(row) : null;
 }
 
+/**
+ * Whether the pool's total_funded is past `limit`, compared in SQL (past 2^53 − 1 the pool could no longer be
+ * read); it has no CHECK. Run it in the transaction that just credited the pool, under the row lock that
+ * credit holds, so a refusal rolls back exactly this funding.
+ */
+export async function totalFundedExceeds(
+  trx: Transaction<Database>,
+  guildId: string,
+  limit: number,
+): Promise<boolean> {
+  const { rows } = await sql<{ over: boolean }>`
+    select total_funded > ${limit}::int8 as over from credits.guild_pools
+     where organization_id = ${guildId}`.execute(trx);
+  return rows[0]?.over ?? false;
+}
+
+/** A pool's guild ledger row by id (a committed pool hold's entry, for replaying the commit). */
 export async function findGuildEntry(
   db: Kysely<Database>,
   guildId: string,
@@ -236,6 +259,7 @@ export async function findGuildEntry(
     .executeTakeFirst();
 }
 
+/** The guild ledger row a member's idempotency key produced: the first execution a replay answers with. */
 export async function findGuildEntryByKey(
   db: Kysely<Database>,
   guildId: string,

@@ -1,4 +1,4 @@
-import { type Kysely, sql } from 'kysely';
+import { type Kysely, sql, type Transaction } from 'kysely';
 import type { Database, LedgerRow } from '../database.ts';
 import {
   type PersonalRow,
@@ -85,6 +85,7 @@ export async function creditBalance(
   return toPostedEntry(row);
 }
 
+/** The ledger row a user's idempotency key produced: the first execution a replay answers with. */
 export async function findLedgerEntryByKey(
   db: Kysely<Database>,
   userId: string,
@@ -98,6 +99,7 @@ export async function findLedgerEntryByKey(
     .executeTakeFirst();
 }
 
+/** One of a user's ledger rows by id; someone else's is not found. */
 export async function findLedgerEntry(
   db: Kysely<Database>,
   userId: string,
@@ -122,4 +124,33 @@ export async function listLedgerEntries(
     { table: 'credits.transactions', idOf: (row) => row.id },
     page,
   );
+}
+
+/**
+ * Locks one of a user's ledger rows (FOR UPDATE locks it, it modifies nothing) and reads what a refund of it
+ * needs: refunds of one usage entry serialise on this lock, so together they never exceed it.
+ */
+export async function lockLedgerEntry(
+  trx: Transaction<Database>,
+  userId: string,
+  transactionId: string,
+): Promise<Pick<LedgerRow, 'id' | 'type' | 'amount' | 'app_id'> | undefined> {
+  return trx
+    .selectFrom('credits.transactions')
+    .select(['id', 'type', 'amount', 'app_id'])
+    .where('id', '=', transactionId)
+    .where('user_id', '=', userId)
+    .forUpdate()
+    .executeTakeFirst();
+}
+
+/** Σ refunds posted against a ledger row; exact under lockLedgerEntry of that row. */
+export async function refundedAmountOf(trx: Transaction<Database>, transactionId: string): Promise<number> {
+  const { refunded } = await trx
+    .selectFrom('credits.transactions')
+    .select(sql<number>`coalesce(sum(amount), 0)::int8`.as('refunded'))
+    .where('reference_transaction_id', '=', transactionId)
+    .where('type', '=', 'refund')
+    .executeTakeFirstOrThrow();
+  return refunded;
 }

@@ -65,6 +65,7 @@ export async function placeHold(
 export const placePoolHold = (trx: Transaction<Database>, hold: HoldInput & { guildId: string }) =>
   placeHold(trx, hold);
 
+/** The hold a user's idempotency key placed: the first execution a replay answers with. */
 export async function findReservationByKey(
   db: Kysely<Database>,
   userId: string,

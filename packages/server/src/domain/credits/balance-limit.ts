@@ -4,8 +4,9 @@ import {
   isCheckViolation,
   type LedgerEntryInput,
   type PostedEntry,
+  totalEarnedExceeds,
 } from '@mana-credits/db';
-import { type Kysely, sql } from 'kysely';
+import type { Transaction } from 'kysely';
 import { PreconditionFailedError } from '../errors.ts';
 
 /**
@@ -36,7 +37,10 @@ export class BalanceLimitError extends PreconditionFailedError {
  * (refunds, returned escrow) lowers total_spent instead, and since balance = total_earned − total_spent it
  * cannot pass the bound when total_earned does not.
  */
-export async function creditEarned(trx: Kysely<Database>, entry: LedgerEntryInput): Promise<PostedEntry> {
+export async function creditEarned(
+  trx: Transaction<Database>,
+  entry: LedgerEntryInput,
+): Promise<PostedEntry> {
   let posted: PostedEntry;
   try {
     posted = await creditBalance(trx, entry, 'earned');
@@ -44,11 +48,6 @@ export async function creditEarned(trx: Kysely<Database>, entry: LedgerEntryInpu
     if (isCheckViolation(error, BALANCE_SAFE_INTEGER_CHECK)) throw new BalanceLimitError(entry.amount);
     throw error;
   }
-  // Compared in SQL: a total past the bound cannot be read into a JS number.
-  const { rows } = await sql<{ over: boolean }>`
-    select total_earned > ${MAX_CREDITS}::int8 as over from credits.balances where user_id = ${entry.userId}`.execute(
-    trx,
-  );
-  if (rows[0]?.over) throw new BalanceLimitError(entry.amount);
+  if (await totalEarnedExceeds(trx, entry.userId, MAX_CREDITS)) throw new BalanceLimitError(entry.amount);
   return posted;
 }

@@ -1,4 +1,13 @@
-import type { JsonObject, LedgerRow, PackageRow, PurchaseRow } from '@mana-credits/db';
+import type {
+  GuildLedgerRow,
+  JsonObject,
+  LedgerRow,
+  PackageRow,
+  PlacedHold,
+  PostedEntry,
+  PurchaseRow,
+  ReservationRow,
+} from '@mana-credits/db';
 
 /** Ledger rows as callers see them. */
 export function toTransactionView(row: LedgerRow) {
@@ -65,6 +74,54 @@ export function toPurchaseView(row: PurchaseRow) {
 /** The answer to every call that moves one personal ledger entry; also what a replay returns. */
 export function toMovementResult(row: Pick<LedgerRow, 'id' | 'balance_after' | 'available_after'>) {
   return { transactionId: row.id, balance: row.available_after ?? row.balance_after };
+}
+
+export interface ReserveResult {
+  reservationId: string;
+  expiresAt: Date;
+  /** Spendable right after the hold. */
+  balance: number;
+}
+
+/** The answer to a hold, from its reservation row; also what a replay returns. */
+export function toReserveResult(
+  row: Pick<ReservationRow, 'id' | 'expires_at' | 'available_after'>,
+): ReserveResult {
+  return { reservationId: row.id, expiresAt: row.expires_at, balance: row.available_after };
+}
+
+/** The same answer from the hold the call has just placed. */
+export function toPlacedHoldResult(placed: PlacedHold): ReserveResult {
+  return { reservationId: placed.id, expiresAt: placed.expiresAt, balance: placed.available };
+}
+
+export interface CommitResult {
+  transactionId: string;
+  committed: number;
+  released: number;
+  /** Spendable right after the commit. */
+  balance: number;
+}
+
+/**
+ * The answer a commit gave, rebuilt from the committed reservation and the ledger row it posted (personal or
+ * guild): what committing again with the same request answers.
+ */
+export function toCommitResult(
+  reservation: Pick<ReservationRow, 'committed_amount' | 'released_amount'>,
+  entry: Pick<LedgerRow | GuildLedgerRow, 'id' | 'balance_after' | 'available_after'>,
+): CommitResult {
+  return {
+    transactionId: entry.id,
+    committed: reservation.committed_amount!,
+    released: reservation.released_amount!,
+    balance: entry.available_after ?? entry.balance_after,
+  };
+}
+
+/** The same answer from the entry the call has just posted. */
+export function toPostedMovementResult(posted: PostedEntry): MovementResult {
+  return { transactionId: posted.id, balance: posted.available };
 }
 
 export type MovementResult = ReturnType<typeof toMovementResult>;

@@ -1,5 +1,5 @@
-import type { Database } from '@mana-credits/db';
-import { type Kysely, sql } from 'kysely';
+import { type Database, savePackage } from '@mana-credits/db';
+import type { Kysely } from 'kysely';
 import { type StoredPackageView, toStoredPackageView } from './mappers.ts';
 
 export interface PackageInput {
@@ -18,20 +18,14 @@ export interface PackageInput {
  * omitted description or Stripe price is cleared). Purchases keep the credits and price they were bought at.
  */
 export async function upsertPackage(db: Kysely<Database>, input: PackageInput): Promise<StoredPackageView> {
-  const fields = {
+  const row = await savePackage(db, input.id, {
     name: input.name,
     description: input.description ?? null,
     credits: input.credits,
-    price_euro_cents: input.priceEuroCents,
-    stripe_price_id: input.stripePriceId ?? null,
+    priceEuroCents: input.priceEuroCents,
+    stripePriceId: input.stripePriceId ?? null,
     active: input.active,
-    sort_order: input.sortOrder,
-  };
-  const row = await db
-    .insertInto('credits.packages')
-    .values({ ...(input.id ? { id: input.id } : {}), ...fields })
-    .onConflict((oc) => oc.column('id').doUpdateSet({ ...fields, updated_at: sql<Date>`now()` }))
-    .returningAll()
-    .executeTakeFirstOrThrow();
+    sortOrder: input.sortOrder,
+  });
   return toStoredPackageView(row);
 }

@@ -5,14 +5,23 @@ import {
   ensureBalance,
   getBalance,
   type JsonObject,
+  listActivePackages,
   listLedgerEntries,
+  lockLedgerEntry,
+  refundedAmountOf,
 } from '@mana-credits/db';
-import { type Kysely, sql } from 'kysely';
+import type { Kysely } from 'kysely';
 import { InvalidCursorError, InvalidRequestError, NotFoundError } from '../errors.ts';
 import { ledgerKeys, requestHash, withIdempotency } from '../idempotency.ts';
 import { spendPersonal } from '../spending.ts';
 import { creditEarned } from './balance-limit.ts';
-import { type MovementResult, toMovementResult, toPackageView, toTransactionView } from './mappers.ts';
+import {
+  type MovementResult,
+  toMovementResult,
+  toPackageView,
+  toPostedMovementResult,
+  toTransactionView,
+} from './mappers.ts';
 
 export interface SpendInput {
   userId: string;
@@ -61,7 +70,7 @@ export async function spendCredits(db: Kysely<Database>, input: SpendInput): Pro
       const posted = await spendPersonal(db, input, () =>
         debitBalance(db, { userId: input.userId, type: 'usage', ...usageFields(input, hash) }),
       );
-      return { transactionId: posted.id, balance: posted.available };
+      return toPostedMovementResult(posted);
     },
     toMovementResult,
   );
@@ -92,7 +101,7 @@ export async function grantCredits(db: Kysely<Database>, input: GrantInput): Pro
           idempotencyKey: input.idempotencyKey,
           requestHash: hash,
         });
-        return { transactionId: posted.id, balance: posted.available };
+        return toPostedMovementResult(posted);
       }),
     toMovementResult,
   );
@@ -122,25 +131,14 @@ export async function refundUsage(db: Kysely<Database>, input: RefundInput): Pro
     { key: input.idempotencyKey, hash },
     () =>
       db.transaction().execute(async (trx) => {
-        const original = await trx
-          .selectFrom('credits.transactions')
-          .select(['id', 'type', 'amount', 'app_id'])
-          .where('id', '=', input.transactionId)
-          .where('user_id', '=', input.userId)
-          .forUpdate()
-          .executeTakeFirst();
+        const original = await lockLedgerEntry(trx, input.userId, input.transactionId);
         if (!original) throw new NotFoundError('Transaction');
         if (original.type !== 'usage') {
           throw new InvalidRequestError('Only usage transactions can be refunded', 'NOT_REFUNDABLE', {
             field: 'transactionId',
           });
         }
-        const { refunded } = await trx
-          .selectFrom('credits.transactions')
-          .select(sql<number>`coalesce(sum(amount), 0)::int8`.as('refunded'))
-          .where('reference_transaction_id', '=', original.id)
-          .where('type', '=', 'refund')
-          .executeTakeFirstOrThrow();
+        const refunded = await refundedAmountOf(trx, original.id);
         const remaining = -original.amount - refunded;
         const amount = input.amount ?? remaining;
         if (remaining <= 0 || amount > remaining) {
@@ -164,7 +162,7 @@ export async function refundUsage(db: Kysely<Database>, input: RefundInput): Pro
           },
           'unspent',
         );
-        return { transactionId: posted.id, balance: posted.available };
+        return toPostedMovementResult(posted);
       }),
     toMovementResult,
   );
@@ -190,12 +188,6 @@ export async function transactionHistory(
 }
 
 export async function activePackages(db: Kysely<Database>) {
-  const rows = await db
-    .selectFrom('credits.packages')
-    .selectAll()
-    .where('active', '=', true)
-    .orderBy('sort_order')
-    .orderBy('name')
-    .execute();
+  const rows = await listActivePackages(db);
   return rows.map(toPackageView);
 }

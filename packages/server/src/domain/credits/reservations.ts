@@ -26,6 +26,16 @@ import { requireRole } from '../guild/membership.ts';
 import type { GuildDeps } from '../guild/pools.ts';
 import { markReplayed, requestHash, reservationKeys, withIdempotency } from '../idempotency.ts';
 import { spendPersonal, spendPool } from '../spending.ts';
+import {
+  type CommitResult,
+  type ReserveResult,
+  toCommitResult,
+  toPlacedHoldResult,
+  toReserveResult,
+} from './mappers.ts';
+
+export type { CommitResult, ReserveResult } from './mappers.ts';
+
 import { usageFields } from './personal.ts';
 
 export interface ReserveInput {
@@ -38,21 +48,6 @@ export interface ReserveInput {
   guildId?: string | undefined;
   metadata?: JsonObject | undefined;
 }
-
-export interface ReserveResult {
-  reservationId: string;
-  expiresAt: Date;
-  /** Spendable right after the hold. */
-  balance: number;
-}
-
-const toReserveResult = (
-  row: Pick<ReservationRow, 'id' | 'expires_at' | 'available_after'>,
-): ReserveResult => ({
-  reservationId: row.id,
-  expiresAt: row.expires_at,
-  balance: row.available_after,
-});
 
 /**
  * Holds credits for a call whose price is known only afterwards. One statement places the hold (see
@@ -88,7 +83,7 @@ export async function reserveCredits(deps: GuildDeps, input: ReserveInput): Prom
         guildId === undefined
           ? await holdPersonalCredits(db, hold)
           : await holdPoolCredits(db, { ...hold, guildId });
-      return { reservationId: placed.id, expiresAt: placed.expiresAt, balance: placed.available };
+      return toPlacedHoldResult(placed);
     },
     toReserveResult,
   );
@@ -118,14 +113,6 @@ export interface CommitInput {
   metadata?: JsonObject | undefined;
 }
 
-export interface CommitResult {
-  transactionId: string;
-  committed: number;
-  released: number;
-  /** Spendable right after the commit. */
-  balance: number;
-}
-
 /**
  * What a locking transaction decided: an answer, or a refusal raised only after it has committed (`expired`:
  * the hold was found past its time and closed on the way).
@@ -148,12 +135,7 @@ async function committedResult(
       ? await findLedgerEntry(trx, reservation.user_id, reservation.transaction_id!)
       : await findGuildEntry(trx, reservation.organization_id, reservation.transaction_id!);
   if (!entry) throw new Error(`the ledger row of reservation ${reservation.id} is missing`);
-  return {
-    transactionId: entry.id,
-    committed: reservation.committed_amount!,
-    released: reservation.released_amount!,
-    balance: entry.available_after ?? entry.balance_after,
-  };
+  return toCommitResult(reservation, entry);
 }
 
 /**

@@ -4,10 +4,12 @@ import {
   debitBalance,
   type GiftRow,
   type GiftType,
+  getGiftOfCreator,
+  insertGift,
   type LedgerRow,
   systemKeys,
 } from '@mana-credits/db';
-import { type Kysely, sql } from 'kysely';
+import type { Kysely } from 'kysely';
 import { inTransaction } from '../effects.ts';
 import { InvalidRequestError } from '../errors.ts';
 import { ledgerKeys, markReplayed, requestHash, withIdempotency } from '../idempotency.ts';
@@ -100,29 +102,24 @@ export async function createGift(
         );
         for (let attempt = 0; attempt < CODE_ATTEMPTS; attempt++) {
           const code = generateGiftCode();
-          const created = await trx
-            .insertInto('gifts.gift_codes')
-            .values({
-              id: giftId,
-              code,
-              short_url: giftShortUrl(baseUrl, code),
-              creator_id: creator.id,
-              creator_name: publicCreatorName(creator),
-              total_credits: escrow,
-              credits_per_portion: creditsPerPortion,
-              total_portions: input.totalPortions,
-              type: input.type,
-              target_email: input.type === 'personalized' ? (input.targetEmail ?? null) : null,
-              riddle_question: input.type === 'riddle' ? (input.riddleQuestion ?? null) : null,
-              riddle_answer_hash: answerHash,
-              message: input.message ?? null,
-              expires_at: sql<string>`now() + make_interval(days => ${input.expirationDays})`,
-              funding_transaction_id: funding.id,
-            })
-            // A taken code is skipped without aborting the transaction; the next attempt draws a new one.
-            .onConflict((oc) => oc.column('code').doNothing())
-            .returningAll()
-            .executeTakeFirst();
+          // A taken code is skipped without aborting the transaction; the next attempt draws a new one.
+          const created = await insertGift(trx, {
+            id: giftId,
+            code,
+            shortUrl: giftShortUrl(baseUrl, code),
+            creatorId: creator.id,
+            creatorName: publicCreatorName(creator),
+            totalCredits: escrow,
+            creditsPerPortion,
+            totalPortions: input.totalPortions,
+            type: input.type,
+            targetEmail: input.type === 'personalized' ? (input.targetEmail ?? null) : null,
+            riddleQuestion: input.type === 'riddle' ? (input.riddleQuestion ?? null) : null,
+            riddleAnswerHash: answerHash,
+            message: input.message ?? null,
+            expirationDays: input.expirationDays,
+            fundingTransactionId: funding.id,
+          });
           if (created) return { created };
         }
         throw new Error('no free gift code after several attempts');
@@ -130,11 +127,6 @@ export async function createGift(
     (first) => ({ replayOf: String(first.metadata?.giftId) }),
   );
   if ('created' in outcome) return toCreatedGift(outcome.created);
-  const first = await db
-    .selectFrom('gifts.gift_codes')
-    .selectAll()
-    .where('id', '=', outcome.replayOf)
-    .where('creator_id', '=', creator.id)
-    .executeTakeFirstOrThrow();
+  const first = await getGiftOfCreator(db, outcome.replayOf, creator.id);
   return markReplayed(toCreatedGift(first));
 }

@@ -1,5 +1,13 @@
-import { creditBalance, type Database, type GiftRow, systemKeys } from '@mana-credits/db';
-import { type Kysely, sql, type Transaction } from 'kysely';
+import {
+  closeActiveGift,
+  creditBalance,
+  type Database,
+  type GiftRow,
+  listDueGiftIds,
+  lockGift,
+  systemKeys,
+} from '@mana-credits/db';
+import type { Kysely, Transaction } from 'kysely';
 import { effects } from '../effects.ts';
 import { ForbiddenError, NotFoundError, PreconditionFailedError } from '../errors.ts';
 import { markReplayed } from '../idempotency.ts';
@@ -12,24 +20,6 @@ const REFUND_DESCRIPTION: Record<ClosedStatus, string> = {
   refunded: 'Gift cancelled: unclaimed credits returned',
 };
 
-/** A gift row locked FOR UPDATE, with whether its expiry has passed by the database clock. */
-export type LockedGift = GiftRow & { due: boolean };
-
-export async function lockGift(
-  trx: Transaction<Database>,
-  giftId: string,
-  options: { skipLocked?: boolean } = {},
-): Promise<LockedGift | undefined> {
-  let query = trx
-    .selectFrom('gifts.gift_codes')
-    .selectAll()
-    .select(sql<boolean>`expires_at <= now()`.as('due'))
-    .where('id', '=', giftId)
-    .forUpdate();
-  if (options.skipLocked) query = query.skipLocked();
-  return query.executeTakeFirst();
-}
-
 /**
  * Closes an active gift the caller has locked and returns its unclaimed escrow to the creator (ledger type
  * `refund`) in the caller's transaction. The status update is conditional, so even a caller that skipped
@@ -41,13 +31,7 @@ export async function releaseEscrow(
   status: ClosedStatus,
 ): Promise<number> {
   const unclaimed = gift.credits_per_portion * (gift.total_portions - gift.claimed_portions);
-  const closed = await trx
-    .updateTable('gifts.gift_codes')
-    .set({ status, refunded_credits: unclaimed, updated_at: sql`now()` })
-    .where('id', '=', gift.id)
-    .where('status', '=', 'active')
-    .executeTakeFirst();
-  if (Number(closed.numUpdatedRows) !== 1) return 0;
+  if (!(await closeActiveGift(trx, gift.id, status, unclaimed))) return 0;
   if (unclaimed > 0) {
     await creditBalance(
       trx,
@@ -94,17 +78,9 @@ export async function expireDueGifts(
   db: Kysely<Database>,
   options: { creatorId?: string; limit?: number } = {},
 ): Promise<number> {
-  let query = db
-    .selectFrom('gifts.gift_codes')
-    .select('id')
-    .where('status', '=', 'active')
-    .where('expires_at', '<=', sql<Date>`now()`)
-    .orderBy('expires_at')
-    .limit(options.limit ?? 500);
-  if (options.creatorId) query = query.where('creator_id', '=', options.creatorId);
-  const due = await query.execute();
+  const due = await listDueGiftIds(db, { creatorId: options.creatorId, limit: options.limit ?? 500 });
   let expired = 0;
-  for (const { id } of due) {
+  for (const id of due) {
     if (await expireGiftIfDue(db, id, { skipLocked: true })) expired++;
   }
   return expired;

@@ -1,4 +1,4 @@
-import type { GiftRow, GiftStatus, GiftType } from '@mana-credits/db';
+import type { GiftRow, GiftStatus, GiftType, ReceivedGiftRow } from '@mana-credits/db';
 import { displayGiftCode } from './codes.ts';
 
 /** What the creator is told when a gift is made (also what a replay of the same create answers). */
@@ -45,6 +45,12 @@ export function toOwnGift(row: GiftRow) {
   };
 }
 
+/** A gift the user redeemed, in their list of received gifts. */
+export function toReceivedGift(row: ReceivedGiftRow) {
+  return { ...row, code: displayGiftCode(row.code) };
+}
+
 export type CreatedGift = ReturnType<typeof toCreatedGift>;
 export type GiftInfo = ReturnType<typeof toGiftInfo>;
 export type OwnGift = ReturnType<typeof toOwnGift>;
+export type ReceivedGift = ReturnType<typeof toReceivedGift>;

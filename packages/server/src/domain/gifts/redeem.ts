@@ -1,5 +1,20 @@
-import { type Database, type GiftRow, type RedemptionStatus, systemKeys } from '@mana-credits/db';
-import { type Kysely, sql, type Transaction } from 'kysely';
+import {
+  type Database,
+  type DatedGift,
+  findGiftByCanonicalCode,
+  type GiftRow,
+  hasRedeemedGift,
+  type LockedGift,
+  listPendingGiftsFor,
+  lockGift,
+  lockRedeemAttempts,
+  type RedemptionStatus,
+  recentFailedRedemptions,
+  recordRedemption,
+  systemKeys,
+  takeGiftPortion,
+} from '@mana-credits/db';
+import type { Kysely, Transaction } from 'kysely';
 import { creditEarned } from '../credits/balance-limit.ts';
 import { effects } from '../effects.ts';
 import {
@@ -13,7 +28,7 @@ import {
 } from '../errors.ts';
 import { certainlyNotCommitted } from '../outcome.ts';
 import { isCanonicalGiftCode, normaliseGiftCode } from './codes.ts';
-import { type LockedGift, lockGift, releaseEscrow } from './escrow.ts';
+import { releaseEscrow } from './escrow.ts';
 import { verifyRiddleAnswer } from './riddle.ts';
 
 /** Failed attempts one user may make on one gift within the window before being throttled. */
@@ -46,18 +61,10 @@ type Attempt = { ok: true; result: RedeemResult } | { ok: false; error: DomainEr
  * A gift by its code as typed, with whether its expiry has passed by the database clock. A code that cannot be
  * one of ours (wrong length or symbols) is not looked up.
  */
-export async function findGiftByCode(
-  db: Kysely<Database>,
-  code: string,
-): Promise<(GiftRow & { due: boolean }) | undefined> {
+export async function findGiftByCode(db: Kysely<Database>, code: string): Promise<DatedGift | undefined> {
   const canonical = normaliseGiftCode(code);
   if (!isCanonicalGiftCode(canonical)) return undefined;
-  return db
-    .selectFrom('gifts.gift_codes')
-    .selectAll()
-    .select(sql<boolean>`expires_at <= now()`.as('due'))
-    .where('code', '=', canonical)
-    .executeTakeFirst();
+  return findGiftByCanonicalCode(db, canonical);
 }
 
 /** Redeems a code for a signed-in user. */
@@ -93,9 +100,7 @@ export async function claimGift(
     throw new ForbiddenError('You cannot redeem your own gift', 'OWN_GIFT');
   }
   const attempt = await db.transaction().execute(async (trx): Promise<Attempt> => {
-    await sql`select pg_advisory_xact_lock(hashtextextended(${`gift-redeem\n${gift.id}\n${redeemer.id}`}, 0))`.execute(
-      trx,
-    );
+    await lockRedeemAttempts(trx, gift.id, redeemer.id);
     await refuseWhenThrottled(trx, gift.id, redeemer.id);
     const answerCorrect =
       gift.type !== 'riddle' ||
@@ -106,15 +111,12 @@ export async function claimGift(
     if (!locked) throw new NotFoundError('Gift', 'GIFT_NOT_FOUND');
     const refusal = await refusalOf(trx, locked, redeemer, answerCorrect);
     if (refusal) {
-      await trx
-        .insertInto('gifts.gift_redemptions')
-        .values({
-          gift_code_id: gift.id,
-          redeemer_user_id: redeemer.id,
-          status: refusal.status,
-          source_app_id: input.sourceAppId ?? null,
-        })
-        .execute();
+      await recordRedemption(trx, {
+        giftId: gift.id,
+        userId: redeemer.id,
+        status: refusal.status,
+        sourceAppId: input.sourceAppId ?? null,
+      });
       return { ok: false, error: refusal.error, expiredRefund: refusal.expiredRefund };
     }
     return { ok: true, result: await claimPortion(trx, locked, redeemer, input.sourceAppId) };
@@ -127,27 +129,18 @@ export async function claimGift(
 }
 
 async function refuseWhenThrottled(trx: Transaction<Database>, giftId: string, userId: string) {
-  const { failures, retry_after } = await trx
-    .selectFrom('gifts.gift_redemptions')
-    .select([
-      sql<number>`count(*)::int4`.as('failures'),
-      sql<
-        number | null
-      >`ceil(extract(epoch from min(created_at) + make_interval(secs => ${FAILED_ATTEMPT_WINDOW_SECONDS}) - now()))::int4`.as(
-        'retry_after',
-      ),
-    ])
-    .where('gift_code_id', '=', giftId)
-    .where('redeemer_user_id', '=', userId)
-    .where('status', '<>', 'success')
-    .where('created_at', '>', sql<Date>`now() - make_interval(secs => ${FAILED_ATTEMPT_WINDOW_SECONDS})`)
-    .executeTakeFirstOrThrow();
+  const { failures, retryAfterSeconds } = await recentFailedRedemptions(
+    trx,
+    giftId,
+    userId,
+    FAILED_ATTEMPT_WINDOW_SECONDS,
+  );
   if (failures >= MAX_FAILED_ATTEMPTS) {
     throw new TooManyRequestsError(
       'Too many failed attempts on this gift; try again later',
       'TOO_MANY_ATTEMPTS',
       {
-        retryAfterSeconds: Math.max(1, retry_after ?? 1),
+        retryAfterSeconds: Math.max(1, retryAfterSeconds ?? 1),
       },
     );
   }
@@ -167,14 +160,7 @@ async function refusalOf(
   const expiredRefund =
     gift.status === 'active' && gift.due ? await releaseEscrow(trx, gift, 'expired') : undefined;
   const status = gift.status === 'active' && gift.due ? 'expired' : gift.status;
-  const claimed = await trx
-    .selectFrom('gifts.gift_redemptions')
-    .select('id')
-    .where('gift_code_id', '=', gift.id)
-    .where('redeemer_user_id', '=', redeemer.id)
-    .where('status', '=', 'success')
-    .executeTakeFirst();
-  if (claimed) {
+  if (await hasRedeemedGift(trx, gift.id, redeemer.id)) {
     return {
       status: 'failed_already_claimed',
       error: new ConflictError('You have already redeemed this gift', 'ALREADY_CLAIMED'),
@@ -234,18 +220,7 @@ async function claimPortion(
   redeemer: Redeemer,
   sourceAppId: string | undefined,
 ): Promise<RedeemResult> {
-  const { claimed_portions: portion } = await trx
-    .updateTable('gifts.gift_codes')
-    .set({
-      claimed_portions: sql`claimed_portions + 1`,
-      status: sql`case when claimed_portions + 1 = total_portions then 'depleted' else status end`,
-      updated_at: sql`now()`,
-    })
-    .where('id', '=', gift.id)
-    .where('status', '=', 'active')
-    .where('claimed_portions', '<', sql<number>`total_portions`)
-    .returning('claimed_portions')
-    .executeTakeFirstOrThrow();
+  const portion = await takeGiftPortion(trx, gift.id);
   const credit = await creditEarned(trx, {
     userId: redeemer.id,
     type: 'gift',
@@ -255,18 +230,15 @@ async function claimPortion(
     metadata: { giftId: gift.id },
     idempotencyKey: systemKeys.giftRedemption(gift.id, portion),
   });
-  await trx
-    .insertInto('gifts.gift_redemptions')
-    .values({
-      gift_code_id: gift.id,
-      redeemer_user_id: redeemer.id,
-      status: 'success',
-      credits_received: gift.credits_per_portion,
-      portion_number: portion,
-      credit_transaction_id: credit.id,
-      source_app_id: sourceAppId ?? null,
-    })
-    .execute();
+  await recordRedemption(trx, {
+    giftId: gift.id,
+    userId: redeemer.id,
+    status: 'success',
+    creditsReceived: gift.credits_per_portion,
+    portionNumber: portion,
+    creditTransactionId: credit.id,
+    sourceAppId: sourceAppId ?? null,
+  });
   return { giftId: gift.id, creditsReceived: gift.credits_per_portion, balance: credit.available };
 }
 
@@ -278,27 +250,7 @@ export async function redeemPendingGifts(
   db: Kysely<Database>,
   redeemer: { id: string; email: string },
 ): Promise<{ redeemed: number; totalCredits: number }> {
-  const pending = await db
-    .selectFrom('gifts.gift_codes as g')
-    .selectAll('g')
-    .where('g.status', '=', 'active')
-    .where('g.type', '=', 'personalized')
-    .where(sql<string>`lower(g.target_email)`, '=', redeemer.email.toLowerCase())
-    .where('g.expires_at', '>', sql<Date>`now()`)
-    .where('g.creator_id', '<>', redeemer.id)
-    .where(({ not, exists, selectFrom }) =>
-      not(
-        exists(
-          selectFrom('gifts.gift_redemptions as r')
-            .select('r.id')
-            .whereRef('r.gift_code_id', '=', 'g.id')
-            .where('r.redeemer_user_id', '=', redeemer.id)
-            .where('r.status', '=', 'success'),
-        ),
-      ),
-    )
-    .orderBy('g.created_at')
-    .execute();
+  const pending = await listPendingGiftsFor(db, redeemer.email, redeemer.id);
   let redeemed = 0;
   let totalCredits = 0;
   for (const gift of pending) {

@@ -1,9 +1,14 @@
-import { type Database, hitRateLimit, newestFirst, type PageRequest } from '@mana-credits/db';
+import {
+  type Database,
+  hitRateLimit,
+  listCreatedGifts,
+  listReceivedGifts,
+  type PageRequest,
+} from '@mana-credits/db';
 import type { Kysely } from 'kysely';
 import { InvalidCursorError, NotFoundError, TooManyRequestsError } from '../errors.ts';
-import { displayGiftCode } from './codes.ts';
 import { expireDueGifts, expireGiftIfDue } from './escrow.ts';
-import { type GiftInfo, toGiftInfo, toOwnGift } from './mappers.ts';
+import { type GiftInfo, toGiftInfo, toOwnGift, toReceivedGift } from './mappers.ts';
 import { findGiftByCode } from './redeem.ts';
 
 const INFO_WINDOW_SECONDS = 60;
@@ -39,39 +44,14 @@ export async function giftInfo(
 /** The creator's gifts, newest first; overdue ones are expired first so their status is true. */
 export async function myCreatedGifts(db: Kysely<Database>, userId: string, page: PageRequest) {
   await expireDueGifts(db, { creatorId: userId });
-  const result = await newestFirst(
-    db.selectFrom('gifts.gift_codes').selectAll().where('creator_id', '=', userId),
-    { table: 'gifts.gift_codes', idOf: (row) => row.id },
-    page,
-  );
+  const result = await listCreatedGifts(db, userId, page);
   if (!result) throw new InvalidCursorError('a gift of yours');
   return { items: result.items.map(toOwnGift), nextCursor: result.nextCursor };
 }
 
 /** The gifts a user has redeemed, newest first; the cursor is a redemption id. */
 export async function myReceivedGifts(db: Kysely<Database>, userId: string, page: PageRequest) {
-  const result = await newestFirst(
-    db
-      .selectFrom('gifts.gift_redemptions as r')
-      .innerJoin('gifts.gift_codes as g', 'g.id', 'r.gift_code_id')
-      .select([
-        'r.id as redemptionId',
-        'g.id as giftId',
-        'g.code',
-        'g.type',
-        'r.credits_received as creditsReceived',
-        'g.message',
-        'g.creator_name as creatorName',
-        'r.created_at as redeemedAt',
-      ])
-      .where('r.redeemer_user_id', '=', userId)
-      .where('r.status', '=', 'success'),
-    { table: 'gifts.gift_redemptions', alias: 'r', idOf: (row) => row.redemptionId },
-    page,
-  );
+  const result = await listReceivedGifts(db, userId, page);
   if (!result) throw new InvalidCursorError('a gift you received');
-  return {
-    items: result.items.map((row) => ({ ...row, code: displayGiftCode(row.code) })),
-    nextCursor: result.nextCursor,
-  };
+  return { items: result.items.map(toReceivedGift), nextCursor: result.nextCursor };
 }

@@ -5,7 +5,7 @@ import {
   memberSpending,
   upsertMemberLimits,
 } from '@mana-credits/db';
-import type { Kysely } from 'kysely';
+import type { Kysely, Transaction } from 'kysely';
 import { ForbiddenError, NotFoundError, PreconditionFailedError } from '../errors.ts';
 import { MANAGERS, type MembershipClient, requireRole } from './membership.ts';
 
@@ -24,7 +24,7 @@ export const poolNotFound = () => new NotFoundError('Guild pool', 'GUILD_POOL_NO
  * rule). Windows are the UTC day and the UTC calendar month of credits.clock().
  */
 export async function assertWithinMemberLimits(
-  trx: Kysely<Database>,
+  trx: Transaction<Database>,
   guildId: string,
   userId: string,
   amount: number,

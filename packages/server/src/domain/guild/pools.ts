@@ -6,12 +6,14 @@ import {
   debitGuildPool,
   ensureGuildPool,
   findGuildPool,
+  findLedgerEntry,
   GUILD_POOL_SAFE_INTEGER_CHECK,
   isCheckViolation,
   type JsonObject,
   listGuildEntries,
+  totalFundedExceeds,
 } from '@mana-credits/db';
-import { type Kysely, sql } from 'kysely';
+import type { Kysely } from 'kysely';
 import { MAX_CREDITS } from '../credits/balance-limit.ts';
 import { usageFields } from '../credits/personal.ts';
 import { inTransaction } from '../effects.ts';
@@ -19,7 +21,15 @@ import { InvalidCursorError, PreconditionFailedError } from '../errors.ts';
 import { guildKeys, isReplayed, markReplayed, requestHash, withIdempotency } from '../idempotency.ts';
 import { spendPersonal, spendPool } from '../spending.ts';
 import { poolNotFound } from './limits.ts';
-import { type PoolUseResult, toGuildTransactionView, toPoolUseResult, toPoolView } from './mappers.ts';
+import {
+  type PoolUseResult,
+  toFundResult,
+  toGuildTransactionView,
+  toPoolUseResult,
+  toPoolView,
+  toPostedFundResult,
+  toPostedPoolUseResult,
+} from './mappers.ts';
 import { MANAGERS, type MembershipClient, requireRole } from './membership.ts';
 
 export interface GuildDeps {
@@ -100,27 +110,14 @@ export async function fundPool(deps: GuildDeps, actorId: string, input: FundInpu
         if (!pooled) throw poolNotFound();
         // total_funded has no CHECK; past 2^53 − 1 the pool could no longer be read. Compared in SQL, under the
         // row lock the credit holds, so a refusal rolls back exactly this funding.
-        const { rows } = await sql<{ over: boolean }>`
-          select total_funded > ${MAX_CREDITS}::int8 as over from credits.guild_pools
-           where organization_id = ${input.guildId}`.execute(trx);
-        if (rows[0]?.over) throw poolLimit(input.amount);
-        return { poolBalance: pooled.available, personalBalance: personal.available };
+        if (await totalFundedExceeds(trx, input.guildId, MAX_CREDITS)) throw poolLimit(input.amount);
+        return toPostedFundResult(pooled, personal);
       }),
     async (first) => {
       const personalId = (first.metadata as { personalTransactionId?: string } | null)?.personalTransactionId;
-      const personal = personalId
-        ? await db
-            .selectFrom('credits.transactions')
-            .select(['balance_after', 'available_after'])
-            .where('id', '=', personalId)
-            .where('user_id', '=', actorId)
-            .executeTakeFirst()
-        : undefined;
+      const personal = personalId ? await findLedgerEntry(db, actorId, personalId) : undefined;
       if (!personal) throw new Error(`funding ${first.id} has no personal ledger row`);
-      return {
-        poolBalance: first.available_after ?? first.balance_after,
-        personalBalance: personal.available_after ?? personal.balance_after,
-      };
+      return toFundResult(first, personal);
     },
   );
 }
@@ -162,7 +159,7 @@ export async function useGuildCredits(deps: GuildDeps, input: PoolUseInput): Pro
             ...usageFields(input, hash),
           }),
         );
-        return { transactionId: posted.id, poolBalance: posted.available };
+        return toPostedPoolUseResult(posted);
       }),
     toPoolUseResult,
   );

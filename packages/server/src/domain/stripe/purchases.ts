@@ -1,4 +1,12 @@
-import { type Database, newestFirst } from '@mana-credits/db';
+import {
+  type Database,
+  failPendingPurchase,
+  findPackage,
+  findPurchaseOfUser,
+  insertPendingPurchase,
+  listPurchases,
+  recordPurchaseStripeIds,
+} from '@mana-credits/db';
 import type { Kysely } from 'kysely';
 import type Stripe from 'stripe';
 import { toPurchaseStatusView, toPurchaseView } from '../credits/mappers.ts';
@@ -110,11 +118,7 @@ const providerUnavailable = (cause: unknown) =>
 export async function startPurchase(deps: PaymentsDeps, input: StartPurchaseInput): Promise<PurchaseStarted> {
   const stripe = requireStripe(deps.stripe);
   const redirects = checkoutRedirects(input, deps.redirectOrigins);
-  const pack = await deps.db
-    .selectFrom('credits.packages')
-    .selectAll()
-    .where('id', '=', input.packageId)
-    .executeTakeFirst();
+  const pack = await findPackage(deps.db, input.packageId);
   if (!pack) throw new NotFoundError('Package', 'PACKAGE_NOT_FOUND');
   if (!pack.active) throw new PreconditionFailedError('This package is not on sale', 'PACKAGE_INACTIVE');
 
@@ -126,18 +130,14 @@ export async function startPurchase(deps: PaymentsDeps, input: StartPurchaseInpu
     throw error;
   }
 
-  const { id: purchaseId } = await deps.db
-    .insertInto('credits.purchases')
-    .values({
-      user_id: input.user.id,
-      package_id: pack.id,
-      credits: pack.credits,
-      price_euro_cents: pack.price_euro_cents,
-      currency: PURCHASE_CURRENCY,
-      stripe_customer_id: customerId,
-    })
-    .returning('id')
-    .executeTakeFirstOrThrow();
+  const purchaseId = await insertPendingPurchase(deps.db, {
+    userId: input.user.id,
+    packageId: pack.id,
+    credits: pack.credits,
+    priceEuroCents: pack.price_euro_cents,
+    currency: PURCHASE_CURRENCY,
+    stripeCustomerId: customerId,
+  });
   const metadata = { userId: input.user.id, packageId: pack.id, purchaseId };
   const description = `${pack.credits} credits (${pack.name})`;
   const started = {
@@ -160,7 +160,7 @@ export async function startPurchase(deps: PaymentsDeps, input: StartPurchaseInpu
         },
         { idempotencyKey: `purchase:${purchaseId}:payment_intent` },
       );
-      await recordStripeIds(deps.db, purchaseId, { stripe_payment_intent_id: intent.id });
+      await recordPurchaseStripeIds(deps.db, purchaseId, { stripe_payment_intent_id: intent.id });
       return { ...started, ...(intent.client_secret ? { clientSecret: intent.client_secret } : {}) };
     }
     const session = await stripe.checkout.sessions.create(
@@ -193,31 +193,16 @@ export async function startPurchase(deps: PaymentsDeps, input: StartPurchaseInpu
     );
     const intentId =
       typeof session.payment_intent === 'string' ? session.payment_intent : session.payment_intent?.id;
-    await recordStripeIds(deps.db, purchaseId, {
+    await recordPurchaseStripeIds(deps.db, purchaseId, {
       stripe_checkout_session_id: session.id,
       ...(intentId ? { stripe_payment_intent_id: intentId } : {}),
     });
     return { ...started, ...(session.url ? { checkoutUrl: session.url } : {}) };
   } catch (error) {
     if (!isStripeError(error)) throw error;
-    if (stripeRefusedCall(error)) {
-      await deps.db
-        .updateTable('credits.purchases')
-        .set({ status: 'failed' })
-        .where('id', '=', purchaseId)
-        .where('status', '=', 'pending')
-        .execute();
-    }
+    if (stripeRefusedCall(error)) await failPendingPurchase(deps.db, purchaseId);
     throw providerUnavailable(error);
   }
-}
-
-async function recordStripeIds(
-  db: Kysely<Database>,
-  purchaseId: string,
-  ids: { stripe_payment_intent_id?: string; stripe_checkout_session_id?: string },
-) {
-  await db.updateTable('credits.purchases').set(ids).where('id', '=', purchaseId).execute();
 }
 
 /** The caller's purchases, newest first; the cursor is the id of the last purchase of the previous page. */
@@ -226,23 +211,14 @@ export async function purchaseHistory(
   userId: string,
   page: { limit: number; cursor?: string | undefined },
 ) {
-  const result = await newestFirst(
-    db.selectFrom('credits.purchases').selectAll().where('user_id', '=', userId),
-    { table: 'credits.purchases', idOf: (row) => row.id },
-    page,
-  );
+  const result = await listPurchases(db, userId, page);
   if (!result) throw new InvalidCursorError('a purchase of yours');
   return { items: result.items.map(toPurchaseView), nextCursor: result.nextCursor };
 }
 
 /** One purchase of the caller; someone else's is NOT_FOUND, like a missing one. */
 export async function purchaseStatus(db: Kysely<Database>, userId: string, purchaseId: string) {
-  const row = await db
-    .selectFrom('credits.purchases')
-    .selectAll()
-    .where('id', '=', purchaseId)
-    .where('user_id', '=', userId)
-    .executeTakeFirst();
+  const row = await findPurchaseOfUser(db, userId, purchaseId);
   if (!row) throw new NotFoundError('Purchase', 'PURCHASE_NOT_FOUND');
   return toPurchaseStatusView(row);
 }

@@ -1,11 +1,17 @@
 import {
+  claimedReversalCredits,
   type Database,
   debitBalance,
+  getPurchaseSettlement,
+  insertReversal,
+  lockBalance,
+  type NewReversal,
   type PurchaseRow,
-  type ReversalKind,
+  recordPurchaseStripeIds,
+  recordReversalSettlement,
   systemKeys,
 } from '@mana-credits/db';
-import { sql, type Transaction } from 'kysely';
+import type { Transaction } from 'kysely';
 import type Stripe from 'stripe';
 import { ignored, type WebhookOutcome } from './outcome.ts';
 
@@ -29,18 +35,9 @@ export async function applyRefund(
     return ignored('charge without amount', purchase.id);
   const refunded = Math.min(Math.max(charge.amount_refunded, 0), charge.amount);
   const owed = creditShare(purchase.credits, refunded, charge.amount);
-  const { claimed } = await trx
-    .selectFrom('credits.purchase_reversals')
-    .select(sql<number>`coalesce(sum(credits_due), 0)::int8`.as('claimed'))
-    .where('purchase_id', '=', purchase.id)
-    .where('kind', '=', 'refund')
-    .executeTakeFirstOrThrow();
+  const claimed = await claimedReversalCredits(trx, purchase.id, 'refund');
   if (purchase.stripe_charge_id === null) {
-    await trx
-      .updateTable('credits.purchases')
-      .set({ stripe_charge_id: charge.id })
-      .where('id', '=', purchase.id)
-      .execute();
+    await recordPurchaseStripeIds(trx, purchase.id, { stripe_charge_id: charge.id });
   }
   if (owed <= claimed) return ignored('refund already applied', purchase.id, { amountRefunded: refunded });
   return recordReversal(trx, purchase, {
@@ -74,34 +71,14 @@ export async function applyDispute(
   });
 }
 
-interface Reversal {
-  kind: ReversalKind;
-  key: string;
-  stripeObjectId: string;
-  eventId: string;
-  amountCents: number;
-  creditsDue: number;
-}
+type Reversal = Omit<NewReversal, 'purchaseId'>;
 
 async function recordReversal(
   trx: Transaction<Database>,
   purchase: PurchaseRow,
   reversal: Reversal,
 ): Promise<WebhookOutcome> {
-  const inserted = await trx
-    .insertInto('credits.purchase_reversals')
-    .values({
-      purchase_id: purchase.id,
-      kind: reversal.kind,
-      reversal_key: reversal.key,
-      stripe_object_id: reversal.stripeObjectId,
-      stripe_event_id: reversal.eventId,
-      amount_cents: reversal.amountCents,
-      credits_due: reversal.creditsDue,
-    })
-    .onConflict((oc) => oc.column('reversal_key').doNothing())
-    .returning('id')
-    .executeTakeFirst();
+  const inserted = await insertReversal(trx, { purchaseId: purchase.id, ...reversal });
   if (!inserted) return ignored(`${reversal.kind} already applied`, purchase.id);
   const settled = await settleReversals(trx, purchase.id);
   return {
@@ -121,27 +98,14 @@ export async function settleReversals(
   trx: Transaction<Database>,
   purchaseId: string,
 ): Promise<{ clawedBack: number; unrecovered: number }> {
-  const purchase = await trx
-    .selectFrom('credits.purchases')
-    .select(['user_id', 'status', 'credits', 'clawed_back_credits', 'unrecovered_credits'])
-    .where('id', '=', purchaseId)
-    .executeTakeFirstOrThrow();
+  const purchase = await getPurchaseSettlement(trx, purchaseId);
   if (purchase.status !== 'completed') return { clawedBack: 0, unrecovered: 0 };
-  const { claimed } = await trx
-    .selectFrom('credits.purchase_reversals')
-    .select(sql<number>`coalesce(sum(credits_due), 0)::int8`.as('claimed'))
-    .where('purchase_id', '=', purchaseId)
-    .executeTakeFirstOrThrow();
+  const claimed = await claimedReversalCredits(trx, purchaseId);
   const outstanding =
     Math.min(claimed, purchase.credits) - purchase.clawed_back_credits - purchase.unrecovered_credits;
   if (outstanding <= 0) return { clawedBack: 0, unrecovered: 0 };
 
-  const account = await trx
-    .selectFrom('credits.balances')
-    .select(['balance', 'reserved'])
-    .where('user_id', '=', purchase.user_id)
-    .forUpdate()
-    .executeTakeFirst();
+  const account = await lockBalance(trx, purchase.user_id);
   const spendable = account ? account.balance - account.reserved : 0;
   const clawedBack = Math.min(outstanding, spendable);
   const unrecovered = outstanding - clawedBack;
@@ -162,13 +126,9 @@ export async function settleReversals(
     );
     if (!posted) throw new Error('clawback could not debit a balance it holds locked');
   }
-  await trx
-    .updateTable('credits.purchases')
-    .set({
-      clawed_back_credits: clawedAfter,
-      unrecovered_credits: purchase.unrecovered_credits + unrecovered,
-    })
-    .where('id', '=', purchaseId)
-    .execute();
+  await recordReversalSettlement(trx, purchaseId, {
+    clawedBackCredits: clawedAfter,
+    unrecoveredCredits: purchase.unrecovered_credits + unrecovered,
+  });
   return { clawedBack, unrecovered };
 }

@@ -1,5 +1,17 @@
-import { creditBalance, type Database, type PurchaseRow, systemKeys } from '@mana-credits/db';
-import { type Kysely, sql, type Transaction } from 'kysely';
+import {
+  closeUnpaidPurchase,
+  creditBalance,
+  type Database,
+  lockPurchaseByStripeId,
+  lockPurchaseOfUser,
+  markPurchaseCompleted,
+  type PurchaseRow,
+  recordPurchaseStripeIds,
+  recordStripeEvent,
+  type StripeIdColumn,
+  systemKeys,
+} from '@mana-credits/db';
+import type { Kysely, Transaction } from 'kysely';
 import type Stripe from 'stripe';
 import { AMOUNT_MISMATCH, ignored, type WebhookOutcome } from './outcome.ts';
 import { applyDispute, applyRefund, settleReversals } from './reversals.ts';
@@ -82,7 +94,7 @@ export async function applyStripeEvent(
       const charge = event.data.object;
       return inEventTransaction(db, event, async (trx) => {
         const purchase =
-          (await lockPurchaseBy(trx, 'stripe_charge_id', charge.id)) ??
+          (await lockPurchaseByStripeId(trx, 'stripe_charge_id', charge.id)) ??
           (await lockPurchaseOfIntent(trx, idOf(charge.payment_intent), lookups));
         if (!purchase) return ignored('not our charge');
         return applyRefund(trx, purchase, charge, event.id);
@@ -93,7 +105,7 @@ export async function applyStripeEvent(
       return inEventTransaction(db, event, async (trx) => {
         const chargeId = idOf(dispute.charge);
         const purchase =
-          (chargeId ? await lockPurchaseBy(trx, 'stripe_charge_id', chargeId) : undefined) ??
+          (chargeId ? await lockPurchaseByStripeId(trx, 'stripe_charge_id', chargeId) : undefined) ??
           (await lockPurchaseOfIntent(trx, idOf(dispute.payment_intent), lookups));
         if (!purchase) return ignored('not our charge');
         return applyDispute(trx, purchase, dispute, event.id);
@@ -110,30 +122,9 @@ async function inEventTransaction(
   apply: (trx: Transaction<Database>) => Promise<WebhookOutcome>,
 ): Promise<WebhookOutcome> {
   return db.transaction().execute(async (trx) => {
-    const recorded = await trx
-      .insertInto('credits.stripe_events')
-      .values({ id: event.id, type: event.type })
-      .onConflict((oc) => oc.column('id').doNothing())
-      .returning('id')
-      .executeTakeFirst();
-    if (!recorded) return { result: 'duplicate' } satisfies WebhookOutcome;
+    if (!(await recordStripeEvent(trx, event))) return { result: 'duplicate' } satisfies WebhookOutcome;
     return apply(trx);
   });
-}
-
-type StripeIdColumn = 'stripe_payment_intent_id' | 'stripe_checkout_session_id' | 'stripe_charge_id';
-
-async function lockPurchaseBy(
-  trx: Transaction<Database>,
-  column: StripeIdColumn,
-  value: string,
-): Promise<PurchaseRow | undefined> {
-  return trx
-    .selectFrom('credits.purchases')
-    .selectAll()
-    .where(column, '=', value)
-    .forUpdate()
-    .executeTakeFirst();
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -147,18 +138,12 @@ async function lockPurchaseOf(
   metadata: Stripe.Metadata | null,
   [column, value]: [StripeIdColumn, string],
 ): Promise<PurchaseRow | undefined> {
-  const byId = await lockPurchaseBy(trx, column, value);
+  const byId = await lockPurchaseByStripeId(trx, column, value);
   if (byId) return byId;
   const purchaseId = metadata?.purchaseId;
   const userId = metadata?.userId;
   if (!purchaseId || !UUID.test(purchaseId) || !userId) return undefined;
-  const byMetadata = await trx
-    .selectFrom('credits.purchases')
-    .selectAll()
-    .where('id', '=', purchaseId)
-    .where('user_id', '=', userId)
-    .forUpdate()
-    .executeTakeFirst();
+  const byMetadata = await lockPurchaseOfUser(trx, userId, purchaseId);
   // A purchase already tied to another object of this kind is not this one's.
   return byMetadata && (byMetadata[column] === null || byMetadata[column] === value) ? byMetadata : undefined;
 }
@@ -174,7 +159,7 @@ async function lockPurchaseOfIntent(
   lookups: StripeLookups,
 ): Promise<PurchaseRow | undefined> {
   if (!intentId) return undefined;
-  const byId = await lockPurchaseBy(trx, 'stripe_payment_intent_id', intentId);
+  const byId = await lockPurchaseByStripeId(trx, 'stripe_payment_intent_id', intentId);
   if (byId || !lookups.intentMetadata) return byId;
   return lockPurchaseOf(trx, await lookups.intentMetadata(intentId), ['stripe_payment_intent_id', intentId]);
 }
@@ -214,7 +199,7 @@ async function completePurchase(
     stripe_charge_id: purchase.stripe_charge_id ?? payment.chargeId,
   };
   if (purchase.status === 'completed') {
-    await trx.updateTable('credits.purchases').set(ids).where('id', '=', purchase.id).execute();
+    await recordPurchaseStripeIds(trx, purchase.id, ids);
     return ignored('purchase already completed', purchase.id);
   }
   const posted = await creditBalance(
@@ -232,11 +217,7 @@ async function completePurchase(
     },
     'earned',
   );
-  await trx
-    .updateTable('credits.purchases')
-    .set({ ...ids, status: 'completed', completed_at: sql<Date>`now()` })
-    .where('id', '=', purchase.id)
-    .execute();
+  await markPurchaseCompleted(trx, purchase.id, ids);
   const settled = await settleReversals(trx, purchase.id);
   return {
     result: 'applied',
@@ -253,6 +234,6 @@ async function closeUnpaid(
   status: 'failed' | 'cancelled',
 ): Promise<WebhookOutcome> {
   if (purchase.status !== 'pending') return ignored(`purchase is already ${purchase.status}`, purchase.id);
-  await trx.updateTable('credits.purchases').set({ status }).where('id', '=', purchase.id).execute();
+  await closeUnpaidPurchase(trx, purchase.id, status);
   return { result: 'applied', effect: status, purchaseId: purchase.id };
 }

@@ -1,0 +1,234 @@
+import { type Kysely, sql, type Transaction } from 'kysely';
+import type { Database, PurchaseRow, PurchaseStatus, ReversalKind } from '../database.ts';
+import { newestFirst, type Page, type PageRequest } from './pagination.ts';
+
+// Stripe purchases, their refunds and disputes (reversals) and the webhook events applied to them. A purchase
+// is started outside any transaction (the Stripe calls sit between its writes); everything a webhook event
+// does happens in the event's transaction, under the purchase's row lock, so those functions take it.
+
+export interface NewPurchase {
+  userId: string;
+  packageId: string;
+  /** Copied from the package: what this purchase credits and costs, whatever the package becomes. */
+  credits: number;
+  priceEuroCents: number;
+  currency: string;
+  stripeCustomerId: string;
+}
+
+/** Inserts a pending purchase and returns its id, which keys every Stripe call made for it. */
+export async function insertPendingPurchase(db: Kysely<Database>, purchase: NewPurchase): Promise<string> {
+  const { id } = await db
+    .insertInto('credits.purchases')
+    .values({
+      user_id: purchase.userId,
+      package_id: purchase.packageId,
+      credits: purchase.credits,
+      price_euro_cents: purchase.priceEuroCents,
+      currency: purchase.currency,
+      stripe_customer_id: purchase.stripeCustomerId,
+    })
+    .returning('id')
+    .executeTakeFirstOrThrow();
+  return id;
+}
+
+/** The columns that tie a purchase to the Stripe objects paying it. */
+export type StripeIdColumn = 'stripe_payment_intent_id' | 'stripe_checkout_session_id' | 'stripe_charge_id';
+
+export type StripeIds = Partial<Record<StripeIdColumn, string | null>>;
+
+/** Stores the ids of the Stripe objects of a purchase (the columns given; the rest stay as they are). */
+export async function recordPurchaseStripeIds(
+  db: Kysely<Database>,
+  purchaseId: string,
+  ids: StripeIds,
+): Promise<void> {
+  await db.updateTable('credits.purchases').set(ids).where('id', '=', purchaseId).execute();
+}
+
+/**
+ * Marks a purchase failed when Stripe refused to create its payment, but only while it is pending: a webhook
+ * may have settled it meanwhile.
+ */
+export async function failPendingPurchase(db: Kysely<Database>, purchaseId: string): Promise<void> {
+  await db
+    .updateTable('credits.purchases')
+    .set({ status: 'failed' })
+    .where('id', '=', purchaseId)
+    .where('status', '=', 'pending')
+    .execute();
+}
+
+/** One page of a user's purchases, newest first; undefined when the cursor names no purchase of theirs. */
+export async function listPurchases(
+  db: Kysely<Database>,
+  userId: string,
+  page: PageRequest,
+): Promise<Page<PurchaseRow> | undefined> {
+  return newestFirst(
+    db.selectFrom('credits.purchases').selectAll().where('user_id', '=', userId),
+    { table: 'credits.purchases', idOf: (row) => row.id },
+    page,
+  );
+}
+
+/** One purchase of a user; someone else's is not found, like a missing one. */
+export async function findPurchaseOfUser(
+  db: Kysely<Database>,
+  userId: string,
+  purchaseId: string,
+): Promise<PurchaseRow | undefined> {
+  return db
+    .selectFrom('credits.purchases')
+    .selectAll()
+    .where('id', '=', purchaseId)
+    .where('user_id', '=', userId)
+    .executeTakeFirst();
+}
+
+/**
+ * Records a Stripe event as applied, in the transaction that applies it; false when it was recorded before
+ * (a redelivery, or a concurrent copy that waited on the primary key until the first committed).
+ */
+export async function recordStripeEvent(
+  trx: Transaction<Database>,
+  event: { id: string; type: string },
+): Promise<boolean> {
+  const recorded = await trx
+    .insertInto('credits.stripe_events')
+    .values({ id: event.id, type: event.type })
+    .onConflict((oc) => oc.column('id').doNothing())
+    .returning('id')
+    .executeTakeFirst();
+  return recorded !== undefined;
+}
+
+/** Locks the purchase a Stripe object id was stored on (FOR UPDATE): events of one purchase serialise. */
+export async function lockPurchaseByStripeId(
+  trx: Transaction<Database>,
+  column: StripeIdColumn,
+  value: string,
+): Promise<PurchaseRow | undefined> {
+  return trx
+    .selectFrom('credits.purchases')
+    .selectAll()
+    .where(column, '=', value)
+    .forUpdate()
+    .executeTakeFirst();
+}
+
+/** Locks a user's purchase by id (FOR UPDATE): how an event finds its purchase from the metadata we sent. */
+export async function lockPurchaseOfUser(
+  trx: Transaction<Database>,
+  userId: string,
+  purchaseId: string,
+): Promise<PurchaseRow | undefined> {
+  return trx
+    .selectFrom('credits.purchases')
+    .selectAll()
+    .where('id', '=', purchaseId)
+    .where('user_id', '=', userId)
+    .forUpdate()
+    .executeTakeFirst();
+}
+
+/** Marks a locked purchase completed (now), with the Stripe ids of its payment, in the transaction that credits it. */
+export async function markPurchaseCompleted(
+  trx: Transaction<Database>,
+  purchaseId: string,
+  ids: StripeIds,
+): Promise<void> {
+  await trx
+    .updateTable('credits.purchases')
+    .set({ ...ids, status: 'completed', completed_at: sql<Date>`now()` })
+    .where('id', '=', purchaseId)
+    .execute();
+}
+
+/** Sets the status of a locked purchase the caller found unpaid (failed, or cancelled when its session expired). */
+export async function closeUnpaidPurchase(
+  trx: Transaction<Database>,
+  purchaseId: string,
+  status: Extract<PurchaseStatus, 'failed' | 'cancelled'>,
+): Promise<void> {
+  await trx.updateTable('credits.purchases').set({ status }).where('id', '=', purchaseId).execute();
+}
+
+/**
+ * Σ credits the recorded reversals of a purchase claim (only those of `kind` when given). Exact under the
+ * purchase's row lock, which every reversal is recorded under.
+ */
+export async function claimedReversalCredits(
+  trx: Transaction<Database>,
+  purchaseId: string,
+  kind?: ReversalKind,
+): Promise<number> {
+  let query = trx
+    .selectFrom('credits.purchase_reversals')
+    .select(sql<number>`coalesce(sum(credits_due), 0)::int8`.as('claimed'))
+    .where('purchase_id', '=', purchaseId);
+  if (kind) query = query.where('kind', '=', kind);
+  const { claimed } = await query.executeTakeFirstOrThrow();
+  return claimed;
+}
+
+export interface NewReversal {
+  purchaseId: string;
+  kind: ReversalKind;
+  /** Unique per refund amount or dispute: the same reversal can be recorded once. */
+  key: string;
+  stripeObjectId: string;
+  eventId: string;
+  amountCents: number;
+  creditsDue: number;
+}
+
+/** Records a refund or dispute of a locked purchase; false when its key was recorded before. */
+export async function insertReversal(trx: Transaction<Database>, reversal: NewReversal): Promise<boolean> {
+  const inserted = await trx
+    .insertInto('credits.purchase_reversals')
+    .values({
+      purchase_id: reversal.purchaseId,
+      kind: reversal.kind,
+      reversal_key: reversal.key,
+      stripe_object_id: reversal.stripeObjectId,
+      stripe_event_id: reversal.eventId,
+      amount_cents: reversal.amountCents,
+      credits_due: reversal.creditsDue,
+    })
+    .onConflict((oc) => oc.column('reversal_key').doNothing())
+    .returning('id')
+    .executeTakeFirst();
+  return inserted !== undefined;
+}
+
+export type PurchaseSettlement = Pick<
+  PurchaseRow,
+  'user_id' | 'status' | 'credits' | 'clawed_back_credits' | 'unrecovered_credits'
+>;
+
+/** What settling a locked purchase's reversals starts from: its buyer, status, credits and what was settled. */
+export async function getPurchaseSettlement(
+  trx: Transaction<Database>,
+  purchaseId: string,
+): Promise<PurchaseSettlement> {
+  return trx
+    .selectFrom('credits.purchases')
+    .select(['user_id', 'status', 'credits', 'clawed_back_credits', 'unrecovered_credits'])
+    .where('id', '=', purchaseId)
+    .executeTakeFirstOrThrow();
+}
+
+/** Stores the new settled totals of a locked purchase, in the transaction that clawed the credits back. */
+export async function recordReversalSettlement(
+  trx: Transaction<Database>,
+  purchaseId: string,
+  totals: { clawedBackCredits: number; unrecoveredCredits: number },
+): Promise<void> {
+  await trx
+    .updateTable('credits.purchases')
+    .set({ clawed_back_credits: totals.clawedBackCredits, unrecovered_credits: totals.unrecoveredCredits })
+    .where('id', '=', purchaseId)
+    .execute();
+}

@@ -1,0 +1,232 @@
+import { type Kysely, type RawBuilder, sql } from 'kysely';
+import type { Database } from '../database.ts';
+
+// The reconcile checks: the invariants that say not one credit was created, lost or spent twice, each written
+// as one readable query whose rows are the ids that break it. domain/audit/reconcile.ts reports them.
+
+interface CheckDefinition {
+  name: string;
+  description: string;
+  /** A query returning one row per violation. */
+  query: RawBuilder<unknown>;
+}
+
+/** One check's outcome: how many rows violate it, and the first `sample` of them. */
+export interface ReconcileCheckResult {
+  name: string;
+  description: string;
+  violations: number;
+  samples: Record<string, unknown>[];
+}
+
+export type ReconcileTotals = {
+  users: number;
+  ledger_rows: number;
+  balances: number;
+  pools: number;
+};
+
+/**
+ * The checks, each a query returning one row per violation (the row names the ids that show it). Every check
+ * reads committed data in one repeatable-read snapshot (runReconcileChecks), so concurrent traffic cannot
+ * fake a drift.
+ */
+const CHECKS: CheckDefinition[] = [
+  {
+    name: 'user_ledger_matches_balance',
+    description: 'per user: Σ ledger = balance',
+    query: sql`
+      select coalesce(b.user_id, l.user_id) as user_id, coalesce(b.balance, 0) as balance, coalesce(l.total, 0) as ledger
+        from credits.balances b
+        full join (select user_id, sum(amount)::int8 as total from credits.transactions group by user_id) l
+          on l.user_id = b.user_id
+       where coalesce(b.balance, 0) <> coalesce(l.total, 0)`,
+  },
+  {
+    name: 'balances_non_negative',
+    description: 'per user: balance >= 0 and 0 <= reserved <= balance',
+    query: sql`select user_id, balance, reserved from credits.balances where balance < 0 or reserved < 0 or reserved > balance`,
+  },
+  {
+    name: 'ledger_chain',
+    description: 'per ledger row: balance_after = balance_before + amount',
+    query: sql`select id, user_id from credits.transactions where balance_after <> balance_before + amount`,
+  },
+  {
+    name: 'holds_match_reservations',
+    description: 'per user and pool: reserved = Σ open holds',
+    query: sql`
+      select 'user' as account, coalesce(b.user_id, h.user_id) as id, coalesce(b.reserved, 0) as reserved,
+             coalesce(h.held, 0) as held
+        from credits.balances b
+        full join (select user_id, sum(amount)::int8 as held from credits.reservations
+                    where status = 'open' and organization_id is null group by user_id) h on h.user_id = b.user_id
+       where coalesce(b.reserved, 0) <> coalesce(h.held, 0)
+      union all
+      select 'pool', coalesce(p.organization_id, h.organization_id), coalesce(p.reserved, 0), coalesce(h.held, 0)
+        from credits.guild_pools p
+        full join (select organization_id, sum(amount)::int8 as held from credits.reservations
+                    where status = 'open' and organization_id is not null group by organization_id) h
+          on h.organization_id = p.organization_id
+       where coalesce(p.reserved, 0) <> coalesce(h.held, 0)`,
+  },
+  {
+    name: 'pool_ledger_matches_balance',
+    description: 'per pool: Σ guild ledger = pool balance, balance >= 0',
+    query: sql`
+      select coalesce(p.organization_id, l.organization_id) as organization_id, coalesce(p.balance, 0) as balance,
+             coalesce(l.total, 0) as ledger
+        from credits.guild_pools p
+        full join (select organization_id, sum(amount)::int8 as total from credits.guild_transactions
+                    group by organization_id) l on l.organization_id = p.organization_id
+       where coalesce(p.balance, 0) <> coalesce(l.total, 0) or p.balance < 0 or p.reserved > p.balance`,
+  },
+  {
+    name: 'member_usage_counters',
+    description: 'per guild member and UTC day: the limit counter = Σ pool usage in the guild ledger',
+    query: sql`
+      select coalesce(c.organization_id, l.organization_id) as organization_id, coalesce(c.user_id, l.user_id) as user_id,
+             coalesce(c.day, l.day) as day, coalesce(c.spent, 0) as counted, coalesce(l.spent, 0) as ledger
+        from credits.guild_member_usage c
+        full join (select organization_id, user_id, (created_at at time zone 'utc')::date as day,
+                          -sum(amount)::int8 as spent
+                     from credits.guild_transactions where type = 'usage'
+                    group by organization_id, user_id, (created_at at time zone 'utc')::date) l
+          on l.organization_id = c.organization_id and l.user_id = c.user_id and l.day = c.day
+       where coalesce(c.spent, 0) <> coalesce(l.spent, 0)`,
+  },
+  {
+    name: 'one_execution_per_idempotency_key',
+    description: 'per (account, idempotency key): one ledger row',
+    query: sql`
+      select user_id, idempotency_key, count(*)::int8 as executions from credits.transactions
+       where idempotency_key is not null group by user_id, idempotency_key having count(*) > 1
+      union all
+      select organization_id || '/' || user_id, idempotency_key, count(*)::int8 from credits.guild_transactions
+       where idempotency_key is not null group by organization_id, user_id, idempotency_key having count(*) > 1`,
+  },
+  {
+    name: 'refunds_within_usage',
+    description: 'per usage row: Σ refunds <= the amount spent',
+    query: sql`
+      select u.id as transaction_id, u.user_id, -u.amount as spent, r.refunded
+        from credits.transactions u
+        join (select reference_transaction_id, sum(amount)::int8 as refunded from credits.transactions
+               where type = 'refund' and reference_transaction_id is not null group by reference_transaction_id) r
+          on r.reference_transaction_id = u.id
+       where r.refunded > -u.amount`,
+  },
+  {
+    name: 'gift_escrow',
+    description:
+      'per gift: funding = credits_per_portion × portions = claimed + refunded + still claimable, matching ledger and redemptions',
+    query: sql`
+      select g.id as gift_id, g.status, g.claimed_portions, g.refunded_credits, f.amount as funding,
+             coalesce(r.claims, 0) as claims, coalesce(r.credited, 0) as credited, coalesce(rf.refunded, 0) as refunded
+        from gifts.gift_codes g
+        left join credits.transactions f on f.id = g.funding_transaction_id
+        left join (select gift_code_id, count(*)::int8 as claims, sum(credits_received)::int8 as credited
+                     from gifts.gift_redemptions where status = 'success' group by gift_code_id) r
+          on r.gift_code_id = g.id
+        left join (select reference_transaction_id, sum(amount)::int8 as refunded from credits.transactions
+                    where type = 'refund' and reference_transaction_id is not null group by reference_transaction_id) rf
+          on rf.reference_transaction_id = g.funding_transaction_id
+       where f.amount is distinct from -(g.credits_per_portion * g.total_portions)
+          or coalesce(r.claims, 0) <> g.claimed_portions
+          or coalesce(r.credited, 0) <> g.credits_per_portion * g.claimed_portions
+          or coalesce(rf.refunded, 0) <> g.refunded_credits
+          or (g.status in ('active', 'depleted') and g.refunded_credits <> 0)
+          or (g.status = 'depleted' and g.claimed_portions <> g.total_portions)
+          or (g.status in ('expired', 'cancelled', 'refunded')
+              and g.refunded_credits + g.credits_per_portion * g.claimed_portions <> g.credits_per_portion * g.total_portions)`,
+  },
+  {
+    name: 'purchases_credited_once',
+    description: 'per purchase: completed ⇔ exactly one purchase ledger row for its credits; otherwise none',
+    query: sql`
+      select p.id as purchase_id, p.status, p.credits, coalesce(l.rows, 0) as ledger_rows, l.credited
+        from credits.purchases p
+        left join (select user_id, idempotency_key, count(*)::int8 as rows, sum(amount)::int8 as credited
+                     from credits.transactions where type = 'purchase' group by user_id, idempotency_key) l
+          on l.user_id = p.user_id and l.idempotency_key = chr(31) || 'purchase:' || p.id
+       where (p.status = 'completed' and (coalesce(l.rows, 0) <> 1 or l.credited <> p.credits))
+          or (p.status <> 'completed' and coalesce(l.rows, 0) <> 0)`,
+  },
+  {
+    name: 'system_rows_carry_system_keys',
+    description:
+      'per purchase credit and clawback: the system key of its purchase (a namespace no caller key can reach)',
+    query: sql`
+      select id as transaction_id, user_id, type, idempotency_key from credits.transactions
+       where (type = 'purchase'
+              and idempotency_key is distinct from chr(31) || 'purchase:' || (metadata->>'purchaseId'))
+          or (type = 'clawback'
+              and (idempotency_key is null
+                   or idempotency_key not like chr(31) || 'clawback:' || (metadata->>'purchaseId') || ':%'))`,
+  },
+  {
+    name: 'global_conservation',
+    description:
+      'Σ balances (holds included) + Σ pools + gift escrow = Σ purchased + Σ granted − Σ used (net of refunds) − Σ clawed back',
+    query: sql`
+      with flows as (
+        select
+          (select coalesce(sum(balance), 0) from credits.balances)::int8 as balances,
+          (select coalesce(sum(balance), 0) from credits.guild_pools)::int8 as pools,
+          (select coalesce(sum(credits_per_portion * (total_portions - claimed_portions)), 0) from gifts.gift_codes
+            where status = 'active')::int8 as escrow,
+          (select coalesce(sum(amount), 0) from credits.transactions where type = 'purchase')::int8 as purchased,
+          (select coalesce(sum(amount), 0) from credits.transactions where type = 'grant')::int8 as granted,
+          (select coalesce(-sum(amount), 0) from credits.transactions where type = 'clawback')::int8 as clawed_back,
+          ((select coalesce(-sum(amount), 0) from credits.transactions where type = 'usage')
+           - (select coalesce(sum(r.amount), 0) from credits.transactions r
+                join credits.transactions u on u.id = r.reference_transaction_id and u.type = 'usage'
+               where r.type = 'refund')
+           + (select coalesce(-sum(amount), 0) from credits.guild_transactions where type = 'usage')
+           - (select coalesce(sum(amount), 0) from credits.guild_transactions where type = 'refund'))::int8 as used
+      )
+      select * from flows
+       where balances + pools + escrow <> purchased + granted - used - clawed_back`,
+  },
+];
+
+async function runCheck(
+  db: Kysely<Database>,
+  check: CheckDefinition,
+  sample: number,
+): Promise<ReconcileCheckResult> {
+  const { rows } = await sql<Record<string, unknown> & { violations: number }>`
+    with v as (${check.query})
+    select v.*, count(*) over ()::int8 as violations from v limit ${sample}`.execute(db);
+  return {
+    name: check.name,
+    description: check.description,
+    violations: rows[0]?.violations ?? 0,
+    samples: rows.map(({ violations: _count, ...row }) => row),
+  };
+}
+
+/**
+ * Runs every check, one after another, and reads the totals, all in one repeatable-read, read-only
+ * transaction: one snapshot of committed data, so concurrent traffic cannot fake a drift. Each check answers
+ * its count of violations and up to `sample` of them.
+ */
+export async function runReconcileChecks(
+  db: Kysely<Database>,
+  sample: number,
+): Promise<{ checks: ReconcileCheckResult[]; totals: ReconcileTotals | undefined }> {
+  return db
+    .transaction()
+    .setIsolationLevel('repeatable read')
+    .setAccessMode('read only')
+    .execute(async (trx) => {
+      const checks: ReconcileCheckResult[] = [];
+      for (const check of CHECKS) checks.push(await runCheck(trx, check, sample));
+      const totals = await sql<ReconcileTotals>`
+        select (select count(*) from credits.balances)::int8 as users,
+               (select count(*) from credits.transactions)::int8 as ledger_rows,
+               (select coalesce(sum(balance), 0) from credits.balances)::int8 as balances,
+               (select coalesce(sum(balance), 0) from credits.guild_pools)::int8 as pools`.execute(trx);
+      return { checks, totals: totals.rows[0] };
+    });
+}
