@@ -18,7 +18,8 @@ export const CORS_EXPOSED_HEADERS: readonly string[] = Object.freeze(['x-request
 
 /**
  * What a route registered for every method (`app.all`) really answers: tRPC's `/trpc/:path` is one, and it
- * answers GET (queries) and POST (mutations), every other method with 405.
+ * answers GET (queries; so HEAD, as Fastify adds to every GET route) and POST (mutations), every other
+ * method with 405.
  */
 const CATCH_ALL_METHODS: readonly string[] = ['GET', 'HEAD', 'POST'];
 
