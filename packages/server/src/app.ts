@@ -1,11 +1,11 @@
 import { randomUUID } from 'node:crypto';
-import cors from '@fastify/cors';
 import { type FastifyTRPCPluginOptions, fastifyTRPCPlugin } from '@trpc/server/adapters/fastify';
 import Fastify, { type FastifyInstance, type FastifyServerOptions, LogController } from 'fastify';
 import { sql } from 'kysely';
 import type { AppDeps } from './deps.ts';
 import { ServiceUnavailableError } from './domain/errors.ts';
 import { DatabaseUnavailableError, isConnectionFailure, OutcomeUnknownError } from './domain/outcome.ts';
+import { registerCors } from './http/cors.ts';
 import { sendError } from './http/error-reply.ts';
 import { registerGiftPage } from './http/gift-page.ts';
 import { registerMetrics } from './http/metrics.ts';
@@ -91,6 +91,8 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
 
   app.decorate('deps', deps);
   app.decorate('readiness', { accepting: true, migrating: false });
+  // First: its hooks run before every other (see registerCors), and it sees every route being added.
+  await registerCors(app, deps.config);
 
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
@@ -130,12 +132,6 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
       message: status >= 500 ? 'Internal server error' : error.message,
       reason: status >= 500 ? 'INTERNAL' : (error.code ?? 'BAD_REQUEST'),
     });
-  });
-
-  await app.register(cors, {
-    origin: deps.config.corsOrigins.length > 0 ? [...deps.config.corsOrigins] : false,
-    credentials: true,
-    exposedHeaders: ['x-request-id'],
   });
 
   app.get('/health', async () => ({ status: 'ok' }));

@@ -35,6 +35,10 @@ const envSchema = z.object({
   MEMBERSHIP_CACHE_SECONDS: z.coerce.number().int().min(0).max(3600).default(30),
   BASE_URL: optionalText.pipe(z.url().optional()),
   CORS_ORIGINS: commaList.default([]),
+  /** Access-Control-Allow-Credentials: only for callers that send cookies (the API itself uses tokens). */
+  CORS_CREDENTIALS: booleanFromEnv.default(false),
+  /** How long a browser may cache a preflight (Chromium caps at 7200, Firefox at 86400). */
+  CORS_MAX_AGE_SECONDS: z.coerce.number().int().min(0).max(86400).default(7200),
   CHECKOUT_ALLOWED_ORIGINS: commaList.default([]),
   STRIPE_SECRET_KEY: optionalText,
   STRIPE_WEBHOOK_SECRET: optionalText,
@@ -84,7 +88,10 @@ export interface Config {
   authServiceKey: string | undefined;
   membershipCacheSeconds: number;
   baseUrl: string;
+  /** Origins browser apps may call from (exact `scheme://host[:port]`); `*` = any origin. */
   corsOrigins: readonly string[];
+  corsCredentials: boolean;
+  corsMaxAgeSeconds: number;
   checkoutAllowedOrigins: readonly string[];
   stripeSecretKey: string | undefined;
   stripeWebhookSecret: string | undefined;
@@ -127,6 +134,30 @@ function isRedeemUrlTemplate(template: string): boolean {
   } catch {
     return false;
   }
+}
+
+/** Problems with CORS_ORIGINS: each entry must be `*` or an exact http(s) origin, as browsers send it. */
+function corsOriginProblems(origins: readonly string[], credentials: boolean): string[] {
+  const problems: string[] = [];
+  for (const origin of origins) {
+    if (origin === '*') continue;
+    let parsed: URL | undefined;
+    try {
+      parsed = new URL(origin);
+    } catch {}
+    if (parsed?.origin === origin && (parsed.protocol === 'https:' || parsed.protocol === 'http:')) continue;
+    const web = parsed?.protocol === 'https:' || parsed?.protocol === 'http:';
+    const hint = web && parsed ? `; did you mean "${parsed.origin}"?` : '';
+    problems.push(
+      `CORS_ORIGINS: ${JSON.stringify(origin)} is not an origin (http(s)://host[:port], lower case, no path)${hint}`,
+    );
+  }
+  if (credentials && origins.includes('*')) {
+    problems.push(
+      'CORS_CREDENTIALS: cannot be true with CORS_ORIGINS=* (browsers refuse it); list the origins',
+    );
+  }
+  return problems;
 }
 
 const PROXY_ADDRESS_NAMES = new Set(['loopback', 'linklocal', 'uniquelocal']);
@@ -204,6 +235,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       'SHUTDOWN_DRAIN_MS: must be shorter than SHUTDOWN_TIMEOUT_MS (the drain counts towards it)',
     );
   }
+  problems.push(...corsOriginProblems(e.CORS_ORIGINS, e.CORS_CREDENTIALS));
   const trustProxy = parseTrustProxy(e.TRUST_PROXY);
   if (!trustProxy.ok) problems.push(trustProxy.problem);
   if (problems.length > 0) throw new ConfigError(problems);
@@ -227,6 +259,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     membershipCacheSeconds: e.MEMBERSHIP_CACHE_SECONDS,
     baseUrl: (e.BASE_URL ?? `http://localhost:${e.PORT}`).replace(/\/+$/, ''),
     corsOrigins: Object.freeze(e.CORS_ORIGINS),
+    corsCredentials: e.CORS_CREDENTIALS,
+    corsMaxAgeSeconds: e.CORS_MAX_AGE_SECONDS,
     checkoutAllowedOrigins: Object.freeze(e.CHECKOUT_ALLOWED_ORIGINS),
     stripeSecretKey: e.STRIPE_SECRET_KEY,
     stripeWebhookSecret: e.STRIPE_WEBHOOK_SECRET,
