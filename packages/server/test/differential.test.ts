@@ -118,6 +118,17 @@ async function stateOf(userId: string) {
   return { ledger, balance, holds, usage };
 }
 
+/** A hold of ten minutes. */
+const hold = (userId: string, amount: number, idempotencyKey = randomUUID()) =>
+  reserveCredits(server.deps, {
+    userId,
+    amount,
+    appId: 'chat',
+    description: 'hold',
+    ttlSeconds: 600,
+    idempotencyKey,
+  });
+
 /** A user with `granted` credits, an open hold of 20 and a lapsed hold of 30 (backdated, not yet returned). */
 async function account(granted: number) {
   const userId = `diff-${randomUUID()}`;
@@ -127,17 +138,8 @@ async function account(granted: number) {
     reason: 'funds',
     idempotencyKey: randomUUID(),
   });
-  const hold = (amount: number) =>
-    reserveCredits(server.deps, {
-      userId,
-      amount,
-      appId: 'chat',
-      description: 'hold',
-      ttlSeconds: 600,
-      idempotencyKey: `hold-${amount}`,
-    });
-  await hold(20);
-  const lapsed = await hold(30);
+  await hold(userId, 20, 'hold-20');
+  const lapsed = await hold(userId, 30, 'hold-30');
   await sql`update credits.reservations set expires_at = now() - interval '1 second'
              where id = ${lapsed.reservationId}::uuid`.execute(server.deps.db);
   return userId;
@@ -208,15 +210,7 @@ describe('every way credits leave a personal account refuses alike', () => {
   // never spent, and what is refused says what is spendable. 100 granted, 20 held, 30 held but lapsed.
   const ways: Record<string, (userId: string, amount: number) => Promise<unknown>> = {
     use: (userId, amount) => spendCredits(server.deps.db, { ...debit(amount, undefined), userId }),
-    reserve: (userId, amount) =>
-      reserveCredits(server.deps, {
-        userId,
-        amount,
-        appId: 'chat',
-        description: 'hold',
-        ttlSeconds: 600,
-        idempotencyKey: randomUUID(),
-      }),
+    reserve: (userId, amount) => hold(userId, amount),
     fund: async (userId, amount) => {
       const guildId = `guild-${randomUUID()}`;
       server.auth.setRole(guildId, userId, 'owner');
