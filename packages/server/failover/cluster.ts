@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
+import { ReplicationLink } from './link.ts';
 
 /**
  * Throw-away Postgres clusters for the failover run and its tests: a primary and a streaming standby made with
@@ -178,13 +179,13 @@ export class PgNode {
     if (this.owner) chownSync(file, this.owner.uid, this.owner.gid);
   }
 
-  /** Makes this (stopped) data directory a standby of `primary` on its next start. */
-  followOnStart(primary: PgNode): void {
+  /** Makes this (stopped) data directory a standby, streaming from 127.0.0.1:`port`, on its next start. */
+  followOnStart(port: number): void {
     const signal = join(this.dataDir, 'standby.signal');
     writeFileSync(signal, '');
     if (this.owner) chownSync(signal, this.owner.uid, this.owner.gid);
     this.appendConfig([
-      `primary_conninfo = 'host=127.0.0.1 port=${primary.port} user=postgres application_name=${this.name}'`,
+      `primary_conninfo = 'host=127.0.0.1 port=${port} user=postgres application_name=${this.name}'`,
     ]);
   }
 
@@ -206,6 +207,8 @@ export interface PairOptions {
   synchronousCommit?: 'on' | 'remote_write' | 'remote_apply' | 'local' | 'off';
   /** fsync off makes the clusters faster on a slow disk; a process kill loses nothing either way (the OS survives). */
   fsync?: boolean;
+  /** One-way delay of the replication link (see link.ts); 0 relays at once. */
+  linkDelayMs?: number;
 }
 
 /**
@@ -215,6 +218,10 @@ export interface PairOptions {
 export class PgPair {
   primary: PgNode;
   standby: PgNode | undefined;
+  /** The standby's replication connection to the primary goes through this. */
+  private link: ReplicationLink | undefined;
+  /** WAL bytes the last kill dropped from the link before the standby got them. */
+  lastDroppedBytes = 0;
 
   private constructor(
     readonly root: string,
@@ -288,11 +295,20 @@ log_min_messages = warning
         'fast',
         '--no-sync',
       ]);
-      standby.followOnStart(primary);
+      await pair.linkTo(primary, standby);
       await standby.start();
       await pair.waitForStandby();
     }
     return pair;
+  }
+
+  private async linkTo(primary: PgNode, standby: PgNode): Promise<void> {
+    await this.link?.close();
+    this.link = await ReplicationLink.start(
+      { host: '127.0.0.1', port: primary.port },
+      this.options.linkDelayMs ?? 0,
+    );
+    standby.followOnStart(this.link.port);
   }
 
   /** Until the standby streams (and, in sync mode, confirms commits synchronously). */
@@ -316,8 +332,22 @@ log_min_messages = warning
   }
 
   /** The failure: the primary dies (immediate mode) and the standby is left without one. */
-  async killPrimary(): Promise<void> {
+  /**
+   * The primary dies (`kill`): what its link to the standby still carried is lost with it. Or (`partition`) the
+   * link goes down first and the primary lives on, cut off from its standby, for `partitionMs` before it dies.
+   */
+  async killPrimary(fault: 'kill' | 'partition' = 'kill', partitionMs = 1000): Promise<{ killedAt: number }> {
+    const link = this.link;
+    if (fault === 'partition') {
+      link?.sever();
+      await new Promise((r) => setTimeout(r, partitionMs));
+    } else link?.dropOnPrimaryDeath();
+    const killedAt = Date.now();
     await this.primary.killImmediate();
+    this.lastDroppedBytes = link?.droppedBytes ?? 0;
+    await link?.close();
+    this.link = undefined;
+    return { killedAt };
   }
 
   /**
@@ -358,7 +388,7 @@ log_min_messages = warning
       `--source-server=host=127.0.0.1 port=${this.primary.port} user=postgres dbname=postgres`,
       '--no-sync',
     ]);
-    old.followOnStart(this.primary);
+    await this.linkTo(this.primary, old);
     const rewindMs = performance.now() - started;
     const catchUpStarted = performance.now();
     await old.start();
@@ -376,6 +406,7 @@ log_min_messages = warning
   }
 
   async destroy(): Promise<void> {
+    await this.link?.close();
     for (const node of this.nodes) if (node.running) await node.killImmediate().catch(() => {});
     rmSync(this.root, { recursive: true, force: true });
     tempDirs.delete(this.root);

@@ -1,4 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
+import { loadavg } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -36,6 +37,11 @@ const { values: args } = parseArgs({
     'bound-ms': { type: 'string', default: '5000' },
     seed: { type: 'string', default: String(Date.now() % 100000) },
     fsync: { type: 'string', default: 'on' },
+    /** kill: the primary dies; partition: it is cut off from its standby for --partition-ms first. */
+    fault: { type: 'string', default: 'kill' },
+    'partition-ms': { type: 'string', default: '1000' },
+    /** One-way delay of the primary → standby link in ms (see link.ts). */
+    'link-delay-ms': { type: 'string', default: '2' },
     bench: { type: 'boolean', default: false },
     /** --bench: seconds measured per configuration, and rounds over the three. */
     seconds: { type: 'string' },
@@ -56,6 +62,10 @@ const route = args.route as 'multihost' | 'proxy';
 const boundMs = Number(args['bound-ms']);
 const seed = Number(args.seed);
 const fsync = args.fsync !== 'off';
+const linkDelayMs = Number(args['link-delay-ms']);
+const fault = args.fault as 'kill' | 'partition';
+const partitionMs = Number(args['partition-ms']);
+if (!['kill', 'partition'].includes(fault)) throw new Error(`--fault: kill or partition, not ${fault}`);
 const SERVICE_KEY = 'failover-service-key-0123456789abcdefghijklmn';
 const USERS = Array.from({ length: 12 }, (_, i) => `failover-user-${i}`);
 const PROBE_USER = 'failover-probe';
@@ -210,8 +220,8 @@ interface FailoverReport {
   throughputBackMs: number | undefined;
   /** Calls answered with an unknown outcome (mostly 503) in the 10 s after the kill. */
   failedCalls: number;
-  /** Async: WAL the standby had not yet received when the primary was killed. */
-  lagBytes: number | undefined;
+  /** WAL the primary had sent that the link dropped at the kill (the standby never got it). */
+  droppedWalBytes: number;
   rewindMs: number;
   catchUpMs: number;
 }
@@ -305,7 +315,7 @@ function okRate(operations: TimedOperation[], from: number, to: number): number 
 
 async function runMode(mode: 'sync' | 'async', failovers: number): Promise<ModeReport> {
   log(`${mode} standby: creating a primary and a standby`);
-  const pair = await PgPair.create({ mode, fsync });
+  const pair = await PgPair.create({ mode, fsync, linkDelayMs });
   const auth = await TestAuthServer.start();
   const violations: string[] = [];
   try {
@@ -319,17 +329,11 @@ async function runMode(mode: 'sync' | 'async', failovers: number): Promise<ModeR
     const reports: FailoverReport[] = [];
     for (let i = 1; i <= failovers; i++) {
       await sleep(warmupSeconds * 1000);
-      let lagBytes: number | undefined;
-      if (mode === 'async') {
-        const rows = await pair.primary.query<{ lag: string | null }>(
-          'select (pg_current_wal_lsn() - flush_lsn)::int8 as lag from pg_stat_replication',
-        );
-        lagBytes = Number(rows[0]?.lag ?? 0);
-      }
       const before = okRate(traffic.operations, Date.now() - 2000, Date.now());
-      const killedAt = Date.now();
+      const faultAt = Date.now();
       const killedNode = pair.primary.name;
-      await pair.killPrimary();
+      const { killedAt } = await pair.killPrimary(fault, partitionMs);
+      const droppedWalBytes = pair.lastDroppedBytes;
       const { promoteMs } = await pair.promote();
       if (proxy) {
         proxyTarget.port = pair.primary.port;
@@ -354,17 +358,22 @@ async function runMode(mode: 'sync' | 'async', failovers: number): Promise<ModeR
       log(
         `  ${killedNode} streams again as the ${mode} standby (rewind ${rewindMs.toFixed(0)} ms, catch-up ${catchUpMs.toFixed(0)} ms)`,
       );
-      // Throughput: the first 250 ms window after the kill whose ok-rate is back to half the rate before it.
+      // Throughput: after the kill the callers' ok-rate (250 ms windows) drops below half of what it was in the
+      // 2 s before; back = the end of the first window after that dip at half or more again.
       let throughputBackMs: number | undefined;
-      for (let t = killedAt; t + 250 <= Date.now(); t += 250) {
-        if (okRate(traffic.operations, t, t + 250) >= before / 2) {
+      let dipped = false;
+      for (let t = faultAt; t + 250 <= Date.now(); t += 250) {
+        const rate = okRate(traffic.operations, t, t + 250);
+        if (!dipped) dipped = rate < before / 2;
+        else if (rate >= before / 2) {
           throughputBackMs = t + 250 - killedAt;
           break;
         }
       }
+      if (!dipped) throughputBackMs = 0;
       let notReadyMs = 0;
       instances.forEach((_, index) => {
-        const changes = watch.readiness.filter((r) => r.instance === index && r.at >= killedAt - 100);
+        const changes = watch.readiness.filter((r) => r.instance === index && r.at >= faultAt - 100);
         for (const [k, change] of changes.entries()) {
           if (change.ready) continue;
           const readyAgain = changes.slice(k + 1).find((c) => c.ready)?.at ?? Date.now();
@@ -372,7 +381,7 @@ async function runMode(mode: 'sync' | 'async', failovers: number): Promise<ModeR
         }
       });
       const failedCalls = [...traffic.operations, ...watch.probes]
-        .filter((op) => op.endedAt >= killedAt && op.startedAt < killedAt + 10_000)
+        .filter((op) => op.endedAt >= faultAt && op.startedAt < killedAt + 10_000)
         .reduce((sum, op) => sum + op.failedAttempts, 0);
       reports.push({
         promoteMs,
@@ -380,7 +389,7 @@ async function runMode(mode: 'sync' | 'async', failovers: number): Promise<ModeR
         notReadyMs,
         throughputBackMs,
         failedCalls,
-        lagBytes,
+        droppedWalBytes,
         rewindMs,
         catchUpMs,
       });
@@ -451,7 +460,7 @@ function printMode(report: ModeReport) {
   console.log(`\n${report.mode} standby: ${f.length} failover(s)`);
   f.forEach((r, i) => {
     console.log(
-      `  #${i + 1}: promote ${r.promoteMs.toFixed(0)} ms, back within ${r.backMs} ms, /ready 503 for ${r.notReadyMs} ms, throughput back within ${r.throughputBackMs ?? '?'} ms, ${r.failedCalls} failed calls${r.lagBytes === undefined ? '' : `, standby ${r.lagBytes} bytes behind at the kill`}; rejoin: rewind ${r.rewindMs.toFixed(0)} ms, catch-up ${r.catchUpMs.toFixed(0)} ms`,
+      `  #${i + 1}: promote ${r.promoteMs.toFixed(0)} ms, back within ${r.backMs} ms, /ready 503 for ${r.notReadyMs} ms, throughput back within ${r.throughputBackMs ?? '?'} ms, ${r.failedCalls} failed calls, ${r.droppedWalBytes} WAL bytes in flight dropped; rejoin: rewind ${r.rewindMs.toFixed(0)} ms, catch-up ${r.catchUpMs.toFixed(0)} ms`,
     );
   });
   console.log(
@@ -472,7 +481,7 @@ async function bench() {
   const results: Record<string, { okPerSecond: number[]; p50: number[]; p99: number[] }> = {};
   for (let round = 1; round <= rounds; round++) {
     for (const mode of standbys) {
-      const pair = await PgPair.create({ mode, fsync });
+      const pair = await PgPair.create({ mode, fsync, linkDelayMs });
       const auth = await TestAuthServer.start();
       try {
         const { handle, instances, callOptions, proxy } = await setUpServers(pair, auth);
@@ -501,7 +510,8 @@ async function bench() {
         entry.p99.push(latencies[Math.floor(latencies.length * 0.99)] ?? 0);
         if (process.env.FAILOVER_DEBUG) {
           const kinds = new Map<string, number[]>();
-          for (const op of window) kinds.set(op.kind, [...(kinds.get(op.kind) ?? []), op.endedAt - op.startedAt]);
+          for (const op of window)
+            kinds.set(op.kind, [...(kinds.get(op.kind) ?? []), op.endedAt - op.startedAt]);
           for (const [kind, values] of kinds) {
             values.sort((a, b) => a - b);
             log(`  ${kind}: ${values.length} p50 ${values[Math.floor(values.length / 2)]} ms`);
@@ -521,7 +531,7 @@ async function bench() {
   }
   const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
   console.log(
-    `\nthroughput, ${callers} callers, 2 instances, ${seconds} s × ${rounds} round(s), fsync ${fsync ? 'on' : 'off'} (median)`,
+    `\nthroughput, ${callers} callers, 2 instances, ${seconds} s × ${rounds} round(s), fsync ${fsync ? 'on' : 'off'}, replication link delay ${linkDelayMs} ms one way, load average ${loadavg()[0]!.toFixed(1)} (median)`,
   );
   console.log('| standby | acknowledged/s | p50 ms | p99 ms |');
   console.log('|---|---|---|---|');
@@ -536,7 +546,7 @@ async function main() {
     process.exit(0);
   }
   log(
-    `seed ${seed}, modes ${modes.join(', ')}, ${callers} callers, route ${route}, warm-up ${warmupSeconds}s, fsync ${fsync ? 'on' : 'off'}`,
+    `seed ${seed}, modes ${modes.join(', ')}, ${callers} callers, route ${route}, warm-up ${warmupSeconds}s, fsync ${fsync ? 'on' : 'off'}, replication link delay ${linkDelayMs} ms`,
   );
   const reports: ModeReport[] = [];
   for (const mode of modes)
