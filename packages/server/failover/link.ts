@@ -14,6 +14,8 @@ export class ReplicationLink {
   /** Bytes from the primary dropped before the standby got them. */
   droppedBytes = 0;
   private dropOnDeath = false;
+  /** Partitioned: new connections are refused too (the standby's retries find no way through). */
+  private down = false;
 
   private constructor(
     private readonly server: Server,
@@ -31,6 +33,10 @@ export class ReplicationLink {
   }
 
   private accept(standby: Socket, target: { host: string; port: number }): void {
+    if (this.down) {
+      standby.destroy();
+      return;
+    }
     const primary = connect(target.port, target.host);
     const connection = { a: standby, b: primary, timers: new Set<NodeJS.Timeout>() };
     this.connections.add(connection);
@@ -75,8 +81,9 @@ export class ReplicationLink {
     this.dropOnDeath = true;
   }
 
-  /** Cuts every connection now; what the link still held is lost. */
+  /** Cuts every connection now, and any new one until close(); what the link still held is lost. */
   sever(): void {
+    this.down = true;
     for (const connection of this.connections) this.drop(connection);
   }
 

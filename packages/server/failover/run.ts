@@ -216,7 +216,7 @@ interface FailoverReport {
   backMs: number;
   /** Longest time an instance's /ready said 503. */
   notReadyMs: number;
-  /** Kill → ok-throughput of the callers back to half of what it was before. */
+  /** Fault (kill, or the start of the partition) → ok-throughput of the callers back to half of before. */
   throughputBackMs: number | undefined;
   /** Calls answered with an unknown outcome (mostly 503) in the 10 s after the kill. */
   failedCalls: number;
@@ -366,7 +366,7 @@ async function runMode(mode: 'sync' | 'async', failovers: number): Promise<ModeR
         const rate = okRate(traffic.operations, t, t + 250);
         if (!dipped) dipped = rate < before / 2;
         else if (rate >= before / 2) {
-          throughputBackMs = t + 250 - killedAt;
+          throughputBackMs = t + 250 - faultAt;
           break;
         }
       }
