@@ -4,6 +4,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { createDb, migrateToLatest } from '@mana-credits/db';
+import pg from 'pg';
 import { type CallOptions, callOnce, seededRandom } from '../chaos/protocol.ts';
 import { TestAuthServer } from '../test/helpers/auth-server.ts';
 import { TcpFaultProxy } from '../test/helpers/tcp-proxy.ts';
@@ -478,7 +479,8 @@ async function bench() {
   const seconds = Number(args.seconds ?? (quick ? 8 : 20));
   const rounds = Number(args.rounds ?? (quick ? 1 : 2));
   const standbys = args.standbys.split(',').map((m) => m.trim()) as StandbyMode[];
-  const results: Record<string, { okPerSecond: number[]; p50: number[]; p99: number[] }> = {};
+  const results: Record<string, { okPerSecond: number[]; p50: number[]; p99: number[]; commitMs: number[] }> =
+    {};
   for (let round = 1; round <= rounds; round++) {
     for (const mode of standbys) {
       const pair = await PgPair.create({ mode, fsync, linkDelayMs });
@@ -503,7 +505,7 @@ async function bench() {
           (op) => op.outcome === 'ok' && op.endedAt >= from && op.endedAt < to,
         );
         const latencies = window.map((op) => op.endedAt - op.startedAt).sort((a, b) => a - b);
-        results[mode] ??= { okPerSecond: [], p50: [], p99: [] };
+        results[mode] ??= { okPerSecond: [], p50: [], p99: [], commitMs: [] };
         const entry = results[mode];
         entry.okPerSecond.push(window.length / ((to - from) / 1000));
         entry.p50.push(latencies[Math.floor(latencies.length * 0.5)] ?? 0);
@@ -517,8 +519,11 @@ async function bench() {
             log(`  ${kind}: ${values.length} p50 ${values[Math.floor(values.length / 2)]} ms`);
           }
         }
+        // What a commit itself costs, without the service and with the machine quiet: one connection doing
+        // single-row insert commits back to back for 3 s.
+        entry.commitMs.push(await commitLatency(pair));
         log(
-          `bench round ${round} ${mode}: ${entry.okPerSecond.at(-1)!.toFixed(0)} acknowledged/s, p50 ${entry.p50.at(-1)} ms, p99 ${entry.p99.at(-1)} ms`,
+          `bench round ${round} ${mode}: ${entry.okPerSecond.at(-1)!.toFixed(0)} acknowledged/s, p50 ${entry.p50.at(-1)} ms, p99 ${entry.p99.at(-1)} ms; one commit ${entry.commitMs.at(-1)!.toFixed(2)} ms`,
         );
         for (const instance of instances) await stopInstance(instance);
         await handle.close();
@@ -529,14 +534,34 @@ async function bench() {
       }
     }
   }
-  const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
+  const each = (values: number[], digits = 0) => values.map((v) => v.toFixed(digits)).join(' / ');
   console.log(
-    `\nthroughput, ${callers} callers, 2 instances, ${seconds} s × ${rounds} round(s), fsync ${fsync ? 'on' : 'off'}, replication link delay ${linkDelayMs} ms one way, load average ${loadavg()[0]!.toFixed(1)} (median)`,
+    `\nthroughput, ${callers} callers, 2 instances, ${seconds} s per round (${rounds} round(s), each value below: round 1 / round 2 …), fsync ${fsync ? 'on' : 'off'}, replication link delay ${linkDelayMs} ms one way, load average ${loadavg()[0]!.toFixed(1)}`,
   );
-  console.log('| standby | acknowledged/s | p50 ms | p99 ms |');
-  console.log('|---|---|---|---|');
+  console.log('| standby | acknowledged/s | p50 ms | p99 ms | one commit, ms |');
+  console.log('|---|---|---|---|---|');
   for (const [mode, r] of Object.entries(results)) {
-    console.log(`| ${mode} | ${median(r.okPerSecond).toFixed(0)} | ${median(r.p50)} | ${median(r.p99)} |`);
+    console.log(
+      `| ${mode} | ${each(r.okPerSecond)} | ${each(r.p50)} | ${each(r.p99)} | ${each(r.commitMs, 2)} |`,
+    );
+  }
+}
+
+/** Mean milliseconds of one single-row insert commit on the primary, one connection, 3 s. */
+async function commitLatency(pair: PgPair): Promise<number> {
+  const client = new pg.Client({ connectionString: pair.primary.url(DATABASE) });
+  await client.connect();
+  try {
+    await client.query('create table if not exists bench_commit (id bigserial primary key, at timestamptz)');
+    let commits = 0;
+    const from = performance.now();
+    while (performance.now() - from < 3000) {
+      await client.query('insert into bench_commit (at) values (now())');
+      commits++;
+    }
+    return (performance.now() - from) / commits;
+  } finally {
+    await client.end();
   }
 }
 
