@@ -38,6 +38,10 @@ export class ReplicationLink {
       return;
     }
     const primary = connect(target.port, target.host);
+    // Postgres sets TCP_NODELAY on its own sockets; a relay that left Nagle on would hold each small
+    // reply (the standby's flush confirmation) for a delayed ACK, ~40 ms per synchronous commit.
+    standby.setNoDelay(true);
+    primary.setNoDelay(true);
     const connection = { a: standby, b: primary, timers: new Set<NodeJS.Timeout>() };
     this.connections.add(connection);
     const relay = (from: Socket, to: Socket, fromPrimary: boolean) => {
