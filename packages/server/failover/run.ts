@@ -196,7 +196,7 @@ class Watch {
     while (!this.stopping) {
       let ready = false;
       try {
-        ready = (await fetch(`${instance.url}/ready`, { signal: AbortSignal.timeout(500) })).ok;
+        ready = (await fetch(`${instance.url}/ready`, { signal: AbortSignal.timeout(1000) })).ok;
       } catch {}
       if (ready !== last) this.readiness.push({ instance: index, at: Date.now(), ready });
       last = ready;
@@ -215,7 +215,7 @@ interface FailoverReport {
   promoteMs: number;
   /** Kill → every instance acknowledged a write again. */
   backMs: number;
-  /** Longest time an instance's /ready said 503. */
+  /** Longest time an instance's /ready said 503 (or did not answer within 1 s). */
   notReadyMs: number;
   /** Fault (kill, or the start of the partition) → ok-throughput of the callers back to half of before. */
   throughputBackMs: number | undefined;
@@ -461,7 +461,7 @@ function printMode(report: ModeReport) {
   console.log(`\n${report.mode} standby: ${f.length} failover(s)`);
   f.forEach((r, i) => {
     console.log(
-      `  #${i + 1}: promote ${r.promoteMs.toFixed(0)} ms, back within ${r.backMs} ms, /ready 503 for ${r.notReadyMs} ms, throughput back within ${r.throughputBackMs ?? '?'} ms, ${r.failedCalls} failed calls, ${r.droppedWalBytes} WAL bytes in flight dropped; rejoin: rewind ${r.rewindMs.toFixed(0)} ms, catch-up ${r.catchUpMs.toFixed(0)} ms`,
+      `  #${i + 1}: promote ${r.promoteMs.toFixed(0)} ms, back within ${r.backMs} ms, /ready not ready for ${r.notReadyMs} ms, throughput back within ${r.throughputBackMs ?? '?'} ms, ${r.failedCalls} failed calls, ${r.droppedWalBytes} WAL bytes in flight dropped; rejoin: rewind ${r.rewindMs.toFixed(0)} ms, catch-up ${r.catchUpMs.toFixed(0)} ms`,
     );
   });
   console.log(
