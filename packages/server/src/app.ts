@@ -139,7 +139,11 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
     if (!app.readiness.accepting) return reply.status(503).send({ status: 'shutting-down' });
     if (app.readiness.migrating) return reply.status(503).send({ status: 'migrating' });
     try {
-      await sql`select 1`.execute(deps.db);
+      // Reachable is not enough: a standby (or a primary set read-only) refuses every write. With a multi-host
+      // DATABASE_URL the pool reaches only a writable primary; behind a proxy this is where a standby shows.
+      const { rows } = await sql<{ read_only: string }>`
+        select current_setting('transaction_read_only') as read_only`.execute(deps.db);
+      if (rows[0]?.read_only === 'on') return reply.status(503).send({ status: 'database-read-only' });
       return { status: 'ready' };
     } catch {
       return reply.status(503).send({ status: 'database-unreachable' });
