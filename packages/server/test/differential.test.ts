@@ -119,7 +119,7 @@ async function stateOf(userId: string) {
 }
 
 /** A hold of ten minutes. */
-const hold = (userId: string, amount: number, idempotencyKey = randomUUID()) =>
+const hold = (userId: string, amount: number, idempotencyKey: string = randomUUID()) =>
   reserveCredits(server.deps, {
     userId,
     amount,
