@@ -6,6 +6,7 @@ export * from './queries/balances.ts';
 export * from './queries/batch.ts';
 export * from './queries/errors.ts';
 export * from './queries/guild.ts';
+export * from './queries/history.ts';
 export * from './queries/ledger.ts';
 export * from './queries/pagination.ts';
 export * from './queries/rate-limits.ts';

@@ -34,7 +34,7 @@ function renderOperation(method: string, path: string, operation: Operation): st
     .map(
       ([status, response]) =>
         `<tr><td>${status}</td><td>${escapeHtml(response.description)}</td><td>${
-          response.content ? json(response.content['application/json']?.schema) : ''
+          response.content ? json(response.content['application/json']?.schema ?? response.content) : ''
         }</td></tr>`,
     )
     .join('');

@@ -1,0 +1,203 @@
+import { type Kysely, type RawBuilder, sql, type Transaction } from 'kysely';
+import type { Database, LedgerRow } from '../database.ts';
+
+/**
+ * Reads of the past (issue 18): the balance at an instant, usage per time bucket, and a ledger statement in
+ * keyset pages. Read-only; every range is half-open, [from, to), and every bucket a UTC calendar unit.
+ */
+
+type Reader = Kysely<Database> | Transaction<Database>;
+
+export type UsageGranularity = 'hour' | 'day' | 'month';
+
+export interface BalanceAtRow {
+  balance: number;
+  /** The entry the balance is the result of; null before the user's first entry. */
+  lastTransactionId: string | null;
+}
+
+/**
+ * A user's balance right after the last ledger entry dated at or before `at` (`inclusive`), or strictly
+ * before it: 0 and no entry before the first one. Three index probes of transactions_user_history. Entries
+ * of one user dated by the same microsecond (possible inside one set-based statement) are taken together:
+ * the balance is the one before that instant plus all of them, whatever their order; the id named is the
+ * one that ends at that balance.
+ */
+export async function balanceAtInstant(
+  db: Reader,
+  userId: string,
+  at: Date,
+  inclusive = true,
+): Promise<BalanceAtRow> {
+  const bound = inclusive ? sql`created_at <= ${at}` : sql`created_at < ${at}`;
+  const { rows } = await sql<{ balance: number | null; last_id: string | null }>`
+    with last as (
+      select created_at from credits.transactions
+       where user_id = ${userId} and ${bound}
+       order by created_at desc, id desc limit 1
+    ), tied as (
+      select t.id, t.amount, t.balance_after from credits.transactions t join last on t.created_at = last.created_at
+       where t.user_id = ${userId}
+    ), prior as (
+      select t.balance_after from credits.transactions t, last
+       where t.user_id = ${userId} and t.created_at < last.created_at
+       order by t.created_at desc, t.id desc limit 1
+    ), answer as (
+      select coalesce((select balance_after from prior), 0) + (select sum(amount) from tied) as balance
+    )
+    select answer.balance::int8 as balance,
+           (select tied.id from tied where tied.balance_after = answer.balance order by tied.id desc limit 1)
+             as last_id
+      from answer`.execute(db);
+  const row = rows[0];
+  return row?.balance == null
+    ? { balance: 0, lastTransactionId: null }
+    : { balance: row.balance, lastTransactionId: row.last_id };
+}
+
+export interface UsageQuery {
+  from: Date;
+  to: Date;
+  granularity: UsageGranularity;
+  /** Only the `limit` groups that spent the most in the whole range (ties by group key); all when unset. */
+  limit?: number | undefined;
+}
+
+export interface UsageBucketRow {
+  /** The start of the UTC hour, day or month. */
+  start: Date;
+  /** The group's key (app id or user id); null when ungrouped, or for usage without an app. */
+  group: string | null;
+  /** Credits spent: −Σ amount of the usage entries. */
+  credits: number;
+  /** How many usage entries. */
+  entries: number;
+}
+
+/**
+ * Usage per bucket (and group) from one ledger table: its `usage` rows in [from, to) matching `where`,
+ * summed per UTC bucket. Gross: a refund is an entry of its own and does not lower the usage it refunds,
+ * so a bucket never changes after it has passed (the figure usage_stats and the debit metric count).
+ */
+async function usageBuckets(
+  db: Reader,
+  table: 'credits.transactions' | 'credits.guild_transactions',
+  where: RawBuilder<unknown>,
+  group: 'app_id' | 'user_id' | undefined,
+  query: UsageQuery,
+): Promise<UsageBucketRow[]> {
+  const key = group ? sql.ref(group) : sql`null::text`;
+  const ranked =
+    group && query.limit !== undefined
+      ? sql`join (select grp from buckets group by grp order by sum(credits) desc, grp collate "C" limit ${query.limit}) top
+              on top.grp is not distinct from buckets.grp`
+      : sql``;
+  const { rows } = await sql<UsageBucketRow>`
+    with buckets as (
+      select date_trunc(${query.granularity}, created_at, 'UTC') as start, ${key} as grp,
+             (-sum(amount))::int8 as credits, count(*)::int8 as entries
+        from ${sql.table(table)}
+       where type = 'usage' and created_at >= ${query.from} and created_at < ${query.to} and ${where}
+       group by 1, 2
+    )
+    select buckets.start, buckets.grp as "group", buckets.credits, buckets.entries
+      from buckets ${ranked}
+     order by buckets.start, buckets.grp collate "C"`.execute(db);
+  return rows;
+}
+
+/** A user's own usage (credits.usage): transactions_user_history narrows it to the user and the range. */
+export function userUsage(db: Reader, userId: string, query: UsageQuery & { groupBy?: 'app' | undefined }) {
+  return usageBuckets(
+    db,
+    'credits.transactions',
+    sql`user_id = ${userId}`,
+    query.groupBy === 'app' ? 'app_id' : undefined,
+    query,
+  );
+}
+
+/** Every user's usage (internal.usage), optionally of one app; by app or by user (top spenders). */
+export function allUsage(
+  db: Reader,
+  query: UsageQuery & { groupBy?: 'app' | 'user' | undefined; appId?: string | undefined },
+) {
+  const group = query.groupBy === 'app' ? 'app_id' : query.groupBy === 'user' ? 'user_id' : undefined;
+  const where = query.appId === undefined ? sql`true` : sql`app_id = ${query.appId}`;
+  return usageBuckets(db, 'credits.transactions', where, group, query);
+}
+
+/** A guild pool's usage (guild.usage): guild_transactions_history narrows it to the guild and the range. */
+export function guildUsage(
+  db: Reader,
+  guildId: string,
+  query: UsageQuery & { groupBy?: 'member' | 'app' | undefined },
+) {
+  const group = query.groupBy === 'app' ? 'app_id' : query.groupBy === 'member' ? 'user_id' : undefined;
+  return usageBuckets(db, 'credits.guild_transactions', sql`organization_id = ${guildId}`, group, query);
+}
+
+export interface StatementPageRequest {
+  userId: string;
+  from: Date;
+  to: Date;
+  limit: number;
+  /** The id of the last entry of the previous page. */
+  cursor?: string | undefined;
+}
+
+export interface StatementPage {
+  /** The balance before `from` (after the last entry dated before it). */
+  openingBalance: number;
+  /** The balance before `to`: the opening balance plus every entry of the range. */
+  closingBalance: number;
+  /** Entries of [from, to), oldest first (created_at, id), after the cursor. */
+  items: LedgerRow[];
+  nextCursor: string | null;
+}
+
+/**
+ * One page of a user's statement, oldest first, read in one repeatable-read snapshot so that the page and
+ * both balances agree. The cursor must be an entry of this user inside the range, else undefined (the caller
+ * says INVALID_CURSOR); the keyset is compared inside Postgres, so microsecond timestamps stay exact.
+ */
+export async function statementPage(
+  db: Kysely<Database>,
+  request: StatementPageRequest,
+): Promise<StatementPage | undefined> {
+  const { userId, from, to, limit, cursor } = request;
+  return db
+    .transaction()
+    .setIsolationLevel('repeatable read')
+    .setAccessMode('read only')
+    .execute(async (trx) => {
+      let listing = trx
+        .selectFrom('credits.transactions')
+        .selectAll()
+        .where('user_id', '=', userId)
+        .where('created_at', '>=', from)
+        .where('created_at', '<', to);
+      if (cursor) {
+        const anchor = await listing.clearSelect().select('id').where('id', '=', cursor).executeTakeFirst();
+        if (!anchor) return undefined;
+        listing = listing.where(
+          sql<boolean>`(created_at, id) > (select c.created_at, c.id from credits.transactions c where c.id = ${cursor}::uuid)`,
+        );
+      }
+      const rows = await listing
+        .orderBy('created_at', 'asc')
+        .orderBy('id', 'asc')
+        .limit(limit + 1)
+        .execute();
+      const opening = await balanceAtInstant(trx, userId, from, false);
+      const closing = await balanceAtInstant(trx, userId, to, false);
+      const items = rows.slice(0, limit);
+      const last = items[items.length - 1];
+      return {
+        openingBalance: opening.balance,
+        closingBalance: closing.balance,
+        items,
+        nextCursor: rows.length > limit && last ? last.id : null,
+      };
+    });
+}
