@@ -30,22 +30,23 @@ export async function balanceAtInstant(
   inclusive = true,
 ): Promise<BalanceAtRow> {
   const bound = inclusive ? sql`created_at <= ${at}` : sql`created_at < ${at}`;
+  // `last` is read by scalar subqueries so that each probe bounds the index range; materialized CTEs are
+  // read once.
   const { rows } = await sql<{ balance: number | null; last_id: string | null }>`
     with last as (
       select created_at from credits.transactions
        where user_id = ${userId} and ${bound}
        order by created_at desc, id desc limit 1
-    ), tied as (
-      select t.id, t.amount, t.balance_after from credits.transactions t join last on t.created_at = last.created_at
-       where t.user_id = ${userId}
-    ), prior as (
-      select t.balance_after from credits.transactions t, last
-       where t.user_id = ${userId} and t.created_at < last.created_at
-       order by t.created_at desc, t.id desc limit 1
-    ), answer as (
-      select coalesce((select balance_after from prior), 0) + (select sum(amount) from tied) as balance
+    ), tied as materialized (
+      select id, amount, balance_after from credits.transactions
+       where user_id = ${userId} and created_at = (select created_at from last)
+    ), answer as materialized (
+      select (coalesce((select balance_after from credits.transactions
+                         where user_id = ${userId} and created_at < (select created_at from last)
+                         order by created_at desc, id desc limit 1), 0)
+              + (select sum(amount) from tied))::int8 as balance
     )
-    select answer.balance::int8 as balance,
+    select answer.balance,
            (select tied.id from tied where tied.balance_after = answer.balance order by tied.id desc limit 1)
              as last_id
       from answer`.execute(db);
@@ -87,22 +88,31 @@ async function usageBuckets(
   query: UsageQuery,
 ): Promise<UsageBucketRow[]> {
   const key = group ? sql.ref(group) : sql`null::text`;
-  const ranked =
+  const rowsOfRange = sql`
+    from ${sql.table(table)}
+   where type = 'usage' and created_at >= ${query.from} and created_at < ${query.to} and ${where}`;
+  // Top groups first (one aggregation per group), then the buckets of those groups only: per-user index
+  // probes instead of bucketing every (bucket, user) pair of the range and ranking them all.
+  const top =
     group && query.limit !== undefined
-      ? sql`join (select grp from buckets group by grp order by sum(credits) desc, grp collate "C" limit ${query.limit}) top
-              on top.grp is not distinct from buckets.grp`
+      ? sql`with top as (
+              select ${key} as grp ${rowsOfRange}
+               group by 1 order by sum(amount), ${key} collate "C" limit ${query.limit}
+            )`
+      : sql``;
+  const inTop =
+    group && query.limit !== undefined
+      ? group === 'user_id'
+        ? sql`and ${key} in (select grp from top)`
+        : sql`and (${key} in (select grp from top) or (${key} is null and exists (select from top where grp is null)))`
       : sql``;
   const { rows } = await sql<UsageBucketRow>`
-    with buckets as (
-      select date_trunc(${query.granularity}, created_at, 'UTC') as start, ${key} as grp,
-             (-sum(amount))::int8 as credits, count(*)::int8 as entries
-        from ${sql.table(table)}
-       where type = 'usage' and created_at >= ${query.from} and created_at < ${query.to} and ${where}
-       group by 1, 2
-    )
-    select buckets.start, buckets.grp as "group", buckets.credits, buckets.entries
-      from buckets ${ranked}
-     order by buckets.start, buckets.grp collate "C"`.execute(db);
+    ${top}
+    select date_trunc(${query.granularity}::text, created_at at time zone 'UTC') at time zone 'UTC' as start,
+           ${key} as "group", (-sum(amount))::int8 as credits, count(*)::int8 as entries
+      ${rowsOfRange} ${inTop}
+     group by 1, 2
+     order by 1, ${key} collate "C"`.execute(db);
   return rows;
 }
 
@@ -117,7 +127,10 @@ export function userUsage(db: Reader, userId: string, query: UsageQuery & { grou
   );
 }
 
-/** Every user's usage (internal.usage), optionally of one app; by app or by user (top spenders). */
+/**
+ * Every user's usage (internal.usage), optionally of one app; by app or by user (top spenders). Selected by
+ * time alone: transactions_created_at_brin narrows the scan to the pages of the range.
+ */
 export function allUsage(
   db: Reader,
   query: UsageQuery & { groupBy?: 'app' | 'user' | undefined; appId?: string | undefined },
