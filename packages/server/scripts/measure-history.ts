@@ -60,7 +60,9 @@ try {
   // the BRIN summaries of the new page ranges.
   await sql`vacuum analyze credits.transactions`.execute(db);
   await sql`vacuum analyze credits.guild_transactions`.execute(db);
-  console.log(`seeded ${ROWS} personal and ${ROWS} guild ledger rows in ${Math.round(performance.now() - started)} ms`);
+  console.log(
+    `seeded ${ROWS} personal and ${ROWS} guild ledger rows in ${Math.round(performance.now() - started)} ms`,
+  );
 
   const heavyRows = ROWS / 10;
   const cases: [string, () => Promise<unknown>][] = [
@@ -196,7 +198,9 @@ try {
 
   // A page deep inside the heavy user's statement: the cursor is the 50,000th entry.
   const { rows: middle } = await sql<{ id: string }>`
-    select id from credits.transactions where user_id = 'heavy' order by created_at, id offset 50000 limit 1`.execute(db);
+    select id from credits.transactions where user_id = 'heavy' order by created_at, id offset 50000 limit 1`.execute(
+    db,
+  );
   const cursor = middle[0]?.id;
   const deep = async () =>
     statementPage(db, {
