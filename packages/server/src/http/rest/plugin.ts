@@ -8,7 +8,7 @@ import { createContextFactory } from '../../trpc/context.ts';
 import { createCallerFactory, describeError, toTRPCError } from '../../trpc/init.ts';
 import { appRouter } from '../../trpc/routers/_app.ts';
 import { sendError } from '../error-reply.ts';
-import { renderDocsPage } from './docs-page.ts';
+import { registerDocsViewer } from './docs-viewer.ts';
 import { coerceQueryValue, type RouteInput, routeInput } from './input.ts';
 import { buildOpenApiDocument, type OpenApiDocument } from './openapi.ts';
 import { type ProcedurePath, type RestRoute, restRoutes } from './routes.ts';
@@ -72,7 +72,7 @@ function procedureOf(caller: Caller, path: string) {
 /**
  * The REST surface: every route calls its procedure through a server-side caller, so input validation,
  * auth, domain logic and error mapping are the procedure's own; only the transport differs (plain JSON, the
- * error's HTTP status, the body { error: { … } }). Also serves the OpenAPI document and a docs page.
+ * error's HTTP status, the body { error: { … } }). Also serves the OpenAPI document and its viewer (/docs).
  */
 export async function restApi(
   app: FastifyInstance,
@@ -113,19 +113,12 @@ export async function restApi(
 
   // Built on first request rather than at start-up, then served from memory.
   let document: OpenApiDocument | undefined;
-  let page: string | undefined;
   const openApiDocument = () => {
     document ??= withStatementCsv(buildOpenApiDocument(routes, deps.config.baseUrl));
     return document;
   };
   app.get(OPENAPI_PATH, async () => openApiDocument());
-  app.get('/docs', async (_request, reply) => {
-    page ??= renderDocsPage(openApiDocument(), OPENAPI_PATH);
-    return reply
-      .type('text/html; charset=utf-8')
-      .header('content-security-policy', "default-src 'none'; style-src 'unsafe-inline'")
-      .send(page);
-  });
+  await registerDocsViewer(app, openApiDocument);
 
   await app.register(
     async (api) => {
