@@ -5,8 +5,11 @@
  * generate_series — one user in ten rows is the same heavy user, the rest spread over 10,000 users, 90%
  * usage over 5 apps — and ROWS guild ledger rows of one guild, ANALYZEs, then times each read (the query
  * functions the procedures call: median of 5 after one warm-up) and prints the plan of the widest ones.
+ * Besides wall-clock time it reports the CPU time of the Postgres backend that answered (from /proc, so
+ * Postgres must run on this machine): on a shared machine the wall clock also counts waiting for a core.
  * `--keep` leaves the database for a look with psql.
  */
+import { readFileSync } from 'node:fs';
 import {
   allUsage,
   balanceAtInstant,
@@ -30,7 +33,8 @@ await admin.connect();
 await admin.query(`create database ${name}`);
 const url = new URL(serverUrl);
 url.pathname = `/${name}`;
-const { db, close } = await createDb({ databaseUrl: url.toString(), poolSize: 2 });
+// One connection, so one Postgres backend serves every read and its CPU time can be read from /proc.
+const { db, close } = await createDb({ databaseUrl: url.toString(), poolSize: 1 });
 
 const YEAR = '365 days';
 const at = (iso: string) => new Date(iso);
@@ -183,18 +187,31 @@ try {
     ],
   ];
 
-  const results: { read: string; medianMs: number }[] = [];
-  for (const [label, run] of cases) {
+  // No parallel workers, so the one backend does (and is charged with) all of a read's work.
+  await sql`set max_parallel_workers_per_gather = 0`.execute(db);
+  const { rows: backend } = await sql<{ pid: number }>`select pg_backend_pid() as pid`.execute(db);
+  const backendPid = backend[0]?.pid;
+  /** CPU milliseconds the backend has used (utime + stime, in clock ticks of 10 ms). */
+  const backendCpuMs = () => {
+    const fields = readFileSync(`/proc/${backendPid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+    return (Number(fields[11]) + Number(fields[12])) * 10;
+  };
+  const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)] ?? 0;
+  const results: { read: string; medianMs: number; backendCpuMs: number }[] = [];
+  const time = async (label: string, run: () => Promise<unknown>, times = 5) => {
     await run();
-    const times: number[] = [];
-    for (let i = 0; i < 5; i++) {
+    const walls: number[] = [];
+    const cpus: number[] = [];
+    for (let i = 0; i < times; i++) {
+      const cpu = backendCpuMs();
       started = performance.now();
       await run();
-      times.push(performance.now() - started);
+      walls.push(performance.now() - started);
+      cpus.push(backendCpuMs() - cpu);
     }
-    times.sort((a, b) => a - b);
-    results.push({ read: label, medianMs: Math.round((times[2] ?? 0) * 10) / 10 });
-  }
+    results.push({ read: label, medianMs: Math.round(median(walls) * 10) / 10, backendCpuMs: median(cpus) });
+  };
+  for (const [label, run] of cases) await time(label, run);
 
   // A page deep inside the heavy user's statement: the cursor is the 50,000th entry.
   const { rows: middle } = await sql<{ id: string }>`
@@ -202,21 +219,15 @@ try {
     db,
   );
   const cursor = middle[0]?.id;
-  const deep = async () =>
+  await time('statement heavy user, the page after entry 50,000', () =>
     statementPage(db, {
       userId: 'heavy',
       from: at('2026-01-01T00:00:00Z'),
       to: at('2027-01-01T00:00:00Z'),
       limit: 1000,
       cursor,
-    });
-  await deep();
-  started = performance.now();
-  await deep();
-  results.push({
-    read: 'statement heavy user, the page after entry 50,000',
-    medianMs: Math.round((performance.now() - started) * 10) / 10,
-  });
+    }),
+  );
   console.table(results);
 
   const { rows: plan } = await sql<{ 'QUERY PLAN': string }>`

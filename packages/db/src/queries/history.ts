@@ -91,28 +91,37 @@ async function usageBuckets(
   const rowsOfRange = sql`
     from ${sql.table(table)}
    where type = 'usage' and created_at >= ${query.from} and created_at < ${query.to} and ${where}`;
-  // Top groups first (one aggregation per group), then the buckets of those groups only: per-user index
-  // probes instead of bucketing every (bucket, user) pair of the range and ranking them all.
-  const top =
+  const bucket = sql`date_trunc(${query.granularity}::text, created_at at time zone 'UTC') at time zone 'UTC'`;
+  if (group === 'user_id' && query.limit !== undefined) {
+    // Users are many: the top ones first (one aggregation per user), then only their buckets, by index
+    // probes per user, rather than bucketing every (bucket, user) pair of the range and ranking them all.
+    const { rows } = await sql<UsageBucketRow>`
+      with top as (
+        select user_id as grp ${rowsOfRange}
+         group by 1 order by sum(amount), user_id collate "C" limit ${query.limit}
+      )
+      select ${bucket} as start, user_id as "group", (-sum(amount))::int8 as credits, count(*)::int8 as entries
+        ${rowsOfRange} and user_id in (select grp from top)
+       group by 1, 2
+       order by 1, user_id collate "C"`.execute(db);
+    return rows;
+  }
+  // Apps are few: one pass over the range, then the top groups kept by their totals over the buckets.
+  const kept =
     group && query.limit !== undefined
-      ? sql`with top as (
-              select ${key} as grp ${rowsOfRange}
-               group by 1 order by sum(amount), ${key} collate "C" limit ${query.limit}
-            )`
-      : sql``;
-  const inTop =
-    group && query.limit !== undefined
-      ? group === 'user_id'
-        ? sql`and ${key} in (select grp from top)`
-        : sql`and (${key} in (select grp from top) or (${key} is null and exists (select from top where grp is null)))`
-      : sql``;
+      ? sql`(select start, grp, credits, entries,
+                    dense_rank() over (order by total desc, grp collate "C") as place
+               from (select buckets.*, sum(credits) over (partition by grp) as total from buckets) totals) ranked
+             where place <= ${query.limit}`
+      : sql`buckets`;
   const { rows } = await sql<UsageBucketRow>`
-    ${top}
-    select date_trunc(${query.granularity}::text, created_at at time zone 'UTC') at time zone 'UTC' as start,
-           ${key} as "group", (-sum(amount))::int8 as credits, count(*)::int8 as entries
-      ${rowsOfRange} ${inTop}
-     group by 1, 2
-     order by 1, ${key} collate "C"`.execute(db);
+    with buckets as (
+      select ${bucket} as start, ${key} as grp, (-sum(amount))::int8 as credits, count(*)::int8 as entries
+        ${rowsOfRange}
+       group by 1, 2
+    )
+    select start, grp as "group", credits, entries from ${kept}
+     order by start, grp collate "C"`.execute(db);
   return rows;
 }
 
