@@ -24,4 +24,10 @@ export {
   type UnauthorizedError,
 } from './errors.ts';
 export type { RetryOptions } from './retry.ts';
+export {
+  CreditsRequestError,
+  fetchInternalStatementCsv,
+  fetchStatementCsv,
+  type StatementRange,
+} from './statement.ts';
 export { CreditsTransportError } from './transport.ts';

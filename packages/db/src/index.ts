@@ -8,6 +8,7 @@ export * from './queries/customers.ts';
 export * from './queries/errors.ts';
 export * from './queries/gifts.ts';
 export * from './queries/guild.ts';
+export * from './queries/history.ts';
 export * from './queries/ledger.ts';
 export * from './queries/packages.ts';
 export * from './queries/pagination.ts';

@@ -71,17 +71,11 @@ describe('OpenAPI document and docs page', () => {
     });
   });
 
-  it('serves a self-contained docs page', async () => {
-    const response = await fetch(`${server.url}/docs`);
+  it('serves the interactive docs at /docs (docs-viewer.test.ts tests the page)', async () => {
+    const response = await fetch(`${server.url}/docs/`);
     expect(response.status).toBe(200);
     expect(response.headers.get('content-type')).toMatch(/^text\/html/);
     expect(response.headers.get('content-security-policy')).toContain("default-src 'none'");
-    const html = await response.text();
-    for (const route of restRoutes) {
-      expect(html).toContain(route.path.replace(/:(\w+)/g, '{$1}'));
-      expect(html).toContain(route.procedure);
-    }
-    expect(html).not.toMatch(/<script|src=/i);
   });
 });
 

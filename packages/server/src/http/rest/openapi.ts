@@ -40,6 +40,9 @@ const pascal = (path: string) =>
     .map((part) => part.charAt(0).toUpperCase() + part.slice(1))
     .join('');
 
+const isDateTime = (schema: unknown) =>
+  typeof schema === 'object' && schema !== null && (schema as { format?: unknown }).format === 'date-time';
+
 /**
  * JSON Schema for the document: dates are ISO strings on the wire, and the metadata field (checked as raw
  * input before it is parsed, so its input side is `unknown`) is documented as the JSON object it must be.
@@ -47,6 +50,12 @@ const pascal = (path: string) =>
 function documentOverride(ctx: { zodSchema: z.core.$ZodTypes; jsonSchema: z.core.JSONSchema.BaseSchema }) {
   if (ctx.zodSchema._zod.def.type === 'date')
     Object.assign(ctx.jsonSchema, { type: 'string', format: 'date-time' });
+  // An instant input (a Date over tRPC, or an ISO string) is one date-time string on the wire.
+  const { anyOf } = ctx.jsonSchema;
+  if (anyOf && anyOf.length > 1 && anyOf.every((member) => isDateTime(member))) {
+    delete ctx.jsonSchema.anyOf;
+    Object.assign(ctx.jsonSchema, { type: 'string', format: 'date-time' });
+  }
   if (ctx.zodSchema === metadata) {
     Object.assign(ctx.jsonSchema, {
       type: 'object',

@@ -8,10 +8,11 @@ import { createContextFactory } from '../../trpc/context.ts';
 import { createCallerFactory, describeError, toTRPCError } from '../../trpc/init.ts';
 import { appRouter } from '../../trpc/routers/_app.ts';
 import { sendError } from '../error-reply.ts';
-import { renderDocsPage } from './docs-page.ts';
+import { registerDocsViewer } from './docs-viewer.ts';
 import { coerceQueryValue, type RouteInput, routeInput } from './input.ts';
 import { buildOpenApiDocument, type OpenApiDocument } from './openapi.ts';
-import { type RestRoute, restRoutes } from './routes.ts';
+import { type ProcedurePath, type RestRoute, restRoutes } from './routes.ts';
+import { registerStatementCsv, withStatementCsv } from './statement-csv.ts';
 
 const OPENAPI_PATH = '/api/v1/openapi.json';
 
@@ -54,6 +55,13 @@ function inputOf(route: RestRoute, input: RouteInput, request: FastifyRequest): 
   return { ...body, ...fromPath };
 }
 
+export type ProcedureCall = (
+  request: FastifyRequest,
+  reply: FastifyReply,
+  procedure: ProcedurePath,
+  input: unknown,
+) => Promise<unknown>;
+
 /** caller['internal']['credits']['use'] for 'internal.credits.use'. */
 function procedureOf(caller: Caller, path: string) {
   return path.split('.').reduce<unknown>((node, key) => (node as Record<string, unknown>)[key], caller) as (
@@ -64,7 +72,7 @@ function procedureOf(caller: Caller, path: string) {
 /**
  * The REST surface: every route calls its procedure through a server-side caller, so input validation,
  * auth, domain logic and error mapping are the procedure's own; only the transport differs (plain JSON, the
- * error's HTTP status, the body { error: { … } }). Also serves the OpenAPI document and a docs page.
+ * error's HTTP status, the body { error: { … } }). Also serves the OpenAPI document and its viewer (/docs).
  */
 export async function restApi(
   app: FastifyInstance,
@@ -72,27 +80,28 @@ export async function restApi(
 ) {
   const { deps, routes = restRoutes } = options;
   const createContext = createContextFactory(deps);
+  /** Calls a procedure as the request's caller: its own validation, auth, logic and error mapping. */
+  const callProcedure: ProcedureCall = (request, reply, procedure, input) => {
+    const caller = createCaller(createContext({ req: request, res: reply }), {
+      onError({ error }) {
+        if (error.code === 'INTERNAL_SERVER_ERROR') {
+          request.log.error({ err: error.cause ?? error, path: procedure }, 'procedure failed');
+        } else if (error.cause instanceof OutcomeUnknownError) {
+          const level = isConnectionFailure(error.cause.cause) ? 'warn' : 'error';
+          request.log[level]({ err: error.cause.cause, path: procedure }, 'procedure outcome unknown');
+        }
+      },
+    });
+    return procedureOf(caller, procedure)(input);
+  };
   for (const route of routes) {
     const input = routeInput(route);
     app.route({
       method: route.method,
       url: route.path,
       handler: async (request, reply) => {
-        const caller = createCaller(createContext({ req: request, res: reply }), {
-          onError({ error }) {
-            if (error.code === 'INTERNAL_SERVER_ERROR') {
-              request.log.error({ err: error.cause ?? error, path: route.procedure }, 'procedure failed');
-            } else if (error.cause instanceof OutcomeUnknownError) {
-              const level = isConnectionFailure(error.cause.cause) ? 'warn' : 'error';
-              request.log[level](
-                { err: error.cause.cause, path: route.procedure },
-                'procedure outcome unknown',
-              );
-            }
-          },
-        });
         try {
-          return await procedureOf(caller, route.procedure)(inputOf(route, input, request));
+          return await callProcedure(request, reply, route.procedure, inputOf(route, input, request));
         } catch (error) {
           if (error instanceof TRPCError) return sendTRPCError(request, reply, error);
           throw error;
@@ -100,22 +109,16 @@ export async function restApi(
       },
     });
   }
+  registerStatementCsv(app, { call: callProcedure, sendError: sendTRPCError });
 
   // Built on first request rather than at start-up, then served from memory.
   let document: OpenApiDocument | undefined;
-  let page: string | undefined;
   const openApiDocument = () => {
-    document ??= buildOpenApiDocument(routes, deps.config.baseUrl);
+    document ??= withStatementCsv(buildOpenApiDocument(routes, deps.config.baseUrl));
     return document;
   };
   app.get(OPENAPI_PATH, async () => openApiDocument());
-  app.get('/docs', async (_request, reply) => {
-    page ??= renderDocsPage(openApiDocument(), OPENAPI_PATH);
-    return reply
-      .type('text/html; charset=utf-8')
-      .header('content-security-policy', "default-src 'none'; style-src 'unsafe-inline'")
-      .send(page);
-  });
+  await registerDocsViewer(app, openApiDocument);
 
   await app.register(
     async (api) => {

@@ -1,6 +1,7 @@
 import type { AnyTRPCProcedure, AnyTRPCRouter, inferProcedureOutput, TRPCRouterRecord } from '@trpc/server';
 import { z } from 'zod';
 import type { AppRouter } from '../../trpc/routers/_app.ts';
+import { balanceAtView, groupedUsageSeries, statementPageView, usageSeries } from './history-views.ts';
 import {
   balanceView,
   committed,
@@ -337,5 +338,63 @@ export const restRoutes: readonly RestRoute[] = [
     auth: 'service',
     summary: 'Redeem the personalized gifts waiting for a new user’s email',
     output: pendingGiftsRedeemed,
+  }),
+  // History reads (issue 18). The statement is also served as CSV (statement-csv.ts).
+  route({
+    method: 'GET',
+    path: '/api/v1/credits/balance-at',
+    procedure: 'credits.balanceAt',
+    auth: 'user',
+    summary: 'Your balance at an instant (after the last entry at or before `at`)',
+    output: balanceAtView,
+  }),
+  route({
+    method: 'GET',
+    path: '/api/v1/credits/usage',
+    procedure: 'credits.usage',
+    auth: 'user',
+    summary: 'Your usage per UTC hour, day or month (at most 1000 buckets), optionally per app',
+    output: usageSeries,
+  }),
+  route({
+    method: 'GET',
+    path: '/api/v1/credits/statement',
+    procedure: 'credits.statement',
+    auth: 'user',
+    summary: 'Your statement of [from, to): opening balance, entries oldest first (paged), closing balance',
+    output: statementPageView,
+  }),
+  route({
+    method: 'GET',
+    path: '/api/v1/credits/guild/:guildId/usage',
+    procedure: 'guild.usage',
+    auth: 'user',
+    summary: "A pool's usage per UTC hour, day or month, optionally per member or app (owners and admins)",
+    output: groupedUsageSeries,
+    errors: [403, 404, 503],
+  }),
+  route({
+    method: 'GET',
+    path: '/api/v1/internal/credits/balance-at/:userId',
+    procedure: 'internal.credits.balanceAt',
+    auth: 'service',
+    summary: "A user's balance at an instant",
+    output: balanceAtView,
+  }),
+  route({
+    method: 'GET',
+    path: '/api/v1/internal/credits/statement',
+    procedure: 'internal.credits.statement',
+    auth: 'service',
+    summary: "A user's statement of [from, to), paged",
+    output: statementPageView,
+  }),
+  route({
+    method: 'GET',
+    path: '/api/v1/internal/usage',
+    procedure: 'internal.usage',
+    auth: 'service',
+    summary: 'Usage of every user (or one app) per UTC bucket; per app or per user (top spenders)',
+    output: groupedUsageSeries,
   }),
 ];

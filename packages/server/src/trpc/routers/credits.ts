@@ -1,6 +1,9 @@
 import { z } from 'zod';
 import { activePackages, balanceOf, transactionHistory } from '../../domain/credits/personal.ts';
 import { useGuildCreditsViaCreditsUse } from '../../domain/guild/pools.ts';
+import { balanceAt } from '../../domain/history/balance.ts';
+import { statement } from '../../domain/history/statement.ts';
+import { myUsage } from '../../domain/history/usage.ts';
 import { purchaseHistory, purchaseStatus, startPurchase } from '../../domain/stripe/purchases.ts';
 import {
   amount,
@@ -14,6 +17,7 @@ import {
   uuid,
 } from '../../schemas.ts';
 import { authedProcedure, publicProcedure, router } from '../init.ts';
+import { balanceAtInput, statementInput, usageInput } from './history-inputs.ts';
 
 export const useInput = z.strictObject({
   amount,
@@ -67,4 +71,16 @@ export const creditsRouter = router({
   purchaseStatus: authedProcedure
     .input(z.strictObject({ purchaseId: uuid }))
     .query(({ ctx, input }) => purchaseStatus(ctx.deps.db, ctx.user.id, input.purchaseId)),
+
+  balanceAt: authedProcedure
+    .input(balanceAtInput)
+    .query(({ ctx, input }) => balanceAt(ctx.deps.db, ctx.user.id, input.at)),
+
+  usage: authedProcedure
+    .input(usageInput)
+    .query(({ ctx, input }) => myUsage(ctx.deps.db, ctx.user.id, input)),
+
+  statement: authedProcedure
+    .input(statementInput)
+    .query(({ ctx, input }) => statement(ctx.deps.db, ctx.user.id, input)),
 });

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { memberLimits, setMemberLimits } from '../../domain/guild/limits.ts';
 import { fundPool, poolBalance, poolTransactions, useGuildCredits } from '../../domain/guild/pools.ts';
+import { poolUsage } from '../../domain/history/usage.ts';
 import {
   amount,
   appId,
@@ -12,6 +13,7 @@ import {
   userId,
 } from '../../schemas.ts';
 import { authedProcedure, router } from '../init.ts';
+import { guildUsageInput } from './history-inputs.ts';
 
 /** A cap in credits: null = unlimited, 0 = blocked. Always sent explicitly. */
 const limit = z.int({ error: 'must be a whole number of credits or null' }).min(0).nullable();
@@ -49,4 +51,8 @@ export const guildRouter = router({
   setMemberLimits: authedProcedure
     .input(z.strictObject({ guildId, userId, dailyLimit: limit, monthlyLimit: limit }))
     .mutation(({ ctx, input }) => setMemberLimits(ctx.deps, ctx.user.id, input)),
+
+  usage: authedProcedure
+    .input(guildUsageInput)
+    .query(({ ctx, input }) => poolUsage(ctx.deps, ctx.user.id, input)),
 });

@@ -5,6 +5,9 @@ import { upsertPackage } from '../../domain/credits/packages.ts';
 import { balanceOf, grantCredits, initBalance, refundUsage } from '../../domain/credits/personal.ts';
 import { commitReservation, releaseReservation, reserveCredits } from '../../domain/credits/reservations.ts';
 import { initPool, useGuildCreditsViaCreditsUse } from '../../domain/guild/pools.ts';
+import { balanceAt } from '../../domain/history/balance.ts';
+import { statement } from '../../domain/history/statement.ts';
+import { serviceUsage } from '../../domain/history/usage.ts';
 import {
   amount,
   appId,
@@ -20,6 +23,7 @@ import {
 import { internalProcedure, router } from '../init.ts';
 import { useInput } from './credits.ts';
 import { internalGiftsRouter } from './gifts.ts';
+import { internalBalanceAtInput, internalStatementInput, internalUsageInput } from './history-inputs.ts';
 
 const internalCreditsRouter = router({
   balance: internalProcedure
@@ -80,6 +84,14 @@ const internalCreditsRouter = router({
   useBatch: internalProcedure
     .input(z.strictObject({ items: z.array(z.unknown()).min(1).max(MAX_BATCH_ITEMS) }))
     .mutation(({ ctx, input }) => useCreditsBatch(ctx.deps, input.items)),
+
+  balanceAt: internalProcedure
+    .input(internalBalanceAtInput)
+    .query(({ ctx, input }) => balanceAt(ctx.deps.db, input.userId, input.at)),
+
+  statement: internalProcedure
+    .input(internalStatementInput)
+    .query(({ ctx, input: { userId, ...request } }) => statement(ctx.deps.db, userId, request)),
 });
 
 /** Stripe's bounds for one EUR charge, in cents. */
@@ -122,4 +134,7 @@ export const internalRouter = router({
   gifts: internalGiftsRouter,
   packages: internalPackagesRouter,
   guildPool: internalGuildPoolRouter,
+  usage: internalProcedure
+    .input(internalUsageInput)
+    .query(({ ctx, input }) => serviceUsage(ctx.deps.db, input)),
 });
