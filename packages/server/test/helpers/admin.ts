@@ -55,5 +55,5 @@ export const form = (fields: Record<string, string | number | undefined>) =>
   new URLSearchParams(
     Object.entries(fields)
       .filter(([, value]) => value !== undefined)
-      .map(([name, value]) => [name, String(value)]),
+      .map(([name, value]): [string, string] => [name, String(value)]),
   ).toString();

@@ -11,6 +11,7 @@ import {
   startSession,
 } from './auth.ts';
 import { html, layout, messagePage, sendPage } from './html.ts';
+import { registerConsoleRoutes } from './routes.ts';
 import { SessionSigner } from './session.ts';
 
 declare module 'fastify' {
@@ -49,10 +50,6 @@ export function operatorView(request: FastifyRequest, signer: SessionSigner | un
   if (!auth) return undefined;
   const csrf = auth.session && signer ? signer.csrfToken(auth.session) : '';
   return { label: auth.operator.label, csrf };
-}
-
-export interface ConsoleContext {
-  signer: SessionSigner | undefined;
 }
 
 function loginPage(options: { next: string; error?: string; disabled?: boolean }): string {
@@ -195,19 +192,5 @@ export async function adminConsole(admin: FastifyInstance): Promise<void> {
     return reply.redirect('/admin/login', 303);
   });
 
-  const context: ConsoleContext = { signer };
-  admin.get('/', async (request, reply) =>
-    sendPage(
-      reply,
-      200,
-      layout(
-        { title: 'Search', operator: operatorView(request, context.signer) },
-        html`<h1>Find a user or guild</h1>
-<form method="get" action="/admin/search" class="row" role="search">
-<label>User or guild id<input type="search" name="q" required maxlength="200" autofocus></label>
-<button type="submit">Search</button>
-</form>`,
-      ),
-    ),
-  );
+  registerConsoleRoutes(admin, signer);
 }
