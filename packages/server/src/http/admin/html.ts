@@ -65,7 +65,8 @@ export const PAGE_HEADERS = {
   'content-type': 'text/html; charset=utf-8',
   'content-security-policy': CONSOLE_CSP,
   'x-content-type-options': 'nosniff',
-  'referrer-policy': 'no-referrer',
+  // Not no-referrer: under it a browser sends `Origin: null` with form posts, and the console checks Origin.
+  'referrer-policy': 'same-origin',
   'x-frame-options': 'DENY',
   'cache-control': 'no-store',
 } as const;
@@ -100,6 +101,7 @@ export function layout(options: LayoutOptions, body: Html): string {
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="robots" content="noindex">
+<link rel="icon" href="data:,">
 <title>${options.title} · mana-credits console</title>
 <link rel="stylesheet" href="/admin/assets/console.css">
 ${options.charts ? html`<link rel="stylesheet" href="/admin/assets/uplot.css">` : ''}
