@@ -207,6 +207,8 @@ export type GuildOverview = Awaited<ReturnType<typeof guildOverview>>;
 
 /** One chart: x in seconds since the epoch, one list of values per series (null = no point). */
 export interface ChartData {
+  /** How to draw it (default: lines). */
+  kind?: 'bars' | 'lines';
   x: number[];
   series: { label: string; values: (number | null)[] }[];
 }
@@ -237,12 +239,22 @@ function balanceChart(points: { at: Date; balance: number }[], label: string, no
   return { x, series: [{ label, values }] };
 }
 
-/** One series per key (the largest MAX_SERIES − 1 by total, the rest as "other"), one x per day since sinceDay. */
+/** A per-day chart shows at least this many days (more when the data goes further back). */
+const MIN_CHART_DAYS = 14;
+
+/**
+ * One series per key (the largest MAX_SERIES − 1 by total, the rest as "other"), one x per day from the first
+ * day with data (but at least MIN_CHART_DAYS, and not before sinceDay) to today. One series is drawn as bars.
+ */
 function dailyChart(rows: DailyAmount[], sinceDay: string, now: Date): ChartData {
   if (rows.length === 0) return { x: [], series: [] };
+  const window = utcDay(new Date(now.getTime() - (MIN_CHART_DAYS - 1) * 86_400_000));
+  const firstDay = rows.reduce((first, row) => (row.day < first ? row.day : first), window);
+  const start = firstDay < sinceDay ? sinceDay : firstDay;
   const days: string[] = [];
-  for (let day = dayStart(sinceDay, 'since'); utcDay(day) <= utcDay(now); day = nextDay(day))
+  for (let day = dayStart(start, 'since'); utcDay(day) <= utcDay(now); day = nextDay(day)) {
     days.push(utcDay(day));
+  }
   const totals = new Map<string, number>();
   for (const row of rows) totals.set(row.key, (totals.get(row.key) ?? 0) + row.credits);
   const ranked = [...totals.entries()]
@@ -259,6 +271,7 @@ function dailyChart(rows: DailyAmount[], sinceDay: string, now: Date): ChartData
     values[series]![position]! += row.credits;
   }
   return {
+    kind: labels.length === 1 ? 'bars' : 'lines',
     x: days.map((day) => seconds(dayStart(day, 'day'))),
     series: labels.map((label, position) => ({ label, values: values[position]! })),
   };
@@ -271,7 +284,10 @@ export async function userCharts(db: Kysely<Database>, userId: string, now = new
     userBalanceSeries(db, userId, since),
     userUsageByAppAndDay(db, userId, sinceDay),
   ]);
-  return { balance: balanceChart(points, 'balance', now), usage: dailyChart(usage, sinceDay, now) };
+  return {
+    balance: balanceChart(points, 'balance (held included)', now),
+    usage: dailyChart(usage, sinceDay, now),
+  };
 }
 
 /** A guild's charts: pool balance over time, spend per member per day (the last CHART_DAYS days). */
@@ -281,5 +297,8 @@ export async function guildCharts(db: Kysely<Database>, guildId: string, now = n
     poolBalanceSeries(db, guildId, since),
     poolSpendByMemberAndDay(db, guildId, sinceDay),
   ]);
-  return { balance: balanceChart(points, 'pool balance', now), spend: dailyChart(spend, sinceDay, now) };
+  return {
+    balance: balanceChart(points, 'pool balance (held included)', now),
+    spend: dailyChart(spend, sinceDay, now),
+  };
 }

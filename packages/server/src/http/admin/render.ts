@@ -69,7 +69,14 @@ ${fields}
 }
 
 function chart(id: string, title: string, data: ChartData, empty: string, options: { step?: boolean } = {}) {
-  const spec = { title, empty, step: options.step === true, x: data.x, series: data.series };
+  const spec = {
+    title,
+    empty,
+    kind: data.kind ?? 'lines',
+    step: options.step === true,
+    x: data.x,
+    series: data.series,
+  };
   return html`<div class="chart" id="${id}" data-chart="${JSON.stringify(spec)}"></div>`;
 }
 

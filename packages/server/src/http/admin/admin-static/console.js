@@ -25,14 +25,12 @@
         stroke: color,
         fill: bars ? `${color}55` : undefined,
         width: 2,
-        points: { show: spec.x.length < 60 },
-        paths: bars
-          ? window.uPlot.paths.bars({ size: [0.8 / Math.max(1, spec.series.length), 60] })
-          : undefined,
+        points: { show: !bars && spec.x.length < 60 },
+        paths: bars ? window.uPlot.paths.bars({ size: [0.6, 40] }) : undefined,
         ...(spec.step ? { paths: window.uPlot.paths.stepped({ align: 1 }) } : {}),
       });
     });
-    const width = Math.max(320, Math.min(720, element.clientWidth || 640));
+    const width = Math.max(320, Math.min(680, element.clientWidth || 640));
     const options = {
       title: spec.title,
       width,
@@ -42,8 +40,7 @@
       axes: [{}, { size: 70 }],
     };
     const data = [spec.x, ...spec.series.map((entry) => entry.values)];
-    // biome-ignore lint/correctness/noUnusedVariables: the chart lives in the page
-    const chart = new window.uPlot(options, data, element);
+    element.chart = new window.uPlot(options, data, element);
     element.dataset.rendered = 'chart';
   }
 
