@@ -249,7 +249,8 @@ const MIN_CHART_DAYS = 14;
 function dailyChart(rows: DailyAmount[], sinceDay: string, now: Date): ChartData {
   if (rows.length === 0) return { x: [], series: [] };
   const window = utcDay(new Date(now.getTime() - (MIN_CHART_DAYS - 1) * 86_400_000));
-  const firstDay = rows.reduce((first, row) => (row.day < first ? row.day : first), window);
+  let firstDay = window;
+  for (const row of rows) if (row.day < firstDay) firstDay = row.day;
   const start = firstDay < sinceDay ? sinceDay : firstDay;
   const days: string[] = [];
   for (let day = dayStart(start, 'since'); utcDay(day) <= utcDay(now); day = nextDay(day)) {
