@@ -172,7 +172,9 @@ describe.skipIf(!browserHere)('the operator console in headless Chromium', () =>
         page.waitForURL(/\?done=/),
         grant.getByRole('button', { name: 'Grant' }).dblclick(),
       ]);
-      await page.waitForLoadState('load');
+      // The second click may start a second navigation after the first one landed: let both settle.
+      await page.waitForLoadState('networkidle');
+      expect(page.url()).toMatch(/\?done=/);
       expect(await page.locator('[data-field="notice"]').textContent()).toMatch(/(Done|Already done): grant/);
       const row = page.locator('tr[data-type="grant"]').first();
       expect(await row.locator('[data-field="description"]').textContent()).toBe(`support ticket #42 ${XSS}`);
