@@ -270,11 +270,38 @@ describe('who may reach /admin', () => {
       headers: withCookie(other.cookie),
     });
     expect((await post({ _csrf: hiddenField(otherPage.body, '_csrf') })).statusCode).toBe(403);
-    expect((await post({ _csrf: csrf }, { origin: 'https://evil.example' })).statusCode).toBe(403);
-    expect((await post({ _csrf: csrf }, { 'sec-fetch-site': 'cross-site' })).statusCode).toBe(403);
+    // From another origin the cookie does not even count (401).
+    expect((await post({ _csrf: csrf }, { origin: 'https://evil.example' })).statusCode).toBe(401);
+    expect((await post({ _csrf: csrf }, { 'sec-fetch-site': 'cross-site' })).statusCode).toBe(401);
     const out = await post({ _csrf: csrf }, { 'sec-fetch-site': 'same-origin' });
     expect(out.statusCode).toBe(303);
     expect(String(out.headers['set-cookie'])).toMatch(/mana_admin=; .*Max-Age=0/);
+  });
+
+  it('the cookie does not count for requests from another origin (a sibling app reading a console page)', async () => {
+    const { cookie } = await signIn(ADMIN_TOKEN);
+    const status = async (headers: Record<string, string>) =>
+      (
+        await server.app.inject({
+          method: 'GET',
+          url: '/admin',
+          headers: { ...withCookie(cookie), ...headers },
+        })
+      ).statusCode;
+    expect(await status({})).toBe(200);
+    expect(await status({ 'sec-fetch-site': 'same-origin', 'sec-fetch-mode': 'cors' })).toBe(200);
+    // fetch() from https://app.example.test (same site, another origin): with and without Fetch Metadata.
+    expect(
+      await status({
+        origin: 'https://app.example.test',
+        'sec-fetch-site': 'same-site',
+        'sec-fetch-mode': 'cors',
+      }),
+    ).toBe(401);
+    expect(await status({ origin: 'https://app.example.test' })).toBe(401);
+    expect(await status({ 'sec-fetch-site': 'same-site', 'sec-fetch-mode': 'no-cors' })).toBe(401);
+    // A person following a link from a sibling site opens the page (and reads it themselves).
+    expect(await status({ 'sec-fetch-site': 'same-site', 'sec-fetch-mode': 'navigate' })).toBe(200);
   });
 
   it('sign-in from another origin is refused (login CSRF)', async () => {

@@ -147,9 +147,29 @@ export async function authenticate(
     const check = await checkCredential(deps, bearer, name);
     return check.ok ? { operator: check.operator, via: 'bearer' } : check;
   }
+  if (!sessionMayBeUsed(request, deps.config.baseUrl)) return undefined;
   const session = sessionOf(request, deps, signer);
   return session ? { operator: session.operator, via: 'session', session } : undefined;
 }
+
+/**
+ * The cookie only counts for the console's own pages and a person's navigations. SameSite=Strict keeps it off
+ * cross-site requests, but a sibling origin of the same site (an app on CORS_ORIGINS, perhaps with
+ * CORS_CREDENTIALS) could otherwise fetch a console page with it and read the page, CSRF token included.
+ * So a request from another origin (`Origin`), or a non-navigation from anywhere but this origin
+ * (`Sec-Fetch-Site`/`Sec-Fetch-Mode`), is treated as carrying no session.
+ */
+export function sessionMayBeUsed(request: FastifyRequest, baseUrl: string): boolean {
+  const site = request.headers['sec-fetch-site'];
+  const mode = request.headers['sec-fetch-mode'];
+  if (typeof site === 'string' && site !== 'same-origin' && site !== 'none' && mode !== 'navigate')
+    return false;
+  const origin = request.headers.origin;
+  return typeof origin !== 'string' || isOwnOrigin(request, baseUrl, origin);
+}
+
+const isOwnOrigin = (request: FastifyRequest, baseUrl: string, origin: string) =>
+  origin === `${request.protocol}://${request.host}` || origin === new URL(baseUrl).origin;
 
 /**
  * A cookie-authenticated POST must come from a console page: the CSRF token of its session in the form, and
@@ -159,6 +179,5 @@ export function sameOrigin(request: FastifyRequest, baseUrl: string): boolean {
   const site = request.headers['sec-fetch-site'];
   if (typeof site === 'string' && site !== 'same-origin' && site !== 'none') return false;
   const origin = request.headers.origin;
-  if (typeof origin !== 'string') return true;
-  return origin === `${request.protocol}://${request.host}` || origin === new URL(baseUrl).origin;
+  return typeof origin !== 'string' || isOwnOrigin(request, baseUrl, origin);
 }
