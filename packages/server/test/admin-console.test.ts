@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { insertPendingPurchase } from '@mana-credits/db';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SESSION_COOKIE } from '../src/http/admin/auth.ts';
@@ -118,6 +119,22 @@ describe('views', () => {
     });
     await creator.gifts.redeem.mutate({ code: received.code });
 
+    const pack = await internal().internal.packages.upsert.mutate({
+      name: 'Starter',
+      credits: 500,
+      priceEuroCents: 499,
+      active: true,
+      sortOrder: 0,
+    });
+    const purchaseId = await insertPendingPurchase(server.deps.db, {
+      userId: user.id,
+      packageId: pack.id,
+      credits: 500,
+      priceEuroCents: 499,
+      currency: 'eur',
+      stripeCustomerId: 'cus_test',
+    });
+
     const response = await get(`/admin/users/${encodeURIComponent(user.id)}`);
     expect(response.statusCode).toBe(200);
     expect(response.headers['content-security-policy']).toContain("script-src 'self'");
@@ -129,6 +146,9 @@ describe('views', () => {
     expect(page).toMatch(/data-table="gifts-created"[\s\S]*data-field="gift-status">active</);
     expect(page).toMatch(/data-table="gifts-received"/);
     expect(page).toContain('data-placeholder="lots"');
+    expect(page).toMatch(
+      new RegExp(`data-table="purchases"[\\s\\S]*pending[\\s\\S]*500[\\s\\S]*${purchaseId}`),
+    );
     // No user string reaches the page as markup.
     expect(page).not.toContain('<script>window.__xss');
     expect(page).not.toContain('<img src=x');
@@ -459,6 +479,11 @@ describe('actions', () => {
     });
     expect(bad.statusCode).toBe(400);
     expect(bad.json().error.reason).toBe('VALIDATION');
+    // Counted in the metrics like the API's grants (once: the replay moved nothing).
+    const metrics = (await server.app.inject({ method: 'GET', url: '/metrics' })).body;
+    expect(metrics).toMatch(
+      /mana_credits_credits_credited_total\{app="admin-console",account="personal",type="grant"\} \d+/,
+    );
     const noNonce = await bearerPost(`/admin/users/${user.id}/grant`, {
       amount: 1,
       reason: 'script',
