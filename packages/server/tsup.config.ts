@@ -1,4 +1,4 @@
-import { copyFileSync, readdirSync, readFileSync } from 'node:fs';
+import { copyFileSync, cpSync, readdirSync, readFileSync } from 'node:fs';
 import { builtinModules } from 'node:module';
 import { defineConfig, type Options } from 'tsup';
 
@@ -76,5 +76,13 @@ export default defineConfig({
     for (const file of readdirSync(functions).filter((name) => name.endsWith('.sql'))) {
       copyFileSync(new URL(file, functions), new URL(`./dist/${file}`, import.meta.url));
     }
+    // The operator console's stylesheet and script, read beside the module that serves them (http/admin).
+    cpSync(
+      new URL('./src/http/admin/admin-static/', import.meta.url),
+      new URL('./dist/admin-static/', import.meta.url),
+      {
+        recursive: true,
+      },
+    );
   },
 });

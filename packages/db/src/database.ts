@@ -261,6 +261,21 @@ export interface RateLimitsTable {
   previous_hits: Generated<number>;
 }
 
+/** One action of an operator in the console (2026_12_03_0600_admin_actions); append-only. */
+export interface AdminActionsTable {
+  id: Generated<string>;
+  /** `jwt:<sub>` or `token:<name>`. */
+  operator: string;
+  action: string;
+  /** The account acted on: `user:<id>` or `guild:<id>`. */
+  target: string;
+  reason: string;
+  idempotency_key: string;
+  request: ColumnType<JsonObject, string, never>;
+  result: ColumnType<JsonObject, string, never>;
+  created_at: Timestamp;
+}
+
 export interface Database {
   'credits.balances': BalancesTable;
   'credits.transactions': TransactionsTable;
@@ -278,6 +293,7 @@ export interface Database {
   'gifts.gift_codes': GiftCodesTable;
   'gifts.gift_redemptions': GiftRedemptionsTable;
   'gifts.rate_limits': RateLimitsTable;
+  'credits.admin_actions': AdminActionsTable;
 }
 
 export type LedgerRow = Selectable<TransactionsTable>;
@@ -289,3 +305,4 @@ export type PurchaseRow = Selectable<PurchasesTable>;
 export type GuildPoolRow = Selectable<GuildPoolsTable>;
 export type GuildLedgerRow = Selectable<GuildTransactionsTable>;
 export type ReservationRow = Selectable<ReservationsTable>;
+export type AdminActionRow = Selectable<AdminActionsTable>;

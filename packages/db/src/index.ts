@@ -2,6 +2,7 @@ export * from './connect.ts';
 export * from './database.ts';
 export * from './int8.ts';
 export * from './migrate.ts';
+export * from './queries/admin.ts';
 export * from './queries/balances.ts';
 export * from './queries/batch.ts';
 export * from './queries/customers.ts';

@@ -5,6 +5,7 @@ import { sql } from 'kysely';
 import type { AppDeps } from './deps.ts';
 import { ServiceUnavailableError } from './domain/errors.ts';
 import { DatabaseUnavailableError, isConnectionFailure, OutcomeUnknownError } from './domain/outcome.ts';
+import { adminConsole } from './http/admin/plugin.ts';
 import { registerCors } from './http/cors.ts';
 import { sendError } from './http/error-reply.ts';
 import { registerGiftPage } from './http/gift-page.ts';
@@ -180,6 +181,7 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
 
   await app.register(restApi, { deps });
   registerGiftPage(app);
+  await app.register(adminConsole, { prefix: '/admin' });
   // All periodic work (expiry sweeps, pruning) runs on one scheduler: started when the app is ready, stopped
   // in preClose (a run in progress is awaited), before the database closes in onClose.
   const scheduler = registerScheduler(app);

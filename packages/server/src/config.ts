@@ -1,5 +1,6 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
+import { type AdminConfig, adminConfigOf, adminEnvShape } from './http/admin/config.ts';
 
 const booleanFromEnv = z
   .enum(['true', 'false', '1', '0', 'yes', 'no'])
@@ -61,6 +62,7 @@ const envSchema = z.object({
   SHUTDOWN_DRAIN_MS: z.coerce.number().int().min(0).max(600_000).default(0),
   METRICS_TOKEN: optionalText,
   BENCH_NOOP: booleanFromEnv.default(false),
+  ...adminEnvShape,
 });
 
 export type Env = z.input<typeof envSchema>;
@@ -115,6 +117,8 @@ export interface Config {
   metricsToken: string | undefined;
   /** Mounts `bench.noop` (internal auth, no work): the Node ceiling of `pnpm bench`. Off unless asked for. */
   benchNoop: boolean;
+  /** The operator console (/admin): see http/admin/config.ts. */
+  admin: AdminConfig;
 }
 
 export class ConfigError extends Error {
@@ -238,6 +242,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   problems.push(...corsOriginProblems(e.CORS_ORIGINS, e.CORS_CREDENTIALS));
   const trustProxy = parseTrustProxy(e.TRUST_PROXY);
   if (!trustProxy.ok) problems.push(trustProxy.problem);
+  const admin = adminConfigOf(e, production, problems);
   if (problems.length > 0) throw new ConfigError(problems);
 
   const authUrl = e.MANA_CORE_AUTH_URL?.replace(/\/+$/, '');
@@ -276,6 +281,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     shutdownDrainMs: e.SHUTDOWN_DRAIN_MS,
     metricsToken: e.METRICS_TOKEN,
     benchNoop: e.BENCH_NOOP,
+    admin: Object.freeze(admin),
   });
 }
 

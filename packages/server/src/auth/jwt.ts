@@ -10,6 +10,8 @@ export interface AuthUser {
   emailVerified: boolean | null;
   name: string | null;
   role: string | null;
+  /** Every claim of the verified token (the operator console reads its configurable role claim here). */
+  claims?: Readonly<JWTPayload>;
 }
 
 export type VerifyUserToken = (token: string) => Promise<AuthUser>;
@@ -77,6 +79,7 @@ export function createJwtVerifier(options: JwtVerifierOptions): VerifyUserToken 
         emailVerified: emailVerifiedClaim(payload),
         name: claimText(payload, 'name'),
         role: claimText(payload, 'role'),
+        claims: payload,
       };
     } catch (error) {
       if (error instanceof InvalidTokenError) throw error;

@@ -82,11 +82,17 @@ export interface GrantInput {
   reason: string;
   idempotencyKey: string;
   appId?: string | undefined;
+  /** Stored on the ledger row (the operator console records who granted, and why); part of the fingerprint. */
+  metadata?: JsonObject | undefined;
 }
 
 /** Promotional or support credits; refused (BALANCE_LIMIT_EXCEEDED) past MAX_CREDITS. */
 export async function grantCredits(db: Kysely<Database>, input: GrantInput): Promise<MovementResult> {
-  const hash = requestHash('credits.grant', { amount: input.amount, reason: input.reason });
+  const hash = requestHash('credits.grant', {
+    amount: input.amount,
+    reason: input.reason,
+    metadata: input.metadata,
+  });
   return withIdempotency(
     ledgerKeys(db, input.userId),
     { key: input.idempotencyKey, hash },
@@ -98,6 +104,7 @@ export async function grantCredits(db: Kysely<Database>, input: GrantInput): Pro
           amount: input.amount,
           appId: input.appId,
           description: input.reason,
+          metadata: input.metadata,
           idempotencyKey: input.idempotencyKey,
           requestHash: hash,
         });
@@ -114,6 +121,8 @@ export interface RefundInput {
   description: string;
   idempotencyKey: string;
   appId?: string | undefined;
+  /** Stored on the refund's ledger row (the operator console's who and why); part of the fingerprint. */
+  metadata?: JsonObject | undefined;
 }
 
 /**
@@ -125,6 +134,7 @@ export async function refundUsage(db: Kysely<Database>, input: RefundInput): Pro
     transactionId: input.transactionId,
     amount: input.amount,
     description: input.description,
+    metadata: input.metadata,
   });
   return withIdempotency(
     ledgerKeys(db, input.userId),
@@ -156,6 +166,7 @@ export async function refundUsage(db: Kysely<Database>, input: RefundInput): Pro
             amount,
             appId: input.appId ?? original.app_id,
             description: input.description,
+            metadata: input.metadata,
             idempotencyKey: input.idempotencyKey,
             requestHash: hash,
             referenceTransactionId: original.id,

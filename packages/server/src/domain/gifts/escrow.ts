@@ -3,6 +3,7 @@ import {
   creditBalance,
   type Database,
   type GiftRow,
+  type JsonObject,
   listDueGiftIds,
   lockGift,
   systemKeys,
@@ -29,6 +30,8 @@ export async function releaseEscrow(
   trx: Transaction<Database>,
   gift: GiftRow,
   status: ClosedStatus,
+  /** Added to the refund row's metadata (the operator console's who and why). */
+  note?: JsonObject,
 ): Promise<number> {
   const unclaimed = gift.credits_per_portion * (gift.total_portions - gift.claimed_portions);
   if (!(await closeActiveGift(trx, gift.id, status, unclaimed))) return 0;
@@ -40,7 +43,7 @@ export async function releaseEscrow(
         type: 'refund',
         amount: unclaimed,
         description: REFUND_DESCRIPTION[status],
-        metadata: { giftId: gift.id },
+        metadata: { ...note, giftId: gift.id },
         referenceTransactionId: gift.funding_transaction_id,
         idempotencyKey: systemKeys.giftRefund(gift.id),
       },
@@ -97,7 +100,7 @@ export type CancelOutcome =
  */
 export async function cancelGift(
   db: Kysely<Database>,
-  input: { userId: string; giftId: string },
+  input: { userId: string; giftId: string; note?: JsonObject | undefined },
 ): Promise<{ refunded: number }> {
   const outcome = await db.transaction().execute(async (trx): Promise<CancelOutcome> => {
     const gift = await lockGift(trx, input.giftId);
@@ -124,7 +127,8 @@ export async function cancelGift(
         },
       );
     }
-    const refunded = await releaseEscrow(trx, gift, gift.claimed_portions === 0 ? 'refunded' : 'cancelled');
+    const closed = gift.claimed_portions === 0 ? 'refunded' : 'cancelled';
+    const refunded = await releaseEscrow(trx, gift, closed, input.note);
     return { ok: true, refunded };
   });
   if (!outcome.ok) {

@@ -7,7 +7,7 @@ import {
 } from '@mana-credits/db';
 import type { Kysely, Transaction } from 'kysely';
 import { ForbiddenError, NotFoundError, PreconditionFailedError } from '../errors.ts';
-import { MANAGERS, type MembershipClient, requireRole } from './membership.ts';
+import { type GuildRole, MANAGERS, type MembershipClient, requireRole } from './membership.ts';
 
 interface GuildDeps {
   db: Kysely<Database>;
@@ -91,6 +91,21 @@ export async function setMemberLimits(
       'GUILD_OWNER_REQUIRED',
     );
   }
+  return applyMemberLimits(deps, input, targetRole);
+}
+
+/**
+ * Writes a member's caps once the caller may set them (setMemberLimits decides that for guild owners and
+ * admins; the operator console's own guard for operators): the target must be a member of the guild
+ * (`knownRole` when already asked) and the pool must exist.
+ */
+export async function applyMemberLimits(
+  deps: GuildDeps,
+  input: SetMemberLimitsInput,
+  knownRole?: GuildRole,
+): Promise<MemberSpending> {
+  const targetRole = knownRole ?? (await deps.membership.roleOf(input.guildId, input.userId));
+  if (!targetRole) throw new NotFoundError('Guild member', 'MEMBER_NOT_FOUND');
   if (!(await findGuildPool(deps.db, input.guildId))) throw poolNotFound();
   await upsertMemberLimits(deps.db, input.guildId, input.userId, input);
   return memberSpending(deps.db, input.guildId, input.userId);
