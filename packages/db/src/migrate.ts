@@ -10,6 +10,7 @@ import * as poolHolds from './migrations/2026_11_25_0600_pool_holds.ts';
 import * as clock from './migrations/2026_12_03_0100_clock.ts';
 import * as slidingRateLimit from './migrations/2026_12_03_0200_sliding_rate_limit.ts';
 import * as sqlFunctionFiles from './migrations/2026_12_03_0300_sql_function_files.ts';
+import * as events from './migrations/2026_12_03_0500_events.ts';
 
 /** Every migration, by its dated name. Add new ones here; never edit one that has shipped. */
 export const migrations: Record<string, Migration> = {
@@ -23,6 +24,7 @@ export const migrations: Record<string, Migration> = {
   '2026_12_03_0100_clock': clock,
   '2026_12_03_0200_sliding_rate_limit': slidingRateLimit,
   '2026_12_03_0300_sql_function_files': sqlFunctionFiles,
+  '2026_12_03_0500_events': events,
 };
 
 /**

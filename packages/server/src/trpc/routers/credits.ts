@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { activePackages, balanceOf, transactionHistory } from '../../domain/credits/personal.ts';
+import { setUserAlerts, userAlerts } from '../../domain/events/alerts.ts';
 import { useGuildCreditsViaCreditsUse } from '../../domain/guild/pools.ts';
 import { purchaseHistory, purchaseStatus, startPurchase } from '../../domain/stripe/purchases.ts';
 import {
@@ -14,6 +15,7 @@ import {
   uuid,
 } from '../../schemas.ts';
 import { authedProcedure, publicProcedure, router } from '../init.ts';
+import { lowBalanceThreshold } from './events.ts';
 
 export const useInput = z.strictObject({
   amount,
@@ -67,4 +69,11 @@ export const creditsRouter = router({
   purchaseStatus: authedProcedure
     .input(z.strictObject({ purchaseId: uuid }))
     .query(({ ctx, input }) => purchaseStatus(ctx.deps.db, ctx.user.id, input.purchaseId)),
+
+  /** The low-balance threshold of the caller's balance (events: balance.low/depleted/recovered). */
+  alerts: authedProcedure.query(({ ctx }) => userAlerts(ctx.deps.db, ctx.user.id)),
+
+  setAlerts: authedProcedure
+    .input(z.strictObject({ lowBalanceThreshold }))
+    .mutation(({ ctx, input }) => setUserAlerts(ctx.deps.db, ctx.user.id, input.lowBalanceThreshold)),
 });

@@ -4,6 +4,7 @@ import { MAX_BATCH_ITEMS, useCreditsBatch } from '../../domain/credits/batch.ts'
 import { upsertPackage } from '../../domain/credits/packages.ts';
 import { balanceOf, grantCredits, initBalance, refundUsage } from '../../domain/credits/personal.ts';
 import { commitReservation, releaseReservation, reserveCredits } from '../../domain/credits/reservations.ts';
+import { setUserAlerts, userAlerts } from '../../domain/events/alerts.ts';
 import { initPool, useGuildCreditsViaCreditsUse } from '../../domain/guild/pools.ts';
 import {
   amount,
@@ -19,6 +20,7 @@ import {
 } from '../../schemas.ts';
 import { internalProcedure, router } from '../init.ts';
 import { useInput } from './credits.ts';
+import { internalEventsRouter, internalWebhooksRouter, lowBalanceThreshold } from './events.ts';
 import { internalGiftsRouter } from './gifts.ts';
 
 const internalCreditsRouter = router({
@@ -80,6 +82,14 @@ const internalCreditsRouter = router({
   useBatch: internalProcedure
     .input(z.strictObject({ items: z.array(z.unknown()).min(1).max(MAX_BATCH_ITEMS) }))
     .mutation(({ ctx, input }) => useCreditsBatch(ctx.deps, input.items)),
+
+  alerts: internalProcedure
+    .input(z.strictObject({ userId }))
+    .query(({ ctx, input }) => userAlerts(ctx.deps.db, input.userId)),
+
+  setAlerts: internalProcedure
+    .input(z.strictObject({ userId, lowBalanceThreshold }))
+    .mutation(({ ctx, input }) => setUserAlerts(ctx.deps.db, input.userId, input.lowBalanceThreshold)),
 });
 
 /** Stripe's bounds for one EUR charge, in cents. */
@@ -122,4 +132,6 @@ export const internalRouter = router({
   gifts: internalGiftsRouter,
   packages: internalPackagesRouter,
   guildPool: internalGuildPoolRouter,
+  webhooks: internalWebhooksRouter,
+  events: internalEventsRouter,
 });
