@@ -18,8 +18,12 @@ const RELAY_BATCH = 500;
 const MAX_RELAY_PASSES = 20;
 const DELIVERY_BATCH = 25;
 const MAX_DELIVERY_ROUNDS = 40;
-/** A claim outlives the longest send by this much before another instance may take the delivery over. */
-const LEASE_MARGIN_MS = 30_000;
+/**
+ * How long a claim is this instance's alone: twice the longest send plus a margin for recording its result, so
+ * it never runs out while the attempt may still be in flight; after it, any instance may take the delivery over
+ * (this one died, or lost the database before recording the result).
+ */
+const leaseMs = (timeoutMs: number) => 2 * timeoutMs + 5000;
 
 /** Numbers newly committed events and queues their deliveries, until none is left (bounded per run). */
 export async function relayPending(
@@ -60,7 +64,7 @@ export async function deliverDue(
   for (let round = 0; round < MAX_DELIVERY_ROUNDS && !options.signal?.aborted; round++) {
     const claimed = await claimDueDeliveries(db, {
       limit: DELIVERY_BATCH,
-      leaseMs: config.webhookTimeoutMs + LEASE_MARGIN_MS,
+      leaseMs: leaseMs(config.webhookTimeoutMs),
     });
     if (claimed.length === 0) break;
     const reports = await Promise.allSettled(
