@@ -104,10 +104,22 @@ export const internalEventsRouter = router({
             .string()
             .regex(/^\d{1,15}$/, { error: 'must be a cursor returned by internal.events.list' })
             .optional(),
+          // A list; also comma-separated text, as a REST query string carries one value.
           types: z
-            .array(z.enum(EVENT_TYPES))
-            .min(1)
-            .max(EVENT_TYPES.length * 2)
+            .union([
+              z.array(z.enum(EVENT_TYPES)),
+              z
+                .string()
+                .max(1000)
+                .transform((value) => value.split(',').map((type) => type.trim()))
+                .pipe(z.array(z.enum(EVENT_TYPES))),
+            ])
+            .pipe(
+              z
+                .array(z.enum(EVENT_TYPES))
+                .min(1)
+                .max(EVENT_TYPES.length * 2),
+            )
             .optional(),
           limit: z.int().min(1).max(1000).default(100),
         })
