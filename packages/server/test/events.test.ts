@@ -270,9 +270,40 @@ describe('balance alerts', () => {
     expect(events.at(-1)?.type === 'balance.low').toBe(balance < 100);
   });
 
-  it('useBatch: one event per account and direction for a whole batch', async () => {
+  it('holds fire nothing by themselves; the next ledger entry sees them (a commit names its usage entry)', async () => {
     const user = await server.fundedUser(100);
+    await internal().internal.credits.setAlerts.mutate({ userId: user.id, lowBalanceThreshold: 50 });
+    const reserve = (amount: number) =>
+      internal().internal.credits.reserve.mutate({
+        userId: user.id,
+        amount,
+        appId: 'app',
+        description: 'hold',
+        idempotencyKey: `hold-${randomUUID()}`,
+      });
+    const hold = await reserve(60); // available 40: no entry, no event
+    expect(await eventsOf({ userId: user.id })).toEqual([]);
+    const committed = await internal().internal.credits.commit.mutate({ reservationId: hold.reservationId });
+    const second = await reserve(30); // available 10
+    await internal().internal.credits.release.mutate({ reservationId: second.reservationId }); // 40 again
+    await grant(user.id, 20); // 60
+    const events = await eventsOf({ userId: user.id });
+    expect(events.map((event) => event.type)).toEqual(['balance.low', 'balance.recovered']);
+    expect(events[0]?.data).toMatchObject({
+      transactionId: committed.transactionId,
+      previousAvailable: 100,
+      available: 40,
+      amount: -60,
+    });
+    expect(events[1]?.data).toMatchObject({ previousAvailable: 40, available: 60, amount: 20 });
+  });
+
+  it('useBatch: one event per account and direction for a whole batch, for each account in it', async () => {
+    const user = await server.fundedUser(100);
+    const other = await server.fundedUser(30);
+    const quiet = await server.fundedUser(30);
     await internal().internal.credits.setAlerts.mutate({ userId: user.id, lowBalanceThreshold: 60 });
+    await internal().internal.credits.setAlerts.mutate({ userId: other.id, lowBalanceThreshold: 20 });
     const items = Array.from({ length: 100 }, (_, index) => ({
       userId: user.id,
       amount: 1,
@@ -280,10 +311,25 @@ describe('balance alerts', () => {
       description: `#${index}`,
       idempotencyKey: `batch-${index}`,
     }));
+    // Interleaved with two other accounts: one crossing its own threshold, one without alerts.
+    for (const [index, id] of [other.id, quiet.id].entries()) {
+      for (let n = 0; n < 15; n++) {
+        items.splice(n * 5 + index, 0, {
+          userId: id,
+          amount: 1,
+          appId: 'batch',
+          description: 'o',
+          idempotencyKey: `o-${n}`,
+        });
+      }
+    }
     await internal().internal.credits.useBatch.mutate({ items });
     const events = await eventsOf({ userId: user.id });
     expect(events.map((event) => event.type)).toEqual(['balance.low', 'balance.depleted']);
     expect(events[0]?.data).toMatchObject({ available: 59, previousAvailable: 60 });
+    const others = await eventsOf({ userId: other.id });
+    expect(others.map((event) => [event.type, event.data.available])).toEqual([['balance.low', 19]]);
+    expect(await eventsOf({ userId: quiet.id })).toEqual([]);
   });
 });
 
