@@ -1,4 +1,4 @@
-import { createDb, migrateToLatest } from '@mana-credits/db';
+import { createDb, migrateToLatest, writeDefaultLowBalanceThreshold } from '@mana-credits/db';
 import { sql } from 'kysely';
 import pg from 'pg';
 
@@ -114,6 +114,16 @@ export async function checkLedger(url: string): Promise<LedgerCheck> {
                as "ledgerRows"
         from every`.execute(handle.db);
     return rows[0]!;
+  } finally {
+    await handle.close();
+  }
+}
+
+/** `--alerts`: the default low-balance threshold the ledger triggers read (what LOW_BALANCE_THRESHOLD sets). */
+export async function setDefaultThreshold(url: string, threshold: number): Promise<void> {
+  const handle = await createDb({ databaseUrl: url, poolSize: 1 });
+  try {
+    await writeDefaultLowBalanceThreshold(handle.db, threshold);
   } finally {
     await handle.close();
   }

@@ -5,7 +5,14 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { TestAuthServer } from '../../server/test/helpers/auth-server.ts';
-import { checkLedger, createBenchDatabase, type Population, postgresVersion, seed } from './database.ts';
+import {
+  checkLedger,
+  createBenchDatabase,
+  type Population,
+  postgresVersion,
+  seed,
+  setDefaultThreshold,
+} from './database.ts';
 import type { LoadJob, LoadResult } from './load.ts';
 import { captureUseStatement, pgbenchScript, pgbenchVersion, runPgbench } from './pgbench.ts';
 import { mainThreadProfile, summarizeProfile } from './profile.ts';
@@ -35,6 +42,11 @@ const { values: args } = parseArgs({
     users: { type: 'string' },
     pool: { type: 'string', default: '10' },
     'no-docs': { type: 'boolean', default: false },
+    /**
+     * Alerts configured (issue 16): LOW_BALANCE_THRESHOLD set for every account, so each ledger insert's
+     * trigger looks up the account's last entry (the bench's balances never cross it: no event is written).
+     */
+    alerts: { type: 'boolean', default: false },
     /** dist: the production bundle (built first, as `pnpm start` does); tsx: the sources, as `pnpm dev`. */
     server: { type: 'string', default: 'dist' },
     'database-url': {
@@ -54,6 +66,8 @@ const runtime: ServerRuntime = args.server;
 const SERVICE_KEY = 'bench-service-key-0123456789abcdefghijklmnop';
 const CONNECTIONS = { throughput: 32, hot: 64, batch: 8 };
 const BATCH_SIZE = 100;
+/** With --alerts: far below the seeded balances, so the trigger runs its whole lookup and finds no crossing. */
+const ALERT_THRESHOLD = 1000;
 const population: Population = {
   users: Number(args.users ?? (args.quick ? 20_000 : 100_000)),
   credits: 1_000_000_000,
@@ -220,6 +234,7 @@ async function main() {
     serviceKey: SERVICE_KEY,
     poolSize,
     runtime,
+    ...(args.alerts ? { env: { LOW_BALANCE_THRESHOLD: String(ALERT_THRESHOLD) } } : {}),
   };
 
   // Seeding, the server's start-up and signing tokens overlap (both sides migrate under Kysely's lock).
@@ -242,6 +257,11 @@ async function main() {
   cleanups.push(() => server.stop());
   const tokens: Tokens = { file: join(workDir, 'tokens.json'), sample: signedTokens[0]! };
   writeFileSync(tokens.file, JSON.stringify(signedTokens));
+  if (args.alerts) {
+    // The server writes it on its first delivery-job run; written here too, so pgbench's steps see it at once.
+    await setDefaultThreshold(database.url, ALERT_THRESHOLD);
+    log(`alerts configured: LOW_BALANCE_THRESHOLD=${ALERT_THRESHOLD}`);
+  }
   log(`server pid ${server.pid} at ${server.url}`);
 
   const rows: StepRow[] = [];
@@ -469,7 +489,8 @@ async function main() {
         `${seconds} s per step after ${warmupSeconds} s warm-up; ${population.users.toLocaleString('en-US')} seeded users; ` +
         `server pool ${poolSize} (pgbench clients the same); autocannon connections: ${CONNECTIONS.throughput} ` +
         `(steps 1, 3, 6), ${CONNECTIONS.hot} (4), ${CONNECTIONS.batch} (5); amount 1 and a unique idempotency key per debit; ` +
-        `server ${runtime === 'dist' ? 'bundle (node dist/main.js)' : 'sources through tsx'}, peak RSS (VmHWM) ${peakRssMb.toFixed(0)} MB.`,
+        `server ${runtime === 'dist' ? 'bundle (node dist/main.js)' : 'sources through tsx'}, peak RSS (VmHWM) ${peakRssMb.toFixed(0)} MB` +
+        `${args.alerts ? `; alerts configured (LOW_BALANCE_THRESHOLD=${ALERT_THRESHOLD})` : ''}.`,
       rows,
       goals,
       ledger: ledgerText,

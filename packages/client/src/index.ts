@@ -1,4 +1,10 @@
-export type { AppRouter, RouterInputs, RouterOutputs } from '@mana-credits/server/router';
+export type {
+  AppRouter,
+  EventEnvelope,
+  EventType,
+  RouterInputs,
+  RouterOutputs,
+} from '@mana-credits/server/router';
 export {
   type CreditsClient,
   type CreditsClientOptions,

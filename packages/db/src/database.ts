@@ -276,6 +276,71 @@ export interface AdminActionsTable {
   created_at: Timestamp;
 }
 
+/** One event of the outbox (issue 16); see migrations/2026_12_03_0500_events.ts. */
+export interface EventsTable {
+  id: Generated<string>;
+  seq: ColumnType<number, never, never>;
+  type: string;
+  user_id: string | null;
+  guild_id: string | null;
+  data: ColumnType<JsonObject, string, string>;
+  created_at: Timestamp;
+  /** Commit order, assigned by the relay (credits.relay_events); null until relayed. */
+  position: ColumnType<number | null, never, number | bigint | null>;
+  relayed_at: NullableTimestamp;
+}
+
+/** An account's low-balance threshold ('user' = a personal balance, 'guild' = a pool); null = alerts off. */
+export interface AlertSettingsTable {
+  account_kind: 'user' | 'guild';
+  account_id: string;
+  low_balance_threshold: ColumnType<number | null, number | bigint | null, number | bigint | null>;
+  updated_at: Timestamp;
+}
+
+/** One row: the default threshold (LOW_BALANCE_THRESHOLD), written by the servers for the triggers. */
+export interface EventSettingsTable {
+  id: ColumnType<boolean, boolean | undefined, never>;
+  low_balance_threshold: ColumnType<number | null, number | bigint | null, number | bigint | null>;
+  updated_at: Timestamp;
+}
+
+export interface WebhooksTable {
+  id: Generated<string>;
+  url: string;
+  description: string | null;
+  /** Event types the endpoint receives; null = all. */
+  event_types: string[] | null;
+  secret: string;
+  /** The secret before the last rotation, still signing until previous_secret_expires_at. */
+  previous_secret: string | null;
+  previous_secret_expires_at: NullableTimestamp;
+  enabled: Generated<boolean>;
+  disabled_reason: string | null;
+  disabled_at: NullableTimestamp;
+  /** First failed attempt since the last success; null while the endpoint answers. */
+  failing_since: NullableTimestamp;
+  created_at: Timestamp;
+  updated_at: Timestamp;
+}
+
+export type DeliveryStatus = 'pending' | 'delivered' | 'failed';
+
+export interface WebhookDeliveriesTable {
+  id: Generated<string>;
+  webhook_id: string;
+  event_id: string;
+  kind: ColumnType<'original' | 'replay', 'original' | 'replay' | undefined, never>;
+  status: ColumnType<DeliveryStatus, DeliveryStatus | undefined, DeliveryStatus>;
+  attempts: Generated<number>;
+  next_attempt_at: Timestamp;
+  last_attempt_at: NullableTimestamp;
+  last_status: number | null;
+  last_error: string | null;
+  created_at: Timestamp;
+  delivered_at: NullableTimestamp;
+}
+
 export interface Database {
   'credits.balances': BalancesTable;
   'credits.transactions': TransactionsTable;
@@ -294,6 +359,11 @@ export interface Database {
   'gifts.gift_redemptions': GiftRedemptionsTable;
   'gifts.rate_limits': RateLimitsTable;
   'credits.admin_actions': AdminActionsTable;
+  'credits.events': EventsTable;
+  'credits.alert_settings': AlertSettingsTable;
+  'credits.event_settings': EventSettingsTable;
+  'credits.webhooks': WebhooksTable;
+  'credits.webhook_deliveries': WebhookDeliveriesTable;
 }
 
 export type LedgerRow = Selectable<TransactionsTable>;
@@ -306,3 +376,6 @@ export type GuildPoolRow = Selectable<GuildPoolsTable>;
 export type GuildLedgerRow = Selectable<GuildTransactionsTable>;
 export type ReservationRow = Selectable<ReservationsTable>;
 export type AdminActionRow = Selectable<AdminActionsTable>;
+export type EventRow = Selectable<EventsTable>;
+export type WebhookRow = Selectable<WebhooksTable>;
+export type WebhookDeliveryRow = Selectable<WebhookDeliveriesTable>;

@@ -11,6 +11,7 @@ import * as clock from './migrations/2026_12_03_0100_clock.ts';
 import * as slidingRateLimit from './migrations/2026_12_03_0200_sliding_rate_limit.ts';
 import * as sqlFunctionFiles from './migrations/2026_12_03_0300_sql_function_files.ts';
 import * as ledgerTimeIndex from './migrations/2026_12_03_0400_ledger_time_index.ts';
+import * as events from './migrations/2026_12_03_0500_events.ts';
 import * as adminActions from './migrations/2026_12_03_0600_admin_actions.ts';
 
 /** Every migration, by its dated name. Add new ones here; never edit one that has shipped. */
@@ -27,6 +28,7 @@ export const migrations: Record<string, Migration> = {
   '2026_12_03_0300_sql_function_files': sqlFunctionFiles,
   '2026_12_03_0400_ledger_time_index': ledgerTimeIndex,
   '2026_12_03_0600_admin_actions': adminActions,
+  '2026_12_03_0500_events': events,
 };
 
 /**

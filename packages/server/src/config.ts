@@ -63,6 +63,22 @@ const envSchema = z.object({
   METRICS_TOKEN: optionalText,
   BENCH_NOOP: booleanFromEnv.default(false),
   ...adminEnvShape,
+  /** Events (issue 16): the default low-balance threshold of accounts without their own; unset = none. */
+  LOW_BALANCE_THRESHOLD: optionalText.pipe(
+    z.coerce.number<string>().int().min(0).max(Number.MAX_SAFE_INTEGER).optional(),
+  ),
+  /** Webhook endpoints on loopback, private or link-local addresses (tests; never on a shared network). */
+  WEBHOOK_ALLOW_PRIVATE: booleanFromEnv.default(false),
+  WEBHOOK_DISABLE_AFTER_HOURS: z.coerce
+    .number()
+    .positive()
+    .max(24 * 365)
+    .default(120),
+  /** Waits between attempts, e.g. `5s,1m,10m,1h,3h,8h,24h` (units ms, s, m, h, d): one retry per entry. */
+  WEBHOOK_RETRY_SCHEDULE: optionalText,
+  WEBHOOK_TIMEOUT_MS: z.coerce.number().int().min(100).max(60_000).default(10_000),
+  /** How often each instance relays new events and sends due deliveries; 0 turns both off. */
+  WEBHOOK_DELIVERY_INTERVAL_MS: z.coerce.number().int().min(0).max(600_000).default(1000),
 });
 
 export type Env = z.input<typeof envSchema>;
@@ -119,6 +135,46 @@ export interface Config {
   benchNoop: boolean;
   /** The operator console (/admin): see http/admin/config.ts. */
   admin: AdminConfig;
+  /** Events and webhooks (issue 16). */
+  events: EventsConfig;
+}
+
+export interface EventsConfig {
+  /** Default low-balance threshold for accounts without their own; undefined = no balance events for them. */
+  lowBalanceThreshold: number | undefined;
+  webhookAllowPrivate: boolean;
+  webhookDisableAfterMs: number;
+  /** Waits between attempts in ms: attempts = length + 1. */
+  webhookRetryScheduleMs: readonly number[];
+  webhookTimeoutMs: number;
+  deliveryIntervalMs: number;
+}
+
+/** The default retry schedule: about 5 s → 24 h over 8 attempts (the first one immediate). */
+export const DEFAULT_WEBHOOK_RETRY_SCHEDULE = '5s,1m,10m,1h,3h,8h,24h';
+
+const DURATION_UNITS_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** `5s,1m,2h` → [5000, 60000, 7200000], or a problem naming WEBHOOK_RETRY_SCHEDULE. */
+export function parseRetrySchedule(
+  value: string,
+): { ok: true; value: number[] } | { ok: false; problem: string } {
+  const items = value.split(',').map((item) => item.trim());
+  const delays: number[] = [];
+  for (const item of items) {
+    const match = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(item);
+    const unit = match?.[2] ? DURATION_UNITS_MS[match[2]] : undefined;
+    const ms = match?.[1] && unit ? Math.round(Number(match[1]) * unit) : Number.NaN;
+    if (!Number.isFinite(ms) || ms < 1 || ms > 7 * 86_400_000) {
+      return {
+        ok: false,
+        problem: `WEBHOOK_RETRY_SCHEDULE: ${JSON.stringify(item)} is not a duration between 1ms and 7d (e.g. 500ms, 5s, 10m, 2h, 1d)`,
+      };
+    }
+    delays.push(ms);
+  }
+  if (delays.length > 20) return { ok: false, problem: 'WEBHOOK_RETRY_SCHEDULE: at most 20 retries' };
+  return { ok: true, value: delays };
 }
 
 export class ConfigError extends Error {
@@ -243,6 +299,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   const trustProxy = parseTrustProxy(e.TRUST_PROXY);
   if (!trustProxy.ok) problems.push(trustProxy.problem);
   const admin = adminConfigOf(e, production, problems);
+  const retrySchedule = parseRetrySchedule(e.WEBHOOK_RETRY_SCHEDULE ?? DEFAULT_WEBHOOK_RETRY_SCHEDULE);
+  if (!retrySchedule.ok) problems.push(retrySchedule.problem);
   if (problems.length > 0) throw new ConfigError(problems);
 
   const authUrl = e.MANA_CORE_AUTH_URL?.replace(/\/+$/, '');
@@ -282,6 +340,14 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     metricsToken: e.METRICS_TOKEN,
     benchNoop: e.BENCH_NOOP,
     admin: Object.freeze(admin),
+    events: Object.freeze({
+      lowBalanceThreshold: e.LOW_BALANCE_THRESHOLD,
+      webhookAllowPrivate: e.WEBHOOK_ALLOW_PRIVATE,
+      webhookDisableAfterMs: Math.round(e.WEBHOOK_DISABLE_AFTER_HOURS * 3_600_000),
+      webhookRetryScheduleMs: Object.freeze(retrySchedule.ok ? retrySchedule.value : []),
+      webhookTimeoutMs: e.WEBHOOK_TIMEOUT_MS,
+      deliveryIntervalMs: e.WEBHOOK_DELIVERY_INTERVAL_MS,
+    }),
   });
 }
 

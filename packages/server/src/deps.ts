@@ -1,4 +1,10 @@
-import { createDb, type Database, type DbHandle, migrateToLatest } from '@mana-credits/db';
+import {
+  createDb,
+  type Database,
+  type DbHandle,
+  migrateToLatest,
+  oldestUndeliveredEventAge,
+} from '@mana-credits/db';
 import type { FastifyBaseLogger } from 'fastify';
 import type { Kysely } from 'kysely';
 import type Stripe from 'stripe';
@@ -71,7 +77,9 @@ export async function createAppDeps(
       serviceKey: config.authServiceKey,
       cacheSeconds: config.membershipCacheSeconds,
     }),
-    metrics: createMetrics(dbHandle),
+    metrics: createMetrics(dbHandle, {
+      oldestUndeliveredEventSeconds: () => oldestUndeliveredEventAge(dbHandle.db),
+    }),
   };
 }
 

@@ -27,6 +27,14 @@ export interface Metrics {
   readonly reservations: Counter<'event'>;
   readonly jobRuns: Counter<'job' | 'outcome'>;
   readonly jobDuration: Histogram<'job'>;
+  /** Events written to the outbox, counted once each when the relay numbers them (issue 16). */
+  readonly eventsWritten: Counter<'type'>;
+  /** Webhook delivery attempts by outcome: delivered, rejected, timeout, unreachable, blocked. */
+  readonly webhookDeliveries: Counter<'outcome'>;
+  readonly webhookDeliveriesAbandoned: Counter;
+  readonly webhookEndpointsDisabled: Counter;
+  /** An event type as a label value (the types are a fixed set; bounded all the same). */
+  eventTypeLabel(type: string): string;
   /** Counts one movement of credits (nothing when the amount is not a positive whole number). */
   moved(movement: Movement): void;
   /** Side effects reported by the domain code (see domain/effects.ts), counted into this app's metrics. */
@@ -100,7 +108,12 @@ function processMetrics(): Registry {
   return processRegistry;
 }
 
-export function createMetrics(dbHandle: Pick<DbHandle, 'poolStats'>): Metrics {
+export interface MetricsSources {
+  /** Seconds since the oldest event that is not yet relayed or still waits for a delivery (read at scrape). */
+  oldestUndeliveredEventSeconds?: () => Promise<number>;
+}
+
+export function createMetrics(dbHandle: Pick<DbHandle, 'poolStats'>, sources: MetricsSources = {}): Metrics {
   const registry = new Registry();
   const registers = [registry];
   const apps = new BoundedLabel(MAX_APP_LABELS);
@@ -145,6 +158,22 @@ export function createMetrics(dbHandle: Pick<DbHandle, 'poolStats'>): Metrics {
     'Credits taken back after a payment was refunded or disputed',
     ['app'],
   );
+  const eventTypes = new BoundedLabel(MAX_WEBHOOK_TYPE_LABELS);
+  const readOldest = sources.oldestUndeliveredEventSeconds;
+  if (readOldest) {
+    new Gauge({
+      name: `${PREFIX}events_oldest_undelivered_seconds`,
+      help: 'Age of the oldest event not yet relayed or still waiting for a webhook delivery (0 when none)',
+      registers,
+      async collect() {
+        try {
+          this.set(await readOldest());
+        } catch {
+          // The database is away: the scrape still answers, this gauge keeps its last value.
+        }
+      },
+    });
+  }
   const reservations = counter('reservations_total', 'Holds opened, committed, released and expired', [
     'event',
   ]);
@@ -213,6 +242,27 @@ export function createMetrics(dbHandle: Pick<DbHandle, 'poolStats'>): Metrics {
       buckets: [0.005, 0.025, 0.1, 0.5, 1, 2.5, 10, 30, 120],
       registers,
     }),
+    eventsWritten: counter(
+      'events_written_total',
+      'Events written to the outbox (counted when relayed), by type',
+      ['type'],
+    ),
+    webhookDeliveries: counter(
+      'webhook_deliveries_total',
+      'Webhook delivery attempts by outcome (delivered, rejected, timeout, unreachable, blocked)',
+      ['outcome'],
+    ),
+    webhookDeliveriesAbandoned: counter(
+      'webhook_deliveries_abandoned_total',
+      'Webhook deliveries given up after the last retry',
+      [],
+    ),
+    webhookEndpointsDisabled: counter(
+      'webhook_endpoints_disabled_total',
+      'Webhook endpoints disabled for failing longer than WEBHOOK_DISABLE_AFTER_HOURS',
+      [],
+    ),
+    eventTypeLabel: (type) => eventTypes.of(type),
     moved,
     effects: {
       holdsExpired: (count) => {

@@ -14,6 +14,9 @@ export const SQL_FUNCTIONS = [
   'release_expired_holds',
   'release_expired_pool_holds',
   'use_batch',
+  'balance_alerts',
+  'reservation_events',
+  'relay_events',
 ] as const;
 
 export function functionSql(name: (typeof SQL_FUNCTIONS)[number]): string {

@@ -8,6 +8,7 @@ import {
 import type { Kysely, Transaction } from 'kysely';
 import { effects } from './effects.ts';
 import { InsufficientCreditsError } from './errors.ts';
+import { emitEvent } from './events/emit.ts';
 import { assertWithinMemberLimits, poolNotFound } from './guild/limits.ts';
 
 // The refusal of a spend that finds too little, written once for every path that takes credits out of an
@@ -64,9 +65,30 @@ export async function spendPool<T>(
   if (!pool.covers) {
     throw new InsufficientCreditsError(amount, pool.balance - pool.reserved, 'INSUFFICIENT_POOL_CREDITS');
   }
-  await assertWithinMemberLimits(trx, guildId, userId, amount);
+  const limits = await assertWithinMemberLimits(trx, guildId, userId, amount);
   const posted = await write();
   // The row is locked and was checked above; a miss here would be a bug, not a race.
   if (!posted) throw new Error('pool write found no spendable credits under its own lock');
+  // A cap used up exactly by this spend or hold: the crossing into "nothing left", once (no later spend in the
+  // window can pass the check until a hold returns credits, and then reaching the cap again is a new crossing).
+  for (const window of ['daily', 'monthly'] as const) {
+    const cap = limits[window];
+    if (cap === null || cap.limit === 0 || cap.used !== cap.limit) continue;
+    const hold = typeof posted === 'object' && 'expiresAt' in posted;
+    const id = (posted as { id?: unknown }).id;
+    await emitEvent(trx, {
+      type: 'guild.member.limit_reached',
+      data: {
+        guildId,
+        userId,
+        window,
+        limit: cap.limit,
+        used: cap.used,
+        amount,
+        transactionId: !hold && typeof id === 'string' ? id : null,
+        reservationId: hold && typeof id === 'string' ? id : null,
+      },
+    });
+  }
   return posted;
 }

@@ -3,8 +3,17 @@ import { giftExpiryJob } from './gift-expiry.ts';
 import { rateLimitPruneJob } from './rate-limit-prune.ts';
 import { reservationSweepJob } from './reservation-sweep.ts';
 import type { Job } from './scheduler.ts';
+import { webhookDeliveryJob } from './webhook-delivery.ts';
 
 /** All periodic work of the server, run by the app's scheduler (see scheduler.ts). Add new jobs here. */
-export function periodicJobs(deps: Pick<AppDeps, 'db' | 'config'>, log?: Logger): Job[] {
-  return [giftExpiryJob(deps, log), reservationSweepJob(deps, log), rateLimitPruneJob(deps)];
+export function periodicJobs(
+  deps: Pick<AppDeps, 'db' | 'config'> & Partial<Pick<AppDeps, 'metrics'>>,
+  log?: Logger,
+): Job[] {
+  return [
+    giftExpiryJob(deps, log),
+    reservationSweepJob(deps, log),
+    rateLimitPruneJob(deps),
+    webhookDeliveryJob(deps, log),
+  ];
 }

@@ -11,6 +11,7 @@ import {
 import type { Kysely, Transaction } from 'kysely';
 import { effects } from '../effects.ts';
 import { ForbiddenError, NotFoundError, PreconditionFailedError } from '../errors.ts';
+import { emitEvent } from '../events/emit.ts';
 import { markReplayed } from '../idempotency.ts';
 
 type ClosedStatus = 'expired' | 'cancelled' | 'refunded';
@@ -35,8 +36,9 @@ export async function releaseEscrow(
 ): Promise<number> {
   const unclaimed = gift.credits_per_portion * (gift.total_portions - gift.claimed_portions);
   if (!(await closeActiveGift(trx, gift.id, status, unclaimed))) return 0;
+  let refundId: string | null = null;
   if (unclaimed > 0) {
-    await creditBalance(
+    const refund = await creditBalance(
       trx,
       {
         userId: gift.creator_id,
@@ -49,6 +51,20 @@ export async function releaseEscrow(
       },
       'unspent',
     );
+    refundId = refund.id;
+  }
+  if (status === 'expired') {
+    await emitEvent(trx, {
+      type: 'gift.expired',
+      data: {
+        userId: gift.creator_id,
+        giftId: gift.id,
+        refunded: unclaimed,
+        claimedPortions: gift.claimed_portions,
+        totalPortions: gift.total_portions,
+        transactionId: refundId,
+      },
+    });
   }
   return unclaimed;
 }

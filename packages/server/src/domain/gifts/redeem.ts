@@ -26,6 +26,7 @@ import {
   PreconditionFailedError,
   TooManyRequestsError,
 } from '../errors.ts';
+import { emitEvent } from '../events/emit.ts';
 import { certainlyNotCommitted } from '../outcome.ts';
 import { isCanonicalGiftCode, normaliseGiftCode } from './codes.ts';
 import { releaseEscrow } from './escrow.ts';
@@ -238,6 +239,18 @@ async function claimPortion(
     portionNumber: portion,
     creditTransactionId: credit.id,
     sourceAppId: sourceAppId ?? null,
+  });
+  await emitEvent(trx, {
+    type: 'gift.redeemed',
+    data: {
+      userId: gift.creator_id,
+      giftId: gift.id,
+      redeemedBy: redeemer.id,
+      credits: gift.credits_per_portion,
+      portion,
+      totalPortions: gift.total_portions,
+      transactionId: credit.id,
+    },
   });
   return { giftId: gift.id, creditsReceived: gift.credits_per_portion, balance: credit.available };
 }

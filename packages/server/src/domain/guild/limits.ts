@@ -28,7 +28,7 @@ export async function assertWithinMemberLimits(
   guildId: string,
   userId: string,
   amount: number,
-): Promise<void> {
+): Promise<LimitsAfter> {
   const spending = await memberSpending(trx, guildId, userId);
   const today = spending.spentToday + spending.heldToday;
   const thisMonth = spending.spentThisMonth + spending.heldThisMonth;
@@ -46,6 +46,17 @@ export async function assertWithinMemberLimits(
       { limit: spending.monthlyLimit, spent: thisMonth, requested: amount },
     );
   }
+  return {
+    daily: spending.dailyLimit === null ? null : { limit: spending.dailyLimit, used: today + amount },
+    monthly:
+      spending.monthlyLimit === null ? null : { limit: spending.monthlyLimit, used: thisMonth + amount },
+  };
+}
+
+/** What a member's windows will hold once the spend or hold that passed the check is made (null = no cap). */
+export interface LimitsAfter {
+  daily: { limit: number; used: number } | null;
+  monthly: { limit: number; used: number } | null;
 }
 
 /** A member's caps and spending: visible to that member and to owners and admins. */

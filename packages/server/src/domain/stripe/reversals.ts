@@ -13,6 +13,7 @@ import {
 } from '@mana-credits/db';
 import type { Transaction } from 'kysely';
 import type Stripe from 'stripe';
+import { emitEvent } from '../events/emit.ts';
 import { ignored, type WebhookOutcome } from './outcome.ts';
 
 /** floor(credits × part / whole) in BigInt: credits × cents can pass 2^53. */
@@ -110,6 +111,7 @@ export async function settleReversals(
   const clawedBack = Math.min(outstanding, spendable);
   const unrecovered = outstanding - clawedBack;
   const clawedAfter = purchase.clawed_back_credits + clawedBack;
+  let transactionId: string | null = null;
   if (clawedBack > 0) {
     const posted = await debitBalance(
       trx,
@@ -125,10 +127,23 @@ export async function settleReversals(
       'unearned',
     );
     if (!posted) throw new Error('clawback could not debit a balance it holds locked');
+    transactionId = posted.id;
   }
   await recordReversalSettlement(trx, purchaseId, {
     clawedBackCredits: clawedAfter,
     unrecoveredCredits: purchase.unrecovered_credits + unrecovered,
+  });
+  await emitEvent(trx, {
+    type: 'purchase.reversed',
+    data: {
+      userId: purchase.user_id,
+      purchaseId,
+      clawedBack,
+      unrecovered,
+      totalClawedBack: clawedAfter,
+      totalUnrecovered: purchase.unrecovered_credits + unrecovered,
+      transactionId,
+    },
   });
   return { clawedBack, unrecovered };
 }

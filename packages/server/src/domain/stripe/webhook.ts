@@ -13,6 +13,7 @@ import {
 } from '@mana-credits/db';
 import type { Kysely, Transaction } from 'kysely';
 import type Stripe from 'stripe';
+import { emitEvent } from '../events/emit.ts';
 import { AMOUNT_MISMATCH, ignored, type WebhookOutcome } from './outcome.ts';
 import { applyDispute, applyRefund, settleReversals } from './reversals.ts';
 
@@ -218,6 +219,18 @@ async function completePurchase(
     'earned',
   );
   await markPurchaseCompleted(trx, purchase.id, ids);
+  await emitEvent(trx, {
+    type: 'purchase.completed',
+    data: {
+      userId: purchase.user_id,
+      purchaseId: purchase.id,
+      packageId: purchase.package_id,
+      credits: purchase.credits,
+      priceEuroCents: purchase.price_euro_cents,
+      currency: purchase.currency,
+      transactionId: posted.id,
+    },
+  });
   const settled = await settleReversals(trx, purchase.id);
   return {
     result: 'applied',

@@ -13,5 +13,7 @@ export const appRouter = router({
 });
 
 export type AppRouter = typeof appRouter;
+/** What a webhook receiver or internal.events.list gets (issue 16); re-exported by @mana-credits/client. */
+export type { EventEnvelope, EventType } from '../../domain/events/types.ts';
 export type RouterInputs = inferRouterInputs<AppRouter>;
 export type RouterOutputs = inferRouterOutputs<AppRouter>;

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { activePackages, balanceOf, transactionHistory } from '../../domain/credits/personal.ts';
+import { setUserAlerts, userAlerts } from '../../domain/events/alerts.ts';
 import { useGuildCreditsViaCreditsUse } from '../../domain/guild/pools.ts';
 import { balanceAt } from '../../domain/history/balance.ts';
 import { statement } from '../../domain/history/statement.ts';
@@ -17,6 +18,7 @@ import {
   uuid,
 } from '../../schemas.ts';
 import { authedProcedure, publicProcedure, router } from '../init.ts';
+import { lowBalanceThreshold } from './events.ts';
 import { balanceAtInput, statementInput, usageInput } from './history-inputs.ts';
 
 export const useInput = z.strictObject({
@@ -83,4 +85,10 @@ export const creditsRouter = router({
   statement: authedProcedure
     .input(statementInput)
     .query(({ ctx, input }) => statement(ctx.deps.db, ctx.user.id, input)),
+  /** The low-balance threshold of the caller's balance (events: balance.low/depleted/recovered). */
+  alerts: authedProcedure.query(({ ctx }) => userAlerts(ctx.deps.db, ctx.user.id)),
+
+  setAlerts: authedProcedure
+    .input(z.strictObject({ lowBalanceThreshold }))
+    .mutation(({ ctx, input }) => setUserAlerts(ctx.deps.db, ctx.user.id, input.lowBalanceThreshold)),
 });

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { guildAlerts, setGuildAlerts } from '../../domain/events/alerts.ts';
 import { memberLimits, setMemberLimits } from '../../domain/guild/limits.ts';
 import { fundPool, poolBalance, poolTransactions, useGuildCredits } from '../../domain/guild/pools.ts';
 import { poolUsage } from '../../domain/history/usage.ts';
@@ -13,6 +14,7 @@ import {
   userId,
 } from '../../schemas.ts';
 import { authedProcedure, router } from '../init.ts';
+import { lowBalanceThreshold } from './events.ts';
 import { guildUsageInput } from './history-inputs.ts';
 
 /** A cap in credits: null = unlimited, 0 = blocked. Always sent explicitly. */
@@ -55,4 +57,13 @@ export const guildRouter = router({
   usage: authedProcedure
     .input(guildUsageInput)
     .query(({ ctx, input }) => poolUsage(ctx.deps, ctx.user.id, input)),
+  /** The pool's low-balance threshold (events: guild.pool.low/depleted/recovered); any member reads it. */
+  alerts: authedProcedure
+    .input(z.strictObject({ guildId }))
+    .query(({ ctx, input }) => guildAlerts(ctx.deps, ctx.user.id, input.guildId)),
+
+  /** Owners and admins set it. */
+  setAlerts: authedProcedure
+    .input(z.strictObject({ guildId, lowBalanceThreshold }))
+    .mutation(({ ctx, input }) => setGuildAlerts(ctx.deps, ctx.user.id, input)),
 });

@@ -4,6 +4,7 @@ import { MAX_BATCH_ITEMS, useCreditsBatch } from '../../domain/credits/batch.ts'
 import { upsertPackage } from '../../domain/credits/packages.ts';
 import { balanceOf, grantCredits, initBalance, refundUsage } from '../../domain/credits/personal.ts';
 import { commitReservation, releaseReservation, reserveCredits } from '../../domain/credits/reservations.ts';
+import { setUserAlerts, userAlerts } from '../../domain/events/alerts.ts';
 import { initPool, useGuildCreditsViaCreditsUse } from '../../domain/guild/pools.ts';
 import { balanceAt } from '../../domain/history/balance.ts';
 import { statement } from '../../domain/history/statement.ts';
@@ -22,6 +23,7 @@ import {
 } from '../../schemas.ts';
 import { internalProcedure, router } from '../init.ts';
 import { useInput } from './credits.ts';
+import { internalEventsRouter, internalWebhooksRouter, lowBalanceThreshold } from './events.ts';
 import { internalGiftsRouter } from './gifts.ts';
 import { internalBalanceAtInput, internalStatementInput, internalUsageInput } from './history-inputs.ts';
 
@@ -92,6 +94,13 @@ const internalCreditsRouter = router({
   statement: internalProcedure
     .input(internalStatementInput)
     .query(({ ctx, input: { userId, ...request } }) => statement(ctx.deps.db, userId, request)),
+  alerts: internalProcedure
+    .input(z.strictObject({ userId }))
+    .query(({ ctx, input }) => userAlerts(ctx.deps.db, input.userId)),
+
+  setAlerts: internalProcedure
+    .input(z.strictObject({ userId, lowBalanceThreshold }))
+    .mutation(({ ctx, input }) => setUserAlerts(ctx.deps.db, input.userId, input.lowBalanceThreshold)),
 });
 
 /** Stripe's bounds for one EUR charge, in cents. */
@@ -137,4 +146,6 @@ export const internalRouter = router({
   usage: internalProcedure
     .input(internalUsageInput)
     .query(({ ctx, input }) => serviceUsage(ctx.deps.db, input)),
+  webhooks: internalWebhooksRouter,
+  events: internalEventsRouter,
 });
