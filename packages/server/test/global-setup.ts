@@ -26,19 +26,26 @@ export default async function setup(project: TestProject) {
     }
     project.provide('templateDatabase', name);
     project.provide('pgliteSnapshotPath', undefined);
+    project.provide('pgliteEmptySnapshotPath', undefined);
     return async () => admin(serverUrl, `drop database if exists ${name} with (force)`);
   }
   const handle = await createDb({ dataDir: 'memory://' });
   const directory = mkdtempSync(join(tmpdir(), 'mana-credits-pglite-'));
-  try {
-    await migrateToLatest(handle.db);
+  const save = async (name: string) => {
     const dump = await handle.dumpDataDir!();
-    writeFileSync(join(directory, 'migrated.tar'), Buffer.from(await dump.arrayBuffer()));
+    writeFileSync(join(directory, name), Buffer.from(await dump.arrayBuffer()));
+    return join(directory, name);
+  };
+  try {
+    // Before migrating: what initdb made (PGlite's initdb alone costs seconds of CPU; tests that start from an
+    // empty database, in memory or in a directory, start from this instead).
+    project.provide('pgliteEmptySnapshotPath', await save('initdb.tar'));
+    await migrateToLatest(handle.db);
+    project.provide('pgliteSnapshotPath', await save('migrated.tar'));
   } finally {
     await handle.close();
   }
   project.provide('templateDatabase', undefined);
-  project.provide('pgliteSnapshotPath', join(directory, 'migrated.tar'));
   return () => rmSync(directory, { recursive: true, force: true });
 }
 
