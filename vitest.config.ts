@@ -1,4 +1,31 @@
 import { defineConfig } from 'vitest/config';
+import { BaseSequencer, type TestSpecification } from 'vitest/node';
+
+/**
+ * Files that are one long chain of mostly serial work (builds, packing, installing, spawned servers): they
+ * start first, so that they run beside the many short files instead of finishing the run on their own.
+ * Without timings from an earlier run vitest starts the largest files first, and these are small.
+ */
+const LONG_CHAINS = [
+  'packages/client/test/packed-client.test.ts',
+  'packages/server/test/shutdown.test.ts',
+  'packages/server/test/build.test.ts',
+  'packages/server/test/embedded.test.ts',
+];
+
+class LongChainsFirst extends BaseSequencer {
+  override async sort(files: TestSpecification[]): Promise<TestSpecification[]> {
+    const rank = (file: TestSpecification) => {
+      const index = LONG_CHAINS.findIndex((name) => file.moduleId.endsWith(name));
+      return index < 0 ? LONG_CHAINS.length : index;
+    };
+    const sorted = await super.sort(files);
+    return sorted
+      .map((file, index) => ({ file, index }))
+      .sort((a, b) => rank(a.file) - rank(b.file) || a.index - b.index)
+      .map(({ file }) => file);
+  }
+}
 
 export default defineConfig({
   test: {
@@ -14,5 +41,6 @@ export default defineConfig({
     // database (helpers/server.ts) and closes it; the server keeps no per-app state at module level (only the
     // process metrics registry, which is process-wide by design).
     isolate: false,
+    sequence: { sequencer: LongChainsFirst },
   },
 });
