@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createDb, migrateToLatest } from '@mana-credits/db';
+import { sql } from 'kysely';
 import pg from 'pg';
 import type { TestProject } from 'vitest/node';
 // What this file provides is declared beside the code that injects it.
@@ -32,6 +33,8 @@ export default async function setup(project: TestProject) {
   const handle = await createDb({ dataDir: 'memory://' });
   const directory = mkdtempSync(join(tmpdir(), 'mana-credits-pglite-'));
   const save = async (name: string) => {
+    // Checkpointed first, so a database started from the dump does not replay the WAL written so far.
+    await sql`checkpoint`.execute(handle.db);
     const dump = await handle.dumpDataDir!();
     writeFileSync(join(directory, name), Buffer.from(await dump.arrayBuffer()));
     return join(directory, name);
