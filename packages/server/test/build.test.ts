@@ -108,8 +108,8 @@ describe('the production bundle', () => {
   });
 
   it(`migrate, serve, reconcile, stop: dist/*.js on a fresh ${onPostgres ? 'Postgres' : 'embedded'} database`, async () => {
-    // Postgres: a database of its own. PGlite: a directory (as initdb left it: initdb on disk is tested by
-    // embedded.test.ts), so migrate, server and reconcile share it.
+    // Postgres: a database of its own. PGlite: a directory (as initdb left it; embedded.test.ts runs initdb
+    // in an empty directory on CI), so migrate, server and reconcile share it.
     const database = await createTestDataDir({ empty: true });
     try {
       const env = {

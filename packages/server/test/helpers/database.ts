@@ -95,8 +95,7 @@ export async function createTestDatabase(options: { empty?: boolean } = {}): Pro
  */
 export async function createTestDataDir(options: { empty?: boolean } = {}): Promise<TestDatabase> {
   if (process.env.DATABASE_URL) return createTestDatabase(options);
-  const dataDir = mkdtempSync(join(tmpdir(), 'mana-credits-data-'));
-  extractTar(pgliteSnapshot(options.empty ?? false).file, dataDir);
+  const dataDir = pgliteDataDir(options);
   return {
     env: { DATA_DIR: dataDir },
     kind: 'pglite',
@@ -104,6 +103,18 @@ export async function createTestDataDir(options: { empty?: boolean } = {}): Prom
     pgliteSnapshot: undefined,
     drop: async () => rmSync(dataDir, { recursive: true, force: true }),
   };
+}
+
+/**
+ * A new PGlite data directory holding global-setup.ts's dump (as initdb left it with `empty`), or nothing
+ * when global setup made no dump (DATABASE_URL set): then whoever opens it first runs initdb there. The
+ * caller removes it.
+ */
+export function pgliteDataDir(options: { empty?: boolean } = {}): string {
+  const dataDir = mkdtempSync(join(tmpdir(), 'mana-credits-data-'));
+  const dumped = inject(options.empty ? 'pgliteEmptySnapshotPath' : 'pgliteSnapshotPath');
+  if (dumped) extractTar(pgliteSnapshot(options.empty ?? false).file, dataDir);
+  return dataDir;
 }
 
 /** Unpacks a ustar archive of directories and regular files (what PGlite's dumpDataDir writes) into `into`. */
