@@ -38,10 +38,25 @@ function pgliteSnapshot(empty: boolean): { file: Buffer; blob: Blob } {
   let snapshot = snapshots.get(path);
   if (!snapshot) {
     const file = readFileSync(path);
-    snapshot = { file, blob: new Blob([file]) };
+    snapshot = { file, blob: new ReadBlob(file) };
     snapshots.set(path, snapshot);
   }
   return snapshot;
+}
+
+/**
+ * A Blob whose bytes are already in memory: arrayBuffer() hands out the one copy instead of reading the
+ * Blob again in chunks on every PGlite start (PGlite only reads what it loads).
+ */
+class ReadBlob extends Blob {
+  readonly #bytes: ArrayBuffer;
+  constructor(file: Buffer) {
+    super([file]);
+    this.#bytes = file.buffer.slice(file.byteOffset, file.byteOffset + file.byteLength) as ArrayBuffer;
+  }
+  override arrayBuffer(): Promise<ArrayBuffer> {
+    return Promise.resolve(this.#bytes);
+  }
 }
 
 /**
