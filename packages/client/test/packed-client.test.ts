@@ -97,7 +97,7 @@ const TSCONFIG = {
     skipLibCheck: false,
     outDir: 'out',
   },
-  files: ['consumer.ts'],
+  files: ['consumer.ts', 'wrong.ts'],
 };
 
 let scratch: string;
@@ -184,17 +184,13 @@ describe('the packed @mana-credits/client', () => {
   });
 
   it('type-checks a consumer under strict nodenext and refuses a wrong one', async () => {
+    // One compiler run for both files (checking @trpc/server's declarations, skipLibCheck off, is most of its
+    // time): every error it reports must be one of wrong.ts's, so consumer.ts has none; it is emitted anyway.
     await writeFile(join(scratch, 'tsconfig.json'), JSON.stringify(TSCONFIG));
     await writeFile(join(scratch, 'consumer.ts'), CONSUMER);
-    await sh('npx', ['tsc', '-p', 'tsconfig.json'], scratch);
-
-    await writeFile(
-      join(scratch, 'tsconfig.wrong.json'),
-      JSON.stringify({ extends: './tsconfig.json', compilerOptions: { noEmit: true }, files: ['wrong.ts'] }),
-    );
     await writeFile(join(scratch, 'wrong.ts'), MUST_NOT_COMPILE);
-    const output = await shFailing('npx', ['tsc', '-p', 'tsconfig.wrong.json'], scratch);
-    const errors = [...output.matchAll(/^(wrong\.ts\(\d+,\d+\): error TS\d+)/gm)].map((match) => match[1]);
+    const output = await shFailing(join(scratch, 'node_modules/.bin/tsc'), ['-p', 'tsconfig.json'], scratch);
+    const errors = [...output.matchAll(/^(.*?error TS\d+)/gm)].map((match) => match[1]);
     expect(errors).toEqual([
       'wrong.ts(4,33): error TS2322',
       'wrong.ts(5,20): error TS2551',

@@ -1,12 +1,11 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { builtinModules } from 'node:module';
-import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { TestAuthServer } from './helpers/auth-server.ts';
-import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
+import { createTestDataDir } from './helpers/database.ts';
 import { clientFor, SERVICE_KEY } from './helpers/server.ts';
 
 /**
@@ -109,17 +108,9 @@ describe('the production bundle', () => {
   });
 
   it(`migrate, serve, reconcile, stop: dist/*.js on a fresh ${onPostgres ? 'Postgres' : 'embedded'} database`, async () => {
-    // Postgres: a database of its own. PGlite: a directory, so migrate, server and reconcile share it.
-    const dataDir = onPostgres ? undefined : mkdtempSync(join(tmpdir(), 'mana-credits-build-'));
-    const database: TestDatabase = dataDir
-      ? {
-          env: { DATA_DIR: dataDir },
-          kind: 'pglite',
-          url: undefined,
-          pgliteSnapshot: undefined,
-          drop: async () => {},
-        }
-      : await createTestDatabase({ empty: true });
+    // Postgres: a database of its own. PGlite: a directory (as initdb left it; embedded.test.ts runs initdb
+    // in an empty directory on CI), so migrate, server and reconcile share it.
+    const database = await createTestDataDir({ empty: true });
     try {
       const env = {
         NODE_ENV: 'production',
@@ -189,7 +180,6 @@ describe('the production bundle', () => {
       expect(reconciled.output).toMatch(/no drift/);
     } finally {
       await database.drop();
-      if (dataDir) rmSync(dataDir, { recursive: true, force: true });
     }
   }, 240_000);
 });

@@ -76,7 +76,8 @@ describe('coalesced debits of one account', () => {
       .select(['idempotency_key', 'balance_before', 'balance_after', 'available_after'])
       .where('user_id', '=', userId)
       .where('type', '=', 'usage')
-      .orderBy('created_at')
+      // Rows of one batch may share a created_at (PGlite's clock counts milliseconds): the chain gives the order.
+      .orderBy('balance_before', 'desc')
       .execute();
     expect(rows).toEqual([
       { idempotency_key: 'lead', balance_before: 100, balance_after: 99, available_after: 99 },

@@ -1,13 +1,15 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { rmSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { buildApp } from '../src/app.ts';
 import { ConfigError, configFrom, loadConfig } from '../src/config.ts';
 import { createAppDeps } from '../src/deps.ts';
+import { pgliteDataDir } from './helpers/database.ts';
 import { clientFor, SERVICE_KEY } from './helpers/server.ts';
 
-const dataDir = mkdtempSync(join(tmpdir(), 'mana-credits-embedded-'));
+// On PGlite runs global setup has already run initdb (in memory) and the directory starts from its dump, as
+// initdb left it; with DATABASE_URL set (CI) it starts empty and the first start below runs initdb on disk.
+// Either way the first start migrates it, and the second finds what the first left.
+const dataDir = pgliteDataDir({ empty: true });
 afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
 
 async function startEmbedded() {

@@ -10,6 +10,7 @@ import {
   isConnectionFailure,
   OutcomeUnknownError,
 } from '../src/domain/outcome.ts';
+import { createTestDatabase } from './helpers/database.ts';
 
 /** What node-pg throws for an ErrorResponse: a DatabaseError with the response's fields. */
 function pgError(severity: string, code: string, message = 'x'): Error {
@@ -52,7 +53,7 @@ beforeAll(async () => {
   handle = await createDb(
     process.env.DATABASE_URL
       ? { databaseUrl: process.env.DATABASE_URL, poolSize: 1 }
-      : { dataDir: 'memory://' },
+      : { dataDir: 'memory://', pgliteSnapshot: (await createTestDatabase({ empty: true })).pgliteSnapshot },
   );
 });
 afterAll(async () => {

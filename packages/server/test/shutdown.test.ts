@@ -1,8 +1,6 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createDb, type DbHandle } from '@mana-credits/db';
 import { TRPCClientError } from '@trpc/client';
@@ -10,7 +8,7 @@ import { sql } from 'kysely';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { TestAuthServer } from './helpers/auth-server.ts';
-import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
+import { createTestDatabase, createTestDataDir, type TestDatabase } from './helpers/database.ts';
 import { expectLedgerConsistent, ledgerSum } from './helpers/invariants.ts';
 import { type Client, clientFor, SERVICE_KEY } from './helpers/server.ts';
 
@@ -46,21 +44,17 @@ afterEach(() => {
   running.clear();
 });
 
-/** A database the child can use and the test can open afterwards: Postgres, or a PGlite directory. */
+/**
+ * A database the child can use and the test can open afterwards: Postgres, or a PGlite directory as initdb
+ * left it (the child runs the migrations, as on a first start).
+ */
 async function freshDatabase(): Promise<TestDatabase & { open(): Promise<DbHandle> }> {
   if (onPostgres) {
     const database = await createTestDatabase();
     return { ...database, open: () => createDb({ databaseUrl: database.url, poolSize: 2 }) };
   }
-  const dataDir = mkdtempSync(join(tmpdir(), 'mana-credits-shutdown-'));
-  return {
-    env: { DATA_DIR: dataDir },
-    kind: 'pglite',
-    url: undefined,
-    pgliteSnapshot: undefined,
-    drop: async () => rmSync(dataDir, { recursive: true, force: true }),
-    open: () => createDb({ dataDir }),
-  };
+  const database = await createTestDataDir({ empty: true });
+  return { ...database, open: () => createDb({ dataDir: database.env.DATA_DIR }) };
 }
 
 async function waitFor<T>(what: string, probe: () => T | undefined | Promise<T | undefined>, ms = 60_000) {

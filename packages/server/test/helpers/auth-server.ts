@@ -26,6 +26,37 @@ export interface SignOptions {
 }
 
 type KeyPair = Awaited<ReturnType<typeof generateKeyPair>>;
+const ALGORITHMS = ['EdDSA', 'ES256', 'RS256'] as const;
+
+interface KeyMaterial {
+  pairs: Record<(typeof ALGORITHMS)[number], KeyPair>;
+  publicJwks: Record<(typeof ALGORITHMS)[number], JWK>;
+  /** Published by no server. */
+  rogue: KeyPair;
+}
+
+let material: Promise<KeyMaterial> | undefined;
+/**
+ * The key pairs, made once per process: an RSA pair alone costs up to a few hundred ms of CPU, and the suite
+ * starts dozens of auth servers. Each server publishes them under key ids of its own, so a token signed by
+ * one test's auth server names a kid that no other server's JWKS has.
+ */
+function keyMaterial(): Promise<KeyMaterial> {
+  material ??= (async () => {
+    const pairs = {
+      EdDSA: await generateKeyPair('EdDSA', { crv: 'Ed25519' }),
+      ES256: await generateKeyPair('ES256'),
+      RS256: await generateKeyPair('RS256'),
+    };
+    const publicJwks = {
+      EdDSA: await exportJWK(pairs.EdDSA.publicKey),
+      ES256: await exportJWK(pairs.ES256.publicKey),
+      RS256: await exportJWK(pairs.RS256.publicKey),
+    };
+    return { pairs, publicJwks, rogue: await generateKeyPair('EdDSA', { crv: 'Ed25519' }) };
+  })();
+  return material;
+}
 
 /**
  * A real auth service for tests: serves a JWKS at /api/auth/jwks, signs real tokens, and answers the guild
@@ -57,21 +88,16 @@ export class TestAuthServer {
   }
 
   static async start(): Promise<TestAuthServer> {
+    const material = await keyMaterial();
+    const kids = { EdDSA: `ed-${randomUUID()}`, ES256: `es-${randomUUID()}`, RS256: `rs-${randomUUID()}` };
     const keys = {
-      EdDSA: { pair: await generateKeyPair('EdDSA', { crv: 'Ed25519' }), kid: `ed-${randomUUID()}` },
-      ES256: { pair: await generateKeyPair('ES256'), kid: `es-${randomUUID()}` },
-      RS256: { pair: await generateKeyPair('RS256'), kid: `rs-${randomUUID()}` },
+      EdDSA: { pair: material.pairs.EdDSA, kid: kids.EdDSA },
+      ES256: { pair: material.pairs.ES256, kid: kids.ES256 },
+      RS256: { pair: material.pairs.RS256, kid: kids.RS256 },
     };
-    const rogue = await generateKeyPair('EdDSA', { crv: 'Ed25519' });
+    const rogue = material.rogue;
     const jwks = {
-      keys: await Promise.all(
-        Object.entries(keys).map(async ([alg, { pair, kid }]) => ({
-          ...(await exportJWK(pair.publicKey)),
-          kid,
-          alg,
-          use: 'sig',
-        })),
-      ),
+      keys: ALGORITHMS.map((alg) => ({ ...material.publicJwks[alg], kid: kids[alg], alg, use: 'sig' })),
     };
     let instance: TestAuthServer | undefined;
     const server = createServer((req, res) => instance?.handle(req, res));

@@ -1,5 +1,7 @@
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, normalize, sep } from 'node:path';
 import pg from 'pg';
 import { inject } from 'vitest';
 
@@ -9,6 +11,8 @@ declare module 'vitest' {
     templateDatabase: string | undefined;
     /** A file holding the dump of a migrated PGlite database that each test file starts from. */
     pgliteSnapshotPath: string | undefined;
+    /** The same before migrating: a PGlite data directory as initdb left it. */
+    pgliteEmptySnapshotPath: string | undefined;
   }
 }
 
@@ -26,14 +30,39 @@ export interface TestDatabase {
   drop(): Promise<void>;
 }
 
-let snapshot: Blob | undefined;
-function pgliteSnapshot(): Blob | undefined {
-  const path = inject('pgliteSnapshotPath');
-  if (path && !snapshot) snapshot = new Blob([readFileSync(path)]);
+const snapshots = new Map<string, { file: Buffer; blob: Blob }>();
+/** A dump global-setup.ts made, read once per worker. */
+function pgliteSnapshot(empty: boolean): { file: Buffer; blob: Blob } {
+  const path = inject(empty ? 'pgliteEmptySnapshotPath' : 'pgliteSnapshotPath');
+  if (!path) throw new Error('global-setup.ts made no PGlite snapshot');
+  let snapshot = snapshots.get(path);
+  if (!snapshot) {
+    const file = readFileSync(path);
+    snapshot = { file, blob: new ReadBlob(file) };
+    snapshots.set(path, snapshot);
+  }
   return snapshot;
 }
 
-/** `empty`: a database nothing was applied to (for tests of the migrations themselves). */
+/**
+ * A Blob whose bytes are already in memory: arrayBuffer() hands out the one copy instead of reading the
+ * Blob again in chunks on every PGlite start (PGlite only reads what it loads).
+ */
+class ReadBlob extends Blob {
+  readonly #bytes: ArrayBuffer;
+  constructor(file: Buffer) {
+    super([file]);
+    this.#bytes = file.buffer.slice(file.byteOffset, file.byteOffset + file.byteLength) as ArrayBuffer;
+  }
+  override arrayBuffer(): Promise<ArrayBuffer> {
+    return Promise.resolve(this.#bytes);
+  }
+}
+
+/**
+ * `empty`: a database nothing was applied to (for tests of the migrations themselves). On PGlite that is a
+ * database as initdb left it, started from global-setup.ts's dump rather than by running initdb again.
+ */
 export async function createTestDatabase(options: { empty?: boolean } = {}): Promise<TestDatabase> {
   const serverUrl = process.env.DATABASE_URL;
   if (!serverUrl) {
@@ -41,7 +70,7 @@ export async function createTestDatabase(options: { empty?: boolean } = {}): Pro
       env: { DATA_DIR: 'memory://' },
       kind: 'pglite',
       url: undefined,
-      pgliteSnapshot: options.empty ? undefined : pgliteSnapshot(),
+      pgliteSnapshot: pgliteSnapshot(options.empty ?? false).blob,
       drop: async () => {},
     };
   }
@@ -72,4 +101,58 @@ export async function createTestDatabase(options: { empty?: boolean } = {}): Pro
       }
     },
   };
+}
+
+/**
+ * A database that another process can open too: on Postgres what createTestDatabase gives; on PGlite a
+ * directory (DATA_DIR) holding global-setup.ts's dump unpacked, as initdb left it (`empty`) or migrated, so
+ * the process that opens it does not run initdb (seconds of CPU) first. Dropped: the directory is removed.
+ */
+export async function createTestDataDir(options: { empty?: boolean } = {}): Promise<TestDatabase> {
+  if (process.env.DATABASE_URL) return createTestDatabase(options);
+  const dataDir = pgliteDataDir(options);
+  return {
+    env: { DATA_DIR: dataDir },
+    kind: 'pglite',
+    url: undefined,
+    pgliteSnapshot: undefined,
+    drop: async () => rmSync(dataDir, { recursive: true, force: true }),
+  };
+}
+
+/**
+ * A new PGlite data directory holding global-setup.ts's dump (as initdb left it with `empty`), or nothing
+ * when global setup made no dump (DATABASE_URL set): then whoever opens it first runs initdb there. The
+ * caller removes it.
+ */
+export function pgliteDataDir(options: { empty?: boolean } = {}): string {
+  const dataDir = mkdtempSync(join(tmpdir(), 'mana-credits-data-'));
+  const dumped = inject(options.empty ? 'pgliteEmptySnapshotPath' : 'pgliteSnapshotPath');
+  if (dumped) extractTar(pgliteSnapshot(options.empty ?? false).file, dataDir);
+  return dataDir;
+}
+
+/** Unpacks a ustar archive of directories and regular files (what PGlite's dumpDataDir writes) into `into`. */
+function extractTar(tar: Buffer, into: string) {
+  const text = (start: number, length: number) => {
+    const value = tar.toString('utf8', start, start + length);
+    const end = value.indexOf('\0');
+    return end < 0 ? value : value.slice(0, end);
+  };
+  for (let offset = 0; offset + 512 <= tar.length; ) {
+    const name = text(offset, 100);
+    if (name === '') break; // the zero blocks that end the archive
+    const prefix = text(offset + 257, 6) === 'ustar' ? text(offset + 345, 155) : '';
+    const size = Number.parseInt(text(offset + 124, 12).trim() || '0', 8);
+    const type = text(offset + 156, 1) || '0';
+    const relative = normalize(`${prefix ? `${prefix}/` : ''}${name}`).replace(/^[/\\]+/, '');
+    if (relative.split(sep).includes('..')) throw new Error(`tar entry outside its directory: ${name}`);
+    const path = join(into, relative);
+    if (type === '5') mkdirSync(path, { recursive: true });
+    else if (type === '0') {
+      mkdirSync(dirname(path), { recursive: true });
+      writeFileSync(path, tar.subarray(offset + 512, offset + 512 + size));
+    } else throw new Error(`tar entry ${name} of type ${type}: only directories and files are expected`);
+    offset += 512 + Math.ceil(size / 512) * 512;
+  }
 }
