@@ -1,5 +1,5 @@
 import { rmSync } from 'node:fs';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildApp } from '../src/app.ts';
 import { ConfigError, configFrom, loadConfig } from '../src/config.ts';
 import { createAppDeps } from '../src/deps.ts';
@@ -9,8 +9,13 @@ import { clientFor, SERVICE_KEY } from './helpers/server.ts';
 // On PGlite runs global setup has already run initdb (in memory) and the directory starts from its dump, as
 // initdb left it; with DATABASE_URL set (CI) it starts empty and the first start below runs initdb on disk.
 // Either way the first start migrates it, and the second finds what the first left.
-const dataDir = pgliteDataDir({ empty: true });
-afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
+let dataDir: string;
+beforeAll(async () => {
+  dataDir = await pgliteDataDir({ empty: true });
+});
+afterAll(() => {
+  if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+});
 
 async function startEmbedded() {
   // DATABASE_URL is cleared on purpose: this test is about the embedded default.

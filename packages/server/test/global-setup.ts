@@ -1,13 +1,17 @@
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { createDb, migrateToLatest } from '@mana-credits/db';
-import { sql } from 'kysely';
 import pg from 'pg';
 import type { TestProject } from 'vitest/node';
 // What this file provides is declared beside the code that injects it.
 import type {} from './helpers/database.ts';
+import { PGLITE_DUMPS } from './helpers/pglite-dumps.ts';
+
+const MAKER = new URL('./helpers/pglite-dumps.ts', import.meta.url);
 
 /**
  * Migrates one database before any test file runs; every file then starts from a copy of it instead of
@@ -30,32 +34,33 @@ export default async function setup(project: TestProject) {
     project.provide('pgliteEmptySnapshotPath', undefined);
     return async () => admin(serverUrl, `drop database if exists ${name} with (force)`);
   }
-  const handle = await createDb({ dataDir: 'memory://' });
+  // PGlite: the dumps are made in the background, by another process (PGlite's initdb would hold this one's
+  // event loop, which serves the workers their modules). Workers start and import the server meanwhile, and
+  // the files that build or pack first get on with it; helpers/database.ts waits for a dump when it needs one.
   const directory = mkdtempSync(join(tmpdir(), 'mana-credits-pglite-'));
-  const save = async (name: string) => {
-    // Checkpointed first, so a database started from the dump does not replay the WAL written so far.
-    await sql`checkpoint`.execute(handle.db);
-    const dump = await handle.dumpDataDir!();
-    writeFileSync(join(directory, name), Buffer.from(await dump.arrayBuffer()));
-    return join(directory, name);
-  };
-  try {
-    // Before migrating: what initdb made (PGlite's initdb alone costs seconds of CPU; tests that start from an
-    // empty database, in memory or in a directory, start from this instead).
-    project.provide('pgliteEmptySnapshotPath', await save('initdb.tar'));
-    await migrateToLatest(handle.db);
-    // The databases started from this dump never copy a database (CREATE DATABASE): without initdb's two
-    // template databases it is ~40% smaller, and each of the suite's ~35 PGlite starts unpacks it file by file.
-    for (const template of ['template0', 'template1']) {
-      await sql`alter database ${sql.id(template)} is_template false`.execute(handle.db);
-      await sql`drop database ${sql.id(template)}`.execute(handle.db);
-    }
-    project.provide('pgliteSnapshotPath', await save('migrated.tar'));
-  } finally {
-    await handle.close();
-  }
   project.provide('templateDatabase', undefined);
-  return () => rmSync(directory, { recursive: true, force: true });
+  project.provide('pgliteEmptySnapshotPath', join(directory, PGLITE_DUMPS.empty));
+  project.provide('pgliteSnapshotPath', join(directory, PGLITE_DUMPS.migrated));
+  const maker = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(MAKER), directory], {
+    cwd: fileURLToPath(new URL('../../..', import.meta.url)),
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let errors = '';
+  maker.stderr.on('data', (chunk: Buffer) => {
+    errors += chunk.toString('utf8');
+  });
+  const made = new Promise<void>((done) => {
+    const fail = (why: string) => {
+      writeFileSync(join(directory, PGLITE_DUMPS.failed), `${why}\n${errors}`);
+      done();
+    };
+    maker.once('error', (error) => fail(error.message));
+    maker.once('exit', (code, signal) => (code === 0 ? done() : fail(`exited with ${code ?? signal}`)));
+  });
+  return async () => {
+    await made;
+    rmSync(directory, { recursive: true, force: true });
+  };
 }
 
 async function admin(serverUrl: string, statement: string) {

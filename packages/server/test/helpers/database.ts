@@ -1,9 +1,11 @@
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, normalize, sep } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { inject } from 'vitest';
+import { PGLITE_DUMPS } from './pglite-dumps.ts';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -30,15 +32,27 @@ export interface TestDatabase {
   drop(): Promise<void>;
 }
 
-const snapshots = new Map<string, { file: Buffer; blob: Blob }>();
-/** A dump global-setup.ts made, read once per worker. */
-function pgliteSnapshot(empty: boolean): { file: Buffer; blob: Blob } {
+const snapshots = new Map<string, Promise<{ file: Buffer; blob: Blob }>>();
+/** A dump global-setup.ts makes (in the background: waited for), read once per worker. */
+function pgliteSnapshot(empty: boolean): Promise<{ file: Buffer; blob: Blob }> {
   const path = inject(empty ? 'pgliteEmptySnapshotPath' : 'pgliteSnapshotPath');
   if (!path) throw new Error('global-setup.ts made no PGlite snapshot');
   let snapshot = snapshots.get(path);
   if (!snapshot) {
-    const file = readFileSync(path);
-    snapshot = { file, blob: new ReadBlob(file) };
+    snapshot = (async () => {
+      const failed = join(dirname(path), PGLITE_DUMPS.failed);
+      const deadline = Date.now() + 120_000;
+      while (!existsSync(path)) {
+        if (existsSync(failed))
+          throw new Error(
+            `global-setup.ts could not make the PGlite dumps:\n${readFileSync(failed, 'utf8')}`,
+          );
+        if (Date.now() > deadline) throw new Error(`global-setup.ts made no ${path} within 120 s`);
+        await sleep(20);
+      }
+      const file = readFileSync(path);
+      return { file, blob: new ReadBlob(file) };
+    })();
     snapshots.set(path, snapshot);
   }
   return snapshot;
@@ -70,7 +84,7 @@ export async function createTestDatabase(options: { empty?: boolean } = {}): Pro
       env: { DATA_DIR: 'memory://' },
       kind: 'pglite',
       url: undefined,
-      pgliteSnapshot: pgliteSnapshot(options.empty ?? false).blob,
+      pgliteSnapshot: (await pgliteSnapshot(options.empty ?? false)).blob,
       drop: async () => {},
     };
   }
@@ -110,7 +124,7 @@ export async function createTestDatabase(options: { empty?: boolean } = {}): Pro
  */
 export async function createTestDataDir(options: { empty?: boolean } = {}): Promise<TestDatabase> {
   if (process.env.DATABASE_URL) return createTestDatabase(options);
-  const dataDir = pgliteDataDir(options);
+  const dataDir = await pgliteDataDir(options);
   return {
     env: { DATA_DIR: dataDir },
     kind: 'pglite',
@@ -125,10 +139,10 @@ export async function createTestDataDir(options: { empty?: boolean } = {}): Prom
  * when global setup made no dump (DATABASE_URL set): then whoever opens it first runs initdb there. The
  * caller removes it.
  */
-export function pgliteDataDir(options: { empty?: boolean } = {}): string {
+export async function pgliteDataDir(options: { empty?: boolean } = {}): Promise<string> {
   const dataDir = mkdtempSync(join(tmpdir(), 'mana-credits-data-'));
   const dumped = inject(options.empty ? 'pgliteEmptySnapshotPath' : 'pgliteSnapshotPath');
-  if (dumped) extractTar(pgliteSnapshot(options.empty ?? false).file, dataDir);
+  if (dumped) extractTar((await pgliteSnapshot(options.empty ?? false)).file, dataDir);
   return dataDir;
 }
 
