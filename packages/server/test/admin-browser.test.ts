@@ -1,23 +1,20 @@
 import { randomUUID } from 'node:crypto';
-import { existsSync, mkdirSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { type Browser, type BrowserContext, chromium, type Page } from 'playwright-core';
+import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ADMIN_ENV, ADMIN_TOKEN } from './helpers/admin.ts';
+import { chromiumAvailable, launchChromium } from './helpers/chromium.ts';
 import { expectLedgerConsistent, ledgerSum } from './helpers/invariants.ts';
 import { newUser, startTestServer, type TestServer } from './helpers/server.ts';
 
-const CHROMIUM = '/usr/bin/chromium';
 const XSS =
   `<script>window.__xss = 'script'</script><img src=x onerror="window.__xss = 'img'">` +
   `"><svg onload="window.__xss = 'svg'"></svg> & 'quotes' \`ticks\``;
 /** Screenshots of every console page (the README shows the user page): packages/server/test/output/admin-console. */
 export const SCREENSHOTS = join(import.meta.dirname, 'output', 'admin-console');
 
-// Debian's chromium: .ci/run installs it, so under CI a missing browser fails; elsewhere the file is skipped.
-const browserHere = existsSync(CHROMIUM) || process.env.CI === 'true';
-if (!browserHere)
-  console.warn(`admin-browser.test.ts skipped: no Chromium at ${CHROMIUM} (apt-get install chromium)`);
+const browserHere = chromiumAvailable('admin-browser.test.ts');
 
 let server: TestServer;
 let browser: Browser;
@@ -25,19 +22,7 @@ beforeAll(async () => {
   if (!browserHere) return;
   mkdirSync(SCREENSHOTS, { recursive: true });
   server = await startTestServer({ ...ADMIN_ENV, GIFT_EXPIRY_SWEEP_SECONDS: '0' });
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
+  browser = await launchChromium();
 });
 afterAll(async () => {
   await browser?.close();

@@ -1,37 +1,22 @@
-import { existsSync } from 'node:fs';
-import { type Browser, chromium } from 'playwright-core';
+import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { OpenApiDocument } from '../src/http/rest/openapi.ts';
 import { restRoutes } from '../src/http/rest/routes.ts';
 import { statementCsvRoutes } from '../src/http/rest/statement-csv.ts';
+import { chromiumAvailable, launchChromium } from './helpers/chromium.ts';
 import { startTestServer, type TestServer } from './helpers/server.ts';
 
 // The interactive API docs at /docs (Swagger UI): served from this server only, over the same document as
 // /api/v1/openapi.json, and "Try it out" calls this server even when BASE_URL names another host.
 
-const CHROMIUM = '/usr/bin/chromium';
-// Debian's chromium: .ci/run installs it, so under CI a missing browser fails; elsewhere those tests skip.
-const browserHere = existsSync(CHROMIUM) || process.env.CI === 'true';
-if (!browserHere) console.warn(`docs-viewer.test.ts: browser tests skipped, no Chromium at ${CHROMIUM}`);
+const browserHere = chromiumAvailable('docs-viewer.test.ts');
 
 let server: TestServer;
 let browser: Browser | undefined;
 beforeAll(async () => {
   server = await startTestServer({ BASE_URL: 'https://credits.example' });
   if (browserHere) {
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
-    });
+    browser = await launchChromium();
   }
 });
 afterAll(async () => {

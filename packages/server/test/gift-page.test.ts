@@ -1,20 +1,16 @@
 import { randomUUID } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { type Browser, chromium } from 'playwright-core';
+import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { chromiumAvailable, launchChromium } from './helpers/chromium.ts';
 import { expectLedgerConsistent } from './helpers/invariants.ts';
 import { newUser, startTestServer, type TestServer } from './helpers/server.ts';
 
-const CHROMIUM = '/usr/bin/chromium';
 const REDEEM_URL = 'https://app.example/redeem?code={code}';
 const XSS =
   `<script>window.__xss = 'script'</script><img src=x onerror="window.__xss = 'img'">` +
   `"><svg onload="window.__xss = 'svg'"></svg> & 'quotes' \`ticks\``;
 
-// Debian's chromium: .ci/run installs it, so under CI a missing browser fails; elsewhere the file is skipped.
-const browserHere = existsSync(CHROMIUM) || process.env.CI === 'true';
-if (!browserHere)
-  console.warn(`gift-page.test.ts skipped: no Chromium at ${CHROMIUM} (apt-get install chromium)`);
+const browserHere = chromiumAvailable('gift-page.test.ts');
 
 let server: TestServer;
 let browser: Browser;
@@ -26,19 +22,7 @@ beforeAll(async () => {
     GIFT_EXPIRY_SWEEP_SECONDS: '0',
     GIFT_INFO_RATE_LIMIT_PER_MINUTE: '1000000',
   });
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
+  browser = await launchChromium();
 });
 afterAll(async () => {
   await browser?.close();
