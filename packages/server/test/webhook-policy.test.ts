@@ -145,9 +145,10 @@ describe('endpoints on a server without WEBHOOK_ALLOW_PRIVATE', () => {
     const user = await server.fundedUser(10);
     await internal.internal.credits.setAlerts.mutate({ userId: user.id, lowBalanceThreshold: 5 });
     await internal.internal.credits.use.mutate({ userId: user.id, amount: 10, appId: 'a', description: 'x' });
-    const delivery = await eventually('an attempt', async () => {
+    // An attempt is counted when it is claimed, its error once it ends: wait for the ended attempt.
+    const delivery = await eventually('an ended attempt', async () => {
       const page = await internal.internal.webhooks.deliveries.query({ webhookId: row.id });
-      return page.items.find((item) => item.attempts > 0);
+      return page.items.find((item) => item.attempts > 0 && item.lastError !== null);
     });
     expect(delivery.lastError).toMatch(/private, loopback or reserved/);
     expect(receiver.received).toHaveLength(0);
