@@ -84,9 +84,6 @@ export async function startTestServer(
     PORT: '0',
     HOST: '127.0.0.1',
     DB_POOL_SIZE: '10',
-    // The database is a copy of the one global-setup.ts migrated: migrating it again would find nothing to do
-    // (a start that migrates is what shutdown, build and embedded tests run).
-    MIGRATE_ON_START: 'false',
     ...database.env,
     ...env,
     ...proxied,
