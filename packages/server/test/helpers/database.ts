@@ -27,7 +27,7 @@ export interface TestDatabase {
   env: Record<string, string>;
   kind: 'postgres' | 'pglite';
   url: string | undefined;
-  /** PGlite: the migrated database to start from (see global-setup.ts). */
+  /** PGlite: the dump to start from (see global-setup.ts). */
   pgliteSnapshot: Blob | undefined;
   drop(): Promise<void>;
 }
@@ -66,7 +66,10 @@ class ReadBlob extends Blob {
   readonly #bytes: ArrayBuffer;
   constructor(file: Buffer) {
     super([file]);
-    this.#bytes = file.buffer.slice(file.byteOffset, file.byteOffset + file.byteLength) as ArrayBuffer;
+    const whole = file.byteOffset === 0 && file.byteLength === file.buffer.byteLength;
+    this.#bytes = (
+      whole ? file.buffer : file.buffer.slice(file.byteOffset, file.byteOffset + file.byteLength)
+    ) as ArrayBuffer;
   }
   override arrayBuffer(): Promise<ArrayBuffer> {
     return Promise.resolve(this.#bytes);
