@@ -122,6 +122,8 @@ beforeAll(async () => {
           'install',
           '--no-audit',
           '--no-fund',
+          // Exact versions: metadata npm has cached will do (no registry round trips when it has them).
+          '--prefer-offline',
           tarball,
           `@trpc/client@${TRPC_VERSION}`,
           'superjson@2.2.6',

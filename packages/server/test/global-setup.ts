@@ -14,8 +14,10 @@ import { PGLITE_DUMPS } from './helpers/pglite-dumps.ts';
 const MAKER = new URL('./helpers/pglite-dumps.ts', import.meta.url);
 
 /**
- * Migrates one database before any test file runs; every file then starts from a copy of it instead of
- * creating and migrating its own (for PGlite that also skips initdb, most of a file's start-up time).
+ * Migrates one database for the whole run; every file then starts from a copy of it instead of creating and
+ * migrating its own (for PGlite that also skips initdb, most of a file's start-up time). Postgres: a template
+ * database, made before any test file runs. PGlite: dumps of a data directory, made while the first files
+ * start (helpers/pglite-dumps.ts).
  */
 export default async function setup(project: TestProject) {
   const serverUrl = process.env.DATABASE_URL;
@@ -55,7 +57,8 @@ export default async function setup(project: TestProject) {
       done();
     };
     maker.once('error', (error) => fail(error.message));
-    maker.once('exit', (code, signal) => (code === 0 ? done() : fail(`exited with ${code ?? signal}`)));
+    // 'close', not 'exit': by then all of its stderr has been read.
+    maker.once('close', (code, signal) => (code === 0 ? done() : fail(`exited with ${code ?? signal}`)));
   });
   return async () => {
     await made;
