@@ -4,7 +4,7 @@ import { Kysely, PostgresDialect } from 'kysely';
 import { PGliteDialect } from 'kysely-pglite-dialect';
 import pg from 'pg';
 import type { Database } from './database.ts';
-import { PG_OID, parseInt8, parseNumericInteger } from './int8.ts';
+import { PG_OID, parseInt8, parseInt8Array, parseNumericInteger } from './int8.ts';
 
 export interface DbConfig {
   /** Postgres connection string; when absent the embedded PGlite database is used. */
@@ -36,6 +36,7 @@ const keepText = (text: string) => text;
 
 function pgTypeParser(oid: number, format?: string): (text: string) => unknown {
   if (oid === PG_OID.int8) return parseInt8;
+  if (oid === PG_OID.int8Array) return parseInt8Array;
   if (oid === PG_OID.numeric) return parseNumericInteger;
   if (oid === PG_OID.date) return keepText;
   // biome-ignore lint/suspicious/noExplicitAny: pg's own typing for the format argument is loose
@@ -54,7 +55,12 @@ export function createPgPool(config: DbConfig): pg.Pool {
 export async function createPglite(dataDir: string, snapshot?: Blob): Promise<PGlite> {
   if (!dataDir.startsWith('memory://')) mkdirSync(dataDir, { recursive: true });
   const pglite = new PGlite(dataDir, {
-    parsers: { [PG_OID.int8]: parseInt8, [PG_OID.numeric]: parseNumericInteger, [PG_OID.date]: keepText },
+    parsers: {
+      [PG_OID.int8]: parseInt8,
+      [PG_OID.int8Array]: parseInt8Array,
+      [PG_OID.numeric]: parseNumericInteger,
+      [PG_OID.date]: keepText,
+    },
     ...(snapshot ? { loadDataDir: snapshot } : {}),
   });
   await pglite.waitReady;

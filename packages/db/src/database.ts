@@ -16,9 +16,22 @@ export type Json = ColumnType<JsonObject | null, string | null | undefined, stri
 export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
 export type JsonObject = { [key: string]: JsonValue };
 
-export type LedgerType = 'purchase' | 'usage' | 'refund' | 'gift' | 'guild_funding' | 'grant' | 'clawback';
+/** Every type a personal ledger row can have (the CHECK transactions_type_known). */
+export const LEDGER_TYPES = [
+  'purchase',
+  'usage',
+  'refund',
+  'gift',
+  'guild_funding',
+  'grant',
+  'clawback',
+  'expiry',
+] as const;
+export type LedgerType = (typeof LEDGER_TYPES)[number];
 export type PurchaseStatus = 'pending' | 'completed' | 'failed' | 'cancelled';
-export type GuildLedgerType = 'funding' | 'usage' | 'refund';
+/** Every type a guild ledger row can have (the CHECK guild_transactions_type_known). */
+export const GUILD_LEDGER_TYPES = ['funding', 'usage', 'refund', 'expiry'] as const;
+export type GuildLedgerType = (typeof GUILD_LEDGER_TYPES)[number];
 export type GiftType = 'simple' | 'personalized' | 'split' | 'first_come' | 'riddle';
 export type GiftStatus = 'active' | 'depleted' | 'expired' | 'cancelled' | 'refunded';
 export type RedemptionStatus =
@@ -40,6 +53,9 @@ export interface BalancesTable {
   version: Generated<number>;
   created_at: Timestamp;
   updated_at: Timestamp;
+  /** No later than the earliest expiry of a lot with unpinned credits; spends are refused past it (credits.covers). */
+  next_lot_expiry: ColumnType<Date | null, Date | string | null | undefined, Date | string | null>;
+  total_expired: Int8Default;
 }
 
 export interface TransactionsTable {
@@ -65,6 +81,9 @@ export interface TransactionsTable {
   guild_id: string | null;
   created_at: Timestamp;
   completed_at: NullableTimestamp;
+  /** The lots this entry took credits from or gave them to (`lot_amounts[i]` > 0 of `lot_ids[i]`); null before lots. */
+  lot_ids: ColumnType<string[] | null, string[] | null | undefined, never>;
+  lot_amounts: ColumnType<number[] | null, number[] | null | undefined, never>;
 }
 
 export interface PackagesTable {
@@ -79,6 +98,8 @@ export interface PackagesTable {
   metadata: Json;
   created_at: Timestamp;
   updated_at: Timestamp;
+  /** Days the credits of a purchase of this package stay valid; null = they never expire. */
+  validity_days: ColumnType<number | null, number | null | undefined, number | null>;
 }
 
 export interface PurchasesTable {
@@ -100,6 +121,8 @@ export interface PurchasesTable {
   clawed_back_credits: Int8Default;
   /** Credits refunds and disputes should have taken back but the balance no longer had. */
   unrecovered_credits: Int8Default;
+  /** The package's validity when the purchase was made: its credits expire this many days after payment. */
+  validity_days: ColumnType<number | null, number | null | undefined, never>;
 }
 
 export type ReversalKind = 'refund' | 'dispute';
@@ -150,6 +173,9 @@ export interface GuildPoolsTable {
   version: Generated<number>;
   created_at: Timestamp;
   updated_at: Timestamp;
+  /** No later than the earliest expiry of a lot with unpinned credits; spends are refused past it (credits.covers). */
+  next_lot_expiry: ColumnType<Date | null, Date | string | null | undefined, Date | string | null>;
+  total_expired: Int8Default;
 }
 
 export interface GuildSpendingLimitsTable {
@@ -178,6 +204,9 @@ export interface GuildTransactionsTable {
   created_at: Timestamp;
   /** The spendable pool balance (balance − reserved) right after this entry: what the caller was told. */
   available_after: ColumnType<number | null, number | bigint | null | undefined, never>;
+  /** The lots this entry took credits from or gave them to (`lot_amounts[i]` > 0 of `lot_ids[i]`); null before lots. */
+  lot_ids: ColumnType<string[] | null, string[] | null | undefined, never>;
+  lot_amounts: ColumnType<number[] | null, number[] | null | undefined, never>;
 }
 
 export interface GuildMemberUsageTable {
@@ -211,6 +240,9 @@ export interface ReservationsTable {
   transaction_id: string | null;
   /** Fingerprint of the commit request, so a repeated commit can be told from a different one. */
   commit_hash: string | null;
+  /** The lot portions the hold pinned, in burn order: a commit consumes them, a release unpins them. */
+  lot_ids: ColumnType<string[] | null, string[] | null | undefined, never>;
+  lot_amounts: ColumnType<number[] | null, number[] | null | undefined, never>;
   created_at: Timestamp;
   updated_at: Timestamp;
   closed_at: NullableTimestamp;
@@ -364,6 +396,25 @@ export interface Database {
   'credits.event_settings': EventSettingsTable;
   'credits.webhooks': WebhooksTable;
   'credits.webhook_deliveries': WebhookDeliveriesTable;
+  'credits.lots': LotsTable;
+}
+
+/** A lot of credits in an account (migration 2026_12_03_0800_lots). */
+export interface LotsTable {
+  id: Generated<string>;
+  account_kind: 'user' | 'guild';
+  account_id: string;
+  source: 'purchase' | 'grant' | 'gift' | 'refund' | 'funding';
+  category: 'paid' | 'promotional';
+  priority: number;
+  amount: Int8;
+  remaining: Int8;
+  pinned: Int8Default;
+  expired: Int8Default;
+  expires_at: NullableTimestamp;
+  /** Made by the lots migration from a balance that predates lots: no ledger row created it. */
+  opening: Generated<boolean>;
+  created_at: Timestamp;
 }
 
 export type LedgerRow = Selectable<TransactionsTable>;
@@ -375,6 +426,7 @@ export type PurchaseRow = Selectable<PurchasesTable>;
 export type GuildPoolRow = Selectable<GuildPoolsTable>;
 export type GuildLedgerRow = Selectable<GuildTransactionsTable>;
 export type ReservationRow = Selectable<ReservationsTable>;
+export type LotRow = Selectable<LotsTable>;
 export type AdminActionRow = Selectable<AdminActionsTable>;
 export type EventRow = Selectable<EventsTable>;
 export type WebhookRow = Selectable<WebhooksTable>;

@@ -13,4 +13,11 @@ export function parseInt8(text: string): number {
 /** numeric results (e.g. sum() over int8) must still be whole numbers. */
 export const parseNumericInteger = parseInt8;
 
-export const PG_OID = { int8: 20, numeric: 1700, date: 1082 } as const;
+/** int8[] (lot amounts): `{1,20,300}`, every element through parseInt8. */
+export function parseInt8Array(text: string): (number | null)[] {
+  const inner = text.slice(1, -1);
+  if (inner === '') return [];
+  return inner.split(',').map((element) => (element === 'NULL' ? null : parseInt8(element)));
+}
+
+export const PG_OID = { int8: 20, int8Array: 1016, numeric: 1700, date: 1082 } as const;

@@ -13,6 +13,7 @@ import * as sqlFunctionFiles from './migrations/2026_12_03_0300_sql_function_fil
 import * as ledgerTimeIndex from './migrations/2026_12_03_0400_ledger_time_index.ts';
 import * as events from './migrations/2026_12_03_0500_events.ts';
 import * as adminActions from './migrations/2026_12_03_0600_admin_actions.ts';
+import * as lots from './migrations/2026_12_03_0800_lots.ts';
 
 /** Every migration, by its dated name. Add new ones here; never edit one that has shipped. */
 export const migrations: Record<string, Migration> = {
@@ -29,6 +30,7 @@ export const migrations: Record<string, Migration> = {
   '2026_12_03_0400_ledger_time_index': ledgerTimeIndex,
   '2026_12_03_0600_admin_actions': adminActions,
   '2026_12_03_0500_events': events,
+  '2026_12_03_0800_lots': lots,
 };
 
 /**

@@ -54,7 +54,7 @@ export type Account = 'personal' | 'pool';
  * One movement of credits, as the metrics count it. `type` says what kind of movement it was (the ledger's
  * types); `app` is the app id the movement names, if any ('unknown' when it names none).
  *  - debited: credits left an account — `usage` (spends, committed holds), `gift` (escrow of a new gift),
- *    `guild_funding` (the personal side of funding a pool).
+ *    `guild_funding` (the personal side of funding a pool), `expiry` (lots whose time ran out).
  *  - credited: credits arrived — `purchase`, `grant`, `gift` (a redeemed portion), `guild_funding` (the pool
  *    side of funding it).
  *  - refunded: credits given back for earlier spending — `usage` (internal refunds), `gift` (the unclaimed escrow
@@ -63,7 +63,7 @@ export type Account = 'personal' | 'pool';
  * Holds move no credits (only what is spendable): they are counted by reservations_total, and a commit debits.
  */
 export type Movement = { amount: number | undefined; app?: string | undefined } & (
-  | { kind: 'debited'; account: Account; type: 'usage' | 'gift' | 'guild_funding' }
+  | { kind: 'debited'; account: Account; type: 'usage' | 'gift' | 'guild_funding' | 'expiry' }
   | { kind: 'credited'; account: Account; type: 'purchase' | 'grant' | 'gift' | 'guild_funding' }
   | { kind: 'refunded'; type: 'usage' | 'gift' }
   | { kind: 'clawed_back' }
@@ -269,6 +269,7 @@ export function createMetrics(dbHandle: Pick<DbHandle, 'poolStats'>, sources: Me
         if (count > 0) reservations.inc({ event: 'expired' }, count);
       },
       giftExpired: (refunded) => moved({ kind: 'refunded', type: 'gift', amount: refunded }),
+      creditsExpired: (account, amount) => moved({ kind: 'debited', account, type: 'expiry', amount }),
     },
     appLabel: (appId) => apps.of(appId),
     webhookTypeLabel: (type) => webhookTypes.of(type),

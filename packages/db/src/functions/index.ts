@@ -11,6 +11,7 @@ import { type Kysely, sql } from 'kysely';
 export const SQL_FUNCTIONS = [
   'clock',
   'covers',
+  'lots',
   'release_expired_holds',
   'release_expired_pool_holds',
   'use_batch',

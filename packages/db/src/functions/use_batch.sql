@@ -9,9 +9,9 @@
 -- when refused) and holds_expired (how many lapsed holds this item's check returned, for the metrics).
 --
 -- How: lock every balance row of the batch once, in user_id order (the order every multi-account writer
--- uses, "C" collation so it never depends on locale); decide each item in input order on in-memory copies of
+-- uses, "C" collation so it never depends on locale) and post the expiry of their lapsed lots; decide each item in input order on in-memory copies of
 -- the locked balances (expanded PL/pgSQL arrays, O(1) per access); then write everything set-based: one
--- INSERT of all ledger rows with the usage upsert fed by it (each counted on the UTC day of its ledger row,
+-- INSERT of all ledger rows (each burning its lots in burn order) with the usage upsert fed by it (each counted on the UTC day of its ledger row,
 -- as every other usage write does), one UPDATE of the balances. While the balance rows are locked
 -- no other writer can post a ledger row for these users, so the key lookup made after locking cannot be
 -- overtaken; should the unique index fire anyway, the whole call fails (nothing written, a certain failure).
@@ -44,6 +44,7 @@ declare
   a_balance int8[];
   a_reserved int8[];
   a_checked boolean[];
+  v_balance int8;
   v_reserved int8;
   v_released int;
   i int;
@@ -71,6 +72,9 @@ begin
             from unnest(p_users, p_keys) with ordinality as x(user_id, key, n)) r;
 
   perform 1 from credits.balances where user_id = any(a_user) order by user_id collate "C" for update;
+  -- lots whose time is up are expired before anything is decided (no item may count an expired credit)
+  perform credits.expire_lots('user', b.user_id) from credits.balances b
+    where b.user_id = any(a_user) and b.next_lot_expiry <= now() order by b.user_id collate "C";
 
   select array_agg(coalesce(b.balance, 0) order by u.n), array_agg(coalesce(b.reserved, 0) order by u.n),
          array_agg(false)
@@ -104,16 +108,18 @@ begin
       end if;
     else
       s := v_slot[i];
-      if not a_checked[s] and not credits.covers(a_balance[s], a_reserved[s], p_amounts[i]) then
+      if not a_checked[s] and not credits.covers(a_balance[s], a_reserved[s], null, p_amounts[i]) then
         a_checked[s] := true;
         v_released := credits.release_expired_holds(a_user[s], 1000);
         if v_released > 0 then
           v_expired[i] := v_released;
-          select b.reserved into v_reserved from credits.balances b where b.user_id = a_user[s];
+          -- the returned holds may have freed credits of a lapsed lot, which expired with them
+          select b.balance, b.reserved into v_balance, v_reserved from credits.balances b where b.user_id = a_user[s];
+          a_balance[s] := v_balance;
           a_reserved[s] := v_reserved;
         end if;
       end if;
-      if credits.covers(a_balance[s], a_reserved[s], p_amounts[i]) then
+      if credits.covers(a_balance[s], a_reserved[s], null, p_amounts[i]) then
         v_before[i] := a_balance[s];
         a_balance[s] := a_balance[s] - p_amounts[i];
         v_outcome[i] := 'ok';
@@ -127,15 +133,18 @@ begin
     end if;
   end loop;
 
+  -- each posted item burns its lots (in input order) as it is inserted
   with posted as (
     insert into credits.transactions
       (id, user_id, type, amount, balance_before, balance_after, available_after, app_id, description, metadata,
-       idempotency_key, request_hash)
+       idempotency_key, request_hash, lot_ids, lot_amounts)
     select t.id, t.user_id, 'usage', -t.amount, t.before, t.before - t.amount, t.available, t.app_id,
-           t.description, t.metadata, t.key, t.hash
+           t.description, t.metadata, t.key, t.hash, l.lot_ids, l.lot_amounts
       from unnest(v_outcome, v_tx, p_users, p_amounts, v_before, v_available, p_apps, p_descriptions, p_metadata,
                   p_keys, p_hashes)
-           as t(outcome, id, user_id, amount, before, available, app_id, description, metadata, key, hash)
+           with ordinality as t(outcome, id, user_id, amount, before, available, app_id, description, metadata, key,
+                                hash, n)
+     cross join lateral credits.take_lots('user', t.user_id, t.amount, false) l
      where t.outcome = 'ok'
     returning user_id, app_id, -amount as spent, (created_at at time zone 'utc')::date as day
   )

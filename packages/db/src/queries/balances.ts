@@ -13,7 +13,8 @@ export interface BalanceView {
 /**
  * A user's balance as they may spend it now. `reserved` counts only holds that are still open at the time of
  * the read: a hold whose time is up is already spendable (every spend returns such holds first), even before
- * the sweep or a check on access has closed it.
+ * the sweep or a check on access has closed it. Likewise credits of a lot whose time is up are gone before
+ * their expiry is posted.
  */
 export async function getBalance(db: Kysely<Database>, userId: string): Promise<BalanceView> {
   const { rows } = await sql<{
@@ -23,7 +24,8 @@ export async function getBalance(db: Kysely<Database>, userId: string): Promise<
     total_spent: number;
     updated_at: Date;
   }>`
-    select b.balance, b.reserved - ${lapsedHolds(sql`r.user_id = b.user_id and r.organization_id is null`)} as reserved,
+    select b.balance - ${lapsedLots('user', sql`b.user_id`, sql`b.next_lot_expiry`)} as balance,
+           b.reserved - ${lapsedHolds(sql`r.user_id = b.user_id and r.organization_id is null`)} as reserved,
            b.total_earned, b.total_spent, b.updated_at
       from credits.balances b
      where b.user_id = ${userId}`.execute(db);
@@ -42,6 +44,22 @@ export async function getBalance(db: Kysely<Database>, userId: string): Promise<
 export function lapsedHolds(where: RawBuilder<boolean>): RawBuilder<number> {
   return sql<number>`(select coalesce(sum(r.amount), 0)::int8 from credits.reservations r
                         where ${where} and r.status = 'open' and r.expires_at <= now())`;
+}
+
+/**
+ * Σ of an account's credits in lots whose time is up but whose expiry is not posted yet (unpinned only):
+ * owned no longer. Costs nothing unless the account's next_lot_expiry has passed.
+ */
+export function lapsedLots(
+  kind: 'user' | 'guild',
+  accountId: RawBuilder<string>,
+  nextLotExpiry: RawBuilder<Date | null>,
+): RawBuilder<number> {
+  return sql<number>`(case when ${nextLotExpiry} <= now() then
+      (select coalesce(sum(l.remaining - l.pinned), 0)::int8 from credits.lots l
+        where l.account_kind = ${kind} and l.account_id = ${accountId} and l.remaining > l.pinned
+          and l.expires_at <= now())
+      else 0 end)`;
 }
 
 /** Creates the user's balance row if missing; safe when called concurrently. Returns true if it was created. */

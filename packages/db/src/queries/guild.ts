@@ -1,6 +1,6 @@
 import { type Kysely, sql, type Transaction } from 'kysely';
 import type { Database, GuildLedgerRow, GuildPoolRow } from '../database.ts';
-import { lapsedHolds } from './balances.ts';
+import { lapsedHolds, lapsedLots } from './balances.ts';
 import {
   type GuildRow,
   guildLedgerRow,
@@ -10,6 +10,7 @@ import {
   toPostedEntry,
   usageCounter,
 } from './ledger-rows.ts';
+import { expiryOfCredit, type LotCredit, lotsOfCredit } from './lots.ts';
 import { newestFirst, type Page, type PageRequest } from './pagination.ts';
 
 /** The unique index that makes guild idempotency atomic: (organization_id, user_id, idempotency_key). */
@@ -44,14 +45,20 @@ export async function findGuildPool(
 ): Promise<GuildPoolRow | undefined> {
   return db
     .selectFrom('credits.guild_pools as p')
+    .select(
+      sql<number>`p.balance - ${lapsedLots('guild', sql`p.organization_id`, sql`p.next_lot_expiry`)}`.as(
+        'balance',
+      ),
+    )
     .select([
       'organization_id',
-      'balance',
       'total_funded',
       'total_spent',
       'version',
       'created_at',
       'updated_at',
+      'next_lot_expiry',
+      'total_expired',
     ])
     .select(
       sql<number>`p.reserved - ${lapsedHolds(sql`r.organization_id = p.organization_id`)}`.as('reserved'),
@@ -62,16 +69,17 @@ export async function findGuildPool(
 
 /**
  * Locks the pool row for the rest of the transaction and says whether it covers a spend of `amount`
- * (credits.covers). Every spend from a pool takes this lock first, so checks made after it (balance, member
+ * (credits.covers) and whether a lot of it has lapsed (expire its lots, then lock again). Every spend from a pool takes this lock first, so checks made after it (balance, member
  * limits) cannot be overtaken by a concurrent spend of the same pool.
  */
 export async function lockGuildPool(
   trx: Transaction<Database>,
   guildId: string,
   amount: number,
-): Promise<(GuildPoolRow & { covers: boolean }) | undefined> {
-  const { rows } = await sql<GuildPoolRow & { covers: boolean }>`
-    select *, credits.covers(balance, reserved, ${amount}::int8) as covers
+): Promise<(GuildPoolRow & { covers: boolean; lotsLapsed: boolean }) | undefined> {
+  const { rows } = await sql<GuildPoolRow & { covers: boolean; lotsLapsed: boolean }>`
+    select *, credits.covers(balance, reserved, next_lot_expiry, ${amount}::int8) as covers,
+           coalesce(next_lot_expiry <= now(), false) as "lotsLapsed"
       from credits.guild_pools
      where organization_id = ${guildId}
        for update
@@ -190,40 +198,50 @@ export async function debitGuildPool(
              total_spent = total_spent + ${entry.amount}::int8,
              version = version + 1,
              updated_at = now()
-       where organization_id = ${entry.guildId} and credits.covers(balance, reserved, ${entry.amount}::int8)
-      returning balance, reserved
-    ), entry as (${guildLedgerRow('debit', entry, -1)}),
+       where organization_id = ${entry.guildId}
+         and credits.covers(balance, reserved, next_lot_expiry, ${entry.amount}::int8)
+      returning organization_id, balance, reserved
+    ), burned as (
+      select t.* from debit d
+       cross join lateral credits.take_lots('guild', d.organization_id, ${entry.amount}::int8, false) t
+    ), entry as (${guildLedgerRow('debit', entry, -1, 'burned')}),
     member_usage as (${memberCounter('entry', entry.guildId, entry.userId, entry.amount)})${
       entry.appId
         ? sql`, usage as (${usageCounter('entry', entry.userId, entry.appId, entry.amount)})`
         : sql``
     }
-    select id, balance_after, available_after as available, created_at from entry
+    select id, balance_after, available_after as available, created_at, lot_ids, lot_amounts from entry
   `.execute(trx);
   const row = rows[0];
   return row ? toPostedEntry(row) : null;
 }
 
 /**
- * Credits a pool (funding) in one statement. Returns null when the pool does not exist. In the caller's
- * transaction: the funder's debit and the check of total_funded (totalFundedExceeds, under the row lock this
- * credit takes) commit or roll back with it.
+ * Credits a pool (funding) in one statement, its credits in lots as `lots` says (funding mirrors the lot
+ * portions the funder's debit took). Returns null when the pool does not exist. In the caller's transaction:
+ * the funder's debit and the check of total_funded (totalFundedExceeds, under the row lock this credit takes)
+ * commit or roll back with it.
  */
 export async function creditGuildPool(
   trx: Transaction<Database>,
   entry: GuildEntryInput,
+  lots: LotCredit,
 ): Promise<PostedGuildEntry | null> {
   const { rows } = await sql<PostedRow>`
     with credit as (
       update credits.guild_pools
          set balance = balance + ${entry.amount}::int8,
              total_funded = total_funded + ${entry.amount}::int8,
+             next_lot_expiry = least(next_lot_expiry, ${expiryOfCredit(lots)}),
              version = version + 1,
              updated_at = now()
        where organization_id = ${entry.guildId}
-      returning balance, reserved
-    ), entry as (${guildLedgerRow('credit', entry, 1)})
-    select id, balance_after, available_after as available, created_at from entry
+      returning organization_id, balance, reserved
+    ), filled as (
+      select t.* from credit c
+       cross join lateral ${lotsOfCredit('guild', sql<string>`c.organization_id`, entry.amount, lots)} t
+    ), entry as (${guildLedgerRow('credit', entry, 1, 'filled')})
+    select id, balance_after, available_after as available, created_at, lot_ids, lot_amounts from entry
   `.execute(trx);
   const row = rows[0];
   return row ? toPostedEntry(row) : null;

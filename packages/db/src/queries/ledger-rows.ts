@@ -14,17 +14,42 @@ export interface PostedEntry {
   /** Spendable after the entry (balance − reserved). */
   available: number;
   createdAt: Date;
+  /** The lot portions the entry took or gave, in burn order. */
+  lots: LotPortion[];
 }
 
-/** The row a money statement ends with: `select id, balance_after, available_after as available, created_at from entry`. */
-export type PostedRow = { id: string; balance_after: number; available: number; created_at: Date };
+/** `amount` credits of one lot: what a ledger row took from it or gave to it. */
+export interface LotPortion {
+  lotId: string;
+  amount: number;
+}
+
+/**
+ * The row a money statement ends with:
+ * `select id, balance_after, available_after as available, created_at, lot_ids, lot_amounts from entry`.
+ */
+export type PostedRow = {
+  id: string;
+  balance_after: number;
+  available: number;
+  created_at: Date;
+  lot_ids: string[] | null;
+  lot_amounts: number[] | null;
+};
 
 export const toPostedEntry = (row: PostedRow): PostedEntry => ({
   id: row.id,
   balanceAfter: row.balance_after,
   available: row.available,
   createdAt: row.created_at,
+  lots: portionsOf(row),
 });
+
+/** A ledger row's (or a reservation's) lot portions as a list; none for rows written before lots. */
+export function portionsOf(row: { lot_ids: string[] | null; lot_amounts: number[] | null }): LotPortion[] {
+  const ids = row.lot_ids ?? [];
+  return ids.map((lotId, i) => ({ lotId, amount: row.lot_amounts?.[i] ?? 0 }));
+}
 
 const json = (metadata: JsonObject | null | undefined) => (metadata ? JSON.stringify(metadata) : null);
 
@@ -57,31 +82,43 @@ export interface GuildRow extends EntryFields {
  * `direction × amount` credits, its arithmetic taken from the account CTE's new balance and reserved.
  * Returns id, balance_after, available_after, created_at.
  */
-export function personalLedgerRow(account: string, row: PersonalRow, direction: 1 | -1): RawBuilder<unknown> {
+export function personalLedgerRow(
+  account: string,
+  row: PersonalRow,
+  direction: 1 | -1,
+  lots: string,
+): RawBuilder<unknown> {
   const signed = direction * row.amount;
   return sql`
     insert into credits.transactions
       (user_id, type, amount, balance_before, balance_after, available_after, app_id, description, metadata,
-       idempotency_key, request_hash, reference_transaction_id, guild_id)
+       idempotency_key, request_hash, reference_transaction_id, guild_id, lot_ids, lot_amounts)
     select ${row.userId}, ${row.type}, ${signed}::int8, balance - ${signed}::int8, balance, balance - reserved,
            ${row.appId ?? null}, ${row.description}, ${json(row.metadata)}::jsonb, ${row.idempotencyKey ?? null},
-           ${row.requestHash ?? null}, ${row.referenceTransactionId ?? null}::uuid, ${row.guildId ?? null}
-      from ${sql.table(account)}
-    returning id, balance_after, available_after, created_at`;
+           ${row.requestHash ?? null}, ${row.referenceTransactionId ?? null}::uuid, ${row.guildId ?? null},
+           lots.lot_ids, lots.lot_amounts
+      from ${sql.table(account)}, ${sql.table(lots)} lots
+    returning id, balance_after, available_after, created_at, lot_ids, lot_amounts`;
 }
 
 /** The guild ledger row of a pool movement, as personalLedgerRow. */
-export function guildLedgerRow(account: string, row: GuildRow, direction: 1 | -1): RawBuilder<unknown> {
+export function guildLedgerRow(
+  account: string,
+  row: GuildRow,
+  direction: 1 | -1,
+  lots: string,
+): RawBuilder<unknown> {
   const signed = direction * row.amount;
   return sql`
     insert into credits.guild_transactions
       (id, organization_id, user_id, type, amount, balance_before, balance_after, available_after, app_id,
-       description, metadata, idempotency_key, request_hash)
+       description, metadata, idempotency_key, request_hash, lot_ids, lot_amounts)
     select coalesce(${row.id ?? null}::uuid, gen_random_uuid()), ${row.guildId}, ${row.userId}, ${row.type},
            ${signed}::int8, balance - ${signed}::int8, balance, balance - reserved, ${row.appId ?? null},
-           ${row.description}, ${json(row.metadata)}::jsonb, ${row.idempotencyKey ?? null}, ${row.requestHash ?? null}
-      from ${sql.table(account)}
-    returning id, balance_after, available_after, created_at`;
+           ${row.description}, ${json(row.metadata)}::jsonb, ${row.idempotencyKey ?? null}, ${row.requestHash ?? null},
+           lots.lot_ids, lots.lot_amounts
+      from ${sql.table(account)}, ${sql.table(lots)} lots
+    returning id, balance_after, available_after, created_at, lot_ids, lot_amounts`;
 }
 
 /** The day's usage of an app (`credits.usage_stats`), grown by a usage entry, on the UTC day of that entry. */

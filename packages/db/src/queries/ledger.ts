@@ -8,6 +8,7 @@ import {
   toPostedEntry,
   usageCounter,
 } from './ledger-rows.ts';
+import { expiryOfCredit, type LotCredit, lotsOfCredit } from './lots.ts';
 import { newestFirst, type Page, type PageRequest } from './pagination.ts';
 
 /** A personal ledger entry to post; `amount` is always positive, the direction says which way it moves. */
@@ -41,44 +42,54 @@ export async function debitBalance(
              total_earned = total_earned - ${unearned}::int8,
              version = version + 1,
              updated_at = now()
-       where user_id = ${entry.userId} and credits.covers(balance, reserved, ${entry.amount}::int8)
-      returning balance, reserved
-    ), entry as (${personalLedgerRow('debit', entry, -1)})${
+       where user_id = ${entry.userId}
+         and credits.covers(balance, reserved, next_lot_expiry, ${entry.amount}::int8)
+      returning user_id, balance, reserved
+    ), burned as (
+      select t.* from debit d cross join lateral credits.take_lots('user', d.user_id, ${entry.amount}::int8, false) t
+    ), entry as (${personalLedgerRow('debit', entry, -1, 'burned')})${
       countsAsUsage
         ? sql`, usage as (${usageCounter('entry', entry.userId, entry.appId ?? '', entry.amount)})`
         : sql``
     }
-    select id, balance_after, available_after as available, created_at from entry
+    select id, balance_after, available_after as available, created_at, lot_ids, lot_amounts from entry
   `.execute(db);
   const row = rows[0];
   return row ? toPostedEntry(row) : null;
 }
 
 /**
- * Credits a personal balance in one statement, creating the balance row when the user has none.
+ * Credits a personal balance in one statement, creating the balance row when the user has none, and puts the
+ * credits in lots (`lots`: a new lot, mirrored portions, or back into the lots they left).
  * `totals` says which running total moves: 'earned' (purchase, grant, gift received) or 'unspent' (a refund
- * of earlier spending).
+ * of earlier spending). Credits returned to a lot whose time has passed lower next_lot_expiry to it: run
+ * expireLots in the same transaction to post their expiry.
  */
 export async function creditBalance(
   db: Kysely<Database>,
   entry: LedgerEntryInput,
+  lots: LotCredit,
   totals: 'earned' | 'unspent' = 'earned',
 ): Promise<PostedEntry> {
   const earned = totals === 'earned' ? entry.amount : 0;
   const unspent = totals === 'unspent' ? entry.amount : 0;
+  const expiry = expiryOfCredit(lots);
   const { rows } = await sql<PostedRow>`
     with account as (
-      insert into credits.balances as b (user_id, balance, total_earned, total_spent)
-      values (${entry.userId}, ${entry.amount}::int8, ${earned}::int8, 0)
+      insert into credits.balances as b (user_id, balance, total_earned, total_spent, next_lot_expiry)
+      values (${entry.userId}, ${entry.amount}::int8, ${earned}::int8, 0, ${expiry})
       on conflict (user_id) do update
         set balance = b.balance + ${entry.amount}::int8,
             total_earned = b.total_earned + ${earned}::int8,
             total_spent = b.total_spent - ${unspent}::int8,
+            next_lot_expiry = least(b.next_lot_expiry, ${expiry}),
             version = b.version + 1,
             updated_at = now()
-      returning balance, reserved
-    ), entry as (${personalLedgerRow('account', entry, 1)})
-    select id, balance_after, available_after as available, created_at from entry
+      returning user_id, balance, reserved
+    ), filled as (
+      select t.* from account a cross join lateral ${lotsOfCredit('user', sql<string>`a.user_id`, entry.amount, lots)} t
+    ), entry as (${personalLedgerRow('account', entry, 1, 'filled')})
+    select id, balance_after, available_after as available, created_at, lot_ids, lot_amounts from entry
   `.execute(db);
   const row = rows[0];
   if (!row) throw new Error('credit statement returned no row');
@@ -134,10 +145,10 @@ export async function lockLedgerEntry(
   trx: Transaction<Database>,
   userId: string,
   transactionId: string,
-): Promise<Pick<LedgerRow, 'id' | 'type' | 'amount' | 'app_id'> | undefined> {
+): Promise<Pick<LedgerRow, 'id' | 'type' | 'amount' | 'app_id' | 'lot_ids' | 'lot_amounts'> | undefined> {
   return trx
     .selectFrom('credits.transactions')
-    .select(['id', 'type', 'amount', 'app_id'])
+    .select(['id', 'type', 'amount', 'app_id', 'lot_ids', 'lot_amounts'])
     .where('id', '=', transactionId)
     .where('user_id', '=', userId)
     .forUpdate()

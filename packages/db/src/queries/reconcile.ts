@@ -183,10 +183,99 @@ const CHECKS: CheckDefinition[] = [
                 join credits.transactions u on u.id = r.reference_transaction_id and u.type = 'usage'
                where r.type = 'refund')
            + (select coalesce(-sum(amount), 0) from credits.guild_transactions where type = 'usage')
-           - (select coalesce(sum(amount), 0) from credits.guild_transactions where type = 'refund'))::int8 as used
+           - (select coalesce(sum(amount), 0) from credits.guild_transactions where type = 'refund'))::int8 as used,
+          ((select coalesce(-sum(amount), 0) from credits.transactions where type = 'expiry')
+           + (select coalesce(-sum(amount), 0) from credits.guild_transactions where type = 'expiry'))::int8 as expired
       )
       select * from flows
-       where balances + pools + escrow <> purchased + granted - used - clawed_back`,
+       where balances + pools + escrow <> purchased + granted - used - clawed_back - expired`,
+  },
+  {
+    name: 'lots_match_accounts',
+    description: 'per user and pool: Σ lot remaining = balance and Σ lot pinned = reserved',
+    query: sql`
+      with accounts as (
+        select 'user' as kind, user_id as id, balance, reserved from credits.balances
+        union all
+        select 'guild', organization_id, balance, reserved from credits.guild_pools
+      ), lots as (
+        select account_kind as kind, account_id as id, sum(remaining)::int8 as remaining, sum(pinned)::int8 as pinned
+          from credits.lots group by account_kind, account_id
+      )
+      select coalesce(a.kind, l.kind) as account, coalesce(a.id, l.id) as id, a.balance, a.reserved,
+             l.remaining, l.pinned
+        from accounts a full join lots l on l.kind = a.kind and l.id = a.id
+       where coalesce(a.balance, 0) <> coalesce(l.remaining, 0) or coalesce(a.reserved, 0) <> coalesce(l.pinned, 0)`,
+  },
+  {
+    name: 'lot_ledger',
+    description:
+      'per lot: what the ledger rows naming it gave and took (plus an opening lot’s amount) = remaining; expiry rows = expired',
+    query: sql`
+      with portions as (
+        select p.lot_id, sign(t.amount) * p.amount as signed, t.type
+          from (select amount, type, lot_ids, lot_amounts from credits.transactions where lot_ids is not null
+                union all
+                select amount, type, lot_ids, lot_amounts from credits.guild_transactions where lot_ids is not null) t
+         cross join lateral unnest(t.lot_ids, t.lot_amounts) as p(lot_id, amount)
+      ), per_lot as (
+        select lot_id, sum(signed)::int8 as net, coalesce(-sum(signed) filter (where type = 'expiry'), 0)::int8 as expired
+          from portions group by lot_id
+      )
+      select l.id as lot_id, l.account_kind, l.account_id, l.amount, l.remaining, l.expired,
+             coalesce(p.net, 0) as ledger_net, coalesce(p.expired, 0) as ledger_expired
+        from credits.lots l left join per_lot p on p.lot_id = l.id
+       where coalesce(p.net, 0) + case when l.opening then l.amount else 0 end <> l.remaining
+          or coalesce(p.expired, 0) <> l.expired
+      union all
+      select p.lot_id, null, null, null, null, null, p.net, p.expired
+        from per_lot p where not exists (select 1 from credits.lots l where l.id = p.lot_id)`,
+  },
+  {
+    name: 'lot_portions_add_up',
+    description:
+      'per ledger row naming lots: Σ portions = |amount|; per open hold: Σ pinned portions = its amount',
+    query: sql`
+      select 'user' as ledger, id, amount, (select sum(a) from unnest(lot_amounts) a) as portions
+        from credits.transactions
+       where lot_ids is not null and (select coalesce(sum(a), 0) from unnest(lot_amounts) a) <> abs(amount)
+      union all
+      select 'guild', id, amount, (select sum(a) from unnest(lot_amounts) a)
+        from credits.guild_transactions
+       where lot_ids is not null and (select coalesce(sum(a), 0) from unnest(lot_amounts) a) <> abs(amount)
+      union all
+      select 'hold', id, amount, (select sum(a) from unnest(lot_amounts) a)
+        from credits.reservations
+       where status = 'open' and (select coalesce(sum(a), 0) from unnest(lot_amounts) a) <> amount`,
+  },
+  {
+    name: 'holds_match_pins',
+    description: 'per lot: pinned = Σ portions of the open holds that pinned it',
+    query: sql`
+      select l.id as lot_id, l.pinned, coalesce(h.held, 0) as held
+        from credits.lots l
+        left join (select p.lot_id, sum(p.amount)::int8 as held
+                     from credits.reservations r
+                    cross join lateral unnest(r.lot_ids, r.lot_amounts) as p(lot_id, amount)
+                    where r.status = 'open' group by p.lot_id) h on h.lot_id = l.id
+       where l.pinned <> coalesce(h.held, 0)`,
+  },
+  {
+    name: 'no_spend_from_expired_lots',
+    description:
+      'no credits taken from a lot after its expiry (a hold commit may consume what it pinned before; 5 s grace for the clock of a statement in flight)',
+    query: sql`
+      select t.id as transaction_id, t.ledger, t.type, p.lot_id, l.expires_at, t.created_at
+        from (select 'user' as ledger, id, type, amount, created_at, idempotency_key, lot_ids, lot_amounts
+                from credits.transactions where amount < 0 and lot_ids is not null
+              union all
+              select 'guild', id, type, amount, created_at, idempotency_key, lot_ids, lot_amounts
+                from credits.guild_transactions where amount < 0 and lot_ids is not null) t
+       cross join lateral unnest(t.lot_ids) as p(lot_id)
+        join credits.lots l on l.id = p.lot_id
+       where t.type <> 'expiry' and l.expires_at is not null
+         and t.created_at > l.expires_at + interval '5 seconds'
+         and coalesce(t.idempotency_key, '') not like chr(31) || 'reservation:%'`,
   },
 ];
 

@@ -27,8 +27,9 @@ export interface PlacedHold {
 
 /**
  * Holds credits in one statement: the conditional UPDATE raises `reserved` of the account — the user's
- * balance, or the guild pool when `guildId` is set — only while it covers the amount (credits.covers), and the
- * reservation row is inserted from its RETURNING. Returns null when the account does not cover it (nothing
+ * balance, or the guild pool when `guildId` is set — only while it covers the amount (credits.covers), the
+ * lots it will consume are pinned in burn order (credits.take_lots), and the reservation row, naming them, is
+ * inserted from its RETURNING. Returns null when the account does not cover it (nothing
  * written). A replayed key fails the insert on RESERVATION_IDEMPOTENCY_INDEX, which undoes the hold with it.
  * Expiry is computed by the database clock, the one clock every instance shares. A pool hold runs after
  * lockGuildPool and the member's limit check, in the same transaction (placePoolHold).
@@ -37,24 +38,27 @@ export async function placeHold(
   db: Kysely<Database>,
   hold: HoldInput & { guildId?: string | undefined },
 ): Promise<PlacedHold | null> {
-  const [table, key, id] =
+  const [table, key, id, kind] =
     hold.guildId === undefined
-      ? (['credits.balances', 'user_id', hold.userId] as const)
-      : (['credits.guild_pools', 'organization_id', hold.guildId] as const);
+      ? (['credits.balances', 'user_id', hold.userId, 'user'] as const)
+      : (['credits.guild_pools', 'organization_id', hold.guildId, 'guild'] as const);
   const { rows } = await sql<{ id: string; expires_at: Date; available_after: number }>`
     with hold as (
       update ${sql.table(table)}
          set reserved = reserved + ${hold.amount}::int8, version = version + 1, updated_at = now()
-       where ${sql.ref(key)} = ${id} and credits.covers(balance, reserved, ${hold.amount}::int8)
-      returning balance - reserved as available
+       where ${sql.ref(key)} = ${id} and credits.covers(balance, reserved, next_lot_expiry, ${hold.amount}::int8)
+      returning ${sql.ref(key)} as account_id, balance - reserved as available
+    ), pinned as (
+      select h.available, t.* from hold h
+       cross join lateral credits.take_lots(${kind}, h.account_id, ${hold.amount}::int8, true) t
     )
     insert into credits.reservations
       (user_id, organization_id, amount, app_id, description, metadata, idempotency_key, request_hash,
-       available_after, expires_at)
+       available_after, expires_at, lot_ids, lot_amounts)
     select ${hold.userId}, ${hold.guildId ?? null}, ${hold.amount}::int8, ${hold.appId}, ${hold.description},
            ${json(hold.metadata)}::jsonb, ${hold.idempotencyKey}, ${hold.requestHash}, available,
-           now() + ${hold.ttlSeconds}::int * interval '1 second'
-      from hold
+           now() + ${hold.ttlSeconds}::int * interval '1 second', lot_ids, lot_amounts
+      from pinned
     returning id, expires_at, available_after
   `.execute(db);
   const row = rows[0];
@@ -130,13 +134,14 @@ export async function commitHold(
   trx: Transaction<Database>,
   reservation: ReservationRow,
   commit: CommitInput,
-): Promise<{ transactionId: string; available: number }> {
+): Promise<SettledHold> {
   return settleCommit(trx, reservation, commit, {
     settle: sql`
       update credits.balances
          set balance = balance - ${commit.amount}::int8,
              reserved = reserved - ${reservation.amount}::int8,
              total_spent = total_spent + ${commit.amount}::int8,
+             next_lot_expiry = least(next_lot_expiry, credits.lots_expiry(${reservation.lot_ids}::uuid[])),
              version = version + 1,
              updated_at = now()
        where user_id = ${reservation.user_id}
@@ -145,27 +150,47 @@ export async function commitHold(
       'settle',
       { ...usageOf(reservation, commit), userId: reservation.user_id, type: 'usage' },
       -1,
+      'consumed',
     ),
     counters: [usageCounter('entry', reservation.user_id, reservation.app_id, commit.amount)],
   });
 }
 
+export interface SettledHold {
+  transactionId: string;
+  available: number;
+  /** A lot the hold had pinned has lapsed: what the commit or release unpinned of it must be expired now. */
+  lotsLapsed: boolean;
+}
+
+/** Whether any of a hold's pinned lots has lapsed (then expireLots follows the settlement). */
+const pinnedLotsLapsed = (reservation: ReservationRow) => sql<boolean>`
+  coalesce((select bool_or(l.expires_at <= now()) from credits.lots l
+             where l.id = any(${reservation.lot_ids}::uuid[])), false)`;
+
 /**
  * The one statement of a commit: `settle` lowers the account (balance by the committed amount, reserved by
- * the whole hold), `entry` posts the usage row from it, `counters` grow from the entry, and the reservation is
- * closed as committed — only if it is still open, else nothing counts (the caller holds its row lock).
+ * the whole hold), the hold's pinned lots give the committed credits in the order they were pinned and let
+ * go of the rest (credits.settle_pins), `entry` posts the usage row naming those portions, `counters` grow
+ * from the entry, and the reservation is closed as committed — only if it is still open, else nothing counts
+ * (the caller holds its row lock).
  */
 async function settleCommit(
   trx: Transaction<Database>,
   reservation: ReservationRow,
   commit: CommitInput,
   parts: { settle: RawBuilder<unknown>; entry: RawBuilder<unknown>; counters: RawBuilder<unknown>[] },
-): Promise<{ transactionId: string; available: number }> {
+): Promise<SettledHold> {
   const counters = parts.counters.map(
     (counter, index) => sql`, counter_${sql.raw(String(index))} as (${counter})`,
   );
-  const { rows } = await sql<{ id: string; available_after: number; closed: number }>`
-    with settle as (${parts.settle}), entry as (${parts.entry})${sql.join(counters, sql``)},
+  const { rows } = await sql<{ id: string; available_after: number; closed: number; lots_lapsed: boolean }>`
+    with settle as (${parts.settle}),
+    consumed as (
+      select t.* from (select count(*) from settle) s
+       cross join lateral credits.settle_pins(${reservation.lot_ids}::uuid[], ${reservation.lot_amounts}::int8[],
+                                              ${commit.amount}::int8) t
+    ), entry as (${parts.entry})${sql.join(counters, sql``)},
     closed as (
       update credits.reservations
          set status = 'committed', committed_amount = ${commit.amount}::int8,
@@ -174,49 +199,57 @@ async function settleCommit(
        where id = ${reservation.id}::uuid and status = 'open'
       returning id
     )
-    select entry.id, entry.available_after, (select count(*) from closed)::int4 as closed from entry
+    select entry.id, entry.available_after, (select count(*) from closed)::int4 as closed,
+           ${pinnedLotsLapsed(reservation)} as lots_lapsed
+      from entry
   `.execute(trx);
   const row = rows[0];
   if (row?.closed !== 1) throw new Error(`reservation ${reservation.id} could not be committed`);
-  return { transactionId: row.id, available: row.available_after };
+  return { transactionId: row.id, available: row.available_after, lotsLapsed: row.lots_lapsed };
 }
 
 /**
  * Returns a locked, open hold to its account (the personal balance, or the pool for a pool hold) in one
- * statement and closes it as `released` (or `expired`, when its time ran out first). Returns the spendable
- * balance of that account afterwards.
+ * statement, unpinning its lots, and closes it as `released` (or `expired`, when its time ran out first).
+ * Returns the spendable balance of that account afterwards, and whether a lot it unpinned has lapsed (then
+ * expireLots must follow in the same transaction).
  */
 export async function releaseHold(
   trx: Transaction<Database>,
   reservation: ReservationRow,
   status: 'released' | 'expired',
-): Promise<number> {
+): Promise<{ available: number; lotsLapsed: boolean }> {
   const closed = sql`
     closed as (
       update credits.reservations
          set status = ${status}, released_amount = amount, closed_at = now(), updated_at = now()
        where id = ${reservation.id}::uuid and status = 'open'
-      returning user_id, organization_id, amount
+      returning user_id, organization_id, amount, lot_ids, lot_amounts
+    ), unpinned as (
+      select c.*, credits.lots_expiry(c.lot_ids) as lot_expiry from closed c
+       cross join lateral credits.settle_pins(c.lot_ids, c.lot_amounts, 0) t
     )`;
   const { rows } = await (reservation.organization_id === null
-    ? sql<{ available: number }>`
+    ? sql<{ available: number; lots_lapsed: boolean }>`
         with ${closed}
         update credits.balances b
-           set reserved = b.reserved - c.amount, version = b.version + 1, updated_at = now()
-          from closed c
+           set reserved = b.reserved - c.amount, next_lot_expiry = least(b.next_lot_expiry, c.lot_expiry),
+               version = b.version + 1, updated_at = now()
+          from unpinned c
          where b.user_id = c.user_id
-        returning b.balance - b.reserved as available`
-    : sql<{ available: number }>`
+        returning b.balance - b.reserved as available, coalesce(c.lot_expiry <= now(), false) as lots_lapsed`
+    : sql<{ available: number; lots_lapsed: boolean }>`
         with ${closed}
         update credits.guild_pools p
-           set reserved = p.reserved - c.amount, version = p.version + 1, updated_at = now()
-          from closed c
+           set reserved = p.reserved - c.amount, next_lot_expiry = least(p.next_lot_expiry, c.lot_expiry),
+               version = p.version + 1, updated_at = now()
+          from unpinned c
          where p.organization_id = c.organization_id
-        returning p.balance - p.reserved as available`
+        returning p.balance - p.reserved as available, coalesce(c.lot_expiry <= now(), false) as lots_lapsed`
   ).execute(trx);
   const row = rows[0];
   if (!row) throw new Error(`reservation ${reservation.id} could not be released`);
-  return row.available;
+  return { available: row.available, lotsLapsed: row.lots_lapsed };
 }
 
 /**
@@ -244,7 +277,7 @@ export async function commitPoolHold(
   trx: Transaction<Database>,
   reservation: ReservationRow & { organization_id: string },
   commit: CommitInput,
-): Promise<{ transactionId: string; available: number }> {
+): Promise<SettledHold> {
   const guildId = reservation.organization_id;
   return settleCommit(trx, reservation, commit, {
     settle: sql`
@@ -252,6 +285,7 @@ export async function commitPoolHold(
          set balance = balance - ${commit.amount}::int8,
              reserved = reserved - ${reservation.amount}::int8,
              total_spent = total_spent + ${commit.amount}::int8,
+             next_lot_expiry = least(next_lot_expiry, credits.lots_expiry(${reservation.lot_ids}::uuid[])),
              version = version + 1,
              updated_at = now()
        where organization_id = ${guildId}
@@ -260,6 +294,7 @@ export async function commitPoolHold(
       'settle',
       { ...usageOf(reservation, commit), guildId, userId: reservation.user_id, type: 'usage' },
       -1,
+      'consumed',
     ),
     counters: [
       memberCounter('entry', guildId, reservation.user_id, commit.amount),

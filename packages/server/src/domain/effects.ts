@@ -13,6 +13,8 @@ export interface EffectSink {
   holdsExpired(count: number): void;
   /** A gift was closed as expired and `refunded` unclaimed credits went back to its creator. */
   giftExpired(refunded: number): void;
+  /** `amount` credits of lots whose time ran out left an account (a user's balance or a pool). */
+  creditsExpired(account: 'personal' | 'pool', amount: number): void;
 }
 
 const current = new AsyncLocalStorage<EffectSink>();
@@ -34,6 +36,9 @@ export const effects: EffectSink = {
   giftExpired(refunded) {
     current.getStore()?.giftExpired(refunded);
   },
+  creditsExpired(account, amount) {
+    if (amount > 0) current.getStore()?.creditsExpired(account, amount);
+  },
 };
 
 /**
@@ -51,6 +56,7 @@ export async function inTransaction<T>(
   const holding: EffectSink = {
     holdsExpired: (count) => held.push((sink) => sink.holdsExpired(count)),
     giftExpired: (refunded) => held.push((sink) => sink.giftExpired(refunded)),
+    creditsExpired: (account, amount) => held.push((sink) => sink.creditsExpired(account, amount)),
   };
   const result = await current.run(holding, () => db.transaction().execute(work));
   for (const report of held) report(outer);

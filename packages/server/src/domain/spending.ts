@@ -1,6 +1,8 @@
 import {
   type Database,
+  expireLots,
   getBalance,
+  type LotAccountKind,
   lockGuildPool,
   releaseExpiredHolds,
   releaseExpiredPoolHolds,
@@ -15,23 +17,47 @@ import { assertWithinMemberLimits, poolNotFound } from './guild/limits.ts';
 // account or holds them. The rule itself (never below zero, never into held credits) is the SQL function
 // credits.covers, asked by each conditional statement under the account's row lock; what is decided here is
 // what happens when it says no: a hold whose time is up never refuses a spend (its credits are returned on
-// access, before any sweep), and otherwise the caller gets INSUFFICIENT_CREDITS with what is spendable.
-// credits.use_batch (coalesced and batch debits) makes the same two moves in PL/pgSQL.
+// access, before any sweep), a lot whose time is up is expired first (so no spend counts an expired credit),
+// and otherwise the caller gets INSUFFICIENT_CREDITS with what is spendable. credits.use_batch (coalesced and
+// batch debits) makes the same moves in PL/pgSQL.
 
 /**
  * Spends from a personal balance: `write` is a conditional statement (debitBalance, placeHold) that writes
- * nothing and answers null when the balance does not cover it. Then the user's lapsed holds are returned and
- * `write` is tried once more; still null → InsufficientCreditsError. Inside a transaction, pass it as `db`.
+ * nothing and answers null when the balance does not cover it (or one of its lots has lapsed). Then the
+ * user's lapsed holds are returned, lapsed lots expired, and `write` is tried once more; still null →
+ * InsufficientCreditsError. Inside a transaction, pass it as `db`.
  */
 export async function spendPersonal<T>(
   db: Kysely<Database>,
   spend: { userId: string; amount: number },
   write: () => Promise<T | null>,
 ): Promise<T> {
-  const posted = (await write()) ?? ((await returnExpiredHolds(db, spend.userId)) > 0 ? await write() : null);
+  const posted = (await write()) ?? ((await returnLapsed(db, spend.userId)) ? await write() : null);
   if (posted) return posted;
   const { balance } = await getBalance(db, spend.userId);
   throw new InsufficientCreditsError(spend.amount, balance);
+}
+
+/** Returns a user's lapsed holds and expires their lapsed lots; says whether anything changed. */
+async function returnLapsed(db: Kysely<Database>, userId: string): Promise<boolean> {
+  const holds = await returnExpiredHolds(db, userId);
+  const expired = await expireAccountLots(db, 'user', userId);
+  return holds > 0 || expired > 0;
+}
+
+/**
+ * Posts the expiry of an account's lapsed lots (credits.expire_lots) and reports it to the metrics; returns
+ * the credits expired. Every path that returns credits to lots that may have lapsed (a refund, an unclaimed
+ * gift, a hold's release) calls it in its transaction.
+ */
+export async function expireAccountLots(
+  db: Kysely<Database>,
+  kind: LotAccountKind,
+  accountId: string,
+): Promise<number> {
+  const expired = await expireLots(db, kind, accountId);
+  effects.creditsExpired(kind === 'user' ? 'personal' : 'pool', expired);
+  return expired;
 }
 
 /** Returns a user's personal holds whose time is up and reports them to the metrics; says how many. */
@@ -44,7 +70,8 @@ export async function returnExpiredHolds(db: Kysely<Database>, userId: string): 
 /**
  * Spends from a guild pool for a member, in the caller's transaction (run it through inTransaction so the
  * expired holds are reported after the commit): locks the pool first (the first lock of such a transaction),
- * returns its expired holds so they neither block the pool nor count against limits any longer, checks that
+ * returns its expired holds so they neither block the pool nor count against limits any longer, expires its
+ * lapsed lots, checks that
  * the pool covers `amount` and that the member's daily and monthly limits allow it — all under the lock —
  * then runs `write` (debitGuildPool, placePoolHold), which cannot miss under that lock.
  */
@@ -58,7 +85,8 @@ export async function spendPool<T>(
   if (!pool) throw poolNotFound();
   const expired = pool.reserved > 0 ? await releaseExpiredPoolHolds(trx, guildId) : 0;
   effects.holdsExpired(expired);
-  if (expired > 0) {
+  const lapsed = pool.lotsLapsed ? await expireAccountLots(trx, 'guild', guildId) : 0;
+  if (expired > 0 || lapsed > 0) {
     pool = await lockGuildPool(trx, guildId, amount);
     if (!pool) throw poolNotFound();
   }

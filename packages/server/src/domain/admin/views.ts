@@ -1,9 +1,11 @@
 import {
   type AdminActionRow,
+  LEDGER_TYPES as ALL_LEDGER_TYPES,
   type DailyAmount,
   type Database,
   findAdminAction,
   findGuildPool,
+  GUILD_LEDGER_TYPES,
   type GuildLedgerType,
   getBalance,
   hasBalanceRow,
@@ -37,16 +39,8 @@ import { guildTarget, userTarget } from './actions.ts';
 // What the operator console shows (issue 18): read-only views of one user or one guild, the data of their
 // charts, the search and the audit trail. The console's HTTP layer renders these; nothing here writes.
 
-export const LEDGER_TYPES: readonly LedgerType[] = [
-  'purchase',
-  'usage',
-  'refund',
-  'gift',
-  'guild_funding',
-  'grant',
-  'clawback',
-];
-export const POOL_LEDGER_TYPES: readonly GuildLedgerType[] = ['funding', 'usage', 'refund'];
+export const LEDGER_TYPES: readonly LedgerType[] = ALL_LEDGER_TYPES;
+export const POOL_LEDGER_TYPES: readonly GuildLedgerType[] = GUILD_LEDGER_TYPES;
 
 /** The ledger filters and page as the console's query string gives them (days are UTC, 'YYYY-MM-DD'). */
 export interface LedgerQuery {

@@ -3,6 +3,7 @@ import {
   type Database,
   isCheckViolation,
   type LedgerEntryInput,
+  type LotCredit,
   type PostedEntry,
   totalEarnedExceeds,
 } from '@mana-credits/db';
@@ -40,10 +41,11 @@ export class BalanceLimitError extends PreconditionFailedError {
 export async function creditEarned(
   trx: Transaction<Database>,
   entry: LedgerEntryInput,
+  lots: LotCredit,
 ): Promise<PostedEntry> {
   let posted: PostedEntry;
   try {
-    posted = await creditBalance(trx, entry, 'earned');
+    posted = await creditBalance(trx, entry, lots, 'earned');
   } catch (error) {
     if (isCheckViolation(error, BALANCE_SAFE_INTEGER_CHECK)) throw new BalanceLimitError(entry.amount);
     throw error;

@@ -5,15 +5,20 @@ import {
   ensureBalance,
   getBalance,
   type JsonObject,
+  LOT_DEFAULTS,
+  type LotCategory,
+  type LotCredit,
   listActivePackages,
   listLedgerEntries,
   lockLedgerEntry,
+  portionsOf,
   refundedAmountOf,
+  slicePortions,
 } from '@mana-credits/db';
 import type { Kysely } from 'kysely';
 import { InvalidCursorError, InvalidRequestError, NotFoundError } from '../errors.ts';
 import { ledgerKeys, requestHash, withIdempotency } from '../idempotency.ts';
-import { spendPersonal } from '../spending.ts';
+import { expireAccountLots, spendPersonal } from '../spending.ts';
 import { creditEarned } from './balance-limit.ts';
 import {
   type MovementResult,
@@ -84,30 +89,65 @@ export interface GrantInput {
   appId?: string | undefined;
   /** Stored on the ledger row (the operator console records who granted, and why); part of the fingerprint. */
   metadata?: JsonObject | undefined;
+  /** When the granted credits expire (a future instant); or `expiresInDays` after the grant. Neither: never. */
+  expiresAt?: Date | undefined;
+  expiresInDays?: number | undefined;
+  /** Default promotional. */
+  category?: LotCategory | undefined;
+  /** Burn priority 0..100 (lower burns first); default that of the category (promotional 10, paid 50). */
+  priority?: number | undefined;
 }
 
-/** Promotional or support credits; refused (BALANCE_LIMIT_EXCEEDED) past MAX_CREDITS. */
+const DAY_MS = 86_400_000;
+
+/** The lot a grant fills: promotional at priority 10 unless the caller says otherwise. */
+function grantLot(input: GrantInput, grantedAt: Date): LotCredit {
+  const category = input.category ?? 'promotional';
+  const expiresAt =
+    input.expiresAt ??
+    (input.expiresInDays === undefined ? null : new Date(grantedAt.getTime() + input.expiresInDays * DAY_MS));
+  return {
+    kind: 'new',
+    source: 'grant',
+    category,
+    priority: input.priority ?? (category === 'paid' ? LOT_DEFAULTS.purchase : LOT_DEFAULTS.grant).priority,
+    expiresAt,
+  };
+}
+
+/**
+ * Promotional or support credits, in a lot of their own (expiry, category and priority as given); refused
+ * (BALANCE_LIMIT_EXCEEDED) past MAX_CREDITS.
+ */
 export async function grantCredits(db: Kysely<Database>, input: GrantInput): Promise<MovementResult> {
   const hash = requestHash('credits.grant', {
     amount: input.amount,
     reason: input.reason,
     metadata: input.metadata,
+    expiresAt: input.expiresAt?.toISOString(),
+    expiresInDays: input.expiresInDays,
+    category: input.category,
+    priority: input.priority,
   });
   return withIdempotency(
     ledgerKeys(db, input.userId),
     { key: input.idempotencyKey, hash },
     () =>
       db.transaction().execute(async (trx) => {
-        const posted = await creditEarned(trx, {
-          userId: input.userId,
-          type: 'grant',
-          amount: input.amount,
-          appId: input.appId,
-          description: input.reason,
-          metadata: input.metadata,
-          idempotencyKey: input.idempotencyKey,
-          requestHash: hash,
-        });
+        const posted = await creditEarned(
+          trx,
+          {
+            userId: input.userId,
+            type: 'grant',
+            amount: input.amount,
+            appId: input.appId,
+            description: input.reason,
+            metadata: input.metadata,
+            idempotencyKey: input.idempotencyKey,
+            requestHash: hash,
+          },
+          grantLot(input, new Date()),
+        );
         return toPostedMovementResult(posted);
       }),
     toMovementResult,
@@ -158,6 +198,13 @@ export async function refundUsage(db: Kysely<Database>, input: RefundInput): Pro
             { field: 'amount', requested: amount, refundable: remaining },
           );
         }
+        // Back to the lots that paid for it, the part refunded before skipped; a use from before lots had
+        // no lots named, so its refund is a new promotional lot.
+        const paidBy = portionsOf(original);
+        const lots: LotCredit =
+          paidBy.length > 0
+            ? { kind: 'return', portions: slicePortions(paidBy, refunded, amount) }
+            : { kind: 'new', source: 'refund', ...LOT_DEFAULTS.refund, expiresAt: null };
         const posted = await creditBalance(
           trx,
           {
@@ -171,8 +218,11 @@ export async function refundUsage(db: Kysely<Database>, input: RefundInput): Pro
             requestHash: hash,
             referenceTransactionId: original.id,
           },
+          lots,
           'unspent',
         );
+        // A refund never extends an expiry: what went back to a lapsed lot expires in this transaction.
+        await expireAccountLots(trx, 'user', input.userId);
         return toPostedMovementResult(posted);
       }),
     toMovementResult,

@@ -25,7 +25,7 @@ import { poolNotFound } from '../guild/limits.ts';
 import { requireRole } from '../guild/membership.ts';
 import type { GuildDeps } from '../guild/pools.ts';
 import { markReplayed, requestHash, reservationKeys, withIdempotency } from '../idempotency.ts';
-import { spendPersonal, spendPool } from '../spending.ts';
+import { expireAccountLots, spendPersonal, spendPool } from '../spending.ts';
 import {
   type CommitResult,
   type ReserveResult,
@@ -159,7 +159,7 @@ export async function commitReservation(db: Kysely<Database>, input: CommitInput
     }
     if (reservation.status !== 'open') return { refused: reservation.status };
     if (reservation.lapsed) {
-      await releaseHold(trx, reservation, 'expired');
+      await settleHold(trx, reservation, releaseHold(trx, reservation, 'expired'));
       return { refused: 'expired', expired: true };
     }
     const amount = input.amount ?? reservation.amount;
@@ -178,10 +178,13 @@ export async function commitReservation(db: Kysely<Database>, input: CommitInput
     };
     // The hold already counted against the member's limits, so a pool commit checks none again.
     const { organization_id: guildId } = reservation;
-    const posted =
+    const posted = await settleHold(
+      trx,
+      reservation,
       guildId === null
-        ? await commitHold(trx, reservation, commit)
-        : await commitPoolHold(trx, { ...reservation, organization_id: guildId }, commit);
+        ? commitHold(trx, reservation, commit)
+        : commitPoolHold(trx, { ...reservation, organization_id: guildId }, commit),
+    );
     return {
       result: {
         transactionId: posted.transactionId,
@@ -195,6 +198,25 @@ export async function commitReservation(db: Kysely<Database>, input: CommitInput
   if (outcome.expired) effects.holdsExpired(1);
   if (outcome.refused) throw notOpen(outcome.refused);
   return outcome.result;
+}
+
+/**
+ * Waits for a commit or release of `reservation` and, if a lot it had pinned has lapsed meanwhile, expires
+ * what that freed (the pinned part outlived the lot only while the hold was open). In the same transaction.
+ */
+async function settleHold<T extends { lotsLapsed: boolean; available: number }>(
+  trx: Transaction<Database>,
+  reservation: ReservationRow,
+  settlement: Promise<T>,
+): Promise<T> {
+  const settled = await settlement;
+  if (!settled.lotsLapsed) return settled;
+  const [kind, account] =
+    reservation.organization_id === null
+      ? (['user', reservation.user_id] as const)
+      : (['guild', reservation.organization_id] as const);
+  const expired = await expireAccountLots(trx, kind, account);
+  return { ...settled, available: settled.available - expired };
 }
 
 /** What the account a reservation was held on (personal balance or pool) can spend now. */
@@ -224,8 +246,12 @@ export async function releaseReservation(
     if (!reservation) throw new NotFoundError('Reservation', 'RESERVATION_NOT_FOUND');
     if (reservation.status === 'committed') return { refused: reservation.status };
     if (reservation.status === 'open') {
-      const balance = await releaseHold(trx, reservation, reservation.lapsed ? 'expired' : 'released');
-      return { result: { released: reservation.amount, balance } };
+      const { available } = await settleHold(
+        trx,
+        reservation,
+        releaseHold(trx, reservation, reservation.lapsed ? 'expired' : 'released'),
+      );
+      return { result: { released: reservation.amount, balance: available } };
     }
     // Released or expired before: the same answer again, a replay.
     return {

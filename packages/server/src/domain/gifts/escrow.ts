@@ -4,8 +4,12 @@ import {
   type Database,
   type GiftRow,
   type JsonObject,
+  LOT_DEFAULTS,
+  type LotCredit,
   listDueGiftIds,
   lockGift,
+  lotPortionsOfEntry,
+  slicePortions,
   systemKeys,
 } from '@mana-credits/db';
 import type { Kysely, Transaction } from 'kysely';
@@ -13,6 +17,7 @@ import { effects } from '../effects.ts';
 import { ForbiddenError, NotFoundError, PreconditionFailedError } from '../errors.ts';
 import { emitEvent } from '../events/emit.ts';
 import { markReplayed } from '../idempotency.ts';
+import { expireAccountLots } from '../spending.ts';
 
 type ClosedStatus = 'expired' | 'cancelled' | 'refunded';
 
@@ -38,6 +43,16 @@ export async function releaseEscrow(
   if (!(await closeActiveGift(trx, gift.id, status, unclaimed))) return 0;
   let refundId: string | null = null;
   if (unclaimed > 0) {
+    // The unclaimed credits are the end of the escrow: back to the lots they left, expiry unchanged (a gift
+    // from before lots names none: a new promotional lot).
+    const escrowed = gift.funding_transaction_id
+      ? await lotPortionsOfEntry(trx, 'user', gift.funding_transaction_id)
+      : [];
+    const claimed = gift.credits_per_portion * gift.claimed_portions;
+    const lots: LotCredit =
+      escrowed.length > 0
+        ? { kind: 'return', portions: slicePortions(escrowed, claimed, unclaimed) }
+        : { kind: 'new', source: 'refund', ...LOT_DEFAULTS.refund, expiresAt: null };
     const refund = await creditBalance(
       trx,
       {
@@ -49,9 +64,11 @@ export async function releaseEscrow(
         referenceTransactionId: gift.funding_transaction_id,
         idempotencyKey: systemKeys.giftRefund(gift.id),
       },
+      lots,
       'unspent',
     );
     refundId = refund.id;
+    await expireAccountLots(trx, 'user', gift.creator_id);
   }
   if (status === 'expired') {
     await emitEvent(trx, {

@@ -4,13 +4,17 @@ import {
   findGiftByCanonicalCode,
   type GiftRow,
   hasRedeemedGift,
+  LOT_DEFAULTS,
   type LockedGift,
+  type LotCredit,
   listPendingGiftsFor,
   lockGift,
   lockRedeemAttempts,
+  lotPortionsOfEntry,
   type RedemptionStatus,
   recentFailedRedemptions,
   recordRedemption,
+  slicePortions,
   systemKeys,
   takeGiftPortion,
 } from '@mana-credits/db';
@@ -28,6 +32,7 @@ import {
 } from '../errors.ts';
 import { emitEvent } from '../events/emit.ts';
 import { certainlyNotCommitted } from '../outcome.ts';
+import { expireAccountLots } from '../spending.ts';
 import { isCanonicalGiftCode, normaliseGiftCode } from './codes.ts';
 import { releaseEscrow } from './escrow.ts';
 import { verifyRiddleAnswer } from './riddle.ts';
@@ -222,15 +227,39 @@ async function claimPortion(
   sourceAppId: string | undefined,
 ): Promise<RedeemResult> {
   const portion = await takeGiftPortion(trx, gift.id);
-  const credit = await creditEarned(trx, {
-    userId: redeemer.id,
-    type: 'gift',
-    amount: gift.credits_per_portion,
-    appId: sourceAppId,
-    description: 'Gift redeemed',
-    metadata: { giftId: gift.id },
-    idempotencyKey: systemKeys.giftRedemption(gift.id, portion),
-  });
+  // The portion's credits keep the expiry of the escrowed credits they are (portion n is the n-th slice of
+  // the escrow) and arrive as promotional; a gift from before lots names no lots: a new promotional lot.
+  const escrowed = gift.funding_transaction_id
+    ? await lotPortionsOfEntry(trx, 'user', gift.funding_transaction_id)
+    : [];
+  const lots: LotCredit =
+    escrowed.length > 0
+      ? {
+          kind: 'mirror',
+          source: 'gift',
+          portions: slicePortions(
+            escrowed,
+            (portion - 1) * gift.credits_per_portion,
+            gift.credits_per_portion,
+          ),
+          demote: true,
+        }
+      : { kind: 'new', source: 'gift', ...LOT_DEFAULTS.gift, expiresAt: null };
+  const credit = await creditEarned(
+    trx,
+    {
+      userId: redeemer.id,
+      type: 'gift',
+      amount: gift.credits_per_portion,
+      appId: sourceAppId,
+      description: 'Gift redeemed',
+      metadata: { giftId: gift.id },
+      idempotencyKey: systemKeys.giftRedemption(gift.id, portion),
+    },
+    lots,
+  );
+  // Credits of a lapsed lot arrive already expired.
+  await expireAccountLots(trx, 'user', redeemer.id);
   await recordRedemption(trx, {
     giftId: gift.id,
     userId: redeemer.id,

@@ -93,17 +93,23 @@ export async function fundPool(deps: GuildDeps, actorId: string, input: FundInpu
             guildId: input.guildId,
           }),
         );
-        const pooled = await creditGuildPool(trx, {
-          id: guildTransactionId,
-          guildId: input.guildId,
-          userId: actorId,
-          type: 'funding',
-          amount: input.amount,
-          description: 'Pool funding',
-          metadata: { personalTransactionId: personal.id },
-          idempotencyKey: input.idempotencyKey,
-          requestHash: hash,
-        }).catch((error: unknown) => {
+        // The pool gets the funder's credits as they were: one lot per lot portion the debit took, with its
+        // expiry, category and priority (moving never makes credits last longer or count as paid).
+        const pooled = await creditGuildPool(
+          trx,
+          {
+            id: guildTransactionId,
+            guildId: input.guildId,
+            userId: actorId,
+            type: 'funding',
+            amount: input.amount,
+            description: 'Pool funding',
+            metadata: { personalTransactionId: personal.id },
+            idempotencyKey: input.idempotencyKey,
+            requestHash: hash,
+          },
+          { kind: 'mirror', source: 'funding', portions: personal.lots, demote: false },
+        ).catch((error: unknown) => {
           if (isCheckViolation(error, GUILD_POOL_SAFE_INTEGER_CHECK)) throw poolLimit(input.amount);
           throw error;
         });

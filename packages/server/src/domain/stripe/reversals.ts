@@ -14,6 +14,7 @@ import {
 import type { Transaction } from 'kysely';
 import type Stripe from 'stripe';
 import { emitEvent } from '../events/emit.ts';
+import { expireAccountLots } from '../spending.ts';
 import { ignored, type WebhookOutcome } from './outcome.ts';
 
 /** floor(credits × part / whole) in BigInt: credits × cents can pass 2^53. */
@@ -106,6 +107,8 @@ export async function settleReversals(
     Math.min(claimed, purchase.credits) - purchase.clawed_back_credits - purchase.unrecovered_credits;
   if (outstanding <= 0) return { clawedBack: 0, unrecovered: 0 };
 
+  // Credits whose time is up are not there to take back: their expiry is posted first.
+  await expireAccountLots(trx, 'user', purchase.user_id);
   const account = await lockBalance(trx, purchase.user_id);
   const spendable = account ? account.balance - account.reserved : 0;
   const clawedBack = Math.min(outstanding, spendable);

@@ -2,6 +2,7 @@ import {
   closeUnpaidPurchase,
   creditBalance,
   type Database,
+  LOT_DEFAULTS,
   lockPurchaseByStripeId,
   lockPurchaseOfUser,
   markPurchaseCompleted,
@@ -215,6 +216,14 @@ async function completePurchase(
         ...(purchase.package_id ? { packageId: purchase.package_id } : {}),
       },
       idempotencyKey: systemKeys.purchaseCredit(purchase.id),
+    },
+    {
+      kind: 'new',
+      source: 'purchase',
+      ...LOT_DEFAULTS.purchase,
+      // The package's validity as it was sold, counted from the payment.
+      expiresAt:
+        purchase.validity_days === null ? null : new Date(Date.now() + purchase.validity_days * 86_400_000),
     },
     'earned',
   );

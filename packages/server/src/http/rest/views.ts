@@ -1,3 +1,4 @@
+import { GUILD_LEDGER_TYPES, LEDGER_TYPES } from '@mana-credits/db';
 import { z } from 'zod';
 import { jsonValue } from '../../schemas.ts';
 
@@ -27,7 +28,7 @@ export const initResult = balanceView.extend({ created: z.boolean() });
 
 export const transactionView = z.object({
   id: z.uuid(),
-  type: z.enum(['purchase', 'usage', 'refund', 'gift', 'guild_funding', 'grant', 'clawback']),
+  type: z.enum(LEDGER_TYPES),
   status: z.enum(['pending', 'completed', 'failed']),
   amount: credits.describe('Signed: negative for debits'),
   balanceBefore: credits,
@@ -101,7 +102,7 @@ export const poolSpent = z.object({ transactionId: z.uuid(), poolBalance: credit
 export const guildTransactionView = z.object({
   id: z.uuid(),
   userId: z.string(),
-  type: z.enum(['funding', 'usage', 'refund']),
+  type: z.enum(GUILD_LEDGER_TYPES),
   amount: credits.describe('Signed: negative for spending from the pool'),
   balanceBefore: credits,
   balanceAfter: credits,

@@ -1,0 +1,232 @@
+-- Credit lots: the burn order, written once, and every way credits enter, leave, pin and expire from lots.
+-- Each function is called by a money statement right after that statement has locked the account row (by
+-- LATERAL on the account update's RETURNING, so it runs only when the update wrote a row): lot rows are only
+-- ever written under their account's row lock, which is what serialises them. These are volatile PL/pgSQL
+-- functions on purpose: each of their statements takes a fresh snapshot, so they read the lots as they are
+-- under the lock — a CTE of the calling statement would read them as of before it waited for the lock.
+-- A portion list is two arrays: lot_ids[i] gave or took lot_amounts[i] (> 0) credits.
+
+-- credits.take_lots: takes p_amount credits from an account's lots in THE burn order — priority ascending,
+-- then the soonest expiry (never-expiring last), then the oldest, then id — skipping expired and pinned
+-- credits. p_pin = false burns them (remaining falls); p_pin = true pins them for a hold (pinned grows).
+-- The caller has checked the account (credits.covers), so the lots cover the amount; if they do not, lots and
+-- balance disagree and the statement fails rather than write a ledger row without its lots.
+create or replace function credits.take_lots(
+  p_kind text, p_account text, p_amount int8, p_pin boolean, out lot_ids uuid[], out lot_amounts int8[])
+language plpgsql as $$
+declare
+  v_left int8 := p_amount;
+  v_take int8;
+  v_lot record;
+begin
+  lot_ids := '{}';
+  lot_amounts := '{}';
+  if p_amount <= 0 then
+    return;
+  end if;
+  for v_lot in
+    select id, remaining - pinned as free from credits.lots
+     where account_kind = p_kind and account_id = p_account and remaining > 0
+       and remaining > pinned and (expires_at is null or expires_at > now())
+     order by priority, expires_at, created_at, id
+  loop
+    v_take := least(v_left, v_lot.free);
+    if p_pin then
+      update credits.lots set pinned = pinned + v_take where id = v_lot.id;
+    else
+      update credits.lots set remaining = remaining - v_take where id = v_lot.id;
+    end if;
+    lot_ids := lot_ids || v_lot.id;
+    lot_amounts := lot_amounts || v_take;
+    v_left := v_left - v_take;
+    exit when v_left = 0;
+  end loop;
+  if v_left > 0 then
+    raise exception 'the lots of % % cannot cover % credits (% missing)', p_kind, p_account, p_amount, v_left
+      using errcode = 'internal_error';
+  end if;
+end
+$$;
+
+-- credits.add_lot: a new lot of p_amount credits (a purchase, a grant, a refund with no lot to return to).
+create or replace function credits.add_lot(
+  p_kind text, p_account text, p_amount int8, p_source text, p_category text, p_priority int,
+  p_expires_at timestamptz, out lot_ids uuid[], out lot_amounts int8[])
+language sql as $$
+  insert into credits.lots (account_kind, account_id, source, category, priority, amount, remaining, expires_at)
+  values (p_kind, p_account, p_source, p_category, p_priority, p_amount, p_amount, p_expires_at)
+  returning array[id], array[amount]
+$$;
+
+-- credits.mirror_lots: credits moved from other lots (funding a pool, a gift portion) arrive as one new lot
+-- per source portion with the source lot's expiry and priority, so credits never gain a later expiry by
+-- moving. p_category null keeps the source category; 'promotional' demotes (gifts received); p_priority null
+-- keeps the source priority.
+create or replace function credits.mirror_lots(
+  p_kind text, p_account text, p_from_ids uuid[], p_from_amounts int8[], p_source text, p_category text,
+  p_priority int, out lot_ids uuid[], out lot_amounts int8[])
+language sql as $$
+  with made as (
+    insert into credits.lots (account_kind, account_id, source, category, priority, amount, remaining, expires_at)
+    select p_kind, p_account, p_source, coalesce(p_category, l.category), coalesce(p_priority, l.priority),
+           x.amount, x.amount, l.expires_at
+      from unnest(p_from_ids, p_from_amounts) with ordinality as x(id, amount, n)
+      join credits.lots l on l.id = x.id
+     order by x.n
+    returning id, amount
+  )
+  select coalesce(array_agg(id), '{}'), coalesce(array_agg(amount), '{}') from made
+$$;
+
+-- credits.return_lots: credits given back to the lots they left (a refund of a use, a gift's unclaimed
+-- escrow): their expiry never moves. A lot whose time has passed gets them back and is expired by
+-- credits.expire_lots in the same transaction (the caller lowers next_lot_expiry so that it must).
+create or replace function credits.return_lots(p_ids uuid[], p_amounts int8[], out lot_ids uuid[],
+  out lot_amounts int8[])
+language plpgsql as $$
+begin
+  update credits.lots l set remaining = l.remaining + x.amount
+    from (select id, sum(amount)::int8 as amount from unnest(p_ids, p_amounts) as u(id, amount) group by id) x
+   where l.id = x.id;
+  lot_ids := p_ids;
+  lot_amounts := p_amounts;
+end
+$$;
+
+-- credits.settle_pins: ends a hold's pins. The first p_consume credits of its portions (pinned in burn order)
+-- are consumed (they leave their lots), the rest is only unpinned. Returns the consumed portions: what the
+-- commit's ledger row names. p_consume = 0 is a release.
+create or replace function credits.settle_pins(p_ids uuid[], p_amounts int8[], p_consume int8,
+  out lot_ids uuid[], out lot_amounts int8[])
+language plpgsql as $$
+begin
+  with portions as (
+    select x.id, x.amount, x.n,
+           greatest(0, least(x.amount, p_consume - (sum(x.amount) over (order by x.n) - x.amount)))::int8 as used
+      from unnest(p_ids, p_amounts) with ordinality as x(id, amount, n)
+  ), settled as (
+    update credits.lots l set pinned = l.pinned - p.amount, remaining = l.remaining - p.used
+      from portions p
+     where l.id = p.id
+    returning l.id
+  )
+  select coalesce(array_agg(p.id order by p.n) filter (where p.used > 0), '{}'),
+         coalesce(array_agg(p.used order by p.n) filter (where p.used > 0), '{}')
+    into lot_ids, lot_amounts
+    from portions p
+   where (select count(*) from settled) >= 0;
+end
+$$;
+
+-- credits.lots_expiry(ids): the earliest expiry among these lots (null: none expires). What an account's
+-- next_lot_expiry is lowered to when credits return to, or are unpinned in, these lots.
+create or replace function credits.lots_expiry(p_ids uuid[]) returns timestamptz
+language sql stable as $$
+  select min(expires_at) from credits.lots where id = any(p_ids)
+$$;
+
+-- credits.expire_lots: the expiry of one account, written once. Locks the account row; if its
+-- next_lot_expiry has passed, every lot whose time is up loses its unpinned credits with one `expiry` ledger
+-- row each (negative, a system key in the namespace no caller can reach, numbered by what the lot had
+-- already lost to expiry), the account balance falls by as much, a `credits.expired` event is written, and
+-- next_lot_expiry moves to the next lot that can expire. Pinned credits wait for their hold: what it releases
+-- is expired by the next call. Under the row lock, two instances never expire the same credits twice.
+-- Returns the credits expired.
+create or replace function credits.expire_lots(p_kind text, p_account text) returns int8
+language plpgsql as $$
+declare
+  v_next timestamptz;
+  v_lot record;
+  v_balance int8;
+  v_reserved int8;
+  v_total int8 := 0;
+  v_tx uuid;
+begin
+  if p_kind = 'user' then
+    select next_lot_expiry into v_next from credits.balances where user_id = p_account for update;
+  else
+    select next_lot_expiry into v_next from credits.guild_pools where organization_id = p_account for update;
+  end if;
+  if v_next is null or v_next > now() then
+    return 0;
+  end if;
+  for v_lot in
+    select id, remaining - pinned as lapsed, expired, expires_at, category, source from credits.lots
+     where account_kind = p_kind and account_id = p_account and remaining > pinned and expires_at <= now()
+     order by expires_at, created_at, id
+  loop
+    update credits.lots set remaining = pinned, expired = expired + v_lot.lapsed where id = v_lot.id;
+    if p_kind = 'user' then
+      update credits.balances
+         set balance = balance - v_lot.lapsed, total_expired = total_expired + v_lot.lapsed,
+             version = version + 1, updated_at = now()
+       where user_id = p_account
+      returning balance, reserved into v_balance, v_reserved;
+      insert into credits.transactions
+        (user_id, type, amount, balance_before, balance_after, available_after, description, idempotency_key,
+         lot_ids, lot_amounts)
+      values (p_account, 'expiry', -v_lot.lapsed, v_balance + v_lot.lapsed, v_balance, v_balance - v_reserved,
+              'Credits expired', E'\x1f' || 'expiry:' || v_lot.id || ':' || v_lot.expired,
+              array[v_lot.id], array[v_lot.lapsed])
+      returning id into v_tx;
+    else
+      update credits.guild_pools
+         set balance = balance - v_lot.lapsed, total_expired = total_expired + v_lot.lapsed,
+             version = version + 1, updated_at = now()
+       where organization_id = p_account
+      returning balance, reserved into v_balance, v_reserved;
+      insert into credits.guild_transactions
+        (organization_id, user_id, type, amount, balance_before, balance_after, available_after, description,
+         idempotency_key, lot_ids, lot_amounts)
+      values (p_account, '', 'expiry', -v_lot.lapsed, v_balance + v_lot.lapsed, v_balance, v_balance - v_reserved,
+              'Credits expired', E'\x1f' || 'expiry:' || v_lot.id || ':' || v_lot.expired,
+              array[v_lot.id], array[v_lot.lapsed])
+      returning id into v_tx;
+    end if;
+    insert into credits.events (type, user_id, guild_id, data)
+    values ('credits.expired',
+            case when p_kind = 'user' then p_account end,
+            case when p_kind = 'guild' then p_account end,
+            jsonb_build_object(
+              case when p_kind = 'user' then 'userId' else 'guildId' end, p_account,
+              'lotId', v_lot.id, 'amount', v_lot.lapsed, 'expiresAt', v_lot.expires_at,
+              'category', v_lot.category, 'source', v_lot.source,
+              'available', v_balance - v_reserved, 'transactionId', v_tx));
+    v_total := v_total + v_lot.lapsed;
+  end loop;
+  v_next := (select min(expires_at) from credits.lots
+              where account_kind = p_kind and account_id = p_account and remaining > pinned
+                and expires_at is not null);
+  if p_kind = 'user' then
+    update credits.balances set next_lot_expiry = v_next where user_id = p_account;
+  else
+    update credits.guild_pools set next_lot_expiry = v_next where organization_id = p_account;
+  end if;
+  return v_total;
+end
+$$;
+
+-- credits.expire_due_lots: the sweep. Expires the accounts whose next_lot_expiry has passed, at most p_limit,
+-- each in this one transaction; accounts another instance has locked are skipped (SKIP LOCKED) and left to
+-- it or the next pass. Returns the credits expired.
+create or replace function credits.expire_due_lots(p_limit int) returns int8
+language plpgsql as $$
+declare
+  v_account record;
+  v_total int8 := 0;
+begin
+  for v_account in
+    select user_id from credits.balances
+     where next_lot_expiry <= now() order by user_id limit p_limit for update skip locked
+  loop
+    v_total := v_total + credits.expire_lots('user', v_account.user_id);
+  end loop;
+  for v_account in
+    select organization_id from credits.guild_pools
+     where next_lot_expiry <= now() order by organization_id limit p_limit for update skip locked
+  loop
+    v_total := v_total + credits.expire_lots('guild', v_account.organization_id);
+  end loop;
+  return v_total;
+end
+$$;
