@@ -110,12 +110,15 @@ begin
       s := v_slot[i];
       if not a_checked[s] and not credits.covers(a_balance[s], a_reserved[s], null, p_amounts[i]) then
         a_checked[s] := true;
+        select b.balance into v_balance from credits.balances b where b.user_id = a_user[s];
         v_released := credits.release_expired_holds(a_user[s], 1000);
         if v_released > 0 then
           v_expired[i] := v_released;
-          -- the returned holds may have freed credits of a lapsed lot, which expired with them
-          select b.balance, b.reserved into v_balance, v_reserved from credits.balances b where b.user_id = a_user[s];
-          a_balance[s] := v_balance;
+          -- the returned holds may have freed credits of a lapsed lot, which expired with them (the stored
+          -- balance does not count this batch's items yet: only its fall is carried over)
+          select v_balance - b.balance, b.reserved into v_balance, v_reserved
+            from credits.balances b where b.user_id = a_user[s];
+          a_balance[s] := a_balance[s] - v_balance;
           a_reserved[s] := v_reserved;
         end if;
       end if;
