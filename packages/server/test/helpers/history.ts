@@ -53,6 +53,7 @@ export async function seedPersonalHistory(
   await sql`
     insert into credits.balances (user_id, balance, total_earned, total_spent)
     values (${userId}, ${balance}, ${earned}, ${spent})`.execute(db);
+  await openingLot(db, 'user', userId, balance);
   return ids;
 }
 
@@ -113,4 +114,16 @@ export async function seedGuildHistory(
   await sql`
     insert into credits.guild_pools (organization_id, balance, total_funded, total_spent)
     values (${guildId}, ${balance}, ${funding}, ${funding - balance})`.execute(db);
+  await openingLot(db, 'guild', guildId, balance);
+}
+
+/**
+ * Seeded rows name no lots, like history written before lots: the balance they leave is one opening lot, as
+ * the lots migration makes of such a balance.
+ */
+async function openingLot(db: Kysely<Database>, kind: 'user' | 'guild', accountId: string, balance: number) {
+  if (balance <= 0) return;
+  await sql`
+    insert into credits.lots (account_kind, account_id, source, category, priority, amount, remaining, opening)
+    values (${kind}, ${accountId}, 'grant', 'promotional', 10, ${balance}, ${balance}, true)`.execute(db);
 }
