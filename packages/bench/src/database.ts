@@ -68,20 +68,31 @@ export async function seed(url: string, population: Population): Promise<void> {
         select id, ${credits}::int8, ${credits}::int8
           from (select g::text as id from generate_series(1, ${population.users}::int) g
                 union all select ${population.hotUserId}) ids`.execute(trx);
+      // One lot per account, named by its grant (the ledger row that filled it).
       await sql`
-        insert into credits.transactions
-          (user_id, type, amount, balance_before, balance_after, available_after, description)
-        select user_id, 'grant', balance, 0, balance, balance, 'bench seed' from credits.balances`.execute(
+        insert into credits.lots (account_kind, account_id, source, category, priority, amount, remaining)
+        select 'user', user_id, 'grant', 'promotional', 10, balance, balance from credits.balances`.execute(
         trx,
       );
+      await sql`
+        insert into credits.transactions
+          (user_id, type, amount, balance_before, balance_after, available_after, description, lot_ids, lot_amounts)
+        select account_id, 'grant', amount, 0, amount, amount, 'bench seed', array[id], array[amount]
+          from credits.lots where account_kind = 'user'`.execute(trx);
       await sql`
         insert into credits.guild_pools (organization_id, balance, total_funded)
         values (${population.guildId}, ${credits}::int8, ${credits}::int8)`.execute(trx);
       await sql`
+        with lot as (
+          insert into credits.lots (account_kind, account_id, source, category, priority, amount, remaining)
+          values ('guild', ${population.guildId}, 'funding', 'promotional', 10, ${credits}::int8, ${credits}::int8)
+          returning id, amount
+        )
         insert into credits.guild_transactions
-          (organization_id, user_id, type, amount, balance_before, balance_after, description)
-        values (${population.guildId}, ${population.hotUserId}, 'funding', ${credits}::int8, 0, ${credits}::int8,
-                'bench seed')`.execute(trx);
+          (organization_id, user_id, type, amount, balance_before, balance_after, description, lot_ids, lot_amounts)
+        select ${population.guildId}, ${population.hotUserId}, 'funding', amount, 0, amount, 'bench seed',
+               array[id], array[amount]
+          from lot`.execute(trx);
     });
     await sql`analyze`.execute(handle.db);
   } finally {

@@ -51,6 +51,8 @@ const envSchema = z.object({
   /** Which proxies' X-Forwarded-For to believe; see parseTrustProxy. */
   TRUST_PROXY: optionalText,
   RESERVATION_SWEEP_SECONDS: z.coerce.number().int().min(1).max(86400).default(15),
+  LOT_EXPIRY_SWEEP_SECONDS: z.coerce.number().int().min(0).max(86400).default(30),
+  EXPIRY_NOTICE_DAYS: z.coerce.number().int().min(0).max(3650).default(30),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   BODY_LIMIT_BYTES: z.coerce
     .number()
@@ -125,6 +127,10 @@ export interface Config {
    */
   trustProxy: boolean | number | readonly string[];
   reservationSweepSeconds: number;
+  /** How often lots whose time is up are expired when nobody touches their account; 0 = never (only on access). */
+  lotExpirySweepSeconds: number;
+  /** credits.balance's expiringSoon looks this many days ahead. */
+  expiryNoticeDays: number;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
   bodyLimitBytes: number;
   shutdownTimeoutMs: number;
@@ -333,6 +339,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     giftInfoRateLimitPerMinute: e.GIFT_INFO_RATE_LIMIT_PER_MINUTE,
     trustProxy: trustProxy.ok ? trustProxy.value : false,
     reservationSweepSeconds: e.RESERVATION_SWEEP_SECONDS,
+    lotExpirySweepSeconds: e.LOT_EXPIRY_SWEEP_SECONDS,
+    expiryNoticeDays: e.EXPIRY_NOTICE_DAYS,
     logLevel: e.LOG_LEVEL,
     bodyLimitBytes: e.BODY_LIMIT_BYTES,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,

@@ -133,6 +133,7 @@ describe('views', () => {
       priceEuroCents: 499,
       currency: 'eur',
       stripeCustomerId: 'cus_test',
+      validityDays: null,
     });
 
     const response = await get(`/admin/users/${encodeURIComponent(user.id)}`);

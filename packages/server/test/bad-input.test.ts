@@ -883,7 +883,8 @@ describe('totals near 2^53 − 1', () => {
   }
 
   it('a grant that would push a balance past 2^53 − 1 is refused with BALANCE_LIMIT_EXCEEDED', async () => {
-    // A consistent account holding MAX − 10^6: one ledger row and its balance (what 9,007 large grants make).
+    // A consistent account holding MAX − 10^6: one ledger row, its balance and its lot (what 9,007 large
+    // grants make).
     const rich = newUser();
     const start = MAX_SAFE - 1_000_000;
     await sql`insert into credits.transactions (user_id, type, amount, balance_before, balance_after, available_after,
@@ -892,6 +893,10 @@ describe('totals near 2^53 − 1', () => {
       near.deps.db,
     );
     await sql`insert into credits.balances (user_id, balance, total_earned) values (${rich.id}, ${start}::int8, ${start}::int8)`.execute(
+      near.deps.db,
+    );
+    await sql`insert into credits.lots (account_kind, account_id, source, category, priority, amount, remaining, opening)
+              values ('user', ${rich.id}, 'grant', 'promotional', 10, ${start}::int8, ${start}::int8, true)`.execute(
       near.deps.db,
     );
     const internal = near.internalClient().internal.credits;

@@ -208,25 +208,26 @@ $$;
 
 -- credits.expire_due_lots: the sweep. Expires the accounts whose next_lot_expiry has passed, at most p_limit,
 -- each in this one transaction; accounts another instance has locked are skipped (SKIP LOCKED) and left to
--- it or the next pass. Returns the credits expired.
-create or replace function credits.expire_due_lots(p_limit int) returns int8
+-- it or the next pass. Returns the credits expired from users' balances and from pools.
+drop function if exists credits.expire_due_lots(int);
+create function credits.expire_due_lots(p_limit int, out personal int8, out pools int8)
 language plpgsql as $$
 declare
   v_account record;
-  v_total int8 := 0;
 begin
+  personal := 0;
+  pools := 0;
   for v_account in
     select user_id from credits.balances
      where next_lot_expiry <= now() order by user_id limit p_limit for update skip locked
   loop
-    v_total := v_total + credits.expire_lots('user', v_account.user_id);
+    personal := personal + credits.expire_lots('user', v_account.user_id);
   end loop;
   for v_account in
     select organization_id from credits.guild_pools
      where next_lot_expiry <= now() order by organization_id limit p_limit for update skip locked
   loop
-    v_total := v_total + credits.expire_lots('guild', v_account.organization_id);
+    pools := pools + credits.expire_lots('guild', v_account.organization_id);
   end loop;
-  return v_total;
 end
 $$;

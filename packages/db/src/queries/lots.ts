@@ -93,12 +93,14 @@ export async function expireLots(
   return rows[0]?.expired ?? 0;
 }
 
-/** One pass of the lot expiry sweep over at most `limit` accounts; returns the credits expired. */
-export async function expireDueLots(db: Kysely<Database>, limit = 500): Promise<number> {
-  const { rows } = await sql<{
-    expired: number;
-  }>`select credits.expire_due_lots(${limit}::int) as expired`.execute(db);
-  return rows[0]?.expired ?? 0;
+/** One pass of the lot expiry sweep over at most `limit` users and `limit` pools; the credits expired. */
+export async function expireDueLots(
+  db: Kysely<Database>,
+  limit = 500,
+): Promise<{ personal: number; pools: number }> {
+  const { rows } = await sql<{ personal: number; pools: number }>`
+    select personal, pools from credits.expire_due_lots(${limit}::int)`.execute(db);
+  return { personal: rows[0]?.personal ?? 0, pools: rows[0]?.pools ?? 0 };
 }
 
 export interface LotView {

@@ -27,6 +27,8 @@ export interface PackageFields {
   stripePriceId: string | null;
   active: boolean;
   sortOrder: number;
+  /** Days the credits of a purchase stay valid; null = never expire. */
+  validityDays: number | null;
 }
 
 /**
@@ -46,6 +48,7 @@ export async function savePackage(
     stripe_price_id: fields.stripePriceId,
     active: fields.active,
     sort_order: fields.sortOrder,
+    validity_days: fields.validityDays,
   };
   return db
     .insertInto('credits.packages')

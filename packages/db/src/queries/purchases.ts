@@ -14,6 +14,8 @@ export interface NewPurchase {
   priceEuroCents: number;
   currency: string;
   stripeCustomerId: string;
+  /** Copied from the package too: the validity the buyer was shown. */
+  validityDays: number | null;
 }
 
 /** Inserts a pending purchase and returns its id, which keys every Stripe call made for it. */
@@ -27,6 +29,7 @@ export async function insertPendingPurchase(db: Kysely<Database>, purchase: NewP
       price_euro_cents: purchase.priceEuroCents,
       currency: purchase.currency,
       stripe_customer_id: purchase.stripeCustomerId,
+      validity_days: purchase.validityDays,
     })
     .returning('id')
     .executeTakeFirstOrThrow();

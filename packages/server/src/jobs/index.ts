@@ -1,5 +1,6 @@
 import type { AppDeps, Logger } from '../deps.ts';
 import { giftExpiryJob } from './gift-expiry.ts';
+import { lotExpiryJob } from './lot-expiry.ts';
 import { rateLimitPruneJob } from './rate-limit-prune.ts';
 import { reservationSweepJob } from './reservation-sweep.ts';
 import type { Job } from './scheduler.ts';
@@ -13,6 +14,7 @@ export function periodicJobs(
   return [
     giftExpiryJob(deps, log),
     reservationSweepJob(deps, log),
+    lotExpiryJob(deps, log),
     rateLimitPruneJob(deps),
     webhookDeliveryJob(deps, log),
   ];

@@ -34,6 +34,8 @@ export function toPackageView(row: PackageRow) {
     description: row.description,
     credits: row.credits,
     priceEuroCents: row.price_euro_cents,
+    /** Days the credits of a purchase stay valid; null = they never expire. */
+    validityDays: row.validity_days,
   };
 }
 

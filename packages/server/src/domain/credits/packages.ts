@@ -11,6 +11,7 @@ export interface PackageInput {
   stripePriceId?: string | undefined;
   active: boolean;
   sortOrder: number;
+  validityDays?: number | null | undefined;
 }
 
 /**
@@ -26,6 +27,7 @@ export async function upsertPackage(db: Kysely<Database>, input: PackageInput): 
     stripePriceId: input.stripePriceId ?? null,
     active: input.active,
     sortOrder: input.sortOrder,
+    validityDays: input.validityDays ?? null,
   });
   return toStoredPackageView(row);
 }

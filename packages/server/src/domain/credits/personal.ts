@@ -14,6 +14,7 @@ import {
   portionsOf,
   refundedAmountOf,
   slicePortions,
+  summarizeLots,
 } from '@mana-credits/db';
 import type { Kysely } from 'kysely';
 import { InvalidCursorError, InvalidRequestError, NotFoundError } from '../errors.ts';
@@ -229,8 +230,16 @@ export async function refundUsage(db: Kysely<Database>, input: RefundInput): Pro
   );
 }
 
-export async function balanceOf(db: Kysely<Database>, userId: string) {
-  return getBalance(db, userId);
+/**
+ * A user's balance as they may spend it now, with what the lots say of it: spendable credits by category and
+ * the credits that expire within `noticeDays` (EXPIRY_NOTICE_DAYS).
+ */
+export async function balanceOf(db: Kysely<Database>, userId: string, noticeDays: number) {
+  const [balance, lots] = await Promise.all([
+    getBalance(db, userId),
+    summarizeLots(db, 'user', userId, noticeDays),
+  ]);
+  return { ...balance, byCategory: lots.byCategory, expiringSoon: lots.expiringSoon };
 }
 
 export async function initBalance(db: Kysely<Database>, userId: string) {

@@ -15,6 +15,7 @@ import {
 } from '@mana-credits/db';
 import type { Kysely } from 'kysely';
 import { MAX_CREDITS } from '../credits/balance-limit.ts';
+import { lotsOf } from '../credits/lots.ts';
 import { usageFields } from '../credits/personal.ts';
 import { inTransaction } from '../effects.ts';
 import { InvalidCursorError, PreconditionFailedError } from '../errors.ts';
@@ -43,6 +44,17 @@ export async function initPool(db: Kysely<Database>, guildId: string) {
   const pool = await findGuildPool(db, guildId);
   if (!pool) throw poolNotFound();
   return { created, ...toPoolView(pool) };
+}
+
+/** A pool's lots in burn order, for its owners and admins. */
+export async function poolLots(
+  deps: GuildDeps,
+  actorId: string,
+  input: { guildId: string; includeSpent?: boolean | undefined },
+) {
+  await requireRole(deps.membership, input.guildId, actorId, MANAGERS);
+  if (!(await findGuildPool(deps.db, input.guildId))) throw poolNotFound();
+  return lotsOf(deps.db, 'guild', input.guildId, { includeSpent: input.includeSpent });
 }
 
 export async function poolBalance(deps: GuildDeps, actorId: string, guildId: string) {

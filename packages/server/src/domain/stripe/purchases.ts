@@ -137,6 +137,7 @@ export async function startPurchase(deps: PaymentsDeps, input: StartPurchaseInpu
     priceEuroCents: pack.price_euro_cents,
     currency: PURCHASE_CURRENCY,
     stripeCustomerId: customerId,
+    validityDays: pack.validity_days,
   });
   const metadata = { userId: input.user.id, packageId: pack.id, purchaseId };
   const description = `${pack.credits} credits (${pack.name})`;

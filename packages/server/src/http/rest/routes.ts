@@ -13,6 +13,7 @@ import {
 } from './event-views.ts';
 import { balanceAtView, groupedUsageSeries, statementPageView, usageSeries } from './history-views.ts';
 import {
+  accountBalanceView,
   balanceView,
   committed,
   createdGift,
@@ -21,6 +22,7 @@ import {
   giftInfo,
   guildTransactionPage,
   initResult,
+  lotList,
   memberLimits,
   movementResult,
   packageView,
@@ -37,6 +39,7 @@ import {
   released,
   reserved,
   transactionPage,
+  transactionWithLots,
 } from './views.ts';
 
 /** Dotted paths of every procedure in a router record, e.g. 'internal.credits.use'. */
@@ -103,7 +106,24 @@ export const restRoutes: readonly RestRoute[] = [
     procedure: 'credits.balance',
     auth: 'user',
     summary: 'Your balance',
-    output: balanceView,
+    output: accountBalanceView,
+  }),
+  route({
+    method: 'GET',
+    path: '/api/v1/credits/lots',
+    procedure: 'credits.lots',
+    auth: 'user',
+    summary: 'Your credit lots in burn order (includeSpent=true adds spent and expired ones)',
+    output: lotList,
+  }),
+  route({
+    method: 'GET',
+    path: '/api/v1/credits/transactions/:transactionId',
+    procedure: 'credits.transaction',
+    auth: 'user',
+    summary: 'One of your ledger entries, with the lots that paid for it or that it filled',
+    output: transactionWithLots,
+    errors: [404],
   }),
   route({
     method: 'POST',
@@ -136,7 +156,24 @@ export const restRoutes: readonly RestRoute[] = [
     procedure: 'internal.credits.balance',
     auth: 'service',
     summary: "A user's balance",
-    output: balanceView,
+    output: accountBalanceView,
+  }),
+  route({
+    method: 'GET',
+    path: '/api/v1/internal/credits/lots/:userId',
+    procedure: 'internal.credits.lots',
+    auth: 'service',
+    summary: "A user's credit lots in burn order",
+    output: lotList,
+  }),
+  route({
+    method: 'GET',
+    path: '/api/v1/internal/credits/transactions/:userId/:transactionId',
+    procedure: 'internal.credits.transaction',
+    auth: 'service',
+    summary: "One of a user's ledger entries, with its lots",
+    output: transactionWithLots,
+    errors: [404],
   }),
   route({
     method: 'POST',
@@ -252,6 +289,15 @@ export const restRoutes: readonly RestRoute[] = [
     summary: 'Spend pool credits within your limits (members; idempotent with idempotencyKey)',
     output: poolSpent,
     errors: [402, 403, 404, 409, 412, 503],
+  }),
+  route({
+    method: 'GET',
+    path: '/api/v1/credits/guild/:guildId/lots',
+    procedure: 'guild.lots',
+    auth: 'user',
+    summary: "The pool's credit lots in burn order (owners and admins)",
+    output: lotList,
+    errors: [403, 404],
   }),
   route({
     method: 'GET',

@@ -52,6 +52,46 @@ export const packageView = z.object({
   description: z.string().nullable(),
   credits,
   priceEuroCents: z.int(),
+  validityDays: z
+    .int()
+    .nullable()
+    .describe('Days the purchased credits stay valid; null = they never expire'),
+});
+
+/** A credit lot (issue 15). */
+export const lotView = z.object({
+  id: z.uuid(),
+  source: z.enum(['purchase', 'grant', 'gift', 'refund', 'funding']),
+  category: z.enum(['paid', 'promotional']),
+  priority: z.int().describe('0..100: lower burns first'),
+  amount: credits.describe('Credits the lot received'),
+  remaining: credits.describe('Left in the lot, held credits included; 0 once spent or expired'),
+  held: credits.describe('Part of remaining held by open reservations'),
+  expired: credits.describe('Credits that left the lot by expiry'),
+  expiresAt: timestamp.nullable(),
+  createdAt: timestamp,
+});
+
+export const lotList = z.object({
+  items: z.array(lotView).describe('In burn order: priority, then soonest expiry (never last), then oldest'),
+});
+
+export const lotPortion = z.object({ lotId: z.uuid(), amount: credits });
+
+/** A ledger entry with the lots that paid for it or that it filled. */
+export const transactionWithLots = transactionView.extend({
+  lots: z.array(lotPortion).describe('Lot portions, in burn order; empty for entries from before lots'),
+});
+
+/** credits.balance: the balance with what its lots say. */
+export const accountBalanceView = balanceView.extend({
+  byCategory: z
+    .object({ paid: credits, promotional: credits })
+    .describe('Spendable credits by category (they add up to balance, lapsed holds aside)'),
+  expiringSoon: z
+    .object({ amount: credits, expiresAt: timestamp })
+    .nullable()
+    .describe('Credits expiring within EXPIRY_NOTICE_DAYS, and when the first of them does'),
 });
 
 const page = <T extends z.ZodType>(item: T) =>

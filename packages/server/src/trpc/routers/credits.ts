@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { lotsOf, transactionWithLots } from '../../domain/credits/lots.ts';
 import { activePackages, balanceOf, transactionHistory } from '../../domain/credits/personal.ts';
 import { setUserAlerts, userAlerts } from '../../domain/events/alerts.ts';
 import { useGuildCreditsViaCreditsUse } from '../../domain/guild/pools.ts';
@@ -39,7 +40,21 @@ export const purchaseInput = z.strictObject({
 });
 
 export const creditsRouter = router({
-  balance: authedProcedure.query(({ ctx }) => balanceOf(ctx.deps.db, ctx.user.id)),
+  balance: authedProcedure.query(({ ctx }) =>
+    balanceOf(ctx.deps.db, ctx.user.id, ctx.deps.config.expiryNoticeDays),
+  ),
+
+  /** Your credit lots in burn order: where your credits came from and when they expire. */
+  lots: authedProcedure
+    .input(z.strictObject({ includeSpent: z.boolean().optional() }).optional())
+    .query(({ ctx, input }) =>
+      lotsOf(ctx.deps.db, 'user', ctx.user.id, { includeSpent: input?.includeSpent }),
+    ),
+
+  /** One of your ledger entries, with the lots that paid for it (or that it filled). */
+  transaction: authedProcedure
+    .input(z.strictObject({ transactionId: uuid }))
+    .query(({ ctx, input }) => transactionWithLots(ctx.deps.db, ctx.user.id, input.transactionId)),
 
   use: authedProcedure
     .input(useInput)

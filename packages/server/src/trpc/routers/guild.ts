@@ -1,7 +1,13 @@
 import { z } from 'zod';
 import { guildAlerts, setGuildAlerts } from '../../domain/events/alerts.ts';
 import { memberLimits, setMemberLimits } from '../../domain/guild/limits.ts';
-import { fundPool, poolBalance, poolTransactions, useGuildCredits } from '../../domain/guild/pools.ts';
+import {
+  fundPool,
+  poolBalance,
+  poolLots,
+  poolTransactions,
+  useGuildCredits,
+} from '../../domain/guild/pools.ts';
 import { poolUsage } from '../../domain/history/usage.ts';
 import {
   amount,
@@ -41,6 +47,11 @@ export const guildRouter = router({
       }),
     )
     .mutation(({ ctx, input }) => useGuildCredits(ctx.deps, { ...input, userId: ctx.user.id })),
+
+  /** The pool's credit lots in burn order (owners and admins). */
+  lots: authedProcedure
+    .input(z.strictObject({ guildId, includeSpent: z.boolean().optional() }))
+    .query(({ ctx, input }) => poolLots(ctx.deps, ctx.user.id, input)),
 
   transactions: authedProcedure
     .input(pageInput.extend({ guildId }))

@@ -1,12 +1,14 @@
 import { z } from 'zod';
 import { reconcile } from '../../domain/audit/reconcile.ts';
 import { MAX_BATCH_ITEMS, useCreditsBatch } from '../../domain/credits/batch.ts';
+import { lotsOf, transactionWithLots } from '../../domain/credits/lots.ts';
 import { upsertPackage } from '../../domain/credits/packages.ts';
 import { balanceOf, grantCredits, initBalance, refundUsage } from '../../domain/credits/personal.ts';
 import { commitReservation, releaseReservation, reserveCredits } from '../../domain/credits/reservations.ts';
 import { setUserAlerts, userAlerts } from '../../domain/events/alerts.ts';
 import { initPool, useGuildCreditsViaCreditsUse } from '../../domain/guild/pools.ts';
 import { balanceAt } from '../../domain/history/balance.ts';
+import { futureInstant } from '../../domain/history/range.ts';
 import { statement } from '../../domain/history/statement.ts';
 import { serviceUsage } from '../../domain/history/usage.ts';
 import {
@@ -30,7 +32,17 @@ import { internalBalanceAtInput, internalStatementInput, internalUsageInput } fr
 const internalCreditsRouter = router({
   balance: internalProcedure
     .input(z.strictObject({ userId }))
-    .query(({ ctx, input }) => balanceOf(ctx.deps.db, input.userId)),
+    .query(({ ctx, input }) => balanceOf(ctx.deps.db, input.userId, ctx.deps.config.expiryNoticeDays)),
+
+  lots: internalProcedure
+    .input(z.strictObject({ userId, includeSpent: z.boolean().optional() }))
+    .query(({ ctx, input }) =>
+      lotsOf(ctx.deps.db, 'user', input.userId, { includeSpent: input.includeSpent }),
+    ),
+
+  transaction: internalProcedure
+    .input(z.strictObject({ userId, transactionId: uuid }))
+    .query(({ ctx, input }) => transactionWithLots(ctx.deps.db, input.userId, input.transactionId)),
 
   init: internalProcedure
     .input(z.strictObject({ userId }))
@@ -43,7 +55,26 @@ const internalCreditsRouter = router({
     ),
 
   grant: internalProcedure
-    .input(z.strictObject({ userId, amount, reason: text(500).min(1), idempotencyKey }))
+    .input(
+      z
+        .strictObject({
+          userId,
+          amount,
+          reason: text(500).min(1),
+          idempotencyKey,
+          /** When the credits expire: an ISO 8601 date-time in the future. */
+          expiresAt: futureInstant.optional(),
+          /** Or this many days after the grant. Neither: they never expire. */
+          expiresInDays: z.int().min(1).max(3650).optional(),
+          category: z.enum(['paid', 'promotional']).optional(),
+          /** 0..100, lower burns first; default by category (promotional 10, paid 50). */
+          priority: z.int().min(0).max(100).optional(),
+        })
+        .refine((input) => input.expiresAt === undefined || input.expiresInDays === undefined, {
+          path: ['expiresInDays'],
+          error: 'give expiresAt or expiresInDays, not both',
+        }),
+    )
     .mutation(({ ctx, input }) => grantCredits(ctx.deps.db, { ...input, appId: ctx.service.appId })),
 
   refund: internalProcedure
@@ -124,6 +155,8 @@ const internalPackagesRouter = router({
         stripePriceId: identifier(255).optional(),
         active: z.boolean(),
         sortOrder: z.int().min(-1_000_000).max(1_000_000),
+        /** Days a purchase's credits stay valid; null or absent = they never expire. */
+        validityDays: z.int().min(1).max(3650).nullable().optional(),
       }),
     )
     .mutation(({ ctx, input }) => upsertPackage(ctx.deps.db, input)),
