@@ -414,6 +414,8 @@ export interface LotsTable {
   expires_at: NullableTimestamp;
   /** Made by the lots migration from a balance that predates lots: no ledger row created it. */
   opening: Generated<boolean>;
+  /** Its credits.expiring event was written (once per lot). */
+  expiry_noticed: Generated<boolean>;
   created_at: Timestamp;
 }
 

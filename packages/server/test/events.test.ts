@@ -29,6 +29,7 @@ beforeAll(async () => {
     WEBHOOK_TIMEOUT_MS: '2000',
     RESERVATION_SWEEP_SECONDS: '1',
     GIFT_EXPIRY_SWEEP_SECONDS: '1',
+    LOT_EXPIRY_SWEEP_SECONDS: '1',
   });
   receiver = await WebhookReceiver.start();
   all = await internal().internal.webhooks.create.mutate({ url: receiver.url, description: 'everything' });
@@ -435,6 +436,46 @@ describe('gifts, holds and purchases', () => {
       type: 'reservation.expired',
       data: { userId: user.id, reservationId: hold.reservationId, amount: 40, appId: 'app' },
     });
+  });
+
+  it('credits.expiring once per lot, then credits.expired with its expiry entry, by the sweep', async () => {
+    const user = newUser();
+    const expiresAt = new Date(Date.now() + 2500);
+    await internal().internal.credits.grant.mutate({
+      userId: user.id,
+      amount: 25,
+      reason: 'welcome bonus',
+      idempotencyKey: `expiring-${randomUUID()}`,
+      expiresAt,
+    });
+    // Only the lot events: the balance crossings of this account are tested above.
+    const lotEvents = async (count: number) =>
+      eventually(`${count} lot events`, () => {
+        const seen = receiver
+          .envelopes(all.secret)
+          .filter((envelope) => envelope.data.userId === user.id && envelope.type.startsWith('credits.'));
+        const unique = [...new Map(seen.map((envelope) => [envelope.id, envelope])).values()];
+        return unique.length >= count ? unique : undefined;
+      });
+    const [expiring, expired] = await lotEvents(2);
+    expect(expiring).toMatchObject({
+      type: 'credits.expiring',
+      data: { userId: user.id, amount: 25, category: 'promotional', source: 'grant' },
+    });
+    expect(new Date(String(expiring?.data.expiresAt)).getTime()).toBe(expiresAt.getTime());
+    expect(expired).toMatchObject({
+      type: 'credits.expired',
+      data: { userId: user.id, lotId: expiring?.data.lotId, amount: 25, available: 0 },
+    });
+    const entry = await server.db
+      .selectFrom('credits.transactions')
+      .select(['type', 'amount'])
+      .where('id', '=', String(expired?.data.transactionId))
+      .executeTakeFirstOrThrow();
+    expect(entry).toEqual({ type: 'expiry', amount: -25 });
+    // Later sweeps notice and expire nothing more for it.
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    expect(await lotEvents(2)).toHaveLength(2);
   });
 
   it('purchase.completed and purchase.reversed (with unrecovered)', async () => {

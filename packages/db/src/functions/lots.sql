@@ -231,3 +231,37 @@ begin
   end loop;
 end
 $$;
+
+-- credits.notice_expiring_lots: writes one `credits.expiring` event per lot whose credits (some left, not
+-- expired yet) expire within p_days, at most p_limit per call, and marks the lot so it is never noticed twice.
+-- Lots are claimed with SKIP LOCKED, so instances sweeping together notice each lot once; only the flag is
+-- written (a burn that waits for the row lock meanwhile finds the lot as it was). Returns how many it noticed.
+create or replace function credits.notice_expiring_lots(p_days int, p_limit int) returns int
+language plpgsql as $$
+declare
+  v_count int;
+begin
+  with due as (
+    select id from credits.lots
+     where remaining > pinned and expires_at is not null and expires_at > now()
+       and expires_at <= now() + make_interval(days => p_days) and not expiry_noticed
+     order by expires_at limit p_limit
+       for update skip locked
+  ), noticed as (
+    update credits.lots l set expiry_noticed = true from due where l.id = due.id
+    returning l.id, l.account_kind, l.account_id, l.remaining, l.expires_at, l.category, l.source
+  ), written as (
+    insert into credits.events (type, user_id, guild_id, data)
+    select 'credits.expiring',
+           case when account_kind = 'user' then account_id end,
+           case when account_kind = 'guild' then account_id end,
+           jsonb_build_object(case when account_kind = 'user' then 'userId' else 'guildId' end, account_id,
+                              'lotId', id, 'amount', remaining, 'expiresAt', expires_at,
+                              'category', category, 'source', source)
+      from noticed order by expires_at, id
+    returning 1
+  )
+  select count(*) into v_count from written;
+  return v_count;
+end
+$$;

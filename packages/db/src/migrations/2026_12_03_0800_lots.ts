@@ -15,6 +15,7 @@ import { type Kysely, sql } from 'kysely';
 // - Existing balances become lots without expiry: paid up to what the account bought (net of clawbacks),
 //   promotional for the rest; open holds pin them in burn order. These `opening` lots have no ledger row of
 //   their own (the balance they split was already in the ledger).
+// - `expiry_noticed`: the credits.expiring event of the lot was written (once per lot).
 
 export async function up(db: Kysely<any>): Promise<void> {
   await sql`
@@ -31,6 +32,7 @@ export async function up(db: Kysely<any>): Promise<void> {
       expired int8 not null default 0,
       expires_at timestamptz,
       opening boolean not null default false,
+      expiry_noticed boolean not null default false,
       created_at timestamptz not null default now(),
       constraint lots_account_kind_known check (account_kind in ('user', 'guild')),
       constraint lots_source_known check (source in ('purchase', 'grant', 'gift', 'refund', 'funding')),

@@ -103,6 +103,20 @@ export async function expireDueLots(
   return { personal: rows[0]?.personal ?? 0, pools: rows[0]?.pools ?? 0 };
 }
 
+/**
+ * Writes the credits.expiring event of lots expiring within `noticeDays` that were not noticed yet (once per
+ * lot); returns how many.
+ */
+export async function noticeExpiringLots(
+  db: Kysely<Database>,
+  noticeDays: number,
+  limit = 500,
+): Promise<number> {
+  const { rows } = await sql<{ noticed: number }>`
+    select credits.notice_expiring_lots(${noticeDays}::int, ${limit}::int) as noticed`.execute(db);
+  return rows[0]?.noticed ?? 0;
+}
+
 export interface LotView {
   id: string;
   source: LotSource;

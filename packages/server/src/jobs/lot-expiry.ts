@@ -1,10 +1,11 @@
 import type { AppDeps, Logger } from '../deps.ts';
-import { expireDueAccountLots } from '../domain/credits/lots.ts';
+import { expireDueAccountLots, noticeExpiringLotsWithin } from '../domain/credits/lots.ts';
 import type { Job } from './scheduler.ts';
 
 /**
- * Expires lots whose time is up on accounts nobody touched (every spend and read already treats them as
- * expired: this posts their `expiry` ledger rows). Safe on every instance at once: accounts are claimed
+ * Writes the credits.expiring event of lots expiring within EXPIRY_NOTICE_DAYS (once per lot), and expires
+ * lots whose time is up on accounts nobody touched (every spend and read already treats them as expired: this
+ * posts their `expiry` ledger rows). Safe on every instance at once: accounts are claimed
  * with SKIP LOCKED and expired under their row lock. LOT_EXPIRY_SWEEP_SECONDS; 0 turns it off.
  */
 export function lotExpiryJob(deps: Pick<AppDeps, 'db' | 'config'>, log?: Logger): Job {
@@ -12,8 +13,9 @@ export function lotExpiryJob(deps: Pick<AppDeps, 'db' | 'config'>, log?: Logger)
     name: 'lot-expiry',
     intervalMs: deps.config.lotExpirySweepSeconds * 1000,
     async run() {
+      const noticed = await noticeExpiringLotsWithin(deps.db, deps.config.expiryNoticeDays);
       const expired = await expireDueAccountLots(deps.db);
-      if (expired > 0) log?.info({ expired }, 'credits of lapsed lots expired');
+      if (noticed > 0 || expired > 0) log?.info({ noticed, expired }, 'lot expiry sweep');
     },
   };
 }

@@ -5,6 +5,7 @@ import {
   type LotAccountKind,
   type LotView,
   listLots,
+  noticeExpiringLots,
   portionsOf,
   summarizeLots,
 } from '@mana-credits/db';
@@ -62,6 +63,11 @@ export async function transactionWithLots(db: Kysely<Database>, userId: string, 
   const row = await findLedgerEntry(db, userId, transactionId);
   if (!row) throw new NotFoundError('Transaction', 'TRANSACTION_NOT_FOUND');
   return { ...toTransactionView(row), lots: portionsOf(row) };
+}
+
+/** The credits.expiring events of lots that expire within `noticeDays` (once per lot). */
+export async function noticeExpiringLotsWithin(db: Kysely<Database>, noticeDays: number): Promise<number> {
+  return noticeExpiringLots(db, noticeDays);
 }
 
 /** One pass of the lot expiry sweep; the credits expired are counted as debited by expiry. */

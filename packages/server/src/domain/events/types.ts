@@ -4,6 +4,8 @@
  * Who writes them, always in the transaction of the change they report:
  *  - balance.* and guild.pool.*: the statement triggers on the two ledgers (db functions/balance_alerts.sql);
  *  - reservation.expired: the row trigger on credits.reservations (db functions/reservation_events.sql);
+ *  - credits.expiring and credits.expired: the lot functions (db functions/lots.sql notice_expiring_lots,
+ *    expire_lots), run by the lot expiry sweep and by every spend that finds a lapsed lot;
  *  - the others: the domain code, through emitEvent (emit.ts).
  */
 export const EMITTED_EVENT_TYPES = [
@@ -19,16 +21,11 @@ export const EMITTED_EVENT_TYPES = [
   'guild.pool.recovered',
   'guild.member.limit_reached',
   'reservation.expired',
+  'credits.expiring',
+  'credits.expired',
 ] as const;
 
-/**
- * Reserved for credit lots (issue 15, docs/design/lots.md), which do not exist yet: `credits.expiring` (a lot's
- * credits expire soon) and `credits.expired` (they did). Endpoints may already subscribe to them; nothing emits
- * them until lots land — their writer belongs beside the lot expiry, through emitEvent, in its transaction.
- */
-export const RESERVED_EVENT_TYPES = ['credits.expiring', 'credits.expired'] as const;
-
-export const EVENT_TYPES = [...EMITTED_EVENT_TYPES, ...RESERVED_EVENT_TYPES] as const;
+export const EVENT_TYPES = EMITTED_EVENT_TYPES;
 
 export type EventType = (typeof EVENT_TYPES)[number];
 
