@@ -146,7 +146,8 @@ describe('views', () => {
     expect(page).toMatch(/data-table="holds"[\s\S]*held/);
     expect(page).toMatch(/data-table="gifts-created"[\s\S]*data-field="gift-status">active</);
     expect(page).toMatch(/data-table="gifts-received"/);
-    expect(page).toContain('data-placeholder="lots"');
+    // Lots in burn order: the gift received (promotional, priority 10) before the funding grant's lot.
+    expect(page).toMatch(/data-table="lots"[\s\S]*data-category="promotional"/);
     expect(page).toMatch(
       new RegExp(`data-table="purchases"[\\s\\S]*pending[\\s\\S]*500[\\s\\S]*${purchaseId}`),
     );
@@ -331,6 +332,32 @@ describe('actions', () => {
     );
     expect(answers.map((answer) => answer.statusCode)).toEqual([303, 303, 303, 303]);
     expect(await ledgerSum(server.deps.db, user.id)).toBe(8);
+  });
+
+  it('a grant with an expiry is a promotional lot that expires then; the lots table shows it first', async () => {
+    const user = await server.fundedUser(10);
+    const page = (await get(`/admin/users/${user.id}`)).body;
+    const badDays = await submit(page, 'grant', { amount: 5, reason: 'trial', expiresInDays: 0 });
+    expect(badDays.statusCode).toBe(400);
+    const granted = await submit(page, 'grant', { amount: 5, reason: 'trial', expiresInDays: 7 });
+    expect(granted.statusCode).toBe(303);
+    const lots = await server.deps.db
+      .selectFrom('credits.lots')
+      .select(['id', 'category', 'amount', 'expires_at', 'created_at'])
+      .where('account_kind', '=', 'user')
+      .where('account_id', '=', user.id)
+      .where('expires_at', 'is not', null)
+      .execute();
+    expect(lots).toHaveLength(1);
+    const [lot] = lots;
+    expect(lot).toMatchObject({ category: 'promotional', amount: 5 });
+    const days = (lot!.expires_at!.getTime() - lot!.created_at.getTime()) / 86_400_000;
+    expect(days).toBeCloseTo(7, 2);
+    const after = (await get(`/admin/users/${user.id}`)).body;
+    // Burn order: the expiring promotional lot before the funding grant that never expires.
+    const order = [...after.matchAll(/data-lot-id="([^"]+)"/g)].map((match) => match[1]);
+    expect(order[0]).toBe(lot!.id);
+    expect(order).toHaveLength(2);
   });
 
   it('refund of a usage transaction, partial then the rest; more than is left is refused', async () => {

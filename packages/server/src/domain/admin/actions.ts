@@ -140,11 +140,14 @@ const carried = <T>(from: unknown, to: T): T => (isReplayed(from) ? markReplayed
 export const userTarget = (userId: string) => `user:${userId}`;
 export const guildTarget = (guildId: string) => `guild:${guildId}`;
 
-/** Grants credits (ledger type `grant`, app `admin-console`). Expiry needs credit lots, which do not exist yet. */
+/**
+ * Grants credits (ledger type `grant`, app `admin-console`): a promotional lot, expiring `expiresInDays` after
+ * the grant when given.
+ */
 export async function adminGrant(
   deps: AdminActionDeps,
   call: ActionCall,
-  input: { userId: string; amount: number },
+  input: { userId: string; amount: number; expiresInDays?: number | undefined },
 ): Promise<ActionOutcome> {
   return audited(
     deps.db,
@@ -158,6 +161,7 @@ export async function adminGrant(
         idempotencyKey: key,
         appId: ADMIN_APP_ID,
         metadata: note,
+        expiresInDays: input.expiresInDays,
       });
       return carried(moved, {
         transactionId: moved.transactionId,

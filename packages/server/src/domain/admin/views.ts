@@ -13,6 +13,7 @@ import {
   type LedgerType,
   listAdminActions,
   listCreatedGifts,
+  listLots,
   listOpenHolds,
   listPoolLedger,
   listPoolMembers,
@@ -30,6 +31,7 @@ import {
   userUsageByAppAndDay,
 } from '@mana-credits/db';
 import type { Kysely } from 'kysely';
+import { toLotItem } from '../credits/lots.ts';
 import { toPurchaseView, toTransactionView } from '../credits/mappers.ts';
 import { InvalidCursorError, InvalidRequestError } from '../errors.ts';
 import { toOwnGift, toReceivedGift } from '../gifts/mappers.ts';
@@ -139,9 +141,10 @@ export async function userOverview(db: Kysely<Database>, userId: string, query: 
     ledger.items.filter((row) => row.type === 'usage').map((row) => row.id),
   );
   const recent = { limit: 20 };
-  const [known, balance, holds, purchases, created, received, audit] = await Promise.all([
+  const [known, balance, lots, holds, purchases, created, received, audit] = await Promise.all([
     hasBalanceRow(db, userId),
     getBalance(db, userId),
+    listLots(db, 'user', userId, { includeSpent: true }),
     listOpenHolds(db, { userId }),
     listPurchases(db, userId, recent),
     listCreatedGifts(db, userId, recent),
@@ -152,6 +155,7 @@ export async function userOverview(db: Kysely<Database>, userId: string, query: 
     userId,
     known,
     balance,
+    lots: lots.map(toLotItem),
     holds: holds.map(toHoldView),
     purchases: purchases?.items.map(toPurchaseView) ?? [],
     giftsCreated: created?.items.map(toOwnGift) ?? [],
@@ -179,8 +183,9 @@ export async function guildOverview(db: Kysely<Database>, guildId: string, query
   const filter = { ...ledgerFilter(query, POOL_LEDGER_TYPES), memberId: query.memberId || undefined };
   const ledger = await listPoolLedger(db, guildId, filter, { limit: query.limit, cursor: query.cursor });
   if (!ledger) throw new InvalidCursorError('a ledger entry of this pool under these filters');
-  const [pool, holds, memberIds, audit] = await Promise.all([
+  const [pool, lots, holds, memberIds, audit] = await Promise.all([
     findGuildPool(db, guildId),
+    listLots(db, 'guild', guildId, { includeSpent: true }),
     listOpenHolds(db, { guildId }),
     listPoolMembers(db, guildId),
     listAdminActions(db, { target: guildTarget(guildId) }, { limit: 20 }),
@@ -190,6 +195,7 @@ export async function guildOverview(db: Kysely<Database>, guildId: string, query
   return {
     guildId,
     pool: pool ? { ...toPoolView(pool), reserved: pool.reserved } : undefined,
+    lots: lots.map(toLotItem),
     holds: holds.map(toHoldView),
     members,
     ledger: { items: ledger.items.map(toGuildTransactionView), nextCursor: ledger.nextCursor },

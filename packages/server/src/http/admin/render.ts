@@ -11,7 +11,10 @@ import {
   POOL_LEDGER_TYPES,
   type UserOverview,
 } from '../../domain/admin/views.ts';
+import type { toLotItem } from '../../domain/credits/lots.ts';
 import { adminPath, type Html, html, layout, type SafeHtml } from './html.ts';
+
+type LotItem = ReturnType<typeof toLotItem>;
 
 // The console's pages, rendered on the server. Every value from the database goes through `html`, which
 // escapes it: descriptions, gift messages, metadata, ids and reasons are text, whatever they contain.
@@ -132,6 +135,24 @@ ${holds.map(
 </tbody></table>`;
 }
 
+/** An account's lots in burn order: the first row is spent first. */
+function lotsTable(lots: LotItem[]) {
+  if (lots.length === 0) return html`<p class="muted" data-field="lots-empty">No credit lots.</p>`;
+  return html`<table data-table="lots">
+<thead><tr><th>Burns</th><th>Source</th><th>Category</th><th class="num">Priority</th><th class="num">Amount</th><th class="num">Remaining</th><th class="num">Held</th><th class="num">Expired</th><th>Expires</th><th>Created</th><th>Id</th></tr></thead>
+<tbody>
+${lots.map(
+  (lot, index) => html`<tr data-lot-id="${lot.id}" data-category="${lot.category}">
+<td class="num">${lot.remaining > 0 ? String(index + 1) : html`<span class="muted">done</span>`}</td>
+<td>${lot.source}</td><td>${lot.category}</td><td class="num">${lot.priority}</td><td class="num">${lot.amount}</td>
+<td class="num" data-field="lot-remaining">${lot.remaining}</td><td class="num">${lot.held}</td><td class="num">${lot.expired}</td>
+<td>${lot.expiresAt ? time(lot.expiresAt) : html`<span class="muted">never</span>`}</td><td>${time(lot.createdAt)}</td>
+<td class="mono">${lot.id}</td>
+</tr>`,
+)}
+</tbody></table>`;
+}
+
 function ledgerFilterForm(
   base: string,
   query: LedgerQuery,
@@ -240,15 +261,15 @@ ${chart('chart-usage', 'Usage per app per day', charts.usage, 'No usage in this 
 ${actionForm(
   context,
   `${base}/grant`,
-  html`<label>Amount<input type="number" name="amount" min="1" step="1" required></label>`,
+  html`<label>Amount<input type="number" name="amount" min="1" step="1" required></label>
+<label>Expires after (days; empty = never)<input type="number" name="expiresInDays" min="1" max="3650" step="1"></label>`,
   'Grant',
   { name: 'grant' },
 )}
-<p class="muted">Expiry: grants cannot expire yet — expiring credits need credit lots (issue 15, docs/design/lots.md).</p>
+<p class="muted">A grant is a promotional lot: it is spent before paid credits.</p>
 
 <h2>Credit lots</h2>
-<div class="placeholder" data-placeholder="lots">Credit lots do not exist yet (issue 15, docs/design/lots.md). When they do,
-this section lists the user's lots with what is left of each and when it expires.</div>
+${lotsTable(view.lots)}
 
 <h2>Open holds</h2>
 ${holdsTable(context, view.holds, false)}
@@ -378,6 +399,9 @@ ${card('total spent', view.pool.totalSpent, 'pool-total-spent')}
 </div>`
     : html`<p class="muted" data-field="no-pool">This guild has no pool (internal.guildPool.init creates it).</p>`
 }
+
+<h2>Credit lots of the pool</h2>
+${lotsTable(view.lots)}
 
 <h2>Charts <span class="muted">(last ${CHART_DAYS} days)</span></h2>
 <div class="charts">

@@ -62,7 +62,11 @@ const limit = z.preprocess(
 
 const actionBase = { reason: text(500), nonce: z.string().max(100), _csrf: z.string().optional() };
 
-const grantBody = z.object({ ...actionBase, amount: credits });
+const grantBody = z.object({
+  ...actionBase,
+  amount: credits,
+  expiresInDays: optionalField(count.pipe(z.int().min(1).max(3650))),
+});
 const refundBody = z.object({ ...actionBase, transactionId: uuid, amount: optionalField(credits) });
 const plainBody = z.object(actionBase);
 const limitsBody = z.object({ ...actionBase, userId: accountId, dailyLimit: limit, monthlyLimit: limit });
@@ -287,7 +291,11 @@ export function registerConsoleRoutes(admin: FastifyInstance, signer: SessionSig
     '/users/:userId/grant',
     async (request, call) => {
       const body = parse(grantBody, request.body ?? {});
-      return adminGrant(deps, call, { userId: parse(accountId, request.params.userId), amount: body.amount });
+      return adminGrant(deps, call, {
+        userId: parse(accountId, request.params.userId),
+        amount: body.amount,
+        expiresInDays: body.expiresInDays,
+      });
     },
     userPageOf,
   );
