@@ -1,5 +1,5 @@
 import { type Kysely, type RawBuilder, sql } from 'kysely';
-import type { Database } from '../database.ts';
+import type { Database, LotRow } from '../database.ts';
 import { type LotPortion, portionsOf } from './ledger-rows.ts';
 
 // Credit lots (functions/lots.sql has the burn order and the expiry; the migration 2026_12_03_0800_lots has
@@ -142,18 +142,10 @@ export async function listLots(
   accountId: string,
   options: { includeSpent?: boolean | undefined } = {},
 ): Promise<LotView[]> {
-  const { rows } = await sql<{
-    id: string;
-    source: LotSource;
-    category: LotCategory;
-    priority: number;
-    amount: number;
-    remaining: number;
-    pinned: number;
-    expired: number;
-    expires_at: Date | null;
-    created_at: Date;
-  }>`
+  const { rows } = await sql<
+    Pick<LotRow, 'id' | 'source' | 'category' | 'priority' | 'amount' | 'remaining' | 'pinned' | 'expired'> &
+      Pick<LotRow, 'expires_at' | 'created_at'>
+  >`
     select id, source, category, priority, amount, created_at, expires_at, pinned,
            case when expires_at <= now() then pinned else remaining end as remaining,
            case when expires_at <= now() then expired + remaining - pinned else expired end as expired
