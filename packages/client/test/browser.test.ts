@@ -1,5 +1,4 @@
 import { execFile } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -8,8 +7,9 @@ import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { build, type Metafile } from 'esbuild';
-import { type Browser, chromium, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { chromiumAvailable, launchChromium } from '../../server/test/helpers/chromium.ts';
 import { expectLedgerConsistent } from '../../server/test/helpers/invariants.ts';
 import { newUser, startTestServer, type TestServer } from '../../server/test/helpers/server.ts';
 
@@ -19,11 +19,7 @@ import { newUser, startTestServer, type TestServer } from '../../server/test/hel
  * spends credits, handles INSUFFICIENT_CREDITS, cancels a gift and sets a member limit through REST `fetch`,
  * all against a live server whose CORS_ORIGINS names that origin. The same page on another origin is refused.
  */
-const CHROMIUM = '/usr/bin/chromium';
-// Debian's chromium: .ci/run installs it, so under CI a missing browser fails; elsewhere the file is skipped.
-const browserHere = existsSync(CHROMIUM) || process.env.CI === 'true';
-if (!browserHere)
-  console.warn(`browser.test.ts skipped: no Chromium at ${CHROMIUM} (apt-get install chromium)`);
+const browserHere = chromiumAvailable('browser.test.ts');
 
 const run = promisify(execFile);
 const packageDir = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -129,19 +125,7 @@ let refused: { url: string; server: Server };
 beforeAll(async () => {
   if (!browserHere) return;
   scratch = await mkdtemp(join(tmpdir(), 'mana-credits-browser-'));
-  const launching = chromium.launch({
-    executablePath: CHROMIUM,
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
+  const launching = launchChromium();
   bundle = await bundleWebApp(scratch, await packClient(scratch));
   allowed = await pageOrigin(bundle.code);
   refused = await pageOrigin(bundle.code);

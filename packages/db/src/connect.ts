@@ -195,23 +195,6 @@ export class NoWritablePrimaryError extends Error {
   }
 }
 
-/**
- * A statement was refused with 25006 (read_only_sql_transaction): the server this connection is on stopped
- * being a primary. Postgres refused it, so nothing of the transaction was committed (severity ERROR); it is
- * reported as a connection failure (SQLSTATE 08006; the original error is the cause) so the caller gets a
- * retryable 503, and the connection is dropped.
- */
-export class ServerReadOnlyError extends Error {
-  readonly code = '08006';
-  readonly severity = 'ERROR';
-  constructor(cause: unknown) {
-    super('The database server turned read-only (no longer the primary); the connection was dropped', {
-      cause,
-    });
-    this.name = 'ServerReadOnlyError';
-  }
-}
-
 interface Probe {
   index: number;
   writable: boolean;
@@ -349,10 +332,11 @@ function multiHostClientClass(locator: PrimaryLocator) {
       const result = (pg.Client.prototype.query as QueryFunction).apply(this, args);
       if (!(result instanceof Promise)) return result as never;
       return result.catch((error: unknown) => {
+        // Refused (and rolled back) as read-only: the server was demoted under this connection. The error
+        // goes up as it is (the server answers it as a connection failure, a retryable 503).
         if ((error as { code?: unknown } | null)?.code === '25006') {
           this.readOnly = true;
           locator.suspect(this.hostIndex);
-          throw new ServerReadOnlyError(error);
         }
         throw error;
       }) as never;

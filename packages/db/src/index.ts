@@ -12,6 +12,7 @@ export * from './queries/gifts.ts';
 export * from './queries/guild.ts';
 export * from './queries/history.ts';
 export * from './queries/ledger.ts';
+export * from './queries/ledger-filter.ts';
 export * from './queries/lots.ts';
 export * from './queries/packages.ts';
 export * from './queries/pagination.ts';

@@ -12,7 +12,14 @@ import { reconcile } from '../src/domain/audit/reconcile.ts';
 import { TestAuthServer } from '../test/helpers/auth-server.ts';
 import { TestStripeServer } from '../test/helpers/stripe-server.ts';
 import { TcpFaultProxy } from '../test/helpers/tcp-proxy.ts';
-import { type CallOptions, callOnce, type LoggedOperation, seededRandom } from './protocol.ts';
+import {
+  type CallOptions,
+  type LoggedOperation,
+  newOperation,
+  seededRandom,
+  settleUnknown,
+  setUp,
+} from './protocol.ts';
 import { type ChaosPackage, StripeChaos } from './stripe.ts';
 
 /**
@@ -288,44 +295,21 @@ async function main() {
     tokens,
     timeoutMs: 2000,
   };
-  for (const userId of USERS) {
-    const seeded = await callOnce(
+  await setUp(
+    [
+      ...USERS.map((userId) => newOperation.grant(`seed-${userId}`, userId, INITIAL_CREDITS, 'chaos seed')),
+      newOperation.poolInit('chaos-guild'),
       {
-        id: `seed-${userId}`,
-        kind: 'grant',
-        path: 'internal.credits.grant',
-        actor: 'service',
-        input: { userId, amount: INITIAL_CREDITS, reason: 'chaos seed', idempotencyKey: `seed-${userId}` },
+        id: 'limits',
+        kind: 'limits',
+        path: 'guild.setMemberLimits',
+        actor: USERS[0]!,
+        input: { guildId: 'chaos-guild', userId: USERS[1], dailyLimit: 25, monthlyLimit: null },
       },
-      callOptions,
-      instances[0]!.url,
-    );
-    if (seeded.outcome !== 'ok') throw new Error(`seeding failed: ${seeded.reason}`);
-  }
-
-  const poolInit = await callOnce(
-    {
-      id: 'pool',
-      kind: 'init',
-      path: 'internal.guildPool.init',
-      actor: 'service',
-      input: { guildId: 'chaos-guild' },
-    },
+    ],
     callOptions,
     instances[0]!.url,
   );
-  const limits = await callOnce(
-    {
-      id: 'limits',
-      kind: 'limits',
-      path: 'guild.setMemberLimits',
-      actor: USERS[0]!,
-      input: { guildId: 'chaos-guild', userId: USERS[1], dailyLimit: 25, monthlyLimit: null },
-    },
-    callOptions,
-    instances[0]!.url,
-  );
-  if (poolInit.outcome !== 'ok' || limits.outcome !== 'ok') throw new Error('guild setup failed');
 
   const logDir = mkdtempSync(join(tmpdir(), 'mana-credits-chaos-'));
   const deadline = Date.now() + seconds * 1000;
@@ -387,17 +371,7 @@ async function main() {
       .map((line) => JSON.parse(line) as LoggedOperation),
   );
   // Keyless operations are never retried: their unknown outcome stays unknown (checked with ≤ semantics).
-  const unknown = operations.filter((op) => op.outcome === 'unknown' && !op.keyless);
-  for (const op of unknown) {
-    for (let attempt = 0; attempt < 20; attempt++) {
-      const answer = await callOnce(op, { ...callOptions, timeoutMs: 10_000 }, instances[0]!.url);
-      if (answer.outcome !== 'unknown') {
-        Object.assign(op, answer, { settledLater: true });
-        break;
-      }
-      await new Promise((r) => setTimeout(r, 500));
-    }
-  }
+  const unknownAfterRun = await settleUnknown(operations, callOptions, instances[0]!.url, 20);
 
   // ── redeliver every webhook not yet acknowledged, as Stripe keeps doing ───────────────────────────────────
   const unacknowledged = await stripeDriver.drain(15_000);
@@ -604,7 +578,7 @@ async function main() {
   console.log('');
   console.log(`chaos summary (seed ${seed}, ${seconds}s, ${instanceCount} instance(s))`);
   console.log(
-    `  operations: ${operations.length} (ok ${count('ok')}, refused ${count('refused')}, settled after the run ${unknown.length}; keyless ${operations.filter((op) => op.keyless).length}, of them unknown ${count('unknown')})`,
+    `  operations: ${operations.length} (ok ${count('ok')}, refused ${count('refused')}, settled after the run ${unknownAfterRun}; keyless ${operations.filter((op) => op.keyless).length}, of them unknown ${count('unknown')})`,
   );
   const purchaseCount = (outcome: string) =>
     stripeDriver.purchases.filter((op) => op.outcome === outcome).length;

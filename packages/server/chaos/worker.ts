@@ -1,9 +1,11 @@
 import { appendFileSync } from 'node:fs';
 import {
   type CallOptions,
-  callOnce,
+  callWithRetries,
   type LoggedOperation,
+  newOperation,
   type Operation,
+  Remembered,
   seededRandom,
 } from './protocol.ts';
 
@@ -25,129 +27,43 @@ const random = seededRandom(config.seed);
 /** Retries draw from their own stream, so outcomes do not shift the seeded schedule of operations. */
 const callRandom = seededRandom(config.seed ^ 0x5eed);
 const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)] as T;
+const takeAny = <T>(items: T[]): T => items.splice(Math.floor(random() * items.length), 1)[0]!;
 let sequence = 0;
-const spentUsages: { userId: string; transactionId: string; amount: number }[] = [];
-const gifts: { id: string; code: string; creator: string }[] = [];
-const holds: { reservationId: string; userId: string; amount: number }[] = [];
+const remembered = new Remembered({ spent: 50, gifts: Number.POSITIVE_INFINITY });
+const GUILD = 'chaos-guild';
 
 function nextOperation(): Operation {
   const id = `w${config.worker}-${++sequence}`;
   const userId = pick(config.users);
+  const { spent, gifts, holds } = remembered;
   const roll = random();
-  if (roll < 0.1 && spentUsages.length > 0) {
-    const usage = spentUsages.splice(Math.floor(random() * spentUsages.length), 1)[0]!;
-    return {
-      id,
-      kind: 'refund',
-      path: 'internal.credits.refund',
-      actor: 'service',
-      input: {
-        userId: usage.userId,
-        transactionId: usage.transactionId,
-        amount: 1,
-        description: 'chaos refund',
-        idempotencyKey: id,
-      },
-    };
-  }
-  if (roll < 0.2) {
-    return {
-      id,
-      kind: 'gift.create',
-      path: 'gifts.create',
-      actor: userId,
-      input: { type: 'split', totalCredits: 10, totalPortions: 5, idempotencyKey: id },
-    };
-  }
+  if (roll < 0.1 && spent.length > 0) return newOperation.refund(id, takeAny(spent), 'chaos refund');
+  if (roll < 0.2) return newOperation.giftCreate(id, userId);
   if (roll < 0.3 && gifts.length > 0) {
     const gift = pick(gifts);
-    const redeemer = pick(config.users.filter((user) => user !== gift.creator));
-    return { id, kind: 'gift.redeem', path: 'gifts.redeem', actor: redeemer, input: { code: gift.code } };
+    return newOperation.giftRedeem(id, gift, pick(config.users.filter((user) => user !== gift.creator)));
   }
-  if (roll < 0.33 && gifts.length > 0) {
-    const gift = gifts.splice(Math.floor(random() * gifts.length), 1)[0]!;
-    return { id, kind: 'gift.cancel', path: 'gifts.cancel', actor: gift.creator, input: { id: gift.id } };
-  }
-  if (roll < 0.36) {
-    return {
-      id,
-      kind: 'guild.fund',
-      path: 'guild.fund',
-      actor: config.users[0]!,
-      input: { guildId: 'chaos-guild', amount: 1 + Math.floor(random() * 10), idempotencyKey: id },
-    };
-  }
+  if (roll < 0.33 && gifts.length > 0) return newOperation.giftCancel(id, takeAny(gifts));
+  if (roll < 0.36) return newOperation.guildFund(id, config.users[0]!, GUILD, 1 + Math.floor(random() * 10));
   if (roll < 0.45) {
-    return {
-      id,
-      kind: 'guild.use',
-      path: 'guild.use',
-      actor: pick(config.users.slice(1)),
-      input: {
-        guildId: 'chaos-guild',
-        amount: 1 + Math.floor(random() * 3),
-        appId: 'chaos',
-        description: 'pool',
-        idempotencyKey: id,
-      },
-    };
+    const member = pick(config.users.slice(1));
+    const amount = 1 + Math.floor(random() * 3);
+    return newOperation.guildUse(id, member, GUILD, amount, { appId: 'chaos', description: 'pool' });
   }
-  if (roll < 0.5) {
-    return {
-      id,
-      kind: 'grant',
-      path: 'internal.credits.grant',
-      actor: 'service',
-      input: { userId, amount: 1 + Math.floor(random() * 20), reason: 'chaos grant', idempotencyKey: id },
-    };
-  }
+  if (roll < 0.5) return newOperation.grant(id, userId, 1 + Math.floor(random() * 20), 'chaos grant');
   const amount = 1 + Math.floor(random() * 5);
   if (roll < 0.55) {
-    return {
-      id,
-      kind: 'reserve',
-      path: 'internal.credits.reserve',
-      actor: 'service',
-      input: {
-        userId,
-        amount: 1 + Math.floor(random() * 8),
-        appId: 'chaos',
-        description: 'hold',
-        ttlSeconds: 5,
-        idempotencyKey: id,
-      },
-    };
+    const held = 1 + Math.floor(random() * 8);
+    return newOperation.reserve(id, userId, held, { appId: 'chaos', description: 'hold' }, 5);
   }
   if (roll < 0.62 && holds.length > 0) {
-    const hold = holds.splice(Math.floor(random() * holds.length), 1)[0]!;
+    const hold = takeAny(holds);
     const release = random() < 0.3;
-    return {
-      id,
-      kind: release ? 'release' : 'commit',
-      path: release ? 'internal.credits.release' : 'internal.credits.commit',
-      actor: 'service',
-      account: hold.userId,
-      input: release
-        ? { reservationId: hold.reservationId }
-        : { reservationId: hold.reservationId, amount: 1 + Math.floor(random() * hold.amount) },
-    };
+    return newOperation.settleHold(id, hold, release ? undefined : 1 + Math.floor(random() * hold.amount));
   }
-  if (roll < 0.7) {
-    return {
-      id,
-      kind: 'use',
-      path: 'credits.use',
-      actor: userId,
-      input: { amount, appId: 'chaos', description: 'chaos use (user)', idempotencyKey: id },
-    };
-  }
-  return {
-    id,
-    kind: 'use',
-    path: 'internal.credits.use',
-    actor: 'service',
-    input: { userId, amount, appId: 'chaos', description: 'chaos use', idempotencyKey: id },
-  };
+  if (roll < 0.7)
+    return newOperation.userUse(id, userId, amount, { appId: 'chaos', description: 'chaos use (user)' });
+  return newOperation.use(id, userId, amount, { appId: 'chaos', description: 'chaos use' });
 }
 
 /**
@@ -182,22 +98,9 @@ function burst(): { operations: Operation[]; baseUrl: string } {
   return { operations, baseUrl };
 }
 
-async function run(operation: Operation, baseUrl?: string): Promise<LoggedOperation> {
-  let last: Awaited<ReturnType<typeof callOnce>> = { outcome: 'unknown' };
-  let attempts = 0;
-  const retries = operation.keyless ? 0 : config.retries;
-  while (attempts <= retries) {
-    attempts++;
-    const url =
-      attempts === 1 && baseUrl
-        ? baseUrl
-        : config.baseUrls[Math.floor(callRandom() * config.baseUrls.length)]!;
-    last = await callOnce(operation, config, url);
-    if (last.outcome !== 'unknown') break;
-    await new Promise((resolve) => setTimeout(resolve, 50 + callRandom() * 200));
-  }
-  return { ...operation, ...last, attempts };
-}
+const retrying = { callOptions: config, retries: config.retries };
+const run = (operation: Operation, baseUrl?: string) =>
+  callWithRetries(operation, retrying, callRandom, baseUrl);
 
 async function next(): Promise<LoggedOperation[]> {
   if (random() < 0.05) {
@@ -208,25 +111,7 @@ async function next(): Promise<LoggedOperation[]> {
 }
 
 function record(logged: LoggedOperation) {
-  if (logged.kind === 'use' && logged.outcome === 'ok' && logged.result) {
-    const userId = (logged.input.userId as string | undefined) ?? logged.actor;
-    spentUsages.push({
-      userId,
-      transactionId: logged.result.transactionId as string,
-      amount: logged.input.amount as number,
-    });
-    if (spentUsages.length > 50) spentUsages.shift();
-  }
-  if (logged.kind === 'reserve' && logged.outcome === 'ok' && logged.result) {
-    holds.push({
-      reservationId: logged.result.reservationId as string,
-      userId: logged.input.userId as string,
-      amount: logged.input.amount as number,
-    });
-  }
-  if (logged.kind === 'gift.create' && logged.outcome === 'ok' && logged.result) {
-    gifts.push({ id: logged.result.id as string, code: logged.result.code as string, creator: logged.actor });
-  }
+  remembered.remember(logged);
   appendFileSync(config.logFile, `${JSON.stringify(logged)}\n`);
 }
 

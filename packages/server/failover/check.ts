@@ -1,7 +1,7 @@
 import type { Database } from '@mana-credits/db';
 import { type Kysely, sql } from 'kysely';
+import type { TimedOperation } from '../chaos/protocol.ts';
 import { reconcile } from '../src/domain/audit/reconcile.ts';
-import type { TimedOperation } from './traffic.ts';
 
 /**
  * What the database (the last promoted primary) must hold after the run, given what callers were told:

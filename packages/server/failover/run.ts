@@ -5,12 +5,20 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { createDb, migrateToLatest } from '@mana-credits/db';
 import pg from 'pg';
-import { type CallOptions, callOnce, seededRandom } from '../chaos/protocol.ts';
+import {
+  type CallOptions,
+  callWithRetries,
+  newOperation,
+  seededRandom,
+  settleUnknown,
+  setUp,
+  type TimedOperation,
+} from '../chaos/protocol.ts';
 import { TestAuthServer } from '../test/helpers/auth-server.ts';
 import { TcpFaultProxy } from '../test/helpers/tcp-proxy.ts';
 import { checkDatabase } from './check.ts';
 import { cleanupAllSync, freePort, PgPair, type StandbyMode } from './cluster.ts';
-import { runWithRetries, type TimedOperation, Traffic } from './traffic.ts';
+import { Traffic } from './traffic.ts';
 
 /**
  * `pnpm failover`: what happens to money when the Postgres primary dies. For each standby mode (sync, async)
@@ -171,20 +179,9 @@ class Watch {
   private async writeLoop(instance: Instance, index: number): Promise<void> {
     const random = seededRandom(seed + index);
     for (let n = 1; !this.stopping; n++) {
-      const operation = {
-        id: `probe-${index}-${n}`,
-        kind: 'grant',
-        path: 'internal.credits.grant',
-        actor: 'service',
-        input: {
-          userId: PROBE_USER,
-          amount: 1,
-          reason: 'failover probe',
-          idempotencyKey: `probe-${index}-${n}`,
-        },
-      };
+      const operation = newOperation.grant(`probe-${index}-${n}`, PROBE_USER, 1, 'failover probe');
       const options = { callOptions: { ...this.callOptions, timeoutMs: 1000 }, retries: 0 };
-      const probe = await runWithRetries(operation, options, random, instance.url);
+      const probe = await callWithRetries(operation, options, random, instance.url);
       this.probes.push(probe);
       this.probesOf[index]!.push(probe);
       await sleep(50);
@@ -269,43 +266,17 @@ async function setUpServers(pair: PgPair, auth: TestAuthServer) {
     tokens,
     timeoutMs: 3000,
   };
-  const setup = [
-    ...USERS.map((userId) => ({
-      id: `seed-${userId}`,
-      kind: 'grant',
-      path: 'internal.credits.grant',
-      actor: 'service',
-      input: { userId, amount: INITIAL_CREDITS, reason: 'failover seed', idempotencyKey: `seed-${userId}` },
-    })),
-    {
-      id: 'pool',
-      kind: 'init',
-      path: 'internal.guildPool.init',
-      actor: 'service',
-      input: { guildId: GUILD },
-    },
-  ];
-  for (const operation of setup) {
-    const answer = await callOnce(operation, callOptions, instances[0]!.url);
-    if (answer.outcome !== 'ok') throw new Error(`setup ${operation.id} failed: ${answer.reason}`);
-  }
+  await setUp(
+    [
+      ...USERS.map((userId) =>
+        newOperation.grant(`seed-${userId}`, userId, INITIAL_CREDITS, 'failover seed'),
+      ),
+      newOperation.poolInit(GUILD),
+    ],
+    callOptions,
+    instances[0]!.url,
+  );
   return { handle, proxy, proxyTarget, instances, callOptions };
-}
-
-/** Retries every operation whose outcome is still unknown with the same input (its key) until it settles. */
-async function settle(operations: TimedOperation[], callOptions: CallOptions, url: string): Promise<number> {
-  const unknown = operations.filter((op) => op.outcome === 'unknown');
-  for (const op of unknown) {
-    for (let attempt = 0; attempt < 30; attempt++) {
-      const answer = await callOnce(op, { ...callOptions, timeoutMs: 10_000 }, url);
-      if (answer.outcome !== 'unknown') {
-        Object.assign(op, answer, { settledLater: true });
-        break;
-      }
-      await sleep(500);
-    }
-  }
-  return unknown.length;
 }
 
 function okRate(operations: TimedOperation[], from: number, to: number): number {
@@ -411,7 +382,7 @@ async function runMode(mode: 'sync' | 'async', failovers: number): Promise<ModeR
     const trafficSeconds = (Date.now() - trafficStarted) / 1000;
     const operations = [...traffic.operations, ...watch.probes];
     log(`${mode}: ${operations.length} calls; settling the unknown outcomes with their keys`);
-    const settledLater = await settle(operations, callOptions, instances[0]!.url);
+    const settledLater = await settleUnknown(operations, callOptions, instances[0]!.url, 30);
     for (const instance of instances) {
       if (instance.crashed) violations.push(instance.crashed);
     }

@@ -1,9 +1,11 @@
 import {
   type CallOptions,
-  callOnce,
-  type LoggedOperation,
+  callWithRetries,
+  newOperation,
   type Operation,
+  Remembered,
   seededRandom,
+  type TimedOperation,
 } from '../chaos/protocol.ts';
 
 /**
@@ -14,16 +16,6 @@ import {
  * idempotency key, or the natural key of a commit, release, redemption or cancel); one still unknown stays in
  * the log and is settled after the run. Every call is logged with when it started and ended.
  */
-export interface TimedOperation extends LoggedOperation {
-  startedAt: number;
-  endedAt: number;
-  /** Attempts answered with an unknown outcome (5xx, reset, timeout), the last one included if it was. */
-  failedAttempts: number;
-  /** The first answer that was not ok/refused, for the report (e.g. `HTTP 503`). */
-  firstFailure?: string;
-  settledLater?: boolean;
-}
-
 export interface TrafficOptions {
   callOptions: CallOptions;
   users: string[];
@@ -40,9 +32,7 @@ export class Traffic {
   private loops: Promise<void>[] = [];
   private sequence = 0;
   private readonly random: () => number;
-  private readonly spent: { userId: string; transactionId: string }[] = [];
-  private readonly holds: { reservationId: string; userId: string; amount: number }[] = [];
-  private readonly gifts: { id: string; code: string; creator: string }[] = [];
+  private readonly remembered = new Remembered({ spent: 200, gifts: 100 });
 
   constructor(private readonly options: TrafficOptions) {
     this.random = seededRandom(options.seed);
@@ -62,9 +52,9 @@ export class Traffic {
     const callRandom = seededRandom(this.options.seed * 31 + caller);
     while (!this.stopping) {
       const operation = this.next(caller);
-      const logged = await runWithRetries(operation, this.options, callRandom);
+      const logged = await callWithRetries(operation, this.options, callRandom);
       this.operations.push(logged);
-      this.remember(logged);
+      this.remembered.remember(logged);
     }
   }
 
@@ -76,30 +66,19 @@ export class Traffic {
     return min + Math.floor(this.random() * (max - min + 1));
   }
 
+  private take<T>(items: T[]): T {
+    return items.splice(Math.floor(this.random() * items.length), 1)[0]!;
+  }
+
   private next(caller: number): Operation {
     const id = `c${caller}-${++this.sequence}`;
-    const users = this.options.users;
+    const { users, guildId } = this.options;
+    const { spent, holds, gifts } = this.remembered;
     const userId = this.pick(users);
     const roll = this.random();
-    const use = { appId: 'failover', description: 'failover use', idempotencyKey: id };
-    if (roll < 0.25) {
-      return {
-        id,
-        kind: 'use',
-        path: 'internal.credits.use',
-        actor: 'service',
-        input: { userId, amount: this.int(1, 5), ...use },
-      };
-    }
-    if (roll < 0.35) {
-      return {
-        id,
-        kind: 'use',
-        path: 'credits.use',
-        actor: userId,
-        input: { amount: this.int(1, 5), ...use },
-      };
-    }
+    const usage = { appId: 'failover', description: 'failover use' };
+    if (roll < 0.25) return newOperation.use(id, userId, this.int(1, 5), usage);
+    if (roll < 0.35) return newOperation.userUse(id, userId, this.int(1, 5), usage);
     if (roll < 0.43) {
       const items = Array.from({ length: this.int(2, 6) }, (_, j) => ({
         userId: this.pick(users),
@@ -111,136 +90,23 @@ export class Traffic {
       return { id, kind: 'batch', path: 'internal.credits.useBatch', actor: 'service', input: { items } };
     }
     if (roll < 0.51) {
-      return {
-        id,
-        kind: 'reserve',
-        path: 'internal.credits.reserve',
-        actor: 'service',
-        input: { userId, amount: this.int(1, 8), ...use, description: 'failover hold', ttlSeconds: 60 },
-      };
+      return newOperation.reserve(id, userId, this.int(1, 8), { ...usage, description: 'failover hold' }, 60);
     }
-    if (roll < 0.6 && this.holds.length > 0) {
-      const hold = this.holds.splice(Math.floor(this.random() * this.holds.length), 1)[0]!;
+    if (roll < 0.6 && holds.length > 0) {
+      const hold = this.take(holds);
       const release = this.random() < 0.25;
-      return {
-        id,
-        kind: release ? 'release' : 'commit',
-        path: release ? 'internal.credits.release' : 'internal.credits.commit',
-        actor: 'service',
-        account: hold.userId,
-        input: release
-          ? { reservationId: hold.reservationId }
-          : { reservationId: hold.reservationId, amount: this.int(1, hold.amount) },
-      };
+      return newOperation.settleHold(id, hold, release ? undefined : this.int(1, hold.amount));
     }
-    if (roll < 0.64) {
-      return {
-        id,
-        kind: 'guild.fund',
-        path: 'guild.fund',
-        actor: users[0]!,
-        input: { guildId: this.options.guildId, amount: this.int(1, 10), idempotencyKey: id },
-      };
+    if (roll < 0.64) return newOperation.guildFund(id, users[0]!, guildId, this.int(1, 10));
+    if (roll < 0.72)
+      return newOperation.guildUse(id, this.pick(users.slice(1)), guildId, this.int(1, 3), usage);
+    if (roll < 0.77) return newOperation.giftCreate(id, userId);
+    if (roll < 0.83 && gifts.length > 0) {
+      const gift = this.pick(gifts);
+      return newOperation.giftRedeem(id, gift, this.pick(users.filter((user) => user !== gift.creator)));
     }
-    if (roll < 0.72) {
-      return {
-        id,
-        kind: 'guild.use',
-        path: 'guild.use',
-        actor: this.pick(users.slice(1)),
-        input: { guildId: this.options.guildId, amount: this.int(1, 3), ...use },
-      };
-    }
-    if (roll < 0.77) {
-      return {
-        id,
-        kind: 'gift.create',
-        path: 'gifts.create',
-        actor: userId,
-        input: { type: 'split', totalCredits: 10, totalPortions: 5, idempotencyKey: id },
-      };
-    }
-    if (roll < 0.83 && this.gifts.length > 0) {
-      const gift = this.pick(this.gifts);
-      const redeemer = this.pick(users.filter((user) => user !== gift.creator));
-      return { id, kind: 'gift.redeem', path: 'gifts.redeem', actor: redeemer, input: { code: gift.code } };
-    }
-    if (roll < 0.85 && this.gifts.length > 0) {
-      const gift = this.gifts.splice(Math.floor(this.random() * this.gifts.length), 1)[0]!;
-      return { id, kind: 'gift.cancel', path: 'gifts.cancel', actor: gift.creator, input: { id: gift.id } };
-    }
-    if (roll < 0.92 && this.spent.length > 0) {
-      const usage = this.spent.splice(Math.floor(this.random() * this.spent.length), 1)[0]!;
-      return {
-        id,
-        kind: 'refund',
-        path: 'internal.credits.refund',
-        actor: 'service',
-        input: { ...usage, amount: 1, description: 'failover refund', idempotencyKey: id },
-      };
-    }
-    return {
-      id,
-      kind: 'grant',
-      path: 'internal.credits.grant',
-      actor: 'service',
-      input: { userId, amount: this.int(1, 20), reason: 'failover grant', idempotencyKey: id },
-    };
+    if (roll < 0.85 && gifts.length > 0) return newOperation.giftCancel(id, this.take(gifts));
+    if (roll < 0.92 && spent.length > 0) return newOperation.refund(id, this.take(spent), 'failover refund');
+    return newOperation.grant(id, userId, this.int(1, 20), 'failover grant');
   }
-
-  /** What later calls build on: spent usages (refunds), holds (commit/release), gifts (redeem/cancel). */
-  private remember(logged: TimedOperation): void {
-    if (logged.outcome !== 'ok' || !logged.result) return;
-    if (logged.kind === 'use') {
-      const userId = (logged.input.userId as string | undefined) ?? logged.actor;
-      this.spent.push({ userId, transactionId: logged.result.transactionId as string });
-      if (this.spent.length > 200) this.spent.shift();
-    } else if (logged.kind === 'reserve') {
-      this.holds.push({
-        reservationId: logged.result.reservationId as string,
-        userId: logged.input.userId as string,
-        amount: logged.input.amount as number,
-      });
-    } else if (logged.kind === 'gift.create') {
-      this.gifts.push({
-        id: logged.result.id as string,
-        code: logged.result.code as string,
-        creator: logged.actor,
-      });
-      if (this.gifts.length > 100) this.gifts.shift();
-    }
-  }
-}
-
-/** One operation with up to `retries` retries of an unknown outcome, on any instance. */
-export async function runWithRetries(
-  operation: Operation,
-  options: { callOptions: CallOptions; retries: number },
-  random: () => number,
-  baseUrl?: string,
-): Promise<TimedOperation> {
-  const startedAt = Date.now();
-  const urls = options.callOptions.baseUrls;
-  let attempts = 0;
-  let failedAttempts = 0;
-  let firstFailure: string | undefined;
-  let answer: Awaited<ReturnType<typeof callOnce>> = { outcome: 'unknown' };
-  while (attempts <= options.retries) {
-    const url = attempts === 0 && baseUrl ? baseUrl : urls[Math.floor(random() * urls.length)]!;
-    attempts++;
-    answer = await callOnce(operation, options.callOptions, url);
-    if (answer.outcome !== 'unknown') break;
-    failedAttempts++;
-    firstFailure ??= answer.reason;
-    if (attempts <= options.retries) await new Promise((r) => setTimeout(r, 100 + random() * 150));
-  }
-  return {
-    ...operation,
-    ...answer,
-    attempts,
-    failedAttempts,
-    ...(firstFailure ? { firstFailure } : {}),
-    startedAt,
-    endedAt: Date.now(),
-  };
 }

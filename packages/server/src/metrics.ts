@@ -8,19 +8,20 @@ import type { EffectSink } from './domain/effects.ts';
  * paths, routes and job names known to the code, status classes, movement types, and caller-chosen strings
  * (app ids, webhook event types) only through a BoundedLabel. Never a user id, a key or an amount as a label.
  *
- * Counting money: every movement is counted once, through `moved`. tRPC procedures are counted by one table in
- * trpc/metrics.ts (add a row for a new money procedure), from their input and answer; the webhook counts the
- * purchases and clawbacks it applied; what work moves besides what it was asked (expiries found on the way,
- * sweeps) is reported by the domain code through domain/effects.ts into `effects`.
+ * Counting money: every movement is counted once, through `moved`, labelled with how its call was answered
+ * (MoneyOutcome). tRPC procedures are counted by one table in trpc/metrics.ts (add a row for a new money
+ * procedure), from their input and answer; the webhook counts the purchases and clawbacks it applied; what
+ * work moves besides what it was asked (expiries found on the way, sweeps) is reported by the domain code
+ * through domain/effects.ts into `effects`.
  */
 export interface Metrics {
   readonly registry: Registry;
   readonly httpRequestDuration: Histogram<'method' | 'route' | 'status_class'>;
   readonly procedureDuration: Histogram<'procedure' | 'type' | 'outcome'>;
-  readonly creditsDebited: Counter<'app' | 'account' | 'type'>;
-  readonly creditsCredited: Counter<'app' | 'account' | 'type'>;
-  readonly creditsRefunded: Counter<'app' | 'type'>;
-  readonly creditsClawedBack: Counter<'app'>;
+  readonly creditsDebited: Counter<'app' | 'account' | 'type' | 'outcome'>;
+  readonly creditsCredited: Counter<'app' | 'account' | 'type' | 'outcome'>;
+  readonly creditsRefunded: Counter<'app' | 'type' | 'outcome'>;
+  readonly creditsClawedBack: Counter<'app' | 'outcome'>;
   readonly insufficientCredits: Counter<'procedure' | 'app'>;
   readonly idempotentReplays: Counter<'procedure'>;
   readonly webhookEvents: Counter<'type' | 'outcome'>;
@@ -35,8 +36,8 @@ export interface Metrics {
   readonly webhookEndpointsDisabled: Counter;
   /** An event type as a label value (the types are a fixed set; bounded all the same). */
   eventTypeLabel(type: string): string;
-  /** Counts one movement of credits (nothing when the amount is not a positive whole number). */
-  moved(movement: Movement): void;
+  /** Counts one movement of credits (nothing when the amount is not a positive whole number); `ok` by default. */
+  moved(movement: Movement, outcome?: MoneyOutcome): void;
   /** Side effects reported by the domain code (see domain/effects.ts), counted into this app's metrics. */
   readonly effects: EffectSink;
   /** An app id as a label value: the first MAX_APP_LABELS distinct ids keep their name, later ones are 'other'. */
@@ -68,6 +69,16 @@ export type Movement = { amount: number | undefined; app?: string | undefined } 
   | { kind: 'refunded'; type: 'usage' | 'gift' }
   | { kind: 'clawed_back' }
 );
+
+/**
+ * How the call that moved credits was answered, the `outcome` label of the money counters:
+ *  - ok: its first answer (or work no caller waits for: webhooks, expiries, sweeps).
+ *  - replay: the stored first answer of a repeated idempotency key (a movement counted before, as `ok`, or as
+ *    `unknown` when the first answer was lost).
+ *  - unknown: OUTCOME_UNKNOWN, what the call asked to move (it may or may not have happened; a retry with its
+ *    key then shows as `replay`).
+ */
+export type MoneyOutcome = 'ok' | 'replay' | 'unknown';
 
 export type ReservationEvent = 'opened' | 'committed' | 'released' | 'expired';
 
@@ -141,22 +152,22 @@ export function createMetrics(dbHandle: Pick<DbHandle, 'poolStats'>, sources: Me
   const creditsDebited = counter(
     'credits_debited_total',
     'Credits that left an account: spent, put in gift escrow, or moved into a guild pool',
-    ['app', 'account', 'type'],
+    ['app', 'account', 'type', 'outcome'],
   );
   const creditsCredited = counter(
     'credits_credited_total',
     'Credits that arrived in an account: purchases, grants, redeemed gifts, pool funding',
-    ['app', 'account', 'type'],
+    ['app', 'account', 'type', 'outcome'],
   );
   const creditsRefunded = counter(
     'credits_refunded_total',
     'Credits given back: refunded usage, the unclaimed escrow of cancelled or expired gifts',
-    ['app', 'type'],
+    ['app', 'type', 'outcome'],
   );
   const creditsClawedBack = counter(
     'credits_clawed_back_total',
     'Credits taken back after a payment was refunded or disputed',
-    ['app'],
+    ['app', 'outcome'],
   );
   const eventTypes = new BoundedLabel(MAX_WEBHOOK_TYPE_LABELS);
   const readOldest = sources.oldestUndeliveredEventSeconds;
@@ -178,22 +189,22 @@ export function createMetrics(dbHandle: Pick<DbHandle, 'poolStats'>, sources: Me
     'event',
   ]);
 
-  const moved = (movement: Movement) => {
+  const moved = (movement: Movement, outcome: MoneyOutcome = 'ok') => {
     const { amount } = movement;
     if (amount === undefined || !Number.isSafeInteger(amount) || amount <= 0) return;
     const app = apps.of(movement.app);
     switch (movement.kind) {
       case 'debited':
-        creditsDebited.inc({ app, account: movement.account, type: movement.type }, amount);
+        creditsDebited.inc({ app, account: movement.account, type: movement.type, outcome }, amount);
         return;
       case 'credited':
-        creditsCredited.inc({ app, account: movement.account, type: movement.type }, amount);
+        creditsCredited.inc({ app, account: movement.account, type: movement.type, outcome }, amount);
         return;
       case 'refunded':
-        creditsRefunded.inc({ app, type: movement.type }, amount);
+        creditsRefunded.inc({ app, type: movement.type, outcome }, amount);
         return;
       case 'clawed_back':
-        creditsClawedBack.inc({ app }, amount);
+        creditsClawedBack.inc({ app, outcome }, amount);
         return;
     }
   };

@@ -507,10 +507,13 @@ describe('actions', () => {
     });
     expect(bad.statusCode).toBe(400);
     expect(bad.json().error.reason).toBe('VALIDATION');
-    // Counted in the metrics like the API's grants (once: the replay moved nothing).
+    // Counted in the metrics like the API's grants (the replay under outcome="replay").
     const metrics = (await server.app.inject({ method: 'GET', url: '/metrics' })).body;
     expect(metrics).toMatch(
-      /mana_credits_credits_credited_total\{app="admin-console",account="personal",type="grant"\} \d+/,
+      /mana_credits_credits_credited_total\{app="admin-console",account="personal",type="grant",outcome="ok"\} \d+/,
+    );
+    expect(metrics).toMatch(
+      /mana_credits_credits_credited_total\{app="admin-console",account="personal",type="grant",outcome="replay"\} \d+/,
     );
     const noNonce = await bearerPost(`/admin/users/${user.id}/grant`, {
       amount: 1,

@@ -13,7 +13,8 @@ import { TestStripeServer } from './helpers/stripe-server.ts';
 
 /**
  * Every money call once, again (a replay) and refused, then the exact change of every money counter: each
- * movement is counted once, a replay only as a replay, a refusal as nothing but a refusal.
+ * movement is counted once as `outcome=ok`, a replay again as `outcome=replay` (and in idempotent_replays), a
+ * refusal as nothing but a refusal.
  */
 
 let server: TestServer;
@@ -179,8 +180,10 @@ describe('spending', () => {
       );
     });
     expect(deltas).toEqual({
-      'credits_debited{account=personal,app=m-web,type=usage}': 10,
-      'credits_debited{account=personal,app=m-game,type=usage}': 7,
+      'credits_debited{account=personal,app=m-web,outcome=ok,type=usage}': 10,
+      'credits_debited{account=personal,app=m-web,outcome=replay,type=usage}': 10,
+      'credits_debited{account=personal,app=m-game,outcome=ok,type=usage}': 7,
+      'credits_debited{account=personal,app=m-game,outcome=replay,type=usage}': 7,
       'idempotent_replays{procedure=credits.use}': 1,
       'idempotent_replays{procedure=internal.credits.use}': 1,
       'insufficient_credits{app=m-web,procedure=credits.use}': 1,
@@ -202,7 +205,8 @@ describe('spending', () => {
       await failure(owner.client.credits.use.mutate({ ...viaUse, amount: 1000, idempotencyKey: `${key}-x` }));
     });
     expect(deltas).toEqual({
-      'credits_debited{account=pool,app=m-pool,type=usage}': 11,
+      'credits_debited{account=pool,app=m-pool,outcome=ok,type=usage}': 11,
+      'credits_debited{account=pool,app=m-pool,outcome=replay,type=usage}': 11,
       'idempotent_replays{procedure=guild.use}': 1,
       'idempotent_replays{procedure=credits.use}': 1,
       'insufficient_credits{app=m-pool,procedure=guild.use}': 1,
@@ -225,8 +229,10 @@ describe('spending', () => {
       await failure(owner.client.guild.fund.mutate({ guildId, amount: 5000 }));
     });
     expect(deltas).toEqual({
-      'credits_debited{account=personal,app=unknown,type=guild_funding}': 30,
-      'credits_credited{account=pool,app=unknown,type=guild_funding}': 30,
+      'credits_debited{account=personal,app=unknown,outcome=ok,type=guild_funding}': 30,
+      'credits_debited{account=personal,app=unknown,outcome=replay,type=guild_funding}': 30,
+      'credits_credited{account=pool,app=unknown,outcome=ok,type=guild_funding}': 30,
+      'credits_credited{account=pool,app=unknown,outcome=replay,type=guild_funding}': 30,
       'idempotent_replays{procedure=guild.fund}': 1,
       'insufficient_credits{app=unknown,procedure=guild.fund}': 1,
     });
@@ -269,8 +275,10 @@ describe('spending', () => {
       );
     });
     expect(deltas).toEqual({
-      'credits_debited{account=personal,app=m-batch,type=usage}': 3,
-      'credits_debited{account=pool,app=m-batch,type=usage}': 4,
+      'credits_debited{account=personal,app=m-batch,outcome=ok,type=usage}': 3,
+      'credits_debited{account=personal,app=m-batch,outcome=replay,type=usage}': 3,
+      'credits_debited{account=pool,app=m-batch,outcome=ok,type=usage}': 4,
+      'credits_debited{account=pool,app=m-batch,outcome=replay,type=usage}': 4,
       'idempotent_replays{procedure=internal.credits.useBatch}': 2,
       'insufficient_credits{app=m-batch,procedure=internal.credits.useBatch}': 2,
     });
@@ -307,8 +315,10 @@ describe('grants and refunds', () => {
       );
     });
     expect(deltas).toEqual({
-      'credits_credited{account=personal,app=m-support,type=grant}': 50,
-      'credits_refunded{app=m-game,type=usage}': 5,
+      'credits_credited{account=personal,app=m-support,outcome=ok,type=grant}': 50,
+      'credits_credited{account=personal,app=m-support,outcome=replay,type=grant}': 50,
+      'credits_refunded{app=m-game,outcome=ok,type=usage}': 5,
+      'credits_refunded{app=m-game,outcome=replay,type=usage}': 5,
       'idempotent_replays{procedure=internal.credits.grant}': 1,
       'idempotent_replays{procedure=internal.credits.refund}': 1,
     });
@@ -341,8 +351,9 @@ describe('holds', () => {
       'reservations{event=opened}': 3,
       'reservations{event=committed}': 2,
       'reservations{event=released}': 1,
-      'credits_debited{account=personal,app=m-hold,type=usage}': 20,
-      'credits_debited{account=pool,app=m-hold,type=usage}': 15,
+      'credits_debited{account=personal,app=m-hold,outcome=ok,type=usage}': 20,
+      'credits_debited{account=personal,app=m-hold,outcome=replay,type=usage}': 20,
+      'credits_debited{account=pool,app=m-hold,outcome=ok,type=usage}': 15,
       'idempotent_replays{procedure=internal.credits.reserve}': 1,
       'idempotent_replays{procedure=internal.credits.commit}': 1,
       'idempotent_replays{procedure=internal.credits.release}': 1,
@@ -389,9 +400,9 @@ describe('holds', () => {
     });
     expect(deltas).toEqual({
       'reservations{event=expired}': 5,
-      'credits_debited{account=personal,app=m-batch,type=usage}': 80,
-      'credits_debited{account=personal,app=m-web,type=usage}': 95,
-      'credits_debited{account=pool,app=m-pool,type=usage}': 50,
+      'credits_debited{account=personal,app=m-batch,outcome=ok,type=usage}': 80,
+      'credits_debited{account=personal,app=m-web,outcome=ok,type=usage}': 95,
+      'credits_debited{account=pool,app=m-pool,outcome=ok,type=usage}': 50,
       'insufficient_credits{app=m-pool,procedure=guild.use}': 1,
     });
   });
@@ -451,10 +462,12 @@ describe('gifts', () => {
       await internal().internal.gifts.redeemPending.mutate({ userId: late.id, email: late.email! });
     });
     expect(deltas).toEqual({
-      'credits_debited{account=personal,app=unknown,type=gift}': 85,
-      'credits_credited{account=personal,app=m-gift,type=gift}': 20,
-      'credits_credited{account=personal,app=unknown,type=gift}': 25,
-      'credits_refunded{app=unknown,type=gift}': 40,
+      'credits_debited{account=personal,app=unknown,outcome=ok,type=gift}': 85,
+      'credits_debited{account=personal,app=unknown,outcome=replay,type=gift}': 60,
+      'credits_credited{account=personal,app=m-gift,outcome=ok,type=gift}': 20,
+      'credits_credited{account=personal,app=unknown,outcome=ok,type=gift}': 25,
+      'credits_refunded{app=unknown,outcome=ok,type=gift}': 40,
+      'credits_refunded{app=unknown,outcome=replay,type=gift}': 40,
       'idempotent_replays{procedure=gifts.create}': 1,
       'idempotent_replays{procedure=gifts.cancel}': 1,
       'insufficient_credits{app=unknown,procedure=gifts.create}': 1,
@@ -476,7 +489,7 @@ describe('gifts', () => {
       await failure(creator.client.gifts.cancel.mutate({ id: cancelled.id }));
       await failure(creator.client.gifts.cancel.mutate({ id: cancelled.id }));
     });
-    expect(deltas).toEqual({ 'credits_refunded{app=unknown,type=gift}': 60 });
+    expect(deltas).toEqual({ 'credits_refunded{app=unknown,outcome=ok,type=gift}': 60 });
   });
 
   it('the gift expiry sweep counts what it refunds, and its runs', async () => {
@@ -498,7 +511,7 @@ describe('gifts', () => {
         .filter((v) => v.labels.job === 'gift-expiry' && v.labels.outcome === 'ok')
         .reduce((sum, v) => sum + v.value, 0);
     });
-    expect(deltas).toEqual({ 'credits_refunded{app=unknown,type=gift}': Number(rows[0]!.due) });
+    expect(deltas).toEqual({ 'credits_refunded{app=unknown,outcome=ok,type=gift}': Number(rows[0]!.due) });
     expect(runs).toBeGreaterThanOrEqual(1);
   });
 });
@@ -529,8 +542,8 @@ describe('purchases and clawbacks (Stripe webhook)', () => {
       expect((await stripe.deliver(server.url, refunded)).status).toBe(200);
     });
     expect(deltas).toEqual({
-      'credits_credited{account=personal,app=stripe,type=purchase}': 100,
-      'credits_clawed_back{app=stripe}': 33,
+      'credits_credited{account=personal,app=stripe,outcome=ok,type=purchase}': 100,
+      'credits_clawed_back{app=stripe,outcome=ok}': 33,
     });
   });
 });

@@ -233,7 +233,7 @@ describe('metrics', () => {
     expect(after.text).not.toContain(user.id);
   });
 
-  it('a replay is counted as a replay, never as money again, even when 50 race on one key', async () => {
+  it('a replay is counted as a replay, never as money moved again, even when 50 race on one key', async () => {
     const user = newUser();
     await grant(user.id, 100);
     const before = await scrape();
@@ -252,7 +252,10 @@ describe('metrics', () => {
     const after = await scrape();
     const delta = (name: string, labels: Record<string, string>) =>
       after.value(name, labels) - before.value(name, labels);
-    expect(delta('mana_credits_credits_debited_total', { app: 'ops-replay' })).toBe(7);
+    expect(delta('mana_credits_credits_debited_total', { app: 'ops-replay', outcome: 'ok' })).toBe(7);
+    expect(delta('mana_credits_credits_debited_total', { app: 'ops-replay', outcome: 'replay' })).toBe(
+      49 * 7,
+    );
     expect(delta('mana_credits_idempotent_replays_total', { procedure: 'internal.credits.use' })).toBe(49);
   });
 

@@ -124,7 +124,7 @@ describe('certainlyNotCommitted: only a proven rollback may be run again', () =>
 });
 
 describe('isConnectionFailure: what answers 503 instead of 500', () => {
-  it('reads network errors, node-pg connection messages, FATAL/PANIC and SQLSTATE classes 08 and 57P', () => {
+  it('reads network errors, node-pg connection messages, FATAL/PANIC, SQLSTATE classes 08 and 57P, and 25006', () => {
     for (const error of [
       Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' }),
       new Error('Connection terminated unexpectedly'),
@@ -133,6 +133,7 @@ describe('isConnectionFailure: what answers 503 instead of 500', () => {
       new Error('timeout exceeded when trying to connect'),
       pgError('FATAL', '57P01'),
       pgError('FATAL', '53300'),
+      pgError('ERROR', '25006', 'cannot execute INSERT in a read-only transaction'),
     ]) {
       expect(isConnectionFailure(error), error.message).toBe(true);
     }

@@ -51,6 +51,16 @@ describe.skipIf(!databaseUrl)('unknown outcomes (needs DATABASE_URL: PGlite has 
     }
   }
 
+  /** credits_debited_total of one app, summed by outcome. */
+  async function debitedByOutcome(app: string): Promise<Record<string, number>> {
+    const byOutcome: Record<string, number> = {};
+    for (const { labels, value } of (await server.deps.metrics.creditsDebited.get()).values) {
+      if (labels.app === app)
+        byOutcome[String(labels.outcome)] = (byOutcome[String(labels.outcome)] ?? 0) + value;
+    }
+    return byOutcome;
+  }
+
   /** Every failure must be the retryable "outcome unknown" answer; returns how many there were. */
   function expectOnlyUnknownFailures(outcomes: PromiseSettledResult<unknown>[]): number {
     const failures = outcomes.flatMap((o) => (o.status === 'rejected' ? [o.reason as unknown] : []));
@@ -214,8 +224,9 @@ describe.skipIf(!databaseUrl)('unknown outcomes (needs DATABASE_URL: PGlite has 
           description: 'keyed',
           idempotencyKey,
         });
+      const before = await debitedByOutcome('fault');
       const first = await underCuts(0.5, keys.map(useWith));
-      expectOnlyUnknownFailures(first);
+      const unknown = expectOnlyUnknownFailures(first);
       const answers = await Promise.all(
         keys.map((key, i) => {
           const o = first[i]!;
@@ -227,6 +238,12 @@ describe.skipIf(!databaseUrl)('unknown outcomes (needs DATABASE_URL: PGlite has 
       const rowOfKey = new Map(rows.map((row) => [row.idempotency_key, row.id]));
       for (const [i, key] of keys.entries()) expect(answers[i]!.transactionId).toBe(rowOfKey.get(key));
       expect(funded - (await balanceOf(userId))).toBe(N * AMOUNT);
+      // Metrics: each key's debit once as ok or (its lost first answer committed) as replay; the lost answers
+      // as what they asked, under unknown.
+      const after = await debitedByOutcome('fault');
+      const delta = (outcome: string) => (after[outcome] ?? 0) - (before[outcome] ?? 0);
+      expect(delta('ok') + delta('replay')).toBe(N * AMOUNT);
+      expect(delta('unknown')).toBe(unknown * AMOUNT);
     });
   });
 

@@ -1,6 +1,7 @@
 -- Balance alerts (issue 16): balance.low / balance.depleted / balance.recovered for personal balances and
 -- guild.pool.low / .depleted / .recovered for pools, written by statement triggers on the two ledgers
--- (transactions_balance_alerts, guild_transactions_balance_alerts), so in the transaction of the money change
+-- (transactions_balance_alerts, guild_transactions_balance_alerts, both running credits.balance_alerts with the
+-- account kind as argument; defined at the end of this file), so in the transaction of the money change
 -- itself and without any money path knowing: a rolled-back change emits nothing, a committed one cannot
 -- lose its event.
 --
@@ -25,12 +26,23 @@
 -- setting ends the work for an account without a threshold; with one, one index lookup of its last earlier
 -- entry (transactions_user_history / guild_transactions_history) and a loop over its entries in memory
 -- (credits.alert_account); events are inserted only on a crossing. A statement of many accounts (useBatch)
--- groups its rows per account in one query. All statements with cached plans: a single query of many CTEs
--- over the transition table cost several times more per debit (measured).
+-- groups its rows per account in one query and looks up each account's setting. All statements with cached
+-- plans (static SQL, no EXECUTE): a single query of many CTEs over the transition table cost several times
+-- more per debit (measured).
 --
--- The threshold: the account's row in credits.alert_settings (a null threshold there = alerts off), else
--- the default in credits.event_settings (LOW_BALANCE_THRESHOLD, written by the servers); none = no balance
--- events for the account. T = 0 gives only `depleted`.
+-- The threshold (credits.alert_threshold): the account's row in credits.alert_settings (a null threshold there =
+-- alerts off), else the default in credits.event_settings (LOW_BALANCE_THRESHOLD, written by the servers);
+-- none = no balance events for the account. T = 0 gives only `depleted`.
+create or replace function credits.alert_threshold(p_kind text, p_account text)
+-- A set-returning SQL function (always one row) so that the planner inlines it into the statement calling it:
+-- one cached plan there, a join in the per-account query; a scalar SQL function would be planned per call.
+returns setof int8 language sql stable as $$
+  select case when s.account_id is null then e.low_balance_threshold else s.low_balance_threshold end
+    from credits.event_settings e
+    left join credits.alert_settings s on s.account_kind = p_kind and s.account_id = p_account
+   where e.id
+$$;
+
 create or replace function credits.alert_account(
   p_kind text, p_account text, p_threshold int8, p_first_at timestamptz, p_ids uuid[], p_afters int8[],
   p_amounts int8[], p_entry_types text[], p_members text[])
@@ -104,136 +116,112 @@ begin
 end
 $$;
 
-create or replace function credits.personal_balance_alerts() returns trigger
+-- The trigger of both ledgers; TG_ARGV[0] is the account kind: 'user' (credits.transactions, whose account is
+-- user_id) or 'guild' (credits.guild_transactions, whose account is organization_id and user_id the member).
+-- Only the statements naming the account column differ by kind, so they come in pairs.
+create or replace function credits.balance_alerts() returns trigger
 language plpgsql as $$
 declare
+  v_kind text := TG_ARGV[0];
   v_count int;
   v_min text;
   v_max text;
   v_threshold int8;
-  v_default int8;
+  v_accounts refcursor;
   r record;
   a record;
 begin
-  select count(*)::int, min(n.user_id), max(n.user_id) into v_count, v_min, v_max from new_rows n;
+  case v_kind
+    when 'user' then
+      select count(*)::int, min(n.user_id), max(n.user_id) into v_count, v_min, v_max from new_rows n;
+    when 'guild' then
+      select count(*)::int, min(n.organization_id), max(n.organization_id) into v_count, v_min, v_max
+        from new_rows n;
+  end case;
   if v_count = 0 then
     return null;
   end if;
   if v_min = v_max then
     -- One account: a single entry, or a batch of one account's entries.
-    select case when s.account_id is null then e.low_balance_threshold else s.low_balance_threshold end
-      into v_threshold
-      from credits.event_settings e
-      left join credits.alert_settings s on s.account_kind = 'user' and s.account_id = v_min
-     where e.id;
+    select t into v_threshold from credits.alert_threshold(v_kind, v_min) t;
     if v_threshold is null then
       return null;
     end if;
     if v_count = 1 then
       select n.id, n.amount, n.type, n.user_id, n.created_at, coalesce(n.available_after, n.balance_after) as after_value
         into r from new_rows n;
-      perform credits.alert_account('user', v_min, v_threshold, r.created_at, array[r.id], array[r.after_value],
-                                    array[r.amount], array[r.type], null);
+      perform credits.alert_account(v_kind, v_min, v_threshold, r.created_at, array[r.id], array[r.after_value],
+                                    array[r.amount], array[r.type],
+                                    case when v_kind = 'guild' then array[r.user_id] end);
     else
       select min(x.created_at) as first_at, array_agg(x.id order by x.created_at, x.ord) as ids,
              array_agg(x.after_value order by x.created_at, x.ord) as afters,
              array_agg(x.amount order by x.created_at, x.ord) as amounts,
-             array_agg(x.type order by x.created_at, x.ord) as entry_types, null::text[] as members
+             array_agg(x.type order by x.created_at, x.ord) as entry_types,
+             array_agg(x.user_id order by x.created_at, x.ord) as members
         into a
         from (select n.*, coalesce(n.available_after, n.balance_after) as after_value, row_number() over () as ord
                 from new_rows n) x;
-      perform credits.alert_account('user', v_min, v_threshold, a.first_at, a.ids, a.afters, a.amounts,
-                                    a.entry_types, a.members);
+      perform credits.alert_account(v_kind, v_min, v_threshold, a.first_at, a.ids, a.afters, a.amounts,
+                                    a.entry_types, case when v_kind = 'guild' then a.members end);
     end if;
     return null;
   end if;
   -- Many accounts (useBatch): their rows grouped per account, with the setting in force.
-  select e.low_balance_threshold into v_default from credits.event_settings e where e.id;
-  for a in
-    select x.user_id as account, t.threshold, min(x.created_at) as first_at,
-           array_agg(x.id order by x.created_at, x.ord) as ids,
-           array_agg(x.after_value order by x.created_at, x.ord) as afters,
-           array_agg(x.amount order by x.created_at, x.ord) as amounts,
-           array_agg(x.type order by x.created_at, x.ord) as entry_types, null::text[] as members
-      from (select n.*, coalesce(n.available_after, n.balance_after) as after_value, row_number() over () as ord
-              from new_rows n) x
-      left join credits.alert_settings s on s.account_kind = 'user' and s.account_id = x.user_id
-      cross join lateral (select case when s.account_id is null then v_default else s.low_balance_threshold end
-                                 as threshold) t
-     where t.threshold is not null
-     group by x.user_id, t.threshold
-     order by x.user_id
+  case v_kind
+    when 'user' then
+      open v_accounts for
+        select g.*, t.threshold
+          from (select x.user_id as account, min(x.created_at) as first_at,
+                       array_agg(x.id order by x.created_at, x.ord) as ids,
+                       array_agg(x.after_value order by x.created_at, x.ord) as afters,
+                       array_agg(x.amount order by x.created_at, x.ord) as amounts,
+                       array_agg(x.type order by x.created_at, x.ord) as entry_types,
+                       null::text[] as members
+                  from (select n.*, coalesce(n.available_after, n.balance_after) as after_value,
+                               row_number() over () as ord
+                          from new_rows n) x
+                 group by x.user_id) g
+          cross join lateral credits.alert_threshold('user', g.account) t(threshold)
+         where t.threshold is not null
+         order by g.account;
+    when 'guild' then
+      open v_accounts for
+        select g.*, t.threshold
+          from (select x.organization_id as account, min(x.created_at) as first_at,
+                       array_agg(x.id order by x.created_at, x.ord) as ids,
+                       array_agg(x.after_value order by x.created_at, x.ord) as afters,
+                       array_agg(x.amount order by x.created_at, x.ord) as amounts,
+                       array_agg(x.type order by x.created_at, x.ord) as entry_types,
+                       array_agg(x.user_id order by x.created_at, x.ord) as members
+                  from (select n.*, coalesce(n.available_after, n.balance_after) as after_value,
+                               row_number() over () as ord
+                          from new_rows n) x
+                 group by x.organization_id) g
+          cross join lateral credits.alert_threshold('guild', g.account) t(threshold)
+         where t.threshold is not null
+         order by g.account;
+  end case;
   loop
-    perform credits.alert_account('user', a.account, a.threshold, a.first_at, a.ids, a.afters, a.amounts,
+    fetch v_accounts into a;
+    exit when not found;
+    perform credits.alert_account(v_kind, a.account, a.threshold, a.first_at, a.ids, a.afters, a.amounts,
                                   a.entry_types, a.members);
   end loop;
+  close v_accounts;
   return null;
 end
 $$;
 
-create or replace function credits.guild_balance_alerts() returns trigger
-language plpgsql as $$
-declare
-  v_count int;
-  v_min text;
-  v_max text;
-  v_threshold int8;
-  v_default int8;
-  r record;
-  a record;
-begin
-  select count(*)::int, min(n.organization_id), max(n.organization_id) into v_count, v_min, v_max from new_rows n;
-  if v_count = 0 then
-    return null;
-  end if;
-  if v_min = v_max then
-    -- One account: a single entry, or a batch of one account's entries.
-    select case when s.account_id is null then e.low_balance_threshold else s.low_balance_threshold end
-      into v_threshold
-      from credits.event_settings e
-      left join credits.alert_settings s on s.account_kind = 'guild' and s.account_id = v_min
-     where e.id;
-    if v_threshold is null then
-      return null;
-    end if;
-    if v_count = 1 then
-      select n.id, n.amount, n.type, n.user_id, n.created_at, coalesce(n.available_after, n.balance_after) as after_value
-        into r from new_rows n;
-      perform credits.alert_account('guild', v_min, v_threshold, r.created_at, array[r.id], array[r.after_value],
-                                    array[r.amount], array[r.type], array[r.user_id]);
-    else
-      select min(x.created_at) as first_at, array_agg(x.id order by x.created_at, x.ord) as ids,
-             array_agg(x.after_value order by x.created_at, x.ord) as afters,
-             array_agg(x.amount order by x.created_at, x.ord) as amounts,
-             array_agg(x.type order by x.created_at, x.ord) as entry_types, array_agg(x.user_id order by x.created_at, x.ord) as members
-        into a
-        from (select n.*, coalesce(n.available_after, n.balance_after) as after_value, row_number() over () as ord
-                from new_rows n) x;
-      perform credits.alert_account('guild', v_min, v_threshold, a.first_at, a.ids, a.afters, a.amounts,
-                                    a.entry_types, a.members);
-    end if;
-    return null;
-  end if;
-  -- Many accounts (useBatch): their rows grouped per account, with the setting in force.
-  select e.low_balance_threshold into v_default from credits.event_settings e where e.id;
-  for a in
-    select x.organization_id as account, t.threshold, min(x.created_at) as first_at,
-           array_agg(x.id order by x.created_at, x.ord) as ids,
-           array_agg(x.after_value order by x.created_at, x.ord) as afters,
-           array_agg(x.amount order by x.created_at, x.ord) as amounts,
-           array_agg(x.type order by x.created_at, x.ord) as entry_types, array_agg(x.user_id order by x.created_at, x.ord) as members
-      from (select n.*, coalesce(n.available_after, n.balance_after) as after_value, row_number() over () as ord
-              from new_rows n) x
-      left join credits.alert_settings s on s.account_kind = 'guild' and s.account_id = x.organization_id
-      cross join lateral (select case when s.account_id is null then v_default else s.low_balance_threshold end
-                                 as threshold) t
-     where t.threshold is not null
-     group by x.organization_id, t.threshold
-     order by x.organization_id
-  loop
-    perform credits.alert_account('guild', a.account, a.threshold, a.first_at, a.ids, a.afters, a.amounts,
-                                  a.entry_types, a.members);
-  end loop;
-  return null;
-end
-$$;
+-- The triggers (first created by migration 2026_12_03_0500_events on per-kind functions), re-pointed here in
+-- the transaction that replaces the function, so no committed entry runs without its alerts. Statement
+-- triggers: one call per INSERT however many rows it writes, seeing them all in the transition table.
+drop trigger if exists transactions_balance_alerts on credits.transactions;
+create trigger transactions_balance_alerts after insert on credits.transactions
+  referencing new table as new_rows for each statement execute function credits.balance_alerts('user');
+drop trigger if exists guild_transactions_balance_alerts on credits.guild_transactions;
+create trigger guild_transactions_balance_alerts after insert on credits.guild_transactions
+  referencing new table as new_rows for each statement execute function credits.balance_alerts('guild');
+-- The per-kind functions they ran before (nothing migrates down; 0500's down() would now stop at them).
+drop function if exists credits.personal_balance_alerts();
+drop function if exists credits.guild_balance_alerts();

@@ -3,11 +3,8 @@ import type {
   AdminActionRow,
   Database,
   GiftRow,
-  GuildLedgerRow,
-  GuildLedgerType,
   JsonObject,
   LedgerRow,
-  LedgerType,
   ReservationRow,
 } from '../database.ts';
 import { newestFirst, type Page, type PageRequest } from './pagination.ts';
@@ -68,58 +65,6 @@ export async function hasBalanceRow(db: Kysely<Database>, userId: string): Promi
     .where('user_id', '=', userId)
     .executeTakeFirst();
   return row !== undefined;
-}
-
-export interface LedgerFilter {
-  type?: LedgerType | GuildLedgerType | undefined;
-  appId?: string | undefined;
-  /** Inclusive. */
-  from?: Date | undefined;
-  /** Exclusive. */
-  to?: Date | undefined;
-}
-
-/** One page of a user's ledger with the console's filters, newest first; undefined for a foreign cursor. */
-export async function listUserLedger(
-  db: Kysely<Database>,
-  userId: string,
-  filter: LedgerFilter,
-  page: PageRequest,
-): Promise<Page<LedgerRow> | undefined> {
-  return newestFirst(
-    db
-      .selectFrom('credits.transactions')
-      .selectAll()
-      .where('user_id', '=', userId)
-      .$if(filter.type !== undefined, (q) => q.where('type', '=', filter.type as LedgerType))
-      .$if(filter.appId !== undefined, (q) => q.where('app_id', '=', filter.appId as string))
-      .$if(filter.from !== undefined, (q) => q.where('created_at', '>=', filter.from as Date))
-      .$if(filter.to !== undefined, (q) => q.where('created_at', '<', filter.to as Date)),
-    { table: 'credits.transactions', idOf: (row) => row.id },
-    page,
-  );
-}
-
-/** One page of a pool's ledger with the console's filters (and optionally one member's rows). */
-export async function listPoolLedger(
-  db: Kysely<Database>,
-  guildId: string,
-  filter: LedgerFilter & { memberId?: string | undefined },
-  page: PageRequest,
-): Promise<Page<GuildLedgerRow> | undefined> {
-  return newestFirst(
-    db
-      .selectFrom('credits.guild_transactions')
-      .selectAll()
-      .where('organization_id', '=', guildId)
-      .$if(filter.memberId !== undefined, (q) => q.where('user_id', '=', filter.memberId as string))
-      .$if(filter.type !== undefined, (q) => q.where('type', '=', filter.type as GuildLedgerType))
-      .$if(filter.appId !== undefined, (q) => q.where('app_id', '=', filter.appId as string))
-      .$if(filter.from !== undefined, (q) => q.where('created_at', '>=', filter.from as Date))
-      .$if(filter.to !== undefined, (q) => q.where('created_at', '<', filter.to as Date)),
-    { table: 'credits.guild_transactions', idOf: (row) => row.id },
-    page,
-  );
 }
 
 /** Σ refunds posted against each of the given ledger rows (rows without refunds are absent). */

@@ -1,6 +1,7 @@
 import { type Kysely, sql, type Transaction } from 'kysely';
-import type { Database, GuildLedgerRow, GuildPoolRow } from '../database.ts';
+import type { Database, GuildLedgerRow, GuildLedgerType, GuildPoolRow } from '../database.ts';
 import { lapsedHolds, lapsedLots } from './balances.ts';
+import { type LedgerFilter, ledgerFilterConditions } from './ledger-filter.ts';
 import {
   type GuildRow,
   guildLedgerRow,
@@ -293,22 +294,27 @@ export async function findGuildEntryByKey(
     .executeTakeFirst();
 }
 
+/** Filters of a pool's ledger listing: a ledger filter, and only one member's rows when `memberId` is given. */
+export type PoolLedgerFilter = LedgerFilter<GuildLedgerType> & { memberId?: string | undefined };
+
 /**
- * One page of a pool's ledger, newest first; only `onlyUserId`'s rows when given. Undefined when the cursor
- * names no row this listing could show.
+ * One page of a pool's ledger, newest first, optionally filtered. Undefined when the cursor names no row this
+ * listing could show.
  */
 export async function listGuildEntries(
   db: Kysely<Database>,
   guildId: string,
-  onlyUserId: string | undefined,
   page: PageRequest,
+  filter: PoolLedgerFilter = {},
 ): Promise<Page<GuildLedgerRow> | undefined> {
+  const conditions = ledgerFilterConditions(filter);
   return newestFirst(
     db
       .selectFrom('credits.guild_transactions')
       .selectAll()
       .where('organization_id', '=', guildId)
-      .$if(onlyUserId !== undefined, (q) => q.where('user_id', '=', onlyUserId as string)),
+      .$if(filter.memberId !== undefined, (q) => q.where('user_id', '=', filter.memberId as string))
+      .$if(conditions.length > 0, (q) => q.where((eb) => eb.and(conditions))),
     { table: 'credits.guild_transactions', idOf: (row) => row.id },
     page,
   );

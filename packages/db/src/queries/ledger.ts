@@ -1,5 +1,6 @@
 import { type Kysely, sql, type Transaction } from 'kysely';
-import type { Database, LedgerRow } from '../database.ts';
+import type { Database, LedgerRow, LedgerType } from '../database.ts';
+import { type LedgerFilter, ledgerFilterConditions } from './ledger-filter.ts';
 import {
   type PersonalRow,
   type PostedEntry,
@@ -124,14 +125,23 @@ export async function findLedgerEntry(
     .executeTakeFirst();
 }
 
-/** One page of a user's ledger, newest first; undefined when the cursor names no row of this user. */
+/**
+ * One page of a user's ledger, newest first, optionally filtered; undefined when the cursor names no row this
+ * listing could show.
+ */
 export async function listLedgerEntries(
   db: Kysely<Database>,
   userId: string,
   page: PageRequest,
+  filter: LedgerFilter<LedgerType> = {},
 ): Promise<Page<LedgerRow> | undefined> {
+  const conditions = ledgerFilterConditions(filter);
   return newestFirst(
-    db.selectFrom('credits.transactions').selectAll().where('user_id', '=', userId),
+    db
+      .selectFrom('credits.transactions')
+      .selectAll()
+      .where('user_id', '=', userId)
+      .$if(conditions.length > 0, (q) => q.where((eb) => eb.and(conditions))),
     { table: 'credits.transactions', idOf: (row) => row.id },
     page,
   );

@@ -25,6 +25,9 @@ export function certainlyNotCommitted(error: unknown): boolean {
 
 const SQLSTATE = /^[0-9A-Z]{5}$/;
 
+/** read_only_sql_transaction. */
+const READ_ONLY = '25006';
+
 /** Socket errors of Node (error.code) that mean the database could not be reached or the link broke. */
 const NETWORK_ERRNOS = new Set([
   'ECONNRESET',
@@ -45,7 +48,9 @@ const PG_CONNECTION_MESSAGES =
 /**
  * True when `error` says the database connection failed (rather than Postgres refusing a statement, or a
  * bug): a network error, node-pg's connection messages, a FATAL/PANIC response, SQLSTATE class 08
- * (connection exception) or 57P (shutdown, crash, cannot connect now). Such errors answer 503, never 500.
+ * (connection exception) or 57P (shutdown, crash, cannot connect now), or 25006 (read_only_sql_transaction:
+ * the connection is on a standby, the old primary after a failover; the pool drops it and finds the new
+ * one). Such errors answer 503, never 500.
  */
 export function isConnectionFailure(error: unknown): boolean {
   if (!(error instanceof Error)) return false;
@@ -53,7 +58,7 @@ export function isConnectionFailure(error: unknown): boolean {
   if (severity === 'FATAL' || severity === 'PANIC') return true;
   if (typeof code === 'string') {
     if (NETWORK_ERRNOS.has(code)) return true;
-    if (SQLSTATE.test(code)) return code.startsWith('08') || code.startsWith('57P');
+    if (SQLSTATE.test(code)) return code.startsWith('08') || code.startsWith('57P') || code === READ_ONLY;
   }
   return code === undefined && PG_CONNECTION_MESSAGES.test(error.message);
 }

@@ -3,10 +3,11 @@ import type { TRPCError } from '@trpc/server';
 import type { Kysely } from 'kysely';
 import { DomainError } from '../domain/errors.ts';
 import { isReplayed } from '../domain/idempotency.ts';
+import { OutcomeUnknownError } from '../domain/outcome.ts';
 import type { Account, Movement, ReservationEvent } from '../metrics.ts';
 import { type Context, serviceAppIdOf } from './context.ts';
 
-/** A successful money call as the metrics see it; `input` passed the procedure's validation. */
+/** An answered money call (first or replayed) as the metrics see it; `input` passed the procedure's validation. */
 export interface MoneyCall {
   input: unknown;
   result: unknown;
@@ -15,20 +16,34 @@ export interface MoneyCall {
   db: Kysely<Database>;
 }
 
-/** What one successful, first (not replayed) money call is counted as. */
+/** What one answered money call is counted as. */
 export interface Tally {
+  /** Counted as the call was answered: `ok`, or `replay` for a replayed call. */
   movements?: Movement[];
+  /** Counted for a first call only (a replayed hold is not a new one). */
   reservation?: ReservationEvent;
-  /** Items of a batch answered with their stored first result. */
-  replayedItems?: number;
+  /** Items of a batch answered with their stored first result: counted as replays. */
+  replayedItems?: Movement[];
   /** Items of a batch refused for lack of credits, by the app each named. */
   shortItems?: (string | undefined)[];
 }
 
 export interface MoneyProcedure {
-  /** How the call is counted; a promise when only the database knows (the posted row, the hold). */
+  /** How an answered call is counted; a promise when only the database knows (the posted row, the hold). */
   measure(call: MoneyCall): Tally | Promise<Tally>;
+  /**
+   * What a call answered OUTCOME_UNKNOWN asked to move, from its raw input alone (the database is likely
+   * away); absent where the input does not say how much or from where (counted then only as the call's
+   * outcome in procedure_duration_seconds).
+   */
+  asked?(input: unknown, serviceAppId: string): Movement[];
 }
+
+/** A procedure whose input says all it moves: answered or not, it is counted from the input. */
+const fromInput = (asked: (input: unknown, serviceAppId: string) => Movement[]): MoneyProcedure => ({
+  measure: ({ input, serviceAppId }) => ({ movements: asked(input, serviceAppId) }),
+  asked,
+});
 
 const field = (value: unknown, key: string): unknown =>
   typeof value === 'object' && value !== null ? (value as Record<string, unknown>)[key] : undefined;
@@ -54,7 +69,7 @@ const usage = (input: unknown): Movement => ({
   app: textOf(input, 'appId'),
 });
 
-const spend: MoneyProcedure = { measure: ({ input }) => ({ movements: [usage(input)] }) };
+const spend = fromInput((input) => [usage(input)]);
 
 /** Reads amount and app from the ledger row a refund posted (the input names no amount for a full refund). */
 async function refundedUsage({ result, db }: MoneyCall): Promise<Tally> {
@@ -92,9 +107,13 @@ function batchItems({ input, result }: MoneyCall): Tally {
   const items = field(input, 'items');
   const results = field(result, 'results');
   if (!Array.isArray(items) || !Array.isArray(results)) return {};
-  const tally = { movements: [] as Movement[], replayedItems: 0, shortItems: [] as (string | undefined)[] };
+  const tally = {
+    movements: [] as Movement[],
+    replayedItems: [] as Movement[],
+    shortItems: [] as (string | undefined)[],
+  };
   results.forEach((item: unknown, index) => {
-    if (isReplayed(item)) tally.replayedItems++;
+    if (isReplayed(item)) tally.replayedItems.push(usage(items[index]));
     else if (field(item, 'ok') === true) tally.movements.push(usage(items[index]));
     else if (SHORT_OF_CREDITS.has(textOf(field(item, 'error'), 'reason') ?? '')) {
       tally.shortItems.push(textOf(items[index], 'appId'));
@@ -104,9 +123,10 @@ function batchItems({ input, result }: MoneyCall): Tally {
 }
 
 /**
- * Every tRPC procedure that moves credits or holds, by path → how a successful first call is counted. Add a
- * row with each new money procedure. Replays (see markReplayed) are counted as replays, never as money, so a
- * retried call is counted once; a refused call counts nothing (only insufficient_credits_total). What a call
+ * Every tRPC procedure that moves credits or holds, by path → how a call is counted. Add a row with each new
+ * money procedure. Each call's movements are counted once, labelled with its answer (MoneyOutcome): a first
+ * answer as `ok`, a replay (see markReplayed) as `replay` (and in idempotent_replays_total), OUTCOME_UNKNOWN
+ * as `unknown` (what it asked); a refused call moves nothing (only insufficient_credits_total). What a call
  * moves besides its own work (expired holds or gifts it came across) is reported by the domain code (see
  * domain/effects.ts), as is the work of the sweeps; the Stripe webhook counts its purchases and clawbacks.
  */
@@ -114,21 +134,27 @@ export const MONEY_PROCEDURES: Readonly<Record<string, MoneyProcedure>> = {
   'credits.use': spend,
   'internal.credits.use': spend,
   'guild.use': spend,
-  'internal.credits.useBatch': { measure: batchItems },
-  'internal.credits.grant': {
-    measure: ({ input, serviceAppId }) => ({
-      movements: [
-        {
-          kind: 'credited',
-          account: 'personal',
-          type: 'grant',
-          amount: numberOf(input, 'amount'),
-          app: serviceAppId,
-        },
-      ],
-    }),
+  'internal.credits.useBatch': {
+    measure: batchItems,
+    asked: (input) => {
+      const items = field(input, 'items');
+      return Array.isArray(items) ? items.map(usage) : [];
+    },
   },
-  'internal.credits.refund': { measure: refundedUsage },
+  'internal.credits.grant': fromInput((input, serviceAppId) => [
+    {
+      kind: 'credited',
+      account: 'personal',
+      type: 'grant',
+      amount: numberOf(input, 'amount'),
+      app: serviceAppId,
+    },
+  ]),
+  // Asked: only a partial refund names its amount; the app is the refunded entry's, unknown from the input.
+  'internal.credits.refund': {
+    measure: refundedUsage,
+    asked: (input) => [{ kind: 'refunded', type: 'usage', amount: numberOf(input, 'amount') }],
+  },
   'internal.credits.reserve': { measure: () => ({ reservation: 'opened' }) },
   'internal.credits.commit': {
     async measure(call) {
@@ -150,17 +176,13 @@ export const MONEY_PROCEDURES: Readonly<Record<string, MoneyProcedure>> = {
       return { reservation: hold?.status === 'expired' ? 'expired' : 'released' };
     },
   },
-  'guild.fund': {
-    measure: ({ input }) => {
-      const amount = numberOf(input, 'amount');
-      return {
-        movements: [
-          { kind: 'debited', account: 'personal', type: 'guild_funding', amount },
-          { kind: 'credited', account: 'pool', type: 'guild_funding', amount },
-        ],
-      };
-    },
-  },
+  'guild.fund': fromInput((input) => {
+    const amount = numberOf(input, 'amount');
+    return [
+      { kind: 'debited', account: 'personal', type: 'guild_funding', amount },
+      { kind: 'credited', account: 'pool', type: 'guild_funding', amount },
+    ];
+  }),
   'gifts.create': {
     measure: ({ result }) => ({
       movements: [
@@ -218,6 +240,7 @@ export async function recordProcedureCall(ctx: Context, call: ProcedureCall): Pr
       call.seconds,
     );
     const serviceAppId = ctx.service?.appId ?? serviceAppIdOf(ctx.appId);
+    const procedure = MONEY_PROCEDURES[path];
     if (!outcome.ok) {
       const cause = outcome.error.cause;
       if (cause instanceof DomainError && cause.kind === 'payment_required') {
@@ -225,19 +248,24 @@ export async function recordProcedureCall(ctx: Context, call: ProcedureCall): Pr
         const app = textOf(input, 'appId') ?? serviceAppId;
         metrics.insufficientCredits.inc({ procedure: path, app: metrics.appLabel(app) });
       }
+      if (cause instanceof OutcomeUnknownError && procedure?.asked) {
+        for (const movement of procedure.asked(await call.getRawInput(), serviceAppId)) {
+          metrics.moved(movement, 'unknown');
+        }
+      }
       return;
     }
-    if (isReplayed(outcome.data)) {
-      metrics.idempotentReplays.inc({ procedure: path });
-      return;
-    }
-    const procedure = MONEY_PROCEDURES[path];
+    const replayed = isReplayed(outcome.data);
+    if (replayed) metrics.idempotentReplays.inc({ procedure: path });
     if (!procedure) return;
     const input = await call.getRawInput();
     const tally = await procedure.measure({ input, result: outcome.data, serviceAppId, db });
-    for (const movement of tally.movements ?? []) metrics.moved(movement);
-    if (tally.reservation) metrics.reservations.inc({ event: tally.reservation });
-    if (tally.replayedItems) metrics.idempotentReplays.inc({ procedure: path }, tally.replayedItems);
+    for (const movement of tally.movements ?? []) metrics.moved(movement, replayed ? 'replay' : 'ok');
+    if (tally.reservation && !replayed) metrics.reservations.inc({ event: tally.reservation });
+    if (tally.replayedItems?.length) {
+      metrics.idempotentReplays.inc({ procedure: path }, tally.replayedItems.length);
+      for (const movement of tally.replayedItems) metrics.moved(movement, 'replay');
+    }
     for (const app of tally.shortItems ?? []) {
       metrics.insufficientCredits.inc({ procedure: path, app: metrics.appLabel(app) });
     }

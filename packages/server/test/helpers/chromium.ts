@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { type Browser, chromium } from 'playwright-core';
 
 /** Debian's chromium: .ci/run installs it, so under CI a missing browser fails; elsewhere the file is skipped. */
-export const CHROMIUM = '/usr/bin/chromium';
+const CHROMIUM = '/usr/bin/chromium';
 
 /** Whether a browser test runs here; when not, says so in one line naming the file and how to enable it. */
 export function chromiumAvailable(file: string): boolean {
@@ -11,7 +11,7 @@ export function chromiumAvailable(file: string): boolean {
   return here;
 }
 
-/** Headless Chromium for tests: no sandbox (containers), nothing that talks to the network by itself. */
+/** Headless Chromium for tests (every browser test launches it here): no sandbox (containers), nothing that talks to the network by itself. */
 export function launchChromium(): Promise<Browser> {
   return chromium.launch({
     executablePath: CHROMIUM,

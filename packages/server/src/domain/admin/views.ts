@@ -13,13 +13,13 @@ import {
   type LedgerType,
   listAdminActions,
   listCreatedGifts,
+  listGuildEntries,
+  listLedgerEntries,
   listLots,
   listOpenHolds,
-  listPoolLedger,
   listPoolMembers,
   listPurchases,
   listReceivedGifts,
-  listUserLedger,
   type MemberSpending,
   memberSpending,
   type OpenHold,
@@ -70,12 +70,15 @@ function dayStart(value: string, field: string): Date {
 
 const nextDay = (date: Date) => new Date(date.getTime() + 86_400_000);
 
-function ledgerFilter(query: LedgerQuery, types: readonly string[]): LedgerFilter {
-  if (query.type && !types.includes(query.type)) {
+function ledgerFilter<Type extends LedgerType | GuildLedgerType>(
+  query: LedgerQuery,
+  types: readonly Type[],
+): LedgerFilter<Type> {
+  if (query.type && !(types as readonly string[]).includes(query.type)) {
     throw new InvalidRequestError(`type must be one of ${types.join(', ')}`, 'VALIDATION', { field: 'type' });
   }
   return {
-    type: (query.type || undefined) as LedgerFilter['type'],
+    type: (query.type || undefined) as Type | undefined,
     appId: query.appId || undefined,
     from: query.from ? dayStart(query.from, 'from') : undefined,
     to: query.to ? nextDay(dayStart(query.to, 'to')) : undefined,
@@ -134,7 +137,7 @@ function toHoldView(row: OpenHold) {
 /** Everything the console shows of one user, with one page of their ledger. */
 export async function userOverview(db: Kysely<Database>, userId: string, query: LedgerQuery) {
   const filter = ledgerFilter(query, LEDGER_TYPES);
-  const ledger = await listUserLedger(db, userId, filter, { limit: query.limit, cursor: query.cursor });
+  const ledger = await listLedgerEntries(db, userId, { limit: query.limit, cursor: query.cursor }, filter);
   if (!ledger) throw new InvalidCursorError('a ledger entry of this user under these filters');
   const refunded = await refundedAmounts(
     db,
@@ -181,7 +184,7 @@ export interface MemberView extends MemberSpending {
 /** Everything the console shows of one guild's pool, with one page of its ledger. */
 export async function guildOverview(db: Kysely<Database>, guildId: string, query: LedgerQuery) {
   const filter = { ...ledgerFilter(query, POOL_LEDGER_TYPES), memberId: query.memberId || undefined };
-  const ledger = await listPoolLedger(db, guildId, filter, { limit: query.limit, cursor: query.cursor });
+  const ledger = await listGuildEntries(db, guildId, { limit: query.limit, cursor: query.cursor }, filter);
   if (!ledger) throw new InvalidCursorError('a ledger entry of this pool under these filters');
   const [pool, lots, holds, memberIds, audit] = await Promise.all([
     findGuildPool(db, guildId),

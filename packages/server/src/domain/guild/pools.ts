@@ -202,7 +202,7 @@ export async function poolTransactions(
   const role = await requireRole(deps.membership, input.guildId, actorId);
   if (!(await findGuildPool(deps.db, input.guildId))) throw poolNotFound();
   const onlyUserId = MANAGERS.includes(role) ? undefined : actorId;
-  const result = await listGuildEntries(deps.db, input.guildId, onlyUserId, input);
+  const result = await listGuildEntries(deps.db, input.guildId, input, { memberId: onlyUserId });
   if (!result) throw new InvalidCursorError('a transaction you can see');
   return { items: result.items.map(toGuildTransactionView), nextCursor: result.nextCursor };
 }

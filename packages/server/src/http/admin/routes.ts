@@ -19,6 +19,7 @@ import {
   userOverview,
 } from '../../domain/admin/views.ts';
 import { DomainError, type DomainErrorKind, InvalidRequestError } from '../../domain/errors.ts';
+import type { Movement } from '../../metrics.ts';
 import { amount, identifier, text } from '../../schemas.ts';
 import { sendError } from '../error-reply.ts';
 import { adminPath, messagePage, sendPage } from './html.ts';
@@ -215,7 +216,7 @@ export function registerConsoleRoutes(admin: FastifyInstance, signer: SessionSig
           reason: base.reason,
           nonce: base.nonce,
         });
-        if (!outcome.replayed) countMoved(outcome);
+        countMoved(outcome);
         request.log.info(
           { operator: outcome.operator, action: outcome.action, target: outcome.target, auditId: outcome.id },
           outcome.replayed ? 'admin action replayed' : 'admin action',
@@ -243,43 +244,41 @@ export function registerConsoleRoutes(admin: FastifyInstance, signer: SessionSig
     });
   }
 
-  /** Metrics count the console's movements like the API's (a replay moved nothing). */
+  /** Metrics count the console's movements like the API's (a replay under the `replay` outcome). */
   function countMoved(outcome: ActionOutcome) {
     const { metrics } = deps;
+    // A form sent again (the console's own replay) or an action the domain answered from its first result.
+    const replayed = outcome.replayed || Boolean(outcome.result.replayedByDomain);
     const value = (key: string) => {
       const number = outcome.result[key];
       return typeof number === 'number' ? number : undefined;
     };
+    const moved = (movement: Movement) => metrics.moved(movement, replayed ? 'replay' : 'ok');
     switch (outcome.action) {
       case 'grant':
-        if (!outcome.result.replayedByDomain) {
-          metrics.moved({
-            kind: 'credited',
-            account: 'personal',
-            type: 'grant',
-            amount: value('amount'),
-            app: 'admin-console',
-          });
-        }
+        moved({
+          kind: 'credited',
+          account: 'personal',
+          type: 'grant',
+          amount: value('amount'),
+          app: 'admin-console',
+        });
         return;
       case 'refund': {
         const app = outcome.result.appId;
-        if (!outcome.result.replayedByDomain) {
-          metrics.moved({
-            kind: 'refunded',
-            type: 'usage',
-            amount: value('amount'),
-            app: typeof app === 'string' ? app : undefined,
-          });
-        }
+        moved({
+          kind: 'refunded',
+          type: 'usage',
+          amount: value('amount'),
+          app: typeof app === 'string' ? app : undefined,
+        });
         return;
       }
       case 'cancel_gift':
-        if (!outcome.result.replayedByDomain)
-          metrics.moved({ kind: 'refunded', type: 'gift', amount: value('refunded') });
+        moved({ kind: 'refunded', type: 'gift', amount: value('refunded') });
         return;
       case 'release_hold':
-        if (!outcome.result.replayedByDomain) metrics.reservations.inc({ event: 'released' });
+        if (!replayed) metrics.reservations.inc({ event: 'released' });
         return;
     }
   }
