@@ -18,12 +18,15 @@ export interface Envelope {
 /**
  * A webhook receiver for tests, as a real one would be: an HTTP server on 127.0.0.1 that records every request
  * and answers as told — `ok` (204), `failing` (500), `down` (connection destroyed), `slow` (answers after
- * `delayMs`). verify() checks a delivery with the standardwebhooks package, as a receiver does.
+ * `delayMs`), `hold` (recorded, then left unanswered until release(): the attempt stays in flight). verify()
+ * checks a delivery with the standardwebhooks package, as a receiver does.
  */
 export class WebhookReceiver {
   readonly received: ReceivedDelivery[] = [];
-  mode: 'ok' | 'failing' | 'down' | 'slow' = 'ok';
+  mode: 'ok' | 'failing' | 'down' | 'slow' | 'hold' = 'ok';
   delayMs = 0;
+  /** The answers `hold` is keeping back. */
+  private readonly holding: Array<() => void> = [];
   private readonly sockets = new Set<Socket>();
 
   private constructor(
@@ -53,6 +56,7 @@ export class WebhookReceiver {
           res.end();
         };
         if (self.mode === 'slow') setTimeout(answer, self.delayMs);
+        else if (self.mode === 'hold') self.holding.push(answer);
         else answer();
       });
     });
@@ -80,11 +84,17 @@ export class WebhookReceiver {
     return this.received.map((delivery) => this.verify(delivery, secret));
   }
 
+  /** Answers the requests `hold` kept back (204, or 500 when `failing`); those whose sender is gone are dropped. */
+  release(): void {
+    for (const answer of this.holding.splice(0)) answer();
+  }
+
   clear(): void {
     this.received.length = 0;
   }
 
   async close(): Promise<void> {
+    this.holding.length = 0;
     for (const socket of this.sockets) socket.destroy();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
