@@ -14,7 +14,6 @@ import {
 import { balanceAtView, groupedUsageSeries, statementPageView, usageSeries } from './history-views.ts';
 import {
   accountBalanceView,
-  balanceView,
   committed,
   createdGift,
   createdGiftPage,
