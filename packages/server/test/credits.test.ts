@@ -23,6 +23,8 @@ describe('credits.balance', () => {
       totalEarned: 0,
       totalSpent: 0,
       updatedAt: null,
+      byCategory: { paid: 0, promotional: 0 },
+      expiringSoon: null,
     });
   });
 
@@ -291,6 +293,7 @@ describe('credits.packages', () => {
       description: 'few',
       credits: 100,
       priceEuroCents: 99,
+      validityDays: null,
     });
   });
 });
