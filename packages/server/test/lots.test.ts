@@ -440,6 +440,13 @@ describe('expiry (real clock: lots granted to expire 2.5 s ahead, one wait for a
   const before: Record<string, unknown> = {};
   const holds: Record<string, string> = {};
   let refundedUse: string;
+  let refundRequest: {
+    userId: string;
+    transactionId: string;
+    description: string;
+    idempotencyKey: string;
+  };
+  const answers: Record<string, { balance: number }> = {};
 
   beforeAll(async () => {
     expiresAt = new Date(Date.now() + 2500);
@@ -609,6 +616,7 @@ describe('expiry (real clock: lots granted to expire 2.5 s ahead, one wait for a
     ]);
     expect(await expiryRows(id)).toEqual([]);
     const committed = await internal().commit.mutate({ reservationId: holds.commit!, amount: 30 });
+    answers.commit = committed;
     expect(committed).toMatchObject({ committed: 30, released: 40, balance: 100 });
     const entry = await internal().transaction.query({ userId: id, transactionId: committed.transactionId });
     expect(entry).toMatchObject({ type: 'usage', amount: -30 });
@@ -641,12 +649,14 @@ describe('expiry (real clock: lots granted to expire 2.5 s ahead, one wait for a
   it('a refund of a use paid by a lapsed lot returns to it and expires in the same transaction', async () => {
     const { id } = users.refund;
     expect(await balanceOf(id)).toMatchObject({ balance: 70 });
-    const refunded = await internal().refund.mutate({
+    refundRequest = {
       userId: id,
       transactionId: refundedUse,
       description: 'refund after the expiry',
       idempotencyKey: randomUUID(),
-    });
+    };
+    const refunded = await internal().refund.mutate(refundRequest);
+    answers.refund = refunded;
     // Balance unchanged: the refund never extends the lot's life.
     expect(refunded.balance).toBe(70);
     expect(await balanceOf(id)).toMatchObject({ balance: 70 });
@@ -662,6 +672,19 @@ describe('expiry (real clock: lots granted to expire 2.5 s ahead, one wait for a
       [lots.refund, 0, 30],
       [lots.refundNever, 70, 0],
     ]);
+  });
+
+  // KNOWN BUG (reported, not fixed here): a replay is answered from the first call's ledger row, whose
+  // available_after still counts the credits that the same transaction expired right after writing it (the
+  // part of a lapsed lot a commit freed; what a refund returned to a lapsed lot). The first answers are right
+  // (100 and 70), the replays say 120 and 100. `it.fails` turns red once replays answer as the first call did.
+  it.fails('a replayed commit or refund answers the balance the first call answered', async () => {
+    const commitAgain = await internal().commit.mutate({ reservationId: holds.commit!, amount: 30 });
+    const refundAgain = await internal().refund.mutate(refundRequest);
+    expect({ commit: commitAgain.balance, refund: refundAgain.balance }).toEqual({
+      commit: answers.commit!.balance,
+      refund: answers.refund!.balance,
+    });
   });
 
   it('pool lots mirrored from a lapsed lot expire with it (guild expiry row on the next pool spend)', async () => {
