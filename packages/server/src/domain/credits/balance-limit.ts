@@ -9,6 +9,7 @@ import {
 } from '@mana-credits/db';
 import type { Transaction } from 'kysely';
 import { PreconditionFailedError } from '../errors.ts';
+import { expireAccountLots } from '../spending.ts';
 
 /**
  * The most credits any account or running total may hold: 2^53 − 1, the largest integer a JS number (and so
@@ -44,6 +45,9 @@ export async function creditEarned(
   lots: LotCredit,
 ): Promise<PostedEntry> {
   let posted: PostedEntry;
+  // Lapsed lots are expired first (check on access), so the balance this credit answers and writes on its
+  // ledger row never counts credits whose time is up.
+  await expireAccountLots(trx, 'user', entry.userId);
   try {
     posted = await creditBalance(trx, entry, lots, 'earned');
   } catch (error) {

@@ -222,9 +222,10 @@ export async function refundUsage(db: Kysely<Database>, input: RefundInput): Pro
           lots,
           'unspent',
         );
-        // A refund never extends an expiry: what went back to a lapsed lot expires in this transaction.
-        await expireAccountLots(trx, 'user', input.userId);
-        return toPostedMovementResult(posted);
+        // A refund never extends an expiry: what went back to a lapsed lot expires in this transaction, and
+        // the answer is what is spendable after that.
+        const expired = await expireAccountLots(trx, 'user', input.userId);
+        return toPostedMovementResult({ ...posted, available: posted.available - expired });
       }),
     toMovementResult,
   );
