@@ -674,11 +674,10 @@ describe('expiry (real clock: lots granted to expire 2.5 s ahead, one wait for a
     ]);
   });
 
-  // KNOWN BUG (reported, not fixed here): a replay is answered from the first call's ledger row, whose
-  // available_after still counts the credits that the same transaction expired right after writing it (the
-  // part of a lapsed lot a commit freed; what a refund returned to a lapsed lot). The first answers are right
-  // (100 and 70), the replays say 120 and 100. `it.fails` turns red once replays answer as the first call did.
-  it.fails('a replayed commit or refund answers the balance the first call answered', async () => {
+  // A replay is answered from the first call's ledger row, whose available_after still counts what the same
+  // transaction expired right after writing it (the part of a lapsed lot a commit freed; what a refund returned
+  // to a lapsed lot): the expiry rows name that entry (`causedBy`), so the replay takes them off again.
+  it('a replayed commit or refund answers the balance the first call answered', async () => {
     const commitAgain = await internal().commit.mutate({ reservationId: holds.commit!, amount: 30 });
     const refundAgain = await internal().refund.mutate(refundRequest);
     expect({ commit: commitAgain.balance, refund: refundAgain.balance }).toEqual({

@@ -131,8 +131,11 @@ $$;
 -- already lost to expiry), the account balance falls by as much, a `credits.expired` event is written, and
 -- next_lot_expiry moves to the next lot that can expire. Pinned credits wait for their hold: what it releases
 -- is expired by the next call. Under the row lock, two instances never expire the same credits twice.
--- Returns the credits expired.
-create or replace function credits.expire_lots(p_kind text, p_account text) returns int8
+-- p_cause names the ledger entry whose own transaction made credits expire (a refund returned to a lapsed
+-- lot, a commit that freed part of one): its expiry rows say so in their metadata (`causedBy`), so a replay
+-- of that entry answers what was spendable after them, as the first call did. Returns the credits expired.
+drop function if exists credits.expire_lots(text, text);
+create function credits.expire_lots(p_kind text, p_account text, p_cause uuid default null) returns int8
 language plpgsql as $$
 declare
   v_next timestamptz;
@@ -141,6 +144,7 @@ declare
   v_reserved int8;
   v_total int8 := 0;
   v_tx uuid;
+  v_metadata jsonb := case when p_cause is null then null else jsonb_build_object('causedBy', p_cause) end;
 begin
   if p_kind = 'user' then
     select next_lot_expiry into v_next from credits.balances where user_id = p_account for update;
@@ -163,10 +167,10 @@ begin
        where user_id = p_account
       returning balance, reserved into v_balance, v_reserved;
       insert into credits.transactions
-        (user_id, type, amount, balance_before, balance_after, available_after, description, idempotency_key,
-         lot_ids, lot_amounts)
+        (user_id, type, amount, balance_before, balance_after, available_after, description, metadata,
+         idempotency_key, lot_ids, lot_amounts)
       values (p_account, 'expiry', -v_lot.lapsed, v_balance + v_lot.lapsed, v_balance, v_balance - v_reserved,
-              'Credits expired', E'\x1f' || 'expiry:' || v_lot.id || ':' || v_lot.expired,
+              'Credits expired', v_metadata, E'\x1f' || 'expiry:' || v_lot.id || ':' || v_lot.expired,
               array[v_lot.id], array[v_lot.lapsed])
       returning id into v_tx;
     else
@@ -177,9 +181,9 @@ begin
       returning balance, reserved into v_balance, v_reserved;
       insert into credits.guild_transactions
         (organization_id, user_id, type, amount, balance_before, balance_after, available_after, description,
-         idempotency_key, lot_ids, lot_amounts)
+         metadata, idempotency_key, lot_ids, lot_amounts)
       values (p_account, '', 'expiry', -v_lot.lapsed, v_balance + v_lot.lapsed, v_balance, v_balance - v_reserved,
-              'Credits expired', E'\x1f' || 'expiry:' || v_lot.id || ':' || v_lot.expired,
+              'Credits expired', v_metadata, E'\x1f' || 'expiry:' || v_lot.id || ':' || v_lot.expired,
               array[v_lot.id], array[v_lot.lapsed])
       returning id into v_tx;
     end if;

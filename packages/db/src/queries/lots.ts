@@ -87,9 +87,32 @@ export async function expireLots(
   db: Kysely<Database>,
   kind: LotAccountKind,
   accountId: string,
+  causedBy?: string,
 ): Promise<number> {
   const { rows } = await sql<{ expired: number }>`
-    select credits.expire_lots(${kind}, ${accountId}) as expired`.execute(db);
+    select credits.expire_lots(${kind}, ${accountId}, ${causedBy ?? null}::uuid) as expired`.execute(db);
+  return rows[0]?.expired ?? 0;
+}
+
+/**
+ * The credits that expired in the transaction of ledger entry `transactionId`, because of it (expiry rows
+ * whose `causedBy` names it): what a replay of that entry takes off its available_after to answer as the
+ * first call did.
+ */
+export async function expiredBecauseOf(
+  db: Kysely<Database>,
+  kind: LotAccountKind,
+  accountId: string,
+  transactionId: string,
+): Promise<number> {
+  const { rows } = await (kind === 'user'
+    ? sql<{ expired: number }>`
+        select coalesce(-sum(amount), 0)::int8 as expired from credits.transactions
+         where user_id = ${accountId} and type = 'expiry' and metadata->>'causedBy' = ${transactionId}`
+    : sql<{ expired: number }>`
+        select coalesce(-sum(amount), 0)::int8 as expired from credits.guild_transactions
+         where organization_id = ${accountId} and type = 'expiry' and metadata->>'causedBy' = ${transactionId}`
+  ).execute(db);
   return rows[0]?.expired ?? 0;
 }
 

@@ -54,8 +54,10 @@ export async function expireAccountLots(
   db: Kysely<Database>,
   kind: LotAccountKind,
   accountId: string,
+  /** The ledger entry of this transaction that made credits expire (a refund, a commit): see expiredBecauseOf. */
+  causedBy?: string,
 ): Promise<number> {
-  const expired = await expireLots(db, kind, accountId);
+  const expired = await expireLots(db, kind, accountId, causedBy);
   effects.creditsExpired(kind === 'user' ? 'personal' : 'pool', expired);
   return expired;
 }

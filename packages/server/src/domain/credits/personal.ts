@@ -3,6 +3,7 @@ import {
   type Database,
   debitBalance,
   ensureBalance,
+  expiredBecauseOf,
   getBalance,
   type JsonObject,
   LOT_DEFAULTS,
@@ -222,12 +223,16 @@ export async function refundUsage(db: Kysely<Database>, input: RefundInput): Pro
           lots,
           'unspent',
         );
-        // A refund never extends an expiry: what went back to a lapsed lot expires in this transaction, and
-        // the answer is what is spendable after that.
-        const expired = await expireAccountLots(trx, 'user', input.userId);
+        // A refund never extends an expiry: what went back to a lapsed lot expires in this transaction (its
+        // expiry rows name this refund), and the answer is what is spendable after that — a replay too.
+        const expired = await expireAccountLots(trx, 'user', input.userId, posted.id);
         return toPostedMovementResult({ ...posted, available: posted.available - expired });
       }),
-    toMovementResult,
+    async (first) => {
+      const expired = await expiredBecauseOf(db, 'user', input.userId, first.id);
+      const answer = toMovementResult(first);
+      return { ...answer, balance: answer.balance - expired };
+    },
   );
 }
 

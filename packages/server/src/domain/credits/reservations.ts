@@ -2,6 +2,7 @@ import {
   commitHold,
   commitPoolHold,
   type Database,
+  expiredBecauseOf,
   findGuildEntry,
   findGuildPool,
   findLedgerEntry,
@@ -135,8 +136,18 @@ async function committedResult(
       ? await findLedgerEntry(trx, reservation.user_id, reservation.transaction_id!)
       : await findGuildEntry(trx, reservation.organization_id, reservation.transaction_id!);
   if (!entry) throw new Error(`the ledger row of reservation ${reservation.id} is missing`);
-  return toCommitResult(reservation, entry);
+  // What the commit's own transaction expired (the freed part of a lapsed lot) counts, as it did in the answer.
+  const [kind, account] = accountOf(reservation);
+  const expired = await expiredBecauseOf(trx, kind, account, entry.id);
+  const result = toCommitResult(reservation, entry);
+  return { ...result, balance: result.balance - expired };
 }
+
+/** The account a reservation holds credits on, as lots name it. */
+const accountOf = (reservation: ReservationRow) =>
+  reservation.organization_id === null
+    ? (['user', reservation.user_id] as const)
+    : (['guild', reservation.organization_id] as const);
 
 /**
  * Charges what the call really cost and returns the rest of the hold. The reservation row is locked first,
@@ -204,18 +215,15 @@ export async function commitReservation(db: Kysely<Database>, input: CommitInput
  * Waits for a commit or release of `reservation` and, if a lot it had pinned has lapsed meanwhile, expires
  * what that freed (the pinned part outlived the lot only while the hold was open). In the same transaction.
  */
-async function settleHold<T extends { lotsLapsed: boolean; available: number }>(
+async function settleHold<T extends { lotsLapsed: boolean; available: number; transactionId?: string }>(
   trx: Transaction<Database>,
   reservation: ReservationRow,
   settlement: Promise<T>,
 ): Promise<T> {
   const settled = await settlement;
   if (!settled.lotsLapsed) return settled;
-  const [kind, account] =
-    reservation.organization_id === null
-      ? (['user', reservation.user_id] as const)
-      : (['guild', reservation.organization_id] as const);
-  const expired = await expireAccountLots(trx, kind, account);
+  const [kind, account] = accountOf(reservation);
+  const expired = await expireAccountLots(trx, kind, account, settled.transactionId);
   return { ...settled, available: settled.available - expired };
 }
 
