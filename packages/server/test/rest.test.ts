@@ -253,7 +253,14 @@ describe('GET /api/v1/credits/packages', () => {
     const answer = await call('GET /api/v1/credits/packages');
     expect(answer.status).toBe(200);
     expect(answer.body).toEqual([
-      { id: expect.any(String), name: 'Small', description: null, credits: 100, priceEuroCents: 199 },
+      {
+        id: expect.any(String),
+        name: 'Small',
+        description: null,
+        credits: 100,
+        priceEuroCents: 199,
+        validityDays: null,
+      },
     ]);
   });
 });
