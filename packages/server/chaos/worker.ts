@@ -93,12 +93,31 @@ function nextOperation(): Operation {
     };
   }
   if (roll < 0.5) {
+    const grant = {
+      userId,
+      amount: 1 + Math.floor(random() * 20),
+      reason: 'chaos grant',
+      idempotencyKey: id,
+    };
+    if (random() < 0.4) {
+      return { id, kind: 'grant', path: 'internal.credits.grant', actor: 'service', input: grant };
+    }
+    // A lot that expires 2–8 s from now, during the faults: spends, holds, gifts and pool funding take from
+    // it (priority 0–19 against the seed's 10, so often first in the burn order) while it lapses. expiresAt
+    // is fixed here, once per operation: every retry with this key sends the same payload (a replay after
+    // the time has passed is answered with the first grant).
     return {
       id,
       kind: 'grant',
       path: 'internal.credits.grant',
       actor: 'service',
-      input: { userId, amount: 1 + Math.floor(random() * 20), reason: 'chaos grant', idempotencyKey: id },
+      input: {
+        ...grant,
+        reason: 'chaos expiring grant',
+        expiresAt: new Date(Date.now() + 2000 + Math.floor(random() * 6000)).toISOString(),
+        priority: Math.floor(random() * 20),
+        ...(random() < 0.3 ? { category: 'paid' } : {}),
+      },
     };
   }
   const amount = 1 + Math.floor(random() * 5);
