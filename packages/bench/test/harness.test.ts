@@ -8,6 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { checkLedger, createBenchDatabase, LOT_MIX, seed } from '../src/database.ts';
 import { captureUseStatement, pgbenchScript, runPgbench } from '../src/pgbench.ts';
 import { writeDocs } from '../src/report.ts';
+import { requestFactory } from '../src/requests.ts';
 import { summarize } from '../src/stats.ts';
 
 const pgbenchAvailable = spawnSync('pgbench', ['--version']).status === 0;
@@ -124,6 +125,29 @@ describe('the captured debit statement', () => {
       }
     },
   );
+});
+
+describe('load requests', () => {
+  const target = {
+    serviceKey: 'k',
+    users: 100,
+    hotUserId: 'hot',
+    lotsUsers: 7,
+    hotLotsUserId: 'hot10',
+    guildId: 'g',
+    guildMembers: [],
+    batchSize: 2,
+  };
+  const userOf = (kind: 'hot-user-lots' | 'internal-use-lots') => {
+    const factory = requestFactory({ ...target, kind });
+    expect(factory.path).toBe('/trpc/internal.credits.use');
+    return (JSON.parse(factory.next().body) as { json: { userId: string } }).json.userId;
+  };
+
+  it('sends the 10-lot steps to the 10-lot users', () => {
+    expect(userOf('hot-user-lots')).toBe('hot10');
+    for (let i = 0; i < 50; i++) expect(userOf('internal-use-lots')).toMatch(/^lots-[1-7]$/);
+  });
 });
 
 describe('report helpers', () => {
