@@ -50,7 +50,33 @@ export interface Population {
   hotUserId: string;
   guildId: string;
   guildMembers: readonly string[];
+  /**
+   * Users 'lots-1' … `lots-${lotsUsers}`, each with the same `credits` split into the ten lots of LOT_MIX
+   * (issue 15's "10 lots of mixed priority/expiry"); every other account has one lot. 0 or absent: none.
+   */
+  lotsUsers?: number;
+  /** A hot user with the ten lots of LOT_MIX (absent: none). */
+  hotLotsUserId?: string;
 }
+
+/**
+ * The ten lots of a 10-lot account: [priority, days until expiry (null: never)]. Mixed so that neither the
+ * order of creation nor either key alone is the burn order (priority ascending, then the soonest expiry,
+ * never-expiring last): the first lot burned is the priority-10 lot expiring in 200 days, the third one made.
+ * The soonest expiry is 50 days away, so nothing lapses during a run and credits.covers never refuses.
+ */
+export const LOT_MIX: readonly (readonly [priority: number, days: number | null])[] = [
+  [50, null],
+  [10, 400],
+  [10, 200],
+  [90, null],
+  [30, 100],
+  [10, null],
+  [70, 300],
+  [30, 500],
+  [100, 50],
+  [50, 250],
+];
 
 /**
  * Migrates and seeds in a few set-based statements: every balance comes with its grant in the ledger, so
@@ -74,11 +100,36 @@ export async function seed(url: string, population: Population): Promise<void> {
         select 'user', user_id, 'grant', 'promotional', 10, balance, balance from credits.balances`.execute(
         trx,
       );
+      const lotsIds = [
+        ...Array.from({ length: population.lotsUsers ?? 0 }, (_, i) => `lots-${i + 1}`),
+        ...(population.hotLotsUserId ? [population.hotLotsUserId] : []),
+      ];
+      if (lotsIds.length > 0) {
+        // Ten lots each (LOT_MIX), the credits split evenly; next_lot_expiry is the soonest of their expiries.
+        const share = Math.floor(credits / LOT_MIX.length);
+        const total = share * LOT_MIX.length;
+        const priorities = LOT_MIX.map(([priority]) => priority);
+        const days = LOT_MIX.map(([, days]) => days);
+        const soonest = Math.min(...days.filter((d): d is number => d !== null));
+        await sql`
+          insert into credits.balances (user_id, balance, total_earned, next_lot_expiry)
+          select id, ${total}::int8, ${total}::int8, now() + make_interval(days => ${soonest}::int)
+            from unnest(${lotsIds}::text[]) id`.execute(trx);
+        await sql`
+          insert into credits.lots
+            (account_kind, account_id, source, category, priority, amount, remaining, expires_at)
+          select 'user', u.id, 'grant', 'promotional', m.priority, ${share}::int8, ${share}::int8,
+                 now() + make_interval(days => m.days)
+            from unnest(${lotsIds}::text[]) u(id)
+           cross join unnest(${priorities}::int[], ${days}::int[]) m(priority, days)`.execute(trx);
+      }
+      // Each lot's grant row; an account's rows add up in order, so every row's balance_after is right.
       await sql`
         insert into credits.transactions
           (user_id, type, amount, balance_before, balance_after, available_after, description, lot_ids, lot_amounts)
-        select account_id, 'grant', amount, 0, amount, amount, 'bench seed', array[id], array[amount]
-          from credits.lots where account_kind = 'user'`.execute(trx);
+        select account_id, 'grant', amount, total - amount, total, total, 'bench seed', array[id], array[amount]
+          from (select l.*, sum(amount) over (partition by account_id order by id) as total
+                  from credits.lots l where account_kind = 'user') l`.execute(trx);
       await sql`
         insert into credits.guild_pools (organization_id, balance, total_funded)
         values (${population.guildId}, ${credits}::int8, ${credits}::int8)`.execute(trx);
@@ -104,9 +155,14 @@ export interface LedgerCheck {
   accounts: number;
   mismatched: number;
   ledgerRows: number;
+  /** Accounts whose lots do not add up: Σ remaining ≠ balance or Σ pinned ≠ reserved. */
+  lotsMismatched: number;
 }
 
-/** Σ ledger = balance for every user and pool after all the load: the bench must not lose a credit either. */
+/**
+ * Σ ledger = balance for every user and pool after all the load, and their lots add up to it (Σ remaining =
+ * balance, Σ pinned = reserved): the bench must not lose a credit either.
+ */
 export async function checkLedger(url: string): Promise<LedgerCheck> {
   const handle = await createDb({ databaseUrl: url, poolSize: 1 });
   try {
@@ -119,8 +175,18 @@ export async function checkLedger(url: string): Promise<LedgerCheck> {
         select p.balance = coalesce(sum(t.amount), 0) as ok
           from credits.guild_pools p left join credits.guild_transactions t on t.organization_id = p.organization_id
          group by p.organization_id, p.balance
+      ), lots as (
+        select account_kind, account_id, sum(remaining) as remaining, sum(pinned) as pinned
+          from credits.lots group by account_kind, account_id
+      ), lots_ok as (
+        select b.balance = coalesce(l.remaining, 0) and b.reserved = coalesce(l.pinned, 0) as ok
+          from credits.balances b left join lots l on l.account_kind = 'user' and l.account_id = b.user_id
+        union all
+        select p.balance = coalesce(l.remaining, 0) and p.reserved = coalesce(l.pinned, 0)
+          from credits.guild_pools p left join lots l on l.account_kind = 'guild' and l.account_id = p.organization_id
       ), every as (select ok from users union all select ok from pools)
       select count(*)::int as accounts, count(*) filter (where not ok)::int as mismatched,
+             (select count(*) filter (where not ok) from lots_ok)::int as "lotsMismatched",
              ((select count(*) from credits.transactions) + (select count(*) from credits.guild_transactions))::int
                as "ledgerRows"
         from every`.execute(handle.db);

@@ -1,7 +1,15 @@
 import { randomBytes } from 'node:crypto';
 
 /** What one load step sends; shared by the load process and the orchestrator's probe. */
-export type LoadKind = 'noop' | 'internal-use' | 'user-use' | 'hot-user' | 'hot-guild' | 'use-batch';
+export type LoadKind =
+  | 'noop'
+  | 'internal-use'
+  | 'internal-use-lots'
+  | 'user-use'
+  | 'hot-user'
+  | 'hot-user-lots'
+  | 'hot-guild'
+  | 'use-batch';
 
 export interface LoadTarget {
   kind: LoadKind;
@@ -9,6 +17,9 @@ export interface LoadTarget {
   /** Users of the seeded population are '1' … String(users). */
   users: number;
   hotUserId: string;
+  /** Users 'lots-1' … `lots-${lotsUsers}` have ten lots each, as does the hot user `hotLotsUserId`. */
+  lotsUsers: number;
+  hotLotsUserId: string;
   guildId: string;
   guildMembers: readonly string[];
   /** Bearer tokens of the user-use step, one per user (user i+1 ↔ tokens[i]). */
@@ -76,10 +87,20 @@ export function requestFactory(target: LoadTarget): RequestFactory {
         headers: internalHeaders,
         body: trpcBody(use(randomUser())),
       }));
+    case 'internal-use-lots':
+      return fixed('/trpc/internal.credits.use', () => ({
+        headers: internalHeaders,
+        body: trpcBody(use(`lots-${1 + Math.floor(Math.random() * target.lotsUsers)}`)),
+      }));
     case 'hot-user':
       return fixed('/trpc/internal.credits.use', () => ({
         headers: internalHeaders,
         body: trpcBody(use(target.hotUserId)),
+      }));
+    case 'hot-user-lots':
+      return fixed('/trpc/internal.credits.use', () => ({
+        headers: internalHeaders,
+        body: trpcBody(use(target.hotLotsUserId)),
       }));
     case 'hot-guild': {
       const members = target.guildMembers;

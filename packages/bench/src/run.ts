@@ -74,7 +74,12 @@ const population: Population = {
   hotUserId: 'bench-hot-user',
   guildId: 'bench-guild',
   guildMembers: Array.from({ length: 50 }, (_, i) => `bench-guild-member-${i + 1}`),
+  // Issue 15: users with ten lots of mixed priority and expiry (LOT_MIX) beside the one-lot population.
+  lotsUsers: Math.max(1, Math.floor(Number(args.users ?? (args.quick ? 20_000 : 100_000)) / 10)),
+  hotLotsUserId: 'bench-hot-user-10-lots',
 };
+const LOTS_USERS = population.lotsUsers ?? 0;
+const HOT_LOTS_USER = population.hotLotsUserId ?? '';
 const TOKEN_USERS = args.quick ? 500 : 2_000;
 
 const log = (message: string) => console.log(`[bench ${new Date().toISOString().slice(11, 19)}] ${message}`);
@@ -95,6 +100,8 @@ function baseTarget(kind: LoadKind, tokensFile?: string): LoadJob['target'] {
     serviceKey: SERVICE_KEY,
     users: population.users,
     hotUserId: population.hotUserId,
+    lotsUsers: LOTS_USERS,
+    hotLotsUserId: HOT_LOTS_USER,
     guildId: population.guildId,
     guildMembers: population.guildMembers,
     batchSize: BATCH_SIZE,
@@ -241,7 +248,9 @@ async function main() {
   const seeded = (async () => {
     const seeding = Date.now();
     await seed(database.url, population);
-    log(`seeded ${population.users.toLocaleString('en-US')} users in ${Date.now() - seeding} ms`);
+    log(
+      `seeded ${population.users.toLocaleString('en-US')} users with 1 lot and ${LOTS_USERS.toLocaleString('en-US')} + 1 hot with 10 lots in ${Date.now() - seeding} ms`,
+    );
   })();
   const starting = startServer(serverOptions);
   const signed = Promise.all(
@@ -289,6 +298,8 @@ async function main() {
     ['2a', 'pgbench debit, random users (DB ceiling)', { random: population.users }, 'prepared'],
     ['2b', 'pgbench debit, one hot user (hot-row ceiling)', { fixed: population.hotUserId }, 'prepared'],
     ['2c', 'pgbench debit, random users, unnamed (as node-pg)', { random: population.users }, 'extended'],
+    // For reference, no goal: the hot row's debit when it burns from ten lots instead of one.
+    ['2d', 'pgbench debit, hot user with 10 lots', { fixed: HOT_LOTS_USER }, 'prepared'],
   ] as const) {
     log(`step ${id} ${title}: ${poolSize} clients`);
     const { script, defines } = pgbenchScript(statement, user);
@@ -302,12 +313,14 @@ async function main() {
       seconds,
       workDir: join(workDir, `pgbench-${id}`),
     });
-    const ceiling = rows.find((row) => row.id === '2a')?.throughput;
+    const reference =
+      id === '2c' ? { id: '2a', of: 'DB' } : id === '2d' ? { id: '2b', of: '1 lot' } : undefined;
+    const ceiling = reference && rows.find((row) => row.id === reference.id)?.throughput;
     rows.push({
       id,
       title,
       status: 'ok',
-      ...(id === '2c' && ceiling ? { ratio: { value: result.tps / ceiling, of: 'DB' } } : {}),
+      ...(reference && ceiling ? { ratio: { value: result.tps / ceiling, of: reference.of } } : {}),
       connections: poolSize,
       throughput: result.tps,
       unit: 'tps',
@@ -325,8 +338,25 @@ async function main() {
         server,
         {
           id: '3a',
-          title: 'internal.credits.use, random users',
+          title: 'internal.credits.use, random users, 1 lot',
           kind: 'internal-use',
+          connections: CONNECTIONS.throughput,
+        },
+        tokens,
+      ),
+      '1',
+      'no-op',
+    ),
+  );
+  // 3c right after 3a, so the two are measured as close together as the machine allows (issue 15).
+  rows.push(
+    ratio(
+      await httpStep(
+        server,
+        {
+          id: '3c',
+          title: 'internal.credits.use, random users, 10 lots',
+          kind: 'internal-use-lots',
           connections: CONNECTIONS.throughput,
         },
         tokens,
@@ -357,7 +387,23 @@ async function main() {
     ratio(
       await httpStep(
         server,
-        { id: '4a', title: 'hot user, internal.credits.use', kind: 'hot-user', connections: CONNECTIONS.hot },
+        { id: '4a', title: 'hot user, 1 lot', kind: 'hot-user', connections: CONNECTIONS.hot },
+        tokens,
+      ),
+      '2b',
+      'hot-row',
+    ),
+  );
+  rows.push(
+    ratio(
+      await httpStep(
+        server,
+        {
+          id: '4c',
+          title: 'hot user, 10 lots (mixed priority/expiry)',
+          kind: 'hot-user-lots',
+          connections: CONNECTIONS.hot,
+        },
         tokens,
       ),
       '2b',
@@ -459,9 +505,12 @@ async function main() {
 
   const ledger = await checkLedger(database.url);
   const ledgerText =
-    ledger.mismatched === 0
-      ? `Σ ledger = balance for all ${ledger.accounts.toLocaleString('en-US')} accounts (${ledger.ledgerRows.toLocaleString('en-US')} ledger rows).`
-      : `MISMATCH: ${ledger.mismatched} of ${ledger.accounts} accounts differ from their ledger.`;
+    (ledger.mismatched === 0
+      ? `Σ ledger = balance for all ${ledger.accounts.toLocaleString('en-US')} accounts (${ledger.ledgerRows.toLocaleString('en-US')} ledger rows)`
+      : `MISMATCH: ${ledger.mismatched} of ${ledger.accounts} accounts differ from their ledger`) +
+    (ledger.lotsMismatched === 0
+      ? '; their lots add up (Σ remaining = balance, Σ pinned = reserved).'
+      : `; LOTS MISMATCH: the lots of ${ledger.lotsMismatched} accounts do not add up.`);
   machine.loadAfter = loadText();
 
   const goals = evaluateGoals(rows, peakRssMb);
@@ -500,7 +549,7 @@ async function main() {
     log(`wrote docs/benchmarks.md (${mode} block)`);
   }
   log(`done in ${((Date.now() - started) / 1000).toFixed(0)} s`);
-  if (ledger.mismatched > 0) process.exitCode = 1;
+  if (ledger.mismatched > 0 || ledger.lotsMismatched > 0) process.exitCode = 1;
 }
 
 function evaluateGoals(rows: StepRow[], peakRssMb: number): Goal[] {
@@ -512,6 +561,13 @@ function evaluateGoals(rows: StepRow[], peakRssMb: number): Goal[] {
   const p2 = ratioOf('4a');
   const p2guild = ratioOf('4b');
   const p3 = ok('5')?.throughput;
+  // Issue 15: the ten-lot steps against the one-lot steps of the same run (same ceilings, so the same ratio).
+  const lotsP1 = p1 !== undefined && ratioOf('3c') !== undefined ? ratioOf('3c')! / p1 : undefined;
+  const lotsP2 = p2 !== undefined && ratioOf('4c') !== undefined ? ratioOf('4c')! / p2 : undefined;
+  const lotsText = (label: string, ten: string, one: string, value: number | undefined) =>
+    value === undefined
+      ? `${label} not measured`
+      : `${label} ${value.toFixed(2)}× (${ratioOf(ten)!.toFixed(2)} vs ${ratioOf(one)!.toFixed(2)})`;
   const p99 = ok('6')?.latency?.p99;
   const fmt = (value: number | undefined, text: (v: number) => string) =>
     value === undefined ? 'not measured' : text(value);
@@ -529,6 +585,16 @@ function evaluateGoals(rows: StepRow[], peakRssMb: number): Goal[] {
         fmt(p2, (v) => `user ${v.toFixed(2)}×`) +
         (p2guild === undefined ? '; guild pool not measured' : `; guild pool ${p2guild.toFixed(2)}×`),
       verdict: verdict(p2 === undefined ? undefined : p2 >= 1 && (p2guild === undefined || p2guild >= 1)),
+    },
+    {
+      id: 'lots',
+      text: '10 lots ≥ 0.8× the 1-lot ratio (P1: 3c/3a, P2: 4c/4a)',
+      measured: `${lotsText('P1', '3c', '3a', lotsP1)}; ${lotsText('P2', '4c', '4a', lotsP2)}`,
+      verdict: verdict(
+        lotsP1 === undefined && lotsP2 === undefined
+          ? undefined
+          : (lotsP1 === undefined || lotsP1 >= 0.8) && (lotsP2 === undefined || lotsP2 >= 0.8),
+      ),
     },
     {
       id: 'P3',

@@ -2,10 +2,13 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createDb } from '@mana-credits/db';
+import { sql } from 'kysely';
 import { describe, expect, it } from 'vitest';
-import { checkLedger, createBenchDatabase, seed } from '../src/database.ts';
+import { checkLedger, createBenchDatabase, LOT_MIX, seed } from '../src/database.ts';
 import { captureUseStatement, pgbenchScript, runPgbench } from '../src/pgbench.ts';
 import { writeDocs } from '../src/report.ts';
+import { requestFactory } from '../src/requests.ts';
 import { summarize } from '../src/stats.ts';
 
 const pgbenchAvailable = spawnSync('pgbench', ['--version']).status === 0;
@@ -61,12 +64,90 @@ describe('the captured debit statement', () => {
         // 3 + 1 seeded balances and the pool, each with its seed row, plus one row per pgbench debit.
         expect(ledger.accounts).toBe(5);
         expect(ledger.ledgerRows).toBe(5 + result.transactions);
+        expect(ledger.lotsMismatched).toBe(0);
       } finally {
         rmSync(workDir, { recursive: true, force: true });
         await database.drop();
       }
     },
   );
+
+  it.runIf(process.env.DATABASE_URL && pgbenchAvailable)(
+    'burns a 10-lot account from the first lot in burn order, lots and ledger in step',
+    async () => {
+      const database = await createBenchDatabase(process.env.DATABASE_URL!);
+      const workDir = mkdtempSync(join(tmpdir(), 'bench-test-'));
+      try {
+        await seed(database.url, {
+          users: 2,
+          credits: 1_000_000_000,
+          hotUserId: 'hot',
+          guildId: 'guild',
+          guildMembers: [],
+          lotsUsers: 2,
+          hotLotsUserId: 'hot10',
+        });
+        const { script, defines } = pgbenchScript(await captureUseStatement(), { fixed: 'hot10' });
+        const result = await runPgbench({
+          databaseUrl: database.url,
+          script,
+          defines,
+          clients: 2,
+          warmupSeconds: 0,
+          seconds: 1,
+          workDir,
+        });
+        expect(result.failed).toBe(0);
+        expect(result.transactions).toBeGreaterThan(0);
+        const ledger = await checkLedger(database.url);
+        expect(ledger.mismatched).toBe(0);
+        expect(ledger.lotsMismatched).toBe(0);
+        // 2 + 1 one-lot users, 2 + 1 ten-lot users, the pool.
+        expect(ledger.accounts).toBe(7);
+        expect(ledger.ledgerRows).toBe(3 + 30 + 1 + result.transactions);
+        const handle = await createDb({ databaseUrl: database.url, poolSize: 1 });
+        try {
+          const { rows } = await sql<{ priority: number; days: number | null; used: number }>`
+            select priority, round(extract(epoch from expires_at - created_at) / 86400)::int as days,
+                   (amount - remaining)::int8 as used
+              from credits.lots where account_id = 'hot10' order by priority, expires_at`.execute(handle.db);
+          expect(rows).toHaveLength(LOT_MIX.length);
+          // Only the first lot in burn order (priority 10, 200 days) paid: it covers every debit.
+          expect(rows.filter((row) => row.used > 0)).toEqual([
+            { priority: 10, days: 200, used: result.transactions },
+          ]);
+        } finally {
+          await handle.close();
+        }
+      } finally {
+        rmSync(workDir, { recursive: true, force: true });
+        await database.drop();
+      }
+    },
+  );
+});
+
+describe('load requests', () => {
+  const target = {
+    serviceKey: 'k',
+    users: 100,
+    hotUserId: 'hot',
+    lotsUsers: 7,
+    hotLotsUserId: 'hot10',
+    guildId: 'g',
+    guildMembers: [],
+    batchSize: 2,
+  };
+  const userOf = (kind: 'hot-user-lots' | 'internal-use-lots') => {
+    const factory = requestFactory({ ...target, kind });
+    expect(factory.path).toBe('/trpc/internal.credits.use');
+    return (JSON.parse(factory.next().body) as { json: { userId: string } }).json.userId;
+  };
+
+  it('sends the 10-lot steps to the 10-lot users', () => {
+    expect(userOf('hot-user-lots')).toBe('hot10');
+    for (let i = 0; i < 50; i++) expect(userOf('internal-use-lots')).toMatch(/^lots-[1-7]$/);
+  });
 });
 
 describe('report helpers', () => {

@@ -248,12 +248,19 @@ export const newOperation = {
     actor: userId,
     input: { amount, ...usage, idempotencyKey: id },
   }),
-  grant: (id: string, userId: string, amount: number, reason: string): Operation => ({
+  /** `lot`: expiry, priority and category of the granted lot (default: promotional, never expires). */
+  grant: (
+    id: string,
+    userId: string,
+    amount: number,
+    reason: string,
+    lot: { expiresAt?: string; priority?: number; category?: 'paid' | 'promotional' } = {},
+  ): Operation => ({
     id,
     kind: 'grant',
     path: 'internal.credits.grant',
     actor: 'service',
-    input: { userId, amount, reason, idempotencyKey: id },
+    input: { userId, amount, reason, idempotencyKey: id, ...lot },
   }),
   refund: (id: string, usage: SpentUsage, description: string): Operation => ({
     id,

@@ -24,7 +24,8 @@ import { type ChaosPackage, StripeChaos } from './stripe.ts';
 
 /**
  * `pnpm chaos`: a bounded fault-injection run against the local Postgres. Client processes drive mixed
- * traffic and a Stripe driver (./stripe.ts) buys credits and delivers duplicated, reordered webhooks, while a
+ * traffic (with grants whose lots expire 2–8 s later, so lots lapse under the faults while spends, holds,
+ * gifts and pool funding take from them) and a Stripe driver (./stripe.ts) buys credits and delivers duplicated, reordered webhooks, while a
  * nemesis kills, pauses and restarts servers, cuts their Postgres connections in a TCP proxy (all at once, or
  * a fraction of answers, after the statement ran), terminates Postgres backends and restarts Postgres in
  * immediate mode. Afterwards every unknown keyed operation is retried with its key, every unacknowledged
@@ -542,6 +543,46 @@ async function main() {
   const stripeCheck = await stripeDriver.check(handle.db);
   violations.push(...stripeCheck.violations);
   for (const [userId, delta] of stripeCheck.balanceDelta) adjust(userId, delta);
+
+  // ── lots that expired during the run (second-scale expiring grants, and what they funded or gave) ────────
+  // Expiry is no caller's operation: balances fall by their `expiry` rows (checked against the lots by
+  // reconcile: lot_ledger, lots_match_accounts, no_spend_from_expired_lots); here, that none came early.
+  const expiry = (
+    await sql<{ ledger: string; account: string; amount: number; rows: number; early: number }>`
+      select 'user' as ledger, t.user_id as account, sum(t.amount)::int8 as amount, count(*)::int as rows,
+             count(*) filter (where t.created_at < l.expires_at or l.expires_at is null)::int as early
+        from credits.transactions t join credits.lots l on l.id = t.lot_ids[1]
+       where t.type = 'expiry' group by t.user_id
+      union all
+      select 'guild', t.organization_id, sum(t.amount)::int8, count(*)::int,
+             count(*) filter (where t.created_at < l.expires_at or l.expires_at is null)::int
+        from credits.guild_transactions t join credits.lots l on l.id = t.lot_ids[1]
+       where t.type = 'expiry' group by t.organization_id`.execute(handle.db)
+  ).rows;
+  for (const row of expiry) {
+    if (row.ledger === 'user') adjust(row.account, row.amount);
+    else if (row.account === 'chaos-guild') expectedPool += row.amount;
+    if (row.early > 0)
+      violations.push(`${row.ledger} ${row.account}: ${row.early} expiry rows before their lot expired`);
+  }
+  const lotStats = (
+    await sql<{ expiring: number; lapsed: number; debits: number; holds: number }>`
+      select (select count(*) from credits.lots where expires_at is not null)::int as expiring,
+             (select count(*) from credits.lots where expired > 0)::int as lapsed,
+             (select count(*) from (
+                select t.id from credits.transactions t cross join lateral unnest(t.lot_ids) p(lot_id)
+                  join credits.lots l on l.id = p.lot_id
+                 where t.amount < 0 and t.type <> 'expiry' and l.expires_at is not null
+                union
+                select t.id from credits.guild_transactions t cross join lateral unnest(t.lot_ids) p(lot_id)
+                  join credits.lots l on l.id = p.lot_id
+                 where t.amount < 0 and t.type <> 'expiry' and l.expires_at is not null) d)::int as debits,
+             (select count(distinct r.id) from credits.reservations r cross join lateral unnest(r.lot_ids) p(lot_id)
+                join credits.lots l on l.id = p.lot_id where l.expires_at is not null)::int as holds`.execute(
+      handle.db,
+    )
+  ).rows[0]!;
+  const expiringGrants = operations.filter((op) => op.kind === 'grant' && op.input.expiresAt !== undefined);
   const balances = await handle.db.selectFrom('credits.balances').select(['user_id', 'balance']).execute();
   for (const { user_id, balance } of balances) {
     const expected = expectedBalance.get(user_id);
@@ -588,6 +629,10 @@ async function main() {
   );
   console.log(
     `  webhooks: ${s.events} events (${s.secondEventIds} second ids for the same object), ${s.deliveries} deliveries (${s.duplicateDeliveries} duplicates, ${s.redeliveries} redeliveries, ${s.acknowledgedAfterRun} acknowledged after the run)`,
+  );
+  const expired = expiry.reduce((sum, row) => sum - row.amount, 0);
+  console.log(
+    `  expiring lots: ${expiringGrants.length} grants expiring 2–8 s ahead (ok ${expiringGrants.filter((op) => op.outcome === 'ok').length}), ${lotStats.expiring} lots with an expiry (grants and what they funded or gave), ${lotStats.lapsed} lapsed: ${expired} credits in ${expiry.reduce((sum, row) => sum + row.rows, 0)} expiry rows; ${lotStats.debits} debits and ${lotStats.holds} holds took from expiring lots`,
   );
   console.log(`  connections cut by the proxy: ${proxy.cuts}`);
   console.log(

@@ -50,7 +50,19 @@ function nextOperation(): Operation {
     const amount = 1 + Math.floor(random() * 3);
     return newOperation.guildUse(id, member, GUILD, amount, { appId: 'chaos', description: 'pool' });
   }
-  if (roll < 0.5) return newOperation.grant(id, userId, 1 + Math.floor(random() * 20), 'chaos grant');
+  if (roll < 0.5) {
+    const amount = 1 + Math.floor(random() * 20);
+    if (random() < 0.4) return newOperation.grant(id, userId, amount, 'chaos grant');
+    // A lot that expires 2–8 s from now, during the faults: spends, holds, gifts and pool funding take from
+    // it (priority 0–19 against the seed's 10, so often first in the burn order) while it lapses. expiresAt
+    // is fixed here, once per operation: every retry with this key sends the same payload (a replay after
+    // the time has passed is answered with the first grant).
+    return newOperation.grant(id, userId, amount, 'chaos expiring grant', {
+      expiresAt: new Date(Date.now() + 2000 + Math.floor(random() * 6000)).toISOString(),
+      priority: Math.floor(random() * 20),
+      ...(random() < 0.3 ? { category: 'paid' } : {}),
+    });
+  }
   const amount = 1 + Math.floor(random() * 5);
   if (roll < 0.55) {
     const held = 1 + Math.floor(random() * 8);

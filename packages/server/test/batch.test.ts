@@ -37,6 +37,53 @@ async function balanceOf(userId: string) {
 }
 
 describe('internal.credits.useBatch', () => {
+  it('items of one account that span lots get the portions a burn item by item would give', async () => {
+    // One take_lots per account for the sum, split back in input order (use_batch.sql): the portions must
+    // be those of burning each item in turn. Burn order here: priority 5, then 10 (expiring), then 20.
+    const user = newUser();
+    for (const [key, amount, priority, expiresInDays] of [
+      ['lot-20', 3, 20, undefined],
+      ['lot-5', 5, 5, undefined],
+      ['lot-10', 10, 10, 30],
+    ] as const) {
+      await internal().grant.mutate({
+        userId: user.id,
+        amount,
+        reason: 'lots',
+        idempotencyKey: key,
+        priority,
+        ...(expiresInDays ? { expiresInDays } : {}),
+      });
+    }
+    const other = await fundedUser(10);
+    const { results } = await internal().useBatch.mutate({
+      items: [
+        item(user.id, 4, 'a'),
+        item(other.id, 2, 'o'),
+        item(user.id, 3, 'b'),
+        item(user.id, 6, 'c'),
+        item(user.id, 9, 'too-much'),
+        item(user.id, 2, 'd'),
+      ],
+    });
+    expect(results.map((result) => result.ok)).toEqual([true, true, true, true, false, true]);
+    const { rows } = await sql<{ key: string; portions: string }>`
+      select t.idempotency_key as key,
+             string_agg(l.priority || ':' || x.amount, ',' order by x.n) as portions
+        from credits.transactions t
+       cross join lateral unnest(t.lot_ids, t.lot_amounts) with ordinality as x(id, amount, n)
+        join credits.lots l on l.id = x.id
+       where t.user_id = ${user.id} and t.type = 'usage'
+       group by t.idempotency_key order by t.idempotency_key`.execute(server.deps.db);
+    expect(rows).toEqual([
+      { key: 'a', portions: '5:4' },
+      { key: 'b', portions: '5:1,10:2' },
+      { key: 'c', portions: '10:6' },
+      { key: 'd', portions: '10:2' },
+    ]);
+    expect((await balanceOf(user.id)).balance).toBe(3);
+  });
+
   it('a mixed batch: good, insufficient, replayed, bad and conflicting items each get their own answer', async () => {
     const rich = await fundedUser(100);
     const poor = await fundedUser(5);

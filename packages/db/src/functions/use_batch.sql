@@ -11,7 +11,7 @@
 -- How: lock every balance row of the batch once, in user_id order (the order every multi-account writer
 -- uses, "C" collation so it never depends on locale) and post the expiry of their lapsed lots; decide each item in input order on in-memory copies of
 -- the locked balances (expanded PL/pgSQL arrays, O(1) per access); then write everything set-based: one
--- INSERT of all ledger rows (each burning its lots in burn order) with the usage upsert fed by it (each counted on the UTC day of its ledger row,
+-- INSERT of all ledger rows (each naming its lots: one burn per account, split in input order) with the usage upsert fed by it (each counted on the UTC day of its ledger row,
 -- as every other usage write does), one UPDATE of the balances. While the balance rows are locked
 -- no other writer can post a ledger row for these users, so the key lookup made after locking cannot be
 -- overtaken; should the unique index fire anyway, the whole call fails (nothing written, a certain failure).
@@ -136,19 +136,41 @@ begin
     end if;
   end loop;
 
-  -- each posted item burns its lots (in input order) as it is inserted
-  with posted as (
-    insert into credits.transactions
-      (id, user_id, type, amount, balance_before, balance_after, available_after, app_id, description, metadata,
-       idempotency_key, request_hash, lot_ids, lot_amounts)
-    select t.id, t.user_id, 'usage', -t.amount, t.before, t.before - t.amount, t.available, t.app_id,
-           t.description, t.metadata, t.key, t.hash, l.lot_ids, l.lot_amounts
+  -- Each account's posted items burn their lots with one credits.take_lots call for their sum, split back
+  -- over the items in input order: item i gets the part [c_i - amount_i, c_i) of the burned run, c_i being
+  -- the running sum of the account's posted items. The same portions as burning the items one by one (the
+  -- burn order does not move within the transaction), with one lot update per account instead of one per
+  -- item (each update of a lot leaves a version the next item's burn would have to step over).
+  with items as (
+    select t.n, t.outcome, t.id, t.user_id, t.amount, t.before, t.available, t.app_id, t.description,
+           t.metadata, t.key, t.hash,
+           sum(t.amount) filter (where t.outcome = 'ok') over (partition by t.user_id order by t.n) as c
       from unnest(v_outcome, v_tx, p_users, p_amounts, v_before, v_available, p_apps, p_descriptions, p_metadata,
                   p_keys, p_hashes)
            with ordinality as t(outcome, id, user_id, amount, before, available, app_id, description, metadata, key,
                                 hash, n)
-     cross join lateral credits.take_lots('user', t.user_id, t.amount, false) l
+  ), burned as materialized (
+    select a.user_id, p.k, p.lot_id, p.amount, sum(p.amount) over (partition by a.user_id order by p.k) as pc
+      from (select user_id, sum(amount)::int8 as total from items where outcome = 'ok' group by user_id
+             order by user_id collate "C") a
+     cross join lateral credits.take_lots('user', a.user_id, a.total, false) l
+     cross join lateral unnest(l.lot_ids, l.lot_amounts) with ordinality as p(lot_id, amount, k)
+  ), split as (
+    select i.n, array_agg(b.lot_id order by b.k) as lot_ids,
+           array_agg((least(i.c, b.pc) - greatest(i.c - i.amount, b.pc - b.amount))::int8 order by b.k)
+             as lot_amounts
+      from items i join burned b on b.user_id = i.user_id and b.pc > i.c - i.amount and b.pc - b.amount < i.c
+     where i.outcome = 'ok'
+     group by i.n
+  ), posted as (
+    insert into credits.transactions
+      (id, user_id, type, amount, balance_before, balance_after, available_after, app_id, description, metadata,
+       idempotency_key, request_hash, lot_ids, lot_amounts)
+    select t.id, t.user_id, 'usage', -t.amount, t.before, t.before - t.amount, t.available, t.app_id,
+           t.description, t.metadata, t.key, t.hash, s.lot_ids, s.lot_amounts
+      from items t join split s on s.n = t.n
      where t.outcome = 'ok'
+     order by t.n
     returning user_id, app_id, -amount as spent, (created_at at time zone 'utc')::date as day
   )
   insert into credits.usage_stats as u (user_id, app_id, date, credits_used)

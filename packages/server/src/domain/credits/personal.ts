@@ -136,6 +136,13 @@ export async function grantCredits(db: Kysely<Database>, input: GrantInput): Pro
     { key: input.idempotencyKey, hash },
     () =>
       db.transaction().execute(async (trx) => {
+        // Checked on execution rather than in the input schema: a refusal here is looked up by the key, so a
+        // retry of a grant that was made before its expiresAt passed is answered with that grant (a replay).
+        if (input.expiresAt && input.expiresAt.getTime() <= Date.now()) {
+          throw new InvalidRequestError('Invalid input: expiresAt: must be in the future', 'VALIDATION', {
+            issues: [{ field: 'expiresAt', message: 'must be in the future' }],
+          });
+        }
         const posted = await creditEarned(
           trx,
           {

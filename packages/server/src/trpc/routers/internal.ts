@@ -8,7 +8,7 @@ import { commitReservation, releaseReservation, reserveCredits } from '../../dom
 import { setUserAlerts, userAlerts } from '../../domain/events/alerts.ts';
 import { initPool, useGuildCreditsViaCreditsUse } from '../../domain/guild/pools.ts';
 import { balanceAt } from '../../domain/history/balance.ts';
-import { futureInstant } from '../../domain/history/range.ts';
+import { instant } from '../../domain/history/range.ts';
 import { statement } from '../../domain/history/statement.ts';
 import { serviceUsage } from '../../domain/history/usage.ts';
 import {
@@ -62,8 +62,11 @@ const internalCreditsRouter = router({
           amount,
           reason: text(500).min(1),
           idempotencyKey,
-          /** When the credits expire: an ISO 8601 date-time in the future. */
-          expiresAt: futureInstant.optional(),
+          /**
+           * When the credits expire: an ISO 8601 date-time in the future. Checked by grantCredits, not here, so
+           * that a retry with the same key after that time is answered with the first grant (a replay).
+           */
+          expiresAt: instant.optional(),
           /** Or this many days after the grant. Neither: they never expire. */
           expiresInDays: z.int().min(1).max(3650).optional(),
           category: z.enum(['paid', 'promotional']).optional(),
