@@ -1,6 +1,6 @@
 import { mkdirSync } from 'node:fs';
 import { PGlite } from '@electric-sql/pglite';
-import { Kysely, PostgresDialect } from 'kysely';
+import { type Driver, Kysely, PostgresDialect } from 'kysely';
 import { PGliteDialect } from 'kysely-pglite-dialect';
 import pg from 'pg';
 import type { Database } from './database.ts';
@@ -20,6 +20,12 @@ export interface DbConfig {
    * The tests migrate one database once and start every file from its dump, which skips initdb.
    */
   pgliteSnapshot?: Blob | undefined;
+  /**
+   * PGlite only: an open PGlite to use instead of opening one (dataDir and pgliteSnapshot are then unused).
+   * The handle's close() leaves it open: whoever opened it closes it. The tests lend each file's server one
+   * of a few PGlite instances that they reset in between, instead of starting a database per file.
+   */
+  pglite?: PGlite | undefined;
 }
 
 export interface DbHandle {
@@ -93,8 +99,9 @@ export async function createDb(config: DbConfig): Promise<DbHandle> {
       close: () => db.destroy(),
     };
   }
-  const pglite = await createPglite(config.dataDir ?? './.data', config.pgliteSnapshot);
-  const db = new Kysely<Database>({ dialect: new PGliteDialect(pglite) });
+  const pglite = config.pglite ?? (await createPglite(config.dataDir ?? './.data', config.pgliteSnapshot));
+  const dialect = config.pglite ? new LentPGliteDialect(pglite) : new PGliteDialect(pglite);
+  const db = new Kysely<Database>({ dialect });
   return {
     db,
     kind: 'pglite',
@@ -102,6 +109,23 @@ export async function createDb(config: DbConfig): Promise<DbHandle> {
     dumpDataDir: () => pglite.dumpDataDir('none'),
     close: () => db.destroy(),
   };
+}
+
+/** PGliteDialect on a PGlite that someone else closes: destroying the Kysely instance leaves it open. */
+class LentPGliteDialect extends PGliteDialect {
+  override createDriver(): Driver {
+    const driver = super.createDriver();
+    return {
+      init: () => driver.init(),
+      acquireConnection: () => driver.acquireConnection(),
+      beginTransaction: (connection, settings) => driver.beginTransaction(connection, settings),
+      commitTransaction: (connection) => driver.commitTransaction(connection),
+      rollbackTransaction: (connection) => driver.rollbackTransaction(connection),
+      releaseConnection: (connection) => driver.releaseConnection(connection),
+      // Kysely refuses queries on a destroyed instance by itself; only the PGlite stays open.
+      destroy: async () => {},
+    };
+  }
 }
 
 // ── Several hosts (libpq's multi-host form) ──────────────────────────────────────────────────────────────────

@@ -1,6 +1,7 @@
 import {
   createDb,
   type Database,
+  type DbConfig,
   type DbHandle,
   migrateToLatest,
   oldestUndeliveredEventAge,
@@ -42,6 +43,8 @@ export interface CreateAppDepsOptions {
   migrate?: boolean;
   /** Start an embedded database from this PGlite dump (see DbConfig.pgliteSnapshot). */
   pgliteSnapshot?: Blob | undefined;
+  /** Use this open PGlite, and leave it open on close (see DbConfig.pglite). */
+  pglite?: DbConfig['pglite'];
 }
 
 export async function createAppDeps(
@@ -53,6 +56,7 @@ export async function createAppDeps(
     dataDir: config.dataDir,
     poolSize: config.dbPoolSize,
     pgliteSnapshot: options.pgliteSnapshot,
+    pglite: options.pglite,
   });
   try {
     if (options.migrate ?? config.migrateOnStart) await migrateToLatest(dbHandle.db);

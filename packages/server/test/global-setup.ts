@@ -1,8 +1,18 @@
 import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createDb, migrateToLatest } from '@mana-credits/db';
 import pg from 'pg';
@@ -12,6 +22,35 @@ import type {} from './helpers/database.ts';
 import { PGLITE_DUMPS } from './helpers/pglite-dumps.ts';
 
 const MAKER = new URL('./helpers/pglite-dumps.ts', import.meta.url);
+const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
+/** Where the PGlite dumps of earlier runs are kept, one directory per state of what makes them. */
+const DUMP_CACHE = join(ROOT, 'node_modules/.cache/mana-credits-test-pglite');
+
+/**
+ * What the dumps depend on: the migrations and everything else of packages/db/src, the PGlite that runs them,
+ * the locked versions of every package (kysely…), and the code that makes them. Any change makes new dumps.
+ */
+function dumpKey(): string {
+  const hash = createHash('sha256');
+  const add = (path: string) => {
+    hash.update(`${relative(ROOT, path)}\0`);
+    hash.update(readFileSync(path));
+  };
+  const walk = (directory: string) => {
+    for (const entry of readdirSync(directory, { withFileTypes: true }).sort((a, b) =>
+      a.name < b.name ? -1 : 1,
+    )) {
+      const path = join(directory, entry.name);
+      if (entry.isDirectory()) walk(path);
+      else if (entry.isFile()) add(path);
+    }
+  };
+  walk(join(ROOT, 'packages/db/src'));
+  add(join(ROOT, 'packages/db/node_modules/@electric-sql/pglite/package.json'));
+  add(join(ROOT, 'pnpm-lock.yaml'));
+  add(fileURLToPath(MAKER));
+  return hash.digest('hex').slice(0, 24);
+}
 
 /**
  * Migrates one database for the whole run; every file then starts from a copy of it instead of creating and
@@ -36,15 +75,24 @@ export default async function setup(project: TestProject) {
     project.provide('pgliteEmptySnapshotPath', undefined);
     return async () => admin(serverUrl, `drop database if exists ${name} with (force)`);
   }
-  // PGlite: the dumps are made in the background, by another process (PGlite's initdb would hold this one's
-  // event loop, which serves the workers their modules). Workers start and import the server meanwhile, and
-  // the files that build or pack first get on with it; helpers/database.ts waits for a dump when it needs one.
-  const directory = mkdtempSync(join(tmpdir(), 'mana-credits-pglite-'));
   project.provide('templateDatabase', undefined);
+  // PGlite: the dumps an earlier run made from the same migrations, PGlite and packages (initdb and the
+  // migrations cost ~10 s of CPU, a fifth of a run)…
+  const key = dumpKey();
+  const cached = join(DUMP_CACHE, key);
+  if (existsSync(join(cached, PGLITE_DUMPS.migrated))) {
+    project.provide('pgliteEmptySnapshotPath', join(cached, PGLITE_DUMPS.empty));
+    project.provide('pgliteSnapshotPath', join(cached, PGLITE_DUMPS.migrated));
+    return;
+  }
+  // …or new ones, made in the background, by another process (PGlite's initdb would hold this one's event
+  // loop, which serves the workers their modules). Workers start and import the server meanwhile, and the
+  // files that build or pack first get on with it; helpers/database.ts waits for a dump when it needs one.
+  const directory = mkdtempSync(join(tmpdir(), 'mana-credits-pglite-'));
   project.provide('pgliteEmptySnapshotPath', join(directory, PGLITE_DUMPS.empty));
   project.provide('pgliteSnapshotPath', join(directory, PGLITE_DUMPS.migrated));
   const maker = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(MAKER), directory], {
-    cwd: fileURLToPath(new URL('../../..', import.meta.url)),
+    cwd: ROOT,
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let errors = '';
@@ -58,12 +106,32 @@ export default async function setup(project: TestProject) {
     };
     maker.once('error', (error) => fail(error.message));
     // 'close', not 'exit': by then all of its stderr has been read.
-    maker.once('close', (code, signal) => (code === 0 ? done() : fail(`exited with ${code ?? signal}`)));
+    maker.once('close', (code, signal) => {
+      if (code !== 0) return fail(`exited with ${code ?? signal}`);
+      keep(directory, key);
+      done();
+    });
   });
   return async () => {
     await made;
     rmSync(directory, { recursive: true, force: true });
   };
+}
+
+/** Copies new dumps into the cache (whole or not at all), in place of those of other keys. */
+function keep(directory: string, key: string) {
+  try {
+    mkdirSync(DUMP_CACHE, { recursive: true });
+    for (const entry of readdirSync(DUMP_CACHE))
+      rmSync(join(DUMP_CACHE, entry), { recursive: true, force: true });
+    const partial = mkdtempSync(join(DUMP_CACHE, `${key}.partial-`));
+    for (const name of [PGLITE_DUMPS.empty, PGLITE_DUMPS.migrated]) {
+      copyFileSync(join(directory, name), join(partial, name));
+    }
+    renameSync(partial, join(DUMP_CACHE, key));
+  } catch {
+    // Another run kept the same dumps first, or the cache cannot be written: the next run makes them again.
+  }
 }
 
 async function admin(serverUrl: string, statement: string) {

@@ -10,7 +10,7 @@ beforeAll(async () => {
   handle = await createDb({
     databaseUrl: database.url,
     dataDir: 'memory://',
-    pgliteSnapshot: database.pgliteSnapshot,
+    pglite: database.pglite,
   });
   await migrateToLatest(handle.db);
 });

@@ -46,14 +46,17 @@ afterEach(() => {
 
 /**
  * A database the child can use and the test can open afterwards: Postgres, or a PGlite directory as initdb
- * left it (the child runs the migrations, as on a first start).
+ * left it (the child runs the migrations, as on a first start), or, where the test is not about the first
+ * start (`migrated`), as the migrations left it.
  */
-async function freshDatabase(): Promise<TestDatabase & { open(): Promise<DbHandle> }> {
+async function freshDatabase(
+  options: { migrated?: boolean } = {},
+): Promise<TestDatabase & { open(): Promise<DbHandle> }> {
   if (onPostgres) {
     const database = await createTestDatabase();
     return { ...database, open: () => createDb({ databaseUrl: database.url, poolSize: 2 }) };
   }
-  const database = await createTestDataDir({ empty: true });
+  const database = await createTestDataDir({ empty: !options.migrated });
   return { ...database, open: () => createDb({ dataDir: database.env.DATA_DIR }) };
 }
 
@@ -174,7 +177,7 @@ async function expectLedgerMatches(handle: DbHandle, userId: string, outcomes: O
 
 describe('graceful shutdown of the real process', () => {
   it('SIGTERM in the middle of parallel load: no failed accepted request, no lost ledger row, exit 0', async () => {
-    const database = await freshDatabase();
+    const database = await freshDatabase({ migrated: true });
     try {
       const server = await spawnServer(database, { SHUTDOWN_DRAIN_MS: '1000' });
       await waitFor('migrations', () => (logged(server, 'migrations done') ? true : undefined));

@@ -3,6 +3,8 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { tmpdir } from 'node:os';
 import { dirname, join, normalize, sep } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { PGlite } from '@electric-sql/pglite';
+import { createPglite } from '@mana-credits/db';
 import pg from 'pg';
 import { inject } from 'vitest';
 import { PGLITE_DUMPS } from './pglite-dumps.ts';
@@ -29,6 +31,11 @@ export interface TestDatabase {
   url: string | undefined;
   /** PGlite: the dump to start from (see global-setup.ts). */
   pgliteSnapshot: Blob | undefined;
+  /**
+   * PGlite, migrated (not `empty`): an open database in that state, lent to this file until drop(). Hand it
+   * to createDb / createAppDeps (`pglite`) instead of starting one from pgliteSnapshot.
+   */
+  pglite: PGlite | undefined;
   drop(): Promise<void>;
 }
 
@@ -76,6 +83,136 @@ class ReadBlob extends Blob {
   }
 }
 
+// ── PGlite instances lent to one file after another ─────────────────────────────────────────────────────────
+//
+// Starting a PGlite, even from the migrated dump, costs a second or two of CPU: for ~40 files, more than the
+// tests of most of them take. So a worker keeps the instances its files have dropped and lends them again,
+// reset to the state of the dump: every table emptied and the rows the migrations seeded put back, sequences
+// rewound, session settings, advisory locks and any open transaction ended. If a file changed the schema
+// itself (tables, columns, functions, triggers…) the instance is not lent again: a new one is started.
+
+const idlePglites: PGlite[] = [];
+
+/** What a migrated database looks like, read from a fresh instance (every instance starts from one dump). */
+interface PgliteBaseline {
+  /** Catalog fingerprint of the non-system schemas (see schemaFingerprint). */
+  fingerprint: string;
+  /** Every table, schema-qualified and quoted: truncated together. */
+  tables: string[];
+  /** The tables that hold rows after migrating (a migration's seed): their rows, to put back. */
+  seeds: Array<{ table: string; columns: string; rows: string }>;
+  /** Sequences and where they stood. */
+  sequences: Array<{ sequence: string; lastValue: string; isCalled: boolean }>;
+}
+let baseline: Promise<PgliteBaseline> | undefined;
+
+const USER_SCHEMAS = `n.nspname not in ('pg_catalog', 'information_schema', 'pg_toast') and n.nspname not like 'pg_temp%'
+  and n.nspname not like 'pg_toast_temp%'`;
+
+/** A digest of everything a test could change in the schema: relations, columns, types, functions, triggers… */
+async function schemaFingerprint(pglite: PGlite): Promise<string> {
+  const { rows } = await pglite.query<{ digest: string }>(`
+    select md5(coalesce((select string_agg(x, E'\n' order by x) from (
+      select format('rel %s.%s %s', n.nspname, c.relname, c.relkind) as x
+        from pg_class c join pg_namespace n on n.oid = c.relnamespace where ${USER_SCHEMAS}
+      union all
+      select format('col %s.%s.%s %s %s %s %s', n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod),
+                    a.attnotnull, a.attgenerated, pg_get_expr(d.adbin, d.adrelid))
+        from pg_attribute a join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace
+        left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+       where ${USER_SCHEMAS} and a.attnum > 0 and not a.attisdropped
+      union all
+      select format('con %s %s', conname, pg_get_constraintdef(k.oid))
+        from pg_constraint k join pg_namespace n on n.oid = k.connamespace where ${USER_SCHEMAS}
+      union all
+      select format('fn %s.%s(%s) %s', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid), md5(p.prosrc))
+        from pg_proc p join pg_namespace n on n.oid = p.pronamespace where ${USER_SCHEMAS}
+      union all
+      select format('trg %s %s %s', t.tgrelid::regclass, t.tgname, t.tgenabled)
+        from pg_trigger t join pg_class c on c.oid = t.tgrelid join pg_namespace n on n.oid = c.relnamespace
+       where ${USER_SCHEMAS}
+      union all
+      select format('ns %s', n.nspname) from pg_namespace n where ${USER_SCHEMAS}
+      union all
+      select format('db %s', datname) from pg_database
+      union all
+      select format('role %s %s', rolname, rolsuper) from pg_roles
+      union all
+      select format('ext %s %s', extname, extversion) from pg_extension
+    ) all_of_it), '')) as digest`);
+  return rows[0]!.digest;
+}
+
+async function readBaseline(pglite: PGlite): Promise<PgliteBaseline> {
+  const tables = await pglite.query<{ table: string; columns: string }>(`
+    select format('%I.%I', n.nspname, c.relname) as table,
+           (select string_agg(quote_ident(a.attname), ', ' order by a.attnum) from pg_attribute a
+             where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped and a.attgenerated = '') as columns
+      from pg_class c join pg_namespace n on n.oid = c.relnamespace
+     where c.relkind in ('r', 'p') and ${USER_SCHEMAS}
+     order by 1`);
+  const seeds: PgliteBaseline['seeds'] = [];
+  for (const { table, columns } of tables.rows) {
+    const { rows } = await pglite.query<{ rows: string | null }>(
+      `select json_agg(t)::text as rows from (select ${columns} from ${table}) t`,
+    );
+    if (rows[0]!.rows) seeds.push({ table, columns, rows: rows[0]!.rows });
+  }
+  const sequences = await pglite.query<{ sequence: string }>(`
+    select format('%I.%I', n.nspname, c.relname) as sequence
+      from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.relkind = 'S' and ${USER_SCHEMAS}`);
+  const positions: PgliteBaseline['sequences'] = [];
+  for (const { sequence } of sequences.rows) {
+    const { rows } = await pglite.query<{ last_value: string; is_called: boolean }>(
+      `select last_value::text, is_called from ${sequence}`,
+    );
+    positions.push({ sequence, lastValue: rows[0]!.last_value, isCalled: rows[0]!.is_called });
+  }
+  return {
+    fingerprint: await schemaFingerprint(pglite),
+    tables: tables.rows.map((row) => row.table),
+    seeds,
+    sequences: positions,
+  };
+}
+
+/** Puts a used instance back in the state of the dump; false if it cannot be (its schema was changed). */
+async function resetPglite(pglite: PGlite, base: PgliteBaseline): Promise<boolean> {
+  if (pglite.closed) return false;
+  // A transaction a test left open (or aborted) is rolled back; outside one this is only a warning.
+  await pglite.exec('rollback');
+  await pglite.exec('reset all; select pg_advisory_unlock_all();');
+  if ((await schemaFingerprint(pglite)) !== base.fingerprint) return false;
+  await pglite.transaction(async (tx) => {
+    // As a replica: no triggers fire (the ledgers refuse TRUNCATE, inserts would raise events…).
+    await tx.exec('set local session_replication_role = replica');
+    if (base.tables.length > 0) await tx.exec(`truncate ${base.tables.join(', ')}`);
+    for (const seed of base.seeds) {
+      await tx.query(
+        `insert into ${seed.table} (${seed.columns}) overriding system value
+         select ${seed.columns} from json_populate_recordset(null::${seed.table}, $1::json)`,
+        [seed.rows],
+      );
+    }
+    for (const { sequence, lastValue, isCalled } of base.sequences) {
+      await tx.query(`select setval('${sequence}', $1::int8, $2)`, [lastValue, isCalled]);
+    }
+  });
+  return true;
+}
+
+/** A migrated PGlite for one file: one this worker had lent before and has reset, or a new one. */
+async function borrowPglite(): Promise<PGlite> {
+  for (let pglite = idlePglites.pop(); pglite; pglite = idlePglites.pop()) {
+    if (baseline && (await resetPglite(pglite, await baseline))) return pglite;
+    if (!pglite.closed) await pglite.close();
+  }
+  const pglite = await createPglite('memory://', (await pgliteSnapshot(false)).blob);
+  baseline ??= readBaseline(pglite);
+  await baseline;
+  return pglite;
+}
+
 /**
  * `empty`: a database nothing was applied to (for tests of the migrations themselves). On PGlite that is a
  * database as initdb left it, started from global-setup.ts's dump rather than by running initdb again.
@@ -83,12 +220,19 @@ class ReadBlob extends Blob {
 export async function createTestDatabase(options: { empty?: boolean } = {}): Promise<TestDatabase> {
   const serverUrl = process.env.DATABASE_URL;
   if (!serverUrl) {
+    const empty = options.empty ?? false;
+    const lent = empty ? undefined : await borrowPglite();
+    let dropped = false;
     return {
       env: { DATA_DIR: 'memory://' },
       kind: 'pglite',
       url: undefined,
-      pgliteSnapshot: (await pgliteSnapshot(options.empty ?? false)).blob,
-      drop: async () => {},
+      pgliteSnapshot: (await pgliteSnapshot(empty)).blob,
+      pglite: lent,
+      drop: async () => {
+        if (lent && !dropped) idlePglites.push(lent);
+        dropped = true;
+      },
     };
   }
   const name = `mana_credits_test_${process.pid}_${randomBytes(4).toString('hex')}`;
@@ -108,6 +252,7 @@ export async function createTestDatabase(options: { empty?: boolean } = {}): Pro
     kind: 'postgres',
     url: url.toString(),
     pgliteSnapshot: undefined,
+    pglite: undefined,
     drop: async () => {
       const client = new pg.Client({ connectionString: serverUrl });
       await client.connect();
@@ -133,6 +278,7 @@ export async function createTestDataDir(options: { empty?: boolean } = {}): Prom
     kind: 'pglite',
     url: undefined,
     pgliteSnapshot: undefined,
+    pglite: undefined,
     drop: async () => rmSync(dataDir, { recursive: true, force: true }),
   };
 }

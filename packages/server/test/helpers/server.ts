@@ -88,7 +88,7 @@ export async function startTestServer(
     ...env,
     ...proxied,
   });
-  const deps = await createAppDeps(config, { pgliteSnapshot: database.pgliteSnapshot });
+  const deps = await createAppDeps(config, { pglite: database.pglite });
   const app = await buildApp(deps, { closeDepsOnClose: true, logger: false });
   await app.listen({ port: 0, host: '127.0.0.1' });
   const address = app.server.address();
