@@ -230,3 +230,27 @@ export async function autoTopUpAttemptOfPurchase(
     .where('purchase_id', '=', purchaseId)
     .executeTakeFirst();
 }
+
+/**
+ * A purchase was credited: its attempt, if it is an automatic one, succeeded (whatever it said before: the
+ * money arrived). In the crediting transaction, under the purchase's row lock.
+ */
+export async function succeedAutoTopUpOfPurchase(
+  trx: Transaction<Database>,
+  purchaseId: string,
+  paymentIntentId: string | null,
+): Promise<AutoTopUpAttemptRow | undefined> {
+  return trx
+    .updateTable('credits.auto_top_up_attempts')
+    .set({
+      status: 'succeeded',
+      failure_code: null,
+      failure_message: null,
+      ...(paymentIntentId ? { payment_intent_id: paymentIntentId } : {}),
+      completed_at: sql<Date>`coalesce(completed_at, now())`,
+      updated_at: sql<Date>`now()`,
+    })
+    .where('purchase_id', '=', purchaseId)
+    .returningAll()
+    .executeTakeFirst();
+}
