@@ -451,6 +451,27 @@ describe('lost answers, crashes and webhooks out of order', () => {
   });
 });
 
+describe('a payment whose outcome never arrived', () => {
+  it('is looked up in Stripe after a while and credited by the same path', async () => {
+    const { user, client } = await enrolledUser({ funds: 100, threshold: 50 });
+    await spend(client, 60);
+    stripe.mode = 'lose-responses';
+    expect(Object.values(await worker())).toEqual(['unknown']);
+    stripe.mode = 'ok';
+    // As if Stripe's answer had been stored but the process died before the credit, and no webhook came.
+    const [attempt] = await attemptsOf(user.id);
+    const [intent] = stripe.intentsOfPurchase(attempt!.purchase_id!);
+    await sql`update credits.auto_top_up_attempts
+                 set status = 'processing', payment_intent_id = ${intent!.id as string},
+                     updated_at = now() - interval '1 hour'
+               where id = ${attempt!.id}`.execute(server.db);
+    expect(await worker()).toEqual({ [attempt!.id]: 'credited' });
+    expect(await purchaseCreditsOf(user.id)).toHaveLength(1);
+    expect((await attemptsOf(user.id))[0]).toMatchObject({ status: 'succeeded' });
+    expect(stripe.intentsOfPurchase(attempt!.purchase_id!)).toHaveLength(1);
+  });
+});
+
 describe('maxPerMonth', () => {
   it('holds under concurrent debits and workers', async () => {
     const { user, client } = await enrolledUser({ funds: 300, threshold: 200, maxPerMonth: 2 });

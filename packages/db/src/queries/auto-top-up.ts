@@ -254,3 +254,26 @@ export async function succeedAutoTopUpOfPurchase(
     .returningAll()
     .executeTakeFirst();
 }
+
+/**
+ * Claims up to `limit` attempts whose PaymentIntent has been awaiting its outcome for `staleSeconds` (a lost
+ * webhook, or a crash between Stripe's `succeeded` answer and the credit), SKIP LOCKED, and moves their
+ * updated_at to now: each is looked at again once per `staleSeconds` until it ends.
+ */
+export async function claimStaleAutoTopUps(
+  db: Kysely<Database>,
+  staleSeconds: number,
+  limit: number,
+): Promise<AutoTopUpAttemptRow[]> {
+  const { rows } = await sql<AutoTopUpAttemptRow>`
+    update credits.auto_top_up_attempts t
+       set updated_at = now()
+     where t.id in (select c.id from credits.auto_top_up_attempts c
+                     where c.status = 'processing'
+                       and c.updated_at <= now() - make_interval(secs => ${staleSeconds}::float8)
+                     order by c.updated_at
+                     limit ${limit}::int
+                     for update skip locked)
+    returning t.*`.execute(db);
+  return rows;
+}

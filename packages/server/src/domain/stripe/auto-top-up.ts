@@ -2,6 +2,7 @@ import {
   type AutoTopUpAttemptRow,
   type AutoTopUpRow,
   claimDueAutoTopUps,
+  claimStaleAutoTopUps,
   closeAutoTopUpAttempt,
   type Database,
   disableAutoTopUp,
@@ -35,6 +36,8 @@ import { AUTO_TOP_UP_PURPOSE, creditPaidIntent } from './webhook.ts';
 export const DEFAULT_MAX_PER_MONTH = 5;
 /** How long a claimed attempt is the worker's before another may send it again (same idempotency key). */
 const LEASE_SECONDS = 60;
+/** How long a sent payment may await its webhook before the worker asks Stripe how it ended. */
+const STALE_PROCESSING_SECONDS = 600;
 
 interface AutoTopUpDeps {
   db: Kysely<Database>;
@@ -176,7 +179,44 @@ export async function runAutoTopUps(
       results[attempt.id] = 'unknown';
     }
   }
+  for (const attempt of await claimStaleAutoTopUps(deps.db, STALE_PROCESSING_SECONDS, limit)) {
+    try {
+      results[attempt.id] = await settleStaleAttempt(deps, deps.stripe, attempt);
+    } catch (error) {
+      deps.log?.warn({ err: error, attemptId: attempt.id }, 'auto top-up payment not looked up');
+      results[attempt.id] = 'unknown';
+    }
+  }
   return results;
+}
+
+/**
+ * A payment sent long ago whose outcome never arrived (a lost webhook, or a crash between Stripe's answer and
+ * the credit): asks Stripe, and settles it by the same paths as the webhook would.
+ */
+async function settleStaleAttempt(
+  deps: AutoTopUpDeps,
+  stripe: Stripe,
+  attempt: AutoTopUpAttemptRow,
+): Promise<AttemptResult> {
+  if (!attempt.payment_intent_id) return 'processing';
+  const intent = await stripe.paymentIntents.retrieve(attempt.payment_intent_id);
+  if (intent.status === 'succeeded') {
+    await creditPaidIntent(deps.db, intent);
+    return 'credited';
+  }
+  if (intent.status === 'requires_payment_method' || intent.status === 'canceled') {
+    await deps.db.transaction().execute((trx) =>
+      recordAutoTopUpFailure(trx, attempt, {
+        code:
+          intent.last_payment_error?.code ?? (intent.status === 'canceled' ? 'canceled' : 'payment_failed'),
+        message: intent.last_payment_error?.message ?? null,
+        paymentIntentId: intent.id,
+      }),
+    );
+    return 'failed';
+  }
+  return 'processing';
 }
 
 /** Its purchase, made once: a retry of the attempt finds it and pays with the same card and key. */
