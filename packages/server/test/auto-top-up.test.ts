@@ -196,9 +196,21 @@ describe('setup, get, disable', () => {
     await spend(client, 90);
     expect(await attemptsOf(user.id)).toEqual([]);
 
-    // setup again with a new card turns it on; the service may turn it off.
-    const third = await client.credits.autoTopUp.setup.mutate({ packageId, threshold: 60 });
-    await deliver(stripe.event('setup_intent.succeeded', stripe.succeedSetupIntent(third.setupIntentId)));
+    // setup again (over REST) with a new card turns it on; the service may turn it off.
+    const third = await call('POST /api/v1/credits/auto-top-up/setup', {
+      token,
+      body: { packageId, threshold: 60 },
+    });
+    expect(third.status).toBe(200);
+    expect(third.body).toMatchObject({ enabled: false, clientSecret: expect.any(String) });
+    const refused = await call('POST /api/v1/credits/auto-top-up/setup', {
+      token,
+      body: { packageId, threshold: 0 },
+    });
+    expect(refused.status).toBe(400);
+    await deliver(
+      stripe.event('setup_intent.succeeded', stripe.succeedSetupIntent(third.body.setupIntentId)),
+    );
     expect((await internal().internal.credits.autoTopUp.get.query({ userId: user.id })).enabled).toBe(true);
     const off = await call('DELETE /api/v1/internal/credits/auto-top-up/{userId}', {
       serviceKey: SERVICE_KEY,
