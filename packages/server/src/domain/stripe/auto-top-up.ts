@@ -20,6 +20,7 @@ import {
 import type { Kysely } from 'kysely';
 import Stripe from 'stripe';
 import type { Logger } from '../../deps.ts';
+import { effects } from '../effects.ts';
 import { NotFoundError, PreconditionFailedError, ServiceUnavailableError } from '../errors.ts';
 import { type AutoTopUpFailure, recordAutoTopUpFailure } from './auto-top-up-failure.ts';
 import { isStripeError, stripeRefusedCall } from './client.ts';
@@ -190,6 +191,14 @@ export async function runAutoTopUps(
   return results;
 }
 
+/** Credits a succeeded payment through the webhook's path, counting it in the metrics when this call credited it. */
+async function creditedNow(db: Kysely<Database>, intent: Stripe.PaymentIntent): Promise<AttemptResult> {
+  const outcome = await creditPaidIntent(db, intent);
+  if (outcome.result === 'applied' && outcome.effect === 'completed')
+    effects.purchaseCredited(Number(outcome.details?.credits ?? 0));
+  return 'credited';
+}
+
 /**
  * A payment sent long ago whose outcome never arrived (a lost webhook, or a crash between Stripe's answer and
  * the credit): asks Stripe, and settles it by the same paths as the webhook would.
@@ -201,10 +210,7 @@ async function settleStaleAttempt(
 ): Promise<AttemptResult> {
   if (!attempt.payment_intent_id) return 'processing';
   const intent = await stripe.paymentIntents.retrieve(attempt.payment_intent_id);
-  if (intent.status === 'succeeded') {
-    await creditPaidIntent(deps.db, intent);
-    return 'credited';
-  }
+  if (intent.status === 'succeeded') return creditedNow(deps.db, intent);
   if (intent.status === 'requires_payment_method' || intent.status === 'canceled') {
     await deps.db.transaction().execute((trx) =>
       recordAutoTopUpFailure(trx, attempt, {
@@ -313,10 +319,7 @@ async function payAttempt(
   }
   await recordPurchaseStripeIds(deps.db, purchase.id, { stripe_payment_intent_id: intent.id });
   await markAutoTopUpProcessing(deps.db, attempt.id, intent.id);
-  if (intent.status === 'succeeded') {
-    await creditPaidIntent(deps.db, intent);
-    return 'credited';
-  }
+  if (intent.status === 'succeeded') return creditedNow(deps.db, intent);
   if (intent.status === 'requires_action' || intent.status === 'requires_payment_method') {
     await deps.db.transaction().execute((trx) =>
       recordAutoTopUpFailure(trx, attempt, {
