@@ -372,6 +372,41 @@ describe('failures', () => {
     expect(stripe.intentsOfPurchase(attempt!.purchase_id!)).toHaveLength(1);
   });
 
+  it('a package no longer on sale: nothing is bought, auto top-up off, autotopup.failed', async () => {
+    const pack = await internal().internal.packages.upsert.mutate({
+      name: 'Retired',
+      credits: 50,
+      priceEuroCents: 500,
+      active: true,
+      sortOrder: 2,
+    });
+    const user = newUser();
+    const client = await server.userClient(user);
+    await grant(user.id, 100);
+    const started = await client.credits.autoTopUp.setup.mutate({ packageId: pack.id, threshold: 50 });
+    await deliver(stripe.event('setup_intent.succeeded', stripe.succeedSetupIntent(started.setupIntentId)));
+    await internal().internal.packages.upsert.mutate({
+      id: pack.id,
+      name: 'Retired',
+      credits: 50,
+      priceEuroCents: 500,
+      active: false,
+      sortOrder: 2,
+    });
+    await spend(client, 60);
+    expect(Object.values(await worker())).toEqual(['failed']);
+    expect((await attemptsOf(user.id))[0]).toMatchObject({
+      status: 'failed',
+      failure_code: 'package_inactive',
+      purchase_id: null,
+    });
+    expect(await eventsOf(user.id, 'autotopup.failed')).toHaveLength(1);
+    expect(await client.credits.autoTopUp.get.query()).toMatchObject({
+      enabled: false,
+      disabledReason: 'payment failed: package_inactive',
+    });
+  });
+
   it('a failure Stripe reports by webhook (a payment still processing) turns it off once', async () => {
     const { user, client } = await enrolledUser({ funds: 100, threshold: 50 });
     await spend(client, 60);

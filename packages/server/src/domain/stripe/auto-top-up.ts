@@ -254,6 +254,15 @@ async function purchaseOf(
     }
     const pack = await findPackage(trx, attempt.package_id);
     if (!pack) throw new Error(`package ${attempt.package_id} vanished`);
+    // No longer on sale: nothing is bought, and auto top-up stops until it is set up with another package.
+    if (!pack.active) {
+      await recordAutoTopUpFailure(trx, attempt, {
+        code: 'package_inactive',
+        message: 'The package is no longer on sale',
+        paymentIntentId: null,
+      });
+      return { attempt, purchase: undefined, skip: 'package_inactive' };
+    }
     const purchaseId = await insertPendingPurchase(trx, {
       userId: attempt.user_id,
       packageId: pack.id,
@@ -281,6 +290,7 @@ async function payAttempt(
 ): Promise<AttemptResult> {
   const { attempt, purchase, skip } = await purchaseOf(deps.db, claimed.id);
   if (skip === 'disabled') return 'skipped';
+  if (skip === 'package_inactive') return 'failed';
   if (!purchase) return 'gone';
   const paymentMethod = String(purchase.metadata?.paymentMethodId ?? '');
   let intent: Stripe.PaymentIntent;
