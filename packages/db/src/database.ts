@@ -397,6 +397,8 @@ export interface Database {
   'credits.webhooks': WebhooksTable;
   'credits.webhook_deliveries': WebhookDeliveriesTable;
   'credits.lots': LotsTable;
+  'credits.auto_top_up': AutoTopUpTable;
+  'credits.auto_top_up_attempts': AutoTopUpAttemptsTable;
 }
 
 /** A lot of credits in an account (migration 2026_12_03_0800_lots). */
@@ -419,6 +421,49 @@ export interface LotsTable {
   created_at: Timestamp;
 }
 
+/** A user's auto top-up setting and saved card (migration 2026_12_03_0900_auto_top_up). */
+export interface AutoTopUpTable {
+  user_id: string;
+  /** True only while a card is saved and nothing turned it off. */
+  enabled: Generated<boolean>;
+  package_id: string;
+  threshold: Int8;
+  max_per_month: number;
+  stripe_customer_id: string | null;
+  /** The SetupIntent of the latest `setup`: only its success saves a card. */
+  setup_intent_id: string | null;
+  payment_method_id: string | null;
+  card_brand: string | null;
+  card_last4: string | null;
+  disabled_reason: string | null;
+  disabled_at: NullableTimestamp;
+  created_at: Timestamp;
+  updated_at: Timestamp;
+}
+
+export type AutoTopUpAttemptStatus = 'pending' | 'processing' | 'succeeded' | 'failed' | 'skipped';
+
+/** One top-up the balance called for, written by the ledger trigger; its id keys the Stripe payment. */
+export interface AutoTopUpAttemptsTable {
+  id: Generated<string>;
+  user_id: string;
+  package_id: string;
+  status: ColumnType<AutoTopUpAttemptStatus, AutoTopUpAttemptStatus | undefined, AutoTopUpAttemptStatus>;
+  /** The ledger entry that crossed below the threshold. */
+  transaction_id: string;
+  purchase_id: string | null;
+  payment_intent_id: string | null;
+  failure_code: string | null;
+  failure_message: string | null;
+  tries: Generated<number>;
+  next_attempt_at: Timestamp;
+  created_at: Timestamp;
+  updated_at: Timestamp;
+  completed_at: NullableTimestamp;
+}
+
+export type AutoTopUpRow = Selectable<AutoTopUpTable>;
+export type AutoTopUpAttemptRow = Selectable<AutoTopUpAttemptsTable>;
 export type LedgerRow = Selectable<TransactionsTable>;
 export type NewLedgerRow = Insertable<TransactionsTable>;
 export type PackageRow = Selectable<PackagesTable>;

@@ -3,6 +3,7 @@ export * from './database.ts';
 export * from './int8.ts';
 export * from './migrate.ts';
 export * from './queries/admin.ts';
+export * from './queries/auto-top-up.ts';
 export * from './queries/balances.ts';
 export * from './queries/batch.ts';
 export * from './queries/customers.ts';

@@ -14,6 +14,7 @@ import * as ledgerTimeIndex from './migrations/2026_12_03_0400_ledger_time_index
 import * as events from './migrations/2026_12_03_0500_events.ts';
 import * as adminActions from './migrations/2026_12_03_0600_admin_actions.ts';
 import * as lots from './migrations/2026_12_03_0800_lots.ts';
+import * as autoTopUp from './migrations/2026_12_03_0900_auto_top_up.ts';
 
 /** Every migration, by its dated name. Add new ones here; never edit one that has shipped. */
 export const migrations: Record<string, Migration> = {
@@ -31,6 +32,7 @@ export const migrations: Record<string, Migration> = {
   '2026_12_03_0600_admin_actions': adminActions,
   '2026_12_03_0500_events': events,
   '2026_12_03_0800_lots': lots,
+  '2026_12_03_0900_auto_top_up': autoTopUp,
 };
 
 /**

@@ -81,6 +81,8 @@ const envSchema = z.object({
   WEBHOOK_TIMEOUT_MS: z.coerce.number().int().min(100).max(60_000).default(10_000),
   /** How often each instance relays new events and sends due deliveries; 0 turns both off. */
   WEBHOOK_DELIVERY_INTERVAL_MS: z.coerce.number().int().min(0).max(600_000).default(1000),
+  /** How often each instance sends the auto top-up payments the balance called for; 0 turns it off. */
+  AUTO_TOP_UP_INTERVAL_MS: z.coerce.number().int().min(0).max(600_000).default(2000),
 });
 
 export type Env = z.input<typeof envSchema>;
@@ -129,6 +131,8 @@ export interface Config {
   reservationSweepSeconds: number;
   /** How often lots whose time is up are expired when nobody touches their account; 0 = never (only on access). */
   lotExpirySweepSeconds: number;
+  /** How often due auto top-up attempts are paid (the auto-top-up job); 0 = never. */
+  autoTopUpIntervalMs: number;
   /** credits.balance's expiringSoon looks this many days ahead. */
   expiryNoticeDays: number;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
@@ -340,6 +344,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     trustProxy: trustProxy.ok ? trustProxy.value : false,
     reservationSweepSeconds: e.RESERVATION_SWEEP_SECONDS,
     lotExpirySweepSeconds: e.LOT_EXPIRY_SWEEP_SECONDS,
+    autoTopUpIntervalMs: e.AUTO_TOP_UP_INTERVAL_MS,
     expiryNoticeDays: e.EXPIRY_NOTICE_DAYS,
     logLevel: e.LOG_LEVEL,
     bodyLimitBytes: e.BODY_LIMIT_BYTES,

@@ -281,6 +281,8 @@ export function createMetrics(dbHandle: Pick<DbHandle, 'poolStats'>, sources: Me
       },
       giftExpired: (refunded) => moved({ kind: 'refunded', type: 'gift', amount: refunded }),
       creditsExpired: (account, amount) => moved({ kind: 'debited', account, type: 'expiry', amount }),
+      purchaseCredited: (amount) =>
+        moved({ kind: 'credited', account: 'personal', type: 'purchase', amount, app: 'stripe' }),
     },
     appLabel: (appId) => apps.of(appId),
     webhookTypeLabel: (type) => webhookTypes.of(type),

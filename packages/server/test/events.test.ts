@@ -31,6 +31,7 @@ beforeAll(async () => {
     RESERVATION_SWEEP_SECONDS: '1',
     GIFT_EXPIRY_SWEEP_SECONDS: '1',
     LOT_EXPIRY_SWEEP_SECONDS: '1',
+    AUTO_TOP_UP_INTERVAL_MS: '200',
   });
   receiver = await WebhookReceiver.start();
   all = await internal().internal.webhooks.create.mutate({ url: receiver.url, description: 'everything' });
@@ -523,6 +524,40 @@ describe('gifts, holds and purchases', () => {
       totalUnrecovered: 70,
       transactionId: expect.any(String),
     });
+  });
+});
+
+describe('auto top-up', () => {
+  it('autotopup.failed when the saved card is declined (the job sends the payment)', async () => {
+    const pkg = await internal().internal.packages.upsert.mutate({
+      name: 'Auto',
+      credits: 100,
+      priceEuroCents: 1000,
+      active: true,
+      sortOrder: 1,
+    });
+    const user = newUser();
+    const client: Client = await server.userClient(user);
+    const started = await client.credits.autoTopUp.setup.mutate({ packageId: pkg.id, threshold: 50 });
+    const setup = stripe.succeedSetupIntent(started.setupIntentId, { behaviour: 'declined' });
+    expect((await stripe.deliver(server.url, stripe.event('setup_intent.succeeded', setup))).status).toBe(
+      200,
+    );
+    await grant(user.id, 100);
+    await client.credits.use.mutate({ amount: 60, appId: 'app', description: 'spent' });
+    const failed = await eventually('autotopup.failed', () =>
+      receiver
+        .envelopes(all.secret)
+        .find((envelope) => envelope.type === 'autotopup.failed' && envelope.data.userId === user.id),
+    );
+    expect(failed.data).toMatchObject({
+      userId: user.id,
+      packageId: pkg.id,
+      reason: 'card_declined',
+      attemptId: expect.any(String),
+      purchaseId: expect.any(String),
+    });
+    expect(await client.credits.autoTopUp.get.query()).toMatchObject({ enabled: false });
   });
 });
 

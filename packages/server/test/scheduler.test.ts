@@ -205,11 +205,12 @@ describe('registerScheduler', () => {
     expect(events.at(-2)).toBe('run ended');
   });
 
-  it('the app registers the gift expiry sweep, the reservation sweep, the lot expiry sweep, the rate-limit prune and webhook delivery', () => {
+  it('the app registers the gift expiry sweep, the reservation sweep, the lot expiry sweep, the rate-limit prune, webhook delivery and auto top-up', () => {
     const config = {
       giftExpirySweepSeconds: 0,
       reservationSweepSeconds: 15,
       lotExpirySweepSeconds: 30,
+      autoTopUpIntervalMs: 2000,
       events: { deliveryIntervalMs: 1000 },
     } as AppDeps['config'];
     const jobs = periodicJobs({ config, db: {} as AppDeps['db'] });
@@ -219,6 +220,10 @@ describe('registerScheduler', () => {
       ['lot-expiry', 30_000],
       ['rate-limit-prune', 300_000],
       ['webhook-delivery', 1000],
+      // Off without Stripe: there is nothing to pay with.
+      ['auto-top-up', 0],
     ]);
+    const withStripe = periodicJobs({ config, db: {} as AppDeps['db'], stripe: {} as AppDeps['stripe'] });
+    expect(withStripe.find((job) => job.name === 'auto-top-up')?.intervalMs).toBe(2000);
   });
 });

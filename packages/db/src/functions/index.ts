@@ -16,6 +16,7 @@ export const SQL_FUNCTIONS = [
   'release_expired_pool_holds',
   'use_batch',
   'balance_alerts',
+  'auto_top_up',
   'reservation_events',
   'relay_events',
 ] as const;

@@ -1,5 +1,5 @@
 import { type Kysely, sql, type Transaction } from 'kysely';
-import type { Database, PurchaseRow, PurchaseStatus, ReversalKind } from '../database.ts';
+import type { Database, JsonObject, PurchaseRow, PurchaseStatus, ReversalKind } from '../database.ts';
 import { newestFirst, type Page, type PageRequest } from './pagination.ts';
 
 // Stripe purchases, their refunds and disputes (reversals) and the webhook events applied to them. A purchase
@@ -16,6 +16,8 @@ export interface NewPurchase {
   stripeCustomerId: string;
   /** Copied from the package too: the validity the buyer was shown. */
   validityDays: number | null;
+  /** Stored with the purchase (an automatic one names its attempt and the card it is paid with). */
+  metadata?: JsonObject;
 }
 
 /** Inserts a pending purchase and returns its id, which keys every Stripe call made for it. */
@@ -30,6 +32,7 @@ export async function insertPendingPurchase(db: Kysely<Database>, purchase: NewP
       currency: purchase.currency,
       stripe_customer_id: purchase.stripeCustomerId,
       validity_days: purchase.validityDays,
+      ...(purchase.metadata ? { metadata: JSON.stringify(purchase.metadata) } : {}),
     })
     .returning('id')
     .executeTakeFirstOrThrow();

@@ -153,6 +153,19 @@ const CHECKS: CheckDefinition[] = [
           or (p.status <> 'completed' and coalesce(l.rows, 0) <> 0)`,
   },
   {
+    name: 'auto_top_ups_match_purchases',
+    description:
+      'per auto top-up attempt: succeeded ⇔ its purchase (of the same user) is completed; automatic purchases are ' +
+      'otherwise checked like every purchase (credited once, with its system key)',
+    query: sql`
+      select a.id as attempt_id, a.status, a.user_id, p.id as purchase_id, p.status as purchase_status,
+             p.user_id as purchase_user_id
+        from credits.auto_top_up_attempts a
+        left join credits.purchases p on p.id = a.purchase_id
+       where (a.status = 'succeeded') <> (p.status is not distinct from 'completed')
+          or (p.id is not null and p.user_id <> a.user_id)`,
+  },
+  {
     name: 'system_rows_carry_system_keys',
     description:
       'per purchase credit and clawback: the system key of its purchase (a namespace no caller key can reach)',

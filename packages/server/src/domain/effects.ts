@@ -15,6 +15,8 @@ export interface EffectSink {
   giftExpired(refunded: number): void;
   /** `amount` credits of lots whose time ran out left an account (a user's balance or a pool). */
   creditsExpired(account: 'personal' | 'pool', amount: number): void;
+  /** A purchase paid by auto top-up was credited by the worker (the webhook route counts its own). */
+  purchaseCredited(amount: number): void;
 }
 
 const current = new AsyncLocalStorage<EffectSink>();
@@ -39,6 +41,9 @@ export const effects: EffectSink = {
   creditsExpired(account, amount) {
     if (amount > 0) current.getStore()?.creditsExpired(account, amount);
   },
+  purchaseCredited(amount) {
+    if (amount > 0) current.getStore()?.purchaseCredited(amount);
+  },
 };
 
 /**
@@ -57,6 +62,7 @@ export async function inTransaction<T>(
     holdsExpired: (count) => held.push((sink) => sink.holdsExpired(count)),
     giftExpired: (refunded) => held.push((sink) => sink.giftExpired(refunded)),
     creditsExpired: (account, amount) => held.push((sink) => sink.creditsExpired(account, amount)),
+    purchaseCredited: (amount) => held.push((sink) => sink.purchaseCredited(amount)),
   };
   const result = await current.run(holding, () => db.transaction().execute(work));
   for (const report of held) report(outer);

@@ -61,6 +61,12 @@ export async function stripeWebhookRoutes(app: FastifyInstance): Promise<void> {
               }
             }
           : undefined,
+        paymentMethodCard: stripe
+          ? async (paymentMethodId) => {
+              const card = (await stripe.paymentMethods.retrieve(paymentMethodId)).card;
+              return card ? { brand: card.brand, last4: card.last4 } : null;
+            }
+          : undefined,
       });
     } catch (error) {
       metrics.webhookEvents.inc({ type, outcome: 'error' });

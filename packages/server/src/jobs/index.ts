@@ -1,4 +1,5 @@
 import type { AppDeps, Logger } from '../deps.ts';
+import { autoTopUpJob } from './auto-top-up.ts';
 import { giftExpiryJob } from './gift-expiry.ts';
 import { lotExpiryJob } from './lot-expiry.ts';
 import { rateLimitPruneJob } from './rate-limit-prune.ts';
@@ -8,7 +9,7 @@ import { webhookDeliveryJob } from './webhook-delivery.ts';
 
 /** All periodic work of the server, run by the app's scheduler (see scheduler.ts). Add new jobs here. */
 export function periodicJobs(
-  deps: Pick<AppDeps, 'db' | 'config'> & Partial<Pick<AppDeps, 'metrics'>>,
+  deps: Pick<AppDeps, 'db' | 'config'> & Partial<Pick<AppDeps, 'metrics' | 'stripe'>>,
   log?: Logger,
 ): Job[] {
   return [
@@ -17,5 +18,6 @@ export function periodicJobs(
     lotExpiryJob(deps, log),
     rateLimitPruneJob(deps),
     webhookDeliveryJob(deps, log),
+    autoTopUpJob(deps, log),
   ];
 }

@@ -4,8 +4,8 @@ import type { AddressInfo } from 'node:net';
 import Stripe from 'stripe';
 
 /**
- * A local server speaking Stripe's API for the calls mana-credits makes (customers, payment intents, checkout
- * sessions): form-encoded bodies in, Stripe-shaped JSON out, bearer-key auth, and Idempotency-Key honoured
+ * A local server speaking Stripe's API for the calls mana-credits makes (customers, payment intents — also
+ * confirmed off-session with a saved card —, checkout sessions, setup intents, payment methods): form-encoded bodies in, Stripe-shaped JSON out, bearer-key auth, and Idempotency-Key honoured
  * the way Stripe does (same key + same body → the stored response replayed; same key + other body → 400).
  * It also plays Stripe's side of payments — paying, failing, refunding, disputing — and delivers the
  * resulting events as signed webhooks.
@@ -27,8 +27,22 @@ export interface RecordedRequest {
  * - refusing: 400 invalid_request_error (nothing created)
  * - unreachable: drop every connection without answering
  * - lose-first-response: perform the call, then drop the connection before answering (once per key)
+ * - lose-responses: perform the call (or replay it, for a key seen before), then drop the connection before
+ *   answering, every time: the caller never learns what Stripe did
  */
-export type StripeServerMode = 'ok' | 'failing' | 'refusing' | 'unreachable' | 'lose-first-response';
+export type StripeServerMode =
+  | 'ok'
+  | 'failing'
+  | 'refusing'
+  | 'unreachable'
+  | 'lose-first-response'
+  | 'lose-responses';
+
+/**
+ * How a saved test card behaves when charged (like Stripe's test cards): `ok` pays, `declined` is refused
+ * with card_declined, `requires_action` needs the customer (3-D Secure): authentication_required off-session.
+ */
+export type TestCardBehaviour = 'ok' | 'declined' | 'requires_action';
 
 const newId = (prefix: string) => `${prefix}_${randomBytes(12).toString('hex')}`;
 
@@ -65,6 +79,10 @@ export class TestStripeServer {
   readonly paymentIntents = new Map<string, Json>();
   readonly sessions = new Map<string, Json>();
   readonly charges = new Map<string, Json>();
+  readonly setupIntents = new Map<string, Json>();
+  readonly paymentMethods = new Map<string, Json>();
+  /** How each saved card behaves when charged. */
+  readonly cardBehaviour = new Map<string, TestCardBehaviour>();
   /** Prices known to this account, by id (for Checkout line items that name a price). */
   readonly prices = new Map<string, { unit_amount: number; currency: string }>();
   private readonly idempotent = new Map<string, { fingerprint: string; status: number; body: Json }>();
@@ -133,6 +151,10 @@ export class TestStripeServer {
         );
         return;
       }
+      if (this.mode === 'lose-responses') {
+        req.socket.destroy();
+        return;
+      }
       this.send(res, cached.status, cached.body, true);
       return;
     }
@@ -148,7 +170,7 @@ export class TestStripeServer {
     if (cacheKey && answer.status !== 500) {
       this.idempotent.set(cacheKey, { fingerprint: raw, ...answer });
     }
-    if (this.mode === 'lose-first-response') {
+    if (this.mode === 'lose-first-response' || this.mode === 'lose-responses') {
       req.socket.destroy();
       return;
     }
@@ -170,6 +192,19 @@ export class TestStripeServer {
       };
     }
     if (method === 'POST' && path === '/v1/checkout/sessions') return this.createSession(body);
+    if (method === 'POST' && path === '/v1/setup_intents') return this.createSetupIntent(body);
+    const methodId = /^\/v1\/payment_methods\/([^/]+)$/.exec(path)?.[1];
+    if (method === 'GET' && methodId) {
+      const paymentMethod = this.paymentMethods.get(methodId);
+      if (paymentMethod) return { status: 200, body: structuredClone(paymentMethod) };
+      return invalid('id', `No such PaymentMethod: '${methodId}'`, 'resource_missing', 404);
+    }
+    const detachId = /^\/v1\/payment_methods\/([^/]+)\/detach$/.exec(path)?.[1];
+    if (method === 'POST' && detachId) {
+      if (!this.paymentMethods.has(detachId))
+        return invalid('id', `No such PaymentMethod: '${detachId}'`, 'resource_missing', 404);
+      return { status: 200, body: this.detachPaymentMethod(detachId) };
+    }
     return {
       status: 404,
       body: {
@@ -197,6 +232,17 @@ export class TestStripeServer {
     if (!Number.isInteger(amount) || amount < 50) {
       return invalid('amount', 'Amount must be at least €0.50 eur');
     }
+    const paymentMethodId = typeof body.payment_method === 'string' ? body.payment_method : null;
+    const paymentMethod = paymentMethodId ? this.paymentMethods.get(paymentMethodId) : undefined;
+    if (paymentMethodId && !paymentMethod)
+      return invalid('payment_method', `No such PaymentMethod: '${paymentMethodId}'`, 'resource_missing');
+    if (paymentMethod && paymentMethod.customer !== body.customer) {
+      return invalid(
+        'payment_method',
+        'The provided PaymentMethod is not attached to this customer.',
+        'payment_method_unexpected_state',
+      );
+    }
     const intent = this.newIntent({
       amount,
       currency: String(body.currency),
@@ -204,8 +250,60 @@ export class TestStripeServer {
       description: body.description ?? null,
       metadata: body.metadata ?? {},
       allowed_payment_method_types: body.allowed_payment_method_types ?? null,
+      payment_method: paymentMethodId,
+      ...(body.off_session !== undefined ? { off_session: body.off_session === 'true' } : {}),
     });
-    return { status: 200, body: intent };
+    if (body.confirm !== 'true') return { status: 200, body: intent };
+    if (!paymentMethodId) return invalid('payment_method', 'A payment method is needed to confirm.');
+    return this.confirmIntent(intent.id as string, body.off_session === 'true');
+  }
+
+  /** Confirms a PaymentIntent with its payment method, as the card's behaviour says. */
+  private confirmIntent(id: string, offSession: boolean): { status: number; body: Json } {
+    const intent = this.mustGet(this.paymentIntents, id);
+    const behaviour = this.cardBehaviour.get(intent.payment_method as string) ?? 'ok';
+    if (behaviour === 'ok') return { status: 200, body: this.succeedPaymentIntent(id) };
+    if (behaviour === 'requires_action' && !offSession) {
+      Object.assign(intent, { status: 'requires_action', next_action: { type: 'use_stripe_sdk' } });
+      return { status: 200, body: structuredClone(intent) };
+    }
+    const code = behaviour === 'declined' ? 'card_declined' : 'authentication_required';
+    const message =
+      behaviour === 'declined'
+        ? 'Your card was declined.'
+        : 'Your card was declined. This transaction requires authentication.';
+    const lastError = {
+      type: 'card_error',
+      code,
+      ...(behaviour === 'declined' ? { decline_code: 'generic_decline' } : {}),
+      message,
+    };
+    Object.assign(intent, { status: 'requires_payment_method', last_payment_error: lastError });
+    return {
+      status: 402,
+      body: { error: { ...lastError, payment_intent: structuredClone(intent) } },
+    };
+  }
+
+  private createSetupIntent(body: Json): { status: number; body: Json } {
+    if (typeof body.customer !== 'string' || !this.customers.has(body.customer))
+      return invalid('customer', `No such customer: '${String(body.customer)}'`, 'resource_missing');
+    const id = newId('seti');
+    const intent = {
+      id,
+      object: 'setup_intent',
+      client_secret: `${id}_secret_${randomBytes(12).toString('hex')}`,
+      created: now(),
+      customer: body.customer,
+      livemode: false,
+      metadata: body.metadata ?? {},
+      payment_method: null,
+      payment_method_types: body.allowed_payment_method_types ?? body.payment_method_types ?? ['card'],
+      status: 'requires_payment_method',
+      usage: body.usage ?? 'off_session',
+    };
+    this.setupIntents.set(id, intent);
+    return { status: 200, body: structuredClone(intent) };
   }
 
   private newIntent(fields: Json & { amount: number; currency: string }): Json {
@@ -373,6 +471,45 @@ export class TestStripeServer {
     };
   }
 
+  /**
+   * The customer confirms a SetupIntent with a card: a payment method is made and attached to the intent's
+   * customer. Returns the intent as setup_intent.succeeded carries it (payment_method as an id).
+   */
+  succeedSetupIntent(
+    id: string,
+    card: { brand?: string; last4?: string; behaviour?: TestCardBehaviour } = {},
+  ): Json {
+    const intent = this.mustGet(this.setupIntents, id);
+    const paymentMethod = {
+      id: newId('pm'),
+      object: 'payment_method',
+      type: 'card',
+      card: { brand: card.brand ?? 'visa', last4: card.last4 ?? '4242', exp_month: 12, exp_year: 2030 },
+      created: now(),
+      customer: intent.customer,
+      livemode: false,
+      metadata: {},
+    };
+    this.paymentMethods.set(paymentMethod.id, paymentMethod);
+    this.cardBehaviour.set(paymentMethod.id, card.behaviour ?? 'ok');
+    Object.assign(intent, { status: 'succeeded', payment_method: paymentMethod.id });
+    return structuredClone(intent);
+  }
+
+  /** The payment method leaves its customer; returns it as payment_method.detached carries it. */
+  detachPaymentMethod(id: string): Json {
+    const paymentMethod = this.mustGet(this.paymentMethods, id);
+    paymentMethod.customer = null;
+    return structuredClone(paymentMethod);
+  }
+
+  /** The PaymentIntents created with this metadata value of `purchaseId`. */
+  intentsOfPurchase(purchaseId: string): Json[] {
+    return [...this.paymentIntents.values()].filter(
+      (intent) => (intent.metadata as Record<string, string> | undefined)?.purchaseId === purchaseId,
+    );
+  }
+
   chargeOf(intentId: string): Json {
     const intent = this.mustGet(this.paymentIntents, intentId);
     return structuredClone(this.mustGet(this.charges, intent.latest_charge as string));
@@ -439,6 +576,11 @@ export class TestStripeServer {
   }
 }
 
-function invalid(param: string, message: string, code = 'parameter_invalid'): { status: number; body: Json } {
-  return { status: 400, body: { error: { type: 'invalid_request_error', code, message, param } } };
+function invalid(
+  param: string,
+  message: string,
+  code = 'parameter_invalid',
+  status = 400,
+): { status: number; body: Json } {
+  return { status, body: { error: { type: 'invalid_request_error', code, message, param } } };
 }

@@ -16,6 +16,21 @@ export type DomainEvent =
         priceEuroCents: number;
         currency: string;
         transactionId: string;
+        /** Bought by auto top-up (issue 19) rather than by the user. */
+        auto: boolean;
+      };
+    }
+  | {
+      type: 'autotopup.failed';
+      data: {
+        userId: string;
+        attemptId: string;
+        purchaseId: string | null;
+        packageId: string;
+        /** Stripe's code, e.g. card_declined or authentication_required; auto top-up is now off. */
+        reason: string;
+        message: string | null;
+        paymentIntentId: string | null;
       };
     }
   | {

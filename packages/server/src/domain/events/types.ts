@@ -23,6 +23,7 @@ export const EMITTED_EVENT_TYPES = [
   'reservation.expired',
   'credits.expiring',
   'credits.expired',
+  'autotopup.failed',
 ] as const;
 
 export const EVENT_TYPES = EMITTED_EVENT_TYPES;

@@ -4,8 +4,8 @@ export type WebhookOutcome =
   | { result: 'ignored'; reason: string; purchaseId?: string; details?: Record<string, unknown> }
   | {
       result: 'applied';
-      effect: 'completed' | 'failed' | 'cancelled' | 'reversed';
-      purchaseId: string;
+      effect: 'completed' | 'failed' | 'cancelled' | 'reversed' | 'card_saved' | 'card_removed';
+      purchaseId?: string;
       details?: Record<string, unknown>;
     };
 

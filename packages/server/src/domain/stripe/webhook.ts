@@ -1,7 +1,9 @@
 import {
+  autoTopUpAttemptOfPurchase,
   closeUnpaidPurchase,
   creditBalance,
   type Database,
+  forgetAutoTopUpCard,
   LOT_DEFAULTS,
   lockPurchaseByStripeId,
   lockPurchaseOfUser,
@@ -10,13 +12,19 @@ import {
   recordPurchaseStripeIds,
   recordStripeEvent,
   type StripeIdColumn,
+  saveAutoTopUpCard,
+  succeedAutoTopUpOfPurchase,
   systemKeys,
 } from '@mana-credits/db';
 import type { Kysely, Transaction } from 'kysely';
 import type Stripe from 'stripe';
 import { emitEvent } from '../events/emit.ts';
+import { recordAutoTopUpFailure } from './auto-top-up-failure.ts';
 import { AMOUNT_MISMATCH, ignored, type WebhookOutcome } from './outcome.ts';
 import { applyDispute, applyRefund, settleReversals } from './reversals.ts';
+
+/** The metadata `purpose` of the SetupIntents that save an auto top-up card. */
+export const AUTO_TOP_UP_PURPOSE = 'auto_top_up';
 
 const idOf = (value: string | { id: string } | null | undefined) =>
   typeof value === 'string' ? value : (value?.id ?? null);
@@ -33,6 +41,40 @@ export interface StripeLookups {
    * the purchase then. Absent = such events are not ours.
    */
   intentMetadata?: (intentId: string) => Promise<Stripe.Metadata | null>;
+  /** The card of a saved payment method (auto top-up shows its brand and last 4 digits). */
+  paymentMethodCard?: (paymentMethodId: string) => Promise<{ brand: string; last4: string } | null>;
+}
+
+/**
+ * Credits the purchase a succeeded PaymentIntent pays for, in the caller's transaction: the one path every
+ * payment is credited by — the webhook's payment_intent.succeeded, and an automatic payment Stripe answered
+ * `succeeded` at once (creditPaidIntent).
+ */
+async function applyPaidIntent(
+  trx: Transaction<Database>,
+  intent: Stripe.PaymentIntent,
+): Promise<WebhookOutcome> {
+  const purchase = await lockPurchaseOf(trx, intent.metadata, ['stripe_payment_intent_id', intent.id]);
+  if (!purchase) return ignored('not our payment');
+  if (purchase.stripe_payment_intent_id && purchase.stripe_payment_intent_id !== intent.id) {
+    return ignored('payment intent of another purchase', purchase.id);
+  }
+  return completePurchase(trx, purchase, {
+    amount: intent.amount_received,
+    currency: intent.currency,
+    paymentIntentId: intent.id,
+    checkoutSessionId: null,
+    chargeId: idOf(intent.latest_charge),
+  });
+}
+
+/** A PaymentIntent Stripe answered `succeeded`, credited through the webhook's own path (once, whichever is first). */
+export async function creditPaidIntent(
+  db: Kysely<Database>,
+  intent: Stripe.PaymentIntent,
+): Promise<WebhookOutcome> {
+  if (intent.status !== 'succeeded') return ignored(`payment intent is ${intent.status}`);
+  return db.transaction().execute((trx) => applyPaidIntent(trx, intent));
 }
 
 export async function applyStripeEvent(
@@ -43,20 +85,7 @@ export async function applyStripeEvent(
   switch (event.type) {
     case 'payment_intent.succeeded': {
       const intent = event.data.object;
-      return inEventTransaction(db, event, async (trx) => {
-        const purchase = await lockPurchaseOf(trx, intent.metadata, ['stripe_payment_intent_id', intent.id]);
-        if (!purchase) return ignored('not our payment');
-        if (purchase.stripe_payment_intent_id && purchase.stripe_payment_intent_id !== intent.id) {
-          return ignored('payment intent of another purchase', purchase.id);
-        }
-        return completePurchase(trx, purchase, {
-          amount: intent.amount_received,
-          currency: intent.currency,
-          paymentIntentId: intent.id,
-          checkoutSessionId: null,
-          chargeId: idOf(intent.latest_charge),
-        });
-      });
+      return inEventTransaction(db, event, (trx) => applyPaidIntent(trx, intent));
     }
     case 'checkout.session.completed':
     case 'checkout.session.async_payment_succeeded': {
@@ -80,7 +109,45 @@ export async function applyStripeEvent(
       return inEventTransaction(db, event, async (trx) => {
         const purchase = await lockPurchaseOf(trx, intent.metadata, ['stripe_payment_intent_id', intent.id]);
         if (!purchase) return ignored('not our payment');
-        return closeUnpaid(trx, purchase, 'failed');
+        const outcome = await closeUnpaid(trx, purchase, 'failed');
+        // An automatic payment that failed turns auto top-up off (once, whoever records it first).
+        const attempt = await autoTopUpAttemptOfPurchase(trx, purchase.id);
+        if (attempt && purchase.status !== 'completed') {
+          await recordAutoTopUpFailure(trx, attempt, {
+            code: intent.last_payment_error?.code ?? 'payment_failed',
+            message: intent.last_payment_error?.message ?? null,
+            paymentIntentId: intent.id,
+          });
+        }
+        return outcome;
+      });
+    }
+    case 'setup_intent.succeeded': {
+      const setup = event.data.object;
+      const userId = setup.metadata?.userId;
+      const paymentMethodId = idOf(setup.payment_method);
+      if (setup.metadata?.purpose !== AUTO_TOP_UP_PURPOSE || !userId || !paymentMethodId)
+        return ignored('not an auto top-up card');
+      // Asked of Stripe before the transaction: nothing is locked during the call.
+      const card = lookups.paymentMethodCard ? await lookups.paymentMethodCard(paymentMethodId) : null;
+      return inEventTransaction(db, event, async (trx) => {
+        const saved = await saveAutoTopUpCard(trx, {
+          userId,
+          setupIntentId: setup.id,
+          paymentMethodId,
+          brand: card?.brand ?? null,
+          last4: card?.last4 ?? null,
+        });
+        if (!saved) return ignored('not the latest auto top-up setup');
+        return { result: 'applied', effect: 'card_saved', details: { userId, paymentMethodId } };
+      });
+    }
+    case 'payment_method.detached': {
+      const paymentMethod = event.data.object;
+      return inEventTransaction(db, event, async (trx) => {
+        const users = await forgetAutoTopUpCard(trx, paymentMethod.id, 'payment method removed in Stripe');
+        if (users.length === 0) return ignored('not an auto top-up card');
+        return { result: 'applied', effect: 'card_removed', details: { users } };
       });
     }
     case 'checkout.session.async_payment_failed':
@@ -228,6 +295,7 @@ async function completePurchase(
     'earned',
   );
   await markPurchaseCompleted(trx, purchase.id, ids);
+  const attempt = await succeedAutoTopUpOfPurchase(trx, purchase.id, ids.stripe_payment_intent_id);
   await emitEvent(trx, {
     type: 'purchase.completed',
     data: {
@@ -238,6 +306,7 @@ async function completePurchase(
       priceEuroCents: purchase.price_euro_cents,
       currency: purchase.currency,
       transactionId: posted.id,
+      auto: attempt !== undefined,
     },
   });
   const settled = await settleReversals(trx, purchase.id);

@@ -14,6 +14,8 @@ import {
 import { balanceAtView, groupedUsageSeries, statementPageView, usageSeries } from './history-views.ts';
 import {
   accountBalanceView,
+  autoTopUpSetupStarted,
+  autoTopUpView,
   committed,
   createdGift,
   createdGiftPage,
@@ -451,6 +453,48 @@ export const restRoutes: readonly RestRoute[] = [
     auth: 'service',
     summary: 'Usage of every user (or one app) per UTC bucket; per app or per user (top spenders)',
     output: groupedUsageSeries,
+  }),
+  // Auto top-up (issue 19).
+  route({
+    method: 'POST',
+    path: '/api/v1/credits/auto-top-up/setup',
+    procedure: 'credits.autoTopUp.setup',
+    auth: 'user',
+    summary: 'Set auto top-up (package, threshold, maxPerMonth) and start saving a card (a SetupIntent)',
+    output: autoTopUpSetupStarted,
+    errors: [404, 412, 503],
+  }),
+  route({
+    method: 'GET',
+    path: '/api/v1/credits/auto-top-up',
+    procedure: 'credits.autoTopUp.get',
+    auth: 'user',
+    summary: 'Your auto top-up: on or off (and why), package, threshold, card, last attempt',
+    output: autoTopUpView,
+  }),
+  route({
+    method: 'DELETE',
+    path: '/api/v1/credits/auto-top-up',
+    procedure: 'credits.autoTopUp.disable',
+    auth: 'user',
+    summary: 'Turn auto top-up off (an attempt already sent ends on its own)',
+    output: autoTopUpView,
+  }),
+  route({
+    method: 'GET',
+    path: '/api/v1/internal/credits/auto-top-up/:userId',
+    procedure: 'internal.credits.autoTopUp.get',
+    auth: 'service',
+    summary: "A user's auto top-up",
+    output: autoTopUpView,
+  }),
+  route({
+    method: 'DELETE',
+    path: '/api/v1/internal/credits/auto-top-up/:userId',
+    procedure: 'internal.credits.autoTopUp.disable',
+    auth: 'service',
+    summary: "Turn a user's auto top-up off",
+    output: autoTopUpView,
   }),
   // Events out (issue 16): alert thresholds, the pull listing and webhook endpoints.
   route({

@@ -129,6 +129,37 @@ export const purchaseView = purchaseState.extend({
 
 export const purchasePage = page(purchaseView);
 
+export const autoTopUpView = z.object({
+  enabled: z.boolean(),
+  packageId: z.uuid().nullable(),
+  threshold: credits.nullable().describe('Buy when available credits fall below this'),
+  maxPerMonth: z.int().nullable().describe('At most this many automatic purchases per UTC month'),
+  paymentMethod: z.object({ brand: z.string(), last4: z.string() }).nullable(),
+  disabledReason: z
+    .string()
+    .nullable()
+    .describe('Why it is off: a failed payment, disable, the card removed'),
+  lastAttempt: z
+    .object({
+      id: z.uuid(),
+      status: z.enum(['pending', 'processing', 'succeeded', 'failed', 'skipped']),
+      purchaseId: z.uuid().nullable(),
+      failureCode: z.string().nullable().describe('e.g. card_declined, authentication_required'),
+      failureMessage: z.string().nullable(),
+      createdAt: timestamp,
+      completedAt: timestamp.nullable(),
+    })
+    .nullable(),
+});
+
+export const autoTopUpSetupStarted = z.object({
+  setupIntentId: z.string(),
+  clientSecret: z
+    .string()
+    .describe('Confirm the SetupIntent with Stripe.js; its success turns auto top-up on'),
+  enabled: z.boolean().describe('Whether a card saved before still pays until the new one is saved'),
+});
+
 export const poolBalance = z.object({
   guildId: z.string(),
   balance: credits,
@@ -253,6 +284,7 @@ export const namedSchemas: Readonly<Record<string, z.ZodType>> = {
   PurchaseState: purchaseState,
   Purchase: purchaseView,
   PurchasePage: purchasePage,
+  AutoTopUp: autoTopUpView,
   PoolBalance: poolBalance,
   GuildTransactionPage: guildTransactionPage,
   MemberLimits: memberLimits,

@@ -6,6 +6,7 @@ import { useGuildCreditsViaCreditsUse } from '../../domain/guild/pools.ts';
 import { balanceAt } from '../../domain/history/balance.ts';
 import { statement } from '../../domain/history/statement.ts';
 import { myUsage } from '../../domain/history/usage.ts';
+import { autoTopUpOf, disableAutoTopUpOf, setupAutoTopUp } from '../../domain/stripe/auto-top-up.ts';
 import { purchaseHistory, purchaseStatus, startPurchase } from '../../domain/stripe/purchases.ts';
 import {
   amount,
@@ -39,7 +40,28 @@ export const purchaseInput = z.strictObject({
   cancelUrl: text(2048).optional(),
 });
 
+export const autoTopUpSetupInput = z.strictObject({
+  packageId: uuid,
+  /** Buy when your available credits fall below this many. */
+  threshold: amount,
+  /** At most this many automatic purchases per UTC month (default 5). */
+  maxPerMonth: z.int().min(1).max(1000).optional(),
+});
+
+/** Auto top-up (issue 19): buy a package with a saved card when the balance runs low. */
+const autoTopUpRouter = router({
+  setup: authedProcedure
+    .input(autoTopUpSetupInput)
+    .mutation(({ ctx, input }) =>
+      setupAutoTopUp({ db: ctx.deps.db, stripe: ctx.deps.stripe }, { user: ctx.user, ...input }),
+    ),
+  get: authedProcedure.query(({ ctx }) => autoTopUpOf(ctx.deps.db, ctx.user.id)),
+  disable: authedProcedure.mutation(({ ctx }) => disableAutoTopUpOf(ctx.deps.db, ctx.user.id)),
+});
+
 export const creditsRouter = router({
+  autoTopUp: autoTopUpRouter,
+
   balance: authedProcedure.query(({ ctx }) =>
     balanceOf(ctx.deps.db, ctx.user.id, ctx.deps.config.expiryNoticeDays),
   ),

@@ -11,6 +11,7 @@ import { balanceAt } from '../../domain/history/balance.ts';
 import { instant } from '../../domain/history/range.ts';
 import { statement } from '../../domain/history/statement.ts';
 import { serviceUsage } from '../../domain/history/usage.ts';
+import { autoTopUpOf, disableAutoTopUpOf } from '../../domain/stripe/auto-top-up.ts';
 import {
   amount,
   appId,
@@ -30,6 +31,15 @@ import { internalGiftsRouter } from './gifts.ts';
 import { internalBalanceAtInput, internalStatementInput, internalUsageInput } from './history-inputs.ts';
 
 const internalCreditsRouter = router({
+  autoTopUp: router({
+    get: internalProcedure
+      .input(z.strictObject({ userId }))
+      .query(({ ctx, input }) => autoTopUpOf(ctx.deps.db, input.userId)),
+    disable: internalProcedure
+      .input(z.strictObject({ userId }))
+      .mutation(({ ctx, input }) => disableAutoTopUpOf(ctx.deps.db, input.userId)),
+  }),
+
   balance: internalProcedure
     .input(z.strictObject({ userId }))
     .query(({ ctx, input }) => balanceOf(ctx.deps.db, input.userId, ctx.deps.config.expiryNoticeDays)),

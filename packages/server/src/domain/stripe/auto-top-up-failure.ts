@@ -1,0 +1,52 @@
+import {
+  type AutoTopUpAttemptRow,
+  closeAutoTopUpAttempt,
+  type Database,
+  disableAutoTopUp,
+  failPendingPurchase,
+} from '@mana-credits/db';
+import type { Transaction } from 'kysely';
+import { emitEvent } from '../events/emit.ts';
+
+export interface AutoTopUpFailure {
+  /** Stripe's code (card_declined, authentication_required, …) or one of ours. */
+  code: string;
+  message: string | null;
+  paymentIntentId: string | null;
+}
+
+/**
+ * An automatic payment failed (the worker was refused, or Stripe's payment_intent.payment_failed came): the
+ * attempt ends `failed` with the reason, its purchase is `failed` if still pending, auto top-up is turned
+ * off — a failing card is never charged in a loop — and `autotopup.failed` is written, all in one
+ * transaction. Only once per attempt: an attempt no longer in flight (the other path recorded its end) is
+ * left as it is. True when this call recorded it.
+ */
+export async function recordAutoTopUpFailure(
+  trx: Transaction<Database>,
+  attempt: Pick<AutoTopUpAttemptRow, 'id' | 'user_id' | 'package_id' | 'purchase_id'>,
+  failure: AutoTopUpFailure,
+): Promise<boolean> {
+  const closed = await closeAutoTopUpAttempt(trx, attempt.id, {
+    status: 'failed',
+    paymentIntentId: failure.paymentIntentId,
+    failureCode: failure.code,
+    failureMessage: failure.message,
+  });
+  if (!closed) return false;
+  if (attempt.purchase_id) await failPendingPurchase(trx, attempt.purchase_id);
+  await disableAutoTopUp(trx, attempt.user_id, `payment failed: ${failure.code}`);
+  await emitEvent(trx, {
+    type: 'autotopup.failed',
+    data: {
+      userId: attempt.user_id,
+      attemptId: attempt.id,
+      purchaseId: attempt.purchase_id,
+      packageId: attempt.package_id,
+      reason: failure.code,
+      message: failure.message,
+      paymentIntentId: failure.paymentIntentId,
+    },
+  });
+  return true;
+}

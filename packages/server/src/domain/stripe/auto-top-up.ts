@@ -1,0 +1,345 @@
+import {
+  type AutoTopUpAttemptRow,
+  type AutoTopUpRow,
+  claimDueAutoTopUps,
+  claimStaleAutoTopUps,
+  closeAutoTopUpAttempt,
+  type Database,
+  disableAutoTopUp,
+  findAutoTopUp,
+  findPackage,
+  insertPendingPurchase,
+  latestAutoTopUpAttempt,
+  lockAutoTopUpAttempt,
+  markAutoTopUpProcessing,
+  type PurchaseRow,
+  recordPurchaseStripeIds,
+  saveAutoTopUpSetup,
+  setAutoTopUpPurchase,
+} from '@mana-credits/db';
+import type { Kysely } from 'kysely';
+import Stripe from 'stripe';
+import type { Logger } from '../../deps.ts';
+import { effects } from '../effects.ts';
+import { NotFoundError, PreconditionFailedError, ServiceUnavailableError } from '../errors.ts';
+import { type AutoTopUpFailure, recordAutoTopUpFailure } from './auto-top-up-failure.ts';
+import { isStripeError, stripeRefusedCall } from './client.ts';
+import { stripeCustomerFor } from './customers.ts';
+import { PURCHASE_CURRENCY, requireStripe } from './purchases.ts';
+import { AUTO_TOP_UP_PURPOSE, creditPaidIntent } from './webhook.ts';
+
+// Auto top-up (issue 19). `setup` saves a card (a SetupIntent on the user's Stripe customer; its
+// setup_intent.succeeded turns auto top-up on); the ledger trigger (db functions/auto_top_up.sql) records an
+// attempt when the balance crosses below the threshold; the worker below pays for it off-session. Credits
+// arrive only through the path that credits every purchase (webhook.ts completePurchase), exactly once.
+
+/** maxPerMonth when `setup` names none. */
+export const DEFAULT_MAX_PER_MONTH = 5;
+/** How long a claimed attempt is the worker's before another may send it again (same idempotency key). */
+const LEASE_SECONDS = 60;
+/** How long a sent payment may await its webhook before the worker asks Stripe how it ended. */
+const STALE_PROCESSING_SECONDS = 600;
+
+interface AutoTopUpDeps {
+  db: Kysely<Database>;
+  stripe: Stripe | undefined;
+}
+
+export interface AutoTopUpView {
+  enabled: boolean;
+  packageId: string | null;
+  threshold: number | null;
+  maxPerMonth: number | null;
+  paymentMethod: { brand: string; last4: string } | null;
+  /** Why it is off (a failed payment, `disable`, the card removed in Stripe); null while on or never set. */
+  disabledReason: string | null;
+  lastAttempt: {
+    id: string;
+    status: AutoTopUpAttemptRow['status'];
+    purchaseId: string | null;
+    failureCode: string | null;
+    failureMessage: string | null;
+    createdAt: Date;
+    completedAt: Date | null;
+  } | null;
+}
+
+function toView(setting: AutoTopUpRow | undefined, attempt: AutoTopUpAttemptRow | undefined): AutoTopUpView {
+  return {
+    enabled: setting?.enabled ?? false,
+    packageId: setting?.package_id ?? null,
+    threshold: setting?.threshold ?? null,
+    maxPerMonth: setting?.max_per_month ?? null,
+    paymentMethod:
+      setting?.payment_method_id && setting.card_brand && setting.card_last4
+        ? { brand: setting.card_brand, last4: setting.card_last4 }
+        : null,
+    disabledReason: setting?.enabled ? null : (setting?.disabled_reason ?? null),
+    lastAttempt: attempt
+      ? {
+          id: attempt.id,
+          status: attempt.status,
+          purchaseId: attempt.purchase_id,
+          failureCode: attempt.failure_code,
+          failureMessage: attempt.failure_message,
+          createdAt: attempt.created_at,
+          completedAt: attempt.completed_at,
+        }
+      : null,
+  };
+}
+
+export async function autoTopUpOf(db: Kysely<Database>, userId: string): Promise<AutoTopUpView> {
+  const [setting, attempt] = await Promise.all([
+    findAutoTopUp(db, userId),
+    latestAutoTopUpAttempt(db, userId),
+  ]);
+  return toView(setting, attempt);
+}
+
+/** Turns auto top-up off (the saved card stays saved; `setup` turns it on again). An attempt already sent ends on its own. */
+export async function disableAutoTopUpOf(db: Kysely<Database>, userId: string): Promise<AutoTopUpView> {
+  await disableAutoTopUp(db, userId, 'disabled');
+  return autoTopUpOf(db, userId);
+}
+
+export interface AutoTopUpSetupInput {
+  user: { id: string; email: string | null; name: string | null };
+  packageId: string;
+  threshold: number;
+  maxPerMonth?: number | undefined;
+}
+
+/**
+ * Stores the settings and starts saving a card: a SetupIntent (off-session use) on the user's Stripe customer,
+ * whose client secret Stripe.js confirms. Its setup_intent.succeeded saves the card and turns auto top-up on.
+ */
+export async function setupAutoTopUp(
+  deps: AutoTopUpDeps,
+  input: AutoTopUpSetupInput,
+): Promise<{ setupIntentId: string; clientSecret: string; enabled: boolean }> {
+  const stripe = requireStripe(deps.stripe);
+  const pack = await findPackage(deps.db, input.packageId);
+  if (!pack) throw new NotFoundError('Package', 'PACKAGE_NOT_FOUND');
+  if (!pack.active) throw new PreconditionFailedError('This package is not on sale', 'PACKAGE_INACTIVE');
+  let setupIntent: Stripe.SetupIntent;
+  let customerId: string;
+  try {
+    customerId = await stripeCustomerFor(deps.db, stripe, input.user);
+    setupIntent = await stripe.setupIntents.create({
+      customer: customerId,
+      usage: 'off_session',
+      allowed_payment_method_types: ['card'],
+      metadata: { userId: input.user.id, purpose: AUTO_TOP_UP_PURPOSE, packageId: pack.id },
+    });
+  } catch (error) {
+    if (isStripeError(error))
+      throw new ServiceUnavailableError(
+        'The payment provider is unavailable, try again later',
+        'PAYMENT_PROVIDER_UNAVAILABLE',
+        { cause: error },
+      );
+    throw error;
+  }
+  await saveAutoTopUpSetup(deps.db, {
+    userId: input.user.id,
+    packageId: pack.id,
+    threshold: input.threshold,
+    maxPerMonth: input.maxPerMonth ?? DEFAULT_MAX_PER_MONTH,
+    stripeCustomerId: customerId,
+    setupIntentId: setupIntent.id,
+  });
+  const setting = await findAutoTopUp(deps.db, input.user.id);
+  if (!setupIntent.client_secret) throw new Error('stripe returned a SetupIntent without a client secret');
+  return {
+    setupIntentId: setupIntent.id,
+    clientSecret: setupIntent.client_secret,
+    enabled: setting?.enabled ?? false,
+  };
+}
+
+export type AttemptResult = 'skipped' | 'credited' | 'processing' | 'failed' | 'unknown' | 'gone';
+
+/**
+ * One pass of the worker: claims due attempts (SKIP LOCKED, leased) and pays for each. Safe on every instance
+ * at once and to repeat. Returns what became of each claimed attempt.
+ */
+export async function runAutoTopUps(
+  deps: AutoTopUpDeps & { log?: Logger | undefined },
+  limit = 20,
+): Promise<Record<string, AttemptResult>> {
+  if (!deps.stripe) return {};
+  const claimed = await claimDueAutoTopUps(deps.db, limit, LEASE_SECONDS);
+  const results: Record<string, AttemptResult> = {};
+  for (const attempt of claimed) {
+    try {
+      results[attempt.id] = await payAttempt(deps, deps.stripe, attempt);
+    } catch (error) {
+      // The lease runs out and the attempt is sent again, with the same key.
+      deps.log?.warn({ err: error, attemptId: attempt.id }, 'auto top-up attempt not sent');
+      results[attempt.id] = 'unknown';
+    }
+  }
+  for (const attempt of await claimStaleAutoTopUps(deps.db, STALE_PROCESSING_SECONDS, limit)) {
+    try {
+      results[attempt.id] = await settleStaleAttempt(deps, deps.stripe, attempt);
+    } catch (error) {
+      deps.log?.warn({ err: error, attemptId: attempt.id }, 'auto top-up payment not looked up');
+      results[attempt.id] = 'unknown';
+    }
+  }
+  return results;
+}
+
+/** Credits a succeeded payment through the webhook's path, counting it in the metrics when this call credited it. */
+async function creditedNow(db: Kysely<Database>, intent: Stripe.PaymentIntent): Promise<AttemptResult> {
+  const outcome = await creditPaidIntent(db, intent);
+  if (outcome.result === 'applied' && outcome.effect === 'completed')
+    effects.purchaseCredited(Number(outcome.details?.credits ?? 0));
+  return 'credited';
+}
+
+/**
+ * A payment sent long ago whose outcome never arrived (a lost webhook, or a crash between Stripe's answer and
+ * the credit): asks Stripe, and settles it by the same paths as the webhook would.
+ */
+async function settleStaleAttempt(
+  deps: AutoTopUpDeps,
+  stripe: Stripe,
+  attempt: AutoTopUpAttemptRow,
+): Promise<AttemptResult> {
+  if (!attempt.payment_intent_id) return 'processing';
+  const intent = await stripe.paymentIntents.retrieve(attempt.payment_intent_id);
+  if (intent.status === 'succeeded') return creditedNow(deps.db, intent);
+  if (intent.status === 'requires_payment_method' || intent.status === 'canceled') {
+    await deps.db.transaction().execute((trx) =>
+      recordAutoTopUpFailure(trx, attempt, {
+        code:
+          intent.last_payment_error?.code ?? (intent.status === 'canceled' ? 'canceled' : 'payment_failed'),
+        message: intent.last_payment_error?.message ?? null,
+        paymentIntentId: intent.id,
+      }),
+    );
+    return 'failed';
+  }
+  return 'processing';
+}
+
+/** Its purchase, made once: a retry of the attempt finds it and pays with the same card and key. */
+async function purchaseOf(
+  db: Kysely<Database>,
+  attemptId: string,
+): Promise<{ attempt: AutoTopUpAttemptRow; purchase: PurchaseRow | undefined; skip?: string }> {
+  return db.transaction().execute(async (trx) => {
+    const attempt = await lockAutoTopUpAttempt(trx, attemptId);
+    if (!attempt) throw new Error(`auto top-up attempt ${attemptId} vanished`);
+    if (attempt.status !== 'pending') return { attempt, purchase: undefined, skip: attempt.status };
+    const setting = await findAutoTopUp(trx, attempt.user_id);
+    // Turned off (or the card removed) before this attempt was sent: nothing more is sent. Had an earlier try
+    // reached Stripe after all, its webhook still credits the purchase (its metadata names it).
+    if (!setting?.enabled || !setting.payment_method_id || !setting.stripe_customer_id) {
+      await closeAutoTopUpAttempt(trx, attempt.id, {
+        status: 'skipped',
+        failureCode: 'auto_top_up_disabled',
+      });
+      return { attempt, purchase: undefined, skip: 'disabled' };
+    }
+    if (attempt.purchase_id) {
+      const purchase = await trx
+        .selectFrom('credits.purchases')
+        .selectAll()
+        .where('id', '=', attempt.purchase_id)
+        .executeTakeFirstOrThrow();
+      return { attempt, purchase };
+    }
+    const pack = await findPackage(trx, attempt.package_id);
+    if (!pack) throw new Error(`package ${attempt.package_id} vanished`);
+    // No longer on sale: nothing is bought, and auto top-up stops until it is set up with another package.
+    if (!pack.active) {
+      await recordAutoTopUpFailure(trx, attempt, {
+        code: 'package_inactive',
+        message: 'The package is no longer on sale',
+        paymentIntentId: null,
+      });
+      return { attempt, purchase: undefined, skip: 'package_inactive' };
+    }
+    const purchaseId = await insertPendingPurchase(trx, {
+      userId: attempt.user_id,
+      packageId: pack.id,
+      credits: pack.credits,
+      priceEuroCents: pack.price_euro_cents,
+      currency: PURCHASE_CURRENCY,
+      stripeCustomerId: setting.stripe_customer_id,
+      validityDays: pack.validity_days,
+      metadata: { autoTopUpAttemptId: attempt.id, paymentMethodId: setting.payment_method_id },
+    });
+    await setAutoTopUpPurchase(trx, attempt.id, purchaseId);
+    const purchase = await trx
+      .selectFrom('credits.purchases')
+      .selectAll()
+      .where('id', '=', purchaseId)
+      .executeTakeFirstOrThrow();
+    return { attempt: { ...attempt, purchase_id: purchaseId }, purchase };
+  });
+}
+
+async function payAttempt(
+  deps: AutoTopUpDeps,
+  stripe: Stripe,
+  claimed: AutoTopUpAttemptRow,
+): Promise<AttemptResult> {
+  const { attempt, purchase, skip } = await purchaseOf(deps.db, claimed.id);
+  if (skip === 'disabled') return 'skipped';
+  if (skip === 'package_inactive') return 'failed';
+  if (!purchase) return 'gone';
+  const paymentMethod = String(purchase.metadata?.paymentMethodId ?? '');
+  let intent: Stripe.PaymentIntent;
+  try {
+    intent = await stripe.paymentIntents.create(
+      {
+        amount: purchase.price_euro_cents,
+        currency: purchase.currency,
+        customer: purchase.stripe_customer_id ?? undefined,
+        payment_method: paymentMethod,
+        off_session: true,
+        confirm: true,
+        description: `${purchase.credits} credits (auto top-up)`,
+        metadata: {
+          userId: purchase.user_id,
+          packageId: purchase.package_id ?? '',
+          purchaseId: purchase.id,
+          auto: 'true',
+        },
+      },
+      // The attempt's id: a retry after a crash or a lost answer is the same payment to Stripe.
+      { idempotencyKey: attempt.id },
+    );
+  } catch (error) {
+    if (!isStripeError(error)) throw error;
+    if (error instanceof Stripe.errors.StripeCardError || stripeRefusedCall(error)) {
+      const failure: AutoTopUpFailure = {
+        code: error.code ?? error.type,
+        message: error.message ?? null,
+        paymentIntentId: error.payment_intent?.id ?? null,
+      };
+      await deps.db.transaction().execute((trx) => recordAutoTopUpFailure(trx, attempt, failure));
+      return 'failed';
+    }
+    throw error;
+  }
+  await recordPurchaseStripeIds(deps.db, purchase.id, { stripe_payment_intent_id: intent.id });
+  await markAutoTopUpProcessing(deps.db, attempt.id, intent.id);
+  if (intent.status === 'succeeded') return creditedNow(deps.db, intent);
+  if (intent.status === 'requires_action' || intent.status === 'requires_payment_method') {
+    await deps.db.transaction().execute((trx) =>
+      recordAutoTopUpFailure(trx, attempt, {
+        code: intent.status === 'requires_action' ? 'authentication_required' : 'payment_failed',
+        message: intent.last_payment_error?.message ?? null,
+        paymentIntentId: intent.id,
+      }),
+    );
+    return 'failed';
+  }
+  // processing: Stripe's webhook decides.
+  return 'processing';
+}
