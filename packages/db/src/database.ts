@@ -418,6 +418,8 @@ export interface LotsTable {
   opening: Generated<boolean>;
   /** Its credits.expiring event was written (once per lot). */
   expiry_noticed: Generated<boolean>;
+  /** remaining = 0 (generated): what the lot indexes filter on, so a debit's update stays HOT. */
+  spent: ColumnType<boolean, never, never>;
   created_at: Timestamp;
 }
 

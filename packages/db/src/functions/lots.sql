@@ -26,7 +26,7 @@ begin
   end if;
   for v_lot in
     select id, remaining - pinned as free from credits.lots
-     where account_kind = p_kind and account_id = p_account and remaining > 0
+     where account_kind = p_kind and account_id = p_account and not spent
        and remaining > pinned and (expires_at is null or expires_at > now())
      order by priority, expires_at, created_at, id
   loop
@@ -156,7 +156,8 @@ begin
   end if;
   for v_lot in
     select id, remaining - pinned as lapsed, expired, expires_at, category, source from credits.lots
-     where account_kind = p_kind and account_id = p_account and remaining > pinned and expires_at <= now()
+     where account_kind = p_kind and account_id = p_account and not spent and remaining > pinned
+       and expires_at <= now()
      order by expires_at, created_at, id
   loop
     update credits.lots set remaining = pinned, expired = expired + v_lot.lapsed where id = v_lot.id;
@@ -199,7 +200,7 @@ begin
     v_total := v_total + v_lot.lapsed;
   end loop;
   v_next := (select min(expires_at) from credits.lots
-              where account_kind = p_kind and account_id = p_account and remaining > pinned
+              where account_kind = p_kind and account_id = p_account and not spent and remaining > pinned
                 and expires_at is not null);
   if p_kind = 'user' then
     update credits.balances set next_lot_expiry = v_next where user_id = p_account;
@@ -247,7 +248,7 @@ declare
 begin
   with due as (
     select id from credits.lots
-     where remaining > pinned and expires_at is not null and expires_at > now()
+     where not spent and remaining > pinned and expires_at is not null and expires_at > now()
        and expires_at <= now() + make_interval(days => p_days) and not expiry_noticed
      order by expires_at limit p_limit
        for update skip locked

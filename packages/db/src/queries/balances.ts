@@ -57,7 +57,7 @@ export function lapsedLots(
 ): RawBuilder<number> {
   return sql<number>`(case when ${nextLotExpiry} <= now() then
       (select coalesce(sum(l.remaining - l.pinned), 0)::int8 from credits.lots l
-        where l.account_kind = ${kind} and l.account_id = ${accountId} and l.remaining > l.pinned
+        where l.account_kind = ${kind} and l.account_id = ${accountId} and not l.spent and l.remaining > l.pinned
           and l.expires_at <= now())
       else 0 end)`;
 }

@@ -174,7 +174,7 @@ export async function listLots(
            case when expires_at <= now() then expired + remaining - pinned else expired end as expired
       from credits.lots
      where account_kind = ${kind} and account_id = ${accountId}
-       and (${options.includeSpent ?? false} or (remaining > 0 and (expires_at is null or expires_at > now()
+       and (${options.includeSpent ?? false} or (not spent and (expires_at is null or expires_at > now()
                                                                    or pinned > 0)))
      order by priority, expires_at, created_at, id`.execute(db);
   return rows.map((row) => ({
@@ -221,7 +221,7 @@ export async function summarizeLots(
                    (expires_at is null or expires_at > now()) as live,
                    expires_at <= now() + ${noticeDays}::int * interval '1 day' as soon
               from credits.lots
-             where account_kind = ${kind} and account_id = ${accountId} and remaining > 0) l`.execute(db);
+             where account_kind = ${kind} and account_id = ${accountId} and not spent) l`.execute(db);
   const row = rows[0];
   return {
     byCategory: { paid: row?.paid ?? 0, promotional: row?.promotional ?? 0 },

@@ -1,5 +1,6 @@
 import {
   type AutoTopUpAttemptRow,
+  type AutoTopUpAttemptStatus,
   type AutoTopUpRow,
   claimDueAutoTopUps,
   claimStaleAutoTopUps,
@@ -55,7 +56,7 @@ export interface AutoTopUpView {
   disabledReason: string | null;
   lastAttempt: {
     id: string;
-    status: AutoTopUpAttemptRow['status'];
+    status: AutoTopUpAttemptStatus;
     purchaseId: string | null;
     failureCode: string | null;
     failureMessage: string | null;
