@@ -1,12 +1,12 @@
-import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestAuthServer } from './helpers/auth-server.ts';
 import { createTestDataDir, type TestDatabase } from './helpers/database.ts';
-import { type Client, clientFor, SERVICE_KEY } from './helpers/server.ts';
+import type { Client } from './helpers/server.ts';
+import { type ServerProcess, spawnServer } from './helpers/server-process.ts';
 import { eventually, WebhookReceiver } from './helpers/webhook-receiver.ts';
 
 /**
@@ -15,7 +15,7 @@ import { eventually, WebhookReceiver } from './helpers/webhook-receiver.ts';
  * finishes the work. Runs on Postgres and on a PGlite directory (the two processes open it one after the other;
  * the test reads it only through the second process's API).
  */
-const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
+const _root = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 const onPostgres = Boolean(process.env.DATABASE_URL);
 
 /** A send may take WEBHOOK_TIMEOUT_MS; the worker's claim lease is then 2 × that + 5 s (domain/events/worker.ts). */
@@ -45,56 +45,11 @@ afterAll(async () => {
   await auth?.close();
 });
 
-interface Spawned {
-  child: ChildProcess;
-  client: Client;
-  logs: string[];
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
-const running = new Set<ChildProcess>();
-afterEach(() => {
-  for (const child of running)
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  running.clear();
-});
-
 /** Starts the server on `database` and waits until it is ready (migrated, listening). */
-async function spawnServer(database: TestDatabase): Promise<Spawned> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'packages/server/src/main.ts'], {
-    cwd: root,
-    env: {
-      PATH: process.env.PATH ?? '',
-      NODE_ENV: 'test',
-      LOG_LEVEL: 'info',
-      HOST: '127.0.0.1',
-      PORT: '0',
-      MANA_CORE_AUTH_URL: auth.url,
-      MANA_CORE_SERVICE_KEY: SERVICE_KEY,
-      ...database.env,
-      ...EVENTS_ENV,
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  running.add(child);
-  const logs: string[] = [];
-  const collect = (chunk: Buffer) => logs.push(...chunk.toString('utf8').split('\n').filter(Boolean));
-  child.stdout?.on('data', collect);
-  child.stderr?.on('data', collect);
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((done) =>
-    child.once('exit', (code, signal) => done({ code, signal })),
-  );
-  const url = await eventually('the server to listen', () => {
-    if (child.exitCode !== null) throw new Error(`server exited early:\n${logs.join('\n')}`);
-    for (const line of logs) {
-      const match = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(line);
-      if (match) return match[1];
-    }
-    return undefined;
-  });
-  await eventually('the server to be ready', async () => (await fetch(`${url}/ready`)).ok);
-  const client = clientFor(url, () => ({ 'x-service-key': SERVICE_KEY, 'x-app-id': 'events-crash' }));
-  return { child, client, logs, exited };
+async function startServer(database: TestDatabase): Promise<ServerProcess> {
+  const server = await spawnServer(database, { authUrl: auth.url, appId: 'events-crash', env: EVENTS_ENV });
+  await eventually('the server to be ready', async () => (await fetch(`${server.url}/ready`)).ok);
+  return server;
 }
 
 const grant = (client: Client, userId: string, amount: number) =>
@@ -108,7 +63,7 @@ const grant = (client: Client, userId: string, amount: number) =>
 describe('webhook delivery across a SIGKILL of the real process', () => {
   it('an attempt in flight is sent again under the same webhook-id by the next process; events the dead one had not relayed are delivered too', async () => {
     receiver.mode = 'hold';
-    const first = await spawnServer(database);
+    const first = await startServer(database);
     const endpoint = await first.client.internal.webhooks.create.mutate({ url: receiver.url });
     const alice = `crash-alice-${randomUUID()}`;
     const bob = `crash-bob-${randomUUID()}`;
@@ -154,7 +109,7 @@ describe('webhook delivery across a SIGKILL of the real process', () => {
     receiver.mode = 'ok';
     receiver.release();
     const secondStartedAt = Date.now();
-    const second = await spawnServer(database);
+    const second = await startServer(database);
 
     const deliveries = await eventually(
       'every delivery to be delivered',

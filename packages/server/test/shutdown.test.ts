@@ -1,4 +1,3 @@
-import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -6,18 +5,19 @@ import { createDb, type DbHandle } from '@mana-credits/db';
 import { TRPCClientError } from '@trpc/client';
 import { sql } from 'kysely';
 import pg from 'pg';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestAuthServer } from './helpers/auth-server.ts';
 import { createTestDatabase, createTestDataDir, type TestDatabase } from './helpers/database.ts';
 import { expectLedgerConsistent, ledgerSum } from './helpers/invariants.ts';
-import { type Client, clientFor, SERVICE_KEY } from './helpers/server.ts';
+import type { Client } from './helpers/server.ts';
+import { type ServerProcess, spawnServer as spawnProcess, waitFor } from './helpers/server-process.ts';
 
 /**
  * The real process, from its sources: `node --import tsx packages/server/src/main.ts` (no build needed; the
  * bundle that `pnpm start` and the container run is started by build.test.ts), on a fresh database,
  * signalled like an orchestrator would.
  */
-const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
+const _root = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 const onPostgres = Boolean(process.env.DATABASE_URL);
 /** Kysely's migration lock (an advisory lock in the migrated database). */
 const KYSELY_MIGRATION_LOCK = '3853314791062309107';
@@ -28,20 +28,6 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await auth.close();
-});
-
-interface Spawned {
-  child: ChildProcess;
-  url: string;
-  client: Client;
-  logs: string[];
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
-const running = new Set<ChildProcess>();
-afterEach(() => {
-  for (const child of running) if (child.exitCode === null) child.kill('SIGKILL');
-  running.clear();
 });
 
 /**
@@ -60,52 +46,12 @@ async function freshDatabase(
   return { ...database, open: () => createDb({ dataDir: database.env.DATA_DIR }) };
 }
 
-async function waitFor<T>(what: string, probe: () => T | undefined | Promise<T | undefined>, ms = 60_000) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
-async function spawnServer(database: TestDatabase, env: Record<string, string> = {}): Promise<Spawned> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'packages/server/src/main.ts'], {
-    cwd: root,
-    env: {
-      PATH: process.env.PATH ?? '',
-      NODE_ENV: 'test',
-      LOG_LEVEL: 'info',
-      HOST: '127.0.0.1',
-      PORT: '0',
-      MANA_CORE_AUTH_URL: auth.url,
-      MANA_CORE_SERVICE_KEY: SERVICE_KEY,
-      SHUTDOWN_TIMEOUT_MS: '30000',
-      ...database.env,
-      ...env,
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
+const spawnServer = (database: TestDatabase, env: Record<string, string> = {}) =>
+  spawnProcess(database, {
+    authUrl: auth.url,
+    appId: 'shutdown-test',
+    env: { SHUTDOWN_TIMEOUT_MS: '30000', ...env },
   });
-  running.add(child);
-  const logs: string[] = [];
-  const collect = (chunk: Buffer) => logs.push(...chunk.toString('utf8').split('\n').filter(Boolean));
-  child.stdout?.on('data', collect);
-  child.stderr?.on('data', collect);
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((done) =>
-    child.once('exit', (code, signal) => done({ code, signal })),
-  );
-  const url = await waitFor('the server to listen', () => {
-    if (child.exitCode !== null) throw new Error(`server exited early:\n${logs.join('\n')}`);
-    for (const line of logs) {
-      const match = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(line);
-      if (match) return match[1];
-    }
-    return undefined;
-  });
-  const client = clientFor(url, () => ({ 'x-service-key': SERVICE_KEY, 'x-app-id': 'shutdown-test' }));
-  return { child, url, client, logs, exited };
-}
 
 /** Sessions of this database waiting for a lock (the stats snapshot is cleared: the caller is in a transaction). */
 async function lockWaiters(client: pg.Client): Promise<number> {
@@ -117,7 +63,7 @@ async function lockWaiters(client: pg.Client): Promise<number> {
   return rows[0]!.waiting;
 }
 
-const logged = (server: Spawned, message: string) => server.logs.some((line) => line.includes(message));
+const logged = (server: ServerProcess, message: string) => server.logs.some((line) => line.includes(message));
 
 /** What a call ended as, seen from the client. */
 type Outcome =
