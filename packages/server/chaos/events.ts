@@ -166,6 +166,7 @@ export class ChaosEvents {
     }
     const ctidOf = (ctid: string) => ctid.slice(1, -1).split(',').map(Number) as [number, number];
     const expected: string[] = [];
+    let batches = 0;
     for (const rows of accounts.values()) {
       const { kind, account } = rows[0]!;
       if (rows[0]!.threshold === null) continue;
@@ -178,6 +179,7 @@ export class ChaosEvents {
       for (const row of rows)
         byStatement.set(row.statement, [...(byStatement.get(row.statement) ?? []), row]);
       for (const entries of byStatement.values()) {
+        if (entries.length > 1) batches++;
         // Entries in created_at order, then the order the statement inserted them (heap order within it).
         entries.sort((a, b) => {
           const at = BigInt(a.at) - BigInt(b.at);
@@ -245,7 +247,7 @@ export class ChaosEvents {
 
     const byType = new Map<string, number>();
     for (const e of events) byType.set(e.type, (byType.get(e.type) ?? 0) + 1);
-    const summary = `events: ${events.length} (${[...byType].map(([t, n]) => `${t} ${n}`).join(', ') || 'none'}), ${expected.length} crossings recomputed from ${ledger.length} ledger rows, ${this.receiver.received.length} requests received (${receivedById.size} distinct ids, ${badSignatures} bad signatures); receiver stretches ok ${this.modes.ok}, 500 ${this.modes.failing}, dropped ${this.modes.down}`;
+    const summary = `events: ${events.length} (${[...byType].map(([t, n]) => `${t} ${n}`).join(', ') || 'none'}), ${expected.length} crossings recomputed from ${ledger.length} ledger rows (${batches} statements of many rows of one account), ${this.receiver.received.length} requests received (${receivedById.size} distinct ids, ${badSignatures} bad signatures); receiver stretches ok ${this.modes.ok}, 500 ${this.modes.failing}, dropped ${this.modes.down}`;
     return { violations, summary };
   }
 

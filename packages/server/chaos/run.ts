@@ -61,6 +61,7 @@ const USERS = Array.from({ length: 12 }, (_, i) => `chaos-user-${i}`);
 const INITIAL_CREDITS = 500;
 /** LOW_BALANCE_THRESHOLD of the servers: balances start at 500 and walk around it, crossing often. */
 const LOW_BALANCE_THRESHOLD = 495;
+const POOL_THRESHOLD = 5;
 const PACKAGES: ChaosPackage[] = [
   { id: '00000000-0000-4000-8000-00000000c101', credits: 100, priceEuroCents: 199 },
   { id: '00000000-0000-4000-8000-00000000c102', credits: 500, priceEuroCents: 799 },
@@ -307,6 +308,14 @@ async function main() {
     [
       ...USERS.map((userId) => newOperation.grant(`seed-${userId}`, userId, INITIAL_CREDITS, 'chaos seed')),
       newOperation.poolInit('chaos-guild'),
+      // The pool walks near 0: its own threshold (credits.alert_settings) makes it cross low and recovered too.
+      {
+        id: 'pool-alerts',
+        kind: 'alerts',
+        path: 'guild.setAlerts',
+        actor: USERS[0]!,
+        input: { guildId: 'chaos-guild', lowBalanceThreshold: POOL_THRESHOLD },
+      },
       {
         id: 'limits',
         kind: 'limits',
