@@ -12,6 +12,7 @@ import { reconcile } from '../src/domain/audit/reconcile.ts';
 import { TestAuthServer } from '../test/helpers/auth-server.ts';
 import { TestStripeServer } from '../test/helpers/stripe-server.ts';
 import { TcpFaultProxy } from '../test/helpers/tcp-proxy.ts';
+import { ChaosEvents, eventsEnv } from './events.ts';
 import {
   type CallOptions,
   type LoggedOperation,
@@ -58,6 +59,9 @@ const random = seededRandom(seed);
 const SERVICE_KEY = 'chaos-service-key-0123456789abcdefghijklmnop';
 const USERS = Array.from({ length: 12 }, (_, i) => `chaos-user-${i}`);
 const INITIAL_CREDITS = 500;
+/** LOW_BALANCE_THRESHOLD of the servers: balances start at 500 and walk around it, crossing often. */
+const LOW_BALANCE_THRESHOLD = 495;
+const POOL_THRESHOLD = 5;
 const PACKAGES: ChaosPackage[] = [
   { id: '00000000-0000-4000-8000-00000000c101', credits: 100, priceEuroCents: 199 },
   { id: '00000000-0000-4000-8000-00000000c102', credits: 500, priceEuroCents: 799 },
@@ -141,6 +145,7 @@ function startInstance(instance: Instance, services: Services): Promise<void> {
       LOG_LEVEL: 'error',
       DB_POOL_SIZE: '5',
       SHUTDOWN_TIMEOUT_MS: '3000',
+      ...eventsEnv(LOW_BALANCE_THRESHOLD),
     },
     stdio: ['ignore', 'ignore', 'inherit'],
   });
@@ -284,6 +289,7 @@ async function main() {
     });
   }
   await Promise.all(instances.map((instance) => startInstance(instance, services)));
+  const events = await ChaosEvents.start();
   // One guild: user 0 owns it and funds the pool, everyone else spends from it (user 1 under a daily limit).
   for (const [index, userId] of USERS.entries())
     auth.setRole('chaos-guild', userId, index === 0 ? 'owner' : 'member');
@@ -296,10 +302,20 @@ async function main() {
     tokens,
     timeoutMs: 2000,
   };
+  // The endpoint exists before any money moves, so every event is queued for it.
+  await events.createEndpoint(callOptions, instances[0]!.url);
   await setUp(
     [
       ...USERS.map((userId) => newOperation.grant(`seed-${userId}`, userId, INITIAL_CREDITS, 'chaos seed')),
       newOperation.poolInit('chaos-guild'),
+      // The pool walks near 0: its own threshold (credits.alert_settings) makes it cross low and recovered too.
+      {
+        id: 'pool-alerts',
+        kind: 'alerts',
+        path: 'guild.setAlerts',
+        actor: USERS[0]!,
+        input: { guildId: 'chaos-guild', lowBalanceThreshold: POOL_THRESHOLD },
+      },
       {
         id: 'limits',
         kind: 'limits',
@@ -349,7 +365,11 @@ async function main() {
     users: USERS,
     packages: PACKAGES,
   });
-  await Promise.all([nemesis(instances, services, proxy, deadline), stripeDriver.run(deadline)]);
+  await Promise.all([
+    nemesis(instances, services, proxy, deadline),
+    stripeDriver.run(deadline),
+    events.faults(seededRandom(seed * 31 + 3000), deadline),
+  ]);
   await Promise.all(workers.map((w) => w.done));
   proxy.cutResponses(0);
   for (const instance of instances) if (instance.paused) kill(instance, 'SIGCONT');
@@ -377,6 +397,10 @@ async function main() {
   // ── redeliver every webhook not yet acknowledged, as Stripe keeps doing ───────────────────────────────────
   const unacknowledged = await stripeDriver.drain(15_000);
   if (unacknowledged > 0) log(`${unacknowledged} webhook deliveries still unacknowledged`);
+
+  // ── wait until every event is delivered to the (now healthy) receiver ─────────────────────────────────────
+  const undelivered = await events.waitDelivered(handle.db, 60_000);
+  if (undelivered > 0) log(`${undelivered} events still undelivered`);
 
   // ── check ───────────────────────────────────────────────────────────────────────────────────────────────
   const violations: string[] = [...crashes];
@@ -541,6 +565,8 @@ async function main() {
   for (const success of successes) adjust(success.redeemer_user_id, success.credits_received);
   for (const gift of giftRows) adjust(gift.creator_id, gift.refunded_credits);
   const stripeCheck = await stripeDriver.check(handle.db);
+  const eventsCheck = await events.check(handle.db);
+  violations.push(...eventsCheck.violations);
   violations.push(...stripeCheck.violations);
   for (const [userId, delta] of stripeCheck.balanceDelta) adjust(userId, delta);
 
@@ -612,6 +638,7 @@ async function main() {
   await handle.close();
   await auth.close();
   await stripe.close();
+  await events.close();
   await proxy.close();
   await admin(`drop database if exists ${dbName} with (force)`).catch(() => {});
 
@@ -634,6 +661,7 @@ async function main() {
   console.log(
     `  expiring lots: ${expiringGrants.length} grants expiring 2–8 s ahead (ok ${expiringGrants.filter((op) => op.outcome === 'ok').length}), ${lotStats.expiring} lots with an expiry (grants and what they funded or gave), ${lotStats.lapsed} lapsed: ${expired} credits in ${expiry.reduce((sum, row) => sum + row.rows, 0)} expiry rows; ${lotStats.debits} debits and ${lotStats.holds} holds took from expiring lots`,
   );
+  console.log(`  ${eventsCheck.summary}`);
   console.log(`  connections cut by the proxy: ${proxy.cuts}`);
   console.log(
     `  faults injected: ${
