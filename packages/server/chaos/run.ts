@@ -75,12 +75,12 @@ const PACKAGES: ChaosPackage[] = [
 ];
 /**
  * Users with auto top-up at the threshold their balances walk around: three with cards that pay (two of them
- * buying 7 credits, so they cross again soon and reach maxPerMonth), one whose card is declined and one whose
- * card needs authentication (refused off-session).
+ * buying 7 credits, so they cross again soon; one allowed a single top-up a month, so later crossings record
+ * nothing), one whose card is declined and one whose card needs authentication (refused off-session).
  */
 const AUTO_TOP_UPS: AutoTopUpPlan[] = [
   { userId: 'chaos-user-2', packageId: PACKAGES[0]!.id, threshold: 495, maxPerMonth: 3, card: 'ok' },
-  { userId: 'chaos-user-3', packageId: PACKAGES[2]!.id, threshold: 495, maxPerMonth: 2, card: 'ok' },
+  { userId: 'chaos-user-3', packageId: PACKAGES[2]!.id, threshold: 495, maxPerMonth: 1, card: 'ok' },
   { userId: 'chaos-user-4', packageId: PACKAGES[2]!.id, threshold: 495, maxPerMonth: 3, card: 'ok' },
   { userId: 'chaos-user-5', packageId: PACKAGES[0]!.id, threshold: 495, maxPerMonth: 3, card: 'declined' },
   {
