@@ -12,6 +12,12 @@ import { reconcile } from '../src/domain/audit/reconcile.ts';
 import { TestAuthServer } from '../test/helpers/auth-server.ts';
 import { TestStripeServer } from '../test/helpers/stripe-server.ts';
 import { TcpFaultProxy } from '../test/helpers/tcp-proxy.ts';
+import {
+  AUTO_TOP_UP_FIRST_SPEND,
+  type AutoTopUpPlan,
+  checkAutoTopUps,
+  setUpAutoTopUps,
+} from './auto-top-up.ts';
 import { ChaosEvents, eventsEnv } from './events.ts';
 import {
   type CallOptions,
@@ -67,6 +73,26 @@ const PACKAGES: ChaosPackage[] = [
   { id: '00000000-0000-4000-8000-00000000c102', credits: 500, priceEuroCents: 799 },
   { id: '00000000-0000-4000-8000-00000000c103', credits: 7, priceEuroCents: 333 },
 ];
+/**
+ * Users with auto top-up at the threshold their balances walk around: three with cards that pay (two of them
+ * buying 7 credits, so they cross again soon; one allowed a single top-up a month, so later crossings record
+ * nothing), one whose card is declined and one whose card needs authentication (refused off-session).
+ */
+const AUTO_TOP_UPS: AutoTopUpPlan[] = [
+  { userId: 'chaos-user-2', packageId: PACKAGES[0]!.id, threshold: 495, maxPerMonth: 3, card: 'ok' },
+  { userId: 'chaos-user-3', packageId: PACKAGES[2]!.id, threshold: 495, maxPerMonth: 1, card: 'ok' },
+  { userId: 'chaos-user-4', packageId: PACKAGES[2]!.id, threshold: 495, maxPerMonth: 3, card: 'ok' },
+  { userId: 'chaos-user-5', packageId: PACKAGES[0]!.id, threshold: 495, maxPerMonth: 3, card: 'declined' },
+  {
+    userId: 'chaos-user-6',
+    packageId: PACKAGES[2]!.id,
+    threshold: 495,
+    maxPerMonth: 3,
+    card: 'requires_action',
+  },
+];
+/** How often every instance's auto-top-up job pays due attempts. */
+const AUTO_TOP_UP_INTERVAL_MS = 300;
 const log = (message: string) => console.log(`[chaos ${new Date().toISOString().slice(11, 19)}] ${message}`);
 
 async function freePort(): Promise<number> {
@@ -145,6 +171,7 @@ function startInstance(instance: Instance, services: Services): Promise<void> {
       LOG_LEVEL: 'error',
       DB_POOL_SIZE: '5',
       SHUTDOWN_TIMEOUT_MS: '3000',
+      AUTO_TOP_UP_INTERVAL_MS: String(AUTO_TOP_UP_INTERVAL_MS),
       ...eventsEnv(LOW_BALANCE_THRESHOLD),
     },
     stdio: ['ignore', 'ignore', 'inherit'],
@@ -251,6 +278,16 @@ async function nemesis(instances: Instance[], services: Services, proxy: TcpFaul
   }
 }
 
+/** Polls `count` every 500 ms until it is 0 or `timeoutMs` passes; returns the last count. */
+async function waitUntil(count: () => Promise<number>, timeoutMs: number): Promise<number> {
+  const limit = Date.now() + timeoutMs;
+  for (;;) {
+    const left = await count();
+    if (left === 0 || Date.now() >= limit) return left;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
 // ── the run ───────────────────────────────────────────────────────────────────────────────────────────────
 async function main() {
   log(`seed ${seed}, ${seconds}s, ${instanceCount} instance(s), ${workerCount} workers, database ${dbName}`);
@@ -327,6 +364,18 @@ async function main() {
     callOptions,
     instances[0]!.url,
   );
+  // Auto top-up on for the planned users, then a spend below their threshold: each has an attempt at once.
+  await setUpAutoTopUps(handle.db, AUTO_TOP_UPS, stripe, callOptions, instances[0]!.url);
+  await setUp(
+    AUTO_TOP_UPS.map((plan) =>
+      newOperation.use(`autotopup-first-${plan.userId}`, plan.userId, AUTO_TOP_UP_FIRST_SPEND, {
+        appId: 'chaos',
+        description: 'below the auto top-up threshold',
+      }),
+    ),
+    callOptions,
+    instances[0]!.url,
+  );
 
   const logDir = mkdtempSync(join(tmpdir(), 'mana-credits-chaos-'));
   const deadline = Date.now() + seconds * 1000;
@@ -394,6 +443,22 @@ async function main() {
   // Keyless operations are never retried: their unknown outcome stays unknown (checked with ≤ semantics).
   const unknownAfterRun = await settleUnknown(operations, callOptions, instances[0]!.url, 20);
 
+  // ── let every auto top-up attempt end (a lease held by a killed server runs out after a minute) ───────────
+  // An expiry row may cross a threshold too: first every lot of the run's short-lived grants lapses (the sweep
+  // or an access), then nothing debits any more.
+  const unlapsed = await waitUntil(async () => {
+    const row = await handle.db
+      .selectFrom('credits.lots')
+      .select((eb) => eb.fn.countAll<string>().as('count'))
+      .where('expires_at', '<', sql<Date>`now() + interval '1 hour'`)
+      .where('remaining', '>', 0)
+      .executeTakeFirstOrThrow();
+    return Number(row.count);
+  }, 60_000);
+  if (unlapsed > 0) log(`${unlapsed} expiring lots not lapsed yet`);
+  const autoInFlight = await stripeDriver.settleAutoTopUps(handle.db, 90_000);
+  if (autoInFlight > 0) log(`${autoInFlight} auto top-up attempts still in flight`);
+
   // ── redeliver every webhook not yet acknowledged, as Stripe keeps doing ───────────────────────────────────
   const unacknowledged = await stripeDriver.drain(15_000);
   if (unacknowledged > 0) log(`${unacknowledged} webhook deliveries still unacknowledged`);
@@ -441,7 +506,12 @@ async function main() {
       (r) => [r.id, r],
     ),
   );
-  const expectedBalance = new Map(USERS.map((u) => [u, INITIAL_CREDITS]));
+  const expectedBalance = new Map(
+    USERS.map((u) => [
+      u,
+      INITIAL_CREDITS - (AUTO_TOP_UPS.some((plan) => plan.userId === u) ? AUTO_TOP_UP_FIRST_SPEND : 0),
+    ]),
+  );
   const adjust = (userId: string, delta: number) =>
     expectedBalance.set(userId, (expectedBalance.get(userId) ?? 0) + delta);
   const giftRows = await handle.db.selectFrom('gifts.gift_codes').selectAll().execute();
@@ -566,6 +636,8 @@ async function main() {
   for (const gift of giftRows) adjust(gift.creator_id, gift.refunded_credits);
   const stripeCheck = await stripeDriver.check(handle.db);
   const eventsCheck = await events.check(handle.db);
+  const autoTopUpCheck = await checkAutoTopUps(handle.db, stripe, AUTO_TOP_UPS);
+  violations.push(...autoTopUpCheck.violations);
   violations.push(...eventsCheck.violations);
   violations.push(...stripeCheck.violations);
   for (const [userId, delta] of stripeCheck.balanceDelta) adjust(userId, delta);
@@ -652,7 +724,7 @@ async function main() {
     stripeDriver.purchases.filter((op) => op.outcome === outcome).length;
   const s = stripeDriver.stats;
   console.log(
-    `  purchases: ${stripeDriver.purchases.length} calls (ok ${purchaseCount('ok')}, refused ${purchaseCount('refused')}, unknown ${purchaseCount('unknown')}, not retried), ${stripeDriver.payments.size} paid (${s.declinedFirst} after a decline, ${stripeDriver.paidWithoutAnswer()} whose purchase answer was lost), ${s.refunds} refunds (${s.fullRefunds} to the full amount, ${s.refundsBeforePayment} sent before the payment), ${s.disputes} disputes`,
+    `  purchases: ${stripeDriver.purchases.length} calls (ok ${purchaseCount('ok')}, refused ${purchaseCount('refused')}, unknown ${purchaseCount('unknown')}, not retried), ${stripeDriver.payments.size} paid (${s.declinedFirst} after a decline, ${stripeDriver.paidWithoutAnswer()} whose purchase answer was lost; ${s.autoPaid} auto top-ups paid, ${s.autoRefused} refused), ${s.refunds} refunds (${s.fullRefunds} to the full amount, ${s.refundsBeforePayment} sent before the payment), ${s.disputes} disputes`,
   );
   console.log(
     `  webhooks: ${s.events} events (${s.secondEventIds} second ids for the same object), ${s.deliveries} deliveries (${s.duplicateDeliveries} duplicates, ${s.redeliveries} redeliveries, ${s.acknowledgedAfterRun} acknowledged after the run)`,
@@ -662,6 +734,7 @@ async function main() {
     `  expiring lots: ${expiringGrants.length} grants expiring 2–8 s ahead (ok ${expiringGrants.filter((op) => op.outcome === 'ok').length}), ${lotStats.expiring} lots with an expiry (grants and what they funded or gave), ${lotStats.lapsed} lapsed: ${expired} credits in ${expiry.reduce((sum, row) => sum + row.rows, 0)} expiry rows; ${lotStats.debits} debits and ${lotStats.holds} holds took from expiring lots`,
   );
   console.log(`  ${eventsCheck.summary}`);
+  console.log(`  ${autoTopUpCheck.summary}`);
   console.log(`  connections cut by the proxy: ${proxy.cuts}`);
   console.log(
     `  faults injected: ${

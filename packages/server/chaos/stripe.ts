@@ -1,7 +1,13 @@
 import type { Database } from '@mana-credits/db';
 import type { Kysely } from 'kysely';
 import type { TestStripeServer } from '../test/helpers/stripe-server.ts';
-import { type CallOptions, callOnce, type LoggedOperation, type Operation } from './protocol.ts';
+import {
+  type CallOptions,
+  callOnce,
+  type LoggedOperation,
+  type Operation,
+  seededRandom,
+} from './protocol.ts';
 
 /**
  * Stripe's side of `pnpm chaos`: users start purchases (`credits.purchase`, against the local Stripe server),
@@ -9,6 +15,11 @@ import { type CallOptions, callOnce, type LoggedOperation, type Operation } from
  * delivers the events to the webhook of random server instances, duplicated (the same event id twice, a
  * second event id for the same payment) and out of order (random delays; a refund may overtake the payment it
  * refunds). A delivery that did not get a 2xx is redelivered later, as Stripe does, until it gets one.
+ *
+ * Auto top-ups (./auto-top-up.ts): the servers pay them off-session; this driver notices each automatic
+ * PaymentIntent the local Stripe server made and delivers its payment_intent.succeeded or
+ * payment_intent.payment_failed like any other (duplicated, reordered), a succeeded one counting as a paid
+ * purchase (refunded and disputed like the others too).
  *
  * Ground truth for the checks is what Stripe did (which intents were paid, what was refunded and disputed),
  * not what the webhook answered: a lost 2xx leaves the driver unsure, Stripe's records never.
@@ -47,6 +58,8 @@ interface Payment {
   /** Cumulative refunded cents. */
   refunded: number;
   disputes: { id: string; amount: number }[];
+  /** Paid off-session by a server's auto top-up, not by this driver. */
+  auto?: boolean;
 }
 
 export interface StripeChaosOptions {
@@ -90,12 +103,20 @@ export class StripeChaos {
     fullRefunds: 0,
     disputes: 0,
     acknowledgedAfterRun: 0,
+    autoPaid: 0,
+    autoRefused: 0,
   };
+  /** Automatic PaymentIntents whose outcome was already queued for delivery. */
+  private readonly autoSeen = new Set<string>();
+  /** Seeded separately: the delays and copies of the auto top-up events. */
+  private readonly autoRandom: () => number;
   private sequence = 0;
   private readonly startedAt = Date.now();
   private eventSequence = 0;
 
-  constructor(private readonly options: StripeChaosOptions) {}
+  constructor(private readonly options: StripeChaosOptions) {
+    this.autoRandom = seededRandom(options.seed * 31 + 4000);
+  }
 
   /**
    * The numbers of the current step: each step takes the same count from the seeded stream whatever it ends up
@@ -111,6 +132,7 @@ export class StripeChaos {
   async run(deadline: number): Promise<void> {
     await Promise.all([
       this.act(deadline),
+      this.watchAutoTopUps(() => Date.now() < deadline),
       ...Array.from({ length: 3 }, () => this.deliverLoop(() => Date.now() < deadline, 2000)),
     ]);
   }
@@ -118,6 +140,7 @@ export class StripeChaos {
   /** After the faults: redelivers every delivery still unacknowledged until it is, or `timeoutMs` passes. */
   async drain(timeoutMs: number): Promise<number> {
     const limit = Date.now() + timeoutMs;
+    this.noticeAutoTopUps();
     const before = this.pending();
     for (const delivery of this.deliveries) delivery.due = Math.min(delivery.due, Date.now());
     await Promise.all(
@@ -125,14 +148,14 @@ export class StripeChaos {
         this.deliverLoop(() => this.pending() > 0 && Date.now() < limit, 10_000),
       ),
     );
-    this.stats.acknowledgedAfterRun = before - this.pending();
+    this.stats.acknowledgedAfterRun += before - this.pending();
     return this.pending();
   }
 
   /** Paid purchases whose `credits.purchase` answer the user never got. */
   paidWithoutAnswer(): number {
     const answered = new Set(this.purchases.map((op) => op.result?.purchaseId));
-    return [...this.payments.values()].filter((p) => !answered.has(p.purchaseId)).length;
+    return [...this.payments.values()].filter((p) => !p.auto && !answered.has(p.purchaseId)).length;
   }
 
   pending(): number {
@@ -182,6 +205,7 @@ export class StripeChaos {
       (intent) =>
         intent.status !== 'succeeded' &&
         !this.abandoned.has(intent.id as string) &&
+        (intent.metadata as Json | undefined)?.auto !== 'true' &&
         typeof (intent.metadata as Json | undefined)?.purchaseId === 'string',
     );
     if (candidates.length === 0) return;
@@ -219,6 +243,75 @@ export class StripeChaos {
       this.emit('payment_intent.succeeded', paid, purchaseId, 3000, 1500);
     } else {
       this.emit('payment_intent.succeeded', paid, purchaseId, 2500);
+    }
+  }
+
+  /** Notices new automatic PaymentIntents every 200 ms while `keepGoing`. */
+  private async watchAutoTopUps(keepGoing: () => boolean) {
+    while (keepGoing()) {
+      this.noticeAutoTopUps();
+      await sleep(200);
+    }
+  }
+
+  /**
+   * Queues the outcome event of each automatic PaymentIntent not seen before (the server's off-session confirm
+   * decided it: succeeded, or refused with requires_payment_method); a succeeded one becomes a paid purchase.
+   */
+  noticeAutoTopUps() {
+    const { stripe } = this.options;
+    const draw = this.draw;
+    try {
+      for (const intent of stripe.paymentIntents.values()) {
+        const metadata = intent.metadata as Record<string, string> | undefined;
+        const intentId = intent.id as string;
+        if (metadata?.auto !== 'true' || !metadata.purchaseId || this.autoSeen.has(intentId)) continue;
+        if (intent.status !== 'succeeded' && intent.status !== 'requires_payment_method') continue;
+        this.autoSeen.add(intentId);
+        const draws = Array.from({ length: 8 }, () => this.autoRandom());
+        let next = 0;
+        this.draw = () => draws[next++ % draws.length]!;
+        const snapshot = structuredClone(intent);
+        if (intent.status === 'succeeded') {
+          this.stats.autoPaid++;
+          this.payments.set(intentId, {
+            intentId,
+            purchaseId: metadata.purchaseId,
+            userId: metadata.userId!,
+            packageId: metadata.packageId!,
+            chargeId: intent.latest_charge as string,
+            price: intent.amount as number,
+            refunded: 0,
+            disputes: [],
+            auto: true,
+          });
+          this.emit('payment_intent.succeeded', snapshot, metadata.purchaseId, 2500);
+        } else {
+          this.stats.autoRefused++;
+          this.emit('payment_intent.payment_failed', snapshot, metadata.purchaseId, 2500);
+        }
+      }
+    } finally {
+      this.draw = draw;
+    }
+  }
+
+  /**
+   * After the faults: delivers and waits until no auto top-up attempt is pending or processing (a lease
+   * a killed server held runs out after a minute), or `timeoutMs` passes. Returns how many are left.
+   */
+  async settleAutoTopUps(db: Kysely<Database>, timeoutMs: number): Promise<number> {
+    const limit = Date.now() + timeoutMs;
+    for (;;) {
+      this.noticeAutoTopUps();
+      const inFlight = await db
+        .selectFrom('credits.auto_top_up_attempts')
+        .select((eb) => eb.fn.countAll<string>().as('count'))
+        .where('status', 'in', ['pending', 'processing'])
+        .executeTakeFirstOrThrow();
+      if (Number(inFlight.count) === 0 || Date.now() >= limit) return Number(inFlight.count);
+      const until = Math.min(limit, Date.now() + 1000);
+      await Promise.all(Array.from({ length: 3 }, () => this.deliverLoop(() => Date.now() < until, 10_000)));
     }
   }
 
@@ -425,7 +518,11 @@ export class StripeChaos {
       }
     }
     const inDatabase = new Map<string, number>();
-    for (const row of purchases.values()) inDatabase.set(row.user_id, (inDatabase.get(row.user_id) ?? 0) + 1);
+    for (const row of purchases.values()) {
+      // Automatic purchases (auto top-up) answer no call; ./auto-top-up.ts checks them.
+      if (typeof (row.metadata as Json | null)?.autoTopUpAttemptId === 'string') continue;
+      inDatabase.set(row.user_id, (inDatabase.get(row.user_id) ?? 0) + 1);
+    }
     for (const [userId, { ok, unknown }] of perUser) {
       const count = inDatabase.get(userId) ?? 0;
       if (count < ok || count > ok + unknown)
