@@ -7,6 +7,7 @@ import type {
   LedgerRow,
   ReservationRow,
 } from '../database.ts';
+import { LEDGERS } from './ledger-rows.ts';
 import { newestFirst, type Page, type PageRequest } from './pagination.ts';
 
 // The operator console's reads (issue 18) and its audit trail. Nothing here moves money: the console's
@@ -122,41 +123,23 @@ export interface BalancePoint {
   balance: number;
 }
 
-/** The balance after each of the user's latest ledger rows since `since` (at most `limit`), oldest first. */
-export async function userBalanceSeries(
+/**
+ * The balance after each of an account's latest ledger rows since `since` (at most `limit`), oldest first: a
+ * user's personal ledger or a pool's.
+ */
+export async function balanceSeries(
   db: Kysely<Database>,
-  userId: string,
+  kind: 'user' | 'guild',
+  accountId: string,
   since: Date,
   limit = 2000,
 ): Promise<BalancePoint[]> {
-  const rows = await db
-    .selectFrom('credits.transactions')
-    .select(['created_at as at', 'balance_after as balance'])
-    .where('user_id', '=', userId)
-    .where('created_at', '>=', since)
-    .orderBy('created_at', 'desc')
-    .orderBy('id', 'desc')
-    .limit(limit)
-    .execute();
-  return rows.reverse();
-}
-
-/** A pool's balance after each of its latest ledger rows since `since` (at most `limit`), oldest first. */
-export async function poolBalanceSeries(
-  db: Kysely<Database>,
-  guildId: string,
-  since: Date,
-  limit = 2000,
-): Promise<BalancePoint[]> {
-  const rows = await db
-    .selectFrom('credits.guild_transactions')
-    .select(['created_at as at', 'balance_after as balance'])
-    .where('organization_id', '=', guildId)
-    .where('created_at', '>=', since)
-    .orderBy('created_at', 'desc')
-    .orderBy('id', 'desc')
-    .limit(limit)
-    .execute();
+  const { table, account } = LEDGERS[kind];
+  const { rows } = await sql<BalancePoint>`
+    select created_at as at, balance_after as balance from ${sql.table(table)}
+     where ${sql.ref(account)} = ${accountId} and created_at >= ${since}
+     order by created_at desc, id desc
+     limit ${limit}`.execute(db);
   return rows.reverse();
 }
 

@@ -6,6 +6,12 @@ import type { GuildLedgerType, JsonObject, LedgerType } from '../database.ts';
 // read from it; the account update itself (its condition: never below zero, never into held credits) stays
 // beside its caller, since that is what differs between a debit, a credit, a commit and a pool.
 
+/** The two ledgers, by the kind of account they hold: the table and the column naming the account. */
+export const LEDGERS = {
+  user: { table: 'credits.transactions', account: 'user_id' },
+  guild: { table: 'credits.guild_transactions', account: 'organization_id' },
+} as const;
+
 /** What posting a ledger row (personal or guild) tells its caller. */
 export interface PostedEntry {
   id: string;

@@ -1,6 +1,6 @@
 import { type Kysely, type RawBuilder, sql } from 'kysely';
 import type { Database, LotRow } from '../database.ts';
-import { type LotPortion, portionsOf } from './ledger-rows.ts';
+import { LEDGERS, type LotPortion, portionsOf } from './ledger-rows.ts';
 
 // Credit lots (functions/lots.sql has the burn order and the expiry; the migration 2026_12_03_0800_lots has
 // the model). This module says, for each way credits enter an account, which lots they land in, and reads lots.
@@ -105,14 +105,12 @@ export async function expiredBecauseOf(
   accountId: string,
   transactionId: string,
 ): Promise<number> {
-  const { rows } = await (kind === 'user'
-    ? sql<{ expired: number }>`
-        select coalesce(-sum(amount), 0)::int8 as expired from credits.transactions
-         where user_id = ${accountId} and type = 'expiry' and metadata->>'causedBy' = ${transactionId}`
-    : sql<{ expired: number }>`
-        select coalesce(-sum(amount), 0)::int8 as expired from credits.guild_transactions
-         where organization_id = ${accountId} and type = 'expiry' and metadata->>'causedBy' = ${transactionId}`
-  ).execute(db);
+  const { table, account } = LEDGERS[kind];
+  const { rows } = await sql<{ expired: number }>`
+    select coalesce(-sum(amount), 0)::int8 as expired from ${sql.table(table)}
+     where ${sql.ref(account)} = ${accountId} and type = 'expiry' and metadata->>'causedBy' = ${transactionId}`.execute(
+    db,
+  );
   return rows[0]?.expired ?? 0;
 }
 
@@ -238,9 +236,8 @@ export async function lotPortionsOfEntry(
   ledger: LotAccountKind,
   transactionId: string,
 ): Promise<LotPortion[]> {
-  const table = ledger === 'user' ? 'credits.transactions' : 'credits.guild_transactions';
   const row = await db
-    .selectFrom(table)
+    .selectFrom(LEDGERS[ledger].table)
     .select(['lot_ids', 'lot_amounts'])
     .where('id', '=', transactionId)
     .executeTakeFirst();

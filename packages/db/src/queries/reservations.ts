@@ -165,8 +165,7 @@ export interface SettledHold {
 
 /** Whether any of a hold's pinned lots has lapsed (then expireLots follows the settlement). */
 const pinnedLotsLapsed = (reservation: ReservationRow) => sql<boolean>`
-  coalesce((select bool_or(l.expires_at <= now()) from credits.lots l
-             where l.id = any(${reservation.lot_ids}::uuid[])), false)`;
+  coalesce(credits.lots_expiry(${reservation.lot_ids}::uuid[]) <= now(), false)`;
 
 /**
  * The one statement of a commit: `settle` lowers the account (balance by the committed amount, reserved by

@@ -1,5 +1,6 @@
+import { noticeExpiringLots } from '@mana-credits/db';
 import type { AppDeps, Logger } from '../deps.ts';
-import { expireDueAccountLots, noticeExpiringLotsWithin } from '../domain/credits/lots.ts';
+import { expireDueAccountLots } from '../domain/credits/lots.ts';
 import type { Job } from './scheduler.ts';
 
 /**
@@ -13,7 +14,7 @@ export function lotExpiryJob(deps: Pick<AppDeps, 'db' | 'config'>, log?: Logger)
     name: 'lot-expiry',
     intervalMs: deps.config.lotExpirySweepSeconds * 1000,
     async run() {
-      const noticed = await noticeExpiringLotsWithin(deps.db, deps.config.expiryNoticeDays);
+      const noticed = await noticeExpiringLots(deps.db, deps.config.expiryNoticeDays);
       const expired = await expireDueAccountLots(deps.db);
       if (noticed > 0 || expired > 0) log?.info({ noticed, expired }, 'lot expiry sweep');
     },

@@ -1,6 +1,7 @@
 import {
   type AdminActionRow,
   LEDGER_TYPES as ALL_LEDGER_TYPES,
+  balanceSeries,
   type DailyAmount,
   type Database,
   findAdminAction,
@@ -23,11 +24,9 @@ import {
   type MemberSpending,
   memberSpending,
   type OpenHold,
-  poolBalanceSeries,
   poolSpendByMemberAndDay,
   refundedAmounts,
   searchAccounts,
-  userBalanceSeries,
   userUsageByAppAndDay,
 } from '@mana-credits/db';
 import type { Kysely } from 'kysely';
@@ -285,7 +284,7 @@ function dailyChart(rows: DailyAmount[], sinceDay: string, now: Date): ChartData
 export async function userCharts(db: Kysely<Database>, userId: string, now = new Date()) {
   const { since, sinceDay } = chartSince(now, CHART_DAYS);
   const [points, usage] = await Promise.all([
-    userBalanceSeries(db, userId, since),
+    balanceSeries(db, 'user', userId, since),
     userUsageByAppAndDay(db, userId, sinceDay),
   ]);
   return {
@@ -298,7 +297,7 @@ export async function userCharts(db: Kysely<Database>, userId: string, now = new
 export async function guildCharts(db: Kysely<Database>, guildId: string, now = new Date()) {
   const { since, sinceDay } = chartSince(now, CHART_DAYS);
   const [points, spend] = await Promise.all([
-    poolBalanceSeries(db, guildId, since),
+    balanceSeries(db, 'guild', guildId, since),
     poolSpendByMemberAndDay(db, guildId, sinceDay),
   ]);
   return {

@@ -5,9 +5,7 @@ import {
   type LotAccountKind,
   type LotView,
   listLots,
-  noticeExpiringLots,
   portionsOf,
-  summarizeLots,
 } from '@mana-credits/db';
 import type { Kysely } from 'kysely';
 import { effects } from '../effects.ts';
@@ -48,26 +46,11 @@ export async function lotsOf(
   return { items: lots.map(toLotItem) };
 }
 
-/** What credits.balance adds from the lots: spendable credits by category, and what expires soon. */
-export async function lotSummaryOf(
-  db: Kysely<Database>,
-  kind: LotAccountKind,
-  accountId: string,
-  noticeDays: number,
-) {
-  return summarizeLots(db, kind, accountId, noticeDays);
-}
-
 /** One of a user's ledger entries with the lot portions it took or gave; someone else's is not found. */
 export async function transactionWithLots(db: Kysely<Database>, userId: string, transactionId: string) {
   const row = await findLedgerEntry(db, userId, transactionId);
   if (!row) throw new NotFoundError('Transaction', 'TRANSACTION_NOT_FOUND');
   return { ...toTransactionView(row), lots: portionsOf(row) };
-}
-
-/** The credits.expiring events of lots that expire within `noticeDays` (once per lot). */
-export async function noticeExpiringLotsWithin(db: Kysely<Database>, noticeDays: number): Promise<number> {
-  return noticeExpiringLots(db, noticeDays);
 }
 
 /** One pass of the lot expiry sweep; the credits expired are counted as debited by expiry. */

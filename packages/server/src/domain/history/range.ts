@@ -50,11 +50,6 @@ export const instant = z
     error: 'must be between 1970-01-01 and 9999-12-31',
   });
 
-/** An instant that must lie ahead (an expiry): refused naming the field when it has passed. */
-export const futureInstant = instant.refine((value) => value.getTime() > Date.now(), {
-  error: 'must be in the future',
-});
-
 export const granularity = z.enum(GRANULARITIES);
 
 /** Both ends parsed: a range check after a field's own refusal would only add noise (or fail). */
