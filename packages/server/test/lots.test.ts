@@ -117,6 +117,47 @@ function near(actual: Date | null | undefined, expected: number, ms = 5000) {
   expect(Math.abs(actual!.getTime() - expected)).toBeLessThan(ms);
 }
 
+describe('one key, 50 parallel calls', () => {
+  it('a grant with an expiry makes one ledger row and one lot; a refund returns to its lots once', async () => {
+    const user = newUser();
+    const grantRequest = {
+      userId: user.id,
+      amount: 40,
+      reason: 'parallel grant',
+      idempotencyKey: `parallel-grant-${randomUUID()}`,
+      expiresInDays: 10,
+      priority: 5,
+    };
+    const grants = await Promise.all(Array.from({ length: 50 }, () => internal().grant.mutate(grantRequest)));
+    expect(new Set(grants.map((answer) => answer.transactionId)).size).toBe(1);
+    expect(new Set(grants.map((answer) => answer.balance))).toEqual(new Set([40]));
+    const spent = await use(user.id, 25);
+    const refundRequest = {
+      userId: user.id,
+      transactionId: spent.transactionId,
+      amount: 10,
+      description: 'parallel refund',
+      idempotencyKey: `parallel-refund-${randomUUID()}`,
+    };
+    const refunds = await Promise.all(
+      Array.from({ length: 50 }, () => internal().refund.mutate(refundRequest)),
+    );
+    expect(new Set(refunds.map((answer) => answer.transactionId)).size).toBe(1);
+    expect(new Set(refunds.map((answer) => answer.balance))).toEqual(new Set([25]));
+    const rows = await ledger(user.id);
+    expect(rows.map((row) => [row.type, row.amount])).toEqual([
+      ['grant', 40],
+      ['usage', -25],
+      ['refund', 10],
+    ]);
+    // The refund went back to the one lot the grant made: no second lot, 25 left of its 40.
+    const lots = await lotsOf(user.id, true);
+    expect(lots.map((lot) => [lot.amount, lot.remaining, lot.priority])).toEqual([[40, 25, 5]]);
+    expect(await balanceOf(user.id)).toMatchObject({ balance: 25 });
+    await expectLedgerConsistent(server.deps.db);
+  });
+});
+
 describe('the burn order', () => {
   it('priority first, then the soonest expiry (never-expiring last), then the oldest; a use names its lots', async () => {
     const user = newUser();
