@@ -26,6 +26,8 @@ const envSchema = z.object({
   DATA_DIR: z.string().default('./.data'),
   DB_POOL_SIZE: z.coerce.number().int().min(1).max(200).default(10),
   COALESCE_DEBITS: booleanFromEnv.default(true),
+  /** Debit statements (single or grouped) one instance runs at once; unset = DB_POOL_SIZE − 2 (at least 1). */
+  DEBIT_STATEMENTS_IN_FLIGHT: z.coerce.number().int().min(1).max(200).optional(),
   MIGRATE_ON_START: booleanFromEnv.default(true),
   MANA_CORE_AUTH_URL: optionalText.pipe(z.url().optional()),
   JWKS_URL: optionalText.pipe(z.url().optional()),
@@ -97,8 +99,10 @@ export interface Config {
   databaseUrl: string | undefined;
   dataDir: string;
   dbPoolSize: number;
-  /** Batch concurrent debits of one account into one transaction (see SpendCoalescer). */
+  /** Group concurrent debits, of one account or of many, into one transaction (see SpendCoalescer). */
   coalesceDebits: boolean;
+  /** With coalesceDebits: debit statements in flight at once; debits beyond wait and go as one batch. */
+  debitStatementsInFlight: number;
   migrateOnStart: boolean;
   authUrl: string | undefined;
   jwksUrl: string | undefined;
@@ -300,6 +304,11 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   if (e.GIFT_REDEEM_URL && !isRedeemUrlTemplate(e.GIFT_REDEEM_URL)) {
     problems.push('GIFT_REDEEM_URL: must be an http(s) URL containing {code}');
   }
+  if (e.DEBIT_STATEMENTS_IN_FLIGHT !== undefined && e.DEBIT_STATEMENTS_IN_FLIGHT > e.DB_POOL_SIZE) {
+    problems.push(
+      'DEBIT_STATEMENTS_IN_FLIGHT: must not exceed DB_POOL_SIZE (each statement holds a connection)',
+    );
+  }
   if (e.SHUTDOWN_DRAIN_MS > 0 && e.SHUTDOWN_DRAIN_MS >= e.SHUTDOWN_TIMEOUT_MS) {
     problems.push(
       'SHUTDOWN_DRAIN_MS: must be shorter than SHUTDOWN_TIMEOUT_MS (the drain counts towards it)',
@@ -322,6 +331,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     dataDir: e.DATA_DIR,
     dbPoolSize: e.DB_POOL_SIZE,
     coalesceDebits: e.COALESCE_DEBITS,
+    // The rest of the pool stays free for reads, grants, holds and the periodic jobs.
+    debitStatementsInFlight: e.DEBIT_STATEMENTS_IN_FLIGHT ?? Math.max(1, e.DB_POOL_SIZE - 2),
     migrateOnStart: e.MIGRATE_ON_START,
     authUrl,
     jwksUrl: e.JWKS_URL ?? (authUrl ? `${authUrl}/api/auth/jwks` : undefined),

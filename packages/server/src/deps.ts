@@ -26,7 +26,7 @@ export interface AppDeps {
   dbHandle: DbHandle;
   verifyUserToken: VerifyUserToken;
   verifyServiceKey: (presented: string | undefined) => boolean;
-  /** Personal spends go through here: coalesced per hot account, or one by one when disabled. */
+  /** Personal spends go through here: grouped into batches under load, or one by one when disabled. */
   spend: (input: SpendInput) => Promise<MovementResult>;
   /** Absent without STRIPE_SECRET_KEY: purchases then answer PAYMENTS_NOT_CONFIGURED. */
   stripe?: Stripe;
@@ -74,7 +74,7 @@ export async function createAppDeps(
       audience: config.jwtAudience,
     }),
     verifyServiceKey: createServiceKeyVerifier(config.serviceKeys),
-    spend: personalSpender(dbHandle.db, config.coalesceDebits),
+    spend: personalSpender(dbHandle.db, config),
     stripe: createStripeClient(config),
     membership: createMembershipClient({
       authUrl: config.authUrl,
@@ -87,8 +87,8 @@ export async function createAppDeps(
   };
 }
 
-function personalSpender(db: Kysely<Database>, coalesce: boolean): AppDeps['spend'] {
-  if (!coalesce) return (input) => spendCredits(db, input);
-  const coalescer = new SpendCoalescer(db);
+function personalSpender(db: Kysely<Database>, config: Readonly<Config>): AppDeps['spend'] {
+  if (!config.coalesceDebits) return (input) => spendCredits(db, input);
+  const coalescer = new SpendCoalescer(db, { inFlight: config.debitStatementsInFlight });
   return (input) => coalescer.spend(input);
 }
