@@ -97,7 +97,7 @@ export interface Config {
   databaseUrl: string | undefined;
   dataDir: string;
   dbPoolSize: number;
-  /** Batch concurrent debits of one account into one transaction (see SpendCoalescer). */
+  /** Batch concurrent debits of one account (SpendCoalescer) or of one guild pool (pool-coalescer.ts) into one transaction. */
   coalesceDebits: boolean;
   migrateOnStart: boolean;
   authUrl: string | undefined;
