@@ -19,12 +19,16 @@ export function coalescedPoolSpender(db: Kysely<Database>): PoolSpender {
   const coalescer = new LaneCoalescer<PoolUseInput, PoolUseResult>({
     laneOf: (input) => input.guildId,
     alone: (input) => spendFromPool(db, input),
-    together: (inputs) => spendTogether(db, inputs),
+    together: (inputs) => spendFromPoolTogether(db, inputs),
   });
   return (input) => coalescer.submit(input);
 }
 
-async function spendTogether(
+/**
+ * Many pool spends in one call of credits.pool_use_batch, each answered as spendFromPool would have answered
+ * it alone (its result, or the error it would have thrown). Throws when the call as a whole failed.
+ */
+export async function spendFromPoolTogether(
   db: Kysely<Database>,
   inputs: PoolUseInput[],
 ): Promise<ItemOutcome<PoolUseResult>[]> {
