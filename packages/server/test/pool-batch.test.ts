@@ -191,8 +191,8 @@ async function stateOf(guildId: string) {
     .orderBy('amount')
     .execute();
   const names = new Map<string, string>([[guildId, 'G']]);
-  lots.forEach((lot, i) => names.set(lot.id, `lot${i}`));
-  ledger.forEach((row, i) => names.set(row.id, `tx${i}`));
+  for (const [i, lot] of lots.entries()) names.set(lot.id, `lot${i}`);
+  for (const [i, row] of ledger.entries()) names.set(row.id, `tx${i}`);
   const pool = await db
     .selectFrom('credits.guild_pools')
     .select(['balance', 'reserved', 'total_funded', 'total_spent', 'total_expired'])
@@ -204,7 +204,7 @@ async function stateOf(guildId: string) {
     .where('organization_id', '=', guildId)
     .orderBy('amount')
     .execute();
-  holds.forEach((hold, i) => names.set(hold.id, `hold${i}`));
+  for (const [i, hold] of holds.entries()) names.set(hold.id, `hold${i}`);
   const members = await db
     .selectFrom('credits.guild_member_usage')
     .select(['user_id', 'spent'])
