@@ -16,6 +16,7 @@ import { startTestServer, type TestServer } from './helpers/server.ts';
 // call at a time), one call of credits.pool_use_batch with every item, and the pool coalescer (all at once:
 // the first alone, the rest together) must give the same answers and leave identical guild ledgers, lots,
 // pools, holds, member and usage counters and events. Then real parallel requests on one pool with caps.
+// (The coalescer sends a lone spend as a batch of one; the single path is spendFromPool alone.)
 
 let server: TestServer;
 beforeAll(async () => {
@@ -514,17 +515,19 @@ describe('parallel requests on one pool with caps', () => {
 });
 
 /**
- * Fails the next call of credits.pool_use_batch: 'after' lets it run (and commit) and then throws what
- * node-pg throws when the connection drops before the answer; 'before' throws a Postgres ERROR response
- * instead of sending it (the batch is certainly not written).
+ * Fails the second call of credits.pool_use_batch (the first is the lone first spend, the second the batch of
+ * those that waited for it): 'after' lets it run (and commit) and then throws what node-pg throws when the
+ * connection drops before the answer; 'before' throws a Postgres ERROR response instead of sending it (the
+ * batch is certainly not written).
  */
 function failPoolBatch(when: 'after' | 'before'): KyselyPlugin & { failed: number } {
   const doomed = new WeakSet<QueryId>();
+  let calls = 0;
   const plugin = {
     failed: 0,
     transformQuery({ node, queryId }: { node: RootOperationNode; queryId: QueryId }) {
       const text = node.kind === 'RawNode' ? node.sqlFragments.join('?') : '';
-      if (plugin.failed === 0 && text.includes('credits.pool_use_batch(')) {
+      if (text.includes('credits.pool_use_batch(') && ++calls === 2) {
         plugin.failed++;
         if (when === 'before') {
           throw Object.assign(new Error('deadlock detected'), { severity: 'ERROR', code: '40P01' });

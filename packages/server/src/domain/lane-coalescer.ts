@@ -17,6 +17,12 @@ export interface LaneWork<Input, Result> {
    * means the batch as a whole failed; whether it may be run again item by item is decided here.
    */
   together(inputs: Input[]): Promise<ItemOutcome<Result>[]>;
+  /**
+   * Run a lone item (the first of an idle lane, a batch of one) as a batch of one rather than through
+   * `alone`: for work whose single path takes several round trips where `together` takes one. `alone` is
+   * then only the fallback of a batch that Postgres refused as a whole.
+   */
+  loneItemsTogether?: boolean;
 }
 
 interface Waiting<Input, Result> {
@@ -29,7 +35,7 @@ const MAX_COALESCED = 200;
 
 /**
  * Coalesces concurrent money calls of one lane. The first call of an idle lane goes straight to the database
- * on its own (no added latency); calls that arrive for the lane while it is in flight wait and then go
+ * on its own (no added latency; through `alone`, or as a batch of one); calls that arrive for the lane while it is in flight wait and then go
  * together (at most MAX_COALESCED at a time): one lock, one commit, each caller still with its own answer.
  * This only batches: every rule is enforced by Postgres in `alone` and `together`, so any number of server
  * instances may coalesce independently.
@@ -50,7 +56,7 @@ export class LaneCoalescer<Input, Result> {
       return new Promise((resolve, reject) => waiting.push({ input, resolve, reject }));
     }
     this.lanes.set(lane, []);
-    const result = this.work.alone(input);
+    const result = this.runLone(input);
     void result.then(
       () => this.drain(lane),
       () => this.drain(lane),
@@ -67,8 +73,16 @@ export class LaneCoalescer<Input, Result> {
     this.lanes.delete(lane);
   }
 
+  /** One item that has its lane to itself: `alone`, or a batch of one (loneItemsTogether), with its rules. */
+  private runLone(input: Input): Promise<Result> {
+    if (!this.work.loneItemsTogether) return this.work.alone(input);
+    return new Promise((resolve, reject) => {
+      void this.applyTogether([{ input, resolve, reject }]);
+    });
+  }
+
   private async applyTogether(batch: Waiting<Input, Result>[]): Promise<void> {
-    if (batch.length === 1) {
+    if (batch.length === 1 && !this.work.loneItemsTogether) {
       const [only] = batch as [Waiting<Input, Result>];
       await this.work.alone(only.input).then(only.resolve, only.reject);
       return;

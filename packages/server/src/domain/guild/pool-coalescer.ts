@@ -10,16 +10,19 @@ import { type PoolSpender, type PoolUseInput, poolUseRequestHash, spendFromPool 
 
 /**
  * Members' spends from a pool, coalesced per pool (the pool row lock is what serialises them): the first
- * spend of an idle pool goes alone through spendFromPool; spends that arrive while it is in flight go
- * together through credits.pool_use_batch, which decides each as spendFromPool would (replay or conflict,
- * credits.covers, the member's caps, the limit_reached event) under one lock and one commit. Membership is
- * checked before (useGuildCredits).
+ * spend of an idle pool goes at once, alone; spends that arrive while it is in flight go together. Both go
+ * through credits.pool_use_batch (a lone spend as a batch of one: one statement, where spendFromPool takes a
+ * transaction of five), which decides each as spendFromPool would (replay or conflict, credits.covers, the
+ * member's caps, the limit_reached event) under one lock and one commit; spendFromPool is the fallback when
+ * Postgres refuses a batch as a whole. Membership is checked before (useGuildCredits).
  */
 export function coalescedPoolSpender(db: Kysely<Database>): PoolSpender {
   const coalescer = new LaneCoalescer<PoolUseInput, PoolUseResult>({
     laneOf: (input) => input.guildId,
     alone: (input) => spendFromPool(db, input),
     together: (inputs) => spendFromPoolTogether(db, inputs),
+    // spendFromPool is a transaction of five statements; a batch of one is one statement with the same rules
+    loneItemsTogether: true,
   });
   return (input) => coalescer.submit(input);
 }
