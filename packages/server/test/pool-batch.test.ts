@@ -346,6 +346,40 @@ describe('single, batch and coalesced pool spends agree', () => {
     expect(outcomes.coalesced.state).toEqual(state);
   });
 
+  it('nothing posted: the return of lapsed holds and the expiry of lapsed lots are undone, as a refused spend rolls them back', async () => {
+    const setup: PoolSetup = {
+      grants: [{ amount: 140 }, { amount: 40, expiresInHours: 1 }],
+      limits: { b: { dailyLimit: 0, monthlyLimit: null } },
+      holds: [
+        { member: 'a', amount: 10, lapsed: false },
+        { member: 'a', amount: 5, lapsed: true },
+      ],
+      lapseLots: true,
+    };
+    const items = [
+      spend('c', 141, 'k1'), // 140 spendable once the hold is returned and the lot expired: insufficient
+      spend('b', 1, 'k2'), // a cap of 0
+      spend('c', 141, undefined),
+    ];
+    const outcomes = await throughEveryPath(setup, items);
+    expect(outcomes.single.answers).toEqual([
+      'INSUFFICIENT_POOL_CREDITS:140',
+      'DAILY_LIMIT_EXCEEDED:0',
+      'INSUFFICIENT_POOL_CREDITS:140',
+    ]);
+    const { state } = outcomes.single;
+    expect(state.ledger).toEqual([]);
+    expect(state.holds).toEqual([
+      { id: 'hold0', user_id: 'G:a', amount: 5, status: 'open' },
+      { id: 'hold1', user_id: 'G:a', amount: 10, status: 'open' },
+    ]);
+    expect(state.events).toEqual([]);
+    expect(outcomes.batch.answers).toEqual(outcomes.single.answers);
+    expect(outcomes.coalesced.answers).toEqual(outcomes.single.answers);
+    expect(outcomes.batch.state).toEqual(state);
+    expect(outcomes.coalesced.state).toEqual(state);
+  });
+
   it('lot portions split across lots, keyless spends of one payload, a cap of 0 and caps reached twice in one call', async () => {
     const setup: PoolSetup = {
       // three lots of 10 in burn order: expiring in 1 h, in 2 h, never

@@ -16,15 +16,17 @@
 -- lots expiry made on the way (for the metrics).
 --
 -- How: lock every pool of the batch once, in organization_id order ("C" collation, the order every
--- multi-pool writer uses); return its lapsed holds and expire its lapsed lots, as the single path does
--- before it checks anything; read each pool and, through credits.member_spending (the one window rule), each
--- member's caps and spending; decide each item in input order on in-memory copies of those (PL/pgSQL arrays,
--- O(1) per access); then write everything set-based: one INSERT of all guild ledger rows (each naming its
--- lots: one burn per pool, split in input order), the member and usage counters fed by it (each counted on
--- the UTC day of its ledger row, as every other write of them does), one UPDATE of the pools, and one
--- INSERT of the guild.member.limit_reached events. While the pool rows are locked no other writer can post
--- a usage row or a hold for these pools, so the key lookup and the spending read after locking cannot be
--- overtaken; should the unique index fire anyway, the whole call fails (nothing written, a certain failure).
+-- multi-pool writer uses), and look up the keys; then, pool by pool: return its lapsed holds and expire its
+-- lapsed lots, as the single path does before it checks anything, read the pool and, through
+-- credits.member_spending (the one window rule), its members' caps and spending, and decide its items in
+-- input order on in-memory copies of those (PL/pgSQL arrays, O(1) per access) — undoing that return when
+-- none of the pool's items is posted, as the single path's refused spend rolls it back. Then write
+-- everything set-based: one INSERT of all guild ledger rows (each naming its lots: one burn per pool, split in
+-- input order), the member and usage counters fed by it (each counted on the UTC day of its ledger row, as
+-- every other write of them does), one UPDATE of the pools, and one INSERT of the guild.member.limit_reached
+-- events. While the pool rows are locked no other writer can post a guild ledger row or a hold for these
+-- pools, so the key lookup and the spending read after locking cannot be overtaken; should the unique index
+-- fire anyway, the whole call fails (nothing written, a certain failure).
 create or replace function credits.pool_use_batch(
   p_guilds text[], p_users text[], p_amounts int8[], p_apps text[], p_descriptions text[], p_metadata jsonb[],
   p_keys text[], p_hashes text[])
@@ -57,7 +59,9 @@ declare
   a_next_expiry timestamptz[];
   a_holds int[];
   a_expired int8[];
-  -- per (pool, member) (v_member points here)
+  -- per (pool, member), in (organization_id, user_id) order (v_member points here)
+  k_guild text[];
+  k_member text[];
   m_daily int8[];
   m_monthly int8[];
   m_today int8[];
@@ -66,8 +70,12 @@ declare
   e_item int[] := '{}';
   e_window text[] := '{}';
   e_used int8[] := '{}';
+  v_balance int8;
   v_reserved int8;
+  v_next_expiry timestamptz;
   v_lapsed boolean;
+  v_posted boolean;
+  v_spending record;
   i int;
   s int;
   m int;
@@ -100,100 +108,135 @@ begin
                       else min(x.n) over (partition by x.guild, x.member, x.key) end::int as first
             from unnest(p_guilds, p_users, p_keys) with ordinality as x(guild, member, key, n)) r;
 
-  perform 1 from credits.guild_pools where organization_id = any(a_guild)
-    order by organization_id collate "C" for update;
-  -- as the single path before any check: lapsed holds neither block the pool nor count against a limit any
-  -- longer, and no item may count an expired credit
+  select array_agg(x.guild order by x.guild collate "C", x.member collate "C"),
+         array_agg(x.member order by x.guild collate "C", x.member collate "C")
+    into k_guild, k_member
+    from (select distinct y.guild, y.member from unnest(p_guilds, p_users) as y(guild, member)) x;
+  m_daily := array_fill(null::int8, array[cardinality(k_guild)]);
+  m_monthly := array_fill(null::int8, array[cardinality(k_guild)]);
+  m_today := array_fill(0::int8, array[cardinality(k_guild)]);
+  m_month := array_fill(0::int8, array[cardinality(k_guild)]);
+  a_exists := array_fill(false, array[cardinality(a_guild)]);
+  a_balance := array_fill(0::int8, array[cardinality(a_guild)]);
+  a_reserved := array_fill(0::int8, array[cardinality(a_guild)]);
+  a_next_expiry := array_fill(null::timestamptz, array[cardinality(a_guild)]);
   a_holds := array_fill(0, array[cardinality(a_guild)]);
   a_expired := array_fill(0::int8, array[cardinality(a_guild)]);
-  for s in 1 .. cardinality(a_guild) loop
-    select p.reserved, coalesce(p.next_lot_expiry <= now(), false) into v_reserved, v_lapsed
-      from credits.guild_pools p where p.organization_id = a_guild[s];
-    if found then
-      if v_reserved > 0 then
-        a_holds[s] := credits.release_expired_pool_holds(a_guild[s], 1000);
-      end if;
-      if v_lapsed then
-        a_expired[s] := credits.expire_lots('guild', a_guild[s]);
-      end if;
-    end if;
-  end loop;
 
-  select array_agg(p.organization_id is not null order by g.n), array_agg(coalesce(p.balance, 0) order by g.n),
-         array_agg(coalesce(p.reserved, 0) order by g.n), array_agg(p.next_lot_expiry order by g.n)
-    into a_exists, a_balance, a_reserved, a_next_expiry
-    from unnest(a_guild) with ordinality as g(guild, n)
-    left join credits.guild_pools p on p.organization_id = g.guild;
-  -- the windows are those of credits.clock(), which dates the guild ledger rows (and so the counters)
-  v_today := (credits.clock() at time zone 'utc')::date;
-  select array_agg(sp.daily_limit order by k.n), array_agg(sp.monthly_limit order by k.n),
-         array_agg(sp.spent_today + sp.held order by k.n), array_agg(sp.spent_this_month + sp.held order by k.n)
-    into m_daily, m_monthly, m_today, m_month
-    from (select x.guild, x.member, row_number() over (order by x.guild collate "C", x.member collate "C") as n
-            from (select distinct guild, member from unnest(p_guilds, p_users) as y(guild, member)) x) k
-   cross join lateral credits.member_spending(k.guild, k.member, v_today) sp;
+  perform 1 from credits.guild_pools where organization_id = any(a_guild)
+    order by organization_id collate "C" for update;
+  -- the keys are looked up once the pools are locked: no spend of these pools can post one meanwhile
   select array_agg(t.id order by x.n), array_agg(t.request_hash order by x.n),
          array_agg(coalesce(t.available_after, t.balance_after) order by x.n)
     into v_prior_id, v_prior_hash, v_prior_available
     from unnest(p_guilds, p_users, p_keys) with ordinality as x(guild, member, key, n)
     left join credits.guild_transactions t
       on t.organization_id = x.guild and t.user_id = x.member and t.idempotency_key = x.key;
+  -- the windows are those of credits.clock(), which dates the guild ledger rows (and so the counters)
+  v_today := (credits.clock() at time zone 'utc')::date;
 
-  for i in 1 .. v_count loop
-    s := v_pool[i];
-    m := v_member[i];
-    w := v_winner[v_first[i]];
-    if v_prior_id[i] is not null then
-      if v_prior_hash[i] is not distinct from p_hashes[i] then
-        v_outcome[i] := 'replay';
-        v_tx[i] := v_prior_id[i];
-        v_available[i] := v_prior_available[i];
-      else
-        v_outcome[i] := 'conflict';
+  -- Each pool on its own, in a block that can be undone: as the single path, first return the pool's lapsed
+  -- holds (they neither block the pool nor count against a cap any longer) and expire its lapsed lots (no
+  -- item may count an expired credit); then read the pool and its members' caps and spending
+  -- (credits.member_spending) and decide its items in input order. The single path makes that return in
+  -- the spend's transaction, so a spend that is refused (or replayed) rolls it back: likewise, when none of
+  -- the pool's items is posted, the block is undone (the decisions, in variables, stay).
+  for s in 1 .. cardinality(a_guild) loop
+    begin
+      select p.reserved, coalesce(p.next_lot_expiry <= now(), false) into v_reserved, v_lapsed
+        from credits.guild_pools p where p.organization_id = a_guild[s];
+      if found then
+        if v_reserved > 0 then
+          a_holds[s] := credits.release_expired_pool_holds(a_guild[s], 1000);
+        end if;
+        if v_lapsed then
+          a_expired[s] := credits.expire_lots('guild', a_guild[s]);
+        end if;
+        select p.balance, p.reserved, p.next_lot_expiry into v_balance, v_reserved, v_next_expiry
+          from credits.guild_pools p where p.organization_id = a_guild[s];
+        a_exists[s] := true;
+        a_balance[s] := v_balance;
+        a_reserved[s] := v_reserved;
+        a_next_expiry[s] := v_next_expiry;
       end if;
-    elsif w is not null then
-      -- the same key appeared earlier in this batch and was posted there
-      if p_hashes[w] = p_hashes[i] then
-        v_outcome[i] := 'replay';
-        v_tx[i] := v_tx[w];
-        v_available[i] := v_available[w];
-      else
-        v_outcome[i] := 'conflict';
+      for v_spending in
+        select k.n, sp.daily_limit, sp.monthly_limit, sp.spent_today + sp.held as today,
+               sp.spent_this_month + sp.held as month
+          from unnest(k_guild, k_member) with ordinality as k(guild, member, n)
+         cross join lateral credits.member_spending(k.guild, k.member, v_today) sp
+         where k.guild = a_guild[s]
+      loop
+        m_daily[v_spending.n] := v_spending.daily_limit;
+        m_monthly[v_spending.n] := v_spending.monthly_limit;
+        m_today[v_spending.n] := v_spending.today;
+        m_month[v_spending.n] := v_spending.month;
+      end loop;
+
+      v_posted := false;
+      for i in 1 .. v_count loop
+        continue when v_pool[i] <> s;
+        m := v_member[i];
+        w := v_winner[v_first[i]];
+        if v_prior_id[i] is not null then
+          if v_prior_hash[i] is not distinct from p_hashes[i] then
+            v_outcome[i] := 'replay';
+            v_tx[i] := v_prior_id[i];
+            v_available[i] := v_prior_available[i];
+          else
+            v_outcome[i] := 'conflict';
+          end if;
+        elsif w is not null then
+          -- the same key appeared earlier in this batch and was posted there
+          if p_hashes[w] = p_hashes[i] then
+            v_outcome[i] := 'replay';
+            v_tx[i] := v_tx[w];
+            v_available[i] := v_available[w];
+          else
+            v_outcome[i] := 'conflict';
+          end if;
+        elsif not a_exists[s] then
+          v_outcome[i] := 'no_pool';
+        elsif not credits.covers(a_balance[s], a_reserved[s], a_next_expiry[s], p_amounts[i]) then
+          v_outcome[i] := 'insufficient';
+          v_available[i] := a_balance[s] - a_reserved[s];
+        elsif m_daily[m] is not null and m_today[m] + p_amounts[i] > m_daily[m] then
+          v_outcome[i] := 'daily_limit';
+          v_cap[i] := m_daily[m];
+          v_used[i] := m_today[m];
+        elsif m_monthly[m] is not null and m_month[m] + p_amounts[i] > m_monthly[m] then
+          v_outcome[i] := 'monthly_limit';
+          v_cap[i] := m_monthly[m];
+          v_used[i] := m_month[m];
+        else
+          v_before[i] := a_balance[s];
+          a_balance[s] := a_balance[s] - p_amounts[i];
+          m_today[m] := m_today[m] + p_amounts[i];
+          m_month[m] := m_month[m] + p_amounts[i];
+          v_outcome[i] := 'ok';
+          v_tx[i] := gen_random_uuid();
+          v_available[i] := a_balance[s] - a_reserved[s];
+          v_winner[v_first[i]] := i;
+          v_posted := true;
+          -- a cap used up exactly by this spend: the crossing into "nothing left" (as spendPool decides it)
+          if m_daily[m] is not null and m_daily[m] <> 0 and m_today[m] = m_daily[m] then
+            e_item := e_item || i;
+            e_window := e_window || 'daily'::text;
+            e_used := e_used || m_today[m];
+          end if;
+          if m_monthly[m] is not null and m_monthly[m] <> 0 and m_month[m] = m_monthly[m] then
+            e_item := e_item || i;
+            e_window := e_window || 'monthly'::text;
+            e_used := e_used || m_month[m];
+          end if;
+        end if;
+      end loop;
+      if not v_posted and (a_holds[s] > 0 or a_expired[s] > 0) then
+        raise exception 'nothing posted' using errcode = 'MC001';
       end if;
-    elsif not a_exists[s] then
-      v_outcome[i] := 'no_pool';
-    elsif not credits.covers(a_balance[s], a_reserved[s], a_next_expiry[s], p_amounts[i]) then
-      v_outcome[i] := 'insufficient';
-      v_available[i] := a_balance[s] - a_reserved[s];
-    elsif m_daily[m] is not null and m_today[m] + p_amounts[i] > m_daily[m] then
-      v_outcome[i] := 'daily_limit';
-      v_cap[i] := m_daily[m];
-      v_used[i] := m_today[m];
-    elsif m_monthly[m] is not null and m_month[m] + p_amounts[i] > m_monthly[m] then
-      v_outcome[i] := 'monthly_limit';
-      v_cap[i] := m_monthly[m];
-      v_used[i] := m_month[m];
-    else
-      v_before[i] := a_balance[s];
-      a_balance[s] := a_balance[s] - p_amounts[i];
-      m_today[m] := m_today[m] + p_amounts[i];
-      m_month[m] := m_month[m] + p_amounts[i];
-      v_outcome[i] := 'ok';
-      v_tx[i] := gen_random_uuid();
-      v_available[i] := a_balance[s] - a_reserved[s];
-      v_winner[v_first[i]] := i;
-      -- a cap used up exactly by this spend: the crossing into "nothing left" (as spendPool decides it)
-      if m_daily[m] is not null and m_daily[m] <> 0 and m_today[m] = m_daily[m] then
-        e_item := e_item || i;
-        e_window := e_window || 'daily'::text;
-        e_used := e_used || m_today[m];
-      end if;
-      if m_monthly[m] is not null and m_monthly[m] <> 0 and m_month[m] = m_monthly[m] then
-        e_item := e_item || i;
-        e_window := e_window || 'monthly'::text;
-        e_used := e_used || m_month[m];
-      end if;
-    end if;
+    exception when sqlstate 'MC001' then
+      a_holds[s] := 0;
+      a_expired[s] := 0;
+    end;
   end loop;
 
   if 'ok' = any(v_outcome) then
