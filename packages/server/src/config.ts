@@ -99,7 +99,7 @@ export interface Config {
   databaseUrl: string | undefined;
   dataDir: string;
   dbPoolSize: number;
-  /** Group concurrent debits, of one account or of many, into one transaction (see SpendCoalescer). */
+  /** Group concurrent debits into one transaction: personal ones of one account or of many (SpendCoalescer), members' ones per guild pool (pool-coalescer.ts). */
   coalesceDebits: boolean;
   /** With coalesceDebits: debit statements in flight at once; debits beyond wait and go as one batch. */
   debitStatementsInFlight: number;

@@ -16,6 +16,8 @@ import type { MovementResult } from './domain/credits/mappers.ts';
 import { type SpendInput, spendCredits } from './domain/credits/personal.ts';
 import { SpendCoalescer } from './domain/credits/spend-coalescer.ts';
 import { createMembershipClient, type MembershipClient } from './domain/guild/membership.ts';
+import { coalescedPoolSpender } from './domain/guild/pool-coalescer.ts';
+import { type PoolSpender, spendFromPool } from './domain/guild/pools.ts';
 import { createStripeClient } from './domain/stripe/client.ts';
 import { createMetrics, type Metrics } from './metrics.ts';
 
@@ -28,6 +30,8 @@ export interface AppDeps {
   verifyServiceKey: (presented: string | undefined) => boolean;
   /** Personal spends go through here: grouped into batches under load, or one by one when disabled. */
   spend: (input: SpendInput) => Promise<MovementResult>;
+  /** Members' pool spends go through here: coalesced per hot pool, or one by one when disabled. */
+  spendFromPool: PoolSpender;
   /** Absent without STRIPE_SECRET_KEY: purchases then answer PAYMENTS_NOT_CONFIGURED. */
   stripe?: Stripe;
   /** Who is in which guild, asked of the auth service. */
@@ -75,6 +79,9 @@ export async function createAppDeps(
     }),
     verifyServiceKey: createServiceKeyVerifier(config.serviceKeys),
     spend: personalSpender(dbHandle.db, config),
+    spendFromPool: config.coalesceDebits
+      ? coalescedPoolSpender(dbHandle.db)
+      : (input) => spendFromPool(dbHandle.db, input),
     stripe: createStripeClient(config),
     membership: createMembershipClient({
       authUrl: config.authUrl,
