@@ -97,10 +97,7 @@ export interface Config {
   databaseUrl: string | undefined;
   dataDir: string;
   dbPoolSize: number;
-  /**
-   * Batch concurrent debits of one account (SpendCoalescer), or spends from one guild pool (pool-coalescer.ts),
-   * into one transaction.
-   */
+  /** Batch concurrent debits of one account (SpendCoalescer) or of one guild pool (pool-coalescer.ts) into one transaction. */
   coalesceDebits: boolean;
   migrateOnStart: boolean;
   authUrl: string | undefined;
