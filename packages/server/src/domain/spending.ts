@@ -19,7 +19,8 @@ import { assertWithinMemberLimits, poolNotFound } from './guild/limits.ts';
 // what happens when it says no: a hold whose time is up never refuses a spend (its credits are returned on
 // access, before any sweep), a lot whose time is up is expired first (so no spend counts an expired credit),
 // and otherwise the caller gets INSUFFICIENT_CREDITS with what is spendable. credits.use_batch (coalesced and
-// batch debits) makes the same moves in PL/pgSQL.
+// batch debits) makes the same moves in PL/pgSQL, and credits.pool_use_batch (coalesced pool spends) those of
+// spendPool.
 
 /**
  * Spends from a personal balance: `write` is a conditional statement (debitBalance, placeHold) that writes

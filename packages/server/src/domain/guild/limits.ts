@@ -20,8 +20,8 @@ export const poolNotFound = () => new NotFoundError('Guild pool', 'GUILD_POOL_NO
  * The one check of a member's caps before pool credits leave for them or are held for them (guild.use, pool
  * reserves). Call it inside the spending transaction after lockGuildPool: the lock serialises every spend,
  * hold, commit and release of the pool, so what memberSpending reads cannot change before the debit or the
- * hold commits. Every open pool hold counts as spent in the current window (see credits.member_spending for the
- * rule). Windows are the UTC day and the UTC calendar month of credits.clock().
+ * hold commits. Every open pool hold counts as spent in the current window (see credits.member_spending for
+ * the rule). Windows are the UTC day and the UTC calendar month of credits.clock().
  */
 export async function assertWithinMemberLimits(
   trx: Transaction<Database>,
