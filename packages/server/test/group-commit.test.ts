@@ -242,8 +242,9 @@ describe('group commit across accounts', () => {
     );
     const reasonOf = (o: PromiseSettledResult<unknown>) => {
       if (o.status === 'fulfilled') return 'ok';
-      expect(o.reason).toBeInstanceOf(TRPCClientError);
-      return String((o.reason as { data?: { reason?: string } }).data?.reason);
+      const { data, message } = o.reason as { data?: { reason?: string }; message?: string };
+      expect(o.reason, message).toBeInstanceOf(TRPCClientError);
+      return data?.reason ?? `no reason: ${message}`;
     };
     const rows = await usageRows(server.deps.db, [...rich, ...poor]);
     const rowOf = new Map(rows.map((row) => [`${row.user_id}/${row.idempotency_key}`, row]));
@@ -252,15 +253,12 @@ describe('group commit across accounts', () => {
       const reason = reasonOf(outcome);
       const isPoor = poor.includes(call.userId);
       const row = call.key ? rowOf.get(`${call.userId}/${call.key}`) : undefined;
-      if (call.kind === 'conflict') {
-        expect(
-          reason === 'ok' ||
-            reason === 'IDEMPOTENCY_CONFLICT' ||
-            (isPoor && reason === 'INSUFFICIENT_CREDITS'),
-        ).toBe(true);
-      } else {
-        expect(reason === 'ok' || (isPoor && reason === 'INSUFFICIENT_CREDITS')).toBe(true);
-      }
+      const allowed = ['ok'];
+      if (call.kind === 'conflict') allowed.push('IDEMPOTENCY_CONFLICT');
+      if (isPoor) allowed.push('INSUFFICIENT_CREDITS');
+      expect(allowed, `${call.kind} debit of ${isPoor ? 'a poor' : 'a rich'} user: ${reason}`).toContain(
+        reason,
+      );
       if (outcome.status === 'fulfilled' && call.key) {
         // Every answer of a key is its one row, whether it posted it or replayed it.
         expect(outcome.value.transactionId).toBe(row?.id);

@@ -16,25 +16,28 @@ interface Waiting {
 /** Most debits one grouped statement carries (what use_batch locks and writes in one transaction). */
 export const MAX_COALESCED = 200;
 
-/** Statements in flight when the caller does not say (tests); the server derives it from DB_POOL_SIZE. */
-const DEFAULT_IN_FLIGHT = 8;
+/** Statements in flight when the caller does not say (DEBIT_STATEMENTS_IN_FLIGHT's default). */
+const DEFAULT_IN_FLIGHT = 2;
 
 /**
  * Group commit of personal debits. At most `inFlight` debit statements of this process run at once. A debit
- * goes straight to the database (one statement, no added latency) while one of them is free; when all are
- * busy, debits queue, and the next statement to finish takes everything queued (up to MAX_COALESCED, of any
- * accounts) as one call of credits.use_batch (the function of every batched usage debit): one round trip,
- * one transaction, one commit for many callers, each still with its own ledger row, idempotency check and
- * answer, each refused alone when it cannot pay. The queue is served in arrival order.
+ * goes straight to the database (one statement, no added latency) while one of them is free and its account
+ * has none in flight; otherwise it queues, and the next statement to finish takes everything queued (up to
+ * MAX_COALESCED, of any accounts, in arrival order) as one call of credits.use_batch (the function of every
+ * batched usage debit): one round trip, one transaction, one commit for many callers, each still with its
+ * own ledger row, idempotency check and answer, each refused alone when its account cannot pay. Few
+ * statements make big groups, which cost Node and Postgres far less per debit than single statements.
  *
  * An account has at most one statement of this process in flight: its next debits wait and go together in
- * the following batch instead of waiting on its row lock, each in a statement (and a pool connection) of its
- * own — this is what lifts one hot account above the row-lock limit. It only groups: every rule is still
- * enforced by Postgres under the row locks, so any number of server instances may group independently.
+ * the following group instead of queueing on its row lock in statements of their own — this is what lifts
+ * one hot account above the row-lock limit (and keeps its groups big: when they could overlap, they shrank
+ * to a few debits each). It only groups: every rule is still enforced by Postgres under the row locks, taken
+ * in user order, so any number of server instances may group independently.
  *
  * A batch that failed is run again item by item only when the failure proves nothing was committed (see
  * outcome.ts); when its outcome is unknown (the connection was lost, perhaps after the commit) every caller
- * of the batch is answered OutcomeUnknownError — a keyless debit repeated here would be charged twice.
+ * of the batch, whatever its account, is answered OutcomeUnknownError — a keyless debit repeated here would
+ * be charged twice.
  */
 export class SpendCoalescer {
   private queue: Waiting[] = [];
@@ -128,9 +131,19 @@ export class SpendCoalescer {
         return;
       }
       // Postgres refused the batch as a whole (rolled back, nothing written): each debit takes the single
-      // path on its own, where a refusal fails only that debit.
+      // path on its own, where a refusal fails only that debit; an account's debits in arrival order.
+      const byAccount = new Map<string, Waiting[]>();
+      for (const waiting of batch) {
+        const debits = byAccount.get(waiting.input.userId);
+        if (debits) debits.push(waiting);
+        else byAccount.set(waiting.input.userId, [waiting]);
+      }
       await Promise.all(
-        batch.map(({ input, resolve, reject }) => spendCredits(this.db, input).then(resolve, reject)),
+        [...byAccount.values()].map(async (debits) => {
+          for (const { input, resolve, reject } of debits) {
+            await spendCredits(this.db, input).then(resolve, reject);
+          }
+        }),
       );
       return;
     }
