@@ -25,6 +25,8 @@ const envSchema = z.object({
   DATABASE_URL: optionalText,
   DATA_DIR: z.string().default('./.data'),
   DB_POOL_SIZE: z.coerce.number().int().min(1).max(200).default(10),
+  /** Named (prepared) statements on Postgres: parsed and planned once per connection (packages/db connect.ts). */
+  DB_PREPARED_STATEMENTS: booleanFromEnv.default(false),
   COALESCE_DEBITS: booleanFromEnv.default(true),
   MIGRATE_ON_START: booleanFromEnv.default(true),
   MANA_CORE_AUTH_URL: optionalText.pipe(z.url().optional()),
@@ -97,6 +99,8 @@ export interface Config {
   databaseUrl: string | undefined;
   dataDir: string;
   dbPoolSize: number;
+  /** Postgres: send repeated statements as named (prepared) ones (DbConfig.preparedStatements). */
+  dbPreparedStatements: boolean;
   /** Batch concurrent debits of one account into one transaction (see SpendCoalescer). */
   coalesceDebits: boolean;
   migrateOnStart: boolean;
@@ -321,6 +325,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     databaseUrl: e.DATABASE_URL,
     dataDir: e.DATA_DIR,
     dbPoolSize: e.DB_POOL_SIZE,
+    dbPreparedStatements: e.DB_PREPARED_STATEMENTS,
     coalesceDebits: e.COALESCE_DEBITS,
     migrateOnStart: e.MIGRATE_ON_START,
     authUrl,
