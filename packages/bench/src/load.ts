@@ -44,6 +44,8 @@ async function runJob(job: LoadJob): Promise<LoadResult> {
     ? (JSON.parse(readFileSync(job.target.tokensFile, 'utf8')) as string[])
     : undefined;
   const factory = requestFactory({ ...job.target, tokens });
+  // Tells the orchestrator that the warm-up is over (it reads CPU counters from here to the result).
+  const onMeasuring = () => process.send?.({ measuring: true });
   if (job.rate) {
     const { statuses, ok, non2xx, errors, timeouts, latency, ...openLoop } = await runOpenLoop({
       url: job.url,
@@ -52,6 +54,7 @@ async function runJob(job: LoadJob): Promise<LoadResult> {
       rate: job.rate,
       warmupSeconds: job.warmupSeconds,
       seconds: job.seconds,
+      onMeasuring,
     });
     return {
       seconds: job.seconds,
@@ -87,6 +90,8 @@ async function runJob(job: LoadJob): Promise<LoadResult> {
   // Without a callback autocannon returns its event emitter, made thenable (the typings only say Promise).
   const instance = autocannon(options as autocannon.Options) as unknown as autocannon.Instance &
     PromiseLike<autocannon.Result>;
+  // Only the main run (after the warm-up) emits on this instance.
+  instance.on('start', onMeasuring);
   instance.on('response', (_client, statusCode: number, _bytes: number, responseTime: number) => {
     if (statusCode >= 200 && statusCode < 300) latencies.push(responseTime);
   });

@@ -25,6 +25,8 @@ export interface OpenLoopJob {
   timeoutMs?: number;
   /** Sockets at most; past it a request waits for a socket (its wait still counts, from its intended time). */
   maxSockets?: number;
+  /** Called as the first measured request (the first after the warm-up) is sent. */
+  onMeasuring?: () => void;
 }
 
 export interface OpenLoopResult {
@@ -87,6 +89,7 @@ export async function runOpenLoop(job: OpenLoopJob): Promise<OpenLoopResult> {
 
   const send = (index: number, intended: number) => {
     const measured = index >= warmupCount;
+    if (index === warmupCount) job.onMeasuring?.();
     const { headers, body } = job.next();
     const sentAt = performance.now();
     if (measured) sendLags.push(sentAt - intended);

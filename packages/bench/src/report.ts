@@ -19,6 +19,8 @@ export interface StepRow {
   non2xx?: number;
   statuses?: Record<string, number>;
   rssMb?: number;
+  /** CPU time per request (per debit for batches) of the server process and of its database backends. */
+  cpuPerOperation?: { serverUs: number; databaseUs: number };
   /** The machine's 1-minute load average when the step started and when it ended. */
   load?: { before: number; after: number };
 }
@@ -94,6 +96,7 @@ function cells(row: StepRow): string[] {
       '',
       '',
       '',
+      '',
       loadCell(row),
     ];
   }
@@ -110,6 +113,9 @@ function cells(row: StepRow): string[] {
     ms(row.latency?.max),
     problems === 0 ? '0' : `${num(row.errors)} err / ${num(row.non2xx)} non-2xx`,
     row.rssMb === undefined ? '' : num(row.rssMb),
+    row.cpuPerOperation
+      ? `${num(row.cpuPerOperation.serverUs)} + ${num(row.cpuPerOperation.databaseUs)}`
+      : '',
     loadCell(row),
   ];
 }
@@ -129,6 +135,7 @@ const HEADER = [
   'max ms',
   'errors',
   'RSS MB',
+  'CPU µs/op node + pg',
   'load 1m',
 ];
 

@@ -5,6 +5,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { TestAuthServer } from '../../server/test/helpers/auth-server.ts';
+import { CpuMeter, type CpuSnapshot, type CpuSpent } from './cpu.ts';
 import {
   checkLedger,
   createBenchDatabase,
@@ -78,6 +79,7 @@ const serverEnvText = Object.entries(serverEnv)
 const SERVICE_KEY = 'bench-service-key-0123456789abcdefghijklmnop';
 const CONNECTIONS = { throughput: 32, hot: 64, batch: 8 };
 const BATCH_SIZE = 100;
+const SERVER_WARMUP_SECONDS = args.quick ? 2 : 6;
 /** With --alerts: far below the seeded balances, so the trigger runs its whole lookup and finds no crossing. */
 const ALERT_THRESHOLD = 1000;
 const population: Population = {
@@ -148,29 +150,43 @@ function startLoadProcess() {
   cleanups.push(async () => {
     child.kill();
   });
-  return (job: LoadJob) =>
+  return (job: LoadJob, onMeasuring?: () => void) =>
     new Promise<LoadResult>((resolveResult, reject) => {
       const onExit = (code: number | null) => reject(new Error(`load process exited with ${code}`));
-      child.once('exit', onExit);
-      child.once('message', (message: { result?: LoadResult; error?: string }) => {
+      const onMessage = (message: { measuring?: true; result?: LoadResult; error?: string }) => {
+        if (message.measuring) return onMeasuring?.();
         child.off('exit', onExit);
+        child.off('message', onMessage);
         if (message.result) resolveResult(message.result);
         else reject(new Error(`load process failed: ${message.error}`));
-      });
+      };
+      child.once('exit', onExit);
+      child.on('message', onMessage);
       child.send(job);
     });
 }
 
-let sendLoad: ((job: LoadJob) => Promise<LoadResult>) | undefined;
+let sendLoad: ReturnType<typeof startLoadProcess> | undefined;
+/** Reads the CPU time of the server and its database backends around each measured window (cpu.ts). */
+let cpuMeter: CpuMeter | undefined;
 
-async function runLoad(job: LoadJob, server: BenchServer): Promise<{ result: LoadResult; rssMb: number }> {
+async function runLoad(
+  job: LoadJob,
+  server: BenchServer,
+): Promise<{ result: LoadResult; rssMb: number; cpu?: CpuSpent }> {
   sendLoad ??= startLoadProcess();
   let rssMb = 0;
   const sampler = setInterval(() => {
     rssMb = Math.max(rssMb, server.memory().rssMb);
   }, 250);
+  let before: Promise<CpuSnapshot | undefined> | undefined;
   try {
-    return { result: await sendLoad(job), rssMb };
+    const result = await sendLoad(job, () => {
+      before ??= cpuMeter?.snapshot().catch(() => undefined);
+    });
+    const start = await before;
+    const cpu = start && cpuMeter ? await cpuMeter.since(start).catch(() => undefined) : undefined;
+    return { result, rssMb, ...(cpu ? { cpu } : {}) };
   } finally {
     clearInterval(sampler);
   }
@@ -204,10 +220,12 @@ async function httpStep(server: BenchServer, step: HttpStep, tokens: Tokens): Pr
   );
   const loadBefore = loadavg()[0]!;
   measuredSteps++;
-  const { result, rssMb } = await runLoad(
+  const { result, rssMb, cpu } = await runLoad(
     { url: server.url, target, connections: step.connections, warmupSeconds, seconds, rate: step.rate },
     server,
   );
+  // Per debit for batches, per request otherwise.
+  const operations = step.kind === 'use-batch' ? result.debitsPerSecond * result.seconds : result.ok;
   const throughput = step.kind === 'use-batch' ? result.debitsPerSecond : result.okPerSecond;
   const statuses = Object.entries(result.statuses)
     .filter(([code]) => !code.startsWith('2'))
@@ -232,6 +250,14 @@ async function httpStep(server: BenchServer, step: HttpStep, tokens: Tokens): Pr
     non2xx: result.non2xx,
     statuses: result.statuses,
     rssMb,
+    ...(cpu && operations > 0
+      ? {
+          cpuPerOperation: {
+            serverUs: (cpu.serverMs * 1000) / operations,
+            databaseUs: (cpu.databaseMs * 1000) / operations,
+          },
+        }
+      : {}),
     load: { before: loadBefore, after: loadavg()[0]! },
     ...(notes.length ? { note: notes.join('; ') } : {}),
   };
@@ -251,7 +277,7 @@ function openLoopNote(openLoop: NonNullable<LoadResult['openLoop']>): string {
 const CEILING_DRIFT = 0.2;
 /** The measurements of a run without reruns (steps 1 and 2b twice), and --quick's budget by its own clock. */
 const PLANNED_STEPS = 15;
-const QUICK_BUDGET_SECONDS = 90;
+const QUICK_BUDGET_SECONDS = 95;
 /** Measurements made so far (reruns included), for the budget. */
 let measuredSteps = 0;
 
@@ -365,6 +391,25 @@ async function main() {
     log(`alerts configured: LOW_BALANCE_THRESHOLD=${ALERT_THRESHOLD}`);
   }
   log(`server pid ${server.pid} at ${server.url}`);
+  const meter = await CpuMeter.open(database.url, server.pid);
+  cpuMeter = meter;
+  cleanups.push(() => meter.close());
+
+  // Unmeasured: a freshly started server (JIT, pool connections) measured 2-5× below itself a minute later
+  // in the first step; the ceiling of step 1 must not be that.
+  log(`server warm-up: ${SERVER_WARMUP_SECONDS} s of internal.credits.use and the no-op, not measured`);
+  for (const kind of ['internal-use', 'noop'] as const) {
+    await runLoad(
+      {
+        url: server.url,
+        target: baseTarget(kind),
+        connections: CONNECTIONS.throughput,
+        warmupSeconds: 0,
+        seconds: SERVER_WARMUP_SECONDS / 2,
+      },
+      server,
+    );
+  }
 
   const rows: StepRow[] = [];
   const find = (id: string) => rows.findLast((row) => row.id === id && row.status === 'ok');
@@ -624,7 +669,7 @@ async function main() {
         `server pool ${poolSize} (pgbench clients the same); autocannon connections: ${CONNECTIONS.throughput} ` +
         `(steps 1, 3), ${CONNECTIONS.hot} (4), ${CONNECTIONS.batch} (5); step 6 open loop (conns = sockets it opened); ` +
         `ceilings measured again after their steps (ratios against the mean; steps rerun once when it moved > ${CEILING_DRIFT * 100} %); ` +
-        `amount 1 and a unique idempotency key per debit; ` +
+        `${SERVER_WARMUP_SECONDS} s of unmeasured server warm-up before step 1; amount 1 and a unique idempotency key per debit; ` +
         `server ${runtime === 'dist' ? 'bundle (node dist/main.js)' : 'sources through tsx'}, peak RSS (VmHWM) ${peakRssMb.toFixed(0)} MB` +
         `${args.alerts ? `; alerts configured (LOW_BALANCE_THRESHOLD=${ALERT_THRESHOLD})` : ''}` +
         `${serverEnvText ? `; server environment ${serverEnvText}` : ''}.`,
