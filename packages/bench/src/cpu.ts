@@ -2,9 +2,10 @@ import { readFileSync } from 'node:fs';
 import pg from 'pg';
 
 /**
- * CPU time spent by the server process and by the Postgres backends of the bench database, read from
- * /proc/<pid>/stat (Linux). Per request it is far steadier than throughput on a shared, loaded machine:
- * other work takes cores away (throughput drops) but does not make our work cost more CPU (much).
+ * CPU time spent by the server process and by the Postgres client backends of the bench database (not
+ * autovacuum's, which comes when it likes), read from /proc/<pid>/stat (Linux). Per request it is far
+ * steadier than throughput on a shared, loaded machine: other work takes cores away (throughput drops) but
+ * does not make our work cost much more CPU.
  * Backends that exit during a step (pgbench's, a dropped pool connection) are not counted, so the steps
  * that use it are the server's, whose pool keeps its connections.
  */
@@ -48,7 +49,8 @@ export class CpuMeter {
 
   private async backendPids(): Promise<number[]> {
     const { rows } = await this.client.query<{ pid: number }>(
-      'select pid from pg_stat_activity where datname = $1 and pid <> pg_backend_pid()',
+      `select pid from pg_stat_activity
+        where datname = $1 and backend_type = 'client backend' and pid <> pg_backend_pid()`,
       [this.database],
     );
     return rows.map((row) => row.pid);
