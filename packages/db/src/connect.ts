@@ -102,9 +102,9 @@ const preparedLimit = (config: DbConfig) =>
 
 export const DEFAULT_PREPARED_STATEMENTS_PER_CONNECTION = 100;
 
-/** Texts seen once in this process: prepared from their second call on. Bounded: cleared when full. */
-const seenOnce = new Set<string>();
-const SEEN_ONCE_LIMIT = 10_000;
+/** Texts called before in this process: a text is prepared from its second call on. Cleared when full. */
+const seenTexts = new Set<string>();
+const SEEN_TEXTS_LIMIT = 2_000;
 
 function statementName(text: string): string {
   return `mc_${createHash('sha1').update(text).digest('base64url')}`;
@@ -158,9 +158,9 @@ export function preparingClientClass(Base: ClientClass, limit: number): ClientCl
         this.prepared.set(text, known);
         return known;
       }
-      if (!seenOnce.has(text)) {
-        if (seenOnce.size >= SEEN_ONCE_LIMIT) seenOnce.clear();
-        seenOnce.add(text);
+      if (!seenTexts.has(text)) {
+        if (seenTexts.size >= SEEN_TEXTS_LIMIT) seenTexts.clear();
+        seenTexts.add(text);
         return undefined;
       }
       if (this.prepared.size >= limit) {
