@@ -50,6 +50,8 @@ const { values: args } = parseArgs({
     alerts: { type: 'boolean', default: false },
     /** Extra server environment, KEY=VALUE, repeatable (e.g. DB_PREPARED_STATEMENTS=false to compare). */
     'server-env': { type: 'string', multiple: true, default: [] },
+    /** Seconds of unmeasured load on the fresh server before step 1 (default 2 quick, 6 full). */
+    'server-warmup': { type: 'string' },
     /** dist: the production bundle (built first, as `pnpm start` does); tsx: the sources, as `pnpm dev`. */
     server: { type: 'string', default: 'dist' },
     'database-url': {
@@ -79,7 +81,7 @@ const serverEnvText = Object.entries(serverEnv)
 const SERVICE_KEY = 'bench-service-key-0123456789abcdefghijklmnop';
 const CONNECTIONS = { throughput: 32, hot: 64, batch: 8 };
 const BATCH_SIZE = 100;
-const SERVER_WARMUP_SECONDS = args.quick ? 2 : 6;
+const SERVER_WARMUP_SECONDS = Number(args['server-warmup'] ?? (args.quick ? 2 : 6));
 /** With --alerts: far below the seeded balances, so the trigger runs its whole lookup and finds no crossing. */
 const ALERT_THRESHOLD = 1000;
 const population: Population = {
