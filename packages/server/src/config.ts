@@ -25,6 +25,8 @@ const envSchema = z.object({
   DATABASE_URL: optionalText,
   DATA_DIR: z.string().default('./.data'),
   DB_POOL_SIZE: z.coerce.number().int().min(1).max(200).default(10),
+  /** Named (prepared) statements on Postgres: parsed and planned once per connection (packages/db connect.ts). */
+  DB_PREPARED_STATEMENTS: booleanFromEnv.default(false),
   COALESCE_DEBITS: booleanFromEnv.default(true),
   /** Debit statements (single or grouped) one instance runs at once; unset = 2 (1 when DB_POOL_SIZE < 3). */
   DEBIT_STATEMENTS_IN_FLIGHT: z.coerce.number().int().min(1).max(200).optional(),
@@ -99,6 +101,8 @@ export interface Config {
   databaseUrl: string | undefined;
   dataDir: string;
   dbPoolSize: number;
+  /** Postgres: send repeated statements as named (prepared) ones (DbConfig.preparedStatements). */
+  dbPreparedStatements: boolean;
   /** Group concurrent debits into one transaction: personal ones of one account or of many (SpendCoalescer), members' ones per guild pool (pool-coalescer.ts). */
   coalesceDebits: boolean;
   /** With coalesceDebits: debit statements in flight at once; debits beyond wait and go as one batch. */
@@ -330,6 +334,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     databaseUrl: e.DATABASE_URL,
     dataDir: e.DATA_DIR,
     dbPoolSize: e.DB_POOL_SIZE,
+    dbPreparedStatements: e.DB_PREPARED_STATEMENTS,
     coalesceDebits: e.COALESCE_DEBITS,
     // Few statements make big groups, and a group costs Node and Postgres far less per debit than single
     // statements do (README, "How the money is kept"); two keep one's round trip hidden behind the other.

@@ -59,6 +59,7 @@ export async function createAppDeps(
     databaseUrl: config.databaseUrl,
     dataDir: config.dataDir,
     poolSize: config.dbPoolSize,
+    preparedStatements: config.dbPreparedStatements,
     pgliteSnapshot: options.pgliteSnapshot,
     pglite: options.pglite,
   });
