@@ -147,6 +147,41 @@ describe('group commit across accounts', () => {
     expect(txOf(rows, b!)).not.toContain(ofA[1]!.tx);
   });
 
+  it('two instances grouping the same accounts at once: each key posted once, Σ ledger = balance', async () => {
+    // Two coalescers are two instances: nothing shared but the database. Their groups overlap in accounts
+    // and keys; row locks in user order keep them from deadlocking, the unique index decides each key.
+    const users = await Promise.all(Array.from({ length: 12 }, () => fund(10_000)));
+    const instances = [0, 1].map(() => new SpendCoalescer(server.deps.db, { inFlight: 2 }));
+    const calls: { instance: number; input: SpendInput }[] = [];
+    for (let i = 0; i < 360; i++) {
+      const userId = users[(i * 5) % users.length]!;
+      // Every keyed debit is sent through both instances; a third of the debits have no key.
+      if (i % 3 === 0) calls.push({ instance: i % 2, input: spendOf(userId, 1 + (i % 4)) });
+      else {
+        const input = spendOf(userId, 1 + (i % 4), { idempotencyKey: `both-${i}` });
+        calls.push({ instance: 0, input }, { instance: 1, input });
+      }
+    }
+    const answers = await Promise.all(calls.map(({ instance, input }) => instances[instance]!.spend(input)));
+    const rows = await usageRows(server.deps.db, users);
+    const keyed = calls.filter(({ input }) => input.idempotencyKey);
+    expect(rows).toHaveLength(calls.length - keyed.length / 2);
+    const rowOf = new Map(rows.map((row) => [`${row.user_id}/${row.idempotency_key}`, row.id]));
+    calls.forEach(({ input }, i) => {
+      if (input.idempotencyKey) {
+        expect(answers[i]!.transactionId).toBe(rowOf.get(`${input.userId}/${input.idempotencyKey}`));
+      }
+    });
+    for (const userId of users) {
+      const { balance } = await server.deps.db
+        .selectFrom('credits.balances')
+        .select('balance')
+        .where('user_id', '=', userId)
+        .executeTakeFirstOrThrow();
+      expect(await ledgerSum(server.deps.db, userId)).toBe(balance);
+    }
+  });
+
   it(`a queue longer than ${MAX_COALESCED} goes in batches of at most that many, each account in arrival order`, async () => {
     const users = await Promise.all(Array.from({ length: 5 }, () => fund(10_000)));
     const lead = await fund(10);
