@@ -106,6 +106,7 @@ export const DEFAULT_PREPARED_STATEMENTS_PER_CONNECTION = 100;
 const seenTexts = new Set<string>();
 const SEEN_TEXTS_LIMIT = 2_000;
 
+/** Letters, digits, '-' and '_' (base64url): quoted where SQL names it, as DEALLOCATE does. */
 function statementName(text: string): string {
   return `mc_${createHash('sha1').update(text).digest('base64url')}`;
 }
@@ -169,7 +170,7 @@ export function preparingClientClass(Base: ClientClass, limit: number): ClientCl
         const oldest = this.prepared.entries().next().value!;
         this.forget(oldest[0]);
         // Queued ahead of the statement that takes the place; if it fails, the server keeps one too many.
-        (send(`deallocate ${oldest[1]}`) as Promise<unknown>).catch(() => {
+        (send(`deallocate "${oldest[1]}"`) as Promise<unknown>).catch(() => {
           this.stale = true;
         });
       }
