@@ -733,9 +733,9 @@ function evaluateGoals(rows: StepRow[], peakRssMb: number): Goal[] {
     },
     {
       id: 'P3',
-      text: 'useBatch ≥ 20,000 debits/s',
+      text: 'useBatch ≥ 40,000 debits/s',
       measured: fmt(p3, (v) => `${Math.round(v).toLocaleString('en-US')} debits/s`),
-      verdict: verdict(p3 === undefined ? undefined : p3 >= 20_000),
+      verdict: verdict(p3 === undefined ? undefined : p3 >= 40_000),
     },
     {
       id: 'P4',
