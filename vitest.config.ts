@@ -2,16 +2,14 @@ import { defineConfig } from 'vitest/config';
 import { BaseSequencer, type TestSpecification } from 'vitest/node';
 
 /**
- * Small files that take long: chains of mostly serial work (builds, packing, installing, spawned servers) or
- * of waiting (rate-limits.test.ts sleeps across real time windows). They start first, so that they run beside
- * the many short files instead of finishing the run on their own. Without timings from an earlier run
- * vitest starts the largest files first, and these are small.
+ * Small files that take long: chains of mostly serial work (builds, packing, installing, spawned servers).
+ * They start first, so that they run beside the many short files instead of finishing the run on their own.
+ * Without timings from an earlier run vitest starts the largest files first, and these are small.
  */
 const LONG_CHAINS = [
   'packages/client/test/packed-client.test.ts',
   'packages/server/test/shutdown.test.ts',
   'packages/server/test/build.test.ts',
-  'packages/server/test/rate-limits.test.ts',
   'packages/server/test/concurrency.test.ts',
   'packages/server/test/embedded.test.ts',
 ];

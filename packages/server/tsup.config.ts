@@ -69,20 +69,21 @@ export default defineConfig({
   removeNodeProtocol: false,
   noExternal: [/^@mana-credits\//],
   esbuildPlugins: [declaredExternals],
-  // The SQL function files are read next to the module that applies them (packages/db/src/functions), which
-  // in the bundle is any entry in dist/: they travel beside it.
   async onSuccess() {
-    const functions = new URL('../db/src/functions/', import.meta.url);
-    for (const file of readdirSync(functions).filter((name) => name.endsWith('.sql'))) {
-      copyFileSync(new URL(file, functions), new URL(`./dist/${file}`, import.meta.url));
-    }
-    // The operator console's stylesheet and script, read beside the module that serves them (http/admin).
-    cpSync(
-      new URL('./src/http/admin/admin-static/', import.meta.url),
-      new URL('./dist/admin-static/', import.meta.url),
-      {
-        recursive: true,
-      },
-    );
+    copyRuntimeFiles(new URL('./dist/', import.meta.url));
   },
 });
+
+/** The files the bundle reads beside itself at run time, copied into `outDir` (a directory URL) after a build. */
+export function copyRuntimeFiles(outDir: URL) {
+  // The SQL function files are read next to the module that applies them (packages/db/src/functions), which
+  // in the bundle is any entry in dist/: they travel beside it.
+  const functions = new URL('../db/src/functions/', import.meta.url);
+  for (const file of readdirSync(functions).filter((name) => name.endsWith('.sql'))) {
+    copyFileSync(new URL(file, functions), new URL(file, outDir));
+  }
+  // The operator console's stylesheet and script, read beside the module that serves them (http/admin).
+  cpSync(new URL('./src/http/admin/admin-static/', import.meta.url), new URL('admin-static/', outDir), {
+    recursive: true,
+  });
+}

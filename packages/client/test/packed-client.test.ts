@@ -1,17 +1,18 @@
 import { execFile } from 'node:child_process';
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { cachedArtifact, inputsKey, ROOT } from '../../server/test/helpers/build-cache.ts';
 import { newUser, SERVICE_KEY, startTestServer, type TestServer } from '../../server/test/helpers/server.ts';
 
 /**
- * The proof that the published package stands alone: build it, pack it as it would be published, install
- * the tarball into a project outside the workspace with only @trpc/client, superjson and TypeScript, type-check
- * a consumer under strict nodenext (and a file that must not compile), then run the consumer against a live
- * server.
+ * The proof that the published package stands alone: build it, pack it as it would be published (or take the
+ * tarball an earlier run packed from the same inputs: packedTarball), install the tarball into a project
+ * outside the workspace with only @trpc/client, superjson and TypeScript, type-check a consumer under strict
+ * nodenext (and a file that must not compile), then run the consumer against a live server.
  */
 const run = promisify(execFile);
 const packageDir = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -100,6 +101,46 @@ const TSCONFIG = {
   files: ['consumer.ts', 'wrong.ts'],
 };
 
+/**
+ * Everything `npm run build` and `pnpm pack` read: the client, the server and database sources whose types
+ * the declarations inline, the compiler settings, and the locked versions of every tool and type package.
+ */
+const PACK_INPUTS = [
+  'packages/client/src',
+  'packages/client/package.json',
+  'packages/client/README.md',
+  'packages/client/tsup.config.ts',
+  'packages/client/rollup.dts.config.mjs',
+  'packages/client/tsconfig.json',
+  'packages/client/tsconfig.build.json',
+  'packages/server/src',
+  'packages/server/package.json',
+  'packages/db/src',
+  'packages/db/package.json',
+  'tsconfig.base.json',
+  'package.json',
+  'pnpm-workspace.yaml',
+  'pnpm-lock.yaml',
+];
+
+/**
+ * The tarball `npm run build && pnpm pack` makes (about 10 s of CPU: bundling, declarations, packing), kept
+ * between runs while none of its inputs changed (helpers/build-cache.ts); any change builds and packs again.
+ */
+async function packedTarball(): Promise<string> {
+  const directory = await cachedArtifact(
+    join(ROOT, 'node_modules/.cache/mana-credits-test-client-pack'),
+    inputsKey(PACK_INPUTS),
+    async (into) => {
+      await sh('npm', ['run', 'build'], packageDir);
+      await sh('npx', ['-y', 'pnpm@10', 'pack', '--pack-destination', into], packageDir);
+    },
+  );
+  const name = (await readdir(directory)).find((file) => file.endsWith('.tgz'));
+  if (!name) throw new Error(`no tarball in ${directory}`);
+  return join(directory, name);
+}
+
 let scratch: string;
 let tarball: string;
 let server: TestServer;
@@ -109,9 +150,9 @@ beforeAll(async () => {
   const [started] = await Promise.all([
     startTestServer(),
     (async () => {
-      await sh('npm', ['run', 'build'], packageDir);
-      await sh('npx', ['-y', 'pnpm@10', 'pack', '--pack-destination', scratch], packageDir);
-      tarball = join(scratch, (await readdir(scratch)).find((name) => name.endsWith('.tgz')) as string);
+      const packed = await packedTarball();
+      tarball = join(scratch, basename(packed));
+      await copyFile(packed, tarball);
       await writeFile(
         join(scratch, 'package.json'),
         JSON.stringify({ name: 'consumer', private: true, type: 'module' }),

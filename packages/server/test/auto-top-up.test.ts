@@ -22,14 +22,18 @@ const PACKAGE_PRICE = 999;
 
 beforeAll(async () => {
   stripe = await TestStripeServer.start();
-  server = await startTestServer({
-    STRIPE_SECRET_KEY: stripe.secretKey,
-    STRIPE_WEBHOOK_SECRET: stripe.webhookSecret,
-    STRIPE_API_URL: stripe.url,
-    AUTO_TOP_UP_INTERVAL_MS: '0',
-    WEBHOOK_DELIVERY_INTERVAL_MS: '0',
-    DB_POOL_SIZE: '20',
-  });
+  // Calls run in process (helpers/server.ts: Transport), the concurrent ones over HTTP.
+  server = await startTestServer(
+    {
+      STRIPE_SECRET_KEY: stripe.secretKey,
+      STRIPE_WEBHOOK_SECRET: stripe.webhookSecret,
+      STRIPE_API_URL: stripe.url,
+      AUTO_TOP_UP_INTERVAL_MS: '0',
+      WEBHOOK_DELIVERY_INTERVAL_MS: '0',
+      DB_POOL_SIZE: '20',
+    },
+    { transport: 'in-process' },
+  );
   ({ call } = await restCaller(server));
   const pack = await server.internalClient().internal.packages.upsert.mutate({
     name: 'Top-up',
@@ -243,6 +247,7 @@ describe('setup, get, disable', () => {
 describe('a crossing below the threshold', () => {
   // 500 concurrent debits take about a second or two here (coalesced into batches by the server).
   it('a burst of 500 concurrent debits across the threshold gives one attempt and one credit', async () => {
+    server.httpForThisTest(); // real parallel requests
     const { user, client } = await enrolledUser({ funds: 1000, threshold: 500 });
     const results = await Promise.allSettled(Array.from({ length: 500 }, () => spend(client, 2)));
     expect(results.filter((result) => result.status === 'fulfilled')).toHaveLength(500);
@@ -521,6 +526,7 @@ describe('a payment whose outcome never arrived', () => {
 
 describe('maxPerMonth', () => {
   it('holds under concurrent debits and workers', async () => {
+    server.httpForThisTest(); // real parallel requests
     const { user, client } = await enrolledUser({ funds: 300, threshold: 200, maxPerMonth: 2 });
     // Rounds of concurrent debits with workers running among them; grants bring the balance back up so it can
     // cross again and again.

@@ -7,7 +7,8 @@ import { newUser, startTestServer, type TestServer } from './helpers/server.ts';
 
 let server: TestServer;
 beforeAll(async () => {
-  server = await startTestServer({ RESERVATION_SWEEP_SECONDS: '3600' });
+  // Calls run in process (helpers/server.ts: Transport), the concurrent ones over HTTP.
+  server = await startTestServer({ RESERVATION_SWEEP_SECONDS: '3600' }, { transport: 'in-process' });
 });
 afterEach(async () => {
   await expectLedgerConsistent(server.deps.db);
@@ -305,6 +306,7 @@ describe('internal.credits.useBatch', () => {
   });
 
   it('parallel batches and single uses on the same users never overspend', async () => {
+    server.httpForThisTest(); // real parallel requests
     const users = await Promise.all([fundedUser(300), fundedUser(300)]);
     const calls = [
       ...Array.from({ length: 10 }, () =>

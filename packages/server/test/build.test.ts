@@ -10,8 +10,9 @@ import { clientFor, SERVICE_KEY } from './helpers/server.ts';
 
 /**
  * The production build (`pnpm build` / `pnpm start` / the image): the tsup bundle in packages/server/dist,
- * run with plain `node` from the server package as the image does, with production settings. The other
- * process tests (shutdown, chaos) run the sources through tsx; this one checks the bundle behaves the same.
+ * run with plain `node` from the server package as the image does, with production settings: `pnpm bundle`
+ * itself, then migrate, serve and reconcile. The other process tests (shutdown, events-crash) run a bundle
+ * helpers/server-process.ts builds elsewhere with the same config; chaos runs the sources through tsx.
  */
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 const serverDir = join(root, 'packages/server');

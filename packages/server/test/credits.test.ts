@@ -5,7 +5,8 @@ import { newUser, startTestServer, type TestServer } from './helpers/server.ts';
 
 let server: TestServer;
 beforeAll(async () => {
-  server = await startTestServer();
+  // Calls run in process (helpers/server.ts: Transport), the concurrent ones over HTTP.
+  server = await startTestServer({}, { transport: 'in-process' });
 });
 afterAll(async () => {
   await expectLedgerConsistent(server.deps.db);
@@ -300,6 +301,7 @@ describe('credits.packages', () => {
 
 describe('internal.credits', () => {
   it('init is idempotent and safe when called twice at once', async () => {
+    server.httpForThisTest(); // real parallel requests
     const internal = server.internalClient();
     const userId = newUser().id;
     const results = await Promise.all([
@@ -389,6 +391,7 @@ describe('internal.credits', () => {
   });
 
   it('concurrent refunds of one usage never exceed it', async () => {
+    server.httpForThisTest(); // real parallel requests
     const user = await fundedUser(100);
     const internal = server.internalClient();
     const usage = await internal.internal.credits.use.mutate({

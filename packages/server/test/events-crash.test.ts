@@ -1,6 +1,4 @@
 import { randomUUID } from 'node:crypto';
-import { dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestAuthServer } from './helpers/auth-server.ts';
@@ -10,12 +8,11 @@ import { type ServerProcess, spawnServer } from './helpers/server-process.ts';
 import { eventually, WebhookReceiver } from './helpers/webhook-receiver.ts';
 
 /**
- * Events out (issue 16) across a crash: the real process (`node --import tsx packages/server/src/main.ts`, as in
- * shutdown.test.ts) is SIGKILLed while a webhook attempt is in flight, and a second process on the same database
- * finishes the work. Runs on Postgres and on a PGlite directory (the two processes open it one after the other;
- * the test reads it only through the second process's API).
+ * Events out (issue 16) across a crash: the real process (helpers/server-process.ts, as in shutdown.test.ts) is
+ * SIGKILLed while a webhook attempt is in flight, and a second process on the same database finishes the work.
+ * Runs on Postgres and on a PGlite directory (the two processes open it one after the other; the test reads it
+ * only through the second process's API).
  */
-const _root = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 const onPostgres = Boolean(process.env.DATABASE_URL);
 
 /** A send may take WEBHOOK_TIMEOUT_MS; the worker's claim lease is then 2 × that + 5 s (domain/events/worker.ts). */
@@ -170,7 +167,7 @@ describe('webhook delivery across a SIGKILL of the real process', () => {
 
     second.child.kill('SIGTERM');
     expect(await second.exited).toEqual({ code: 0, signal: null });
-    // Two cold starts of the process from its sources and a lease: ~15 s on Postgres on an idle machine, more on
-    // PGlite (each start opens the data directory) or a busy one.
+    // Two cold starts of the process and a lease: ~15 s on Postgres on an idle machine, more on PGlite (each
+    // start opens the data directory) or a busy one.
   }, 120_000);
 });

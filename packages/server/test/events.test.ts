@@ -8,7 +8,8 @@ import { TestStripeServer } from './helpers/stripe-server.ts';
 import { type Envelope, eventually, WebhookReceiver } from './helpers/webhook-receiver.ts';
 
 // Events out (issue 16) through a real local receiver: every delivery is verified with the standardwebhooks
-// package, as a receiver would.
+// package, as a receiver would. Calls run in process (helpers/server.ts: Transport), the concurrent ones over
+// HTTP.
 
 let server: TestServer;
 let stripe: TestStripeServer;
@@ -18,21 +19,26 @@ let all: { id: string; secret: string };
 
 beforeAll(async () => {
   stripe = await TestStripeServer.start();
-  server = await startTestServer({
-    STRIPE_SECRET_KEY: stripe.secretKey,
-    STRIPE_WEBHOOK_SECRET: stripe.webhookSecret,
-    STRIPE_API_URL: stripe.url,
-    MEMBERSHIP_CACHE_SECONDS: '0',
-    WEBHOOK_ALLOW_PRIVATE: 'true',
-    WEBHOOK_DELIVERY_INTERVAL_MS: '50',
-    WEBHOOK_RETRY_SCHEDULE: '200ms,400ms,800ms,1600ms',
-    // Long enough that a loaded machine never times a delivery out: the test below counts every event id once.
-    WEBHOOK_TIMEOUT_MS: '8000',
-    RESERVATION_SWEEP_SECONDS: '1',
-    GIFT_EXPIRY_SWEEP_SECONDS: '1',
-    LOT_EXPIRY_SWEEP_SECONDS: '1',
-    AUTO_TOP_UP_INTERVAL_MS: '200',
-  });
+  server = await startTestServer(
+    {
+      STRIPE_SECRET_KEY: stripe.secretKey,
+      STRIPE_WEBHOOK_SECRET: stripe.webhookSecret,
+      STRIPE_API_URL: stripe.url,
+      MEMBERSHIP_CACHE_SECONDS: '0',
+      WEBHOOK_ALLOW_PRIVATE: 'true',
+      // Every run of the jobs is a query or more even with nothing to do, for the whole file: intervals short
+      // enough for the waits below, no shorter.
+      WEBHOOK_DELIVERY_INTERVAL_MS: '100',
+      WEBHOOK_RETRY_SCHEDULE: '200ms,400ms,800ms,1600ms',
+      // Long enough that a loaded machine never times a delivery out: the test below counts every event id once.
+      WEBHOOK_TIMEOUT_MS: '8000',
+      RESERVATION_SWEEP_SECONDS: '1',
+      GIFT_EXPIRY_SWEEP_SECONDS: '1',
+      LOT_EXPIRY_SWEEP_SECONDS: '1',
+      AUTO_TOP_UP_INTERVAL_MS: '500',
+    },
+    { transport: 'in-process' },
+  );
   receiver = await WebhookReceiver.start();
   all = await internal().internal.webhooks.create.mutate({ url: receiver.url, description: 'everything' });
 });
@@ -218,6 +224,7 @@ describe('balance alerts', () => {
   });
 
   it('a burst of 200 concurrent debits across the threshold gives exactly one balance.low', async () => {
+    server.httpForThisTest(); // real parallel requests
     const user = await server.fundedUser(250);
     await internal().internal.credits.setAlerts.mutate({ userId: user.id, lowBalanceThreshold: 100 });
     const client = await server.userClient(user);
@@ -250,6 +257,7 @@ describe('balance alerts', () => {
   });
 
   it('hysteresis: concurrent debits and credits around the threshold alternate low and recovered, ending where the balance is', async () => {
+    server.httpForThisTest(); // real parallel requests
     const user = await server.fundedUser(150);
     await internal().internal.credits.setAlerts.mutate({ userId: user.id, lowBalanceThreshold: 100 });
     const client = await server.userClient(user);

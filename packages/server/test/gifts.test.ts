@@ -26,11 +26,11 @@ let server: TestServer;
 let db: Kysely<Database>;
 beforeAll(async () => {
   // The periodic sweep is off here so expiry on access can be watched; one test below runs a sweeping sibling.
-  server = await startTestServer({
-    BASE_URL,
-    GIFT_EXPIRY_SWEEP_SECONDS: '0',
-    GIFT_INFO_RATE_LIMIT_PER_MINUTE: '1000000',
-  });
+  // Calls run in process (helpers/server.ts: Transport), the parallel ones over HTTP.
+  server = await startTestServer(
+    { BASE_URL, GIFT_EXPIRY_SWEEP_SECONDS: '0', GIFT_INFO_RATE_LIMIT_PER_MINUTE: '1000000' },
+    { transport: 'in-process' },
+  );
   db = server.deps.db;
 });
 afterAll(async () => {
@@ -221,6 +221,7 @@ describe('gifts.create', () => {
   });
 
   it('is idempotent: the same key replays the first gift, another payload is a CONFLICT', async () => {
+    server.httpForThisTest(); // real parallel requests
     const { user, client } = await creatorWith(100);
     const input = {
       type: 'riddle' as const,
@@ -490,6 +491,7 @@ describe('gifts.redeem refusals', () => {
 
 describe('concurrency', () => {
   it('50 users racing for a 10-portion gift: exactly 10 succeed, the rest are told it is depleted', async () => {
+    server.httpForThisTest(); // real parallel requests
     const { user: creator, client } = await creatorWith(1000);
     const gift = await client.gifts.create.mutate({
       type: 'first_come',
@@ -525,6 +527,7 @@ describe('concurrency', () => {
   });
 
   it('the same user racing 20 times gets exactly one portion', async () => {
+    server.httpForThisTest(); // real parallel requests
     const { client } = await creatorWith(1000);
     const gift = await client.gifts.create.mutate({ type: 'split', totalCredits: 100, totalPortions: 10 });
     const user = newUser();
@@ -548,6 +551,7 @@ describe('concurrency', () => {
   });
 
   it('a cancel racing with 20 redeemers: every credit ends with a redeemer or back with the creator', async () => {
+    server.httpForThisTest(); // real parallel requests
     const { user: creator, client } = await creatorWith(1000);
     const gift = await client.gifts.create.mutate({
       type: 'first_come',
@@ -628,6 +632,7 @@ describe('brute force', () => {
   });
 
   it('20 parallel guesses: exactly 5 are checked and recorded, 15 are throttled', async () => {
+    server.httpForThisTest(); // real parallel requests
     const { client } = await creatorWith(100);
     const gift = await client.gifts.create.mutate({
       type: 'riddle',
@@ -653,6 +658,7 @@ describe('brute force', () => {
 
 describe('gifts.cancel', () => {
   it('returns exactly the unclaimed escrow (ledger type refund) once; status cancelled after claims', async () => {
+    server.httpForThisTest(); // real parallel requests
     const { user: creator, client } = await creatorWith(1000);
     const gift = await client.gifts.create.mutate({ type: 'split', totalCredits: 100, totalPortions: 4 });
     await (await server.userClient()).gifts.redeem.mutate({ code: gift.code });
@@ -684,6 +690,7 @@ describe('gifts.cancel', () => {
   });
 
   it('a gift with nothing claimed is refunded whole, in parallel calls exactly once', async () => {
+    server.httpForThisTest(); // real parallel requests
     const { user: creator, client } = await creatorWith(500);
     const gift = await client.gifts.create.mutate({
       type: 'first_come',
@@ -732,6 +739,7 @@ describe('gifts.cancel', () => {
 
 describe('expiry', () => {
   it('on access: a redeem of an overdue gift refunds the unclaimed escrow once and records failed_expired', async () => {
+    server.httpForThisTest(); // real parallel requests
     const { user: creator, client } = await creatorWith(1000);
     const gift = await client.gifts.create.mutate({
       type: 'first_come',
@@ -910,6 +918,7 @@ describe('myCreated and myReceived', () => {
 
 describe('internal.gifts.redeemPending', () => {
   it('redeems every active personalized gift for the email once; a second call redeems nothing', async () => {
+    server.httpForThisTest(); // real parallel requests
     const { client } = await creatorWith(1000);
     const email = `new-${randomUUID()}@example.test`;
     const first = await client.gifts.create.mutate({

@@ -21,8 +21,9 @@ import {
 
 let server: TestServer;
 beforeAll(async () => {
-  // No membership cache on the server under test, so role changes take effect at once.
-  server = await startTestServer({ MEMBERSHIP_CACHE_SECONDS: '0' });
+  // No membership cache on the server under test, so role changes take effect at once. Calls about logic run
+  // in process (helpers/server.ts: Transport); the parallel ones over HTTP.
+  server = await startTestServer({ MEMBERSHIP_CACHE_SECONDS: '0' }, { transport: 'in-process' });
   server.auth.expectedServiceKey = SERVICE_KEY;
 });
 afterEach(async () => {
@@ -130,6 +131,7 @@ describe('internal.guildPool.init', () => {
   });
 
   it('is safe when called 20 times at once: one pool, exactly one "created"', async () => {
+    server.httpForThisTest(); // real parallel requests
     const guildId = `guild-${randomUUID()}`;
     const results = await Promise.all(
       Array.from({ length: 20 }, () => internal().internal.guildPool.init.mutate({ guildId })),
@@ -381,6 +383,7 @@ describe('guild.fund', () => {
   });
 
   it('20 parallel funds with one key move the credits once', async () => {
+    server.httpForThisTest(); // real parallel requests
     const { guildId, owner } = await fundedGuild(0);
     await grant(owner.id, 1000);
     const results = await Promise.all(
@@ -395,6 +398,7 @@ describe('guild.fund', () => {
   });
 
   it('parallel funding and personal spending never overdraw the funder', async () => {
+    server.httpForThisTest(); // real parallel requests
     const { guildId, owner } = await fundedGuild(0);
     await grant(owner.id, 100);
     const outcomes = await Promise.allSettled([
@@ -550,6 +554,7 @@ describe('guild.use', () => {
   });
 
   it('50 parallel uses with one key: one ledger row, identical answers', async () => {
+    server.httpForThisTest(); // real parallel requests
     const { guildId } = await fundedGuild(100);
     const member = await join(guildId, 'member');
     const input = use(guildId, 3, { idempotencyKey: 'one' });
@@ -833,6 +838,7 @@ describe('member limits', () => {
 
 describe('races', () => {
   it('100 parallel uses of 1 by a member with daily limit 10: exactly 10 succeed', async () => {
+    server.httpForThisTest(); // real parallel requests
     const { guildId, owner } = await fundedGuild(1000);
     const member = await join(guildId, 'member');
     await owner.client.guild.setMemberLimits.mutate({
@@ -862,6 +868,7 @@ describe('races', () => {
   });
 
   it('60 parallel uses of 2 with monthly limit 15: exactly 7 succeed', async () => {
+    server.httpForThisTest(); // real parallel requests
     const { guildId, owner } = await fundedGuild(1000);
     const member = await join(guildId, 'member');
     await owner.client.guild.setMemberLimits.mutate({
@@ -878,6 +885,7 @@ describe('races', () => {
   });
 
   it('two members racing for the last credits: exactly the pool is spent, never below zero', async () => {
+    server.httpForThisTest(); // real parallel requests
     const { guildId } = await fundedGuild(25);
     const a = await join(guildId, 'member');
     const b = await join(guildId, 'admin');
@@ -896,6 +904,7 @@ describe('races', () => {
   });
 
   it('funding, spending and limit changes at once keep every ledger consistent', async () => {
+    server.httpForThisTest(); // real parallel requests
     const { guildId, owner } = await fundedGuild(20);
     await grant(owner.id, 200);
     const members = await Promise.all(Array.from({ length: 4 }, () => join(guildId, 'member')));

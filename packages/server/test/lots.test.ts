@@ -25,14 +25,18 @@ beforeAll(async () => {
   stripe = await TestStripeServer.start();
   // The lot sweep is off, so every expiry seen before the sweep test is the check on access; the hold and
   // gift sweeps are off too so that nothing but the calls below moves credits.
-  server = await startTestServer({
-    LOT_EXPIRY_SWEEP_SECONDS: '0',
-    RESERVATION_SWEEP_SECONDS: '3600',
-    GIFT_EXPIRY_SWEEP_SECONDS: '0',
-    STRIPE_SECRET_KEY: stripe.secretKey,
-    STRIPE_WEBHOOK_SECRET: stripe.webhookSecret,
-    STRIPE_API_URL: stripe.url,
-  });
+  // Calls run in process (helpers/server.ts: Transport), the concurrent ones over HTTP.
+  server = await startTestServer(
+    {
+      LOT_EXPIRY_SWEEP_SECONDS: '0',
+      RESERVATION_SWEEP_SECONDS: '3600',
+      GIFT_EXPIRY_SWEEP_SECONDS: '0',
+      STRIPE_SECRET_KEY: stripe.secretKey,
+      STRIPE_WEBHOOK_SECRET: stripe.webhookSecret,
+      STRIPE_API_URL: stripe.url,
+    },
+    { transport: 'in-process' },
+  );
   ({ call } = await restCaller(server));
 });
 afterAll(async () => {
@@ -119,6 +123,7 @@ function near(actual: Date | null | undefined, expected: number, ms = 5000) {
 
 describe('one key, 50 parallel calls', () => {
   it('a grant with an expiry makes one ledger row and one lot; a refund returns to its lots once', async () => {
+    server.httpForThisTest(); // real parallel requests
     const user = newUser();
     const grantRequest = {
       userId: user.id,
@@ -635,6 +640,7 @@ describe('expiry (real clock: lots granted to expire 2.5 s ahead, one wait for a
   });
 
   it('ten parallel spends on a lapsed account expire its lot once', async () => {
+    server.httpForThisTest(); // real parallel requests
     const { id } = users.race;
     const spent = await Promise.all(Array.from({ length: 10 }, () => use(id, 5)));
     expect(spent.map((s) => s.balance).sort((a, b) => a - b)).toEqual([

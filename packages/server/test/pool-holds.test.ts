@@ -11,7 +11,11 @@ let server: TestServer;
 beforeAll(async () => {
   // No membership cache, so role changes take effect at once; the sweep is slowed right down, so every
   // expiry seen here is the check on access or an explicit sweep.
-  server = await startTestServer({ MEMBERSHIP_CACHE_SECONDS: '0', RESERVATION_SWEEP_SECONDS: '3600' });
+  // Calls run in process (helpers/server.ts: Transport), the concurrent ones over HTTP.
+  server = await startTestServer(
+    { MEMBERSHIP_CACHE_SECONDS: '0', RESERVATION_SWEEP_SECONDS: '3600' },
+    { transport: 'in-process' },
+  );
   server.auth.expectedServiceKey = SERVICE_KEY;
 });
 afterEach(async () => {
@@ -323,6 +327,7 @@ describe('pool holds', () => {
   });
 
   it('50 parallel pool reserves and uses by a member with daily limit 60 never pass the limit', async () => {
+    server.httpForThisTest(); // real parallel requests
     const { guildId, member } = await guildWithMember(1000, 60);
     const calls = Array.from({ length: 50 }, (_, i) =>
       i % 2 === 0
@@ -343,6 +348,7 @@ describe('pool holds', () => {
   });
 
   it('50 parallel pool reserves by two unlimited members never exceed the pool', async () => {
+    server.httpForThisTest(); // real parallel requests
     const { guildId, member } = await guildWithMember(100);
     const peer = await join(guildId, 'member');
     const settled = await Promise.allSettled(

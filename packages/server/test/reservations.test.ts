@@ -12,7 +12,8 @@ import { clientFor, newUser, SERVICE_KEY, startTestServer, type TestServer } fro
 let server: TestServer;
 beforeAll(async () => {
   // The sweep is slowed right down here, so every expiry seen in this file is the check on access.
-  server = await startTestServer({ RESERVATION_SWEEP_SECONDS: '3600' });
+  // Calls run in process (helpers/server.ts: Transport), the concurrent ones over HTTP.
+  server = await startTestServer({ RESERVATION_SWEEP_SECONDS: '3600' }, { transport: 'in-process' });
 });
 afterEach(async () => {
   await expectLedgerConsistent(server.deps.db);
@@ -86,6 +87,7 @@ describe('internal.credits.reserve', () => {
   });
 
   it('100 parallel reserves of 20 on a balance of 1,000: exactly 50 succeed', async () => {
+    server.httpForThisTest(); // real parallel requests
     const user = await fundedUser(1000);
     const outcomes = await Promise.allSettled(
       Array.from({ length: 100 }, () => internal().reserve.mutate(reserveInput(user.id, 20))),
@@ -133,6 +135,7 @@ describe('internal.credits.reserve', () => {
   });
 
   it('is idempotent: a replay answers the first hold, another request under the key is a CONFLICT', async () => {
+    server.httpForThisTest(); // real parallel requests
     const user = await fundedUser(100);
     const input = reserveInput(user.id, 30, { key: 'job-1' });
     const results = await Promise.all(Array.from({ length: 20 }, () => internal().reserve.mutate(input)));
@@ -242,6 +245,7 @@ describe('internal.credits.commit', () => {
   });
 
   it('double commit posts one ledger row and answers the same; parallel commits too', async () => {
+    server.httpForThisTest(); // real parallel requests
     const user = await fundedUser(100);
     const hold = await internal().reserve.mutate(reserveInput(user.id, 50));
     const input = { reservationId: hold.reservationId, amount: 10 };
@@ -319,6 +323,7 @@ describe('internal.credits.commit', () => {
   });
 
   it('parallel commits and releases of one hold: exactly one wins', async () => {
+    server.httpForThisTest(); // real parallel requests
     const user = await fundedUser(100);
     const hold = await internal().reserve.mutate(reserveInput(user.id, 50));
     const outcomes = await Promise.allSettled(
@@ -416,6 +421,7 @@ describe('expiry', () => {
   it.skipIf(!process.env.DATABASE_URL)(
     'two instances on one database: sweeps, commits and releases race, every hold settles once',
     async () => {
+      server.httpForThisTest(); // real parallel requests
       // A second, independent server process on the same database.
       const config = configFrom({
         ...server.database.env,

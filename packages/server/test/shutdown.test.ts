@@ -1,6 +1,4 @@
 import { randomUUID } from 'node:crypto';
-import { dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { createDb, type DbHandle } from '@mana-credits/db';
 import { TRPCClientError } from '@trpc/client';
 import { sql } from 'kysely';
@@ -13,11 +11,9 @@ import type { Client } from './helpers/server.ts';
 import { type ServerProcess, spawnServer as spawnProcess, waitFor } from './helpers/server-process.ts';
 
 /**
- * The real process, from its sources: `node --import tsx packages/server/src/main.ts` (no build needed; the
- * bundle that `pnpm start` and the container run is started by build.test.ts), on a fresh database,
- * signalled like an orchestrator would.
+ * The real process (helpers/server-process.ts: the production bundle, built from the sources), on a fresh
+ * database, signalled like an orchestrator would.
  */
-const _root = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 const onPostgres = Boolean(process.env.DATABASE_URL);
 /** Kysely's migration lock (an advisory lock in the migrated database). */
 const KYSELY_MIGRATION_LOCK = '3853314791062309107';

@@ -14,13 +14,17 @@ let stripe: TestStripeServer;
 
 beforeAll(async () => {
   stripe = await TestStripeServer.start();
-  server = await startTestServer({
-    STRIPE_SECRET_KEY: stripe.secretKey,
-    STRIPE_WEBHOOK_SECRET: stripe.webhookSecret,
-    STRIPE_API_URL: stripe.url,
-    CHECKOUT_ALLOWED_ORIGINS: SHOP,
-    CORS_ORIGINS: APP,
-  });
+  // Calls run in process (helpers/server.ts: Transport), the concurrent ones over HTTP.
+  server = await startTestServer(
+    {
+      STRIPE_SECRET_KEY: stripe.secretKey,
+      STRIPE_WEBHOOK_SECRET: stripe.webhookSecret,
+      STRIPE_API_URL: stripe.url,
+      CHECKOUT_ALLOWED_ORIGINS: SHOP,
+      CORS_ORIGINS: APP,
+    },
+    { transport: 'in-process' },
+  );
 });
 afterEach(async () => {
   stripe.mode = 'ok';
@@ -201,6 +205,7 @@ describe('credits.purchase: PaymentIntent mode', () => {
   });
 
   it('creates the Stripe customer once per user, even when purchases start at once', async () => {
+    server.httpForThisTest(); // real parallel requests
     const pack = await createPackage();
     const { user, client } = await buyer();
     const customersBefore = stripe.customers.size;

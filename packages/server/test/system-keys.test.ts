@@ -15,11 +15,15 @@ let stripe: TestStripeServer;
 
 beforeAll(async () => {
   stripe = await TestStripeServer.start();
-  server = await startTestServer({
-    STRIPE_SECRET_KEY: stripe.secretKey,
-    STRIPE_WEBHOOK_SECRET: stripe.webhookSecret,
-    STRIPE_API_URL: stripe.url,
-  });
+  // Calls run in process (helpers/server.ts: Transport).
+  server = await startTestServer(
+    {
+      STRIPE_SECRET_KEY: stripe.secretKey,
+      STRIPE_WEBHOOK_SECRET: stripe.webhookSecret,
+      STRIPE_API_URL: stripe.url,
+    },
+    { transport: 'in-process' },
+  );
 });
 afterAll(async () => {
   await expectLedgerConsistent(server.deps.db);

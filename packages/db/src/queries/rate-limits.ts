@@ -5,6 +5,7 @@ import type { Database } from '../database.ts';
  * Counts one hit for `bucket` and returns the hits in the last `windowSeconds` (sliding window): the current
  * fixed window's hits plus the previous window's, weighted by how much of it the last `windowSeconds` still
  * cover. One upsert, so every server instance shares the count; a new window moves the row on in place.
+ * Windows are read on credits.clock() (the database's clock, which a test can shift for its session), once.
  */
 export async function hitRateLimit(
   db: Kysely<Database>,
@@ -12,8 +13,9 @@ export async function hitRateLimit(
   windowSeconds: number,
 ): Promise<number> {
   const { rows } = await sql<{ hits: number }>`
-    with w as (
-      select date_bin(make_interval(secs => ${windowSeconds}), now(), timestamptz '2000-01-01') as start
+    with clock as (select credits.clock() as at),
+    w as (
+      select date_bin(make_interval(secs => ${windowSeconds}), clock.at, timestamptz '2000-01-01') as start from clock
     )
     insert into gifts.rate_limits as r (bucket, window_start, hits, previous_hits)
     select ${bucket}, w.start, 1, 0 from w
@@ -25,7 +27,7 @@ export async function hitRateLimit(
           hits = case when r.window_start = excluded.window_start then r.hits + 1 else 1 end,
           window_start = excluded.window_start
     returning hits + ceil(previous_hits
-                          * (1 - extract(epoch from now() - window_start) / ${windowSeconds}))::int4 as hits`.execute(
+                          * (1 - extract(epoch from (select at from clock) - window_start) / ${windowSeconds}))::int4 as hits`.execute(
     db,
   );
   return rows[0]!.hits;
