@@ -194,7 +194,9 @@ describe('graceful shutdown of the real process', () => {
       const database = await freshDatabase();
       const locker = new pg.Client({ connectionString: database.url });
       try {
-        const server = await spawnServer(database);
+        // Eight debit statements in flight (group commit would otherwise send two and queue six in the
+        // process), so that each call waits in the database on its own row lock, where the test can see it.
+        const server = await spawnServer(database, { DEBIT_STATEMENTS_IN_FLIGHT: '8' });
         await waitFor('migrations', () => (logged(server, 'migrations done') ? true : undefined));
         // One account per call, so each waits in the database on its own.
         const users = Array.from({ length: 8 }, (_, i) => `held-${i}-${randomUUID()}`);
