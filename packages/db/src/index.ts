@@ -20,6 +20,7 @@ export * from './queries/pagination.ts';
 export * from './queries/purchases.ts';
 export * from './queries/rate-limits.ts';
 export * from './queries/reconcile.ts';
+export * from './queries/refusals.ts';
 export * from './queries/reservations.ts';
 export * from './queries/webhooks.ts';
 export * from './system-keys.ts';

@@ -33,24 +33,39 @@ export async function assertWithinMemberLimits(
   const today = spending.spentToday + spending.heldToday;
   const thisMonth = spending.spentThisMonth + spending.heldThisMonth;
   if (spending.dailyLimit !== null && today + amount > spending.dailyLimit) {
-    throw new PreconditionFailedError(
-      `Your daily limit in this guild is ${spending.dailyLimit} credits (${today} spent or held today)`,
-      'DAILY_LIMIT_EXCEEDED',
-      { limit: spending.dailyLimit, spent: today, requested: amount },
-    );
+    throw limitExceeded('DAILY_LIMIT_EXCEEDED', {
+      limit: spending.dailyLimit,
+      spent: today,
+      requested: amount,
+    });
   }
   if (spending.monthlyLimit !== null && thisMonth + amount > spending.monthlyLimit) {
-    throw new PreconditionFailedError(
-      `Your monthly limit in this guild is ${spending.monthlyLimit} credits (${thisMonth} spent or held this month)`,
-      'MONTHLY_LIMIT_EXCEEDED',
-      { limit: spending.monthlyLimit, spent: thisMonth, requested: amount },
-    );
+    throw limitExceeded('MONTHLY_LIMIT_EXCEEDED', {
+      limit: spending.monthlyLimit,
+      spent: thisMonth,
+      requested: amount,
+    });
   }
   return {
     daily: spending.dailyLimit === null ? null : { limit: spending.dailyLimit, used: today + amount },
     monthly:
       spending.monthlyLimit === null ? null : { limit: spending.monthlyLimit, used: thisMonth + amount },
   };
+}
+
+export type LimitReason = 'DAILY_LIMIT_EXCEEDED' | 'MONTHLY_LIMIT_EXCEEDED';
+
+/** The refusal of a member limit (also rebuilt from a recorded refusal, so a replay says the same). */
+export function limitExceeded(
+  reason: LimitReason,
+  details: { limit: number; spent: number; requested: number },
+): PreconditionFailedError {
+  const [window, spent] = reason === 'DAILY_LIMIT_EXCEEDED' ? ['daily', 'today'] : ['monthly', 'this month'];
+  return new PreconditionFailedError(
+    `Your ${window} limit in this guild is ${details.limit} credits (${details.spent} spent or held ${spent})`,
+    reason,
+    details,
+  );
 }
 
 /** What a member's windows will hold once the spend or hold that passed the check is made (null = no cap). */

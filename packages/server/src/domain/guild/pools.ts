@@ -17,9 +17,9 @@ import type { Kysely } from 'kysely';
 import { MAX_CREDITS } from '../credits/balance-limit.ts';
 import { lotsOf } from '../credits/lots.ts';
 import { usageFields } from '../credits/personal.ts';
-import { inTransaction } from '../effects.ts';
 import { InvalidCursorError, PreconditionFailedError } from '../errors.ts';
 import { guildKeys, isReplayed, markReplayed, requestHash, withIdempotency } from '../idempotency.ts';
+import { spendingTransaction } from '../refusals.ts';
 import { spendPersonal, spendPool } from '../spending.ts';
 import { poolNotFound } from './limits.ts';
 import {
@@ -81,7 +81,9 @@ export interface FundInput {
  * An owner or admin moves personal credits into the pool: personal debit (ledger `guild_funding`) and pool
  * credit (guild ledger `funding`) in one transaction. Locks: the funder's balance row first, then the pool
  * row — the fixed order for every transaction that touches both. The two ledger rows name each other in
- * their metadata, so a replay can answer both balances as they were.
+ * their metadata, so a replay can answer both balances as they were. A keyed refusal (too few personal
+ * credits) is recorded under the guild key, under the funder's balance row lock, which a late funding with
+ * that key takes before it checks the key.
  */
 export async function fundPool(deps: GuildDeps, actorId: string, input: FundInput) {
   await requireRole(deps.membership, input.guildId, actorId, MANAGERS);
@@ -90,20 +92,28 @@ export async function fundPool(deps: GuildDeps, actorId: string, input: FundInpu
   return withIdempotency(
     guildKeys(db, input.guildId, actorId),
     { key: input.idempotencyKey, hash },
-    () =>
-      inTransaction(db, async (trx) => {
+    (claim) =>
+      spendingTransaction(db, async (trx) => {
         // Pools are never deleted, so an unlocked look is enough to refuse early.
         if (!(await findGuildPool(trx, input.guildId))) throw poolNotFound();
         const guildTransactionId = randomUUID();
-        const personal = await spendPersonal(trx, { userId: actorId, amount: input.amount }, () =>
-          debitBalance(trx, {
-            userId: actorId,
-            type: 'guild_funding',
-            amount: input.amount,
-            description: 'Guild pool funding',
-            metadata: { guildTransactionId },
-            guildId: input.guildId,
-          }),
+        const personal = await spendPersonal(
+          trx,
+          { userId: actorId, amount: input.amount, claim },
+          (executor) =>
+            debitBalance(
+              executor,
+              {
+                userId: actorId,
+                type: 'guild_funding',
+                amount: input.amount,
+                description: 'Guild pool funding',
+                metadata: { guildTransactionId },
+                guildId: input.guildId,
+              },
+              'spent',
+              claim,
+            ),
         );
         // The pool gets the funder's credits as they were: one lot per lot portion the debit took, with its
         // expiry, category and priority (moving never makes credits last longer or count as paid).
@@ -153,7 +163,8 @@ export interface PoolUseInput {
 /**
  * A member spends from the pool. Everything happens after the pool row is locked, in one transaction: pool
  * balance, daily and monthly limits are checked, then the debit, the guild ledger row, the member's day
- * counter and usage_stats are written in one statement. The key is scoped to (guild, member).
+ * counter and usage_stats are written in one statement. The key is scoped to (guild, member); a keyed
+ * refusal (pool short, member limit) is recorded under it, under the pool lock.
  */
 export async function useGuildCredits(deps: GuildDeps, input: PoolUseInput): Promise<PoolUseResult> {
   await requireRole(deps.membership, input.guildId, input.userId);
@@ -167,9 +178,9 @@ export async function useGuildCredits(deps: GuildDeps, input: PoolUseInput): Pro
   return withIdempotency(
     guildKeys(db, input.guildId, input.userId),
     { key: input.idempotencyKey, hash },
-    () =>
-      inTransaction(db, async (trx) => {
-        const posted = await spendPool(trx, input, () =>
+    (claim) =>
+      spendingTransaction(db, async (trx) => {
+        const posted = await spendPool(trx, { ...input, claim }, () =>
           debitGuildPool(trx, {
             guildId: input.guildId,
             userId: input.userId,
