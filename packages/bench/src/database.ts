@@ -145,7 +145,8 @@ export async function seed(url: string, population: Population): Promise<void> {
                array[id], array[amount]
           from lot`.execute(trx);
     });
-    await sql`analyze`.execute(handle.db);
+    // Vacuumed as well as analysed: otherwise autovacuum picks the freshly written tables up during the first steps.
+    await sql`vacuum (analyze)`.execute(handle.db);
   } finally {
     await handle.close();
   }

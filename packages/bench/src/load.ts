@@ -1,20 +1,24 @@
 import { readFileSync } from 'node:fs';
 import autocannon from 'autocannon';
+import { type OpenLoopResult, runOpenLoop } from './open-loop.ts';
 import { type LoadTarget, requestFactory } from './requests.ts';
-import { summarize } from './stats.ts';
+import { type LatencySummary, summarize } from './stats.ts';
 
 /**
  * The load generator: a process of its own (forked by run.ts), so its CPU is never the orchestrator's or the
- * server's. It stays up for the whole bench and runs one autocannon job per message, answering with a
- * LoadResult; starting it once saves a tsx start-up per step.
+ * server's. It stays up for the whole bench and runs one job per message, answering with a LoadResult;
+ * starting it once saves a tsx start-up per step. Throughput steps are closed loop (autocannon, a fixed number
+ * of connections each sending its next request when the last is answered); a job with a rate is open loop
+ * (open-loop.ts: a constant arrival rate, latency from each request's intended send time).
  */
 export interface LoadJob {
   url: string;
   target: Omit<LoadTarget, 'tokens'> & { tokensFile?: string };
+  /** Closed loop only: autocannon's connections. */
   connections: number;
   warmupSeconds: number;
   seconds: number;
-  /** Requests per second over all connections; unset = as fast as the server answers. */
+  /** Open loop at this many arrivals per second (connections then unused); unset = closed loop, flat out. */
   rate?: number;
 }
 
@@ -30,7 +34,9 @@ export interface LoadResult {
   okPerSecond: number;
   debitsPerSecond: number;
   /** Latency of 2xx responses in ms, measured per request (sub-millisecond resolution). */
-  latency: { p50: number; p99: number; max: number; mean: number };
+  latency: LatencySummary;
+  /** Open-loop jobs: the schedule's own figures (rate achieved, send lag, sockets). */
+  openLoop?: Omit<OpenLoopResult, 'statuses' | 'ok' | 'non2xx' | 'errors' | 'timeouts' | 'latency'>;
 }
 
 async function runJob(job: LoadJob): Promise<LoadResult> {
@@ -38,6 +44,31 @@ async function runJob(job: LoadJob): Promise<LoadResult> {
     ? (JSON.parse(readFileSync(job.target.tokensFile, 'utf8')) as string[])
     : undefined;
   const factory = requestFactory({ ...job.target, tokens });
+  // Tells the orchestrator that the warm-up is over (it reads CPU counters from here to the result).
+  const onMeasuring = () => process.send?.({ measuring: true });
+  if (job.rate) {
+    const { statuses, ok, non2xx, errors, timeouts, latency, ...openLoop } = await runOpenLoop({
+      url: job.url,
+      path: factory.path,
+      next: () => factory.next(),
+      rate: job.rate,
+      warmupSeconds: job.warmupSeconds,
+      seconds: job.seconds,
+      onMeasuring,
+    });
+    return {
+      seconds: job.seconds,
+      statuses,
+      ok,
+      non2xx,
+      errors,
+      timeouts,
+      okPerSecond: ok / job.seconds,
+      debitsPerSecond: (ok * factory.debitsPerRequest) / job.seconds,
+      latency,
+      openLoop,
+    };
+  }
 
   const latencies: number[] = [];
   const options = {
@@ -45,7 +76,6 @@ async function runJob(job: LoadJob): Promise<LoadResult> {
     connections: job.connections,
     duration: job.seconds,
     timeout: 30,
-    ...(job.rate ? { overallRate: job.rate } : {}),
     ...(job.warmupSeconds > 0
       ? { warmup: { connections: job.connections, duration: job.warmupSeconds } }
       : {}),
@@ -60,6 +90,8 @@ async function runJob(job: LoadJob): Promise<LoadResult> {
   // Without a callback autocannon returns its event emitter, made thenable (the typings only say Promise).
   const instance = autocannon(options as autocannon.Options) as unknown as autocannon.Instance &
     PromiseLike<autocannon.Result>;
+  // Only the main run (after the warm-up) emits on this instance.
+  instance.on('start', onMeasuring);
   instance.on('response', (_client, statusCode: number, _bytes: number, responseTime: number) => {
     if (statusCode >= 200 && statusCode < 300) latencies.push(responseTime);
   });

@@ -19,6 +19,10 @@ export interface StepRow {
   non2xx?: number;
   statuses?: Record<string, number>;
   rssMb?: number;
+  /** CPU time per request (per debit for batches) of the server process and of its database backends. */
+  cpuPerOperation?: { serverUs: number; databaseUs: number };
+  /** The machine's 1-minute load average when the step started and when it ended. */
+  load?: { before: number; after: number };
 }
 
 export interface Goal {
@@ -80,7 +84,21 @@ const ms = (value: number | undefined) => (value === undefined ? '' : value.toFi
 
 function cells(row: StepRow): string[] {
   if (row.status !== 'ok') {
-    return [row.id, row.title, '', row.status === 'skipped' ? 'skipped' : 'FAILED', '', '', '', '', '', ''];
+    return [
+      row.id,
+      row.title,
+      '',
+      row.status === 'skipped' ? 'skipped' : 'FAILED',
+      '',
+      '',
+      '',
+      '',
+      '',
+      '',
+      '',
+      '',
+      loadCell(row),
+    ];
   }
   const problems = (row.errors ?? 0) + (row.non2xx ?? 0);
   return [
@@ -91,11 +109,19 @@ function cells(row: StepRow): string[] {
     row.ratio ? `${row.ratio.value.toFixed(2)}× ${row.ratio.of}` : '',
     ms(row.latency?.p50),
     ms(row.latency?.p99),
+    ms(row.latency?.p999),
     ms(row.latency?.max),
     problems === 0 ? '0' : `${num(row.errors)} err / ${num(row.non2xx)} non-2xx`,
     row.rssMb === undefined ? '' : num(row.rssMb),
+    row.cpuPerOperation
+      ? `${num(row.cpuPerOperation.serverUs)} + ${num(row.cpuPerOperation.databaseUs)}`
+      : '',
+    loadCell(row),
   ];
 }
+
+const loadCell = (row: StepRow) =>
+  row.load ? `${row.load.before.toFixed(1)} → ${row.load.after.toFixed(1)}` : '';
 
 const HEADER = [
   'step',
@@ -105,9 +131,12 @@ const HEADER = [
   'ratio',
   'p50 ms',
   'p99 ms',
+  'p99.9 ms',
   'max ms',
   'errors',
   'RSS MB',
+  'CPU µs/op node + pg',
+  'load 1m',
 ];
 
 /** The table for the terminal: aligned columns, then the notes of skipped or failed steps. */

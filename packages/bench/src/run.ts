@@ -1,10 +1,11 @@
 import { fork } from 'node:child_process';
 import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { TestAuthServer } from '../../server/test/helpers/auth-server.ts';
+import { CpuMeter, type CpuSnapshot, type CpuSpent } from './cpu.ts';
 import {
   checkLedger,
   createBenchDatabase,
@@ -47,6 +48,10 @@ const { values: args } = parseArgs({
      * trigger looks up the account's last entry (the bench's balances never cross it: no event is written).
      */
     alerts: { type: 'boolean', default: false },
+    /** Extra server environment, KEY=VALUE, repeatable (e.g. DB_PREPARED_STATEMENTS=false to compare). */
+    'server-env': { type: 'string', multiple: true, default: [] },
+    /** Seconds of unmeasured load on the fresh server before step 1 (default 2 quick, 6 full). */
+    'server-warmup': { type: 'string' },
     /** dist: the production bundle (built first, as `pnpm start` does); tsx: the sources, as `pnpm dev`. */
     server: { type: 'string', default: 'dist' },
     'database-url': {
@@ -63,9 +68,20 @@ const warmupSeconds = args.quick ? 1 : 3;
 const poolSize = Number(args.pool);
 if (args.server !== 'dist' && args.server !== 'tsx') throw new Error('--server must be dist or tsx');
 const runtime: ServerRuntime = args.server;
+const serverEnv = Object.fromEntries(
+  (args['server-env'] ?? []).map((pair) => {
+    const at = pair.indexOf('=');
+    if (at <= 0) throw new Error(`--server-env takes KEY=VALUE, not "${pair}"`);
+    return [pair.slice(0, at), pair.slice(at + 1)];
+  }),
+);
+const serverEnvText = Object.entries(serverEnv)
+  .map(([key, value]) => `${key}=${value}`)
+  .join(', ');
 const SERVICE_KEY = 'bench-service-key-0123456789abcdefghijklmnop';
 const CONNECTIONS = { throughput: 32, hot: 64, batch: 8 };
 const BATCH_SIZE = 100;
+const SERVER_WARMUP_SECONDS = Number(args['server-warmup'] ?? (args.quick ? 2 : 6));
 /** With --alerts: far below the seeded balances, so the trigger runs its whole lookup and finds no crossing. */
 const ALERT_THRESHOLD = 1000;
 const population: Population = {
@@ -136,29 +152,43 @@ function startLoadProcess() {
   cleanups.push(async () => {
     child.kill();
   });
-  return (job: LoadJob) =>
+  return (job: LoadJob, onMeasuring?: () => void) =>
     new Promise<LoadResult>((resolveResult, reject) => {
       const onExit = (code: number | null) => reject(new Error(`load process exited with ${code}`));
-      child.once('exit', onExit);
-      child.once('message', (message: { result?: LoadResult; error?: string }) => {
+      const onMessage = (message: { measuring?: true; result?: LoadResult; error?: string }) => {
+        if (message.measuring) return onMeasuring?.();
         child.off('exit', onExit);
+        child.off('message', onMessage);
         if (message.result) resolveResult(message.result);
         else reject(new Error(`load process failed: ${message.error}`));
-      });
+      };
+      child.once('exit', onExit);
+      child.on('message', onMessage);
       child.send(job);
     });
 }
 
-let sendLoad: ((job: LoadJob) => Promise<LoadResult>) | undefined;
+let sendLoad: ReturnType<typeof startLoadProcess> | undefined;
+/** Reads the CPU time of the server and its database backends around each measured window (cpu.ts). */
+let cpuMeter: CpuMeter | undefined;
 
-async function runLoad(job: LoadJob, server: BenchServer): Promise<{ result: LoadResult; rssMb: number }> {
+async function runLoad(
+  job: LoadJob,
+  server: BenchServer,
+): Promise<{ result: LoadResult; rssMb: number; cpu?: CpuSpent }> {
   sendLoad ??= startLoadProcess();
   let rssMb = 0;
   const sampler = setInterval(() => {
     rssMb = Math.max(rssMb, server.memory().rssMb);
   }, 250);
+  let before: Promise<CpuSnapshot | undefined> | undefined;
   try {
-    return { result: await sendLoad(job), rssMb };
+    const result = await sendLoad(job, () => {
+      before ??= cpuMeter?.snapshot().catch(() => undefined);
+    });
+    const start = await before;
+    const cpu = start && cpuMeter ? await cpuMeter.since(start).catch(() => undefined) : undefined;
+    return { result, rssMb, ...(cpu ? { cpu } : {}) };
   } finally {
     clearInterval(sampler);
   }
@@ -188,32 +218,123 @@ async function httpStep(server: BenchServer, step: HttpStep, tokens: Tokens): Pr
     return { ...row, status: skip ? 'skipped' : 'failed', note: skip ?? fail };
   }
   log(
-    `step ${step.id} ${step.title}: ${step.connections} connections${step.rate ? ` at ${step.rate}/s` : ''}`,
+    `step ${step.id} ${step.title}: ${step.rate ? `open loop at ${step.rate}/s` : `${step.connections} connections`}`,
   );
-  const { result, rssMb } = await runLoad(
+  const loadBefore = loadavg()[0]!;
+  measuredSteps++;
+  const { result, rssMb, cpu } = await runLoad(
     { url: server.url, target, connections: step.connections, warmupSeconds, seconds, rate: step.rate },
     server,
   );
+  // Per debit for batches, per request otherwise.
+  const operations = step.kind === 'use-batch' ? result.debitsPerSecond * result.seconds : result.ok;
   const throughput = step.kind === 'use-batch' ? result.debitsPerSecond : result.okPerSecond;
   const statuses = Object.entries(result.statuses)
     .filter(([code]) => !code.startsWith('2'))
     .map(([code, count]) => `${count}×${code}`)
     .join(', ');
+  const notes = [
+    ...(statuses || result.errors
+      ? [`non-2xx ${statuses || 'none'}; socket errors ${result.errors} (timeouts ${result.timeouts})`]
+      : []),
+    ...(result.openLoop ? [openLoopNote(result.openLoop)] : []),
+  ];
+  const openLoop = result.openLoop;
   return {
     ...row,
+    // Open loop: the sockets it needed (never more requests were in flight at once).
+    ...(openLoop ? { connections: openLoop.socketsOpened } : {}),
     throughput,
     unit: step.unit ?? 'req/s',
+    ...(openLoop ? { ratio: { value: result.okPerSecond / openLoop.targetRate, of: 'target' } } : {}),
     latency: result.latency,
     errors: result.errors,
     non2xx: result.non2xx,
     statuses: result.statuses,
     rssMb,
-    ...(statuses || result.errors
+    ...(cpu && operations > 0
       ? {
-          note: `non-2xx ${statuses || 'none'}; socket errors ${result.errors} (timeouts ${result.timeouts})`,
+          cpuPerOperation: {
+            serverUs: (cpu.serverMs * 1000) / operations,
+            databaseUs: (cpu.databaseMs * 1000) / operations,
+          },
         }
       : {}),
+    load: { before: loadBefore, after: loadavg()[0]! },
+    ...(notes.length ? { note: notes.join('; ') } : {}),
   };
+}
+
+function openLoopNote(openLoop: NonNullable<LoadResult['openLoop']>): string {
+  const ms = (value: number) => value.toFixed(value < 10 ? 2 : 1);
+  return (
+    `open loop at ${openLoop.targetRate}/s (sent ${openLoop.sentRate.toFixed(1)}/s), latency from each request's ` +
+    `intended send time; from the actual send (uncorrected) p50 ${ms(openLoop.serviceTime.p50)} / p99 ` +
+    `${ms(openLoop.serviceTime.p99)} ms; the generator sent late by p99 ${ms(openLoop.sendLag.p99)} / max ` +
+    `${ms(openLoop.sendLag.max)} ms; at most ${openLoop.peakInFlight} requests in flight`
+  );
+}
+
+/** A ceiling may move by this much (relative) over the steps measured against it before they are rerun. */
+const CEILING_DRIFT = 0.2;
+/** The measurements of a run without reruns (steps 1 and 2b twice), and --quick's budget by its own clock. */
+const PLANNED_STEPS = 15;
+const QUICK_BUDGET_SECONDS = 95;
+/** Measurements made so far (reruns included), for the budget. */
+let measuredSteps = 0;
+
+const signedPercent = (value: number) => `${value >= 0 ? '+' : '−'}${Math.abs(value * 100).toFixed(0)} %`;
+
+/**
+ * Steps measured against a ceiling, bracketed by it: `first` is the ceiling measured just before them, `again`
+ * measures it right after, and each step's ratio is against the mean of the two. When the ceiling moved more
+ * than CEILING_DRIFT in between, the machine changed under the steps: they run once more, between that second
+ * measurement and a third, and both rounds are reported (the goals read the last).
+ */
+async function bracketed(
+  first: StepRow,
+  again: () => Promise<StepRow>,
+  of: string,
+  steps: ((round: number) => Promise<StepRow>)[],
+  /** Whether a rerun of this many more steps still fits the run's time budget (--quick has one). */
+  rerunFits: (extraSteps: number) => boolean,
+): Promise<StepRow[]> {
+  const out: StepRow[] = [];
+  let before = first;
+  for (let round = 1; ; round++) {
+    const measured: StepRow[] = [];
+    for (const step of steps) measured.push(await step(round));
+    const after = await again();
+    const ids = measured.map((row) => row.id).join(', ');
+    const drift =
+      before.throughput && after.throughput ? after.throughput / before.throughput - 1 : undefined;
+    const ceiling =
+      drift === undefined
+        ? (before.throughput ?? after.throughput)
+        : (before.throughput! + after.throughput!) / 2;
+    for (const row of measured) {
+      out.push(
+        ceiling && row.status === 'ok' && row.throughput !== undefined
+          ? { ...row, ratio: { value: row.throughput / ceiling, of } }
+          : row,
+      );
+    }
+    const moved = drift !== undefined && Math.abs(drift) > CEILING_DRIFT;
+    const rerun = moved && round === 1 && rerunFits(steps.length + 1);
+    const verdict = !moved
+      ? ''
+      : rerun
+        ? `, more than ${CEILING_DRIFT * 100} %: ${ids} rerun`
+        : round === 1
+          ? `, more than ${CEILING_DRIFT * 100} %, no time left to rerun ${ids} (--quick): their ratios are not reliable`
+          : `, more than ${CEILING_DRIFT * 100} % again: the ratios of ${ids} are not reliable`;
+    const driftNote =
+      drift === undefined ? undefined : `ceiling again after ${ids}: ${signedPercent(drift)}${verdict}`;
+    out.push({ ...after, note: [after.note, driftNote].filter(Boolean).join('; ') || undefined });
+    if (!rerun) return out;
+    log(`ceiling ${after.id} moved ${signedPercent(drift!)}: rerunning ${ids}`);
+    before = after;
+  }
 }
 
 async function main() {
@@ -241,7 +362,7 @@ async function main() {
     serviceKey: SERVICE_KEY,
     poolSize,
     runtime,
-    ...(args.alerts ? { env: { LOW_BALANCE_THRESHOLD: String(ALERT_THRESHOLD) } } : {}),
+    env: { ...serverEnv, ...(args.alerts ? { LOW_BALANCE_THRESHOLD: String(ALERT_THRESHOLD) } : {}) },
   };
 
   // Seeding, the server's start-up and signing tokens overlap (both sides migrate under Kysely's lock).
@@ -272,36 +393,91 @@ async function main() {
     log(`alerts configured: LOW_BALANCE_THRESHOLD=${ALERT_THRESHOLD}`);
   }
   log(`server pid ${server.pid} at ${server.url}`);
+  const meter = await CpuMeter.open(database.url, server.pid);
+  cpuMeter = meter;
+  cleanups.push(() => meter.close());
+
+  // Unmeasured: a freshly started server (JIT, pool connections) measured 2-5× below itself a minute later
+  // in the first step; the ceiling of step 1 must not be that.
+  log(`server warm-up: ${SERVER_WARMUP_SECONDS} s of internal.credits.use and the no-op, not measured`);
+  for (const kind of ['internal-use', 'noop'] as const) {
+    await runLoad(
+      {
+        url: server.url,
+        target: baseTarget(kind),
+        connections: CONNECTIONS.throughput,
+        warmupSeconds: 0,
+        seconds: SERVER_WARMUP_SECONDS / 2,
+      },
+      server,
+    );
+  }
 
   const rows: StepRow[] = [];
-  const find = (id: string) => rows.find((row) => row.id === id && row.status === 'ok');
-  const ratio = (row: StepRow, ceilingId: string, label: string): StepRow => {
-    const ceiling = find(ceilingId);
-    return ceiling?.throughput && row.throughput !== undefined
-      ? { ...row, ratio: { value: row.throughput / ceiling.throughput, of: label } }
-      : row;
+  const find = (id: string) => rows.findLast((row) => row.id === id && row.status === 'ok');
+  // --quick keeps to its time budget: a rerun is made only if it and the steps still to come fit in it.
+  let plannedSteps = PLANNED_STEPS;
+  const stepMs = (warmupSeconds + seconds) * 1000 + 500;
+  const rerunFits = (extraSteps: number) => {
+    const projected = Date.now() - started + (plannedSteps - measuredSteps + extraSteps) * stepMs;
+    if (args.quick && projected > QUICK_BUDGET_SECONDS * 1000) return false;
+    plannedSteps += extraSteps;
+    return true;
   };
+  const http = (step: HttpStep) => (round: number) =>
+    httpStep(server, { ...step, title: round > 1 ? `${step.title}, rerun` : step.title }, tokens);
 
-  // 1. Node ceiling.
+  // 1, then 3: the Node ceiling, the real procedures on random users against it, the ceiling again.
+  const noop: HttpStep = {
+    id: '1',
+    title: 'no-op procedure (Node ceiling)',
+    kind: 'noop',
+    connections: CONNECTIONS.throughput,
+  };
+  const noopFirst = await httpStep(server, noop, tokens);
+  rows.push(noopFirst);
   rows.push(
-    await httpStep(
-      server,
-      { id: '1', title: 'no-op procedure (Node ceiling)', kind: 'noop', connections: CONNECTIONS.throughput },
-      tokens,
-    ),
+    ...(await bracketed(
+      noopFirst,
+      () => httpStep(server, { ...noop, title: `${noop.title}, again` }, tokens),
+      'no-op',
+      [
+        http({
+          id: '3a',
+          title: 'internal.credits.use, random users, 1 lot',
+          kind: 'internal-use',
+          connections: CONNECTIONS.throughput,
+        }),
+        // 3c right after 3a, so the two are measured as close together as the machine allows (issue 15).
+        http({
+          id: '3c',
+          title: 'internal.credits.use, random users, 10 lots',
+          kind: 'internal-use-lots',
+          connections: CONNECTIONS.throughput,
+        }),
+        http({
+          id: '3b',
+          title: 'credits.use with JWT, random users',
+          kind: 'user-use',
+          connections: CONNECTIONS.throughput,
+        }),
+      ],
+      rerunFits,
+    )),
   );
 
-  // 2. Database ceiling: the captured debit statement, replayed by pgbench with the pool's client count.
+  // 2. Database ceilings: the captured debit statement, replayed by pgbench with the pool's client count.
   const statement = await captureUseStatement();
-  // 2c is for reference, not a goal: the same replay with unnamed statements, the way node-pg sends them.
-  for (const [id, title, user, protocol] of [
-    ['2a', 'pgbench debit, random users (DB ceiling)', { random: population.users }, 'prepared'],
-    ['2b', 'pgbench debit, one hot user (hot-row ceiling)', { fixed: population.hotUserId }, 'prepared'],
-    ['2c', 'pgbench debit, random users, unnamed (as node-pg)', { random: population.users }, 'extended'],
-    // For reference, no goal: the hot row's debit when it burns from ten lots instead of one.
-    ['2d', 'pgbench debit, hot user with 10 lots', { fixed: HOT_LOTS_USER }, 'prepared'],
-  ] as const) {
+  const pgbenchStep = async (
+    id: string,
+    title: string,
+    user: { random: number } | { fixed: string },
+    protocol: 'prepared' | 'extended',
+    reference?: { id: string; of: string },
+  ): Promise<StepRow> => {
     log(`step ${id} ${title}: ${poolSize} clients`);
+    const loadBefore = loadavg()[0]!;
+    measuredSteps++;
     const { script, defines } = pgbenchScript(statement, user);
     const result = await runPgbench({
       databaseUrl: database.url,
@@ -313,10 +489,8 @@ async function main() {
       seconds,
       workDir: join(workDir, `pgbench-${id}`),
     });
-    const reference =
-      id === '2c' ? { id: '2a', of: 'DB' } : id === '2d' ? { id: '2b', of: '1 lot' } : undefined;
-    const ceiling = reference && rows.find((row) => row.id === reference.id)?.throughput;
-    rows.push({
+    const ceiling = reference && find(reference.id)?.throughput;
+    return {
       id,
       title,
       status: 'ok',
@@ -327,104 +501,62 @@ async function main() {
       latency: result.latency,
       errors: result.failed,
       non2xx: 0,
+      load: { before: loadBefore, after: loadavg()[0]! },
       ...(result.aborted ? { note: 'some pgbench clients aborted' } : {}),
-    });
-  }
-
-  // 3. The real procedures, random users.
+    };
+  };
+  const hotRow = (title: string) => pgbenchStep('2b', title, { fixed: population.hotUserId }, 'prepared');
   rows.push(
-    ratio(
-      await httpStep(
-        server,
-        {
-          id: '3a',
-          title: 'internal.credits.use, random users, 1 lot',
-          kind: 'internal-use',
-          connections: CONNECTIONS.throughput,
-        },
-        tokens,
-      ),
-      '1',
-      'no-op',
+    await pgbenchStep(
+      '2a',
+      'pgbench debit, random users (DB ceiling)',
+      { random: population.users },
+      'prepared',
     ),
   );
-  // 3c right after 3a, so the two are measured as close together as the machine allows (issue 15).
+  // 2c is for reference, not a goal: the same replay with unnamed statements, the way node-pg sends them.
   rows.push(
-    ratio(
-      await httpStep(
-        server,
-        {
-          id: '3c',
-          title: 'internal.credits.use, random users, 10 lots',
-          kind: 'internal-use-lots',
-          connections: CONNECTIONS.throughput,
-        },
-        tokens,
-      ),
-      '1',
-      'no-op',
+    await pgbenchStep(
+      '2c',
+      'pgbench debit, random users, unnamed (as node-pg)',
+      { random: population.users },
+      'extended',
+      { id: '2a', of: 'DB' },
     ),
   );
+  const hotRowFirst = await hotRow('pgbench debit, one hot user (hot-row ceiling)');
+  rows.push(hotRowFirst);
+  // For reference, no goal: the hot row's debit when it burns from ten lots instead of one.
   rows.push(
-    ratio(
-      await httpStep(
-        server,
-        {
-          id: '3b',
-          title: 'credits.use with JWT, random users',
-          kind: 'user-use',
-          connections: CONNECTIONS.throughput,
-        },
-        tokens,
-      ),
-      '1',
-      'no-op',
-    ),
+    await pgbenchStep('2d', 'pgbench debit, hot user with 10 lots', { fixed: HOT_LOTS_USER }, 'prepared', {
+      id: '2b',
+      of: '1 lot',
+    }),
   );
 
-  // 4. One hot account, 64 callers.
+  // 4. One hot account, 64 callers, against the hot-row ceiling (measured again after them).
   rows.push(
-    ratio(
-      await httpStep(
-        server,
-        { id: '4a', title: 'hot user, 1 lot', kind: 'hot-user', connections: CONNECTIONS.hot },
-        tokens,
-      ),
-      '2b',
+    ...(await bracketed(
+      hotRowFirst,
+      () => hotRow('pgbench debit, one hot user (hot-row ceiling), again'),
       'hot-row',
-    ),
-  );
-  rows.push(
-    ratio(
-      await httpStep(
-        server,
-        {
+      [
+        http({ id: '4a', title: 'hot user, 1 lot', kind: 'hot-user', connections: CONNECTIONS.hot }),
+        http({
           id: '4c',
           title: 'hot user, 10 lots (mixed priority/expiry)',
           kind: 'hot-user-lots',
           connections: CONNECTIONS.hot,
-        },
-        tokens,
-      ),
-      '2b',
-      'hot-row',
-    ),
-  );
-  rows.push(
-    ratio(
-      await httpStep(
-        server,
-        {
+        }),
+        http({
           id: '4b',
           title: `hot guild pool (${population.guildMembers.length} members)`,
           kind: 'hot-guild',
           connections: CONNECTIONS.hot,
-        },
-        tokens,
-      ),
-      '2b',
-      'hot-row',
-    ),
+        }),
+      ],
+      rerunFits,
+    )),
   );
 
   // 5. Batches of 100 debits.
@@ -442,7 +574,7 @@ async function main() {
     ),
   );
 
-  // 6. Latency at half of the measured peak of 3a.
+  // 6. Latency, open loop at half of the measured peak of 3a (its last run).
   const peak = find('3a')?.throughput;
   if (peak) {
     rows.push(
@@ -450,9 +582,9 @@ async function main() {
         server,
         {
           id: '6',
-          title: 'internal.credits.use at ½ peak (latency)',
+          title: 'internal.credits.use at ½ peak, open loop (latency)',
           kind: 'internal-use',
-          connections: CONNECTIONS.throughput,
+          connections: 0,
           rate: Math.max(1, Math.floor(peak / 2)),
         },
         tokens,
@@ -537,9 +669,12 @@ async function main() {
       settings:
         `${seconds} s per step after ${warmupSeconds} s warm-up; ${population.users.toLocaleString('en-US')} seeded users; ` +
         `server pool ${poolSize} (pgbench clients the same); autocannon connections: ${CONNECTIONS.throughput} ` +
-        `(steps 1, 3, 6), ${CONNECTIONS.hot} (4), ${CONNECTIONS.batch} (5); amount 1 and a unique idempotency key per debit; ` +
+        `(steps 1, 3), ${CONNECTIONS.hot} (4), ${CONNECTIONS.batch} (5); step 6 open loop (conns = sockets it opened); ` +
+        `ceilings measured again after their steps (ratios against the mean; steps rerun once when it moved > ${CEILING_DRIFT * 100} %); ` +
+        `${SERVER_WARMUP_SECONDS} s of unmeasured server warm-up before step 1; amount 1 and a unique idempotency key per debit; ` +
         `server ${runtime === 'dist' ? 'bundle (node dist/main.js)' : 'sources through tsx'}, peak RSS (VmHWM) ${peakRssMb.toFixed(0)} MB` +
-        `${args.alerts ? `; alerts configured (LOW_BALANCE_THRESHOLD=${ALERT_THRESHOLD})` : ''}.`,
+        `${args.alerts ? `; alerts configured (LOW_BALANCE_THRESHOLD=${ALERT_THRESHOLD})` : ''}` +
+        `${serverEnvText ? `; server environment ${serverEnvText}` : ''}.`,
       rows,
       goals,
       ledger: ledgerText,
@@ -553,7 +688,7 @@ async function main() {
 }
 
 function evaluateGoals(rows: StepRow[], peakRssMb: number): Goal[] {
-  const ok = (id: string) => rows.find((row) => row.id === id && row.status === 'ok');
+  const ok = (id: string) => rows.findLast((row) => row.id === id && row.status === 'ok');
   const verdict = (pass: boolean | undefined): Goal['verdict'] =>
     pass === undefined ? 'n/a' : pass ? 'pass' : 'FAIL';
   const ratioOf = (id: string) => ok(id)?.ratio?.value;

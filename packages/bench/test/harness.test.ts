@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { createDb } from '@mana-credits/db';
 import { sql } from 'kysely';
 import { describe, expect, it } from 'vitest';
+import { processCpuMs } from '../src/cpu.ts';
 import { checkLedger, createBenchDatabase, LOT_MIX, seed } from '../src/database.ts';
 import { captureUseStatement, pgbenchScript, runPgbench } from '../src/pgbench.ts';
 import { writeDocs } from '../src/report.ts';
@@ -153,8 +154,18 @@ describe('load requests', () => {
 describe('report helpers', () => {
   it('computes nearest-rank percentiles', () => {
     const values = Array.from({ length: 100 }, (_, i) => i + 1);
-    expect(summarize(values)).toEqual({ p50: 50, p99: 99, max: 100, mean: 50.5 });
-    expect(summarize([])).toEqual({ p50: 0, p99: 0, max: 0, mean: 0 });
+    expect(summarize(values)).toEqual({ p50: 50, p99: 99, p999: 100, max: 100, mean: 50.5 });
+    const thousands = Array.from({ length: 2000 }, (_, i) => 2000 - i);
+    expect(summarize(thousands)).toMatchObject({ p50: 1000, p99: 1980, p999: 1998, max: 2000 });
+    expect(summarize([])).toEqual({ p50: 0, p99: 0, p999: 0, max: 0, mean: 0 });
+  });
+
+  it.runIf(process.platform === 'linux')('reads a process CPU time from /proc', () => {
+    const before = processCpuMs(process.pid)!;
+    const until = Date.now() + 100;
+    while (Date.now() < until) {}
+    expect(processCpuMs(process.pid)!).toBeGreaterThan(before);
+    expect(processCpuMs(2 ** 22 + 1)).toBeUndefined();
   });
 
   it('replaces only its own block of docs/benchmarks.md', () => {

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { PGlite } from '@electric-sql/pglite';
 import { type Driver, Kysely, PostgresDialect } from 'kysely';
@@ -15,6 +16,14 @@ export interface DbConfig {
   poolSize?: number | undefined;
   /** Application name shown in pg_stat_activity. */
   applicationName?: string | undefined;
+  /**
+   * Postgres only: send repeated statements as named (prepared) statements, parsed and planned once per
+   * connection, instead of node-pg's unnamed ones, parsed and planned on every call (see PreparingClient).
+   * Default off; the server turns it on with DB_PREPARED_STATEMENTS.
+   */
+  preparedStatements?: boolean | undefined;
+  /** With preparedStatements: how many one connection keeps at most (default 100). */
+  preparedStatementsPerConnection?: number | undefined;
   /**
    * PGlite only: a dump of a data directory (PGlite's dumpDataDir) to start from instead of an empty one.
    * The tests migrate one database once and start every file from its dump, which skips initdb.
@@ -55,7 +64,141 @@ export function createPgPool(config: DbConfig): pg.Pool {
     max: config.poolSize ?? 10,
     application_name: config.applicationName ?? 'mana-credits',
     types: { getTypeParser: pgTypeParser } as pg.CustomTypesConfig,
+    ...(config.preparedStatements
+      ? {
+          Client: preparingClientClass(
+            pg.Client,
+            preparedLimit(config),
+          ) as unknown as new () => pg.ClientBase,
+        }
+      : {}),
   });
+}
+
+const preparedLimit = (config: DbConfig) =>
+  config.preparedStatementsPerConnection ?? DEFAULT_PREPARED_STATEMENTS_PER_CONNECTION;
+
+// ── Prepared statements ───────────────────────────────────────────────────────────────────────────────────
+//
+// Kysely hands node-pg a text and its values; node-pg sends that as an unnamed statement, which Postgres parses,
+// analyses and plans on every call. Given a name, node-pg prepares it once per connection (Parse), remembers
+// that it did, and afterwards only binds and executes it: on the 2-core machine where Postgres and Node share
+// the CPU, parse and plan time is throughput. What this costs, and what is done about it:
+// - A name per text: `mc_` + a hash of the text, so a name never stands for two texts (node-pg refuses that).
+// - Only texts seen before in this process are prepared (one-off texts — an IN-list of a length not seen
+//   again, an admin query — stay unnamed), and a connection keeps at most `limit` statements, deallocating the
+//   least recently used one past that.
+// - Statements without values (BEGIN, COMMIT, DDL, the SQL function files) stay on the simple protocol.
+// - After a schema change a prepared statement is re-planned by Postgres itself, but one whose result columns
+//   changed (`select *` after a column was added, a function whose result type changed) is refused with
+//   "cached plan must not change result type" (0A000); so is a name the server no longer has (26000: someone
+//   ran DEALLOCATE/DISCARD) or a name it already has (42P05). Each is refused at Parse/Bind, before the
+//   statement ran, so nothing was written: outside a transaction the statement is sent again unnamed at once;
+//   inside one the error goes up (the transaction is lost anyway), and the connection deallocates everything
+//   it prepared the next time it is idle.
+// - Postgres may switch a prepared statement to a generic plan after five executions; the hot statements
+//   (the debit, use_batch, the pool lock, the balance read) are primary-key lookups or function calls, whose
+//   generic plan is their custom plan (checked with plan_cache_mode = force_generic_plan).
+
+export const DEFAULT_PREPARED_STATEMENTS_PER_CONNECTION = 100;
+
+/** Texts called before in this process: a text is prepared from its second call on. Cleared when full. */
+const seenTexts = new Set<string>();
+const SEEN_TEXTS_LIMIT = 2_000;
+
+function statementName(text: string): string {
+  return `mc_${createHash('sha1').update(text).digest('base64url')}`;
+}
+
+/** Refused before it ran because of what the server holds under the name (see above): safe to send again. */
+function isStaleStatementError(error: unknown): boolean {
+  const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
+  return (
+    code === '26000' ||
+    code === '42P05' ||
+    (code === '0A000' && typeof message === 'string' && message.includes('cached plan must not change'))
+  );
+}
+
+type ClientClass = new (config?: pg.ClientConfig) => pg.Client;
+type QueryFunction = (...args: unknown[]) => unknown;
+
+/** A pg client class (of `Base`) that names the statements it is given as text + values; see above. */
+export function preparingClientClass(Base: ClientClass, limit: number): ClientClass {
+  return class PreparingClient extends Base {
+    /** Texts prepared on this connection → their names, least recently used first. */
+    private readonly prepared = new Map<string, string>();
+    /** The server may hold statements this map does not know of: deallocate them all when next idle. */
+    private stale = false;
+
+    override query(...args: unknown[]): never {
+      const send = (...queryArgs: unknown[]) => (super.query as QueryFunction).apply(this, queryArgs);
+      const idle = this.getTransactionStatus() === 'I';
+      if (this.stale && idle) this.reset(send);
+      const [text, values] = args;
+      if (args.length !== 2 || typeof text !== 'string' || !Array.isArray(values) || values.length === 0) {
+        return send(...args) as never;
+      }
+      const name = this.stale ? undefined : this.nameFor(text, send);
+      if (name === undefined) return send(text, values) as never;
+      return (send({ name, text, values }) as Promise<unknown>).catch((error: unknown) => {
+        if (!isStaleStatementError(error)) throw error;
+        this.forget(text);
+        this.stale = true;
+        // Refused before it ran, so nothing was written; outside a transaction it goes again, unnamed.
+        if (!idle) throw error;
+        return send(text, values);
+      }) as never;
+    }
+
+    private nameFor(text: string, send: QueryFunction): string | undefined {
+      const known = this.prepared.get(text);
+      if (known !== undefined) {
+        this.prepared.delete(text);
+        this.prepared.set(text, known);
+        return known;
+      }
+      if (!seenTexts.has(text)) {
+        if (seenTexts.size >= SEEN_TEXTS_LIMIT) seenTexts.clear();
+        seenTexts.add(text);
+        return undefined;
+      }
+      if (this.prepared.size >= limit) {
+        // A failed transaction refuses DEALLOCATE too: stay unnamed until it is over.
+        if (this.getTransactionStatus() === 'E') return undefined;
+        const oldest = this.prepared.entries().next().value!;
+        this.forget(oldest[0]);
+        // Queued ahead of the statement that takes the place; if it fails, the server keeps one too many.
+        (send(`deallocate ${oldest[1]}`) as Promise<unknown>).catch(() => {
+          this.stale = true;
+        });
+      }
+      const name = statementName(text);
+      this.prepared.set(text, name);
+      return name;
+    }
+
+    private forget(text: string): void {
+      const name = this.prepared.get(text);
+      this.prepared.delete(text);
+      if (name !== undefined) delete this.parsedStatements()[name];
+    }
+
+    private reset(send: QueryFunction): void {
+      for (const name of this.prepared.values()) delete this.parsedStatements()[name];
+      this.prepared.clear();
+      this.stale = false;
+      (send('deallocate all') as Promise<unknown>).catch(() => {
+        this.stale = true;
+      });
+    }
+
+    /** node-pg's own record of the names it has prepared on this connection (it skips Parse for those). */
+    private parsedStatements(): Record<string, string> {
+      return (this as unknown as { connection: { parsedStatements: Record<string, string> } }).connection
+        .parsedStatements;
+    }
+  };
 }
 
 export async function createPglite(dataDir: string, snapshot?: Blob): Promise<PGlite> {
@@ -328,11 +471,9 @@ export class PrimaryLocator {
   }
 }
 
-type QueryFunction = (...args: unknown[]) => unknown;
-
 /** A pg client that connects to the locator's current host and remembers what the server reported. */
-function multiHostClientClass(locator: PrimaryLocator) {
-  return class MultiHostClient extends pg.Client {
+function multiHostClientClass(locator: PrimaryLocator, Base: ClientClass) {
+  return class MultiHostClient extends Base {
     /** The host (index into the list) this connection went to. */
     readonly hostIndex: number;
     /** ParameterStatus values of the startup (in_hot_standby, default_transaction_read_only, …). */
@@ -353,7 +494,7 @@ function multiHostClientClass(locator: PrimaryLocator) {
     }
 
     override query(...args: unknown[]): never {
-      const result = (pg.Client.prototype.query as QueryFunction).apply(this, args);
+      const result = (super.query as QueryFunction).apply(this, args);
       if (!(result instanceof Promise)) return result as never;
       return result.catch((error: unknown) => {
         // Refused (and rolled back) as read-only: the server was demoted under this connection. The error
@@ -392,7 +533,10 @@ export class MultiHostPool {
       // A primary that vanishes without a reset (power, network) is noticed by keepalives, not in two hours.
       keepAlive: true,
       keepAliveInitialDelayMillis: 10_000,
-      Client: multiHostClientClass(locator) as unknown as new () => pg.ClientBase,
+      Client: multiHostClientClass(
+        locator,
+        config.preparedStatements ? preparingClientClass(pg.Client, preparedLimit(config)) : pg.Client,
+      ) as unknown as new () => pg.ClientBase,
     });
     // As in createDb: a connection lost while idle or checked out must not crash the process; the host it
     // was on is suspected, so the next connection looks for the primary first.

@@ -17,6 +17,7 @@ export * from './queries/ledger-filter.ts';
 export * from './queries/lots.ts';
 export * from './queries/packages.ts';
 export * from './queries/pagination.ts';
+export * from './queries/pool-batch.ts';
 export * from './queries/purchases.ts';
 export * from './queries/rate-limits.ts';
 export * from './queries/reconcile.ts';

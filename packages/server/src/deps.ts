@@ -16,6 +16,8 @@ import type { MovementResult } from './domain/credits/mappers.ts';
 import { type SpendInput, spendCredits } from './domain/credits/personal.ts';
 import { SpendCoalescer } from './domain/credits/spend-coalescer.ts';
 import { createMembershipClient, type MembershipClient } from './domain/guild/membership.ts';
+import { coalescedPoolSpender } from './domain/guild/pool-coalescer.ts';
+import { type PoolSpender, spendFromPool } from './domain/guild/pools.ts';
 import { createStripeClient } from './domain/stripe/client.ts';
 import { createMetrics, type Metrics } from './metrics.ts';
 
@@ -26,8 +28,10 @@ export interface AppDeps {
   dbHandle: DbHandle;
   verifyUserToken: VerifyUserToken;
   verifyServiceKey: (presented: string | undefined) => boolean;
-  /** Personal spends go through here: coalesced per hot account, or one by one when disabled. */
+  /** Personal spends go through here: grouped into batches under load, or one by one when disabled. */
   spend: (input: SpendInput) => Promise<MovementResult>;
+  /** Members' pool spends go through here: coalesced per hot pool, or one by one when disabled. */
+  spendFromPool: PoolSpender;
   /** Absent without STRIPE_SECRET_KEY: purchases then answer PAYMENTS_NOT_CONFIGURED. */
   stripe?: Stripe;
   /** Who is in which guild, asked of the auth service. */
@@ -55,6 +59,7 @@ export async function createAppDeps(
     databaseUrl: config.databaseUrl,
     dataDir: config.dataDir,
     poolSize: config.dbPoolSize,
+    preparedStatements: config.dbPreparedStatements,
     pgliteSnapshot: options.pgliteSnapshot,
     pglite: options.pglite,
   });
@@ -74,7 +79,10 @@ export async function createAppDeps(
       audience: config.jwtAudience,
     }),
     verifyServiceKey: createServiceKeyVerifier(config.serviceKeys),
-    spend: personalSpender(dbHandle.db, config.coalesceDebits),
+    spend: personalSpender(dbHandle.db, config),
+    spendFromPool: config.coalesceDebits
+      ? coalescedPoolSpender(dbHandle.db)
+      : (input) => spendFromPool(dbHandle.db, input),
     stripe: createStripeClient(config),
     membership: createMembershipClient({
       authUrl: config.authUrl,
@@ -87,8 +95,8 @@ export async function createAppDeps(
   };
 }
 
-function personalSpender(db: Kysely<Database>, coalesce: boolean): AppDeps['spend'] {
-  if (!coalesce) return (input) => spendCredits(db, input);
-  const coalescer = new SpendCoalescer(db);
+function personalSpender(db: Kysely<Database>, config: Readonly<Config>): AppDeps['spend'] {
+  if (!config.coalesceDebits) return (input) => spendCredits(db, input);
+  const coalescer = new SpendCoalescer(db, { inFlight: config.debitStatementsInFlight });
   return (input) => coalescer.spend(input);
 }

@@ -38,7 +38,7 @@ async function balanceOf(userId: string) {
 
 describe('internal.credits.useBatch', () => {
   it('items of one account that span lots get the portions a burn item by item would give', async () => {
-    // One take_lots per account for the sum, split back in input order (use_batch.sql): the portions must
+    // One burn per account for the sum, split back in input order (use_batch.sql): the portions must
     // be those of burning each item in turn. Burn order here: priority 5, then 10 (expiring), then 20.
     const user = newUser();
     for (const [key, amount, priority, expiresInDays] of [

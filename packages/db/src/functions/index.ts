@@ -16,6 +16,8 @@ export const SQL_FUNCTIONS = [
   'release_expired_pool_holds',
   'refusals',
   'use_batch',
+  'member_spending',
+  'pool_use_batch',
   'balance_alerts',
   'auto_top_up',
   'reservation_events',

@@ -6,45 +6,72 @@
 -- under the lock — a CTE of the calling statement would read them as of before it waited for the lock.
 -- A portion list is two arrays: lot_ids[i] gave or took lot_amounts[i] (> 0) credits.
 
--- credits.take_lots: takes p_amount credits from an account's lots in THE burn order — priority ascending,
--- then the soonest expiry (never-expiring last), then the oldest, then id — skipping expired and pinned
--- credits. p_pin = false burns them (remaining falls); p_pin = true pins them for a hold (pinned grows).
--- The caller has checked the account (credits.covers), so the lots cover the amount; if they do not, lots and
--- balance disagree and the statement fails rather than write a ledger row without its lots.
+-- credits.burn_lots: takes from each account p_accounts[i] p_amounts[i] credits of its lots in THE burn order
+-- — priority ascending, then the soonest expiry (never-expiring last), then the oldest, then id — skipping
+-- expired and pinned credits. p_pin = false burns them (remaining falls); p_pin = true pins them for a hold
+-- (pinned grows). One row per account with an amount > 0: the lots it took from, in burn order.
+-- Set-based (one read and one update of all the accounts' lots: a batch of debits over many accounts burns
+-- with two statements instead of two per account): each lot gives what is still missing after the lots
+-- before it in the order, which is the running sum of the free credits over the account's lots.
+-- The caller has checked the accounts (credits.covers), so their lots cover the amounts; if they do not,
+-- lots and balance disagree and the statement fails rather than write a ledger row without its lots.
+create or replace function credits.burn_lots(p_kind text, p_accounts text[], p_amounts int8[], p_pin boolean)
+returns table (account_id text, lot_ids uuid[], lot_amounts int8[])
+language plpgsql as $$
+#variable_conflict use_column
+begin
+  return query
+    with wanted as (
+      select w.account_id, w.amount from unnest(p_accounts, p_amounts) as w(account_id, amount) where w.amount > 0
+    ), runs as (
+      select l.id, l.account_id, w.amount, l.remaining - l.pinned as free,
+             (sum(l.remaining - l.pinned) over burn)::int8 as upto, row_number() over burn as k
+        from wanted w
+        join credits.lots l on l.account_kind = p_kind and l.account_id = w.account_id
+       where not l.spent and l.remaining > l.pinned and (l.expires_at is null or l.expires_at > now())
+      window burn as (partition by l.account_id order by l.priority, l.expires_at, l.created_at, l.id)
+    ), taken as (
+      select r.id, r.account_id, r.k, least(r.free, r.amount - (r.upto - r.free)) as amount
+        from runs r
+       where r.upto - r.free < r.amount
+    ), written as (
+      update credits.lots l
+         set remaining = l.remaining - case when p_pin then 0 else t.amount end,
+             pinned = l.pinned + case when p_pin then t.amount else 0 end
+        from taken t
+       where l.id = t.id
+    )
+    select w.account_id, t.lot_ids, t.lot_amounts
+      from wanted w
+      left join (select t.account_id, array_agg(t.id order by t.k) as lot_ids,
+                        array_agg(t.amount order by t.k) as lot_amounts, sum(t.amount) as took
+                   from taken t group by t.account_id) t on t.account_id = w.account_id
+     where credits.lots_cover(p_kind, w.account_id, w.amount, coalesce(t.took, 0));
+end
+$$;
+
+-- The failure of credits.burn_lots when an account's lots do not cover what it was asked to take.
+create or replace function credits.lots_cover(p_kind text, p_account text, p_amount int8, p_took numeric)
+returns boolean language plpgsql as $$
+begin
+  if p_took < p_amount then
+    raise exception 'the lots of % % cannot cover % credits (% missing)', p_kind, p_account, p_amount,
+      p_amount - p_took using errcode = 'internal_error';
+  end if;
+  return true;
+end
+$$;
+
+-- credits.take_lots: credits.burn_lots for one account (the single debit, hold and pool statements call it
+-- LATERAL on their account update); nothing to take gives empty portion lists.
 create or replace function credits.take_lots(
   p_kind text, p_account text, p_amount int8, p_pin boolean, out lot_ids uuid[], out lot_amounts int8[])
 language plpgsql as $$
-declare
-  v_left int8 := p_amount;
-  v_take int8;
-  v_lot record;
 begin
-  lot_ids := '{}';
-  lot_amounts := '{}';
-  if p_amount <= 0 then
-    return;
-  end if;
-  for v_lot in
-    select id, remaining - pinned as free from credits.lots
-     where account_kind = p_kind and account_id = p_account and not spent
-       and remaining > pinned and (expires_at is null or expires_at > now())
-     order by priority, expires_at, created_at, id
-  loop
-    v_take := least(v_left, v_lot.free);
-    if p_pin then
-      update credits.lots set pinned = pinned + v_take where id = v_lot.id;
-    else
-      update credits.lots set remaining = remaining - v_take where id = v_lot.id;
-    end if;
-    lot_ids := lot_ids || v_lot.id;
-    lot_amounts := lot_amounts || v_take;
-    v_left := v_left - v_take;
-    exit when v_left = 0;
-  end loop;
-  if v_left > 0 then
-    raise exception 'the lots of % % cannot cover % credits (% missing)', p_kind, p_account, p_amount, v_left
-      using errcode = 'internal_error';
-  end if;
+  select b.lot_ids, b.lot_amounts into lot_ids, lot_amounts
+    from credits.burn_lots(p_kind, array[p_account], array[p_amount], p_pin) b;
+  lot_ids := coalesce(lot_ids, '{}');
+  lot_amounts := coalesce(lot_amounts, '{}');
 end
 $$;
 

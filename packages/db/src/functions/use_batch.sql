@@ -93,9 +93,11 @@ begin
          array_agg(f.request_hash order by x.n), array_agg((f.details->>'available')::int8 order by x.n)
     into v_prior_id, v_prior_hash, v_prior_available, v_refused_hash, v_refused_available
     from unnest(p_users, p_keys) with ordinality as x(user_id, key, n)
-    left join credits.transactions t on t.user_id = x.user_id and t.idempotency_key = x.key
-    left join credits.refusals f
-      on f.user_id = x.user_id and f.idempotency_key = x.key and f.key_space = 'personal';
+    -- LATERAL: one index probe per item; a plain join may be planned as a merge join over a range of the index
+    left join lateral (select t.id, t.request_hash, t.available_after, t.balance_after from credits.transactions t
+                        where t.user_id = x.user_id and t.idempotency_key = x.key) t on true
+    left join lateral (select f.request_hash, f.details from credits.refusals f
+                        where f.user_id = x.user_id and f.idempotency_key = x.key and f.key_space = 'personal') f on true;
 
   for i in 1 .. v_count loop
     w := v_taken[v_first[i]];
@@ -161,7 +163,7 @@ begin
     end if;
   end loop;
 
-  -- Each account's posted items burn their lots with one credits.take_lots call for their sum, split back
+  -- Each account's posted items burn their lots for their sum (one credits.burn_lots call for all accounts), split back
   -- over the items in input order: item i gets the part [c_i - amount_i, c_i) of the burned run, c_i being
   -- the running sum of the account's posted items. The same portions as burning the items one by one (the
   -- burn order does not move within the transaction), with one lot update per account instead of one per
@@ -175,10 +177,11 @@ begin
            with ordinality as t(outcome, id, user_id, amount, before, available, app_id, description, metadata, key,
                                 hash, n)
   ), burned as materialized (
-    select a.user_id, p.k, p.lot_id, p.amount, sum(p.amount) over (partition by a.user_id order by p.k) as pc
-      from (select user_id, sum(amount)::int8 as total from items where outcome = 'ok' group by user_id
-             order by user_id collate "C") a
-     cross join lateral credits.take_lots('user', a.user_id, a.total, false) l
+    select l.account_id as user_id, p.k, p.lot_id, p.amount,
+           sum(p.amount) over (partition by l.account_id order by p.k) as pc
+      from (select array_agg(user_id) as users, array_agg(total) as totals
+              from (select user_id, sum(amount)::int8 as total from items where outcome = 'ok' group by user_id) a) a
+     cross join lateral credits.burn_lots('user', a.users, a.totals, false) l
      cross join lateral unnest(l.lot_ids, l.lot_amounts) with ordinality as p(lot_id, amount, k)
   ), split as (
     select i.n, array_agg(b.lot_id order by b.k) as lot_ids,

@@ -132,15 +132,10 @@ export interface MemberSpending extends MemberLimitsRow {
  * A member's caps (null = unlimited, also when none were set), what they spent from the pool and what their
  * open pool holds keep back, in the UTC day and UTC calendar month that contain `day` ('YYYY-MM-DD';
  * default: today in UTC by credits.clock(), the clock that dates the guild ledger and so the counters). One
- * round trip. Inside a spend or a hold it must run after lockGuildPool, as its own statement, so that it
- * reads every spend, hold, commit and release committed before the lock was granted (each of them writes the
- * pool row).
- *
- * The window rule: a spend counts in the UTC day (and month) of its ledger row; a commit of a hold is such a
- * spend, booked in the day of the commit. Every open hold counts in the current day and month, whenever it
- * was placed, until it is committed or returned: so a hold placed before midnight still counts after it,
- * and its commit — which checks no limit — can never take a window past its cap. Holds whose time is up but
- * that are not returned yet still count: a commit in progress may still settle them.
+ * round trip. The window rule is the SQL function credits.member_spending (functions/member_spending.sql),
+ * which coalesced pool spends (credits.pool_use_batch) read too. Inside a spend or a hold it must run after
+ * lockGuildPool, as its own statement, so that it reads every spend, hold, commit and release committed
+ * before the lock was granted (each of them writes the pool row).
  */
 export async function memberSpending(
   db: Kysely<Database>,
@@ -155,21 +150,8 @@ export async function memberSpending(
     spent_this_month: number;
     held: number;
   }>`
-    select l.daily_limit, l.monthly_limit, s.spent_today, s.spent_this_month, h.held
-      from (select coalesce(${day ?? null}::date, (credits.clock() at time zone 'utc')::date) as today) w
-     cross join lateral (
-       select coalesce(sum(u.spent) filter (where u.day = w.today), 0)::int8 as spent_today,
-              coalesce(sum(u.spent), 0)::int8 as spent_this_month
-         from credits.guild_member_usage u
-        where u.organization_id = ${guildId} and u.user_id = ${userId}
-          and u.day between date_trunc('month', w.today)::date and w.today
-     ) s
-     cross join lateral (
-       select coalesce(sum(r.amount), 0)::int8 as held
-         from credits.reservations r
-        where r.organization_id = ${guildId} and r.user_id = ${userId} and r.status = 'open'
-     ) h
-      left join credits.guild_spending_limits l on l.organization_id = ${guildId} and l.user_id = ${userId}
+    select * from credits.member_spending(
+      ${guildId}, ${userId}, coalesce(${day ?? null}::date, (credits.clock() at time zone 'utc')::date))
   `.execute(db);
   const row = rows[0];
   return {

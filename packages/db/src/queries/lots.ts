@@ -154,7 +154,7 @@ export interface LotView {
 }
 
 /**
- * An account's lots in burn order (the order credits.take_lots uses). Credits of a lapsed lot whose expiry is
+ * An account's lots in burn order (the order credits.burn_lots uses). Credits of a lapsed lot whose expiry is
  * not posted yet already count as expired. `includeSpent` adds the lots with nothing left.
  */
 export async function listLots(

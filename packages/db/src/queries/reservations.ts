@@ -29,7 +29,7 @@ export interface PlacedHold {
 /**
  * Holds credits in one statement: the conditional UPDATE raises `reserved` of the account — the user's
  * balance, or the guild pool when `guildId` is set — only while it covers the amount (credits.covers), the
- * lots it will consume are pinned in burn order (credits.take_lots), and the reservation row, naming them, is
+ * lots it will consume are pinned in burn order (credits.take_lots, i.e. credits.burn_lots for one account), and the reservation row, naming them, is
  * inserted from its RETURNING. Returns null when the account does not cover it (nothing
  * written). A replayed key fails the insert on RESERVATION_IDEMPOTENCY_INDEX, which undoes the hold with it;
  * a key refused before fails it on REFUSAL_KEY_INDEX (asked under the account's row lock).

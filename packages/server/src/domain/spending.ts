@@ -24,7 +24,8 @@ import { type KeyClaim, refusedUnderKey, spendingTransaction } from './refusals.
 // and otherwise the caller gets INSUFFICIENT_CREDITS with what is spendable. A keyed refusal (the spend's
 // `claim`) is decided under the account's row lock and recorded under its key in that transaction (see
 // refusals.ts), so no late attempt with the key can charge afterwards. credits.use_batch (coalesced and batch
-// debits) makes the same moves in PL/pgSQL.
+// debits) makes the same moves in PL/pgSQL, and credits.pool_use_batch (coalesced pool spends) those of
+// spendPool.
 
 /**
  * Spends from a personal balance: `write` is a conditional statement (debitBalance, placeHold) that writes

@@ -13,7 +13,7 @@ import { NotFoundError } from '../errors.ts';
 import { toTransactionView } from './mappers.ts';
 
 // Reads of credit lots (issue 15): where an account's credits came from, in the order they will be spent,
-// and which lots paid for (or received) one ledger entry. The burn order itself is credits.take_lots
+// and which lots paid for (or received) one ledger entry. The burn order itself is credits.burn_lots
 // (packages/db/src/functions/lots.sql); everything that moves credits names its lots there.
 
 /** A lot as callers see it. */

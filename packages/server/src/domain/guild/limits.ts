@@ -20,8 +20,8 @@ export const poolNotFound = () => new NotFoundError('Guild pool', 'GUILD_POOL_NO
  * The one check of a member's caps before pool credits leave for them or are held for them (guild.use, pool
  * reserves). Call it inside the spending transaction after lockGuildPool: the lock serialises every spend,
  * hold, commit and release of the pool, so what memberSpending reads cannot change before the debit or the
- * hold commits. Every open pool hold counts as spent in the current window (see memberSpending for the
- * rule). Windows are the UTC day and the UTC calendar month of credits.clock().
+ * hold commits. Every open pool hold counts as spent in the current window (see credits.member_spending for
+ * the rule). Windows are the UTC day and the UTC calendar month of credits.clock().
  */
 export async function assertWithinMemberLimits(
   trx: Transaction<Database>,
@@ -33,18 +33,10 @@ export async function assertWithinMemberLimits(
   const today = spending.spentToday + spending.heldToday;
   const thisMonth = spending.spentThisMonth + spending.heldThisMonth;
   if (spending.dailyLimit !== null && today + amount > spending.dailyLimit) {
-    throw limitExceeded('DAILY_LIMIT_EXCEEDED', {
-      limit: spending.dailyLimit,
-      spent: today,
-      requested: amount,
-    });
+    throw memberLimitExceeded('daily', spending.dailyLimit, today, amount);
   }
   if (spending.monthlyLimit !== null && thisMonth + amount > spending.monthlyLimit) {
-    throw limitExceeded('MONTHLY_LIMIT_EXCEEDED', {
-      limit: spending.monthlyLimit,
-      spent: thisMonth,
-      requested: amount,
-    });
+    throw memberLimitExceeded('monthly', spending.monthlyLimit, thisMonth, amount);
   }
   return {
     daily: spending.dailyLimit === null ? null : { limit: spending.dailyLimit, used: today + amount },
@@ -66,6 +58,24 @@ export function limitExceeded(
     reason,
     details,
   );
+}
+
+/**
+ * The refusal of a pool spend or hold that would take a member past a cap: `used` is what they spent and hold
+ * in the window before it. The single path (assertWithinMemberLimits) and coalesced pool spends
+ * (credits.pool_use_batch, which reports the same numbers) answer with it alike.
+ */
+export function memberLimitExceeded(
+  window: 'daily' | 'monthly',
+  limit: number,
+  used: number,
+  amount: number,
+): PreconditionFailedError {
+  return limitExceeded(window === 'daily' ? 'DAILY_LIMIT_EXCEEDED' : 'MONTHLY_LIMIT_EXCEEDED', {
+    limit,
+    spent: used,
+    requested: amount,
+  });
 }
 
 /** What a member's windows will hold once the spend or hold that passed the check is made (null = no cap). */

@@ -36,6 +36,8 @@ import { MANAGERS, type MembershipClient, requireRole } from './membership.ts';
 export interface GuildDeps {
   db: Kysely<Database>;
   membership: MembershipClient;
+  /** Members' pool spends go through here (coalesced per hot pool); absent: spendFromPool, one by one. */
+  spendFromPool?: PoolSpender | undefined;
 }
 
 /** Creates a guild's pool; idempotent and safe when called concurrently. */
@@ -160,21 +162,36 @@ export interface PoolUseInput {
   metadata?: JsonObject | undefined;
 }
 
-/**
- * A member spends from the pool. Everything happens after the pool row is locked, in one transaction: pool
- * balance, daily and monthly limits are checked, then the debit, the guild ledger row, the member's day
- * counter and usage_stats are written in one statement. The key is scoped to (guild, member); a keyed
- * refusal (pool short, member limit) is recorded under it, under the pool lock.
- */
+/** Spends from a pool for a member whose membership was checked: spendFromPool, or coalesced (pool-coalescer.ts). */
+export type PoolSpender = (input: PoolUseInput) => Promise<PoolUseResult>;
+
+/** A member spends from the pool (guild.use, credits.use with a guildId): members only. */
 export async function useGuildCredits(deps: GuildDeps, input: PoolUseInput): Promise<PoolUseResult> {
   await requireRole(deps.membership, input.guildId, input.userId);
-  const { db } = deps;
-  const hash = requestHash('guild.use', {
+  return deps.spendFromPool ? deps.spendFromPool(input) : spendFromPool(deps.db, input);
+}
+
+/** The fingerprint of a pool spend (its key is scoped to guild and member). */
+export function poolUseRequestHash(
+  input: Omit<PoolUseInput, 'guildId' | 'userId' | 'idempotencyKey'>,
+): string {
+  return requestHash('guild.use', {
     amount: input.amount,
     appId: input.appId,
     description: input.description,
     metadata: input.metadata,
   });
+}
+
+/**
+ * One pool spend on its own (the single path; the caller checked membership). Everything happens after the
+ * pool row is locked, in one transaction: pool balance, daily and monthly limits are checked, then the
+ * debit, the guild ledger row, the member's day counter and usage_stats are written in one statement. The key
+ * is scoped to (guild, member); a keyed refusal (pool short, member limit) is recorded under it, under the pool
+ * lock. credits.pool_use_batch makes the same moves for coalesced spends.
+ */
+export async function spendFromPool(db: Kysely<Database>, input: PoolUseInput): Promise<PoolUseResult> {
+  const hash = poolUseRequestHash(input);
   return withIdempotency(
     guildKeys(db, input.guildId, input.userId),
     { key: input.idempotencyKey, hash },
