@@ -79,7 +79,7 @@ export async function spendingTransaction<T>(
 const number = (value: unknown) => (typeof value === 'number' ? value : Number(value));
 
 /** The refusal a recorded row stands for, as it was answered the first time. */
-export function refusalOf(row: RefusalRow): DomainError {
+export function refusalOf(row: Pick<RefusalRow, 'reason' | 'details'>): DomainError {
   const details = row.details;
   if (row.reason === 'DAILY_LIMIT_EXCEEDED' || row.reason === 'MONTHLY_LIMIT_EXCEEDED') {
     return limitExceeded(row.reason satisfies LimitReason, {
