@@ -45,13 +45,20 @@ export function creditsErrorReason(error: unknown): string | undefined {
   return serviceErrorData(error)?.reason;
 }
 
-/** Not enough credits (personal or pool); `error.data.details` says how many were required and available. */
+/**
+ * Not enough credits (personal or pool); `error.data.details` says how many were required and available. With
+ * an idempotency key the refusal is the key's result: sending the key again answers this refusal again, even
+ * after a top-up. To try again once credits arrived, send a new key.
+ */
 export function isInsufficientCredits(error: unknown): error is InsufficientCreditsError {
   const data = serviceErrorData(error);
   return data?.code === 'PAYMENT_REQUIRED' && numbers(data.details, ['required', 'available']);
 }
 
-/** A spending limit (e.g. DAILY_LIMIT_EXCEEDED in a guild); details: limit, spent so far, requested. */
+/**
+ * A spending limit (e.g. DAILY_LIMIT_EXCEEDED in a guild); details: limit, spent so far, requested. Like a
+ * refusal for credits it is the key's result: a new attempt (a raised limit, the next day) needs a new key.
+ */
 export function isLimitExceeded(error: unknown): error is LimitExceededError {
   const data = serviceErrorData(error);
   if (!data?.reason.endsWith('_LIMIT_EXCEEDED')) return false;

@@ -56,7 +56,9 @@ export function retryDelayMs(attempt: number, options: Required<RetryOptions>): 
 /**
  * Retries mutations that carry an idempotency key, with the same input (so the same key), when they failed
  * in transit; the server answers a repeat with the first result, never a second debit. Queries and
- * mutations without a key are never retried here.
+ * mutations without a key are never retried here. An answer the server gave — a success or a refusal such as
+ * INSUFFICIENT_CREDITS — is never retried: the refusal is recorded under the key, so the same key would
+ * answer it again; a new attempt (after a top-up) is the caller's, with a new key.
  */
 export function idempotentRetryLink(options: RetryOptions = {}): TRPCLink<AppRouter> {
   const settings: Required<RetryOptions> = {

@@ -248,6 +248,28 @@ export interface ReservationsTable {
   closed_at: NullableTimestamp;
 }
 
+/** Where an idempotency key lives: the unique index (ledger, guild ledger, reservations) that scopes it. */
+export type KeySpace = 'personal' | 'guild' | 'hold';
+
+/**
+ * A refused keyed request, which takes its key (migration 2026_12_03_1230_refusals): the key's first result
+ * when no row was posted under it. Never changed or removed.
+ */
+export interface RefusalsTable {
+  id: Generated<string>;
+  key_space: KeySpace;
+  user_id: string;
+  /** The guild whose member's key this is (guild key space only). */
+  organization_id: string | null;
+  idempotency_key: string;
+  request_hash: string;
+  /** The refusal's reason (INSUFFICIENT_CREDITS, INSUFFICIENT_POOL_CREDITS, DAILY_LIMIT_EXCEEDED, …). */
+  reason: string;
+  /** What the refusal answered: { required, available } or { limit, spent, requested }. */
+  details: ColumnType<JsonObject, string, never>;
+  created_at: Timestamp;
+}
+
 export interface GiftCodesTable {
   id: Generated<string>;
   code: string;
@@ -387,6 +409,7 @@ export interface Database {
   'credits.guild_transactions': GuildTransactionsTable;
   'credits.guild_member_usage': GuildMemberUsageTable;
   'credits.reservations': ReservationsTable;
+  'credits.refusals': RefusalsTable;
   'gifts.gift_codes': GiftCodesTable;
   'gifts.gift_redemptions': GiftRedemptionsTable;
   'gifts.rate_limits': RateLimitsTable;
@@ -475,6 +498,7 @@ export type PurchaseRow = Selectable<PurchasesTable>;
 export type GuildPoolRow = Selectable<GuildPoolsTable>;
 export type GuildLedgerRow = Selectable<GuildTransactionsTable>;
 export type ReservationRow = Selectable<ReservationsTable>;
+export type RefusalRow = Selectable<RefusalsTable>;
 export type LotRow = Selectable<LotsTable>;
 export type AdminActionRow = Selectable<AdminActionsTable>;
 export type EventRow = Selectable<EventsTable>;

@@ -21,6 +21,7 @@ export * from './queries/pool-batch.ts';
 export * from './queries/purchases.ts';
 export * from './queries/rate-limits.ts';
 export * from './queries/reconcile.ts';
+export * from './queries/refusals.ts';
 export * from './queries/reservations.ts';
 export * from './queries/webhooks.ts';
 export * from './system-keys.ts';

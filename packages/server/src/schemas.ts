@@ -58,7 +58,9 @@ const pathIdentifier = (max: number) =>
 export const userId = pathIdentifier(200);
 export const appId = identifier(100);
 export const guildId = pathIdentifier(200);
-export const idempotencyKey = identifier(200);
+export const idempotencyKey = identifier(200).describe(
+  'Scoped to the account: repeating it answers the first result — what was posted, or a refusal (too few credits, a spending limit) recorded under it, even after a top-up — and another payload under it is a 409 IDEMPOTENCY_CONFLICT. A new attempt takes a new key',
+);
 export const description = text(500);
 export const uuid = z.uuid();
 /** Any JSON value; one instance, so the OpenAPI document can name it once. */

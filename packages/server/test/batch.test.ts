@@ -221,14 +221,27 @@ describe('internal.credits.useBatch', () => {
     expect(await ledgerSum(server.deps.db, user.id)).toBe(90);
   });
 
-  it('a key that failed for lack of credits may succeed later in the same batch', async () => {
+  it('a key refused for lack of credits is taken by its refusal, also later in the same batch', async () => {
     const user = await fundedUser(10);
     const other = newUser();
     const { results } = await internal().useBatch.mutate({
-      items: [item(user.id, 20, 'retry'), item(other.id, 1, 'retry'), item(user.id, 5, 'retry')],
+      items: [
+        item(user.id, 20, 'retry'),
+        item(other.id, 1, 'retry'),
+        item(user.id, 5, 'retry'),
+        item(user.id, 20, 'retry'),
+      ],
     });
-    expect(results.map((r) => r.ok)).toEqual([false, false, true]);
-    expect(await ledgerSum(server.deps.db, user.id)).toBe(5);
+    // The same request is its refusal again (available as it was then); another request under the key
+    // conflicts. Keys are scoped to the account, so the other user's item is refused on its own.
+    expect(results.map((r) => (r.ok ? 'ok' : r.error.reason))).toEqual([
+      'INSUFFICIENT_CREDITS',
+      'INSUFFICIENT_CREDITS',
+      'IDEMPOTENCY_CONFLICT',
+      'INSUFFICIENT_CREDITS',
+    ]);
+    expect(results[3]).toEqual(results[0]);
+    expect(await ledgerSum(server.deps.db, user.id)).toBe(10);
   });
 
   it('shares its key space with credits.use', async () => {

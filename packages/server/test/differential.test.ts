@@ -164,7 +164,7 @@ describe('single, coalesced and batch debits agree', () => {
       debit(25, 'k2'), // short of 10 → the lapsed hold is returned → ok, 15 left
       debit(20, 'k3'), // insufficient (15)
       debit(15, 'k4'), // ok, 0 left; the open hold of 20 is untouched
-      debit(20, 'k3'), // the same key, never posted: tried again, still insufficient
+      debit(20, 'k3'), // the same key, refused before: that recorded refusal again (15 available then)
       debit(1, 'k5'), // insufficient (0)
     ];
     const outcomes = await throughEveryPath(100, debits, ['single', 'coalesced', 'batch']);
@@ -178,7 +178,7 @@ describe('single, coalesced and batch debits agree', () => {
     ];
     expect(outcomes.single!.answers).toEqual([
       ...expected,
-      'INSUFFICIENT_CREDITS:0',
+      'INSUFFICIENT_CREDITS:15',
       'INSUFFICIENT_CREDITS:0',
     ]);
     expect(outcomes.coalesced!.answers).toEqual(outcomes.single!.answers);

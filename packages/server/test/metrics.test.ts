@@ -279,8 +279,10 @@ describe('spending', () => {
       'credits_debited{account=personal,app=m-batch,outcome=replay,type=usage}': 3,
       'credits_debited{account=pool,app=m-batch,outcome=ok,type=usage}': 4,
       'credits_debited{account=pool,app=m-batch,outcome=replay,type=usage}': 4,
-      'idempotent_replays{procedure=internal.credits.useBatch}': 2,
-      'insufficient_credits{app=m-batch,procedure=internal.credits.useBatch}': 2,
+      // The second call replays all three keyed answers: two debits and the refusal recorded under b2's key
+      // (a replay, not a second refusal).
+      'idempotent_replays{procedure=internal.credits.useBatch}': 3,
+      'insufficient_credits{app=m-batch,procedure=internal.credits.useBatch}': 1,
     });
   });
 });

@@ -54,7 +54,9 @@ function answerOf(settled: PromiseSettledResult<{ poolBalance: number }>): strin
   if (!(error instanceof DomainError)) throw error;
   const details = error.details as { available?: number; spent?: number } | undefined;
   const number = details?.available ?? details?.spent;
-  return number === undefined ? error.reason : `${error.reason}:${number}`;
+  // a recorded refusal answered again is marked a replay (the metrics count it as one)
+  const reason = isReplayed(error) ? `replayed ${error.reason}` : error.reason;
+  return number === undefined ? reason : `${reason}:${number}`;
 }
 
 const memberId = (guildId: string, member: string) => `${guildId}:${member}`;
@@ -218,6 +220,13 @@ async function stateOf(guildId: string) {
     .where('user_id', 'like', `${guildId}:%`)
     .orderBy('user_id')
     .execute();
+  const refusals = await db
+    .selectFrom('credits.refusals')
+    .select(['user_id', 'idempotency_key', 'request_hash', 'reason', 'details'])
+    .where('key_space', '=', 'guild')
+    .where('organization_id', '=', guildId)
+    .orderBy('idempotency_key')
+    .execute();
   const events = (
     await db
       .selectFrom('credits.events')
@@ -232,7 +241,7 @@ async function stateOf(guildId: string) {
   });
   // ids → names, everywhere (the event data name ledger entries and lots)
   const named = JSON.parse(
-    JSON.stringify({ lots, ledger, pool, holds, members, usage, events }).replace(
+    JSON.stringify({ lots, ledger, pool, holds, members, usage, refusals, events }).replace(
       /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|pool-diff-[0-9a-f-]{36}/g,
       (id) => names.get(id) ?? id,
     ),
@@ -244,6 +253,7 @@ async function stateOf(guildId: string) {
     holds: unknown[];
     members: unknown[];
     usage: unknown[];
+    refusals: { user_id: string; idempotency_key: string; reason: string; details: unknown }[];
     events: { type: string; data: Record<string, unknown> }[];
   };
 }
@@ -292,7 +302,7 @@ describe('single, batch and coalesced pool spends agree', () => {
       spend('c', 83, 'k7'), // ok, 0 left
       spend('c', 83, 'k7'), // the same key again in the same call: replay
       spend('c', 1, 'k8'), // insufficient (0)
-      spend('c', 90, 'k6'), // the refused key, never posted: tried again, still insufficient
+      spend('c', 90, 'k6'), // the refused key: its recorded refusal again (83), a replay
       spend('c', 1, undefined), // keyless, insufficient
     ];
     const outcomes = await throughEveryPath(setup, items);
@@ -311,7 +321,7 @@ describe('single, batch and coalesced pool spends agree', () => {
       'ok:0',
       'replay:0',
       'INSUFFICIENT_POOL_CREDITS:0',
-      'INSUFFICIENT_POOL_CREDITS:0',
+      'replayed INSUFFICIENT_POOL_CREDITS:83',
       'INSUFFICIENT_POOL_CREDITS:0',
     ]);
     const { state } = outcomes.single;
@@ -356,9 +366,10 @@ describe('single, batch and coalesced pool spends agree', () => {
       ],
       lapseLots: true,
     };
+    // keyless: a keyed refusal is recorded and committed with the return (the next test)
     const items = [
-      spend('c', 141, 'k1'), // 140 spendable once the hold is returned and the lot expired: insufficient
-      spend('b', 1, 'k2'), // a cap of 0
+      spend('c', 141, undefined), // 140 spendable once the hold is returned and the lot expired: insufficient
+      spend('b', 1, undefined), // a cap of 0
       spend('c', 141, undefined),
     ];
     const outcomes = await throughEveryPath(setup, items);
@@ -378,6 +389,93 @@ describe('single, batch and coalesced pool spends agree', () => {
     expect(outcomes.coalesced.answers).toEqual(outcomes.single.answers);
     expect(outcomes.batch.state).toEqual(state);
     expect(outcomes.coalesced.state).toEqual(state);
+  });
+
+  it('keyed refusals take their keys alike: recorded with the return of lapsed holds and lots, answered again in the same call, a CONFLICT for another payload', async () => {
+    const setup: PoolSetup = {
+      grants: [{ amount: 140 }, { amount: 40, expiresInHours: 1 }],
+      limits: { b: { dailyLimit: 0, monthlyLimit: null }, d: { dailyLimit: null, monthlyLimit: 5 } },
+      holds: [
+        { member: 'a', amount: 10, lapsed: false },
+        { member: 'a', amount: 5, lapsed: true },
+      ],
+      lapseLots: true,
+    };
+    const items = [
+      spend('c', 141, 'k1'), // 140 spendable once the hold is returned and the lot expired: insufficient
+      spend('b', 1, 'k2'), // a cap of 0
+      spend('d', 6, 'k3'), // monthly cap
+      spend('c', 141, 'k1'), // the refused key again: its refusal, a replay
+      spend('b', 1, 'k2', 'other'), // the refused key, another payload
+      spend('d', 6, 'k3'),
+    ];
+    const outcomes = await throughEveryPath(setup, items);
+    expect(outcomes.single.answers).toEqual([
+      'INSUFFICIENT_POOL_CREDITS:140',
+      'DAILY_LIMIT_EXCEEDED:0',
+      'MONTHLY_LIMIT_EXCEEDED:0',
+      'replayed INSUFFICIENT_POOL_CREDITS:140',
+      'IDEMPOTENCY_CONFLICT',
+      'replayed MONTHLY_LIMIT_EXCEEDED:0',
+    ]);
+    const { state } = outcomes.single;
+    // the single path commits a recorded refusal with what its transaction returned on the way
+    expect(state.ledger.map((row) => [row.type, row.amount])).toEqual([['expiry', -30]]);
+    expect(state.holds).toEqual([
+      { id: 'hold0', user_id: 'G:a', amount: 5, status: 'expired' },
+      { id: 'hold1', user_id: 'G:a', amount: 10, status: 'open' },
+    ]);
+    expect(state.refusals).toEqual([
+      expect.objectContaining({
+        user_id: 'G:c',
+        idempotency_key: 'k1',
+        reason: 'INSUFFICIENT_POOL_CREDITS',
+        details: { required: 141, available: 140 },
+      }),
+      expect.objectContaining({
+        user_id: 'G:b',
+        idempotency_key: 'k2',
+        reason: 'DAILY_LIMIT_EXCEEDED',
+        details: { limit: 0, spent: 0, requested: 1 },
+      }),
+      expect.objectContaining({
+        user_id: 'G:d',
+        idempotency_key: 'k3',
+        reason: 'MONTHLY_LIMIT_EXCEEDED',
+        details: { limit: 5, spent: 0, requested: 6 },
+      }),
+    ]);
+    expect(outcomes.batch.answers).toEqual(outcomes.single.answers);
+    expect(outcomes.coalesced.answers).toEqual(outcomes.single.answers);
+    expect(outcomes.batch.state).toEqual(state);
+    expect(outcomes.coalesced.state).toEqual(state);
+  });
+
+  it('a refusal recorded by a batch stops the late original: after a top-up the single path and the coalescer answer it again and charge nothing', async () => {
+    const { db } = server.deps;
+    const guildId = await pool({ grants: [{ amount: 50 }], limits: {}, holds: [], lapseLots: false });
+    const refused = inputOf(guildId, spend('a', 60, `late-${randomUUID()}`));
+    const [first] = await spendFromPoolTogether(db, [refused]);
+    expect(first).toMatchObject({ ok: false, error: { reason: 'INSUFFICIENT_POOL_CREDITS' } });
+    // the pool could pay now: the late original (spendFromPool writes without asking the key first) must not
+    const owner = memberId(guildId, 'owner');
+    await server.internalClient().internal.credits.grant.mutate({
+      userId: owner,
+      amount: 100,
+      reason: 'funds',
+      idempotencyKey: randomUUID(),
+    });
+    await fundPool(server.deps, owner, { guildId, amount: 100 });
+    const late = await Promise.allSettled([spendFromPool(db, refused)]);
+    expect(late.map(answerOf)).toEqual(['replayed INSUFFICIENT_POOL_CREDITS:50']);
+    const again = await Promise.allSettled([
+      coalescedPoolSpender(db)(refused),
+      coalescedPoolSpender(db)({ ...refused, amount: 1 }),
+    ]);
+    expect(again.map(answerOf)).toEqual(['replayed INSUFFICIENT_POOL_CREDITS:50', 'IDEMPOTENCY_CONFLICT']);
+    const state = await stateOf(guildId);
+    expect(state.ledger).toEqual([]);
+    expect(state.refusals).toHaveLength(1);
   });
 
   it('lot portions split across lots, keyless spends of one payload, a cap of 0 and caps reached twice in one call', async () => {

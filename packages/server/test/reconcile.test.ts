@@ -1,3 +1,5 @@
+import { debitBalance } from '@mana-credits/db';
+import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { reconcile } from '../src/domain/audit/reconcile.ts';
 import { newUser, startTestServer, type TestServer } from './helpers/server.ts';
@@ -51,6 +53,37 @@ describe('reconcile', () => {
       .set({ balance: 70 })
       .where('user_id', '=', userId)
       .execute();
+    expect((await reconcile(server.deps.db)).ok).toBe(true);
+  });
+
+  it('names a refused keyed request that was executed anyway (the late original of a refusal)', async () => {
+    const internal = server.internalClient();
+    const { id: userId } = newUser();
+    await internal.internal.credits.grant.mutate({ userId, amount: 10, reason: 'x', idempotencyKey: 'g' });
+    const call = { userId, amount: 20, appId: 'a', description: 'd', idempotencyKey: 'late' };
+    await expect(internal.internal.credits.use.mutate(call)).rejects.toMatchObject({
+      data: { reason: 'INSUFFICIENT_CREDITS' },
+    });
+    await internal.internal.credits.grant.mutate({ userId, amount: 100, reason: 'x', idempotencyKey: 'g2' });
+    expect((await reconcile(server.deps.db)).ok).toBe(true);
+    // What the refusal check exists to prevent: the late original charging the refused key, sent as an instance
+    // that does not ask credits.refusals would send it (the previous release, during a rolling deploy).
+    const refusal = await server.deps.db
+      .selectFrom('credits.refusals')
+      .selectAll()
+      .where('user_id', '=', userId)
+      .executeTakeFirstOrThrow();
+    await debitBalance(server.deps.db, { ...call, type: 'usage', requestHash: refusal.request_hash });
+    const drifted = await reconcile(server.deps.db);
+    expect(drifted.checks.filter((c) => !c.ok).map((c) => c.name)).toEqual(['no_execution_after_refusal']);
+    expect(drifted.checks.find((c) => c.name === 'no_execution_after_refusal')).toMatchObject({
+      violations: 1,
+      samples: [{ refusal_id: refusal.id, key_space: 'personal', user_id: userId, idempotency_key: 'late' }],
+    });
+    // Refusals are append-only like the ledger; only an operator removes one, by hand, as here.
+    await sql`alter table credits.refusals disable trigger refusals_immutable`.execute(server.deps.db);
+    await sql`delete from credits.refusals where id = ${refusal.id}::uuid`.execute(server.deps.db);
+    await sql`alter table credits.refusals enable trigger refusals_immutable`.execute(server.deps.db);
     expect((await reconcile(server.deps.db)).ok).toBe(true);
   });
 

@@ -14,6 +14,7 @@ export const SQL_FUNCTIONS = [
   'lots',
   'release_expired_holds',
   'release_expired_pool_holds',
+  'refusals',
   'use_batch',
   'member_spending',
   'pool_use_batch',

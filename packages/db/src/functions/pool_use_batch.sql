@@ -7,11 +7,17 @@
 -- one row per item, in input order: outcome
 --   'ok'            posted: transaction_id, available (the pool's spendable credits after it)
 --   'replay'        the key was posted before, or earlier in this batch, with the same request (its first
---                   answer); 'conflict' with another request. A key is scoped to (guild, member).
+--                   answer); 'conflict' with another request (posted or refused). A key is scoped to (guild,
+--                   member).
+--   'refused'       the key was refused before, or earlier in this batch, with the same request: that refusal
+--                   again, as reason and details (what credits.record_refusal recorded)
 --   'insufficient'  the pool does not cover it (credits.covers): available = what the pool could spend
 --   'daily_limit' / 'monthly_limit'  the member's cap (cap) would be passed; used = spent and held in the
 --                   window before it
 --   'no_pool'       the guild has no pool
+-- A keyed item refused here ('insufficient', 'daily_limit', 'monthly_limit') takes its key: it is recorded
+-- (credits.record_refusal, key space 'guild', details as refusals.ts refusalOf rebuilds them) under the pool
+-- lock, in this transaction, and reason / details say what was recorded.
 -- and, on the first item of each pool, holds_expired / credits_expired: what the lapsed-holds return and the
 -- lots expiry made on the way (for the metrics).
 --
@@ -20,18 +26,23 @@
 -- lapsed lots, as the single path does before it checks anything, read the pool and, through
 -- credits.member_spending (the one window rule), its members' caps and spending, and decide its items in
 -- input order on in-memory copies of those (PL/pgSQL arrays, O(1) per access) — undoing that return when
--- none of the pool's items is posted, as the single path's refused spend rolls it back. Then write
+-- none of the pool's items is posted and no refusal was recorded, as the single path's refused spend rolls it
+-- back unless it recorded the refusal (spendingTransaction commits a recorded refusal). Then write
 -- everything set-based: one INSERT of all guild ledger rows (each naming its lots: one burn per pool, split in
 -- input order), the member and usage counters fed by it (each counted on the UTC day of its ledger row, as
 -- every other write of them does), one UPDATE of the pools, and one INSERT of the guild.member.limit_reached
 -- events. While the pool rows are locked no other writer can post a guild ledger row or a hold for these
--- pools, so the key lookup and the spending read after locking cannot be overtaken; should the unique index
--- fire anyway, the whole call fails (nothing written, a certain failure).
-create or replace function credits.pool_use_batch(
+-- pools or record a refusal of their keys, so the key lookup (ledger rows and refusals, in a statement after
+-- the lock: this volatile function reads a fresh snapshot per statement) and the spending read after locking
+-- cannot be overtaken; should the unique index fire anyway, the whole call fails (nothing written, a certain
+-- failure).
+-- The result gained reason and details: a changed result type needs the old function dropped first.
+drop function if exists credits.pool_use_batch(text[], text[], int8[], text[], text[], jsonb[], text[], text[]);
+create function credits.pool_use_batch(
   p_guilds text[], p_users text[], p_amounts int8[], p_apps text[], p_descriptions text[], p_metadata jsonb[],
   p_keys text[], p_hashes text[])
 returns table (ord int, outcome text, transaction_id uuid, available int8, cap int8, used int8,
-               holds_expired int, credits_expired int8)
+               holds_expired int, credits_expired int8, reason text, details jsonb)
 language plpgsql as $$
 #variable_conflict use_column
 declare
@@ -44,13 +55,19 @@ declare
   v_prior_id uuid[];
   v_prior_hash text[];
   v_prior_available int8[];
+  v_refused_hash text[];
+  v_refused_reason text[];
+  v_refused_details jsonb[];
   v_outcome text[];
+  v_reason text[];
+  v_details jsonb[];
   v_tx uuid[];
   v_before int8[];
   v_available int8[];
   v_cap int8[];
   v_used int8[];
-  v_winner int[];
+  -- the item that took each first item's key in this batch (posted or refused)
+  v_taken int[];
   -- per pool, in organization_id order (v_pool points here)
   a_guild text[];
   a_exists boolean[];
@@ -75,6 +92,7 @@ declare
   v_next_expiry timestamptz;
   v_lapsed boolean;
   v_posted boolean;
+  v_recorded boolean;
   v_spending record;
   i int;
   s int;
@@ -93,7 +111,9 @@ begin
   v_available := array_fill(null::int8, array[v_count]);
   v_cap := array_fill(null::int8, array[v_count]);
   v_used := array_fill(null::int8, array[v_count]);
-  v_winner := array_fill(null::int, array[v_count]);
+  v_reason := array_fill(null::text, array[v_count]);
+  v_details := array_fill(null::jsonb, array[v_count]);
+  v_taken := array_fill(null::int, array[v_count]);
   -- v_pool / v_member: the item's pool and (pool, member); v_first: the first item of the batch with the same
   -- (guild, member, key), the scope of guild keys (GUILD_IDEMPOTENCY_INDEX)
   select array_agg(g.guild order by g.guild collate "C") into a_guild
@@ -125,13 +145,20 @@ begin
 
   perform 1 from credits.guild_pools where organization_id = any(a_guild)
     order by organization_id collate "C" for update;
-  -- the keys are looked up once the pools are locked: no spend of these pools can post one meanwhile
+  -- the keys are looked up once the pools are locked (a later statement: a fresh snapshot): no spend of these
+  -- pools can post one or record its refusal meanwhile
   select array_agg(t.id order by x.n), array_agg(t.request_hash order by x.n),
-         array_agg(coalesce(t.available_after, t.balance_after) order by x.n)
-    into v_prior_id, v_prior_hash, v_prior_available
+         array_agg(coalesce(t.available_after, t.balance_after) order by x.n),
+         array_agg(f.request_hash order by x.n), array_agg(f.reason order by x.n), array_agg(f.details order by x.n)
+    into v_prior_id, v_prior_hash, v_prior_available, v_refused_hash, v_refused_reason, v_refused_details
     from unnest(p_guilds, p_users, p_keys) with ordinality as x(guild, member, key, n)
-    left join credits.guild_transactions t
-      on t.organization_id = x.guild and t.user_id = x.member and t.idempotency_key = x.key;
+    left join lateral (select t.id, t.request_hash, t.available_after, t.balance_after
+                         from credits.guild_transactions t
+                        where t.organization_id = x.guild and t.user_id = x.member and t.idempotency_key = x.key) t
+      on true
+    left join lateral (select f.request_hash, f.reason, f.details from credits.refusals f
+                        where f.user_id = x.member and f.idempotency_key = x.key and f.key_space = 'guild'
+                          and f.organization_id = x.guild) f on true;
   -- the windows are those of credits.clock(), which dates the guild ledger rows (and so the counters)
   v_today := (credits.clock() at time zone 'utc')::date;
 
@@ -173,10 +200,13 @@ begin
       end loop;
 
       v_posted := false;
+      v_recorded := false;
       for i in 1 .. v_count loop
         continue when v_pool[i] <> s;
         m := v_member[i];
-        w := v_winner[v_first[i]];
+        w := v_taken[v_first[i]];
+        -- The replay-or-conflict rule (as withIdempotency in idempotency.ts): the key's first result — a posted
+        -- row, else a recorded refusal — answers the same request again; another request is a conflict.
         if v_prior_id[i] is not null then
           if v_prior_hash[i] is not distinct from p_hashes[i] then
             v_outcome[i] := 'replay';
@@ -185,12 +215,24 @@ begin
           else
             v_outcome[i] := 'conflict';
           end if;
+        elsif v_refused_hash[i] is not null then
+          if v_refused_hash[i] = p_hashes[i] then
+            v_outcome[i] := 'refused';
+            v_reason[i] := v_refused_reason[i];
+            v_details[i] := v_refused_details[i];
+          else
+            v_outcome[i] := 'conflict';
+          end if;
         elsif w is not null then
-          -- the same key appeared earlier in this batch and was posted there
-          if p_hashes[w] = p_hashes[i] then
+          -- the same key appeared earlier in this batch and was posted or refused there
+          if p_hashes[w] = p_hashes[i] and v_outcome[w] = 'ok' then
             v_outcome[i] := 'replay';
             v_tx[i] := v_tx[w];
             v_available[i] := v_available[w];
+          elsif p_hashes[w] = p_hashes[i] then
+            v_outcome[i] := 'refused';
+            v_reason[i] := v_reason[w];
+            v_details[i] := v_details[w];
           else
             v_outcome[i] := 'conflict';
           end if;
@@ -199,14 +241,20 @@ begin
         elsif not credits.covers(a_balance[s], a_reserved[s], a_next_expiry[s], p_amounts[i]) then
           v_outcome[i] := 'insufficient';
           v_available[i] := a_balance[s] - a_reserved[s];
+          v_reason[i] := 'INSUFFICIENT_POOL_CREDITS';
+          v_details[i] := jsonb_build_object('required', p_amounts[i], 'available', v_available[i]);
         elsif m_daily[m] is not null and m_today[m] + p_amounts[i] > m_daily[m] then
           v_outcome[i] := 'daily_limit';
           v_cap[i] := m_daily[m];
           v_used[i] := m_today[m];
+          v_reason[i] := 'DAILY_LIMIT_EXCEEDED';
+          v_details[i] := jsonb_build_object('limit', v_cap[i], 'spent', v_used[i], 'requested', p_amounts[i]);
         elsif m_monthly[m] is not null and m_month[m] + p_amounts[i] > m_monthly[m] then
           v_outcome[i] := 'monthly_limit';
           v_cap[i] := m_monthly[m];
           v_used[i] := m_month[m];
+          v_reason[i] := 'MONTHLY_LIMIT_EXCEEDED';
+          v_details[i] := jsonb_build_object('limit', v_cap[i], 'spent', v_used[i], 'requested', p_amounts[i]);
         else
           v_before[i] := a_balance[s];
           a_balance[s] := a_balance[s] - p_amounts[i];
@@ -215,7 +263,7 @@ begin
           v_outcome[i] := 'ok';
           v_tx[i] := gen_random_uuid();
           v_available[i] := a_balance[s] - a_reserved[s];
-          v_winner[v_first[i]] := i;
+          v_taken[v_first[i]] := i;
           v_posted := true;
           -- a cap used up exactly by this spend: the crossing into "nothing left" (as spendPool decides it)
           if m_daily[m] is not null and m_daily[m] <> 0 and m_today[m] = m_daily[m] then
@@ -229,8 +277,16 @@ begin
             e_used := e_used || m_month[m];
           end if;
         end if;
+        if v_outcome[i] in ('insufficient', 'daily_limit', 'monthly_limit') and p_keys[i] is not null then
+          -- the refusal takes its key, under this batch's lock of the pool
+          v_taken[v_first[i]] := i;
+          perform credits.record_refusal('guild', p_users[i], a_guild[s], p_keys[i], p_hashes[i], v_reason[i],
+                                         v_details[i]);
+          v_recorded := true;
+        end if;
       end loop;
-      if not v_posted and (a_holds[s] > 0 or a_expired[s] > 0) then
+      -- a recorded refusal is committed with what was returned on the way, as spendingTransaction commits it
+      if not v_posted and not v_recorded and (a_holds[s] > 0 or a_expired[s] > 0) then
         raise exception 'nothing posted' using errcode = 'MC001';
       end if;
     exception when sqlstate 'MC001' then
@@ -314,9 +370,10 @@ begin
   return query
     select r.n::int, r.outcome, r.id, r.available, r.cap, r.used,
            case when r.n = min(r.n) over (partition by r.pool) then a_holds[r.pool] else 0 end,
-           case when r.n = min(r.n) over (partition by r.pool) then a_expired[r.pool] else 0 end
-      from unnest(v_outcome, v_tx, v_available, v_cap, v_used, v_pool)
-           with ordinality as r(outcome, id, available, cap, used, pool, n)
+           case when r.n = min(r.n) over (partition by r.pool) then a_expired[r.pool] else 0 end,
+           r.reason, r.details
+      from unnest(v_outcome, v_tx, v_available, v_cap, v_used, v_pool, v_reason, v_details)
+           with ordinality as r(outcome, id, available, cap, used, pool, reason, details, n)
      order by r.n;
 end
 $$;

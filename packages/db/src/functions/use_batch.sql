@@ -4,17 +4,22 @@
 --
 -- The items arrive as parallel arrays, element i of each being item i; a null key = a keyless debit.
 -- Returns one row per item, in input order: outcome 'ok' (posted), 'replay' (the key was posted before, or
--- earlier in this batch, with the same request), 'conflict' (the key was posted with another request) or
--- 'insufficient'; transaction_id, available (spendable after the item; for 'insufficient', spendable
--- when refused) and holds_expired (how many lapsed holds this item's check returned, for the metrics).
+-- earlier in this batch, with the same request), 'conflict' (the key was posted or refused with another
+-- request), 'insufficient' (refused now; a keyed refusal is recorded under its key, see refusals.sql) or
+-- 'refused' (the key was refused before, or earlier in this batch, with the same request: that refusal
+-- again); transaction_id, available (spendable after the item; for 'insufficient', spendable when refused;
+-- for 'refused', what the recorded refusal said) and holds_expired (how many lapsed holds this item's check
+-- returned, for the metrics).
 --
 -- How: lock every balance row of the batch once, in user_id order (the order every multi-account writer
 -- uses, "C" collation so it never depends on locale) and post the expiry of their lapsed lots; decide each item in input order on in-memory copies of
 -- the locked balances (expanded PL/pgSQL arrays, O(1) per access); then write everything set-based: one
 -- INSERT of all ledger rows (each naming its lots: one burn per account, split in input order) with the usage upsert fed by it (each counted on the UTC day of its ledger row,
 -- as every other usage write does), one UPDATE of the balances. While the balance rows are locked
--- no other writer can post a ledger row for these users, so the key lookup made after locking cannot be
--- overtaken; should the unique index fire anyway, the whole call fails (nothing written, a certain failure).
+-- no other writer can post a ledger row or record a refusal for these users, so the key lookup made after
+-- locking (ledger rows and refusals, each statement of this volatile function reading a fresh snapshot) cannot
+-- be overtaken; should the unique index fire anyway, the whole call fails (nothing written, a certain failure).
+-- A keyed item refused here is recorded (credits.record_refusal) under these locks, in this transaction.
 -- An item whose user has too little is checked once more after returning that user's expired holds (check
 -- on access), so a lapsed hold never refuses a debit.
 -- The result gained holds_expired: a changed result type needs the old function dropped first.
@@ -33,11 +38,13 @@ declare
   v_prior_id uuid[];
   v_prior_hash text[];
   v_prior_available int8[];
+  v_refused_hash text[];
+  v_refused_available int8[];
   v_outcome text[];
   v_tx uuid[];
   v_before int8[];
   v_available int8[];
-  v_winner int[];
+  v_taken int[];
   v_expired int[];
   -- per account, in user_id order (v_slot points here)
   a_user text[];
@@ -58,7 +65,7 @@ begin
   v_tx := array_fill(null::uuid, array[v_count]);
   v_before := array_fill(null::int8, array[v_count]);
   v_available := array_fill(null::int8, array[v_count]);
-  v_winner := array_fill(null::int, array[v_count]);
+  v_taken := array_fill(null::int, array[v_count]);
   v_expired := array_fill(0, array[v_count]);
   -- v_slot: the item's account; v_first: the first item of the batch with the same (user, key)
   select array_agg(u.user_id order by u.user_id collate "C") into a_user
@@ -82,15 +89,20 @@ begin
     from unnest(a_user) with ordinality as u(user_id, n)
     left join credits.balances b on b.user_id = u.user_id;
   select array_agg(t.id order by x.n), array_agg(t.request_hash order by x.n),
-         array_agg(coalesce(t.available_after, t.balance_after) order by x.n)
-    into v_prior_id, v_prior_hash, v_prior_available
+         array_agg(coalesce(t.available_after, t.balance_after) order by x.n),
+         array_agg(f.request_hash order by x.n), array_agg((f.details->>'available')::int8 order by x.n)
+    into v_prior_id, v_prior_hash, v_prior_available, v_refused_hash, v_refused_available
     from unnest(p_users, p_keys) with ordinality as x(user_id, key, n)
     -- LATERAL: one index probe per item; a plain join may be planned as a merge join over a range of the index
     left join lateral (select t.id, t.request_hash, t.available_after, t.balance_after from credits.transactions t
-                        where t.user_id = x.user_id and t.idempotency_key = x.key) t on true;
+                        where t.user_id = x.user_id and t.idempotency_key = x.key) t on true
+    left join lateral (select f.request_hash, f.details from credits.refusals f
+                        where f.user_id = x.user_id and f.idempotency_key = x.key and f.key_space = 'personal') f on true;
 
   for i in 1 .. v_count loop
-    w := v_winner[v_first[i]];
+    w := v_taken[v_first[i]];
+    -- The replay-or-conflict rule (as withIdempotency in idempotency.ts): the key's first result — a posted
+    -- row, else a recorded refusal — answers the same request again; another request is a conflict.
     if v_prior_id[i] is not null then
       if v_prior_hash[i] is not distinct from p_hashes[i] then
         v_outcome[i] := 'replay';
@@ -99,10 +111,17 @@ begin
       else
         v_outcome[i] := 'conflict';
       end if;
+    elsif v_refused_hash[i] is not null then
+      if v_refused_hash[i] = p_hashes[i] then
+        v_outcome[i] := 'refused';
+        v_available[i] := v_refused_available[i];
+      else
+        v_outcome[i] := 'conflict';
+      end if;
     elsif w is not null then
-      -- the same key appeared earlier in this batch and was posted there
+      -- the same key appeared earlier in this batch and was posted or refused there
       if p_hashes[w] = p_hashes[i] then
-        v_outcome[i] := 'replay';
+        v_outcome[i] := case when v_outcome[w] = 'ok' then 'replay' else 'refused' end;
         v_tx[i] := v_tx[w];
         v_available[i] := v_available[w];
       else
@@ -130,10 +149,16 @@ begin
         v_outcome[i] := 'ok';
         v_tx[i] := gen_random_uuid();
         v_available[i] := a_balance[s] - a_reserved[s];
-        v_winner[v_first[i]] := i;
+        v_taken[v_first[i]] := i;
       else
         v_outcome[i] := 'insufficient';
         v_available[i] := a_balance[s] - a_reserved[s];
+        if p_keys[i] is not null then
+          -- the refusal takes its key, under this batch's row lock of the account
+          v_taken[v_first[i]] := i;
+          perform credits.record_refusal('personal', a_user[s], null, p_keys[i], p_hashes[i],
+            'INSUFFICIENT_CREDITS', jsonb_build_object('required', p_amounts[i], 'available', v_available[i]));
+        end if;
       end if;
     end if;
   end loop;

@@ -14,7 +14,11 @@ export interface BatchDebit {
 
 export type BatchOutcome =
   | { outcome: 'ok' | 'replay'; transactionId: string; available: number }
-  | { outcome: 'insufficient'; available: number }
+  /**
+   * Refused for too few credits; `replayed` when the key was refused before (or earlier in the batch) with the
+   * same request: that recorded refusal again, `available` as it said.
+   */
+  | { outcome: 'insufficient'; available: number; replayed?: true }
   | { outcome: 'conflict' };
 
 /**
@@ -29,7 +33,7 @@ export async function postUsageBatch(
   const column = <T>(pick: (debit: BatchDebit) => T) => debits.map(pick);
   const { rows } = await sql<{
     ord: number;
-    outcome: BatchOutcome['outcome'];
+    outcome: BatchOutcome['outcome'] | 'refused';
     transaction_id: string | null;
     available: number | null;
     holds_expired: number;
@@ -48,6 +52,8 @@ export async function postUsageBatch(
         return { outcome: row.outcome, transactionId: row.transaction_id!, available: row.available! };
       case 'insufficient':
         return { outcome: 'insufficient', available: row.available! };
+      case 'refused':
+        return { outcome: 'insufficient', available: row.available!, replayed: true };
       case 'conflict':
         return { outcome: 'conflict' };
       default:

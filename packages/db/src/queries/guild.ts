@@ -13,6 +13,7 @@ import {
 } from './ledger-rows.ts';
 import { expiryOfCredit, type LotCredit, lotsOfCredit } from './lots.ts';
 import { newestFirst, type Page, type PageRequest } from './pagination.ts';
+import { notRefused } from './refusals.ts';
 
 /** The unique index that makes guild idempotency atomic: (organization_id, user_id, idempotency_key). */
 export const GUILD_IDEMPOTENCY_INDEX = 'guild_transactions_idempotency_key';
@@ -167,8 +168,9 @@ export async function memberSpending(
  * Debits a pool for a member's usage in one statement: the conditional UPDATE cannot overdraw or touch held
  * credits, the guild ledger row comes from its RETURNING, and the member's day counter and usage_stats are
  * upserted. Returns null when the spendable pool is too small (nothing written). A replayed idempotency key
- * fails the statement with a unique violation on GUILD_IDEMPOTENCY_INDEX. It checks no member limit: call it
- * after lockGuildPool and that check, in the same transaction (as placePoolHold).
+ * fails the statement with a unique violation on GUILD_IDEMPOTENCY_INDEX, a key refused before on
+ * REFUSAL_KEY_INDEX. It checks no member limit: call it after lockGuildPool and that check, in the same
+ * transaction (as placePoolHold).
  */
 export async function debitGuildPool(
   trx: Transaction<Database>,
@@ -183,7 +185,11 @@ export async function debitGuildPool(
              updated_at = now()
        where organization_id = ${entry.guildId}
          and credits.covers(balance, reserved, next_lot_expiry, ${entry.amount}::int8)
-      returning organization_id, balance, reserved
+      returning organization_id, balance, reserved${notRefused(
+        entry.idempotencyKey
+          ? { space: 'guild', userId: entry.userId, organizationId: entry.guildId, key: entry.idempotencyKey }
+          : undefined,
+      )}
     ), burned as (
       select t.* from debit d
        cross join lateral credits.take_lots('guild', d.organization_id, ${entry.amount}::int8, false) t

@@ -11,6 +11,7 @@ import {
 } from './ledger-rows.ts';
 import { expiryOfCredit, type LotCredit, lotsOfCredit } from './lots.ts';
 import { newestFirst, type Page, type PageRequest } from './pagination.ts';
+import { type KeyRef, notRefused } from './refusals.ts';
 
 /** A personal ledger entry to post; `amount` is always positive, the direction says which way it moves. */
 export type LedgerEntryInput = PersonalRow;
@@ -25,12 +26,14 @@ export const LEDGER_IDEMPOTENCY_INDEX = 'transactions_user_idempotency_key';
  * UPDATE cannot overdraw or touch held credits, the ledger row is inserted from its RETURNING, and the day's
  * usage is upserted for `usage` entries. Returns null when the spendable balance is too small (nothing
  * written). A replayed idempotency key makes the whole statement fail with a unique violation on
- * LEDGER_IDEMPOTENCY_INDEX, so the debit is undone with it.
+ * LEDGER_IDEMPOTENCY_INDEX, so the debit is undone with it; `refusedUnder` (the caller's key, for a keyed
+ * call) makes it fail on REFUSAL_KEY_INDEX when that key was refused before, asked under the row lock.
  */
 export async function debitBalance(
   db: Kysely<Database>,
   entry: LedgerEntryInput,
   totals: 'spent' | 'unearned' = 'spent',
+  refusedUnder?: KeyRef,
 ): Promise<PostedEntry | null> {
   const spent = totals === 'spent' ? entry.amount : 0;
   const unearned = totals === 'unearned' ? entry.amount : 0;
@@ -45,7 +48,7 @@ export async function debitBalance(
              updated_at = now()
        where user_id = ${entry.userId}
          and credits.covers(balance, reserved, next_lot_expiry, ${entry.amount}::int8)
-      returning user_id, balance, reserved
+      returning user_id, balance, reserved${notRefused(refusedUnder)}
     ), burned as (
       select t.* from debit d cross join lateral credits.take_lots('user', d.user_id, ${entry.amount}::int8, false) t
     ), entry as (${personalLedgerRow('debit', entry, -1, 'burned')})${

@@ -18,6 +18,8 @@ export type PoolBatchOutcome =
   | { outcome: 'ok' | 'replay'; transactionId: string; available: number }
   | { outcome: 'insufficient'; available: number }
   | { outcome: 'daily_limit' | 'monthly_limit'; limit: number; used: number }
+  /** The key was refused before (or earlier in the batch) with the same request: what was recorded. */
+  | { outcome: 'refused'; reason: string; details: JsonObject }
   | { outcome: 'conflict' | 'no_pool' };
 
 /**
@@ -39,8 +41,10 @@ export async function postPoolUseBatch(
     used: number | null;
     holds_expired: number;
     credits_expired: number;
+    reason: string | null;
+    details: JsonObject | null;
   }>`
-    select ord, outcome, transaction_id, available, cap, used, holds_expired, credits_expired
+    select ord, outcome, transaction_id, available, cap, used, holds_expired, credits_expired, reason, details
       from credits.pool_use_batch(
         ${column((d) => d.guildId)}::text[], ${column((d) => d.userId)}::text[],
         ${column((d) => d.amount)}::int8[], ${column((d) => d.appId)}::text[],
@@ -59,6 +63,8 @@ export async function postPoolUseBatch(
       case 'daily_limit':
       case 'monthly_limit':
         return { outcome: row.outcome, limit: row.cap!, used: row.used! };
+      case 'refused':
+        return { outcome: 'refused', reason: row.reason!, details: row.details ?? {} };
       case 'conflict':
       case 'no_pool':
         return { outcome: row.outcome };

@@ -106,6 +106,29 @@ const CHECKS: CheckDefinition[] = [
        where idempotency_key is not null group by organization_id, user_id, idempotency_key having count(*) > 1`,
   },
   {
+    // Refusals move no money; this is what recording them is for: the late original of a refused call (an
+    // attempt paused on another instance) must not execute after its caller was told it was refused.
+    name: 'no_execution_after_refusal',
+    description: 'per refused keyed request: no row posted or hold placed under its key for the same request',
+    query: sql`
+      select f.id as refusal_id, f.key_space, f.user_id, f.organization_id, f.idempotency_key
+        from credits.refusals f
+       where case f.key_space
+               when 'personal' then exists (
+                 select 1 from credits.transactions t
+                  where t.user_id = f.user_id and t.idempotency_key = f.idempotency_key
+                    and t.request_hash = f.request_hash)
+               when 'guild' then exists (
+                 select 1 from credits.guild_transactions t
+                  where t.organization_id = f.organization_id and t.user_id = f.user_id
+                    and t.idempotency_key = f.idempotency_key and t.request_hash = f.request_hash)
+               else exists (
+                 select 1 from credits.reservations r
+                  where r.user_id = f.user_id and r.idempotency_key = f.idempotency_key
+                    and r.request_hash = f.request_hash)
+             end`,
+  },
+  {
     name: 'refunds_within_usage',
     description: 'per usage row: Σ refunds <= the amount spent',
     query: sql`

@@ -2,6 +2,7 @@ import { type Kysely, type RawBuilder, sql, type Transaction } from 'kysely';
 import type { Database, JsonObject, ReservationRow } from '../database.ts';
 import { systemKeys } from '../system-keys.ts';
 import { guildLedgerRow, memberCounter, personalLedgerRow, usageCounter } from './ledger-rows.ts';
+import { type KeyRef, notRefused } from './refusals.ts';
 
 export const RESERVATION_IDEMPOTENCY_INDEX = 'reservations_user_idempotency_key';
 
@@ -30,7 +31,8 @@ export interface PlacedHold {
  * balance, or the guild pool when `guildId` is set — only while it covers the amount (credits.covers), the
  * lots it will consume are pinned in burn order (credits.take_lots, i.e. credits.burn_lots for one account), and the reservation row, naming them, is
  * inserted from its RETURNING. Returns null when the account does not cover it (nothing
- * written). A replayed key fails the insert on RESERVATION_IDEMPOTENCY_INDEX, which undoes the hold with it.
+ * written). A replayed key fails the insert on RESERVATION_IDEMPOTENCY_INDEX, which undoes the hold with it;
+ * a key refused before fails it on REFUSAL_KEY_INDEX (asked under the account's row lock).
  * Expiry is computed by the database clock, the one clock every instance shares. A pool hold runs after
  * lockGuildPool and the member's limit check, in the same transaction (placePoolHold).
  */
@@ -38,7 +40,8 @@ export async function placeHold(
   db: Kysely<Database>,
   hold: HoldInput & { guildId?: string | undefined },
 ): Promise<PlacedHold | null> {
-  const [table, key, id, kind] =
+  const key: KeyRef = { space: 'hold', userId: hold.userId, organizationId: null, key: hold.idempotencyKey };
+  const [table, column, id, kind] =
     hold.guildId === undefined
       ? (['credits.balances', 'user_id', hold.userId, 'user'] as const)
       : (['credits.guild_pools', 'organization_id', hold.guildId, 'guild'] as const);
@@ -46,8 +49,8 @@ export async function placeHold(
     with hold as (
       update ${sql.table(table)}
          set reserved = reserved + ${hold.amount}::int8, version = version + 1, updated_at = now()
-       where ${sql.ref(key)} = ${id} and credits.covers(balance, reserved, next_lot_expiry, ${hold.amount}::int8)
-      returning ${sql.ref(key)} as account_id, balance - reserved as available
+       where ${sql.ref(column)} = ${id} and credits.covers(balance, reserved, next_lot_expiry, ${hold.amount}::int8)
+      returning ${sql.ref(column)} as account_id, balance - reserved as available${notRefused(key)}
     ), pinned as (
       select h.available, t.* from hold h
        cross join lateral credits.take_lots(${kind}, h.account_id, ${hold.amount}::int8, true) t

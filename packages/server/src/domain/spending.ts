@@ -1,42 +1,78 @@
 import {
   type Database,
+  ensureBalance,
   expireLots,
   getBalance,
   type LotAccountKind,
+  lockBalance,
   lockGuildPool,
   releaseExpiredHolds,
   releaseExpiredPoolHolds,
 } from '@mana-credits/db';
 import type { Kysely, Transaction } from 'kysely';
 import { effects } from './effects.ts';
-import { InsufficientCreditsError } from './errors.ts';
+import { InsufficientCreditsError, PreconditionFailedError } from './errors.ts';
 import { emitEvent } from './events/emit.ts';
-import { assertWithinMemberLimits, poolNotFound } from './guild/limits.ts';
+import { assertWithinMemberLimits, type LimitsAfter, poolNotFound } from './guild/limits.ts';
+import { type KeyClaim, refusedUnderKey, spendingTransaction } from './refusals.ts';
 
 // The refusal of a spend that finds too little, written once for every path that takes credits out of an
 // account or holds them. The rule itself (never below zero, never into held credits) is the SQL function
 // credits.covers, asked by each conditional statement under the account's row lock; what is decided here is
 // what happens when it says no: a hold whose time is up never refuses a spend (its credits are returned on
 // access, before any sweep), a lot whose time is up is expired first (so no spend counts an expired credit),
-// and otherwise the caller gets INSUFFICIENT_CREDITS with what is spendable. credits.use_batch (coalesced and
-// batch debits) makes the same moves in PL/pgSQL, and credits.pool_use_batch (coalesced pool spends) those of
+// and otherwise the caller gets INSUFFICIENT_CREDITS with what is spendable. A keyed refusal (the spend's
+// `claim`) is decided under the account's row lock and recorded under its key in that transaction (see
+// refusals.ts), so no late attempt with the key can charge afterwards. credits.use_batch (coalesced and batch
+// debits) makes the same moves in PL/pgSQL, and credits.pool_use_batch (coalesced pool spends) those of
 // spendPool.
 
 /**
  * Spends from a personal balance: `write` is a conditional statement (debitBalance, placeHold) that writes
- * nothing and answers null when the balance does not cover it (or one of its lots has lapsed). Then the
- * user's lapsed holds are returned, lapsed lots expired, and `write` is tried once more; still null →
- * InsufficientCreditsError. Inside a transaction, pass it as `db`.
+ * nothing and answers null when the balance does not cover it (or one of its lots has lapsed); it runs on the
+ * executor it is given. Then the user's lapsed holds are returned, lapsed lots expired, and `write` is tried
+ * once more; still null → InsufficientCreditsError. A keyed spend (`claim`) makes that second try under the
+ * balance row lock and records its refusal there: in its own spendingTransaction, or in the caller's (pass a
+ * spendingTransaction's `trx` as `db`).
  */
 export async function spendPersonal<T>(
   db: Kysely<Database>,
-  spend: { userId: string; amount: number },
-  write: () => Promise<T | null>,
+  spend: { userId: string; amount: number; claim?: KeyClaim | undefined },
+  write: (db: Kysely<Database>) => Promise<T | null>,
 ): Promise<T> {
-  const posted = (await write()) ?? ((await returnLapsed(db, spend.userId)) ? await write() : null);
+  const posted = await write(db);
   if (posted) return posted;
+  if (spend.claim) {
+    return db.isTransaction
+      ? refuseUnderLock(db, spend, write)
+      : spendingTransaction(db, (trx) => refuseUnderLock(trx, spend, write));
+  }
+  const again = (await returnLapsed(db, spend.userId)) ? await write(db) : null;
+  if (again) return again;
   const { balance } = await getBalance(db, spend.userId);
   throw new InsufficientCreditsError(spend.amount, balance);
+}
+
+/**
+ * The refusal path of a keyed personal spend, in a spendingTransaction: locks the balance row (made, empty, if
+ * the user has none, so that there is a row whose lock orders the refusal against any late debit), returns
+ * lapsed holds and lots, tries `write` once more and, still short, records the refusal under the key.
+ */
+async function refuseUnderLock<T>(
+  trx: Kysely<Database>,
+  spend: { userId: string; amount: number; claim?: KeyClaim | undefined },
+  write: (db: Kysely<Database>) => Promise<T | null>,
+): Promise<T> {
+  const locked = trx as Transaction<Database>;
+  if (!(await lockBalance(locked, spend.userId))) {
+    await ensureBalance(trx, spend.userId);
+    await lockBalance(locked, spend.userId);
+  }
+  await returnLapsed(trx, spend.userId);
+  const posted = await write(trx);
+  if (posted) return posted;
+  const { balance } = await getBalance(trx, spend.userId);
+  throw await refusedUnderKey(trx, spend.claim, new InsufficientCreditsError(spend.amount, balance));
 }
 
 /** Returns a user's lapsed holds and expires their lapsed lots; says whether anything changed. */
@@ -71,19 +107,19 @@ export async function returnExpiredHolds(db: Kysely<Database>, userId: string): 
 }
 
 /**
- * Spends from a guild pool for a member, in the caller's transaction (run it through inTransaction so the
- * expired holds are reported after the commit): locks the pool first (the first lock of such a transaction),
- * returns its expired holds so they neither block the pool nor count against limits any longer, expires its
- * lapsed lots, checks that
- * the pool covers `amount` and that the member's daily and monthly limits allow it — all under the lock —
- * then runs `write` (debitGuildPool, placePoolHold), which cannot miss under that lock.
+ * Spends from a guild pool for a member, in the caller's transaction (run it through spendingTransaction so
+ * the expired holds are reported after the commit and a keyed refusal is kept): locks the pool first (the
+ * first lock of such a transaction), returns its expired holds so they neither block the pool nor count
+ * against limits any longer, expires its lapsed lots, checks that the pool covers `amount` and that the
+ * member's daily and monthly limits allow it — all under the lock, where a keyed refusal is recorded under
+ * its key (`claim`) — then runs `write` (debitGuildPool, placePoolHold), which cannot miss under that lock.
  */
 export async function spendPool<T>(
   trx: Transaction<Database>,
-  spend: { guildId: string; userId: string; amount: number },
+  spend: { guildId: string; userId: string; amount: number; claim?: KeyClaim | undefined },
   write: () => Promise<T | null>,
 ): Promise<T> {
-  const { guildId, userId, amount } = spend;
+  const { guildId, userId, amount, claim } = spend;
   let pool = await lockGuildPool(trx, guildId, amount);
   if (!pool) throw poolNotFound();
   const expired = pool.reserved > 0 ? await releaseExpiredPoolHolds(trx, guildId) : 0;
@@ -94,9 +130,21 @@ export async function spendPool<T>(
     if (!pool) throw poolNotFound();
   }
   if (!pool.covers) {
-    throw new InsufficientCreditsError(amount, pool.balance - pool.reserved, 'INSUFFICIENT_POOL_CREDITS');
+    const short = new InsufficientCreditsError(
+      amount,
+      pool.balance - pool.reserved,
+      'INSUFFICIENT_POOL_CREDITS',
+    );
+    throw await refusedUnderKey(trx, claim, short);
   }
-  const limits = await assertWithinMemberLimits(trx, guildId, userId, amount);
+  let limits: LimitsAfter;
+  try {
+    limits = await assertWithinMemberLimits(trx, guildId, userId, amount);
+  } catch (error) {
+    // A member limit refuses like an empty pool: the same kind of decline, recorded the same way.
+    if (error instanceof PreconditionFailedError) throw await refusedUnderKey(trx, claim, error);
+    throw error;
+  }
   const posted = await write();
   // The row is locked and was checked above; a miss here would be a bug, not a race.
   if (!posted) throw new Error('pool write found no spendable credits under its own lock');

@@ -24,6 +24,8 @@ export interface Tally {
   reservation?: ReservationEvent;
   /** Items of a batch answered with their stored first result: counted as replays. */
   replayedItems?: Movement[];
+  /** Items of a batch answered with the refusal recorded under their key: replays that moved nothing. */
+  replayedRefusals?: number;
   /** Items of a batch refused for lack of credits, by the app each named. */
   shortItems?: (string | undefined)[];
 }
@@ -110,10 +112,12 @@ function batchItems({ input, result }: MoneyCall): Tally {
   const tally = {
     movements: [] as Movement[],
     replayedItems: [] as Movement[],
+    replayedRefusals: 0,
     shortItems: [] as (string | undefined)[],
   };
   results.forEach((item: unknown, index) => {
-    if (isReplayed(item)) tally.replayedItems.push(usage(items[index]));
+    if (isReplayed(item) && field(item, 'ok') === true) tally.replayedItems.push(usage(items[index]));
+    else if (isReplayed(item)) tally.replayedRefusals++;
     else if (field(item, 'ok') === true) tally.movements.push(usage(items[index]));
     else if (SHORT_OF_CREDITS.has(textOf(field(item, 'error'), 'reason') ?? '')) {
       tally.shortItems.push(textOf(items[index], 'appId'));
@@ -243,7 +247,9 @@ export async function recordProcedureCall(ctx: Context, call: ProcedureCall): Pr
     const procedure = MONEY_PROCEDURES[path];
     if (!outcome.ok) {
       const cause = outcome.error.cause;
-      if (cause instanceof DomainError && cause.kind === 'payment_required') {
+      // A refusal recorded under the key, answered again: a replay (it moved nothing, as the first time).
+      if (isReplayed(cause)) metrics.idempotentReplays.inc({ procedure: path });
+      else if (cause instanceof DomainError && cause.kind === 'payment_required') {
         const input = await call.getRawInput();
         const app = textOf(input, 'appId') ?? serviceAppId;
         metrics.insufficientCredits.inc({ procedure: path, app: metrics.appLabel(app) });
@@ -266,6 +272,7 @@ export async function recordProcedureCall(ctx: Context, call: ProcedureCall): Pr
       metrics.idempotentReplays.inc({ procedure: path }, tally.replayedItems.length);
       for (const movement of tally.replayedItems) metrics.moved(movement, 'replay');
     }
+    if (tally.replayedRefusals) metrics.idempotentReplays.inc({ procedure: path }, tally.replayedRefusals);
     for (const app of tally.shortItems ?? []) {
       metrics.insufficientCredits.inc({ procedure: path, app: metrics.appLabel(app) });
     }

@@ -1,15 +1,24 @@
 import { connect, createServer, type Server, type Socket } from 'node:net';
 
+interface Connection {
+  client: Socket;
+  upstream: Socket;
+  /** What the client sent while requests were held, in order. */
+  held: Buffer[];
+}
+
 /**
  * A TCP proxy between the server and Postgres that cuts connections on command: the fault that leaves an
  * outcome unknown. `cutResponses(p)` closes a connection, with probability p, at the moment Postgres starts
  * to answer a request — after it executed (and for an implicit transaction, committed) it, before the
- * client has heard the answer. `cutAll()` drops every open connection at once. Used by the test suite and
- * by `pnpm chaos`.
+ * client has heard the answer. `cutAll()` drops every open connection at once. `holdRequests()` keeps what
+ * the server sends from reaching Postgres until `releaseRequests()`: a statement in flight on a paused
+ * instance, which arrives late. Used by the test suite and by `pnpm chaos`.
  */
 export class TcpFaultProxy {
-  private readonly connections = new Set<{ client: Socket; upstream: Socket }>();
+  private readonly connections = new Set<Connection>();
   private cutProbability = 0;
+  private holding = false;
   /** Connections cut so far (by either method). */
   cuts = 0;
 
@@ -49,8 +58,27 @@ export class TcpFaultProxy {
     for (const connection of this.connections) this.cut(connection);
   }
 
+  /** From now on the server's requests wait in the proxy (nothing reaches Postgres) until releaseRequests. */
+  holdRequests(): void {
+    this.holding = true;
+  }
+
+  /** Everything held so far, as the server sent it (to wait until a given statement is in flight). */
+  heldBytes(): Buffer {
+    return Buffer.concat([...this.connections].flatMap((connection) => connection.held));
+  }
+
+  /** Sends what was held on to Postgres, in order, and forwards everything again. */
+  releaseRequests(): void {
+    this.holding = false;
+    for (const connection of this.connections) {
+      for (const chunk of connection.held.splice(0)) connection.upstream.write(chunk);
+    }
+  }
+
   async close(): Promise<void> {
     this.cutProbability = 0;
+    this.holding = false;
     this.cutAll();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
@@ -60,15 +88,16 @@ export class TcpFaultProxy {
     // Relay each chunk at once: Nagle's algorithm with delayed ACKs would add ~40 ms to small round trips.
     client.setNoDelay(true);
     upstream.setNoDelay(true);
-    const connection = { client, upstream };
+    const connection: Connection = { client, upstream, held: [] };
     this.connections.add(connection);
     // The first client message is the start-up packet; answers count once the connection asked a query.
     let requests = 0;
     let answering = false;
-    client.on('data', (chunk) => {
+    client.on('data', (chunk: Buffer) => {
       requests++;
       answering = false;
-      upstream.write(chunk);
+      if (this.holding) connection.held.push(chunk);
+      else upstream.write(chunk);
     });
     upstream.on('data', (chunk) => {
       if (requests > 1 && !answering && this.cutProbability > 0 && this.random() < this.cutProbability) {
@@ -89,7 +118,7 @@ export class TcpFaultProxy {
     upstream.on('error', end);
   }
 
-  private cut(connection: { client: Socket; upstream: Socket }): void {
+  private cut(connection: Connection): void {
     if (!this.connections.delete(connection)) return;
     this.cuts++;
     connection.client.destroy();

@@ -84,12 +84,15 @@ function toItemResult(debit: BatchDebit, outcome: BatchOutcome): BatchItemResult
       // A replayed item is counted by the metrics as a replay, not as credits spent again.
       return outcome.outcome === 'replay' ? markReplayed(applied) : applied;
     }
-    case 'insufficient':
-      return failed(
+    case 'insufficient': {
+      const refused = failed(
         key,
         'INSUFFICIENT_CREDITS',
         `Insufficient credits: ${debit.amount} required, ${outcome.available} available`,
       );
+      // The key's recorded refusal answered again: a replay, which moved nothing.
+      return outcome.replayed ? markReplayed(refused) : refused;
+    }
     case 'conflict':
       return failed(
         key,
@@ -181,7 +184,8 @@ export async function useCreditsBatch(
       // A refusal fails this item alone. Anything else fails the call — an unknown outcome (perhaps applied)
       // as OUTCOME_UNKNOWN — which is safe to retry as a whole: every item is keyed, so applied ones replay.
       if (!(error instanceof DomainError) || !certainlyNotCommitted(error)) throw certainOrUnknown(error);
-      results[index] = failed(use.idempotencyKey, error.reason, error.message);
+      const refused = failed(use.idempotencyKey, error.reason, error.message);
+      results[index] = isReplayed(error) ? markReplayed(refused) : refused;
     }
   }
   return { results };

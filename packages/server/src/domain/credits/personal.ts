@@ -67,15 +67,23 @@ export function usageFields(
   };
 }
 
-/** Spends personal credits: one statement, idempotent by (user, key). */
+/**
+ * Spends personal credits: one statement, idempotent by (user, key); a keyed refusal is recorded under the
+ * key (see spendPersonal), so a replay, or the late original of a retried call, answers it again.
+ */
 export async function spendCredits(db: Kysely<Database>, input: SpendInput): Promise<MovementResult> {
   const hash = usageRequestHash(input);
   return withIdempotency(
     ledgerKeys(db, input.userId),
     { key: input.idempotencyKey, hash },
-    async () => {
-      const posted = await spendPersonal(db, input, () =>
-        debitBalance(db, { userId: input.userId, type: 'usage', ...usageFields(input, hash) }),
+    async (claim) => {
+      const posted = await spendPersonal(db, { ...input, claim }, (executor) =>
+        debitBalance(
+          executor,
+          { userId: input.userId, type: 'usage', ...usageFields(input, hash) },
+          'spent',
+          claim,
+        ),
       );
       return toPostedMovementResult(posted);
     },

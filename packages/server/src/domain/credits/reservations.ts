@@ -20,12 +20,13 @@ import {
   releaseHold,
 } from '@mana-credits/db';
 import type { Kysely, Transaction } from 'kysely';
-import { effects, inTransaction } from '../effects.ts';
+import { effects } from '../effects.ts';
 import { ConflictError, IdempotencyConflictError, InvalidRequestError, NotFoundError } from '../errors.ts';
 import { poolNotFound } from '../guild/limits.ts';
 import { requireRole } from '../guild/membership.ts';
 import type { GuildDeps } from '../guild/pools.ts';
 import { markReplayed, requestHash, reservationKeys, withIdempotency } from '../idempotency.ts';
+import { type KeyClaim, spendingTransaction } from '../refusals.ts';
 import { expireAccountLots, spendPersonal, spendPool } from '../spending.ts';
 import {
   type CommitResult,
@@ -56,7 +57,8 @@ export interface ReserveInput {
  * When the spendable balance is short, the user's expired holds are returned first (check on access).
  * With a guildId the hold is on the pool (see holdPoolCredits). Keys share the user's reservation key space;
  * the guild is part of the fingerprint, so the same key for another pool (or for a personal hold) is a
- * CONFLICT. A replay is answered from the first hold even when the account or a limit would refuse it now.
+ * CONFLICT. A replay is answered from the first hold even when the account or a limit would refuse it now;
+ * a refusal (too few credits, a member limit) is recorded under the key and answered again the same way.
  */
 export async function reserveCredits(deps: GuildDeps, input: ReserveInput): Promise<ReserveResult> {
   const { db } = deps;
@@ -79,19 +81,23 @@ export async function reserveCredits(deps: GuildDeps, input: ReserveInput): Prom
   return withIdempotency(
     reservationKeys(db, input.userId),
     { key: input.idempotencyKey, hash },
-    async () => {
+    async (claim) => {
       const placed =
         guildId === undefined
-          ? await holdPersonalCredits(db, hold)
-          : await holdPoolCredits(db, { ...hold, guildId });
+          ? await holdPersonalCredits(db, hold, claim)
+          : await holdPoolCredits(db, { ...hold, guildId }, claim);
       return toPlacedHoldResult(placed);
     },
     toReserveResult,
   );
 }
 
-async function holdPersonalCredits(db: Kysely<Database>, hold: HoldInput): Promise<PlacedHold> {
-  return spendPersonal(db, hold, () => placeHold(db, hold));
+async function holdPersonalCredits(
+  db: Kysely<Database>,
+  hold: HoldInput,
+  claim: KeyClaim | undefined,
+): Promise<PlacedHold> {
+  return spendPersonal(db, { ...hold, claim }, (executor) => placeHold(executor, hold));
 }
 
 /**
@@ -103,8 +109,9 @@ async function holdPersonalCredits(db: Kysely<Database>, hold: HoldInput): Promi
 async function holdPoolCredits(
   db: Kysely<Database>,
   hold: HoldInput & { guildId: string },
+  claim: KeyClaim | undefined,
 ): Promise<PlacedHold> {
-  return inTransaction(db, (trx) => spendPool(trx, hold, () => placePoolHold(trx, hold)));
+  return spendingTransaction(db, (trx) => spendPool(trx, { ...hold, claim }, () => placePoolHold(trx, hold)));
 }
 
 export interface CommitInput {

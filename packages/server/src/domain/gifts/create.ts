@@ -10,9 +10,9 @@ import {
   systemKeys,
 } from '@mana-credits/db';
 import type { Kysely } from 'kysely';
-import { inTransaction } from '../effects.ts';
 import { InvalidRequestError } from '../errors.ts';
 import { ledgerKeys, markReplayed, requestHash, withIdempotency } from '../idempotency.ts';
+import { spendingTransaction } from '../refusals.ts';
 import { spendPersonal } from '../spending.ts';
 import { generateGiftCode, giftShortUrl } from './codes.ts';
 import { type CreatedGift, toCreatedGift } from './mappers.ts';
@@ -86,19 +86,24 @@ export async function createGift(
   const outcome = await withIdempotency<{ created: GiftRow } | { replayOf: string }, LedgerRow>(
     ledgerKeys(db, creator.id),
     { key, hash },
-    () =>
-      inTransaction(db, async (trx) => {
+    (claim) =>
+      spendingTransaction(db, async (trx) => {
         const giftId = randomUUID();
-        const funding = await spendPersonal(trx, { userId: creator.id, amount: escrow }, () =>
-          debitBalance(trx, {
-            userId: creator.id,
-            type: 'gift',
-            amount: escrow,
-            description: `Gift created (${input.type})`,
-            metadata: { giftId },
-            idempotencyKey: key ?? systemKeys.giftEscrow(giftId),
-            requestHash: key ? hash : null,
-          }),
+        const funding = await spendPersonal(trx, { userId: creator.id, amount: escrow, claim }, (executor) =>
+          debitBalance(
+            executor,
+            {
+              userId: creator.id,
+              type: 'gift',
+              amount: escrow,
+              description: `Gift created (${input.type})`,
+              metadata: { giftId },
+              idempotencyKey: key ?? systemKeys.giftEscrow(giftId),
+              requestHash: key ? hash : null,
+            },
+            'spent',
+            claim,
+          ),
         );
         for (let attempt = 0; attempt < CODE_ATTEMPTS; attempt++) {
           const code = generateGiftCode();

@@ -45,6 +45,21 @@ export async function assertWithinMemberLimits(
   };
 }
 
+export type LimitReason = 'DAILY_LIMIT_EXCEEDED' | 'MONTHLY_LIMIT_EXCEEDED';
+
+/** The refusal of a member limit (also rebuilt from a recorded refusal, so a replay says the same). */
+export function limitExceeded(
+  reason: LimitReason,
+  details: { limit: number; spent: number; requested: number },
+): PreconditionFailedError {
+  const [window, spent] = reason === 'DAILY_LIMIT_EXCEEDED' ? ['daily', 'today'] : ['monthly', 'this month'];
+  return new PreconditionFailedError(
+    `Your ${window} limit in this guild is ${details.limit} credits (${details.spent} spent or held ${spent})`,
+    reason,
+    details,
+  );
+}
+
 /**
  * The refusal of a pool spend or hold that would take a member past a cap: `used` is what they spent and hold
  * in the window before it. The single path (assertWithinMemberLimits) and coalesced pool spends
@@ -56,17 +71,11 @@ export function memberLimitExceeded(
   used: number,
   amount: number,
 ): PreconditionFailedError {
-  return window === 'daily'
-    ? new PreconditionFailedError(
-        `Your daily limit in this guild is ${limit} credits (${used} spent or held today)`,
-        'DAILY_LIMIT_EXCEEDED',
-        { limit, spent: used, requested: amount },
-      )
-    : new PreconditionFailedError(
-        `Your monthly limit in this guild is ${limit} credits (${used} spent or held this month)`,
-        'MONTHLY_LIMIT_EXCEEDED',
-        { limit, spent: used, requested: amount },
-      );
+  return limitExceeded(window === 'daily' ? 'DAILY_LIMIT_EXCEEDED' : 'MONTHLY_LIMIT_EXCEEDED', {
+    limit,
+    spent: used,
+    requested: amount,
+  });
 }
 
 /** What a member's windows will hold once the spend or hold that passed the check is made (null = no cap). */

@@ -4,6 +4,7 @@ import { effects } from '../effects.ts';
 import { IdempotencyConflictError, InsufficientCreditsError } from '../errors.ts';
 import { markReplayed } from '../idempotency.ts';
 import { type ItemOutcome, LaneCoalescer } from '../lane-coalescer.ts';
+import { refusalOf } from '../refusals.ts';
 import { memberLimitExceeded, poolNotFound } from './limits.ts';
 import type { PoolUseResult } from './mappers.ts';
 import { type PoolSpender, type PoolUseInput, poolUseRequestHash, spendFromPool } from './pools.ts';
@@ -53,7 +54,10 @@ export async function spendFromPoolTogether(
   return outcomes.map((outcome, index) => answerOf(outcome, inputs[index]!));
 }
 
-/** What the single path would have answered: every refusal is final (the batch returned lapsed holds first). */
+/**
+ * What the single path would have answered: every refusal is final (the batch returned lapsed holds first),
+ * and a keyed one was recorded under its key by the batch.
+ */
 function answerOf(outcome: PoolBatchOutcome, input: PoolUseInput): ItemOutcome<PoolUseResult> {
   switch (outcome.outcome) {
     case 'ok':
@@ -83,5 +87,8 @@ function answerOf(outcome: PoolBatchOutcome, input: PoolUseInput): ItemOutcome<P
       };
     case 'no_pool':
       return { ok: false, error: poolNotFound() };
+    case 'refused':
+      // the key's recorded refusal, answered again (withIdempotency answers it so on the single path)
+      return { ok: false, error: markReplayed(refusalOf(outcome)) };
   }
 }

@@ -17,9 +17,9 @@ import type { Kysely } from 'kysely';
 import { MAX_CREDITS } from '../credits/balance-limit.ts';
 import { lotsOf } from '../credits/lots.ts';
 import { usageFields } from '../credits/personal.ts';
-import { inTransaction } from '../effects.ts';
 import { InvalidCursorError, PreconditionFailedError } from '../errors.ts';
 import { guildKeys, isReplayed, markReplayed, requestHash, withIdempotency } from '../idempotency.ts';
+import { spendingTransaction } from '../refusals.ts';
 import { spendPersonal, spendPool } from '../spending.ts';
 import { poolNotFound } from './limits.ts';
 import {
@@ -83,7 +83,9 @@ export interface FundInput {
  * An owner or admin moves personal credits into the pool: personal debit (ledger `guild_funding`) and pool
  * credit (guild ledger `funding`) in one transaction. Locks: the funder's balance row first, then the pool
  * row — the fixed order for every transaction that touches both. The two ledger rows name each other in
- * their metadata, so a replay can answer both balances as they were.
+ * their metadata, so a replay can answer both balances as they were. A keyed refusal (too few personal
+ * credits) is recorded under the guild key, under the funder's balance row lock, which a late funding with
+ * that key takes before it checks the key.
  */
 export async function fundPool(deps: GuildDeps, actorId: string, input: FundInput) {
   await requireRole(deps.membership, input.guildId, actorId, MANAGERS);
@@ -92,20 +94,28 @@ export async function fundPool(deps: GuildDeps, actorId: string, input: FundInpu
   return withIdempotency(
     guildKeys(db, input.guildId, actorId),
     { key: input.idempotencyKey, hash },
-    () =>
-      inTransaction(db, async (trx) => {
+    (claim) =>
+      spendingTransaction(db, async (trx) => {
         // Pools are never deleted, so an unlocked look is enough to refuse early.
         if (!(await findGuildPool(trx, input.guildId))) throw poolNotFound();
         const guildTransactionId = randomUUID();
-        const personal = await spendPersonal(trx, { userId: actorId, amount: input.amount }, () =>
-          debitBalance(trx, {
-            userId: actorId,
-            type: 'guild_funding',
-            amount: input.amount,
-            description: 'Guild pool funding',
-            metadata: { guildTransactionId },
-            guildId: input.guildId,
-          }),
+        const personal = await spendPersonal(
+          trx,
+          { userId: actorId, amount: input.amount, claim },
+          (executor) =>
+            debitBalance(
+              executor,
+              {
+                userId: actorId,
+                type: 'guild_funding',
+                amount: input.amount,
+                description: 'Guild pool funding',
+                metadata: { guildTransactionId },
+                guildId: input.guildId,
+              },
+              'spent',
+              claim,
+            ),
         );
         // The pool gets the funder's credits as they were: one lot per lot portion the debit took, with its
         // expiry, category and priority (moving never makes credits last longer or count as paid).
@@ -177,16 +187,17 @@ export function poolUseRequestHash(
  * One pool spend on its own (the single path; the caller checked membership). Everything happens after the
  * pool row is locked, in one transaction: pool balance, daily and monthly limits are checked, then the
  * debit, the guild ledger row, the member's day counter and usage_stats are written in one statement. The key
- * is scoped to (guild, member). credits.pool_use_batch makes the same moves for coalesced spends.
+ * is scoped to (guild, member); a keyed refusal (pool short, member limit) is recorded under it, under the pool
+ * lock. credits.pool_use_batch makes the same moves for coalesced spends.
  */
 export async function spendFromPool(db: Kysely<Database>, input: PoolUseInput): Promise<PoolUseResult> {
   const hash = poolUseRequestHash(input);
   return withIdempotency(
     guildKeys(db, input.guildId, input.userId),
     { key: input.idempotencyKey, hash },
-    () =>
-      inTransaction(db, async (trx) => {
-        const posted = await spendPool(trx, input, () =>
+    (claim) =>
+      spendingTransaction(db, async (trx) => {
+        const posted = await spendPool(trx, { ...input, claim }, () =>
           debitGuildPool(trx, {
             guildId: input.guildId,
             userId: input.userId,

@@ -18,11 +18,11 @@ const ref = (id: string) => `#/components/schemas/${id}`;
 const ERROR_DESCRIPTIONS: Record<number, string> = {
   400: 'Invalid input: reason VALIDATION, details.issues names each field',
   401: 'Missing or invalid credentials',
-  402: 'Insufficient credits: reason INSUFFICIENT_CREDITS, details { required, available }',
+  402: 'Insufficient credits: reason INSUFFICIENT_CREDITS (INSUFFICIENT_POOL_CREDITS for a pool), details { required, available }. With an idempotency key the refusal is recorded under it: the same key answers this refusal again, even after a top-up (a new attempt takes a new key)',
   403: 'Not allowed',
   404: 'Not found',
   409: 'The idempotency key was used with another payload (IDEMPOTENCY_CONFLICT), or another conflict',
-  412: 'A precondition failed, e.g. a spending limit',
+  412: 'A precondition failed, e.g. a spending limit (recorded under the idempotency key like a 402)',
   429: 'Too many requests',
   503: 'A dependency is unavailable; retry later (with the same idempotency key)',
 };
