@@ -205,37 +205,24 @@ begin
         continue when v_pool[i] <> s;
         m := v_member[i];
         w := v_taken[v_first[i]];
-        -- The replay-or-conflict rule (as withIdempotency in idempotency.ts): the key's first result — a posted
-        -- row, else a recorded refusal — answers the same request again; another request is a conflict.
-        if v_prior_id[i] is not null then
-          if v_prior_hash[i] is not distinct from p_hashes[i] then
-            v_outcome[i] := 'replay';
-            v_tx[i] := v_prior_id[i];
-            v_available[i] := v_prior_available[i];
-          else
-            v_outcome[i] := 'conflict';
-          end if;
-        elsif v_refused_hash[i] is not null then
-          if v_refused_hash[i] = p_hashes[i] then
-            v_outcome[i] := 'refused';
-            v_reason[i] := v_refused_reason[i];
-            v_details[i] := v_refused_details[i];
-          else
-            v_outcome[i] := 'conflict';
-          end if;
-        elsif w is not null then
-          -- the same key appeared earlier in this batch and was posted or refused there
-          if p_hashes[w] = p_hashes[i] and v_outcome[w] = 'ok' then
-            v_outcome[i] := 'replay';
-            v_tx[i] := v_tx[w];
-            v_available[i] := v_available[w];
-          elsif p_hashes[w] = p_hashes[i] then
-            v_outcome[i] := 'refused';
-            v_reason[i] := v_reason[w];
-            v_details[i] := v_details[w];
-          else
-            v_outcome[i] := 'conflict';
-          end if;
+        v_outcome[i] := credits.key_outcome(p_hashes[i], v_prior_id[i] is not null, v_prior_hash[i],
+                                            v_refused_hash[i], p_hashes[w], v_outcome[w] = 'ok');
+        if v_outcome[i] = 'replay' and v_prior_id[i] is not null then
+          v_tx[i] := v_prior_id[i];
+          v_available[i] := v_prior_available[i];
+        elsif v_outcome[i] = 'refused' and v_refused_hash[i] is not null then
+          v_reason[i] := v_refused_reason[i];
+          v_details[i] := v_refused_details[i];
+        elsif v_outcome[i] = 'replay' then
+          -- the same key was posted earlier in this batch
+          v_tx[i] := v_tx[w];
+          v_available[i] := v_available[w];
+        elsif v_outcome[i] = 'refused' then
+          -- the same key was refused earlier in this batch
+          v_reason[i] := v_reason[w];
+          v_details[i] := v_details[w];
+        elsif v_outcome[i] is not null then
+          null; -- conflict
         elsif not a_exists[s] then
           v_outcome[i] := 'no_pool';
         elsif not credits.covers(a_balance[s], a_reserved[s], a_next_expiry[s], p_amounts[i]) then

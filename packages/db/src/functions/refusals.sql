@@ -61,3 +61,21 @@ begin
   return v_id is not null;
 end
 $$;
+
+-- credits.key_outcome: THE replay-or-conflict rule of the batch functions (use_batch, pool_use_batch), as
+-- withIdempotency (packages/server/src/domain/idempotency.ts) decides it for the single paths: a key's first
+-- result answers it — a posted row (p_posted, with its request hash), else a recorded refusal, else an
+-- earlier item of the same batch that was posted or refused (p_earlier_hash, p_earlier_posted). The same
+-- request gets 'replay' (posted) or 'refused' (the refusal again); another request 'conflict'; null = the
+-- key is free, decide the item.
+create or replace function credits.key_outcome(
+  p_hash text, p_posted boolean, p_posted_hash text, p_refused_hash text, p_earlier_hash text,
+  p_earlier_posted boolean)
+returns text language sql immutable as $$
+  select case
+    when p_posted then case when p_posted_hash is not distinct from p_hash then 'replay' else 'conflict' end
+    when p_refused_hash is not null then case when p_refused_hash = p_hash then 'refused' else 'conflict' end
+    when p_earlier_hash is not null then
+      case when p_earlier_hash <> p_hash then 'conflict' when p_earlier_posted then 'replay' else 'refused' end
+  end
+$$;

@@ -101,33 +101,18 @@ begin
 
   for i in 1 .. v_count loop
     w := v_taken[v_first[i]];
-    -- The replay-or-conflict rule (as withIdempotency in idempotency.ts): the key's first result — a posted
-    -- row, else a recorded refusal — answers the same request again; another request is a conflict.
-    if v_prior_id[i] is not null then
-      if v_prior_hash[i] is not distinct from p_hashes[i] then
-        v_outcome[i] := 'replay';
-        v_tx[i] := v_prior_id[i];
-        v_available[i] := v_prior_available[i];
-      else
-        v_outcome[i] := 'conflict';
-      end if;
-    elsif v_refused_hash[i] is not null then
-      if v_refused_hash[i] = p_hashes[i] then
-        v_outcome[i] := 'refused';
-        v_available[i] := v_refused_available[i];
-      else
-        v_outcome[i] := 'conflict';
-      end if;
-    elsif w is not null then
+    v_outcome[i] := credits.key_outcome(p_hashes[i], v_prior_id[i] is not null, v_prior_hash[i],
+                                        v_refused_hash[i], p_hashes[w], v_outcome[w] = 'ok');
+    if v_outcome[i] = 'replay' and v_prior_id[i] is not null then
+      v_tx[i] := v_prior_id[i];
+      v_available[i] := v_prior_available[i];
+    elsif v_outcome[i] = 'refused' and v_refused_hash[i] is not null then
+      v_available[i] := v_refused_available[i];
+    elsif v_outcome[i] in ('replay', 'refused') then
       -- the same key appeared earlier in this batch and was posted or refused there
-      if p_hashes[w] = p_hashes[i] then
-        v_outcome[i] := case when v_outcome[w] = 'ok' then 'replay' else 'refused' end;
-        v_tx[i] := v_tx[w];
-        v_available[i] := v_available[w];
-      else
-        v_outcome[i] := 'conflict';
-      end if;
-    else
+      v_tx[i] := v_tx[w];
+      v_available[i] := v_available[w];
+    elsif v_outcome[i] is null then
       s := v_slot[i];
       if not a_checked[s] and not credits.covers(a_balance[s], a_reserved[s], null, p_amounts[i]) then
         a_checked[s] := true;
