@@ -102,7 +102,9 @@ describe('open-loop load against a real HTTP server', () => {
     expect(result.sendLag.max).toBeGreaterThanOrEqual(900);
     expect(result.latency.max).toBeGreaterThanOrEqual(900);
     expect(result.latency.p99).toBeGreaterThanOrEqual(900);
-    // The server was never blocked (margins for a loaded machine).
-    expect(result.serviceTime.p99).toBeLessThan(500);
+    // Timed from the actual send most answers are fast: the server shares this process, so the one or two
+    // requests in flight when the loop blocked took the second too (hence the median, with margins for a
+    // loaded machine, not p99).
+    expect(result.serviceTime.p50).toBeLessThan(300);
   });
 });
