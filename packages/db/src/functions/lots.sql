@@ -62,6 +62,41 @@ begin
 end
 $$;
 
+-- credits.burn_split: the lots of many debits at once, for the batch functions (use_batch, pool_use_batch).
+-- Item i debits p_amounts[i] from account p_accounts[i] (null or 0: not posted, no portions). Each account
+-- burns once, for the sum of its items (credits.burn_lots), and the burned run is split back over its items
+-- in input order: item i gets the part [c_i - amount_i, c_i) of the run, c_i being the running sum of the
+-- account's items up to i. The same portions as burning the items one by one (the burn order does not move
+-- within the transaction), with one lot update per lot instead of one per item. One row per posted item: its
+-- position (1-based) and its portions.
+create or replace function credits.burn_split(p_kind text, p_accounts text[], p_amounts int8[])
+returns table (n int8, lot_ids uuid[], lot_amounts int8[])
+language plpgsql as $$
+#variable_conflict use_column
+begin
+  return query
+    with items as (
+      select x.n, x.account_id, x.amount, sum(x.amount) over (partition by x.account_id order by x.n) as c
+        from unnest(p_accounts, p_amounts) with ordinality as x(account_id, amount, n)
+       where x.amount > 0
+    ), totals as (
+      select array_agg(t.account_id) as accounts, array_agg(t.total) as amounts
+        from (select i.account_id, sum(i.amount)::int8 as total from items i group by i.account_id) t
+    ), burned as materialized (
+      select l.account_id, p.k, p.lot_id, p.amount,
+             sum(p.amount) over (partition by l.account_id order by p.k) as pc
+        from totals a
+       cross join lateral credits.burn_lots(p_kind, a.accounts, a.amounts, false) l
+       cross join lateral unnest(l.lot_ids, l.lot_amounts) with ordinality as p(lot_id, amount, k)
+    )
+    select i.n, array_agg(b.lot_id order by b.k),
+           array_agg((least(i.c, b.pc) - greatest(i.c - i.amount, b.pc - b.amount))::int8 order by b.k)
+      from items i
+      join burned b on b.account_id = i.account_id and b.pc > i.c - i.amount and b.pc - b.amount < i.c
+     group by i.n;
+end
+$$;
+
 -- credits.take_lots: credits.burn_lots for one account (the single debit, hold and pool statements call it
 -- LATERAL on their account update); nothing to take gives empty portion lists.
 create or replace function credits.take_lots(

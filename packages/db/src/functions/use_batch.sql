@@ -148,33 +148,21 @@ begin
     end if;
   end loop;
 
-  -- Each account's posted items burn their lots for their sum (one credits.burn_lots call for all accounts), split back
-  -- over the items in input order: item i gets the part [c_i - amount_i, c_i) of the burned run, c_i being
-  -- the running sum of the account's posted items. The same portions as burning the items one by one (the
-  -- burn order does not move within the transaction), with one lot update per account instead of one per
-  -- item (each update of a lot leaves a version the next item's burn would have to step over).
+  -- The posted items' lot portions: one burn per account for the sum of its items, split back in input order
+  -- (credits.burn_split).
   with items as (
     select t.n, t.outcome, t.id, t.user_id, t.amount, t.before, t.available, t.app_id, t.description,
-           t.metadata, t.key, t.hash,
-           sum(t.amount) filter (where t.outcome = 'ok') over (partition by t.user_id order by t.n) as c
+           t.metadata, t.key, t.hash
       from unnest(v_outcome, v_tx, p_users, p_amounts, v_before, v_available, p_apps, p_descriptions, p_metadata,
                   p_keys, p_hashes)
            with ordinality as t(outcome, id, user_id, amount, before, available, app_id, description, metadata, key,
                                 hash, n)
-  ), burned as materialized (
-    select l.account_id as user_id, p.k, p.lot_id, p.amount,
-           sum(p.amount) over (partition by l.account_id order by p.k) as pc
-      from (select array_agg(user_id) as users, array_agg(total) as totals
-              from (select user_id, sum(amount)::int8 as total from items where outcome = 'ok' group by user_id) a) a
-     cross join lateral credits.burn_lots('user', a.users, a.totals, false) l
-     cross join lateral unnest(l.lot_ids, l.lot_amounts) with ordinality as p(lot_id, amount, k)
-  ), split as (
-    select i.n, array_agg(b.lot_id order by b.k) as lot_ids,
-           array_agg((least(i.c, b.pc) - greatest(i.c - i.amount, b.pc - b.amount))::int8 order by b.k)
-             as lot_amounts
-      from items i join burned b on b.user_id = i.user_id and b.pc > i.c - i.amount and b.pc - b.amount < i.c
-     where i.outcome = 'ok'
-     group by i.n
+  ), split as materialized (
+    select s.n, s.lot_ids, s.lot_amounts
+      from credits.burn_split('user', p_users,
+                              array(select case when o.outcome = 'ok' then o.amount end
+                                      from unnest(v_outcome, p_amounts) with ordinality as o(outcome, amount, k)
+                                     order by o.k)) s
   ), posted as (
     insert into credits.transactions
       (id, user_id, type, amount, balance_before, balance_after, available_after, app_id, description, metadata,
