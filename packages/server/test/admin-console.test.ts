@@ -16,7 +16,11 @@ const XSS = `<script>window.__xss=1</script><img src=x onerror="window.__xss=2">
 let server: TestServer;
 let cookie: string;
 beforeAll(async () => {
-  server = await startTestServer({ ...ADMIN_ENV, GIFT_EXPIRY_SWEEP_SECONDS: '0' });
+  // tRPC calls (the set-up) run in process (helpers/server.ts: Transport); the console over HTTP.
+  server = await startTestServer(
+    { ...ADMIN_ENV, GIFT_EXPIRY_SWEEP_SECONDS: '0' },
+    { transport: 'in-process' },
+  );
   const login = await server.app.inject({
     method: 'POST',
     url: '/admin/login',

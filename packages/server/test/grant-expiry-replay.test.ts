@@ -11,7 +11,8 @@ import { newUser, startTestServer, type TestServer } from './helpers/server.ts';
 let server: TestServer;
 
 beforeAll(async () => {
-  server = await startTestServer();
+  // Calls run in process (helpers/server.ts: Transport).
+  server = await startTestServer({}, { transport: 'in-process' });
 });
 afterAll(async () => {
   await server.close();

@@ -56,13 +56,14 @@ async function newGuild(): Promise<string> {
 interface Member {
   id: string;
   client: Client;
+  token: string;
 }
 
 async function join(guildId: string, role: AuthGuildRole, personalCredits = 0): Promise<Member> {
   const user = newUser();
   server.auth.setRole(guildId, user.id, role);
   if (personalCredits > 0) await grant(user.id, personalCredits);
-  return { id: user.id, client: await server.userClient(user) };
+  return { id: user.id, client: await server.userClient(user), token: await server.auth.sign(user) };
 }
 
 /** A guild whose owner funded the pool with `amount` of their own credits. */
@@ -837,8 +838,45 @@ describe('member limits', () => {
 });
 
 describe('races', () => {
+  // The racing calls are real parallel requests to a second instance on the file's database (its own pool on
+  // Postgres; on PGlite the one database is shared) that caches memberships as production does by default
+  // (30 s; roles do not change during a race). With the cache off, as on the file's server, a hundred
+  // membership lookups at once can outlast their 5 s timeout on a loaded machine (MEMBERSHIP_UNAVAILABLE).
+  let racer: { url: string; close(): Promise<void> };
+  beforeAll(async () => {
+    const config = configFrom({
+      MANA_CORE_AUTH_URL: server.auth.url,
+      MANA_CORE_SERVICE_KEY: SERVICE_KEY,
+      ...server.database.env,
+      MIGRATE_ON_START: 'false',
+    });
+    const ownDeps = server.database.kind === 'postgres';
+    const deps = ownDeps
+      ? await createAppDeps(config)
+      : {
+          ...server.deps,
+          config,
+          membership: createMembershipClient({
+            authUrl: config.authUrl,
+            serviceKey: config.authServiceKey,
+            cacheSeconds: config.membershipCacheSeconds,
+          }),
+        };
+    const app = await buildApp(deps, { closeDepsOnClose: ownDeps, logger: false });
+    await app.listen({ port: 0, host: '127.0.0.1' });
+    const address = app.server.address();
+    racer = {
+      url: `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}`,
+      close: () => app.close(),
+    };
+  });
+  afterAll(async () => {
+    await racer?.close();
+  });
+  const racing = (member: Member) =>
+    clientFor(racer.url, () => ({ authorization: `Bearer ${member.token}` }));
+
   it('100 parallel uses of 1 by a member with daily limit 10: exactly 10 succeed', async () => {
-    server.httpForThisTest(); // real parallel requests
     const { guildId, owner } = await fundedGuild(1000);
     const member = await join(guildId, 'member');
     await owner.client.guild.setMemberLimits.mutate({
@@ -849,7 +887,7 @@ describe('races', () => {
     });
     const outcomes = await Promise.allSettled(
       Array.from({ length: 100 }, (_, i) =>
-        member.client.guild.use.mutate(use(guildId, 1, { description: `${i}` })),
+        racing(member).guild.use.mutate(use(guildId, 1, { description: `${i}` })),
       ),
     );
     const ok = fulfilled(outcomes);
@@ -868,7 +906,6 @@ describe('races', () => {
   });
 
   it('60 parallel uses of 2 with monthly limit 15: exactly 7 succeed', async () => {
-    server.httpForThisTest(); // real parallel requests
     const { guildId, owner } = await fundedGuild(1000);
     const member = await join(guildId, 'member');
     await owner.client.guild.setMemberLimits.mutate({
@@ -878,19 +915,18 @@ describe('races', () => {
       monthlyLimit: 15,
     });
     const outcomes = await Promise.allSettled(
-      Array.from({ length: 60 }, () => member.client.guild.use.mutate(use(guildId, 2))),
+      Array.from({ length: 60 }, () => racing(member).guild.use.mutate(use(guildId, 2))),
     );
     expect(outcomes.filter((o) => o.status === 'fulfilled')).toHaveLength(7);
     expect((await pool(guildId)).balance).toBe(986);
   });
 
   it('two members racing for the last credits: exactly the pool is spent, never below zero', async () => {
-    server.httpForThisTest(); // real parallel requests
     const { guildId } = await fundedGuild(25);
     const a = await join(guildId, 'member');
     const b = await join(guildId, 'admin');
     const outcomes = await Promise.allSettled(
-      Array.from({ length: 40 }, (_, i) => (i % 2 === 0 ? a : b).client.guild.use.mutate(use(guildId, 2))),
+      Array.from({ length: 40 }, (_, i) => racing(i % 2 === 0 ? a : b).guild.use.mutate(use(guildId, 2))),
     );
     const ok = outcomes.filter((o) => o.status === 'fulfilled');
     expect(ok).toHaveLength(12);
@@ -904,15 +940,16 @@ describe('races', () => {
   });
 
   it('funding, spending and limit changes at once keep every ledger consistent', async () => {
-    server.httpForThisTest(); // real parallel requests
     const { guildId, owner } = await fundedGuild(20);
     await grant(owner.id, 200);
     const members = await Promise.all(Array.from({ length: 4 }, () => join(guildId, 'member')));
     await Promise.allSettled([
-      ...Array.from({ length: 10 }, () => owner.client.guild.fund.mutate({ guildId, amount: 10 })),
-      ...members.flatMap((m) => Array.from({ length: 15 }, () => m.client.guild.use.mutate(use(guildId, 3)))),
+      ...Array.from({ length: 10 }, () => racing(owner).guild.fund.mutate({ guildId, amount: 10 })),
+      ...members.flatMap((m) =>
+        Array.from({ length: 15 }, () => racing(m).guild.use.mutate(use(guildId, 3))),
+      ),
       ...members.map((m) =>
-        owner.client.guild.setMemberLimits.mutate({
+        racing(owner).guild.setMemberLimits.mutate({
           guildId,
           userId: m.id,
           dailyLimit: 12,

@@ -16,7 +16,8 @@ let server: TestServer;
 let call: (route: string, options?: CallOptions) => Promise<Answer>;
 
 beforeAll(async () => {
-  server = await startTestServer();
+  // Calls run in process (helpers/server.ts: Transport); REST and CSV over HTTP.
+  server = await startTestServer({}, { transport: 'in-process' });
   ({ call } = await restCaller(server));
 });
 afterAll(async () => {

@@ -8,7 +8,8 @@ import { startTestServer, type TestServer } from './helpers/server.ts';
 
 let server: TestServer;
 beforeAll(async () => {
-  server = await startTestServer({ GIFT_INFO_RATE_LIMIT_PER_MINUTE: '1000000' });
+  // Calls run in process (helpers/server.ts: Transport).
+  server = await startTestServer({ GIFT_INFO_RATE_LIMIT_PER_MINUTE: '1000000' }, { transport: 'in-process' });
 });
 afterAll(async () => {
   await server.close();
