@@ -67,6 +67,27 @@ describe('group commit across accounts', () => {
 
   const fund = async (amount: number) => (await server.fundedUser(amount)).id;
 
+  it('a key refused before is answered in a group with its refusal again, marked a replay', async () => {
+    const [lead, other, poor] = await Promise.all([100, 100, 3].map(fund));
+    const coalescer = new SpendCoalescer(server.deps.db, { inFlight: 1 });
+    await expect(coalescer.spend(spendOf(poor!, 5, { idempotencyKey: 'r' }))).rejects.toBeInstanceOf(
+      InsufficientCreditsError,
+    );
+    const [, , again] = await Promise.allSettled([
+      // Goes at once; the two after it queue and go together through use_batch.
+      coalescer.spend(spendOf(lead!, 1)),
+      coalescer.spend(spendOf(other!, 1)),
+      coalescer.spend(spendOf(poor!, 5, { idempotencyKey: 'r' })),
+    ]);
+    expect(again.status).toBe('rejected');
+    const reason = (again as PromiseRejectedResult).reason;
+    expect(reason).toBeInstanceOf(InsufficientCreditsError);
+    expect((reason as InsufficientCreditsError).details).toEqual({ required: 5, available: 3 });
+    // As the single path answers it (withIdempotency): the key's first result again, which moved nothing.
+    expect(isReplayed(reason)).toBe(true);
+    expect(await ledgerSum(server.deps.db, poor!)).toBe(3);
+  });
+
   it('debits queued behind a busy statement go as one transaction, each answered and refused alone', async () => {
     const [lead, rich, other, poor, earlier] = await Promise.all([100, 100, 100, 3, 100].map(fund));
     const coalescer = new SpendCoalescer(server.deps.db, { inFlight: 1 });

@@ -154,7 +154,9 @@ export class SpendCoalescer {
       else if (outcome.outcome === 'conflict') reject(new IdempotencyConflictError());
       // Final: use_batch already returned the user's lapsed holds before refusing (check on access).
       else if (outcome.outcome === 'insufficient') {
-        reject(new InsufficientCreditsError(input.amount, outcome.available));
+        const refused = new InsufficientCreditsError(input.amount, outcome.available);
+        // The key's recorded refusal answered again (as withIdempotency does on the single path): a replay.
+        reject(outcome.replayed ? markReplayed(refused) : refused);
       } else {
         const result = { transactionId: outcome.transactionId, balance: outcome.available };
         resolve(outcome.outcome === 'replay' ? markReplayed(result) : result);
