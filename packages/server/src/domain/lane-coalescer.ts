@@ -25,10 +25,46 @@ export interface LaneWork<Input, Result> {
   loneItemsTogether?: boolean;
 }
 
-interface Waiting<Input, Result> {
+/** A caller waiting for its item's answer. */
+export interface Waiting<Input, Result> {
   input: Input;
   resolve: (result: Result) => void;
   reject: (error: unknown) => void;
+}
+
+/**
+ * Runs a batch of waiting callers `together` and answers each with its outcome — the rule every coalescer
+ * follows when a batch fails: only a failure that proves nothing was committed (see outcome.ts) lets the
+ * items run again on their own (`rerunAlone`); when the outcome is unknown (the connection was lost, perhaps
+ * after the commit) every caller of the batch is answered OutcomeUnknownError — a keyless call repeated here
+ * would be applied twice. A batch that committed but returned no outcome for an item leaves that item unknown.
+ */
+export async function settleBatch<Input, Result>(
+  batch: readonly Waiting<Input, Result>[],
+  together: (inputs: Input[]) => Promise<ItemOutcome<Result>[]>,
+  rerunAlone: (batch: readonly Waiting<Input, Result>[]) => Promise<unknown>,
+): Promise<void> {
+  let outcomes: ItemOutcome<Result>[];
+  try {
+    outcomes = await together(batch.map(({ input }) => input));
+  } catch (error) {
+    if (!certainlyNotCommitted(error)) {
+      // Perhaps committed, perhaps not: nobody may run these calls again as if nothing was written.
+      for (const { reject } of batch) reject(new OutcomeUnknownError(error));
+      return;
+    }
+    // Postgres refused the batch as a whole (rolled back, nothing written): each call takes the single path
+    // on its own, where a refusal fails only that call.
+    await rerunAlone(batch);
+    return;
+  }
+  batch.forEach(({ resolve, reject }, index) => {
+    const outcome = outcomes[index];
+    // The batch committed but says nothing of this call: it may have been applied.
+    if (!outcome) reject(new OutcomeUnknownError(new Error('the batch returned no outcome for this call')));
+    else if (outcome.ok) resolve(outcome.value);
+    else reject(outcome.error);
+  });
 }
 
 const MAX_COALESCED = 200;
@@ -40,9 +76,7 @@ const MAX_COALESCED = 200;
  * This only batches: every rule is enforced by Postgres in `alone` and `together`, so any number of server
  * instances may coalesce independently.
  *
- * A batch that failed is run again item by item only when the failure proves nothing was committed (see
- * outcome.ts); when its outcome is unknown (the connection was lost, perhaps after the commit) every caller
- * of the batch is answered OutcomeUnknownError — a keyless call repeated here would be applied twice.
+ * A failed batch is settled by settleBatch (rerun item by item only when nothing was committed).
  */
 export class LaneCoalescer<Input, Result> {
   private readonly lanes = new Map<string, Waiting<Input, Result>[]>();
@@ -87,28 +121,11 @@ export class LaneCoalescer<Input, Result> {
       await this.work.alone(only.input).then(only.resolve, only.reject);
       return;
     }
-    let outcomes: ItemOutcome<Result>[];
-    try {
-      outcomes = await this.work.together(batch.map(({ input }) => input));
-    } catch (error) {
-      if (!certainlyNotCommitted(error)) {
-        // Perhaps committed, perhaps not: nobody may run these calls again as if nothing was written.
-        for (const { reject } of batch) reject(new OutcomeUnknownError(error));
-        return;
-      }
-      // Postgres refused the batch as a whole (rolled back, nothing written): each call takes the single
-      // path on its own, where a refusal fails only that call.
-      await Promise.all(
-        batch.map(({ input, resolve, reject }) => this.work.alone(input).then(resolve, reject)),
-      );
-      return;
-    }
-    batch.forEach(({ resolve, reject }, index) => {
-      const outcome = outcomes[index];
-      // The batch committed but says nothing of this call: it may have been applied.
-      if (!outcome) reject(new OutcomeUnknownError(new Error('the batch returned no outcome for this call')));
-      else if (outcome.ok) resolve(outcome.value);
-      else reject(outcome.error);
-    });
+    await settleBatch(
+      batch,
+      (inputs) => this.work.together(inputs),
+      (failed) =>
+        Promise.all(failed.map(({ input, resolve, reject }) => this.work.alone(input).then(resolve, reject))),
+    );
   }
 }

@@ -3,15 +3,11 @@ import type { Kysely } from 'kysely';
 import { effects } from '../effects.ts';
 import { IdempotencyConflictError, InsufficientCreditsError } from '../errors.ts';
 import { markReplayed } from '../idempotency.ts';
-import { certainlyNotCommitted, OutcomeUnknownError } from '../outcome.ts';
+import { type ItemOutcome, settleBatch, type Waiting as WaitingFor } from '../lane-coalescer.ts';
 import type { MovementResult } from './mappers.ts';
 import { type SpendInput, spendCredits, usageRequestHash } from './personal.ts';
 
-interface Waiting {
-  input: SpendInput;
-  resolve: (result: MovementResult) => void;
-  reject: (error: unknown) => void;
-}
+type Waiting = WaitingFor<SpendInput, MovementResult>;
 
 /** Most debits one grouped statement carries (what use_batch locks and writes in one transaction). */
 export const MAX_COALESCED = 200;
@@ -108,59 +104,64 @@ export class SpendCoalescer {
       await spendCredits(this.db, only.input).then(only.resolve, only.reject);
       return;
     }
-    let outcomes: BatchOutcome[];
-    try {
-      let holdsExpired: number;
-      ({ outcomes, holdsExpired } = await postUsageBatch(
-        this.db,
-        batch.map(({ input }) => ({
-          userId: input.userId,
-          amount: input.amount,
-          appId: input.appId,
-          description: input.description,
-          metadata: input.metadata,
-          idempotencyKey: input.idempotencyKey,
-          requestHash: usageRequestHash(input),
-        })),
-      ));
-      effects.holdsExpired(holdsExpired);
-    } catch (error) {
-      if (!certainlyNotCommitted(error)) {
-        // Perhaps committed, perhaps not: nobody may run these debits again as if nothing was written.
-        for (const { reject } of batch) reject(new OutcomeUnknownError(error));
-        return;
-      }
-      // Postgres refused the batch as a whole (rolled back, nothing written): each debit takes the single
-      // path on its own, where a refusal fails only that debit; an account's debits in arrival order.
-      const byAccount = new Map<string, Waiting[]>();
-      for (const waiting of batch) {
-        const debits = byAccount.get(waiting.input.userId);
-        if (debits) debits.push(waiting);
-        else byAccount.set(waiting.input.userId, [waiting]);
-      }
-      await Promise.all(
-        [...byAccount.values()].map(async (debits) => {
-          for (const { input, resolve, reject } of debits) {
-            await spendCredits(this.db, input).then(resolve, reject);
-          }
-        }),
-      );
-      return;
+    await settleBatch(
+      batch,
+      (inputs) => spendTogether(this.db, inputs),
+      // each debit alone, an account's debits in arrival order
+      async (failed) => {
+        const byAccount = new Map<string, Waiting[]>();
+        for (const waiting of failed) {
+          const debits = byAccount.get(waiting.input.userId);
+          if (debits) debits.push(waiting);
+          else byAccount.set(waiting.input.userId, [waiting]);
+        }
+        await Promise.all(
+          [...byAccount.values()].map(async (debits) => {
+            for (const { input, resolve, reject } of debits) {
+              await spendCredits(this.db, input).then(resolve, reject);
+            }
+          }),
+        );
+      },
+    );
+  }
+}
+
+/** Many debits in one call of credits.use_batch, each answered as spendCredits would have answered it alone. */
+async function spendTogether(
+  db: Kysely<Database>,
+  inputs: SpendInput[],
+): Promise<ItemOutcome<MovementResult>[]> {
+  const { outcomes, holdsExpired } = await postUsageBatch(
+    db,
+    inputs.map((input) => ({
+      userId: input.userId,
+      amount: input.amount,
+      appId: input.appId,
+      description: input.description,
+      metadata: input.metadata,
+      idempotencyKey: input.idempotencyKey,
+      requestHash: usageRequestHash(input),
+    })),
+  );
+  effects.holdsExpired(holdsExpired);
+  return outcomes.map((outcome, index) => answerOf(outcome, inputs[index]!));
+}
+
+/** What the single path would have answered; a refusal is final (use_batch returned lapsed holds first). */
+function answerOf(outcome: BatchOutcome, input: SpendInput): ItemOutcome<MovementResult> {
+  switch (outcome.outcome) {
+    case 'conflict':
+      return { ok: false, error: new IdempotencyConflictError() };
+    case 'insufficient': {
+      const refused = new InsufficientCreditsError(input.amount, outcome.available);
+      // The key's recorded refusal answered again (as withIdempotency does on the single path): a replay.
+      return { ok: false, error: outcome.replayed ? markReplayed(refused) : refused };
     }
-    batch.forEach(({ input, resolve, reject }, index) => {
-      const outcome = outcomes[index];
-      // The batch committed but says nothing of this debit: it may have been applied.
-      if (!outcome) reject(new OutcomeUnknownError(new Error('use_batch returned no outcome')));
-      else if (outcome.outcome === 'conflict') reject(new IdempotencyConflictError());
-      // Final: use_batch already returned the user's lapsed holds before refusing (check on access).
-      else if (outcome.outcome === 'insufficient') {
-        const refused = new InsufficientCreditsError(input.amount, outcome.available);
-        // The key's recorded refusal answered again (as withIdempotency does on the single path): a replay.
-        reject(outcome.replayed ? markReplayed(refused) : refused);
-      } else {
-        const result = { transactionId: outcome.transactionId, balance: outcome.available };
-        resolve(outcome.outcome === 'replay' ? markReplayed(result) : result);
-      }
-    });
+    case 'ok':
+    case 'replay': {
+      const result = { transactionId: outcome.transactionId, balance: outcome.available };
+      return { ok: true, value: outcome.outcome === 'replay' ? markReplayed(result) : result };
+    }
   }
 }
