@@ -16,6 +16,7 @@ import * as adminActions from './migrations/2026_12_03_0600_admin_actions.ts';
 import * as lots from './migrations/2026_12_03_0800_lots.ts';
 import * as autoTopUp from './migrations/2026_12_03_0900_auto_top_up.ts';
 import * as refusals from './migrations/2026_12_03_1230_refusals.ts';
+import * as timeOrderedIds from './migrations/2026_12_03_1300_time_ordered_ids.ts';
 
 /** Every migration, by its dated name. Add new ones here; never edit one that has shipped. */
 export const migrations: Record<string, Migration> = {
@@ -35,6 +36,7 @@ export const migrations: Record<string, Migration> = {
   '2026_12_03_0800_lots': lots,
   '2026_12_03_0900_auto_top_up': autoTopUp,
   '2026_12_03_1230_refusals': refusals,
+  '2026_12_03_1300_time_ordered_ids': timeOrderedIds,
 };
 
 /**

@@ -26,7 +26,8 @@
 -- setting ends the work for an account without a threshold; with one, one index lookup of its last earlier
 -- entry (transactions_user_history / guild_transactions_history) and a loop over its entries in memory
 -- (credits.alert_account); events are inserted only on a crossing. A statement of many accounts (useBatch)
--- groups its rows per account in one query and looks up each account's setting. All statements with cached
+-- reads the default threshold once and stops there when neither it nor any of the accounts' own settings
+-- is set; otherwise it groups its rows per account in one query joined to their settings. All statements with cached
 -- plans (static SQL, no EXECUTE): a single query of many CTEs over the transition table cost several times
 -- more per debit (measured).
 --
@@ -127,6 +128,7 @@ declare
   v_min text;
   v_max text;
   v_threshold int8;
+  v_default int8;
   v_accounts refcursor;
   r record;
   a record;
@@ -167,11 +169,24 @@ begin
     end if;
     return null;
   end if;
-  -- Many accounts (useBatch): their rows grouped per account, with the setting in force.
+  -- Many accounts (useBatch): their rows grouped per account, with the setting in force — the default read
+  -- once and the accounts' own settings in one join (credits.alert_threshold per account rescanned both
+  -- setting tables once per account: a tenth of what a batch debit cost the database); nothing more when
+  -- none of the accounts has a threshold.
+  select e.low_balance_threshold into v_default from credits.event_settings e where e.id;
+  if not found then
+    return null;
+  end if;
   case v_kind
     when 'user' then
+      if v_default is null and not exists (
+           select 1 from credits.alert_settings s
+            where s.account_kind = 'user' and s.account_id in (select n.user_id from new_rows n)
+              and s.low_balance_threshold is not null) then
+        return null;
+      end if;
       open v_accounts for
-        select g.*, t.threshold
+        select g.*, case when s.account_id is null then v_default else s.low_balance_threshold end as threshold
           from (select x.user_id as account, min(x.created_at) as first_at,
                        array_agg(x.id order by x.created_at, x.ord) as ids,
                        array_agg(x.after_value order by x.created_at, x.ord) as afters,
@@ -182,12 +197,18 @@ begin
                                row_number() over () as ord
                           from new_rows n) x
                  group by x.user_id) g
-          cross join lateral credits.alert_threshold('user', g.account) t(threshold)
-         where t.threshold is not null
+          left join credits.alert_settings s on s.account_kind = 'user' and s.account_id = g.account
+         where case when s.account_id is null then v_default else s.low_balance_threshold end is not null
          order by g.account;
     when 'guild' then
+      if v_default is null and not exists (
+           select 1 from credits.alert_settings s
+            where s.account_kind = 'guild' and s.account_id in (select n.organization_id from new_rows n)
+              and s.low_balance_threshold is not null) then
+        return null;
+      end if;
       open v_accounts for
-        select g.*, t.threshold
+        select g.*, case when s.account_id is null then v_default else s.low_balance_threshold end as threshold
           from (select x.organization_id as account, min(x.created_at) as first_at,
                        array_agg(x.id order by x.created_at, x.ord) as ids,
                        array_agg(x.after_value order by x.created_at, x.ord) as afters,
@@ -198,8 +219,8 @@ begin
                                row_number() over () as ord
                           from new_rows n) x
                  group by x.organization_id) g
-          cross join lateral credits.alert_threshold('guild', g.account) t(threshold)
-         where t.threshold is not null
+          left join credits.alert_settings s on s.account_kind = 'guild' and s.account_id = g.account
+         where case when s.account_id is null then v_default else s.low_balance_threshold end is not null
          order by g.account;
   end case;
   loop

@@ -10,6 +10,7 @@ import { type Kysely, sql } from 'kysely';
  */
 export const SQL_FUNCTIONS = [
   'clock',
+  'ids',
   'covers',
   'lots',
   'release_expired_holds',

@@ -248,7 +248,7 @@ begin
           m_today[m] := m_today[m] + p_amounts[i];
           m_month[m] := m_month[m] + p_amounts[i];
           v_outcome[i] := 'ok';
-          v_tx[i] := gen_random_uuid();
+          v_tx[i] := credits.uuid_v7();
           v_available[i] := a_balance[s] - a_reserved[s];
           v_taken[v_first[i]] := i;
           v_posted := true;

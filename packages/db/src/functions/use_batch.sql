@@ -11,11 +11,13 @@
 -- for 'refused', what the recorded refusal said) and holds_expired (how many lapsed holds this item's check
 -- returned, for the metrics).
 --
--- How: lock every balance row of the batch once, in user_id order (the order every multi-account writer
--- uses, "C" collation so it never depends on locale) and post the expiry of their lapsed lots; decide each item in input order on in-memory copies of
--- the locked balances (expanded PL/pgSQL arrays, O(1) per access); then write everything set-based: one
--- INSERT of all ledger rows (each naming its lots: one burn per account, split in input order) with the usage upsert fed by it (each counted on the UTC day of its ledger row,
--- as every other usage write does), one UPDATE of the balances. While the balance rows are locked
+-- How: lock and read every balance row of the batch once, in user_id order (the order every multi-account
+-- writer uses, "C" collation so it never depends on locale), and post the expiry of their lapsed lots; decide
+-- each item in input order on in-memory copies of the locked balances (expanded PL/pgSQL arrays, O(1) per
+-- access); then write everything set-based: one INSERT of all ledger rows (ids time-ordered, credits.uuid_v7;
+-- each row naming its lots: one burn per account, split in input order) with the usage upsert fed by it
+-- (each counted on the UTC day of its ledger row, as every other usage write does), one UPDATE of the
+-- balances. While the balance rows are locked
 -- no other writer can post a ledger row or record a refusal for these users, so the key lookup made after
 -- locking (ledger rows and refusals, each statement of this volatile function reading a fresh snapshot) cannot
 -- be overtaken; should the unique index fire anyway, the whole call fails (nothing written, a certain failure).
@@ -51,6 +53,7 @@ declare
   a_balance int8[];
   a_reserved int8[];
   a_checked boolean[];
+  v_lapsed boolean;
   v_balance int8;
   v_reserved int8;
   v_released int;
@@ -78,16 +81,22 @@ begin
                       else min(x.n) over (partition by x.user_id, x.key) end::int as first
             from unnest(p_users, p_keys) with ordinality as x(user_id, key, n)) r;
 
-  perform 1 from credits.balances where user_id = any(a_user) order by user_id collate "C" for update;
-  -- lots whose time is up are expired before anything is decided (no item may count an expired credit)
-  perform credits.expire_lots('user', b.user_id) from credits.balances b
-    where b.user_id = any(a_user) and b.next_lot_expiry <= now() order by b.user_id collate "C";
-
+  -- one statement locks the balance rows (in user_id order, the subquery's) and reads them
   select array_agg(coalesce(b.balance, 0) order by u.n), array_agg(coalesce(b.reserved, 0) order by u.n),
-         array_agg(false)
-    into a_balance, a_reserved, a_checked
+         array_agg(false), coalesce(bool_or(b.next_lot_expiry <= now()), false)
+    into a_balance, a_reserved, a_checked, v_lapsed
     from unnest(a_user) with ordinality as u(user_id, n)
-    left join credits.balances b on b.user_id = u.user_id;
+    left join (select l.user_id, l.balance, l.reserved, l.next_lot_expiry from credits.balances l
+                where l.user_id = any(a_user) order by l.user_id collate "C" for update) b on b.user_id = u.user_id;
+  if v_lapsed then
+    -- lots whose time is up are expired before anything is decided (no item may count an expired credit)
+    perform credits.expire_lots('user', b.user_id) from credits.balances b
+      where b.user_id = any(a_user) and b.next_lot_expiry <= now() order by b.user_id collate "C";
+    select array_agg(coalesce(b.balance, 0) order by u.n), array_agg(coalesce(b.reserved, 0) order by u.n)
+      into a_balance, a_reserved
+      from unnest(a_user) with ordinality as u(user_id, n)
+      left join credits.balances b on b.user_id = u.user_id;
+  end if;
   select array_agg(t.id order by x.n), array_agg(t.request_hash order by x.n),
          array_agg(coalesce(t.available_after, t.balance_after) order by x.n),
          array_agg(f.request_hash order by x.n), array_agg((f.details->>'available')::int8 order by x.n)
@@ -132,7 +141,7 @@ begin
         v_before[i] := a_balance[s];
         a_balance[s] := a_balance[s] - p_amounts[i];
         v_outcome[i] := 'ok';
-        v_tx[i] := gen_random_uuid();
+        v_tx[i] := credits.uuid_v7();
         v_available[i] := a_balance[s] - a_reserved[s];
         v_taken[v_first[i]] := i;
       else

@@ -119,7 +119,7 @@ export function guildLedgerRow(
     insert into credits.guild_transactions
       (id, organization_id, user_id, type, amount, balance_before, balance_after, available_after, app_id,
        description, metadata, idempotency_key, request_hash, lot_ids, lot_amounts)
-    select coalesce(${row.id ?? null}::uuid, gen_random_uuid()), ${row.guildId}, ${row.userId}, ${row.type},
+    select coalesce(${row.id ?? null}::uuid, credits.uuid_v7()), ${row.guildId}, ${row.userId}, ${row.type},
            ${signed}::int8, balance - ${signed}::int8, balance, balance - reserved, ${row.appId ?? null},
            ${row.description}, ${json(row.metadata)}::jsonb, ${row.idempotencyKey ?? null}, ${row.requestHash ?? null},
            lots.lot_ids, lots.lot_amounts
