@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { writeDefaultLowBalanceThreshold } from '@mana-credits/db';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EMITTED_EVENT_TYPES } from '../src/domain/events/types.ts';
@@ -341,6 +342,51 @@ describe('balance alerts', () => {
     const others = await eventsOf({ userId: other.id });
     expect(others.map((event) => [event.type, event.data.available])).toEqual([['balance.low', 19]]);
     expect(await eventsOf({ userId: quiet.id })).toEqual([]);
+  });
+  it('useBatch with a default threshold: it applies to accounts without a setting, not to one that opted out', async () => {
+    // The default (LOW_BALANCE_THRESHOLD) is a row the delivery job writes in its first run; it is set here once
+    // the job has run (it relays an event only after writing the default), so the job cannot overwrite it.
+    const marker = await server.fundedUser(20);
+    await internal().internal.credits.setAlerts.mutate({ userId: marker.id, lowBalanceThreshold: 10 });
+    await (await server.userClient(marker)).credits.use.mutate({
+      amount: 15,
+      appId: 'app',
+      description: 'x',
+    });
+    await eventually('the delivery job relayed an event', async () => {
+      const [event] = await eventsOf({ userId: marker.id });
+      return event?.position != null;
+    });
+    await writeDefaultLowBalanceThreshold(server.db, 50);
+    try {
+      const byDefault = await server.fundedUser(60);
+      const optedOut = await server.fundedUser(60);
+      const own = await server.fundedUser(60);
+      await internal().internal.credits.setAlerts.mutate({ userId: optedOut.id, lowBalanceThreshold: null });
+      await internal().internal.credits.setAlerts.mutate({ userId: own.id, lowBalanceThreshold: 5 });
+      const items = [byDefault, optedOut, own].flatMap((user) =>
+        Array.from({ length: 3 }, (_, index) => ({
+          userId: user.id,
+          amount: 5,
+          appId: 'batch',
+          description: `#${index}`,
+          idempotencyKey: `default-${index}`,
+        })),
+      );
+      await internal().internal.credits.useBatch.mutate({ items });
+      // Funding (0 → 60, before the settings below) crossed the default upwards for all three; the batch
+      // (60 → 45) crosses it downwards only for the account without a setting of its own.
+      const typesOf = async (userId: string) =>
+        (await eventsOf({ userId })).map((event) => [event.type, event.data.available]);
+      expect(await typesOf(byDefault.id)).toEqual([
+        ['balance.recovered', 60],
+        ['balance.low', 45],
+      ]);
+      expect(await typesOf(optedOut.id)).toEqual([['balance.recovered', 60]]);
+      expect(await typesOf(own.id)).toEqual([['balance.recovered', 60]]);
+    } finally {
+      await writeDefaultLowBalanceThreshold(server.db, null);
+    }
   });
 });
 

@@ -34,11 +34,18 @@
 -- The threshold (credits.alert_threshold): the account's row in credits.alert_settings (a null threshold there =
 -- alerts off), else the default in credits.event_settings (LOW_BALANCE_THRESHOLD, written by the servers);
 -- none = no balance events for the account. T = 0 gives only `depleted`.
+-- The setting in force, written once: the account's own row when it has one (even with a null threshold), else
+-- the default. Inlined by the planner wherever it is called.
+create or replace function credits.threshold_in_force(p_has_own boolean, p_own int8, p_default int8)
+returns int8 language sql immutable as $$
+  select case when p_has_own then p_own else p_default end
+$$;
+
 create or replace function credits.alert_threshold(p_kind text, p_account text)
 -- A set-returning SQL function (always one row) so that the planner inlines it into the statement calling it:
 -- one cached plan there, a join in the per-account query; a scalar SQL function would be planned per call.
 returns setof int8 language sql stable as $$
-  select case when s.account_id is null then e.low_balance_threshold else s.low_balance_threshold end
+  select credits.threshold_in_force(s.account_id is not null, s.low_balance_threshold, e.low_balance_threshold)
     from credits.event_settings e
     left join credits.alert_settings s on s.account_kind = p_kind and s.account_id = p_account
    where e.id
@@ -186,7 +193,7 @@ begin
         return null;
       end if;
       open v_accounts for
-        select g.*, case when s.account_id is null then v_default else s.low_balance_threshold end as threshold
+        select g.*, t.threshold
           from (select x.user_id as account, min(x.created_at) as first_at,
                        array_agg(x.id order by x.created_at, x.ord) as ids,
                        array_agg(x.after_value order by x.created_at, x.ord) as afters,
@@ -198,7 +205,9 @@ begin
                           from new_rows n) x
                  group by x.user_id) g
           left join credits.alert_settings s on s.account_kind = 'user' and s.account_id = g.account
-         where case when s.account_id is null then v_default else s.low_balance_threshold end is not null
+          cross join lateral (select credits.threshold_in_force(s.account_id is not null, s.low_balance_threshold,
+                                                                v_default) as threshold) t
+         where t.threshold is not null
          order by g.account;
     when 'guild' then
       if v_default is null and not exists (
@@ -208,7 +217,7 @@ begin
         return null;
       end if;
       open v_accounts for
-        select g.*, case when s.account_id is null then v_default else s.low_balance_threshold end as threshold
+        select g.*, t.threshold
           from (select x.organization_id as account, min(x.created_at) as first_at,
                        array_agg(x.id order by x.created_at, x.ord) as ids,
                        array_agg(x.after_value order by x.created_at, x.ord) as afters,
@@ -220,7 +229,9 @@ begin
                           from new_rows n) x
                  group by x.organization_id) g
           left join credits.alert_settings s on s.account_kind = 'guild' and s.account_id = g.account
-         where case when s.account_id is null then v_default else s.low_balance_threshold end is not null
+          cross join lateral (select credits.threshold_in_force(s.account_id is not null, s.low_balance_threshold,
+                                                                v_default) as threshold) t
+         where t.threshold is not null
          order by g.account;
   end case;
   loop
