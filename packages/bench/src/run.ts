@@ -28,7 +28,13 @@ import {
   writeDocs,
 } from './report.ts';
 import { type LoadKind, type LoadTarget, requestFactory } from './requests.ts';
-import { type BenchServer, buildServer, type ServerRuntime, startServer } from './server.ts';
+import {
+  type BenchServer,
+  buildServer,
+  type RuntimeFigures,
+  type ServerRuntime,
+  startServer,
+} from './server.ts';
 
 /**
  * `pnpm bench`: starts the real server against a fresh Postgres database, drives it from a separate
@@ -175,20 +181,26 @@ let cpuMeter: CpuMeter | undefined;
 async function runLoad(
   job: LoadJob,
   server: BenchServer,
-): Promise<{ result: LoadResult; rssMb: number; cpu?: CpuSpent }> {
+): Promise<{ result: LoadResult; rssMb: number; cpu?: CpuSpent; runtime?: RuntimeFigures }> {
   sendLoad ??= startLoadProcess();
   let rssMb = 0;
   const sampler = setInterval(() => {
     rssMb = Math.max(rssMb, server.memory().rssMb);
   }, 250);
   let before: Promise<CpuSnapshot | undefined> | undefined;
+  let measuringFrom = Date.now();
   try {
     const result = await sendLoad(job, () => {
+      measuringFrom = Date.now();
       before ??= cpuMeter?.snapshot().catch(() => undefined);
     });
+    const measuringTo = Date.now();
     const start = await before;
     const cpu = start && cpuMeter ? await cpuMeter.since(start).catch(() => undefined) : undefined;
-    return { result, rssMb, ...(cpu ? { cpu } : {}) };
+    // The observer writes every 250 ms: its line after the window's end.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const runtime = server.runtimeBetween(measuringFrom, measuringTo);
+    return { result, rssMb, ...(cpu ? { cpu } : {}), ...(runtime ? { runtime } : {}) };
   } finally {
     clearInterval(sampler);
   }
@@ -222,7 +234,7 @@ async function httpStep(server: BenchServer, step: HttpStep, tokens: Tokens): Pr
   );
   const loadBefore = loadavg()[0]!;
   measuredSteps++;
-  const { result, rssMb, cpu } = await runLoad(
+  const { result, rssMb, cpu, runtime } = await runLoad(
     { url: server.url, target, connections: step.connections, warmupSeconds, seconds, rate: step.rate },
     server,
   );
@@ -252,6 +264,7 @@ async function httpStep(server: BenchServer, step: HttpStep, tokens: Tokens): Pr
     non2xx: result.non2xx,
     statuses: result.statuses,
     rssMb,
+    ...(runtime ? { runtime } : {}),
     ...(cpu && operations > 0
       ? {
           cpuPerOperation: {
@@ -362,6 +375,7 @@ async function main() {
     serviceKey: SERVICE_KEY,
     poolSize,
     runtime,
+    observe: true,
     env: { ...serverEnv, ...(args.alerts ? { LOW_BALANCE_THRESHOLD: String(ALERT_THRESHOLD) } : {}) },
   };
 
@@ -604,6 +618,7 @@ async function main() {
     const profiled = await startServer({
       ...serverOptions,
       nodeFlags: ['--cpu-prof', `--cpu-prof-dir=${profileDir}`],
+      observe: false,
     });
     cleanups.push(() => profiled.stop());
     await runLoad(
