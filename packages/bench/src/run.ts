@@ -291,7 +291,7 @@ function openLoopNote(openLoop: NonNullable<LoadResult['openLoop']>): string {
 /** A ceiling may move by this much (relative) over the steps measured against it before they are rerun. */
 const CEILING_DRIFT = 0.2;
 /** The measurements of a run without reruns (steps 1 and 2b twice), and --quick's budget by its own clock. */
-const PLANNED_STEPS = 15;
+const PLANNED_STEPS = 16;
 const QUICK_BUDGET_SECONDS = 95;
 /** Measurements made so far (reruns included), for the budget. */
 let measuredSteps = 0;
@@ -488,8 +488,9 @@ async function main() {
     user: { random: number } | { fixed: string },
     protocol: 'prepared' | 'extended',
     reference?: { id: string; of: string },
+    rate?: number,
   ): Promise<StepRow> => {
-    log(`step ${id} ${title}: ${poolSize} clients`);
+    log(`step ${id} ${title}: ${poolSize} clients${rate ? `, open loop at ${rate}/s` : ''}`);
     const loadBefore = loadavg()[0]!;
     measuredSteps++;
     const { script, defines } = pgbenchScript(statement, user);
@@ -502,6 +503,7 @@ async function main() {
       warmupSeconds,
       seconds,
       workDir: join(workDir, `pgbench-${id}`),
+      ...(rate ? { rate } : {}),
     });
     const ceiling = reference && find(reference.id)?.throughput;
     return {
@@ -591,6 +593,7 @@ async function main() {
   // 6. Latency, open loop at half of the measured peak of 3a (its last run).
   const peak = find('3a')?.throughput;
   if (peak) {
+    const rate = Math.max(1, Math.floor(peak / 2));
     rows.push(
       await httpStep(
         server,
@@ -599,9 +602,20 @@ async function main() {
           title: 'internal.credits.use at ½ peak, open loop (latency)',
           kind: 'internal-use',
           connections: 0,
-          rate: Math.max(1, Math.floor(peak / 2)),
+          rate,
         },
         tokens,
+      ),
+    );
+    // For reference, no goal: the database's own tail at that rate, without Node (pgbench open loop, -R).
+    rows.push(
+      await pgbenchStep(
+        '6p',
+        'pgbench debit at the rate of 6, open loop (DB latency)',
+        { random: population.users },
+        'extended',
+        undefined,
+        rate,
       ),
     );
   } else {
