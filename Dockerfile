@@ -49,4 +49,6 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.PORT || 3060) + '/health').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
 # Migrations separately (MIGRATE_ON_START=false): node --enable-source-maps dist/migrate.js
 # (dist/reconcile.js checks the ledger the same way.)
-CMD ["node", "--enable-source-maps", "dist/main.js"]
+# --max-old-space-size below 2 GB also makes V8 size the old generation at about 1.6x its live data, not 4x:
+# peak RSS under load ~165 MB instead of ~300 MB (docs/benchmarks.md, "Memory of the server").
+CMD ["node", "--enable-source-maps", "--max-old-space-size=1024", "dist/main.js"]

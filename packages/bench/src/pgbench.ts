@@ -104,6 +104,11 @@ export interface PgbenchJob {
   warmupSeconds: number;
   seconds: number;
   workDir: string;
+  /**
+   * Open loop (`-R`): transactions scheduled at this rate, each latency from its scheduled start (pgbench's
+   * schedule lag added), as step 6 measures the server.
+   */
+  rate?: number;
 }
 
 /** One warm-up run, then the measured run with a per-transaction log for exact latency percentiles. */
@@ -122,6 +127,7 @@ export async function runPgbench(job: PgbenchJob): Promise<PgbenchResult> {
     '-f',
     scriptFile,
     ...job.defines.flatMap((define) => ['-D', define]),
+    ...(job.rate ? ['-R', String(job.rate)] : []),
   ];
   if (job.warmupSeconds > 0) {
     await pgbench([...common, '-T', String(job.warmupSeconds), job.databaseUrl]);
@@ -144,9 +150,9 @@ export async function runPgbench(job: PgbenchJob): Promise<PgbenchResult> {
   const latencies: number[] = [];
   for (const file of readdirSync(logDir)) {
     for (const line of readFileSync(join(logDir, file), 'utf8').split('\n')) {
-      // client_id transaction_no time(µs) script_no time_epoch time_us
-      const micros = line.split(' ')[2];
-      if (micros) latencies.push(Number(micros) / 1000);
+      // client_id transaction_no time(µs) script_no time_epoch time_us [schedule_lag(µs) with -R]
+      const fields = line.split(' ');
+      if (fields[2]) latencies.push((Number(fields[2]) + Number(fields[6] ?? 0)) / 1000);
     }
   }
   rmSync(logDir, { recursive: true, force: true });

@@ -3,6 +3,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { availableParallelism, cpus, loadavg, totalmem } from 'node:os';
 import type { ProfileSummary } from './profile.ts';
+import type { RuntimeFigures } from './server.ts';
 import type { LatencySummary } from './stats.ts';
 
 export interface StepRow {
@@ -21,6 +22,8 @@ export interface StepRow {
   rssMb?: number;
   /** CPU time per request (per debit for batches) of the server process and of its database backends. */
   cpuPerOperation?: { serverUs: number; databaseUs: number };
+  /** The server's GC pauses and event-loop delay over the measured window (server-observer.mjs). */
+  runtime?: RuntimeFigures;
   /** The machine's 1-minute load average when the step started and when it ended. */
   load?: { before: number; after: number };
 }
@@ -97,6 +100,7 @@ function cells(row: StepRow): string[] {
       '',
       '',
       '',
+      '',
       loadCell(row),
     ];
   }
@@ -116,9 +120,16 @@ function cells(row: StepRow): string[] {
     row.cpuPerOperation
       ? `${num(row.cpuPerOperation.serverUs)} + ${num(row.cpuPerOperation.databaseUs)}`
       : '',
+    runtimeCell(row.runtime),
     loadCell(row),
   ];
 }
+
+/** Share of the window spent in GC pauses · the longest pause / the longest event-loop delay, in ms. */
+const runtimeCell = (runtime: RuntimeFigures | undefined) =>
+  runtime && runtime.seconds > 0
+    ? `${((runtime.gcMs / (runtime.seconds * 1000)) * 100).toFixed(1)} % · ${runtime.longestGcMs.toFixed(0)} / ${runtime.loopDelayMaxMs.toFixed(0)}`
+    : '';
 
 const loadCell = (row: StepRow) =>
   row.load ? `${row.load.before.toFixed(1)} → ${row.load.after.toFixed(1)}` : '';
@@ -136,6 +147,7 @@ const HEADER = [
   'errors',
   'RSS MB',
   'CPU µs/op node + pg',
+  'GC % · max pause / loop delay ms',
   'load 1m',
 ];
 

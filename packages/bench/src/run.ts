@@ -28,7 +28,13 @@ import {
   writeDocs,
 } from './report.ts';
 import { type LoadKind, type LoadTarget, requestFactory } from './requests.ts';
-import { type BenchServer, buildServer, type ServerRuntime, startServer } from './server.ts';
+import {
+  type BenchServer,
+  buildServer,
+  type RuntimeFigures,
+  type ServerRuntime,
+  startServer,
+} from './server.ts';
 
 /**
  * `pnpm bench`: starts the real server against a fresh Postgres database, drives it from a separate
@@ -175,20 +181,26 @@ let cpuMeter: CpuMeter | undefined;
 async function runLoad(
   job: LoadJob,
   server: BenchServer,
-): Promise<{ result: LoadResult; rssMb: number; cpu?: CpuSpent }> {
+): Promise<{ result: LoadResult; rssMb: number; cpu?: CpuSpent; runtime?: RuntimeFigures }> {
   sendLoad ??= startLoadProcess();
   let rssMb = 0;
   const sampler = setInterval(() => {
     rssMb = Math.max(rssMb, server.memory().rssMb);
   }, 250);
   let before: Promise<CpuSnapshot | undefined> | undefined;
+  let measuringFrom = Date.now();
   try {
     const result = await sendLoad(job, () => {
+      measuringFrom = Date.now();
       before ??= cpuMeter?.snapshot().catch(() => undefined);
     });
+    const measuringTo = Date.now();
     const start = await before;
     const cpu = start && cpuMeter ? await cpuMeter.since(start).catch(() => undefined) : undefined;
-    return { result, rssMb, ...(cpu ? { cpu } : {}) };
+    // The observer writes every 250 ms: its line after the window's end.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const runtime = server.runtimeBetween(measuringFrom, measuringTo);
+    return { result, rssMb, ...(cpu ? { cpu } : {}), ...(runtime ? { runtime } : {}) };
   } finally {
     clearInterval(sampler);
   }
@@ -222,7 +234,7 @@ async function httpStep(server: BenchServer, step: HttpStep, tokens: Tokens): Pr
   );
   const loadBefore = loadavg()[0]!;
   measuredSteps++;
-  const { result, rssMb, cpu } = await runLoad(
+  const { result, rssMb, cpu, runtime } = await runLoad(
     { url: server.url, target, connections: step.connections, warmupSeconds, seconds, rate: step.rate },
     server,
   );
@@ -252,6 +264,7 @@ async function httpStep(server: BenchServer, step: HttpStep, tokens: Tokens): Pr
     non2xx: result.non2xx,
     statuses: result.statuses,
     rssMb,
+    ...(runtime ? { runtime } : {}),
     ...(cpu && operations > 0
       ? {
           cpuPerOperation: {
@@ -278,7 +291,7 @@ function openLoopNote(openLoop: NonNullable<LoadResult['openLoop']>): string {
 /** A ceiling may move by this much (relative) over the steps measured against it before they are rerun. */
 const CEILING_DRIFT = 0.2;
 /** The measurements of a run without reruns (steps 1 and 2b twice), and --quick's budget by its own clock. */
-const PLANNED_STEPS = 15;
+const PLANNED_STEPS = 16;
 const QUICK_BUDGET_SECONDS = 95;
 /** Measurements made so far (reruns included), for the budget. */
 let measuredSteps = 0;
@@ -362,6 +375,7 @@ async function main() {
     serviceKey: SERVICE_KEY,
     poolSize,
     runtime,
+    observe: true,
     env: { ...serverEnv, ...(args.alerts ? { LOW_BALANCE_THRESHOLD: String(ALERT_THRESHOLD) } : {}) },
   };
 
@@ -474,8 +488,9 @@ async function main() {
     user: { random: number } | { fixed: string },
     protocol: 'prepared' | 'extended',
     reference?: { id: string; of: string },
+    rate?: number,
   ): Promise<StepRow> => {
-    log(`step ${id} ${title}: ${poolSize} clients`);
+    log(`step ${id} ${title}: ${poolSize} clients${rate ? `, open loop at ${rate}/s` : ''}`);
     const loadBefore = loadavg()[0]!;
     measuredSteps++;
     const { script, defines } = pgbenchScript(statement, user);
@@ -488,6 +503,7 @@ async function main() {
       warmupSeconds,
       seconds,
       workDir: join(workDir, `pgbench-${id}`),
+      ...(rate ? { rate } : {}),
     });
     const ceiling = reference && find(reference.id)?.throughput;
     return {
@@ -577,6 +593,7 @@ async function main() {
   // 6. Latency, open loop at half of the measured peak of 3a (its last run).
   const peak = find('3a')?.throughput;
   if (peak) {
+    const rate = Math.max(1, Math.floor(peak / 2));
     rows.push(
       await httpStep(
         server,
@@ -585,9 +602,20 @@ async function main() {
           title: 'internal.credits.use at ½ peak, open loop (latency)',
           kind: 'internal-use',
           connections: 0,
-          rate: Math.max(1, Math.floor(peak / 2)),
+          rate,
         },
         tokens,
+      ),
+    );
+    // For reference, no goal: the database's own tail at that rate, without Node (pgbench open loop, -R).
+    rows.push(
+      await pgbenchStep(
+        '6p',
+        'pgbench debit at the rate of 6, open loop (DB latency)',
+        { random: population.users },
+        'extended',
+        undefined,
+        rate,
       ),
     );
   } else {
@@ -604,6 +632,7 @@ async function main() {
     const profiled = await startServer({
       ...serverOptions,
       nodeFlags: ['--cpu-prof', `--cpu-prof-dir=${profileDir}`],
+      observe: false,
     });
     cleanups.push(() => profiled.stop());
     await runLoad(

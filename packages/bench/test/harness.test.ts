@@ -10,6 +10,7 @@ import { checkLedger, createBenchDatabase, LOT_MIX, seed } from '../src/database
 import { captureUseStatement, pgbenchScript, runPgbench } from '../src/pgbench.ts';
 import { writeDocs } from '../src/report.ts';
 import { requestFactory } from '../src/requests.ts';
+import { OBSERVER, PRODUCTION_NODE_FLAGS, readRuntime } from '../src/server.ts';
 import { summarize } from '../src/stats.ts';
 
 const pgbenchAvailable = spawnSync('pgbench', ['--version']).status === 0;
@@ -184,6 +185,39 @@ describe('report helpers', () => {
       expect(text).toContain('new quick');
       expect(text).not.toContain('old quick');
       expect(text).toContain('notes by hand');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('starts the server with the node flags of the image and `pnpm start`', () => {
+    const root = join(import.meta.dirname, '../../..');
+    const cmd = /^CMD (\[.*\])$/m.exec(readFileSync(join(root, 'Dockerfile'), 'utf8'))?.[1];
+    expect(JSON.parse(cmd ?? '[]')).toEqual(['node', ...PRODUCTION_NODE_FLAGS, 'dist/main.js']);
+    const scripts = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).scripts;
+    expect(scripts.start).toContain(`node ${PRODUCTION_NODE_FLAGS.join(' ')} packages/server/dist/main.js`);
+  });
+
+  it('reads GC pauses and event-loop delays from the server observer', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'bench-observer-'));
+    const file = join(dir, 'runtime.jsonl');
+    try {
+      const from = Date.now();
+      // Garbage for a few scavenges, later the loop blocked for 150 ms, then time for the next line.
+      const script =
+        'let keep = []; for (let i = 0; i < 2e5; i++) keep.push({ i }); keep = null;' +
+        'setTimeout(() => { const until = Date.now() + 150; while (Date.now() < until) {} }, 300);' +
+        'setTimeout(() => {}, 900);';
+      const child = spawnSync(process.execPath, ['--import', OBSERVER, '-e', script], {
+        env: { ...process.env, BENCH_OBSERVER_FILE: file },
+      });
+      expect(child.status, child.stderr.toString()).toBe(0);
+      const figures = readRuntime(file, from, Date.now() - 300)!;
+      expect(figures.gcPauses).toBeGreaterThan(0);
+      expect(figures.gcMs).toBeGreaterThan(0);
+      expect(figures.longestGcMs).toBeGreaterThan(0);
+      expect(figures.loopDelayMaxMs).toBeGreaterThanOrEqual(100);
+      expect(figures.loopDelayMaxMs).toBeLessThan(1000);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -649,13 +649,14 @@ describe('container image and compose file', () => {
     const cmd = JSON.parse(
       dockerfile.filter((i) => i.stage === finalStage && i.keyword === 'CMD').at(-1)?.args ?? '[]',
     ) as string[];
-    expect(cmd).toEqual(['node', '--enable-source-maps', 'dist/main.js']);
-    expect(sourceOf(cmd[2]!)).toBe('packages/server/src/main.ts');
-    expect(existsSync(join(root, sourceOf(cmd[2]!)!))).toBe(true);
-    // `pnpm start` builds the same bundle and runs it the same way; `pnpm dev` runs its source.
+    expect(cmd).toEqual(['node', '--enable-source-maps', '--max-old-space-size=1024', 'dist/main.js']);
+    const script = cmd.at(-1)!;
+    expect(sourceOf(script)).toBe('packages/server/src/main.ts');
+    expect(existsSync(join(root, sourceOf(script)!))).toBe(true);
+    // `pnpm start` builds the same bundle and runs it the same way (same node flags); `pnpm dev` runs its source.
     expect(rootScripts.start).toMatch(/--filter @mana-credits\/server bundle && /);
-    expect(rootScripts.start).toContain(`node --enable-source-maps ${repoPathOf(cmd[2]!)}`);
-    expect(rootScripts.dev).toBe(`tsx watch ${sourceOf(cmd[2]!)}`);
+    expect(rootScripts.start).toContain([...cmd.slice(0, -1), repoPathOf(script)].join(' '));
+    expect(rootScripts.dev).toBe(`tsx watch ${sourceOf(script)}`);
     // The image builds with `pnpm build` (type check, then bundle) and copies that dist where CMD runs it.
     const build = dockerfile.find((i) => i.keyword === 'RUN' && /^pnpm build$/.test(i.args));
     expect(build).toBeDefined();
