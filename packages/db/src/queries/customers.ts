@@ -31,6 +31,9 @@ export async function insertStripeCustomer(
       stripe_customer_id: customer.stripeCustomerId,
       email: customer.email,
     })
-    .onConflict((oc) => oc.column('user_id').doNothing())
+    // No conflict target: both unique indexes (user_id, stripe_customer_id) are arbiters. Concurrent first
+    // purchases insert the same pair; with only user_id as the target, the loser could pass that check before
+    // the winner's row was there and then fail on stripe_customer_id (seen under load as a 500).
+    .onConflict((oc) => oc.doNothing())
     .execute();
 }
