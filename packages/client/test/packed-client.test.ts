@@ -1,8 +1,8 @@
 import { execFile } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { copyFile, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { cpSync, existsSync, readFileSync, realpathSync } from 'node:fs';
+import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { basename, dirname, join } from 'node:path';
+import { basename, dirname, join, parse } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -12,13 +12,12 @@ import { newUser, SERVICE_KEY, startTestServer, type TestServer } from '../../se
 /**
  * The proof that the published package stands alone: build it, pack it as it would be published (or take the
  * tarball an earlier run packed from the same inputs: packedTarball), install the tarball into a project
- * outside the workspace with only @trpc/client, superjson and TypeScript (or take an earlier run's install of
- * the same tarball: consumerModules), type-check a consumer under strict nodenext (and a file that must not
- * compile), then run the consumer against a live server.
+ * outside the workspace with only its peers (@trpc/client, @trpc/server, superjson) and TypeScript
+ * (consumerModules), type-check a consumer under strict nodenext (and a file that must not compile), then run
+ * the consumer against a live server.
  */
 const run = promisify(execFile);
 const packageDir = join(dirname(fileURLToPath(import.meta.url)), '..');
-const TRPC_VERSION = '11.25.2';
 
 /** The child's environment without what pnpm exports to scripts, so npm behaves as in a fresh shell. */
 const childEnv = Object.fromEntries(
@@ -30,6 +29,11 @@ const childEnv = Object.fromEntries(
 async function sh(command: string, args: string[], cwd: string, env: Record<string, string> = {}) {
   return run(command, args, { cwd, env: { ...childEnv, ...env }, maxBuffer: 16 * 1024 * 1024 });
 }
+
+/** The pnpm that runs this test (`pnpm test` says where it is in npm_execpath), or pnpm 10 through npx. */
+const pnpm: [string, string[]] = /pnpm\.c?js$/.test(process.env.npm_execpath ?? '')
+  ? [process.execPath, [process.env.npm_execpath!]]
+  : ['npx', ['-y', 'pnpm@10']];
 
 /** Runs a command that must fail and returns what it printed. */
 async function shFailing(command: string, args: string[], cwd: string) {
@@ -135,7 +139,7 @@ async function packedTarball(): Promise<string> {
     inputsKey(PACK_INPUTS),
     async (into) => {
       await sh('npm', ['run', 'build'], packageDir);
-      await sh('npx', ['-y', 'pnpm@10', 'pack', '--pack-destination', into], packageDir);
+      await sh(pnpm[0], [...pnpm[1], 'pack', '--pack-destination', into], packageDir);
     },
   );
   const name = (await readdir(directory)).find((file) => file.endsWith('.tgz'));
@@ -143,39 +147,67 @@ async function packedTarball(): Promise<string> {
   return join(directory, name);
 }
 
-/** What the consumer project installs besides the tarball: exact versions. */
-const CONSUMER_PACKAGES = [`@trpc/client@${TRPC_VERSION}`, 'superjson@2.2.6', 'typescript@5.9.3'];
+/** Where `name` resolves from `from` as Node would look it up (node_modules of `from` and its parents). */
+function installedPackage(name: string, from: string): string {
+  for (let directory = from; ; directory = dirname(directory)) {
+    const candidate = join(directory, 'node_modules', name);
+    if (existsSync(join(candidate, 'package.json'))) return realpathSync(candidate);
+    if (directory === parse(directory).root) throw new Error(`${name} is not installed above ${from}`);
+  }
+}
+
+interface Manifest {
+  version: string;
+  dependencies?: Record<string, string>;
+  peerDependencies?: Record<string, string>;
+  peerDependenciesMeta?: Record<string, { optional?: boolean }>;
+}
+const manifestOf = (directory: string): Manifest =>
+  JSON.parse(readFileSync(join(directory, 'package.json'), 'utf8')) as Manifest;
+
+/** `version` satisfies `^X.Y.Z` (X > 0), the form of every peer range the package declares. */
+function satisfiesCaret(version: string, range: string): boolean {
+  const wanted = /^\^(\d+)\.(\d+)\.(\d+)$/.exec(range);
+  const have = /^(\d+)\.(\d+)\.(\d+)$/.exec(version);
+  if (!wanted || !have || wanted[1] === '0') throw new Error(`cannot compare ${version} with ${range}`);
+  const [w, h] = [wanted.slice(1).map(Number), have.slice(1).map(Number)];
+  return h[0] === w[0] && (h[1]! > w[1]! || (h[1] === w[1] && h[2]! >= w[2]!));
+}
 
 /**
- * A project outside the workspace with the tarball and CONSUMER_PACKAGES installed (`npm install`, about 2 s of
- * CPU), kept between runs while the tarball is the same byte for byte: as its package-lock would, the copy
- * keeps the versions npm resolved the first time. Returns its node_modules.
+ * The consumer's node_modules, flat as npm lays it out: the tarball unpacked as @mana-credits/client, its peers
+ * (@trpc/client, @trpc/server, superjson: what the consumer installs) and their dependencies copied from this
+ * workspace's install, at the versions pnpm-lock.yaml pins, and TypeScript, the consumer's compiler, linked.
+ * Copies, not links: Node and TypeScript resolve from a file's real path, so everything the consumer and the
+ * package load is looked up inside the project only, as after `npm install` (which took ~10 s, mostly
+ * waiting on the disk and the registry). Each peer must be in the range the package declares.
  */
-async function consumerModules(packed: string): Promise<string> {
-  const key = createHash('sha256')
-    .update(await readFile(packed))
-    .update(JSON.stringify(CONSUMER_PACKAGES))
-    .digest('hex')
-    .slice(0, 24);
-  const directory = await cachedArtifact(
-    join(ROOT, 'node_modules/.cache/mana-credits-test-client-consumer'),
-    key,
-    async (into) => {
-      const tarball = join(into, basename(packed));
-      await copyFile(packed, tarball);
-      await writeFile(
-        join(into, 'package.json'),
-        JSON.stringify({ name: 'consumer', private: true, type: 'module' }),
-      );
-      // Exact versions: metadata npm has cached will do (no registry round trips when it has them).
-      await sh(
-        'npm',
-        ['install', '--no-audit', '--no-fund', '--prefer-offline', tarball, ...CONSUMER_PACKAGES],
-        into,
-      );
-    },
-  );
-  return join(directory, 'node_modules');
+async function consumerModules(packed: string, project: string): Promise<void> {
+  const modules = join(project, 'node_modules');
+  const own = join(modules, '@mana-credits/client');
+  await mkdir(own, { recursive: true });
+  await sh('tar', ['xzf', packed, '--strip-components=1', '-C', own], project);
+  await symlink(installedPackage('typescript', packageDir), join(modules, 'typescript'), 'dir');
+  const copied = new Set(['@mana-credits/client', 'typescript']);
+  const copy = (name: string, from: string) => {
+    if (copied.has(name)) return;
+    copied.add(name);
+    const source = installedPackage(name, from);
+    cpSync(source, join(modules, name), { recursive: true });
+    const manifest = manifestOf(source);
+    const peers = Object.keys(manifest.peerDependencies ?? {}).filter(
+      (peer) => !manifest.peerDependenciesMeta?.[peer]?.optional,
+    );
+    for (const dependency of [...Object.keys(manifest.dependencies ?? {}), ...peers])
+      copy(dependency, source);
+  };
+  const peers = manifestOf(own).peerDependencies ?? {};
+  expect(Object.keys(peers).sort()).toEqual(['@trpc/client', '@trpc/server', 'superjson']);
+  for (const [name, range] of Object.entries(peers)) {
+    copy(name, packageDir);
+    const { version } = manifestOf(join(modules, name));
+    expect(satisfiesCaret(version, range), `${name}@${version} satisfies ${range}`).toBe(true);
+  }
 }
 
 let scratch: string;
@@ -194,8 +226,7 @@ beforeAll(async () => {
         join(scratch, 'package.json'),
         JSON.stringify({ name: 'consumer', private: true, type: 'module' }),
       );
-      // The installed packages, linked: Node and TypeScript resolve through the link to the real files.
-      await symlink(await consumerModules(packed), join(scratch, 'node_modules'), 'dir');
+      await consumerModules(packed, scratch);
     })(),
   ]);
   server = started;
@@ -256,7 +287,11 @@ describe('the packed @mana-credits/client', () => {
     await writeFile(join(scratch, 'tsconfig.json'), JSON.stringify(TSCONFIG));
     await writeFile(join(scratch, 'consumer.ts'), CONSUMER);
     await writeFile(join(scratch, 'wrong.ts'), MUST_NOT_COMPILE);
-    const output = await shFailing(join(scratch, 'node_modules/.bin/tsc'), ['-p', 'tsconfig.json'], scratch);
+    const output = await shFailing(
+      process.execPath,
+      [join(scratch, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.json'],
+      scratch,
+    );
     const errors = [...output.matchAll(/^(.*?error TS\d+)/gm)].map((match) => match[1]);
     expect(errors).toEqual([
       'wrong.ts(4,33): error TS2322',
