@@ -35,10 +35,10 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 120_000,
     pool: 'forks',
-    // One more worker than the machine's 2 cores: many files spend much of their time waiting (spawned servers,
-    // sweeps and retry schedules on timers, Stripe's retry back-off), which leaves a core idle with only two.
-    // Measured on the full suite, alternated at load ~6: 164.5 s with 2 workers, 134.5 s with 3, same CPU time.
-    maxWorkers: 3,
+    // As many workers as the machine's 2 cores. A third looked better at load ~6 (164.5 s → 134.5 s, where three
+    // processes also take a larger share of a busy CPU) but not on a quiet machine: warm full runs back to back,
+    // load 4–5, 125.3 s with 2 against 131.2 s with 3, which also used 14 % more CPU.
+    maxWorkers: 2,
     // Test files run one after another in each worker process, sharing its module cache: the server's module
     // graph (Fastify, tRPC, Kysely, PGlite, Stripe, zod…) is imported once per worker instead of once per file,
     // which was about a third of the suite's CPU time. Every file still starts its own server on its own
