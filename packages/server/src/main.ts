@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { migrateToLatest } from '@mana-credits/db';
+import { migrateToLatest, writeDefaultLowBalanceThreshold } from '@mana-credits/db';
 import { buildApp } from './app.ts';
 import { ConfigError, loadConfig } from './config.ts';
 import { createAppDeps } from './deps.ts';
@@ -54,6 +54,20 @@ async function main() {
   process.once('SIGTERM', () => void shutdown('SIGTERM'));
   process.once('SIGINT', () => void shutdown('SIGINT'));
 
+  /**
+   * The default low-balance threshold lives in the database, where the alert triggers read it: written before
+   * the server says it is ready, so no debit it accepts is judged without it (the delivery job writes it too,
+   * for servers built without this entry point). A database that cannot take it now leaves that to the job.
+   */
+  const writeDefaultThreshold = () =>
+    writeDefaultLowBalanceThreshold(deps.db, config.events.lowBalanceThreshold ?? null).catch((error) =>
+      app.log.warn(
+        { err: error },
+        'default low-balance threshold not written at start; the delivery job will',
+      ),
+    );
+  if (!config.migrateOnStart) await writeDefaultThreshold();
+
   app.readiness.migrating = config.migrateOnStart;
   await app.listen({ port: config.port, host: config.host });
   const address = app.server.address();
@@ -78,6 +92,7 @@ async function main() {
       }
       return;
     }
+    await writeDefaultThreshold();
     app.readiness.migrating = false;
     app.log.info('migrations done: ready');
   }
