@@ -8,7 +8,8 @@ import type { Job } from './scheduler.ts';
  * queues one delivery per subscribed endpoint; one relay at a time across instances, by an advisory lock),
  * then sends the due deliveries, claimed with SKIP LOCKED and a lease so no two instances send the same
  * attempt. Its first run also writes LOW_BALANCE_THRESHOLD into the database, where the ledger triggers read
- * it. WEBHOOK_DELIVERY_INTERVAL_MS; 0 turns it off (events are then neither listed nor sent).
+ * it (main.ts writes it before the server reports ready; this covers servers built without main.ts and a write
+ * that failed at start). WEBHOOK_DELIVERY_INTERVAL_MS; 0 turns it off (events are then neither listed nor sent).
  */
 export function webhookDeliveryJob(
   deps: Pick<AppDeps, 'db' | 'config'> & Partial<Pick<AppDeps, 'metrics'>>,
