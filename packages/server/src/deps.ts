@@ -5,6 +5,7 @@ import {
   type DbHandle,
   migrateToLatest,
   oldestUndeliveredEventAge,
+  writeDefaultLowBalanceThreshold,
 } from '@mana-credits/db';
 import type { FastifyBaseLogger } from 'fastify';
 import type { Kysely } from 'kysely';
@@ -43,12 +44,29 @@ export interface AppDeps {
 export type Logger = FastifyBaseLogger;
 
 export interface CreateAppDepsOptions {
-  /** Run migrations before returning (default: config.migrateOnStart). main.ts runs them after listening. */
+  /**
+   * Prepare the database before returning (prepareDatabase; migrations when config.migrateOnStart). false
+   * leaves it as it is: main.ts prepares it after listening, a test may need none.
+   */
   migrate?: boolean;
   /** Start an embedded database from this PGlite dump (see DbConfig.pgliteSnapshot). */
   pgliteSnapshot?: Blob | undefined;
   /** Use this open PGlite, and leave it open on close (see DbConfig.pglite). */
   pglite?: DbConfig['pglite'];
+}
+
+/**
+ * What a server does to its database before it serves: the migrations (when config.migrateOnStart), then the
+ * settings the database's own functions read — the default low-balance threshold (LOW_BALANCE_THRESHOLD) the
+ * alert triggers apply to accounts without a setting of their own. Before it is ready, so no debit the server
+ * accepts is judged without it.
+ */
+export async function prepareDatabase(
+  db: Kysely<Database>,
+  config: Pick<Config, 'migrateOnStart' | 'events'>,
+): Promise<void> {
+  if (config.migrateOnStart) await migrateToLatest(db);
+  await writeDefaultLowBalanceThreshold(db, config.events.lowBalanceThreshold ?? null);
 }
 
 export async function createAppDeps(
@@ -64,7 +82,7 @@ export async function createAppDeps(
     pglite: options.pglite,
   });
   try {
-    if (options.migrate ?? config.migrateOnStart) await migrateToLatest(dbHandle.db);
+    if (options.migrate !== false) await prepareDatabase(dbHandle.db, config);
   } catch (error) {
     await dbHandle.close();
     throw error;

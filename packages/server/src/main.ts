@@ -1,8 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { migrateToLatest, writeDefaultLowBalanceThreshold } from '@mana-credits/db';
 import { buildApp } from './app.ts';
 import { ConfigError, loadConfig } from './config.ts';
-import { createAppDeps } from './deps.ts';
+import { createAppDeps, prepareDatabase } from './deps.ts';
 
 async function main() {
   let config: ReturnType<typeof loadConfig>;
@@ -15,7 +14,7 @@ async function main() {
     }
     throw error;
   }
-  // Migrations run after listening, so /health answers and /ready says 'migrating' while they run.
+  // The database is prepared (prepareDatabase: migrations, start-up settings) after listening, below.
   const deps = await createAppDeps(config, { migrate: false });
   const app = await buildApp(deps, { closeDepsOnClose: true });
   if (config.nodeEnv === 'production' && !config.metricsToken) {
@@ -54,21 +53,9 @@ async function main() {
   process.once('SIGTERM', () => void shutdown('SIGTERM'));
   process.once('SIGINT', () => void shutdown('SIGINT'));
 
-  /**
-   * The default low-balance threshold lives in the database, where the alert triggers read it: written before
-   * the server says it is ready, so no debit it accepts is judged without it (the delivery job writes it too,
-   * for servers built without this entry point). A database that cannot take it now leaves that to the job.
-   */
-  const writeDefaultThreshold = () =>
-    writeDefaultLowBalanceThreshold(deps.db, config.events.lowBalanceThreshold ?? null).catch((error) =>
-      app.log.warn(
-        { err: error },
-        'default low-balance threshold not written at start; the delivery job will',
-      ),
-    );
-  if (!config.migrateOnStart) await writeDefaultThreshold();
-
-  app.readiness.migrating = config.migrateOnStart;
+  // Preparing the database runs after listening, so /health answers and /ready says 'migrating' meanwhile
+  // (other requests are answered 503 MIGRATING with Retry-After).
+  app.readiness.migrating = true;
   await app.listen({ port: config.port, host: config.host });
   const address = app.server.address();
   app.log.info(
@@ -79,23 +66,20 @@ async function main() {
     deps.dbHandle.kind === 'pglite' ? `embedded database in ${config.dataDir}` : 'connected to Postgres',
   );
 
-  if (config.migrateOnStart) {
-    migrations = migrateToLatest(deps.db);
-    try {
-      await migrations;
-    } catch (error) {
-      app.log.fatal({ err: error }, 'migrations failed');
-      if (!closing) {
-        closing = true;
-        await app.close().catch(() => {});
-        process.exit(1);
-      }
-      return;
+  migrations = prepareDatabase(deps.db, config);
+  try {
+    await migrations;
+  } catch (error) {
+    app.log.fatal({ err: error }, 'migrations failed');
+    if (!closing) {
+      closing = true;
+      await app.close().catch(() => {});
+      process.exit(1);
     }
-    await writeDefaultThreshold();
-    app.readiness.migrating = false;
-    app.log.info('migrations done: ready');
+    return;
   }
+  app.readiness.migrating = false;
+  app.log.info(config.migrateOnStart ? 'migrations done: ready' : 'ready');
 }
 
 main().catch((error) => {

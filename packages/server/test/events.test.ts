@@ -344,19 +344,7 @@ describe('balance alerts', () => {
     expect(await eventsOf({ userId: quiet.id })).toEqual([]);
   });
   it('useBatch with a default threshold: it applies to accounts without a setting, not to one that opted out', async () => {
-    // The default (LOW_BALANCE_THRESHOLD) is a row the delivery job writes in its first run; it is set here once
-    // the job has run (it relays an event only after writing the default), so the job cannot overwrite it.
-    const marker = await server.fundedUser(20);
-    await internal().internal.credits.setAlerts.mutate({ userId: marker.id, lowBalanceThreshold: 10 });
-    await (await server.userClient(marker)).credits.use.mutate({
-      amount: 15,
-      appId: 'app',
-      description: 'x',
-    });
-    await eventually('the delivery job relayed an event', async () => {
-      const [event] = await eventsOf({ userId: marker.id });
-      return event?.position != null;
-    });
+    // The default (LOW_BALANCE_THRESHOLD) is a row the server writes at start (prepareDatabase); set for this test.
     await writeDefaultLowBalanceThreshold(server.db, 50);
     try {
       const byDefault = await server.fundedUser(60);

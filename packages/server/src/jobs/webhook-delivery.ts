@@ -1,4 +1,3 @@
-import { writeDefaultLowBalanceThreshold } from '@mana-credits/db';
 import type { AppDeps, Logger } from '../deps.ts';
 import { deliverDue, relayPending } from '../domain/events/worker.ts';
 import type { Job } from './scheduler.ts';
@@ -7,24 +6,17 @@ import type { Job } from './scheduler.ts';
  * Events out (issue 16), on every instance: relays newly committed events (numbers them in commit order and
  * queues one delivery per subscribed endpoint; one relay at a time across instances, by an advisory lock),
  * then sends the due deliveries, claimed with SKIP LOCKED and a lease so no two instances send the same
- * attempt. Its first run also writes LOW_BALANCE_THRESHOLD into the database, where the ledger triggers read
- * it (main.ts writes it before the server reports ready; this covers servers built without main.ts and a write
- * that failed at start). WEBHOOK_DELIVERY_INTERVAL_MS; 0 turns it off (events are then neither listed nor sent).
+ * attempt. WEBHOOK_DELIVERY_INTERVAL_MS; 0 turns it off (events are then neither listed nor sent).
  */
 export function webhookDeliveryJob(
   deps: Pick<AppDeps, 'db' | 'config'> & Partial<Pick<AppDeps, 'metrics'>>,
   log?: Logger,
 ): Job {
   const { db, config, metrics } = deps;
-  let defaultWritten = false;
   return {
     name: 'webhook-delivery',
     intervalMs: config.events.deliveryIntervalMs,
     async run(signal) {
-      if (!defaultWritten) {
-        await writeDefaultLowBalanceThreshold(db, config.events.lowBalanceThreshold ?? null);
-        defaultWritten = true;
-      }
       await relayPending(db, (events) => {
         for (const event of events) metrics?.eventsWritten.inc({ type: metrics.eventTypeLabel(event.type) });
       });
