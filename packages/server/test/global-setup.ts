@@ -1,12 +1,11 @@
 import { spawn } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import {
   copyFileSync,
   existsSync,
   mkdirSync,
   mkdtempSync,
   readdirSync,
-  readFileSync,
   renameSync,
   rmSync,
   writeFileSync,
@@ -17,12 +16,12 @@ import { fileURLToPath } from 'node:url';
 import { createDb, migrateToLatest } from '@mana-credits/db';
 import pg from 'pg';
 import type { TestProject } from 'vitest/node';
+import { inputsKey, ROOT } from './helpers/build-cache.ts';
 // What this file provides is declared beside the code that injects it.
 import type {} from './helpers/database.ts';
 import { PGLITE_DUMPS } from './helpers/pglite-dumps.ts';
 
 const MAKER = new URL('./helpers/pglite-dumps.ts', import.meta.url);
-const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 /** Where the PGlite dumps of earlier runs are kept, one directory per state of what makes them. */
 const DUMP_CACHE = join(ROOT, 'node_modules/.cache/mana-credits-test-pglite');
 
@@ -31,25 +30,12 @@ const DUMP_CACHE = join(ROOT, 'node_modules/.cache/mana-credits-test-pglite');
  * the locked versions of every package (kysely…), and the code that makes them. Any change makes new dumps.
  */
 function dumpKey(): string {
-  const hash = createHash('sha256');
-  const add = (path: string) => {
-    hash.update(`${relative(ROOT, path)}\0`);
-    hash.update(readFileSync(path));
-  };
-  const walk = (directory: string) => {
-    for (const entry of readdirSync(directory, { withFileTypes: true }).sort((a, b) =>
-      a.name < b.name ? -1 : 1,
-    )) {
-      const path = join(directory, entry.name);
-      if (entry.isDirectory()) walk(path);
-      else if (entry.isFile()) add(path);
-    }
-  };
-  walk(join(ROOT, 'packages/db/src'));
-  add(join(ROOT, 'packages/db/node_modules/@electric-sql/pglite/package.json'));
-  add(join(ROOT, 'pnpm-lock.yaml'));
-  add(fileURLToPath(MAKER));
-  return hash.digest('hex').slice(0, 24);
+  return inputsKey([
+    'packages/db/src',
+    'packages/db/node_modules/@electric-sql/pglite/package.json',
+    'pnpm-lock.yaml',
+    relative(ROOT, fileURLToPath(MAKER)),
+  ]);
 }
 
 /**
