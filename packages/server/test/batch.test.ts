@@ -337,6 +337,28 @@ describe('internal.credits.useBatch', () => {
     }
   });
 
+  it('50 parallel batches carrying one key: it is posted once, every batch answers it the same', async () => {
+    server.httpForThisTest(); // real parallel requests
+    const user = await fundedUser(1000);
+    const once = item(user.id, 7, 'shared-key');
+    const responses = await Promise.all(
+      Array.from({ length: 50 }, () => internal().useBatch.mutate({ items: [once, item(user.id, 1)] })),
+    );
+    const shared = responses.map(({ results }) => results[0]);
+    // a replay answers the first result: the same transaction and the balance after it
+    expect(new Set(shared.map((result) => JSON.stringify(result))).size).toBe(1);
+    expect(shared[0]).toMatchObject({ ok: true, idempotencyKey: 'shared-key' });
+    expect(responses.every(({ results }) => results[1]?.ok)).toBe(true);
+    const rows = await server.deps.db
+      .selectFrom('credits.transactions')
+      .select('id')
+      .where('user_id', '=', user.id)
+      .where('idempotency_key', '=', 'shared-key')
+      .execute();
+    expect(rows).toHaveLength(1);
+    expect(await ledgerSum(server.deps.db, user.id)).toBe(1000 - 7 - 50);
+  });
+
   it('the list itself must hold 1..1000 items', async () => {
     for (const items of [[], Array.from({ length: 1001 }, () => item('u', 1))]) {
       const error = await failure(internal().useBatch.mutate({ items }));
