@@ -53,9 +53,11 @@ async function main() {
   process.once('SIGTERM', () => void shutdown('SIGTERM'));
   process.once('SIGINT', () => void shutdown('SIGINT'));
 
-  // Preparing the database runs after listening, so /health answers and /ready says 'migrating' meanwhile
-  // (other requests are answered 503 MIGRATING with Retry-After).
-  app.readiness.migrating = true;
+  // Without migrations preparing the database is one write, done before listening (ready at once, as before);
+  // migrations run after listening, so /health answers and /ready says 'migrating' meanwhile (other requests
+  // are answered 503 MIGRATING with Retry-After).
+  if (!config.migrateOnStart) await prepareDatabase(deps.db, config);
+  app.readiness.migrating = config.migrateOnStart;
   await app.listen({ port: config.port, host: config.host });
   const address = app.server.address();
   app.log.info(
@@ -66,6 +68,7 @@ async function main() {
     deps.dbHandle.kind === 'pglite' ? `embedded database in ${config.dataDir}` : 'connected to Postgres',
   );
 
+  if (!config.migrateOnStart) return;
   migrations = prepareDatabase(deps.db, config);
   try {
     await migrations;
@@ -79,7 +82,7 @@ async function main() {
     return;
   }
   app.readiness.migrating = false;
-  app.log.info(config.migrateOnStart ? 'migrations done: ready' : 'ready');
+  app.log.info('migrations done: ready');
 }
 
 main().catch((error) => {
