@@ -187,12 +187,15 @@ export async function startTestServer(
     PORT: '0',
     HOST: '127.0.0.1',
     DB_POOL_SIZE: '10',
+    LOG_LEVEL: 'error',
     ...database.env,
     ...env,
     ...proxied,
   });
   const deps = await createAppDeps(config, { pglite: database.pglite });
-  const app = await buildApp(deps, { closeDepsOnClose: true, logger: false });
+  // Errors only (a 5xx and its cause), on stderr, where vitest shows them beside the test that made them: an
+  // unexpected Internal server error in a run is then explained by its log line.
+  const app = await buildApp(deps, { closeDepsOnClose: true, logStream: process.stderr });
   await app.listen({ port: 0, host: '127.0.0.1' });
   const address = app.server.address();
   const port = typeof address === 'object' && address ? address.port : 0;
