@@ -228,6 +228,52 @@ export interface Usage {
   description: string;
 }
 
+export interface BatchItem extends Usage {
+  userId: string;
+  amount: number;
+  guildId?: string;
+}
+
+/**
+ * The items of a logged useBatch call, each as the operation it stands for — `use` of the user, or `guild.use`
+ * of the member — answered as its item was (a call refused or unknown as a whole: each item alike).
+ */
+export function itemsOfBatch(batch: LoggedOperation): LoggedOperation[] {
+  const items = batch.input.items as (BatchItem & { idempotencyKey: string })[];
+  const results = batch.result?.results as
+    | ({ ok: true; transactionId: string } | { ok: false; error: { reason: string } })[]
+    | undefined;
+  return items.map(({ guildId, userId, ...item }, i) => {
+    const answer = batch.outcome === 'ok' ? results?.[i] : undefined;
+    const operation: Operation = guildId
+      ? {
+          id: item.idempotencyKey,
+          kind: 'guild.use',
+          path: 'guild.use',
+          actor: userId,
+          input: { guildId, ...item },
+        }
+      : {
+          id: item.idempotencyKey,
+          kind: 'use',
+          path: 'internal.credits.use',
+          actor: 'service',
+          input: { userId, ...item },
+        };
+    if (batch.outcome !== 'ok') return { ...operation, outcome: batch.outcome, attempts: batch.attempts };
+    if (!answer)
+      return { ...operation, outcome: 'unknown', reason: 'no result for the item', attempts: batch.attempts };
+    return answer.ok
+      ? {
+          ...operation,
+          outcome: 'ok',
+          result: { transactionId: answer.transactionId },
+          attempts: batch.attempts,
+        }
+      : { ...operation, outcome: 'refused', reason: answer.error.reason, attempts: batch.attempts };
+  });
+}
+
 /**
  * The operations both drivers make, by kind. `id` is the operation's and, where the procedure takes one, its
  * idempotency key; the others have a natural key (the hold, the gift and redeemer).
@@ -239,6 +285,17 @@ export const newOperation = {
     path: 'internal.credits.use',
     actor: 'service',
     input: { userId, amount, ...usage, idempotencyKey: id },
+  }),
+  /**
+   * internal.credits.useBatch: personal debits and pool spends (`guildId` set: of member `userId`) in one call,
+   * item i keyed `${id}.${i}`. Checked item by item (itemsOfBatch).
+   */
+  useBatch: (id: string, items: BatchItem[]): Operation => ({
+    id,
+    kind: 'use.batch',
+    path: 'internal.credits.useBatch',
+    actor: 'service',
+    input: { items: items.map((item, i) => ({ ...item, idempotencyKey: `${id}.${i}` })) },
   }),
   /** The user's own debit, with their token. */
   userUse: (id: string, userId: string, amount: number, usage: Usage): Operation => ({

@@ -21,6 +21,7 @@ import {
 import { ChaosEvents, eventsEnv } from './events.ts';
 import {
   type CallOptions,
+  itemsOfBatch,
   type LoggedOperation,
   newOperation,
   seededRandom,
@@ -539,7 +540,9 @@ async function main() {
   ).rows) {
     keylessRows.set(row.op, [...(keylessRows.get(row.op) ?? []), row]);
   }
-  for (const op of operations) {
+  const batches = operations.filter((op) => op.kind === 'use.batch');
+  const batchItems = batches.flatMap(itemsOfBatch);
+  for (const op of [...operations.filter((op) => op.kind !== 'use.batch'), ...batchItems]) {
     const userId = op.account ?? (op.input.userId as string | undefined) ?? op.actor;
     if (op.keyless && op.kind === 'use') {
       const charged = keylessRows.get(op.id) ?? [];
@@ -718,7 +721,7 @@ async function main() {
   console.log('');
   console.log(`chaos summary (seed ${seed}, ${seconds}s, ${instanceCount} instance(s))`);
   console.log(
-    `  operations: ${operations.length} (ok ${count('ok')}, refused ${count('refused')}, settled after the run ${unknownAfterRun}; keyless ${operations.filter((op) => op.keyless).length}, of them unknown ${count('unknown')})`,
+    `  operations: ${operations.length} (ok ${count('ok')}, refused ${count('refused')}, settled after the run ${unknownAfterRun}; keyless ${operations.filter((op) => op.keyless).length}, of them unknown ${count('unknown')}); useBatch: ${batches.length} calls, ${batchItems.length} items (${batchItems.filter((item) => item.kind === 'guild.use').length} pool spends; ok ${batchItems.filter((item) => item.outcome === 'ok').length}, refused ${batchItems.filter((item) => item.outcome === 'refused').length})`,
   );
   const purchaseCount = (outcome: string) =>
     stripeDriver.purchases.filter((op) => op.outcome === outcome).length;

@@ -75,6 +75,26 @@ function nextOperation(): Operation {
   }
   if (roll < 0.7)
     return newOperation.userUse(id, userId, amount, { appId: 'chaos', description: 'chaos use (user)' });
+  if (roll < 0.76) {
+    // 2–6 items, about a third of them pool spends of members
+    const items = Array.from({ length: 2 + Math.floor(random() * 5) }, () =>
+      random() < 0.35
+        ? {
+            userId: pick(config.users.slice(1)),
+            guildId: GUILD,
+            amount: 1 + Math.floor(random() * 3),
+            appId: 'chaos',
+            description: 'chaos batch (pool)',
+          }
+        : {
+            userId: pick(config.users),
+            amount: 1 + Math.floor(random() * 5),
+            appId: 'chaos',
+            description: 'chaos batch',
+          },
+    );
+    return newOperation.useBatch(id, items);
+  }
   return newOperation.use(id, userId, amount, { appId: 'chaos', description: 'chaos use' });
 }
 

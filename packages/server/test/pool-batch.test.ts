@@ -356,6 +356,68 @@ describe('single, batch and coalesced pool spends agree', () => {
     expect(outcomes.coalesced.state).toEqual(state);
   });
 
+  it('internal.credits.useBatch with guild items: the answers and writes of the single path, beside personal items and a non-member', async () => {
+    const setup: PoolSetup = {
+      grants: [{ amount: 140 }, { amount: 40, expiresInHours: 1 }],
+      limits: { a: { dailyLimit: 25, monthlyLimit: 40 }, d: { dailyLimit: null, monthlyLimit: 12 } },
+      holds: [
+        { member: 'b', amount: 10, lapsed: false },
+        { member: 'b', amount: 5, lapsed: true },
+      ],
+      lapseLots: true,
+    };
+    // batch items are keyed
+    const items = [
+      spend('a', 10, 'k1'),
+      spend('a', 10, 'k1'), // replay
+      spend('a', 10, 'k1', 'other'), // conflict
+      spend('a', 15, 'k4'), // a's daily cap reached
+      spend('a', 1, 'k5'), // daily cap
+      spend('d', 12, 'k10'), // d's monthly cap reached
+      spend('c', 200, 'k6'), // insufficient
+      spend('c', 90, 'k7'),
+      spend('c', 90, 'k7'), // the same key again in the same call: replay
+      spend('c', 200, 'k6'), // the refused key: its recorded refusal again
+      spend('b', 50, 'k8'), // insufficient
+    ];
+    const single = await pool(setup);
+    const singleAnswers = await run('single', single, items);
+    expect(singleAnswers).toEqual([
+      'ok:130',
+      'replay:130',
+      'IDEMPOTENCY_CONFLICT',
+      'ok:115',
+      'DAILY_LIMIT_EXCEEDED:25',
+      'ok:103',
+      'INSUFFICIENT_POOL_CREDITS:103',
+      'ok:13',
+      'replay:13',
+      'replayed INSUFFICIENT_POOL_CREDITS:103',
+      'INSUFFICIENT_POOL_CREDITS:13',
+    ]);
+
+    const viaBatch = await pool(setup);
+    const personal = await server.fundedUser(10);
+    const { results } = await server.internalClient().internal.credits.useBatch.mutate({
+      items: [
+        { userId: personal.id, amount: 3, appId: 'chat', description: 'mine', idempotencyKey: 'p1' },
+        ...items.map((item) => inputOf(viaBatch, item)),
+        inputOf(viaBatch, spend('not-a-member', 1, 'kz')),
+      ],
+    });
+    expect(results[0]).toMatchObject({ idempotencyKey: 'p1', ok: true, balance: 7 });
+    expect(results.at(-1)).toMatchObject({ ok: false, error: { reason: 'NOT_A_GUILD_MEMBER' } });
+    // What a batch item says: the balance left, or the refusal's reason (no replay mark, no details).
+    const coarse = (answer: string) =>
+      /^(ok|replay):/.test(answer)
+        ? answer.replace(/^replay:/, 'ok:')
+        : answer.replace(/^replayed /, '').replace(/:\d+$/, '');
+    expect(
+      results.slice(1, -1).map((result) => (result.ok ? `ok:${result.balance}` : result.error.reason)),
+    ).toEqual(singleAnswers.map(coarse));
+    expect(await stateOf(viaBatch)).toEqual(await stateOf(single));
+  });
+
   it('nothing posted: the return of lapsed holds and the expiry of lapsed lots are undone, as a refused spend rolls them back', async () => {
     const setup: PoolSetup = {
       grants: [{ amount: 140 }, { amount: 40, expiresInHours: 1 }],

@@ -11,8 +11,12 @@ import { z } from 'zod';
 import { amount, appId, description, guildId, idempotencyKey, metadata, userId } from '../../schemas.ts';
 import { effects } from '../effects.ts';
 import { DomainError } from '../errors.ts';
-import { type GuildDeps, type PoolUseInput, useGuildCredits } from '../guild/pools.ts';
+import type { PoolUseResult } from '../guild/mappers.ts';
+import { type GuildRole, requireRole } from '../guild/membership.ts';
+import { spendFromPoolTogether } from '../guild/pool-coalescer.ts';
+import { type GuildDeps, type PoolUseInput, spendFromPool } from '../guild/pools.ts';
 import { isReplayed, markReplayed } from '../idempotency.ts';
+import { type ItemOutcome, settleBatch, type Waiting } from '../lane-coalescer.ts';
 import { certainlyNotCommitted, certainOrUnknown } from '../outcome.ts';
 import { usageRequestHash } from './personal.ts';
 
@@ -128,9 +132,8 @@ async function postWithRetry(db: Kysely<Database>, debits: BatchDebit[]): Promis
 
 /**
  * Spends credits for many independent items: personal items in one database call (see credits.use_batch),
- * then guild items (`guildId` set) one by one through the guild.use path (membership, pool, limits, its own
- * transaction and idempotency; few per batch in practice). Each item is validated, idempotent and answered
- * on its own, in input order: a bad, short, refused or conflicting item fails alone. Items share the
+ * then guild items (`guildId` set) in one more (see spendPoolItems). Each item is validated, idempotent and
+ * answered on its own, in input order: a bad, short, refused or conflicting item fails alone. Items share the
  * idempotency space of credits.use (and of guild.use for guild items), so an item replays a use with the
  * same key and request, and vice versa.
  */
@@ -141,7 +144,7 @@ export async function useCreditsBatch(
   const results: BatchItemResult[] = new Array(items.length);
   const debits: BatchDebit[] = [];
   const positions: number[] = [];
-  const poolUses: { index: number; use: PoolUseInput & { idempotencyKey: string } }[] = [];
+  const poolUses: PoolItem[] = [];
   items.forEach((raw, index) => {
     const parsed = parseItem(raw);
     if (!parsed.success) {
@@ -170,23 +173,84 @@ export async function useCreditsBatch(
       results[positions[j]!] = toItemResult(debits[j]!, outcome);
     });
   }
-  for (const { index, use } of poolUses) {
-    try {
-      const used = await useGuildCredits(deps, use);
-      const applied: BatchItemResult = {
-        idempotencyKey: use.idempotencyKey,
-        ok: true,
-        transactionId: used.transactionId,
-        balance: used.poolBalance,
-      };
-      results[index] = isReplayed(used) ? markReplayed(applied) : applied;
-    } catch (error) {
-      // A refusal fails this item alone. Anything else fails the call — an unknown outcome (perhaps applied)
-      // as OUTCOME_UNKNOWN — which is safe to retry as a whole: every item is keyed, so applied ones replay.
-      if (!(error instanceof DomainError) || !certainlyNotCommitted(error)) throw certainOrUnknown(error);
-      const refused = failed(use.idempotencyKey, error.reason, error.message);
-      results[index] = isReplayed(error) ? markReplayed(refused) : refused;
-    }
-  }
+  if (poolUses.length > 0) await spendPoolItems(deps, poolUses, results);
   return { results };
+}
+
+interface PoolItem {
+  index: number;
+  use: PoolUseInput & { idempotencyKey: string };
+}
+
+/**
+ * The guild items of a batch, answered into `results`: each member's role is asked once per (guild, member)
+ * of the batch, and the spends of the members go to Postgres in one call of credits.pool_use_batch, in input
+ * order — the statement the pool coalescer sends, deciding each item as guild.use would alone. When Postgres
+ * refuses that call as a whole (nothing written) each item takes the single path on its own; when its outcome
+ * is unknown, the call fails (settleBatch).
+ */
+async function spendPoolItems(deps: GuildDeps, poolUses: PoolItem[], results: BatchItemResult[]) {
+  const roles = new Map<string, Promise<GuildRole>>();
+  const admitted = await Promise.all(
+    poolUses.map(async (item) => {
+      const pair = JSON.stringify([item.use.guildId, item.use.userId]);
+      let role = roles.get(pair);
+      if (!role) {
+        role = requireRole(deps.membership, item.use.guildId, item.use.userId);
+        roles.set(pair, role);
+      }
+      try {
+        await role;
+        return true;
+      } catch (error) {
+        results[item.index] = refusedPoolItem(item, error);
+        return false;
+      }
+    }),
+  );
+  const spends = poolUses.filter((_, i) => admitted[i]);
+  // settleBatch answers every item before it returns (each as its result or its error)
+  const answers: ItemOutcome<PoolUseResult>[] = new Array(spends.length);
+  const waiting: Waiting<PoolUseInput, PoolUseResult>[] = spends.map((item, i) => ({
+    input: item.use,
+    resolve: (value) => {
+      answers[i] = { ok: true, value };
+    },
+    reject: (error) => {
+      answers[i] = { ok: false, error };
+    },
+  }));
+  await settleBatch(
+    waiting,
+    (inputs) => spendFromPoolTogether(deps.db, inputs),
+    (rerun) =>
+      Promise.all(
+        rerun.map(({ input, resolve, reject }) => spendFromPool(deps.db, input).then(resolve, reject)),
+      ),
+  );
+  for (const [i, item] of spends.entries()) {
+    const answer = answers[i];
+    if (!answer) throw new Error('a pool item of the batch was left unanswered');
+    if (!answer.ok) {
+      results[item.index] = refusedPoolItem(item, answer.error);
+      continue;
+    }
+    const applied: BatchItemResult = {
+      idempotencyKey: item.use.idempotencyKey,
+      ok: true,
+      transactionId: answer.value.transactionId,
+      balance: answer.value.poolBalance,
+    };
+    results[item.index] = isReplayed(answer.value) ? markReplayed(applied) : applied;
+  }
+}
+
+/**
+ * A refusal fails its item alone. Anything else fails the call — an unknown outcome (perhaps applied) as
+ * OUTCOME_UNKNOWN — which is safe to retry as a whole: every item is keyed, so applied ones replay.
+ */
+function refusedPoolItem(item: PoolItem, error: unknown): BatchItemResult {
+  if (!(error instanceof DomainError) || !certainlyNotCommitted(error)) throw certainOrUnknown(error);
+  const refused = failed(item.use.idempotencyKey, error.reason, error.message);
+  return isReplayed(error) ? markReplayed(refused) : refused;
 }
