@@ -1,3 +1,6 @@
+import { recordDeliveryFailure, recordDeliverySuccess, relayEvents } from '@mana-credits/db';
+import { sql } from 'kysely';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isPrivateAddress } from '../src/domain/events/address-policy.ts';
 import { retryDelayMs, sendDelivery } from '../src/domain/events/delivery.ts';
@@ -247,3 +250,124 @@ describe('disabling a failing endpoint, and the metrics', () => {
     }
   });
 });
+
+// Two sessions at once: Postgres only.
+describe.runIf(Boolean(process.env.DATABASE_URL))(
+  'an endpoint deleted while the delivery job works on it',
+  () => {
+    let server: TestServer;
+    beforeAll(async () => {
+      // the app's own delivery job stays idle (its first run finds nothing): the test runs each step itself
+      server = await startTestServer({ WEBHOOK_DELIVERY_INTERVAL_MS: '600000' });
+    });
+    afterAll(async () => {
+      await server?.close();
+    });
+    /** A disabled endpoint (nothing is sent to it) and an event not relayed yet. */
+    async function endpointAndEvent() {
+      const webhook = await server.db
+        .insertInto('credits.webhooks')
+        .values({
+          url: 'https://example.com/hook',
+          secret: 'whsec_dGVzdHNlY3JldHRlc3RzZWNyZXQ=',
+          enabled: false,
+        })
+        .returning('id')
+        .executeTakeFirstOrThrow();
+      const event = await server.db
+        .insertInto('credits.events')
+        .values({ type: 'balance.low', data: JSON.stringify({}) })
+        .returning('id')
+        .executeTakeFirstOrThrow();
+      return { webhookId: webhook.id, eventId: event.id };
+    }
+
+    /**
+     * Runs `work` while another session deletes the endpoint: its row is locked first (as DELETE does), `work`
+     * starts and waits on a lock, then the delete cascades to the deliveries and commits. Returns what `work`
+     * gave.
+     */
+    async function whileDeleting<T>(webhookId: string, work: () => Promise<T>): Promise<T> {
+      const deleter = new pg.Client({ connectionString: server.database.url });
+      await deleter.connect();
+      try {
+        await deleter.query('begin');
+        await deleter.query('select 1 from credits.webhooks where id = $1 for update', [webhookId]);
+        const working = work();
+        working.catch(() => {}); // awaited below
+        await eventually('the work to wait on a lock', async () => {
+          await deleter.query('select pg_stat_clear_snapshot()');
+          const { rows } = await deleter.query<{ waiting: number }>(
+            `select count(*)::int as waiting from pg_stat_activity
+            where datname = current_database() and wait_event_type = 'Lock'`,
+          );
+          return rows[0]!.waiting > 0 ? true : undefined;
+        });
+        await deleter.query('delete from credits.webhooks where id = $1', [webhookId]);
+        await deleter.query('commit');
+        return await working;
+      } finally {
+        await deleter.end();
+      }
+    }
+
+    // Deleting an endpoint locks its row, then its deliveries (cascade). Recording an attempt locked them the
+    // other way round, so the two could deadlock and Postgres aborted one: perhaps the caller's delete, a 500.
+    it('recording an attempt takes the endpoint row first: the delete goes through, the record finds nothing left', async () => {
+      const outcomes: ('failure' | 'success')[] = ['failure', 'success'];
+      for (const outcome of outcomes) {
+        const { webhookId, eventId } = await endpointAndEvent();
+        const delivery = await server.db
+          .insertInto('credits.webhook_deliveries')
+          .values({
+            webhook_id: webhookId,
+            event_id: eventId,
+            attempts: 1,
+            next_attempt_at: sql`now() + interval '1 hour'`,
+          })
+          .returning('id')
+          .executeTakeFirstOrThrow();
+        const attempt = { id: delivery.id, webhookId, attempt: 1 };
+        if (outcome === 'success') {
+          // a failing endpoint: a success clears its streak, so the record writes the endpoint row
+          await server.db
+            .updateTable('credits.webhooks')
+            .set({ failing_since: sql`now()` })
+            .where('id', '=', webhookId)
+            .execute();
+        }
+        await whileDeleting(webhookId, async () => {
+          if (outcome === 'success') await recordDeliverySuccess(server.db, attempt, 200);
+          else
+            await recordDeliveryFailure(server.db, attempt, {
+              status: null,
+              error: 'refused',
+              retryInMs: 60_000,
+              disableAfterMs: 3_600_000,
+            });
+        });
+        const left = await server.db
+          .selectFrom('credits.webhook_deliveries')
+          .select('id')
+          .where('webhook_id', '=', webhookId)
+          .execute();
+        expect(left, outcome).toEqual([]);
+      }
+    });
+
+    // The relay fanned an event out to every endpoint it read; one deleted before the insert's foreign key check
+    // failed the whole relay (retried on the next run, logged as a failed job meanwhile).
+    it('the relay skips an endpoint deleted while it fans out', async () => {
+      const { webhookId, eventId } = await endpointAndEvent();
+      const relayed = await whileDeleting(webhookId, () => relayEvents(server.db));
+      expect(relayed.map((event) => event.id)).toContain(eventId);
+      const deliveries = await server.db
+        .selectFrom('credits.webhook_deliveries')
+        .select('id')
+        .where('event_id', '=', eventId)
+        .where('webhook_id', '=', webhookId)
+        .execute();
+      expect(deliveries).toEqual([]);
+    });
+  },
+);

@@ -41,6 +41,9 @@ begin
       select w.id, n.id
         from numbered n
         join credits.webhooks w on w.event_types is null or n.type = any(w.event_types)
+        -- an endpoint deleted meanwhile is skipped (its deletion waits for this lock, or is seen committed):
+        -- without the lock, the foreign key check failed the whole relay
+         for key share of w
       on conflict (webhook_id, event_id) where kind = 'original' do nothing
     )
     select n.id, n.type, n.position from numbered n order by n.position;

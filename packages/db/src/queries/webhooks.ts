@@ -168,7 +168,11 @@ export async function claimDueDeliveries(
   }));
 }
 
-/** A 2xx: the delivery is done and the endpoint is no longer failing. */
+/**
+ * A 2xx: the delivery is done and the endpoint is no longer failing. The endpoint row is written before the
+ * delivery row, the order of deleting an endpoint (its row, then its deliveries by cascade): in the other
+ * order the two deadlock, and Postgres would abort one of them — perhaps the caller's delete, as a 500.
+ */
 export async function recordDeliverySuccess(
   db: Kysely<Database>,
   delivery: Pick<ClaimedDelivery, 'id' | 'webhookId' | 'attempt'>,
@@ -176,17 +180,17 @@ export async function recordDeliverySuccess(
 ): Promise<void> {
   await db.transaction().execute(async (trx) => {
     await trx
+      .updateTable('credits.webhooks')
+      .set({ failing_since: null })
+      .where('id', '=', delivery.webhookId)
+      .where('failing_since', 'is not', null)
+      .execute();
+    await trx
       .updateTable('credits.webhook_deliveries')
       .set({ status: 'delivered', delivered_at: sql`now()`, last_status: status, last_error: null })
       .where('id', '=', delivery.id)
       .where('attempts', '=', delivery.attempt)
       .where('status', '=', 'pending')
-      .execute();
-    await trx
-      .updateTable('credits.webhooks')
-      .set({ failing_since: null })
-      .where('id', '=', delivery.webhookId)
-      .where('failing_since', 'is not', null)
       .execute();
   });
 }
@@ -213,6 +217,20 @@ export async function recordDeliveryFailure(
 ): Promise<{ gaveUp: boolean; disabled: boolean }> {
   return db.transaction().execute(async (trx) => {
     const error = failure.error.slice(0, 500);
+    // the endpoint row first, as deleting an endpoint locks it (see recordDeliverySuccess)
+    const { rows } = await sql<{ disabled: boolean }>`
+      update credits.webhooks
+         set failing_since = coalesce(failing_since, now()),
+             enabled = case when failing_since < now() - ${failure.disableAfterMs}::int8 * interval '1 millisecond'
+                            then false else enabled end,
+             disabled_at = case when enabled and failing_since < now() - ${failure.disableAfterMs}::int8 * interval '1 millisecond'
+                                then now() else disabled_at end,
+             disabled_reason = case when enabled and failing_since < now() - ${failure.disableAfterMs}::int8 * interval '1 millisecond'
+                                    then 'failing since ' || to_char(failing_since at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+                                         || ', last error: ' || ${error}
+                                    else disabled_reason end
+       where id = ${delivery.webhookId}::uuid
+      returning (not enabled and disabled_at = now()) as disabled`.execute(trx);
     const updated = await trx
       .updateTable('credits.webhook_deliveries')
       .set({
@@ -228,19 +246,6 @@ export async function recordDeliveryFailure(
       .where('attempts', '=', delivery.attempt)
       .where('status', '=', 'pending')
       .executeTakeFirst();
-    const { rows } = await sql<{ disabled: boolean }>`
-      update credits.webhooks
-         set failing_since = coalesce(failing_since, now()),
-             enabled = case when failing_since < now() - ${failure.disableAfterMs}::int8 * interval '1 millisecond'
-                            then false else enabled end,
-             disabled_at = case when enabled and failing_since < now() - ${failure.disableAfterMs}::int8 * interval '1 millisecond'
-                                then now() else disabled_at end,
-             disabled_reason = case when enabled and failing_since < now() - ${failure.disableAfterMs}::int8 * interval '1 millisecond'
-                                    then 'failing since ' || to_char(failing_since at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
-                                         || ', last error: ' || ${error}
-                                    else disabled_reason end
-       where id = ${delivery.webhookId}::uuid
-      returning (not enabled and disabled_at = now()) as disabled`.execute(trx);
     return {
       gaveUp: failure.retryInMs === null && updated.numUpdatedRows > 0n,
       disabled: rows[0]?.disabled === true,
