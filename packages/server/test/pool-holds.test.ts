@@ -6,6 +6,7 @@ import type { GuildRole } from './helpers/auth-server.ts';
 import { failure } from './helpers/errors.ts';
 import { expectHoldsConsistent, expectLedgerConsistent } from './helpers/invariants.ts';
 import { type Client, newUser, SERVICE_KEY, startTestServer, type TestServer } from './helpers/server.ts';
+import { whileAnotherSession } from './helpers/sessions.ts';
 
 let server: TestServer;
 beforeAll(async () => {
@@ -430,5 +431,28 @@ describe('useBatch with guild items', () => {
     );
     expect(await pool(guildId)).toEqual({ balance: 90, reserved: 0, total_spent: 10 });
     expect((await guildRows(guildId)).filter((row) => row.type === 'usage')).toHaveLength(2);
+  });
+});
+
+// Two sessions at once: Postgres only.
+describe.runIf(Boolean(process.env.DATABASE_URL))('a pool release beside a spend of the same lot', () => {
+  // A pool spend locks the pool row, then takes from the lot (see reservations.test.ts for the personal case).
+  it('the release writes the pool first: it waits for the spend, then returns the hold', async () => {
+    const { guildId, member } = await guildWithMember(100);
+    const hold = await internal().credits.reserve.mutate(reserveInput(guildId, member.id, 30));
+    const lot = await server.deps.db
+      .selectFrom('credits.lots')
+      .select('id')
+      .where('account_kind', '=', 'guild')
+      .where('account_id', '=', guildId)
+      .executeTakeFirstOrThrow();
+    const released = await whileAnotherSession(
+      server.database.url!,
+      ['select 1 from credits.guild_pools where organization_id = $1 for update', [guildId]],
+      () => internal().credits.release.mutate({ reservationId: hold.reservationId }),
+      ['update credits.lots set remaining = remaining where id = $1', [lot.id]],
+    );
+    expect(released).toEqual({ released: 30, balance: 100 });
+    expect(await pool(guildId)).toMatchObject({ balance: 100, reserved: 0 });
   });
 });

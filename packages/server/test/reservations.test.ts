@@ -8,6 +8,7 @@ import { sweepExpiredHolds } from '../src/domain/credits/reservations.ts';
 import { failure } from './helpers/errors.ts';
 import { expectHoldsConsistent, expectLedgerConsistent, ledgerSum } from './helpers/invariants.ts';
 import { clientFor, newUser, SERVICE_KEY, startTestServer, type TestServer } from './helpers/server.ts';
+import { whileAnotherSession } from './helpers/sessions.ts';
 
 let server: TestServer;
 beforeAll(async () => {
@@ -499,3 +500,27 @@ describe('expiry', () => {
 async function sweepBoth(a: AppDeps, b: AppDeps) {
   await Promise.all([sweepExpiredHolds(a.db), sweepExpiredHolds(b.db)]);
 }
+
+// Two sessions at once: Postgres only.
+describe.runIf(Boolean(process.env.DATABASE_URL))('a release beside a debit of the same lot', () => {
+  // A debit locks the balance row, then burns the lot. A release that unpinned the lot before writing the
+  // balance deadlocked with it (one of the two aborted, the release answered 500).
+  it('the release writes the balance first: it waits for the debit, then returns the hold', async () => {
+    const user = await fundedUser(100);
+    const hold = await internal().reserve.mutate(reserveInput(user.id, 30));
+    const lot = await server.db
+      .selectFrom('credits.lots')
+      .select('id')
+      .where('account_kind', '=', 'user')
+      .where('account_id', '=', user.id)
+      .executeTakeFirstOrThrow();
+    const released = await whileAnotherSession(
+      server.database.url!,
+      ['select 1 from credits.balances where user_id = $1 for update', [user.id]],
+      () => internal().release.mutate({ reservationId: hold.reservationId }),
+      // what a debit does next under that lock (burn_lots): write the lot
+      ['update credits.lots set remaining = remaining where id = $1', [lot.id]],
+    );
+    expect(released).toEqual({ released: 30, balance: 100 });
+  });
+});

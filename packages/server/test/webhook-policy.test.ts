@@ -1,11 +1,11 @@
 import { recordDeliveryFailure, recordDeliverySuccess, relayEvents } from '@mana-credits/db';
 import { sql } from 'kysely';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isPrivateAddress } from '../src/domain/events/address-policy.ts';
 import { retryDelayMs, sendDelivery } from '../src/domain/events/delivery.ts';
 import { failure } from './helpers/errors.ts';
 import { startTestServer, type TestServer } from './helpers/server.ts';
+import { whileAnotherSession } from './helpers/sessions.ts';
 import { eventually, WebhookReceiver } from './helpers/webhook-receiver.ts';
 
 // Where webhooks may go (no SSRF), when an endpoint is disabled, and what the metrics say (issue 16).
@@ -282,34 +282,14 @@ describe.runIf(Boolean(process.env.DATABASE_URL))(
       return { webhookId: webhook.id, eventId: event.id };
     }
 
-    /**
-     * Runs `work` while another session deletes the endpoint: its row is locked first (as DELETE does), `work`
-     * starts and waits on a lock, then the delete cascades to the deliveries and commits. Returns what `work`
-     * gave.
-     */
-    async function whileDeleting<T>(webhookId: string, work: () => Promise<T>): Promise<T> {
-      const deleter = new pg.Client({ connectionString: server.database.url });
-      await deleter.connect();
-      try {
-        await deleter.query('begin');
-        await deleter.query('select 1 from credits.webhooks where id = $1 for update', [webhookId]);
-        const working = work();
-        working.catch(() => {}); // awaited below
-        await eventually('the work to wait on a lock', async () => {
-          await deleter.query('select pg_stat_clear_snapshot()');
-          const { rows } = await deleter.query<{ waiting: number }>(
-            `select count(*)::int as waiting from pg_stat_activity
-            where datname = current_database() and wait_event_type = 'Lock'`,
-          );
-          return rows[0]!.waiting > 0 ? true : undefined;
-        });
-        await deleter.query('delete from credits.webhooks where id = $1', [webhookId]);
-        await deleter.query('commit');
-        return await working;
-      } finally {
-        await deleter.end();
-      }
-    }
+    /** Runs `work` while another session deletes the endpoint: its row locked first, then the delete (cascade). */
+    const whileDeleting = <T>(webhookId: string, work: () => Promise<T>) =>
+      whileAnotherSession(
+        server.database.url!,
+        ['select 1 from credits.webhooks where id = $1 for update', [webhookId]],
+        work,
+        ['delete from credits.webhooks where id = $1', [webhookId]],
+      );
 
     // Deleting an endpoint locks its row, then its deliveries (cascade). Recording an attempt locked them the
     // other way round, so the two could deadlock and Postgres aborted one: perhaps the caller's delete, a 500.

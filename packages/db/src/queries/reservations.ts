@@ -214,43 +214,47 @@ async function settleCommit(
  * Returns a locked, open hold to its account (the personal balance, or the pool for a pool hold) in one
  * statement, unpinning its lots, and closes it as `released` (or `expired`, when its time ran out first).
  * Returns the spendable balance of that account afterwards, and whether a lot it unpinned has lapsed (then
- * expireLots must follow in the same transaction).
+ * expireLots must follow in the same transaction). The account row is written before its lots, as every
+ * writer of lots does (lots.sql): a release that unpinned the lots first deadlocked with a debit holding the
+ * account row and about to burn the same lot.
  */
 export async function releaseHold(
   trx: Transaction<Database>,
   reservation: ReservationRow,
   status: 'released' | 'expired',
 ): Promise<{ available: number; lotsLapsed: boolean }> {
-  const closed = sql`
-    closed as (
+  const lotExpiry = sql`credits.lots_expiry(${reservation.lot_ids}::uuid[])`;
+  const account =
+    reservation.organization_id === null
+      ? sql`
+          update credits.balances
+             set reserved = reserved - ${reservation.amount}::int8, next_lot_expiry = least(next_lot_expiry, ${lotExpiry}),
+                 version = version + 1, updated_at = now()
+           where user_id = ${reservation.user_id}
+          returning balance - reserved as available`
+      : sql`
+          update credits.guild_pools
+             set reserved = reserved - ${reservation.amount}::int8, next_lot_expiry = least(next_lot_expiry, ${lotExpiry}),
+                 version = version + 1, updated_at = now()
+           where organization_id = ${reservation.organization_id}
+          returning balance - reserved as available`;
+  const { rows } = await sql<{ available: number; closed: number; unpinned: number; lots_lapsed: boolean }>`
+    with account as (${account}),
+    unpinned as (
+      select t.* from (select count(*) from account) a
+       cross join lateral credits.settle_pins(${reservation.lot_ids}::uuid[], ${reservation.lot_amounts}::int8[], 0) t
+    ), closed as (
       update credits.reservations
          set status = ${status}, released_amount = amount, closed_at = now(), updated_at = now()
        where id = ${reservation.id}::uuid and status = 'open'
-      returning user_id, organization_id, amount, lot_ids, lot_amounts
-    ), unpinned as (
-      select c.*, credits.lots_expiry(c.lot_ids) as lot_expiry from closed c
-       cross join lateral credits.settle_pins(c.lot_ids, c.lot_amounts, 0) t
-    )`;
-  const { rows } = await (reservation.organization_id === null
-    ? sql<{ available: number; lots_lapsed: boolean }>`
-        with ${closed}
-        update credits.balances b
-           set reserved = b.reserved - c.amount, next_lot_expiry = least(b.next_lot_expiry, c.lot_expiry),
-               version = b.version + 1, updated_at = now()
-          from unpinned c
-         where b.user_id = c.user_id
-        returning b.balance - b.reserved as available, coalesce(c.lot_expiry <= now(), false) as lots_lapsed`
-    : sql<{ available: number; lots_lapsed: boolean }>`
-        with ${closed}
-        update credits.guild_pools p
-           set reserved = p.reserved - c.amount, next_lot_expiry = least(p.next_lot_expiry, c.lot_expiry),
-               version = p.version + 1, updated_at = now()
-          from unpinned c
-         where p.organization_id = c.organization_id
-        returning p.balance - p.reserved as available, coalesce(c.lot_expiry <= now(), false) as lots_lapsed`
-  ).execute(trx);
+      returning id
+    )
+    select a.available, (select count(*) from closed)::int4 as closed, (select count(*) from unpinned)::int4 as unpinned,
+           coalesce(${lotExpiry} <= now(), false) as lots_lapsed
+      from account a`.execute(trx);
   const row = rows[0];
-  if (!row) throw new Error(`reservation ${reservation.id} could not be released`);
+  // Nothing is kept of a statement that throws here: the caller's transaction rolls back.
+  if (row?.closed !== 1) throw new Error(`reservation ${reservation.id} could not be released`);
   return { available: row.available, lotsLapsed: row.lots_lapsed };
 }
 
