@@ -2,9 +2,11 @@ import { randomUUID } from 'node:crypto';
 import { sql } from 'kysely';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { runAutoTopUps } from '../src/domain/stripe/auto-top-up.ts';
+import { recordAutoTopUpFailure } from '../src/domain/stripe/auto-top-up-failure.ts';
 import { expectLedgerConsistent } from './helpers/invariants.ts';
 import { type Answer, type CallOptions, restCaller } from './helpers/rest.ts';
 import { type Client, newUser, SERVICE_KEY, startTestServer, type TestServer } from './helpers/server.ts';
+import { whileAnotherSession } from './helpers/sessions.ts';
 import { type TestCardBehaviour, TestStripeServer } from './helpers/stripe-server.ts';
 
 // Auto top-up (issue 19) against the local Stripe-speaking server: saving a card (SetupIntent), the crossing
@@ -555,3 +557,50 @@ describe('maxPerMonth', () => {
     expect(rows[0]!.crossings).toBeGreaterThan(2);
   });
 });
+
+// Two sessions at once: Postgres only.
+describe.runIf(Boolean(process.env.DATABASE_URL))(
+  'a failure recorded by the worker and by the webhook at once',
+  () => {
+    // payment_intent.payment_failed locks the purchase, then closes the attempt; the worker, refused by Stripe for
+    // the same decline, closed the attempt first, then failed the purchase: the two deadlocked.
+    it('the worker locks the purchase first: it waits for the webhook, then finds the attempt closed', async () => {
+      const user = newUser();
+      const purchase = await server.db
+        .insertInto('credits.purchases')
+        .values({ user_id: user.id, package_id: packageId, credits: 100, price_euro_cents: 999 })
+        .returning('id')
+        .executeTakeFirstOrThrow();
+      const attempt = await server.db
+        .insertInto('credits.auto_top_up_attempts')
+        .values({
+          user_id: user.id,
+          package_id: packageId,
+          status: 'processing',
+          transaction_id: randomUUID(),
+          purchase_id: purchase.id,
+          next_attempt_at: sql`now() + interval '1 hour'`,
+        })
+        .returning(['id', 'user_id', 'package_id', 'purchase_id'])
+        .executeTakeFirstOrThrow();
+      const recorded = await whileAnotherSession(
+        server.database.url!,
+        // the webhook: its purchase first …
+        ['select 1 from credits.purchases where id = $1 for update', [purchase.id]],
+        () =>
+          server.db
+            .transaction()
+            .execute((trx) =>
+              recordAutoTopUpFailure(trx, attempt, {
+                code: 'card_declined',
+                message: null,
+                paymentIntentId: null,
+              }),
+            ),
+        // … then the attempt, which it closes
+        ["update credits.auto_top_up_attempts set status = 'failed' where id = $1", [attempt.id]],
+      );
+      expect(recorded).toBe(false); // the webhook recorded the end first
+    });
+  },
+);

@@ -4,6 +4,7 @@ import {
   type Database,
   disableAutoTopUp,
   failPendingPurchase,
+  lockPurchaseOfUser,
 } from '@mana-credits/db';
 import type { Transaction } from 'kysely';
 import { emitEvent } from '../events/emit.ts';
@@ -20,13 +21,16 @@ export interface AutoTopUpFailure {
  * attempt ends `failed` with the reason, its purchase is `failed` if still pending, auto top-up is turned
  * off — a failing card is never charged in a loop — and `autotopup.failed` is written, all in one
  * transaction. Only once per attempt: an attempt no longer in flight (the other path recorded its end) is
- * left as it is. True when this call recorded it.
+ * left as it is. True when this call recorded it. The purchase row is locked before the attempt, the order of
+ * the webhook (which locks the purchase of its event, then comes here) and of a completed purchase: the worker
+ * and payment_intent.payment_failed for the same decline, in the other order, deadlocked.
  */
 export async function recordAutoTopUpFailure(
   trx: Transaction<Database>,
   attempt: Pick<AutoTopUpAttemptRow, 'id' | 'user_id' | 'package_id' | 'purchase_id'>,
   failure: AutoTopUpFailure,
 ): Promise<boolean> {
+  if (attempt.purchase_id) await lockPurchaseOfUser(trx, attempt.user_id, attempt.purchase_id);
   const closed = await closeAutoTopUpAttempt(trx, attempt.id, {
     status: 'failed',
     paymentIntentId: failure.paymentIntentId,
