@@ -588,15 +588,13 @@ describe.runIf(Boolean(process.env.DATABASE_URL))(
         // the webhook: its purchase first …
         ['select 1 from credits.purchases where id = $1 for update', [purchase.id]],
         () =>
-          server.db
-            .transaction()
-            .execute((trx) =>
-              recordAutoTopUpFailure(trx, attempt, {
-                code: 'card_declined',
-                message: null,
-                paymentIntentId: null,
-              }),
-            ),
+          server.db.transaction().execute((trx) =>
+            recordAutoTopUpFailure(trx, attempt, {
+              code: 'card_declined',
+              message: null,
+              paymentIntentId: null,
+            }),
+          ),
         // … then the attempt, which it closes
         ["update credits.auto_top_up_attempts set status = 'failed' where id = $1", [attempt.id]],
       );

@@ -1,4 +1,4 @@
-import { recordDeliveryFailure, recordDeliverySuccess, relayEvents } from '@mana-credits/db';
+import { queueReplay, recordDeliveryFailure, recordDeliverySuccess, relayEvents } from '@mana-credits/db';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isPrivateAddress } from '../src/domain/events/address-policy.ts';
@@ -337,6 +337,12 @@ describe.runIf(Boolean(process.env.DATABASE_URL))(
 
     // The relay fanned an event out to every endpoint it read; one deleted before the insert's foreign key check
     // failed the whole relay (retried on the next run, logged as a failed job meanwhile).
+    it('a replay to an endpoint deleted meanwhile queues nothing (it failed on the foreign key, a 500)', async () => {
+      const { webhookId, eventId } = await endpointAndEvent();
+      const queued = await whileDeleting(webhookId, () => queueReplay(server.db, eventId, webhookId));
+      expect(queued).toEqual([]);
+    });
+
     it('the relay skips an endpoint deleted while it fans out', async () => {
       const { webhookId, eventId } = await endpointAndEvent();
       const relayed = await whileDeleting(webhookId, () => relayEvents(server.db));

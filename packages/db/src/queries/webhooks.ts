@@ -273,7 +273,8 @@ export async function listDeliveries(
 
 /**
  * Queues the event again for one endpoint, or for every endpoint subscribed to its type: a new delivery
- * ('replay') due now, with a fresh schedule; the receiver sees the same event id. Returns the deliveries.
+ * ('replay') due now, with a fresh schedule; the receiver sees the same event id. Returns the deliveries (none
+ * for an endpoint deleted while this ran).
  */
 export async function queueReplay(
   db: Kysely<Database>,
@@ -287,6 +288,8 @@ export async function queueReplay(
       join credits.webhooks w
         on ${webhookId === undefined ? sql`w.event_types is null or e.type = any(w.event_types)` : sql`w.id = ${webhookId}::uuid`}
      where e.id = ${eventId}::uuid
+       -- an endpoint deleted meanwhile is skipped, as in the relay (without the lock: a foreign key error, a 500)
+       for key share of w
     returning id, webhook_id`.execute(db);
   return rows;
 }
