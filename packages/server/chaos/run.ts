@@ -1,5 +1,5 @@
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -152,7 +152,37 @@ interface Services {
 
 const crashes: string[] = [];
 
+/** The servers' error log lines (LOG_LEVEL=error), one file per port, appended across restarts. */
+const serverLogDir = mkdtempSync(join(tmpdir(), 'mana-credits-chaos-servers-'));
+
+/**
+ * What the servers logged as errors, by cause: a request answered 5xx, a job that failed. Faults explain most
+ * (a cut connection, a restarting Postgres); a deadlock never has an excuse here — the writers of one table
+ * lock its rows in one order — so each is a violation.
+ */
+function serverErrors(): { summary: string; deadlocks: string[] } {
+  const causes = new Map<string, number>();
+  const deadlocks: string[] = [];
+  for (const file of readdirSync(serverLogDir)) {
+    for (const line of readFileSync(join(serverLogDir, file), 'utf8').split('\n')) {
+      if (!line.startsWith('{')) continue;
+      let entry: { msg?: string; job?: string; err?: { code?: string; message?: string } };
+      try {
+        entry = JSON.parse(line);
+      } catch {
+        continue;
+      }
+      const cause = `${entry.job ? `job ${entry.job}` : (entry.msg ?? '?')}: ${entry.err?.code ?? entry.err?.message?.slice(0, 60) ?? '-'}`;
+      causes.set(cause, (causes.get(cause) ?? 0) + 1);
+      if (entry.err?.code === '40P01') deadlocks.push(`${file}: ${entry.msg}: ${entry.err.message}`);
+    }
+  }
+  const listed = [...causes].sort((a, b) => b[1] - a[1]).map(([cause, n]) => `${n} ${cause}`);
+  return { summary: `server errors: ${listed.join('; ') || 'none'}`, deadlocks };
+}
+
 function startInstance(instance: Instance, services: Services): Promise<void> {
+  const logFd = openSync(join(serverLogDir, `server-${instance.port}.log`), 'a');
   const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'packages/server/src/main.ts')], {
     cwd: root,
     env: {
@@ -175,8 +205,9 @@ function startInstance(instance: Instance, services: Services): Promise<void> {
       AUTO_TOP_UP_INTERVAL_MS: String(AUTO_TOP_UP_INTERVAL_MS),
       ...eventsEnv(LOW_BALANCE_THRESHOLD),
     },
-    stdio: ['ignore', 'ignore', 'inherit'],
+    stdio: ['ignore', logFd, 'inherit'],
   });
+  closeSync(logFd); // the child has its own copy
   instance.child = child;
   instance.paused = false;
   instance.stopping = false;
@@ -710,6 +741,8 @@ async function main() {
     if (day.spent > 25) violations.push(`daily limit 25 exceeded: ${day.spent} on ${day.day}`);
 
   for (const instance of instances) kill(instance, 'SIGTERM');
+  const errors = serverErrors();
+  for (const deadlock of errors.deadlocks) violations.push(`deadlock: ${deadlock}`);
   await handle.close();
   await auth.close();
   await stripe.close();
@@ -739,6 +772,7 @@ async function main() {
   console.log(`  ${eventsCheck.summary}`);
   console.log(`  ${autoTopUpCheck.summary}`);
   console.log(`  connections cut by the proxy: ${proxy.cuts}`);
+  console.log(`  ${errors.summary}`);
   console.log(
     `  faults injected: ${
       Object.entries(faults)
