@@ -620,6 +620,42 @@ describe('single, batch and coalesced pool spends agree', () => {
 });
 
 describe('parallel requests on one pool with caps', () => {
+  it('50 parallel useBatch calls carrying one guild item key: posted once, every call answers it alike', async () => {
+    const { db } = server.deps;
+    const guildId = await pool({ grants: [{ amount: 1000 }], limits: {}, holds: [], lapseLots: false });
+    const internal = server.internalClient().internal;
+    const item = (member: string, key: string) => ({
+      ...inputOf(guildId, spend(member, 2, key)),
+      description: 'parallel batch',
+    });
+    // each call: the shared key first, then one key of its own (the call is a batch of two)
+    const answers = await Promise.all(
+      Array.from({ length: 50 }, (_, i) =>
+        internal.credits.useBatch.mutate({ items: [item('a', 'shared'), item('b', `own-${i}`)] }),
+      ),
+    );
+    const shared = answers.map(({ results }) => results[0]!);
+    expect(shared.every((result) => result.ok)).toBe(true);
+    const ids = new Set(shared.map((result) => (result.ok ? result.transactionId : undefined)));
+    expect(ids.size).toBe(1);
+    expect(answers.every(({ results }) => results[1]!.ok)).toBe(true);
+    const rows = await db
+      .selectFrom('credits.guild_transactions')
+      .select(['id', 'idempotency_key', 'amount'])
+      .where('organization_id', '=', guildId)
+      .where('type', '=', 'usage')
+      .execute();
+    expect(rows.filter((row) => row.idempotency_key === 'shared').map((row) => row.id)).toEqual([...ids]);
+    expect(rows).toHaveLength(51);
+    const { balance } = await db
+      .selectFrom('credits.guild_pools')
+      .select('balance')
+      .where('organization_id', '=', guildId)
+      .executeTakeFirstOrThrow();
+    expect(balance).toBe(1000 - 51 * 2);
+    await expectLedgerConsistent(db);
+  });
+
   it('64 at once through internal.credits.use: Σ guild ledger = pool, no member past a cap, each cap reached once', async () => {
     const { db } = server.deps;
     const guildId = await pool({

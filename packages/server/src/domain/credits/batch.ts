@@ -223,10 +223,11 @@ async function spendPoolItems(deps: GuildDeps, poolUses: PoolItem[], results: Ba
   await settleBatch(
     waiting,
     (inputs) => spendFromPoolTogether(deps.db, inputs),
-    (rerun) =>
-      Promise.all(
-        rerun.map(({ input, resolve, reject }) => spendFromPool(deps.db, input).then(resolve, reject)),
-      ),
+    // one after another in input order, the order the refused call would have decided them in
+    async (rerun) => {
+      for (const { input, resolve, reject } of rerun)
+        await spendFromPool(deps.db, input).then(resolve, reject);
+    },
   );
   for (const [i, item] of spends.entries()) {
     const answer = answers[i];
