@@ -223,7 +223,8 @@ export async function releaseHold(
   reservation: ReservationRow,
   status: 'released' | 'expired',
 ): Promise<{ available: number; lotsLapsed: boolean }> {
-  const lotExpiry = sql`credits.lots_expiry(${reservation.lot_ids}::uuid[])`;
+  // the earliest expiry among the hold's lots, read once (the `expiry` CTE below)
+  const lotExpiry = sql`(select e.at from expiry e)`;
   const account =
     reservation.organization_id === null
       ? sql`
@@ -239,7 +240,8 @@ export async function releaseHold(
            where organization_id = ${reservation.organization_id}
           returning balance - reserved as available`;
   const { rows } = await sql<{ available: number; closed: number; unpinned: number; lots_lapsed: boolean }>`
-    with account as (${account}),
+    with expiry as (select credits.lots_expiry(${reservation.lot_ids}::uuid[]) as at),
+    account as (${account}),
     unpinned as (
       select t.* from (select count(*) from account) a
        cross join lateral credits.settle_pins(${reservation.lot_ids}::uuid[], ${reservation.lot_amounts}::int8[], 0) t
@@ -249,6 +251,7 @@ export async function releaseHold(
        where id = ${reservation.id}::uuid and status = 'open'
       returning id
     )
+    -- counting unpinned makes it run (a plain CTE nobody reads is skipped), after account, which it reads
     select a.available, (select count(*) from closed)::int4 as closed, (select count(*) from unpinned)::int4 as unpinned,
            coalesce(${lotExpiry} <= now(), false) as lots_lapsed
       from account a`.execute(trx);
