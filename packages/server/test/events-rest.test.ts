@@ -155,6 +155,13 @@ describe('webhooks and events', () => {
         })
       ).status,
     ).toBe(404);
+    const unknownEndpoint = await call('POST /api/v1/internal/events/{eventId}/replay', {
+      ...service,
+      params: { eventId },
+      body: { webhookId: randomUUID() },
+    });
+    expect(unknownEndpoint.status).toBe(404);
+    expect(unknownEndpoint.body).toMatchObject({ error: { reason: 'WEBHOOK_NOT_FOUND' } });
     await eventually('the replay delivered', () =>
       receiver.received.filter((delivery) => delivery.headers['webhook-id'] === eventId).length === 2
         ? true
