@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, configFrom } from '../src/config.ts';
@@ -247,6 +247,27 @@ describe('TRUST_PROXY', () => {
       expect(await info(proxied, code)).toBe('ok');
     } finally {
       await proxied.close();
+    }
+  });
+
+  it('true: a forwarded value that is no address (kilobytes of it) counts as the connection’s address, never a 500', async () => {
+    const open = await startTestServer({ GIFT_INFO_RATE_LIMIT_PER_MINUTE: '3', TRUST_PROXY: 'true' });
+    try {
+      const { code } = await giftOn(open);
+      await startOfAWindow();
+      // Random, so Postgres cannot compress it below its index row limit (~2.7 kB).
+      const junk = () => randomBytes(3000).toString('base64');
+      const outcomes = [await info(open, code, junk()), await info(open, code, junk())];
+      const rest = await fetch(`${open.url}/api/v1/gifts/${code}`, {
+        headers: { 'x-forwarded-for': junk() },
+      });
+      // Three lookups from one connection address: the fourth, with yet another junk value, is refused.
+      outcomes.push(String(rest.status), String(await page(open, code, junk())));
+      expect(outcomes).toEqual(['ok', 'ok', '200', '429']);
+      // A real forwarded address still has its own budget.
+      expect(await info(open, code, '203.0.113.250')).toBe('ok');
+    } finally {
+      await open.close();
     }
   });
 });

@@ -1,6 +1,7 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { AuthUser } from '../auth/jwt.ts';
 import type { AppDeps, Logger } from '../deps.ts';
+import { clientAddressOf } from '../http/client-address.ts';
 
 export interface Context {
   deps: AppDeps;
@@ -61,7 +62,7 @@ export function createContextFactory(deps: AppDeps) {
   return ({ req }: { req: FastifyRequest; res: FastifyReply }): Context =>
     createContextInner(deps, {
       requestId: req.id,
-      clientIp: req.ip,
+      clientIp: clientAddressOf(req),
       log: req.log,
       bearerToken: bearerTokenOf(headerText(req.headers.authorization)),
       serviceKey: headerText(req.headers['x-service-key']),
