@@ -126,6 +126,27 @@ describe('who may reach /admin', () => {
     expect(page.headers['cache-control']).toBe('no-store');
   });
 
+  it('a next path with characters a Location header cannot carry falls back to /admin, never a 500', async () => {
+    for (const next of [
+      '/admin/users/\u00e9',
+      '/admin\r\nset-cookie: x=1',
+      '/admin/\u0000',
+      '/admin/\u{1F600}',
+    ]) {
+      const response = await fetch(`${server.url}/admin/login`, {
+        method: 'POST',
+        headers: FORM,
+        body: form({ credential: ADMIN_TOKEN, name: 'alice', next }),
+        redirect: 'manual',
+      });
+      expect(response.status, JSON.stringify(next)).toBe(303);
+      expect(response.headers.get('location')).toBe('/admin');
+      expect(safeNext(next)).toBe('/admin');
+    }
+    // Encoded, the same paths are followed.
+    expect(safeNext('/admin/users/%C3%A9')).toBe('/admin/users/%C3%A9');
+  });
+
   it('over https (X-Forwarded-Proto from a trusted proxy) the cookie is Secure', async () => {
     const https = await startTestServer({ ...ADMIN_ENV, TRUST_PROXY: 'true' });
     try {

@@ -34,7 +34,11 @@ type FormBody = Record<string, string | undefined>;
 
 /** A console path to return to after signing in: only paths of the console itself. */
 export function safeNext(value: unknown): string {
-  return typeof value === 'string' && /^\/admin(?:[/?]|$)/.test(value) && !value.includes('\\')
+  return typeof value === 'string' &&
+    /^\/admin(?:[/?]|$)/.test(value) &&
+    // Printable ASCII only: it goes into a Location header, which cannot carry anything else.
+    /^[\x21-\x7e]*$/.test(value) &&
+    !value.includes('\\')
     ? value
     : '/admin';
 }
