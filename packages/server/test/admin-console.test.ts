@@ -270,6 +270,29 @@ describe('views', () => {
     const noPool = (await get(`/admin/guilds/never-${randomUUID()}`)).body;
     expect(noPool).toContain('data-field="no-pool"');
   });
+
+  it('hostile filters are a 400 naming the field, never a 500', async () => {
+    const user = `filters-${randomUUID()}`;
+    const cases: [string, string][] = [
+      [`/admin/users/${user}?app=%00`, 'app'],
+      [`/admin/users/${user}?app=${'a'.repeat(101)}`, 'app'],
+      [`/admin/users/${user}?type=usage&type=grant`, 'type'],
+      [`/admin/users/${user}?from=0000-01-01`, 'from'],
+      [`/admin/users/${user}?to=9999-12-31`, 'to'],
+      [`/admin/users/${user}?from=2026-02-31`, 'from'],
+      [`/admin/users/${user}?cursor=a&cursor=b`, 'cursor'],
+      [`/admin/guilds/g-${user}?member=%00`, 'member'],
+      ['/admin/search?q=a&q=b', 'q'],
+      ['/admin/audit?cursor=a&cursor=b', 'cursor'],
+    ];
+    for (const [url, field] of cases) {
+      const response = await get(url);
+      expect(response.statusCode, url).toBe(400);
+      expect(response.body, url).toContain(`${field}:`);
+    }
+    // The widest days that are accepted.
+    expect((await get(`/admin/users/${user}?from=1970-01-01&to=9999-12-30`)).statusCode).toBe(200);
+  });
 });
 
 describe('actions', () => {

@@ -59,10 +59,20 @@ export interface LedgerQuery {
 
 const DAY = /^\d{4}-\d{2}-\d{2}$/;
 
+/** Days a filter may name: Postgres and JS agree on all of them, and the day after the last still exists. */
+const FIRST_DAY = '1970-01-01';
+const LAST_DAY = '9999-12-30';
+
 function dayStart(value: string, field: string): Date {
   const date = DAY.test(value) ? new Date(`${value}T00:00:00.000Z`) : new Date(Number.NaN);
-  if (Number.isNaN(date.getTime())) {
-    throw new InvalidRequestError(`${field} must be a day, YYYY-MM-DD`, 'VALIDATION', { field });
+  // A day that does not exist (2026-02-31) is invalid or rolls over: either way it is not read back.
+  if (Number.isNaN(date.getTime()) || date.toISOString().slice(0, 10) !== value) {
+    throw new InvalidRequestError(`${field}: must be a day, YYYY-MM-DD`, 'VALIDATION', { field });
+  }
+  if (value < FIRST_DAY || value > LAST_DAY) {
+    throw new InvalidRequestError(`${field}: must be between ${FIRST_DAY} and ${LAST_DAY}`, 'VALIDATION', {
+      field,
+    });
   }
   return date;
 }
@@ -74,7 +84,9 @@ function ledgerFilter<Type extends LedgerType | GuildLedgerType>(
   types: readonly Type[],
 ): LedgerFilter<Type> {
   if (query.type && !(types as readonly string[]).includes(query.type)) {
-    throw new InvalidRequestError(`type must be one of ${types.join(', ')}`, 'VALIDATION', { field: 'type' });
+    throw new InvalidRequestError(`type: must be one of ${types.join(', ')}`, 'VALIDATION', {
+      field: 'type',
+    });
   }
   return {
     type: (query.type || undefined) as Type | undefined,

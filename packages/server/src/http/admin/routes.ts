@@ -20,7 +20,7 @@ import {
 } from '../../domain/admin/views.ts';
 import { DomainError, type DomainErrorKind, InvalidRequestError } from '../../domain/errors.ts';
 import type { Movement } from '../../metrics.ts';
-import { amount, identifier, text } from '../../schemas.ts';
+import { amount, appId, identifier, text } from '../../schemas.ts';
 import { sendError } from '../error-reply.ts';
 import { adminPath, messagePage, sendPage } from './html.ts';
 import { auditPage, guildPage, homePage, type PageContext, searchPage, userPage } from './render.ts';
@@ -40,7 +40,6 @@ const STATUS: Record<DomainErrorKind, number> = {
 
 const accountId = identifier(200);
 const uuid = z.uuid();
-const cursor = uuid.optional();
 const PAGE_SIZE = 50;
 
 /** A form's whole number ('' = absent). */
@@ -80,18 +79,34 @@ function parse<T extends z.ZodType>(schema: T, value: unknown): z.output<T> {
   throw new InvalidRequestError(`${field}: ${issue?.message ?? 'invalid'}`, 'VALIDATION', { field });
 }
 
-type Query = Record<string, string | undefined>;
+/** A query string as Fastify parses it: a parameter given twice is an array. */
+type Query = Record<string, string | string[] | undefined>;
+
+/** A query parameter given at most once ('' = absent): twice is refused, not guessed. */
+const queryValue = <T extends z.ZodType>(schema: T) =>
+  z.preprocess((value) => (value === '' ? undefined : value), schema.optional());
+
+const ledgerFilters = z.object({
+  type: queryValue(z.string().max(40)),
+  app: queryValue(appId),
+  // Days are read by the domain (dayStart), which names what is wrong with them.
+  from: queryValue(z.string().max(10)),
+  to: queryValue(z.string().max(10)),
+  member: queryValue(accountId),
+  cursor: queryValue(uuid),
+});
+const searchQuery = z.object({ q: queryValue(z.string()) });
+const auditQuery = z.object({ cursor: queryValue(uuid) });
 
 function ledgerQuery(query: Query): LedgerQuery {
-  const text = (name: string) =>
-    typeof query[name] === 'string' && query[name] !== '' ? query[name] : undefined;
+  const filters = parse(ledgerFilters, query);
   return {
-    type: text('type'),
-    appId: text('app'),
-    from: text('from'),
-    to: text('to'),
-    memberId: text('member'),
-    cursor: parse(cursor, text('cursor')),
+    type: filters.type,
+    appId: filters.app,
+    from: filters.from,
+    to: filters.to,
+    memberId: filters.member,
+    cursor: filters.cursor,
     limit: PAGE_SIZE,
   };
 }
@@ -141,9 +156,9 @@ export function registerConsoleRoutes(admin: FastifyInstance, signer: SessionSig
   });
 
   admin.get<{ Querystring: Query }>('/search', async (request, reply) => {
-    const q = (request.query.q ?? '').trim();
-    if (!q) return reply.redirect('/admin', 303);
     try {
+      const q = parse(searchQuery, request.query).q?.trim();
+      if (!q) return reply.redirect('/admin', 303);
       const query = parse(accountId, q);
       return sendPage(reply, 200, searchPage(contextOf(request), query, await search(db, query)));
     } catch (error) {
@@ -153,7 +168,7 @@ export function registerConsoleRoutes(admin: FastifyInstance, signer: SessionSig
 
   admin.get<{ Querystring: Query }>('/audit', async (request, reply) => {
     try {
-      const page = parse(cursor, request.query.cursor || undefined);
+      const page = parse(auditQuery, request.query).cursor;
       const log = await auditLog(db, { limit: PAGE_SIZE, cursor: page });
       return sendPage(reply, 200, auditPage(contextOf(request), log, !page));
     } catch (error) {
