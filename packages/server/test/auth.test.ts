@@ -79,6 +79,28 @@ describe('user tokens', () => {
     expect((await statusWithToken(`${h}.${forged}.${s}`)).status).toBe(401);
   });
 
+  it('refuses a subject that is no usable id (NUL, control characters, a lone surrogate) with 401', async () => {
+    for (const id of ['a\u0000b', 'a\nb', 'x\ud800', 'x'.repeat(201)]) {
+      const token = await server.auth.sign({ ...user, id });
+      expect(await statusWithToken(token), JSON.stringify(id)).toEqual({
+        status: 401,
+        reason: 'UNAUTHORIZED',
+      });
+    }
+  });
+
+  it('a name or email claim that cannot be stored counts as absent, never a 500', async () => {
+    const creator = await server.fundedUser(10);
+    const token = await server.auth.sign(
+      creator,
+      {},
+      { name: 'Bad\u0000Name', email: 'x\ud800@example.com' },
+    );
+    const client = server.rawClient({ authorization: `Bearer ${token}` });
+    const gift = await client.gifts.create.mutate({ type: 'simple', totalCredits: 10 });
+    expect((await client.gifts.info.query({ code: gift.code })).creatorName).toBeNull();
+  });
+
   it('a user token does not open internal procedures', async () => {
     const token = await server.auth.sign(user);
     const client = server.rawClient({ authorization: `Bearer ${token}` });

@@ -1,4 +1,5 @@
 import { createRemoteJWKSet, errors, type JWTPayload, type JWTVerifyGetKey, jwtVerify } from 'jose';
+import { identifier, text } from '../schemas.ts';
 
 export interface AuthUser {
   id: string;
@@ -41,9 +42,13 @@ export interface JwtVerifierOptions {
   keySet?: JWTVerifyGetKey;
 }
 
+const subject = identifier(200);
+const claim = text(1000).min(1);
+
+/** A text claim we can keep (show, store, send to Stripe); one that Postgres could not store counts as absent. */
 const claimText = (payload: JWTPayload, name: string) => {
-  const value = payload[name];
-  return typeof value === 'string' && value.length > 0 ? value : null;
+  const value = claim.safeParse(payload[name]);
+  return value.success ? value.data : null;
 };
 
 function emailVerifiedClaim(payload: JWTPayload): boolean | null {
@@ -71,8 +76,10 @@ export function createJwtVerifier(options: JwtVerifierOptions): VerifyUserToken 
         audience: options.audience,
         requiredClaims: ['exp', 'sub'],
       });
-      const id = claimText(payload, 'sub');
-      if (!id || id.length > 200) throw new InvalidTokenError('Token has no usable subject');
+      // The subject is the account id: no control characters, valid Unicode, at most 200 characters.
+      const sub = subject.safeParse(payload.sub);
+      if (!sub.success) throw new InvalidTokenError('Token has no usable subject');
+      const id = sub.data;
       return {
         id,
         email: claimText(payload, 'email'),
