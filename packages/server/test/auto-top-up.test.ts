@@ -137,6 +137,31 @@ async function enrolledUser(options: {
 }
 
 describe('setup, get, disable', () => {
+  it('setup_intent.succeeded: a payment method Stripe no longer knows saves nothing; a Stripe failure is a 503 retried', async () => {
+    const user = newUser();
+    const client = await server.userClient(user);
+    const gone = await client.credits.autoTopUp.setup.mutate({ packageId, threshold: 10 });
+    const detached = stripe.succeedSetupIntent(gone.setupIntentId);
+    stripe.paymentMethods.delete(detached.payment_method as string);
+    const answer = await deliver(stripe.event('setup_intent.succeeded', detached));
+    expect(answer.status).toBe(200);
+    expect(await client.credits.autoTopUp.get.query()).toMatchObject({ enabled: false, paymentMethod: null });
+
+    const again = await client.credits.autoTopUp.setup.mutate({ packageId, threshold: 10 });
+    const event = stripe.event('setup_intent.succeeded', stripe.succeedSetupIntent(again.setupIntentId));
+    stripe.mode = 'refusing';
+    const refused = await deliver(event);
+    expect(refused.status).toBe(503);
+    expect(refused.body).toMatchObject({ error: { reason: 'PAYMENT_PROVIDER_UNAVAILABLE' } });
+    expect(JSON.stringify(refused.body)).not.toContain('This request was refused');
+    stripe.mode = 'ok';
+    expect((await deliver(event)).status).toBe(200);
+    expect(await client.credits.autoTopUp.get.query()).toMatchObject({
+      enabled: true,
+      paymentMethod: { last4: '4242' },
+    });
+  });
+
   it('saves a card through a SetupIntent and shows it; disable turns it off (REST routes too)', async () => {
     const user = newUser();
     const client = await server.userClient(user);

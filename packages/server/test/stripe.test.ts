@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { sql } from 'kysely';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { failure } from './helpers/errors.ts';
@@ -616,6 +616,50 @@ describe('webhook: signature', () => {
     expect(await eventRecorded(broken.id as string)).toBe(true);
     expect(await balanceOf(user.id)).toBe(0);
     expect((await purchaseRow(started.purchaseId)).clawed_back_credits).toBe(100);
+  });
+});
+
+describe('webhook: signed but malformed events', () => {
+  it('a signed event whose ids or texts cannot be stored answers 400 naming the field, changing nothing', async () => {
+    const pack = await createPackage();
+    const { user, client } = await buyer();
+    const { started, succeeded } = await paidIntentPurchase(client, pack.id);
+    const intent = (succeeded.data as { object: Record<string, unknown> }).object;
+    const noise = randomBytes(1500).toString('base64');
+    const cases: [Record<string, unknown>, string][] = [
+      [{ ...succeeded, id: 'evt_\u0000x' }, 'id'],
+      [{ ...succeeded, id: `evt_${noise}` }, 'id'],
+      [{ ...succeeded, data: { object: null } }, 'data.object'],
+      [{ ...succeeded, data: { object: { ...intent, id: undefined } } }, 'data.object.id'],
+      [
+        { ...succeeded, data: { object: { ...intent, latest_charge: `ch_${noise}` } } },
+        'data.object.latest_charge',
+      ],
+      [
+        { ...succeeded, data: { object: { ...intent, metadata: { userId: 'a\u0000b' } } } },
+        'data.object.metadata.userId',
+      ],
+      [
+        stripe.event('payment_intent.payment_failed', {
+          ...intent,
+          last_payment_error: { message: 'x\u0000' },
+        }),
+        'data.object.last_payment_error.message',
+      ],
+    ];
+    for (const [event, field] of cases) {
+      const response = await deliver(event);
+      expect(response.status, field).toBe(400);
+      expect(response.body, field).toMatchObject({ error: { reason: 'VALIDATION', details: { field } } });
+      expect((response.body as { error: { message: string } }).error.message.startsWith(`${field}: `)).toBe(
+        true,
+      );
+    }
+    expect(await eventRecorded(succeeded.id as string)).toBe(false);
+    expect((await purchaseRow(started.purchaseId)).status).toBe('pending');
+    // The well-formed event still applies.
+    expect((await deliver(succeeded)).status).toBe(200);
+    expect(await balanceOf(user.id)).toBe(100);
   });
 });
 

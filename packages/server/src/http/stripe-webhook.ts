@@ -1,10 +1,15 @@
 import type { FastifyInstance } from 'fastify';
 import Stripe from 'stripe';
+import { stripeEventProblem } from '../domain/stripe/event-shape.ts';
 import { AMOUNT_MISMATCH } from '../domain/stripe/outcome.ts';
 import { applyStripeEvent } from '../domain/stripe/webhook.ts';
 import { sendError } from './error-reply.ts';
 
 export const STRIPE_WEBHOOK_PATH = '/api/v1/webhooks/stripe';
+
+/** Stripe answered that the object asked for does not exist (in this account). */
+const isResourceMissing = (error: unknown) =>
+  error instanceof Stripe.errors.StripeInvalidRequestError && error.code === 'resource_missing';
 
 /**
  * POST /api/v1/webhooks/stripe. Registered as its own encapsulated plugin: the body parser that keeps the raw
@@ -31,7 +36,6 @@ export async function stripeWebhookRoutes(app: FastifyInstance): Promise<void> {
       if (typeof signature !== 'string' || !Buffer.isBuffer(request.body))
         throw new Error('unsigned request');
       event = Stripe.webhooks.constructEvent(request.body, signature, secret);
-      if (typeof event?.id !== 'string' || typeof event.type !== 'string') throw new Error('not an event');
     } catch (error) {
       request.log.warn({ err: error }, 'stripe webhook refused: invalid signature or payload');
       app.deps.metrics.webhookEvents.inc({ type: 'unverified', outcome: 'invalid_signature' });
@@ -41,6 +45,16 @@ export async function stripeWebhookRoutes(app: FastifyInstance): Promise<void> {
       });
     }
     const metrics = app.deps.metrics;
+    const problem = stripeEventProblem(event);
+    if (problem) {
+      request.log.warn({ problem }, 'stripe webhook refused: the signed event cannot be applied as it is');
+      metrics.webhookEvents.inc({ type: 'invalid', outcome: 'invalid_event' });
+      return sendError(request, reply, 400, {
+        message: `${problem.field}: ${problem.message}`,
+        reason: 'VALIDATION',
+        details: { field: problem.field },
+      });
+    }
     const type = metrics.webhookTypeLabel(event.type);
     let outcome: Awaited<ReturnType<typeof applyStripeEvent>>;
     try {
@@ -52,24 +66,33 @@ export async function stripeWebhookRoutes(app: FastifyInstance): Promise<void> {
                 return (await stripe.paymentIntents.retrieve(intentId)).metadata;
               } catch (error) {
                 // Not an intent of this account: the event is not ours.
-                if (
-                  error instanceof Stripe.errors.StripeInvalidRequestError &&
-                  error.code === 'resource_missing'
-                )
-                  return null;
+                if (isResourceMissing(error)) return null;
                 throw error;
               }
             }
           : undefined,
         paymentMethodCard: stripe
           ? async (paymentMethodId) => {
-              const card = (await stripe.paymentMethods.retrieve(paymentMethodId)).card;
-              return card ? { brand: card.brand, last4: card.last4 } : null;
+              try {
+                const card = (await stripe.paymentMethods.retrieve(paymentMethodId)).card;
+                return { card: card ? { brand: card.brand, last4: card.last4 } : null };
+              } catch (error) {
+                if (isResourceMissing(error)) return null;
+                throw error;
+              }
             }
           : undefined,
       });
     } catch (error) {
       metrics.webhookEvents.inc({ type, outcome: 'error' });
+      // Stripe's API failed us while applying its event: a 503 (with nothing of its message), so it retries.
+      if (error instanceof Stripe.errors.StripeError) {
+        request.log.warn({ err: error }, 'stripe webhook: a Stripe API call failed');
+        return sendError(request, reply, 503, {
+          message: 'The payment provider could not be reached; the event will be retried',
+          reason: 'PAYMENT_PROVIDER_UNAVAILABLE',
+        });
+      }
       throw error;
     }
     metrics.webhookEvents.inc({ type, outcome: outcome.result });

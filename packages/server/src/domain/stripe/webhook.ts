@@ -41,8 +41,13 @@ export interface StripeLookups {
    * the purchase then. Absent = such events are not ours.
    */
   intentMetadata?: (intentId: string) => Promise<Stripe.Metadata | null>;
-  /** The card of a saved payment method (auto top-up shows its brand and last 4 digits). */
-  paymentMethodCard?: (paymentMethodId: string) => Promise<{ brand: string; last4: string } | null>;
+  /**
+   * The card of a saved payment method (auto top-up shows its brand and last 4 digits); null when Stripe no
+   * longer knows the payment method.
+   */
+  paymentMethodCard?: (
+    paymentMethodId: string,
+  ) => Promise<{ card: { brand: string; last4: string } | null } | null>;
 }
 
 /**
@@ -129,8 +134,13 @@ export async function applyStripeEvent(
       if (setup.metadata?.purpose !== AUTO_TOP_UP_PURPOSE || !userId || !paymentMethodId)
         return ignored('not an auto top-up card');
       // Asked of Stripe before the transaction: nothing is locked during the call.
-      const card = lookups.paymentMethodCard ? await lookups.paymentMethodCard(paymentMethodId) : null;
+      const method = lookups.paymentMethodCard
+        ? await lookups.paymentMethodCard(paymentMethodId)
+        : { card: null };
+      const card = method?.card;
       return inEventTransaction(db, event, async (trx) => {
+        // Detached (or never of this account) by the time we asked: there is no card to charge.
+        if (!method) return ignored('payment method no longer exists');
         const saved = await saveAutoTopUpCard(trx, {
           userId,
           setupIntentId: setup.id,

@@ -1,0 +1,64 @@
+import { z } from 'zod';
+import { text } from '../../schemas.ts';
+
+/**
+ * The event types applyStripeEvent acts on; their object must carry an id. Others are only recorded as
+ * ignored, so their objects may be anything.
+ */
+export const HANDLED_STRIPE_EVENTS = new Set([
+  'payment_intent.succeeded',
+  'payment_intent.payment_failed',
+  'checkout.session.completed',
+  'checkout.session.async_payment_succeeded',
+  'checkout.session.async_payment_failed',
+  'checkout.session.expired',
+  'setup_intent.succeeded',
+  'payment_method.detached',
+  'charge.refunded',
+  'charge.dispute.created',
+]);
+
+/** A Stripe id as Stripe makes them (evt_…, pi_…): short printable ASCII, so it can be stored and indexed. */
+const stripeId = z
+  .string()
+  .regex(/^[\x21-\x7e]{1,255}$/, { error: 'must be a Stripe id (≤ 255 printable ASCII)' });
+/** A reference to another object: its id, the expanded object, or nothing. */
+const reference = z.union([stripeId, z.looseObject({ id: stripeId }), z.null()]).optional();
+
+/** The fields of an event's object that reach SQL or our records; the rest is Stripe's business. */
+const stripeObject = z.looseObject({
+  id: stripeId.optional(),
+  payment_intent: reference,
+  latest_charge: reference,
+  charge: reference,
+  payment_method: reference,
+  customer: reference,
+  // Stripe's own limits: 50 keys, 500 characters a value.
+  metadata: z.record(z.string().max(40), text(500)).nullable().optional(),
+  last_payment_error: z
+    .looseObject({ code: text(200).nullable().optional(), message: text(5000).nullable().optional() })
+    .nullable()
+    .optional(),
+});
+
+const stripeEvent = z.looseObject({
+  id: stripeId,
+  type: z.string().regex(/^[a-z0-9_.]{1,100}$/, { error: 'must be a Stripe event type' }),
+  data: z.looseObject({ object: stripeObject }),
+});
+
+/**
+ * What keeps a verified event from being applied as it is — a field path and why — or undefined. Stripe never
+ * sends such an event; a signed one that does is refused with a 400 rather than failing inside a transaction.
+ */
+export function stripeEventProblem(event: unknown): { field: string; message: string } | undefined {
+  const parsed = stripeEvent.safeParse(event);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    return { field: issue?.path.map(String).join('.') || '(event)', message: issue?.message ?? 'invalid' };
+  }
+  if (HANDLED_STRIPE_EVENTS.has(parsed.data.type) && parsed.data.data.object.id === undefined) {
+    return { field: 'data.object.id', message: 'is required' };
+  }
+  return undefined;
+}
