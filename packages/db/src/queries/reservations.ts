@@ -225,20 +225,17 @@ export async function releaseHold(
 ): Promise<{ available: number; lotsLapsed: boolean }> {
   // the earliest expiry among the hold's lots, read once (the `expiry` CTE below)
   const lotExpiry = sql`(select e.at from expiry e)`;
-  const account =
+  // The personal balance, or the pool for a pool hold: the same update of either row.
+  const [table, keyColumn, key] =
     reservation.organization_id === null
-      ? sql`
-          update credits.balances
-             set reserved = reserved - ${reservation.amount}::int8, next_lot_expiry = least(next_lot_expiry, ${lotExpiry}),
-                 version = version + 1, updated_at = now()
-           where user_id = ${reservation.user_id}
-          returning balance - reserved as available`
-      : sql`
-          update credits.guild_pools
-             set reserved = reserved - ${reservation.amount}::int8, next_lot_expiry = least(next_lot_expiry, ${lotExpiry}),
-                 version = version + 1, updated_at = now()
-           where organization_id = ${reservation.organization_id}
-          returning balance - reserved as available`;
+      ? ['credits.balances', 'user_id', reservation.user_id]
+      : ['credits.guild_pools', 'organization_id', reservation.organization_id];
+  const account = sql`
+    update ${sql.table(table)}
+       set reserved = reserved - ${reservation.amount}::int8, next_lot_expiry = least(next_lot_expiry, ${lotExpiry}),
+           version = version + 1, updated_at = now()
+     where ${sql.ref(keyColumn)} = ${key}
+    returning balance - reserved as available`;
   const { rows } = await sql<{ available: number; closed: number; unpinned: number; lots_lapsed: boolean }>`
     with expiry as (select credits.lots_expiry(${reservation.lot_ids}::uuid[]) as at),
     account as (${account}),
