@@ -254,6 +254,18 @@ describe('gifts.create', () => {
     expect(info.creatorName).toBeNull();
     expect(JSON.stringify(info)).not.toContain('@');
   });
+
+  it('a long creator name is cut to 100 characters without splitting one (an emoji stays whole)', async () => {
+    const name = `${'a'.repeat(99)}\u{1F381}${'b'.repeat(10)}`;
+    const user = await fundedUser(10, { name });
+    const { code } = await (await server.userClient(user)).gifts.create.mutate({
+      type: 'simple',
+      totalCredits: 10,
+    });
+    expect((await server.rawClient({}).gifts.info.query({ code })).creatorName).toBe(
+      `${'a'.repeat(99)}\u{1F381}`,
+    );
+  });
 });
 
 describe('each type end to end', () => {

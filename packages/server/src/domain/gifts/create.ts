@@ -43,7 +43,8 @@ const LOOKS_LIKE_EMAIL = /\S+@\S+/;
 export function publicCreatorName(creator: GiftCreator): string | null {
   const name = creator.name?.trim();
   if (!name || LOOKS_LIKE_EMAIL.test(name)) return null;
-  return name.slice(0, 100);
+  // Characters, not UTF-16 units: a cut through an emoji would leave half of it (stored as U+FFFD).
+  return Array.from(name).slice(0, 100).join('');
 }
 
 /**
