@@ -6,7 +6,7 @@ import type { AppDeps } from './deps.ts';
 import { ServiceUnavailableError } from './domain/errors.ts';
 import { DatabaseUnavailableError, isConnectionFailure, OutcomeUnknownError } from './domain/outcome.ts';
 import { adminConsole } from './http/admin/plugin.ts';
-import { registerCors } from './http/cors.ts';
+import { type CorsResponseHeaders, registerCors } from './http/cors.ts';
 import { sendError } from './http/error-reply.ts';
 import { registerGiftPage } from './http/gift-page.ts';
 import { registerMetrics } from './http/metrics.ts';
@@ -48,6 +48,10 @@ export interface BuildAppOptions {
 /** Answered even while the app is not ready: probes and the scraper. */
 const PROBE_ROUTES = new Set(['/health', '/ready', '/metrics']);
 const MIGRATING_MESSAGE = 'The service is starting (migrations)';
+/** What /trpc/:path answers (OPTIONS: CORS preflights). */
+const TRPC_METHODS = new Set(['GET', 'HEAD', 'POST', 'OPTIONS']);
+/** tRPC batches put every procedure name in the path. */
+const MAX_PARAM_LENGTH = 5000;
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -62,6 +66,8 @@ declare module 'fastify' {
 
 /** The whole HTTP app; never listens (main.ts does, tests use a port 0 or inject). */
 export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Promise<FastifyInstance> {
+  // Set once CORS is registered (below); the router's own refusals (frameworkErrors) run before any hook.
+  let corsHeadersOf: CorsResponseHeaders | undefined;
   const app = Fastify({
     logger: options.logger ?? {
       level: deps.config.logLevel,
@@ -80,10 +86,23 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
     genReqId: (req) => requestIdOf(req.headers['x-request-id']),
     requestIdHeader: false,
     bodyLimit: deps.config.bodyLimitBytes,
+    // A URL the router cannot read (bad percent-encoding, a path parameter over maxParamLength) is refused
+    // before any hook runs: answered here in the API's error shape, with the request id and CORS headers,
+    // without echoing the URL.
+    frameworkErrors: (error, request, reply) => {
+      reply.header('x-request-id', request.id);
+      corsHeadersOf?.(request, reply);
+      const tooLong = error.code === 'FST_ERR_MAX_PARAM_LENGTH';
+      return sendError(request, reply, tooLong ? 414 : 400, {
+        message: tooLong
+          ? `A path parameter is longer than ${MAX_PARAM_LENGTH} characters`
+          : 'The URL is not valid (bad percent-encoding)',
+        reason: tooLong ? 'URL_TOO_LONG' : 'BAD_URL',
+      });
+    },
     // request.ip (the per-address gift-info limit) believes X-Forwarded-For only from the proxies configured.
     trustProxy: fastifyTrustProxy(deps.config.trustProxy),
-    // tRPC batches put every procedure name in the path.
-    routerOptions: { maxParamLength: 5000 },
+    routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
     forceCloseConnections: 'idle',
     // A request arriving on a kept-alive connection while the server closes is served (with Connection:
     // close) rather than refused with a 503: its client sent it before it could know.
@@ -93,10 +112,19 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
   app.decorate('deps', deps);
   app.decorate('readiness', { accepting: true, migrating: false });
   // First: its hooks run before every other (see registerCors), and it sees every route being added.
-  await registerCors(app, deps.config);
+  corsHeadersOf = await registerCors(app, deps.config);
 
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
+    // tRPC's route takes every method, but a query is a GET and a mutation a POST; the fetch Request its
+    // adapter builds cannot even carry some others (TRACE: a TypeError, which was a 500).
+    if (request.routeOptions.url === '/trpc/:path' && !TRPC_METHODS.has(request.method)) {
+      reply.header('allow', 'GET, HEAD, POST');
+      return sendError(request, reply, 405, {
+        message: `${request.method} is not supported here: queries are GET, mutations POST`,
+        reason: 'METHOD_NOT_SUPPORTED',
+      });
+    }
     if (app.readiness.migrating && !PROBE_ROUTES.has(request.routeOptions.url ?? '')) {
       reply.header('retry-after', '5');
       // tRPC answers in its own error envelope (see createContext below), which its clients can parse.

@@ -303,6 +303,23 @@ describe('actions', () => {
     expect(noReason.statusCode).toBe(400);
     expect(noReason.body).toContain('REASON_REQUIRED');
 
+    // A field given twice is refused, not guessed: two amounts, or a wrong CSRF token beside the right one.
+    const { action, hidden } = actionFormOf(page, 'grant');
+    for (const extra of ['amount=500', '_csrf=forged']) {
+      const twice = await server.app.inject({
+        method: 'POST',
+        url: action,
+        headers: { ...session(), ...FORM },
+        payload: `${extra}&${form({ ...hidden, amount: 5, reason: 'twice' })}`,
+      });
+      expect(twice.statusCode, extra).toBe(400);
+      expect(twice.json().error, extra).toMatchObject({
+        reason: 'VALIDATION',
+        message: `${extra.split('=')[0]}: given more than once`,
+      });
+    }
+    expect(await ledgerSum(server.deps.db, user.id)).toBe(10);
+
     const first = await submit(page, 'grant', { amount: 25, reason: `goodwill ${XSS}` });
     expect(first.statusCode).toBe(303);
     expect(first.headers.location).toMatch(/^\/admin\/users\/[^?]+\?done=[0-9a-f-]{36}#notice$/);

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import http from 'node:http';
 import { base64url } from 'jose';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -767,6 +768,40 @@ describe('bad-input catalogue', () => {
     const client = server.rawClient({ authorization: `Bearer ${victimToken}` });
     expect((await client.credits.balance.query()).balance).toBe(90);
     expect(victimUsage).toMatch(/^[0-9a-f-]{36}$/);
+  });
+});
+
+describe('methods /trpc does not answer', () => {
+  /** Over a raw socket: fetch refuses to send TRACE at all. */
+  function request(method: string, path: string) {
+    return new Promise<{ status: number; allow: unknown; body: string }>((resolve, reject) => {
+      const url = new URL(path, server.url);
+      const req = http.request(
+        url,
+        { method, headers: { authorization: `Bearer ${victimToken}` } },
+        (res) => {
+          let body = '';
+          res.on('data', (chunk) => {
+            body += chunk;
+          });
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, allow: res.headers.allow, body }));
+        },
+      );
+      req.on('error', reject);
+      req.end();
+    });
+  }
+
+  it('TRACE, PUT, DELETE and PATCH answer 405 naming what is supported, never a 500', async () => {
+    for (const method of ['TRACE', 'PUT', 'DELETE', 'PATCH']) {
+      for (const path of ['/trpc/credits.balance', '/trpc/credits.balance,credits.use?batch=1']) {
+        const answer = await request(method, path);
+        expect(answer.status, `${method} ${path}`).toBe(405);
+        expect(answer.allow).toBe('GET, HEAD, POST');
+        expect(JSON.parse(answer.body).error.reason).toBe('METHOD_NOT_SUPPORTED');
+      }
+    }
+    expect((await request('GET', '/trpc/credits.balance')).status).toBe(200);
   });
 });
 

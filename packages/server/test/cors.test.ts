@@ -185,13 +185,24 @@ describe('CORS preflights', () => {
     expect(allowed).not.toContain('x-app-id');
   });
 
-  it('a preflight without Access-Control-Request-Method is not a preflight', async () => {
-    const response = await server.app.inject({
-      method: 'OPTIONS',
-      url: '/api/v1/credits/balance',
-      headers: { origin: APP },
-    });
-    expect(response.statusCode).toBe(400);
+  it('a preflight without Access-Control-Request-Method (or an empty one) is not a preflight: 400 saying so', async () => {
+    for (const method of [undefined, '']) {
+      const response = await server.app.inject({
+        method: 'OPTIONS',
+        url: '/api/v1/credits/balance',
+        headers: {
+          origin: APP,
+          'x-request-id': 'req-preflight',
+          ...(method === undefined ? {} : { 'access-control-request-method': method }),
+        },
+      });
+      expect(response.statusCode).toBe(400);
+      expect(response.json().error).toMatchObject({
+        reason: 'INVALID_PREFLIGHT',
+        requestId: 'req-preflight',
+      });
+      expect(response.headers['x-request-id']).toBe('req-preflight');
+    }
   });
 });
 
@@ -235,6 +246,26 @@ describe('CORS on responses', () => {
     });
     expect(response.statusCode).toBe(400);
     expect(response.headers['access-control-allow-origin']).toBe(APP);
+  });
+
+  it('a URL the router cannot read (bad percent-encoding, a 10 kB parameter): the API error shape, readable, not echoed', async () => {
+    const long = 'x'.repeat(10_000);
+    const cases = [
+      { url: '/admin/users/%ZZ', status: 400, reason: 'BAD_URL' },
+      { url: '/api/v1/gifts/a%ff', status: 400, reason: 'BAD_URL' },
+      { url: '/g/%C0%80', status: 400, reason: 'BAD_URL' },
+      { url: `/g/${long}`, status: 414, reason: 'URL_TOO_LONG' },
+      { url: `/api/v1/gifts/${long}`, status: 414, reason: 'URL_TOO_LONG' },
+    ];
+    for (const { url, status, reason } of cases) {
+      const response = await get(url, APP, { 'x-request-id': 'req-bad-url' });
+      expect(response.statusCode, url.slice(0, 40)).toBe(status);
+      expect(response.json().error).toMatchObject({ reason, requestId: 'req-bad-url' });
+      expect(response.headers['x-request-id']).toBe('req-bad-url');
+      expect(response.headers['access-control-allow-origin']).toBe(APP);
+      expect(response.body.length).toBeLessThan(300);
+      expect(corsHeaders(await get(url, EVIL))).toEqual([]);
+    }
   });
 
   it('while migrations run, preflights pass and the 503 is readable (Retry-After exposed)', async () => {

@@ -122,7 +122,18 @@ export async function adminConsole(admin: FastifyInstance): Promise<void> {
     { parseAs: 'string', bodyLimit: FORM_BODY_LIMIT },
     (_request, body, done) => {
       const form: FormBody = Object.create(null);
-      for (const [name, value] of new URLSearchParams(String(body))) form[name] = value;
+      for (const [name, value] of new URLSearchParams(String(body))) {
+        // A field given twice (two amounts, two CSRF tokens) is refused, not guessed.
+        if (name in form) {
+          const error = Object.assign(new Error(`${name}: given more than once`), {
+            statusCode: 400,
+            code: 'VALIDATION',
+          });
+          done(error, undefined);
+          return;
+        }
+        form[name] = value;
+      }
       done(null, form);
     },
   );
