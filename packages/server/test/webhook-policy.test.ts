@@ -43,6 +43,8 @@ describe('address policy', () => {
       '::ffff:10.0.0.1',
       '64:ff9b::a9fe:a9fe',
       '2002:7f00:1::',
+      '::127.0.0.1',
+      '::808:808',
       'not-an-address',
     ]) {
       expect(isPrivateAddress(address), address).toBe(true);
@@ -129,10 +131,22 @@ describe('endpoints on a server without WEBHOOK_ALLOW_PRIVATE', () => {
       'javascript:alert(1)',
       'http://user:pw@example.com/',
       '/relative',
+      'https://93.184.215.14:0/',
     ]) {
       const error = await failure(internal.internal.webhooks.create.mutate({ url }));
       expect(error.data, url).toMatchObject({ code: 'BAD_REQUEST', reason: 'VALIDATION' });
       expect(error.message, url).toContain('url');
+    }
+    // What is stored is the URL as it is read and connected to.
+    for (const [typed, stored] of [
+      ['HTTPS://93.184.215.14', 'https://93.184.215.14/'],
+      ['https:93.184.215.14/hooks', 'https://93.184.215.14/hooks'],
+      ['https://@93.184.215.14/a b', 'https://93.184.215.14/a%20b'],
+      ['https://93.184.215.14\\@evil.test/', 'https://93.184.215.14/@evil.test/'],
+    ]) {
+      const created = await internal.internal.webhooks.create.mutate({ url: typed! });
+      expect(created.url, typed).toBe(stored);
+      await internal.internal.webhooks.delete.mutate({ id: created.id });
     }
     // An endpoint written straight into the table (e.g. by an older release) is still refused at delivery.
     const row = await server.db

@@ -27,20 +27,28 @@ export const lowBalanceThreshold = z.union([
 ]);
 
 /** An endpoint URL: absolute http(s), no credentials in it. Where it points is checked in the domain. */
-const webhookUrl = text(2048).check((ctx) => {
-  let url: URL;
-  try {
-    url = new URL(ctx.value);
-  } catch {
-    ctx.issues.push({ code: 'custom', message: 'must be an absolute http(s) URL', input: ctx.value });
-    return;
-  }
-  if (url.protocol !== 'https:' && url.protocol !== 'http:') {
-    ctx.issues.push({ code: 'custom', message: 'must use http or https', input: ctx.value });
-  } else if (url.username || url.password) {
-    ctx.issues.push({ code: 'custom', message: 'must not carry a user name or password', input: ctx.value });
-  }
-});
+const webhookUrl = text(2048)
+  .check((ctx) => {
+    let url: URL;
+    try {
+      url = new URL(ctx.value);
+    } catch {
+      ctx.issues.push({ code: 'custom', message: 'must be an absolute http(s) URL', input: ctx.value });
+      return;
+    }
+    if (url.protocol !== 'https:' && url.protocol !== 'http:') {
+      ctx.issues.push({ code: 'custom', message: 'must use http or https', input: ctx.value });
+    } else if (url.username || url.password) {
+      ctx.issues.push({
+        code: 'custom',
+        message: 'must not carry a user name or password',
+        input: ctx.value,
+      });
+    } else if (url.port === '0') {
+      ctx.issues.push({ code: 'custom', message: 'must not use port 0', input: ctx.value });
+    }
+  })
+  .transform((value) => new URL(value).href); // stored as it is read and connected to ("HTTP://x" → "http://x/")
 
 const eventTypes = z
   .array(z.enum(EVENT_TYPES))
