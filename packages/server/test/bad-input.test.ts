@@ -172,6 +172,22 @@ const CASES: BadRequest[] = [
     status: 400,
   },
   {
+    name: 'superjson meta: a reference through a path that does not exist',
+    ...use({}),
+    input: undefined,
+    raw: '{"json":{"amount":1,"appId":"a","description":"d"},"meta":{"referentialEqualities":{"nope.x":["amount"]}}}',
+    status: 400,
+    reason: 'meta: not a superjson meta',
+  },
+  {
+    name: 'superjson meta: values that are not a map of paths',
+    ...use({}),
+    input: undefined,
+    raw: '{"json":{"amount":1,"appId":"a","description":"d"},"meta":{"values":["map"]}}',
+    status: 400,
+    reason: 'meta: not a superjson meta',
+  },
+  {
     name: 'amount as a BigInt via superjson',
     ...use({}),
     input: undefined,

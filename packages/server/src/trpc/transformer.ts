@@ -30,8 +30,17 @@ export const transformer = {
           message: `Invalid input: ${path}: this key is not allowed`,
         });
       }
-      // biome-ignore lint/suspicious/noExplicitAny: superjson's own signature
-      return superjson.deserialize(value as any);
+      try {
+        // biome-ignore lint/suspicious/noExplicitAny: superjson's own signature
+        return superjson.deserialize(value as any);
+      } catch (cause) {
+        // A meta that names paths the json does not have: superjson fails with a bare TypeError.
+        throw new TRPCError({
+          code: 'BAD_REQUEST',
+          message: 'Invalid input: meta: not a superjson meta that fits this json',
+          cause,
+        });
+      }
     },
   },
   output: superjson,
