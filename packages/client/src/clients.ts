@@ -1,11 +1,16 @@
 import type { AppRouter } from '@mana-credits/server/router';
 import { createTRPCClient, httpBatchLink, type TRPCClient } from '@trpc/client';
 import { deserialize, serialize } from 'superjson';
-import { idempotentRetryLink, type RetryOptions } from './retry.ts';
+import { idempotentRetryLink, type RetryOptions, snapshotInputLink } from './retry.ts';
 import { type CustomFetch, transportFetch } from './transport.ts';
 
 /** The server refuses batches of more than 100 calls. */
 const MAX_BATCH_ITEMS = 100;
+/**
+ * Batched queries travel as GET with their inputs in the URL: a longer batch is split, below the 8 KB many
+ * proxies accept in a request line (and Node's 16 KB header limit, where the service answers 431).
+ */
+const MAX_URL_LENGTH = 6000;
 
 type HeaderMap = Record<string, string>;
 
@@ -17,8 +22,9 @@ interface CommonOptions {
   /** Extra headers for every request (a function is called per request). */
   headers?: HeaderMap | (() => HeaderMap | Promise<HeaderMap>);
   /**
-   * Retry of mutations that carry an idempotencyKey after network errors and 502/503/504, with the same
-   * key. Default: 3 retries, 250 ms doubling to at most 5 s, jittered. `false` turns it off.
+   * Retry of mutations that carry an idempotencyKey after network errors, 502/503/504 and a 429 with
+   * Retry-After, with the same key. Default: 3 retries, 250 ms doubling to at most 5 s, jittered, or the
+   * answer's Retry-After when longer (up to 30 s). `false` turns it off.
    */
   retry?: RetryOptions | false;
 }
@@ -46,6 +52,7 @@ function createClient(options: CommonOptions, credentials: () => Promise<HeaderM
     // The named functions rather than the default export: the same under ESM and under require(esm).
     transformer: { serialize, deserialize },
     maxItems: MAX_BATCH_ITEMS,
+    maxURLLength: MAX_URL_LENGTH,
     fetch: transportFetch(options.fetch),
     async headers() {
       const extra = typeof options.headers === 'function' ? await options.headers() : options.headers;
@@ -53,7 +60,8 @@ function createClient(options: CommonOptions, credentials: () => Promise<HeaderM
     },
   });
   return createTRPCClient<AppRouter>({
-    links: options.retry === false ? [batch] : [idempotentRetryLink(options.retry), batch],
+    links:
+      options.retry === false ? [batch] : [snapshotInputLink(), idempotentRetryLink(options.retry), batch],
   });
 }
 

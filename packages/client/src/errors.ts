@@ -1,5 +1,7 @@
 import type { AppRouter } from '@mana-credits/server/router';
 import type { TRPCClientError } from '@trpc/client';
+import { CreditsRequestError } from './request-error.ts';
+import { CreditsTransportError } from './transport.ts';
 
 /** What a failed call of either client throws. */
 export type CreditsClientError = TRPCClientError<AppRouter>;
@@ -30,11 +32,29 @@ export type UnauthorizedError = CreditsErrorWith<string, unknown> & { data: { co
 const isRecord = (value: unknown): value is Record<string, unknown> =>
   typeof value === 'object' && value !== null;
 
-/** The error's data when it came from the credits service (read by shape, so two copies of @trpc/client work). */
+/**
+ * The error's data when it came from the credits service (read by shape, so two copies of @trpc/client work);
+ * for a refusal the service gave before tRPC saw the request (a CreditsRequestError), its reason, details,
+ * status and request id.
+ */
 function serviceErrorData(error: unknown): ErrorData | undefined {
   if (!(error instanceof Error)) return undefined;
   const data = (error as { data?: unknown }).data;
-  return isRecord(data) && typeof data.reason === 'string' ? (data as ErrorData) : undefined;
+  if (isRecord(data) && typeof data.reason === 'string') return data as ErrorData;
+  const refusal = error instanceof CreditsRequestError ? error : error.cause;
+  if (!(refusal instanceof CreditsRequestError)) return undefined;
+  return {
+    reason: refusal.reason,
+    details: refusal.details,
+    requestId: refusal.requestId,
+    httpStatus: refusal.status,
+  } as ErrorData;
+}
+
+/** The id of the request the service answered with this error (for its logs); undefined without one. */
+export function creditsRequestId(error: unknown): string | undefined {
+  const requestId = (serviceErrorData(error) as { requestId?: unknown } | undefined)?.requestId;
+  return typeof requestId === 'string' ? requestId : undefined;
 }
 
 const numbers = (value: unknown, keys: readonly string[]) =>
@@ -78,6 +98,40 @@ export function isIdempotencyConflict(error: unknown): error is IdempotencyConfl
  */
 export function isOutcomeUnknown(error: unknown): error is CreditsErrorWith<'OUTCOME_UNKNOWN', unknown> {
   return serviceErrorData(error)?.reason === 'OUTCOME_UNKNOWN';
+}
+
+/** Network errors that say the request never left: nothing can have happened. */
+const NEVER_SENT = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ERR_INVALID_URL']);
+
+function errorCodes(error: unknown): string[] {
+  const codes: string[] = [];
+  for (let cause = error, depth = 0; isRecord(cause) && depth < 8; depth++) {
+    if (typeof cause.code === 'string') codes.push(cause.code);
+    cause = cause.cause;
+  }
+  return codes;
+}
+
+/**
+ * Whether a failed call may still have taken effect on the service: the test to apply before repeating a
+ * money call that carries no idempotency key (with a key, repeat it with the same key: the retry link does).
+ * True for OUTCOME_UNKNOWN, a connection lost or reset after the request was sent, a 502/504 or other
+ * non-JSON answer from in between, an abort or timeout, and an internal error (500); false when the service
+ * answered a refusal (4xx, 503 DATABASE_UNAVAILABLE…) or the request never reached it (connection refused,
+ * unknown host). When true, read the balance or the transactions before trying again.
+ */
+export function mayHaveTakenEffect(error: unknown): boolean {
+  if (isOutcomeUnknown(error)) return true;
+  const data = serviceErrorData(error);
+  if (data) return data.httpStatus !== undefined && data.httpStatus >= 500 && data.httpStatus !== 503;
+  const transport = error instanceof CreditsTransportError ? error : (error as { cause?: unknown })?.cause;
+  if (transport instanceof CreditsTransportError) {
+    if (transport.status === undefined)
+      return !errorCodes(transport.cause).some((code) => NEVER_SENT.has(code));
+    return transport.status >= 500 || transport.status === 408;
+  }
+  // An abort, a timeout, or anything the client cannot classify: assume the worst.
+  return true;
 }
 
 /** Missing, expired or invalid credentials (bearer token or service key). */

@@ -17,6 +17,7 @@ export {
   type CreditsClientError,
   type CreditsErrorWith,
   creditsErrorReason,
+  creditsRequestId,
   type IdempotencyConflictError,
   type InsufficientCreditsDetails,
   type InsufficientCreditsError,
@@ -27,11 +28,12 @@ export {
   isUnauthorized,
   type LimitExceededDetails,
   type LimitExceededError,
+  mayHaveTakenEffect,
   type UnauthorizedError,
 } from './errors.ts';
+export { CreditsRequestError } from './request-error.ts';
 export type { RetryOptions } from './retry.ts';
 export {
-  CreditsRequestError,
   fetchInternalStatementCsv,
   fetchStatementCsv,
   type StatementRange,

@@ -1,14 +1,20 @@
 import type { AppRouter } from '@mana-credits/server/router';
 import { retryLink, type TRPCClientError, type TRPCLink } from '@trpc/client';
-import { CreditsTransportError } from './transport.ts';
+import { CreditsRequestError } from './request-error.ts';
+import { CreditsTransportError, retryAfterMsOf } from './transport.ts';
 
 export interface RetryOptions {
-  /** Retries after the first attempt. Default 3. */
+  /** Retries after the first attempt, 0–10. Default 3. */
   retries?: number;
   /** Delay before the first retry, doubled for each further one (with jitter). Default 250 ms. */
   baseDelayMs?: number;
-  /** Longest single delay. Default 5000 ms. */
+  /** Longest backoff delay. Default 5000 ms. */
   maxDelayMs?: number;
+  /**
+   * The longest Retry-After the client waits for (a 503 while the service migrates says 5 s); an answer asking
+   * for longer is not retried. Default 30000 ms.
+   */
+  maxRetryAfterMs?: number;
 }
 
 const RETRYABLE_STATUSES = new Set([502, 503, 504]);
@@ -33,17 +39,32 @@ export function carriesIdempotencyKey(input: unknown): boolean {
   );
 }
 
+/** The Retry-After of a failed call's answer, in milliseconds, when it had one. */
+function retryAfterMsOfError(error: TRPCClientError<AppRouter>): number | undefined {
+  const cause = error.cause;
+  if (cause instanceof CreditsTransportError || cause instanceof CreditsRequestError)
+    return cause.retryAfterMs;
+  const response = error.meta?.response as { headers?: { get(name: string): string | null } } | undefined;
+  return retryAfterMsOf(response?.headers?.get('retry-after'));
+}
+
+function statusOf(error: TRPCClientError<AppRouter>): number | undefined {
+  const cause = error.cause;
+  if (cause instanceof CreditsTransportError || cause instanceof CreditsRequestError) return cause.status;
+  return error.data?.httpStatus ?? (error.meta?.response as { status?: number } | undefined)?.status;
+}
+
 /**
  * Network failures and 502/503/504 (from a proxy, or the service's own 503: SERVICE_UNAVAILABLE,
- * DATABASE_UNAVAILABLE, OUTCOME_UNKNOWN). Only consulted for mutations that carry a key: after a 503
- * OUTCOME_UNKNOWN the call may have taken effect, which only a key makes safe to repeat.
+ * DATABASE_UNAVAILABLE, MIGRATING, OUTCOME_UNKNOWN), and a 429 that says when to come back (Retry-After).
+ * Only consulted for mutations that carry a key: after a 503 OUTCOME_UNKNOWN the call may have taken effect,
+ * which only a key makes safe to repeat.
  */
 export function isTransientFailure(error: TRPCClientError<AppRouter>): boolean {
   const cause = error.cause;
-  if (cause instanceof CreditsTransportError) {
-    return cause.status === undefined || RETRYABLE_STATUSES.has(cause.status);
-  }
-  const status = error.data?.httpStatus ?? (error.meta?.response as { status?: number } | undefined)?.status;
+  if (cause instanceof CreditsTransportError && cause.status === undefined) return true;
+  const status = statusOf(error);
+  if (status === 429) return retryAfterMsOfError(error) !== undefined;
   return status !== undefined && RETRYABLE_STATUSES.has(status);
 }
 
@@ -53,26 +74,75 @@ export function retryDelayMs(attempt: number, options: Required<RetryOptions>): 
   return ceiling / 2 + Math.random() * (ceiling / 2);
 }
 
+const clamp = (value: number | undefined, fallback: number, min: number, max: number) =>
+  Number.isFinite(value) ? Math.min(max, Math.max(min, value as number)) : fallback;
+
 /**
  * Retries mutations that carry an idempotency key, with the same input (so the same key), when they failed
  * in transit; the server answers a repeat with the first result, never a second debit. Queries and
  * mutations without a key are never retried here. An answer the server gave — a success or a refusal such as
  * INSUFFICIENT_CREDITS — is never retried: the refusal is recorded under the key, so the same key would
  * answer it again; a new attempt (after a top-up) is the caller's, with a new key.
+ *
+ * The wait is the backoff, or the answer's Retry-After when longer (up to maxRetryAfterMs). The calls of one
+ * failed batch request share one wait, so their retries leave together and are batched again instead of
+ * scattering into a request each.
  */
 export function idempotentRetryLink(options: RetryOptions = {}): TRPCLink<AppRouter> {
   const settings: Required<RetryOptions> = {
-    retries: options.retries ?? 3,
-    baseDelayMs: options.baseDelayMs ?? 250,
-    maxDelayMs: options.maxDelayMs ?? 5000,
+    retries: Math.floor(clamp(options.retries, 3, 0, 10)),
+    baseDelayMs: clamp(options.baseDelayMs, 250, 0, 60_000),
+    maxDelayMs: clamp(options.maxDelayMs, 5000, 0, 60_000),
+    maxRetryAfterMs: clamp(options.maxRetryAfterMs, 30_000, 0, 600_000),
   };
+  // The wait decided for each failed request (its error cause or response), per attempt.
+  const waits = new WeakMap<object, Map<number, number>>();
+  // retryLink asks `retry` and then, synchronously, `retryDelayMs` for the same call: what `retry` decided
+  // for it is handed over here.
+  let decided = 0;
   return retryLink<AppRouter>({
-    retry: ({ op, error, attempts }) =>
-      attempts <= settings.retries &&
-      op.type === 'mutation' &&
-      !op.signal?.aborted &&
-      carriesIdempotencyKey(op.input) &&
-      isTransientFailure(error),
-    retryDelayMs: (attempt) => retryDelayMs(attempt, settings),
+    retry: ({ op, error, attempts }) => {
+      if (
+        attempts > settings.retries ||
+        op.type !== 'mutation' ||
+        op.signal?.aborted ||
+        !carriesIdempotencyKey(op.input) ||
+        !isTransientFailure(error)
+      ) {
+        return false;
+      }
+      const retryAfter = retryAfterMsOfError(error);
+      if (retryAfter !== undefined && retryAfter > settings.maxRetryAfterMs) return false;
+      const request = (error.cause ?? error.meta?.response ?? error) as object;
+      const byAttempt = waits.get(request) ?? new Map<number, number>();
+      waits.set(request, byAttempt);
+      let wait = byAttempt.get(attempts);
+      if (wait === undefined) {
+        wait = Math.max(retryDelayMs(attempts, settings), retryAfter ?? 0);
+        byAttempt.set(attempts, wait);
+      }
+      decided = wait;
+      return true;
+    },
+    retryDelayMs: () => decided,
   });
+}
+
+/**
+ * Takes a copy of a keyed mutation's input when it is made, so that its retries send exactly that — same key,
+ * same payload — even if the caller changes the object meanwhile (a changed payload under the same key would
+ * be a 409 CONFLICT, a changed key a second charge). An input that cannot be copied is sent as it is.
+ */
+export function snapshotInputLink(): TRPCLink<AppRouter> {
+  return () =>
+    ({ op, next }) => {
+      if (op.type !== 'mutation' || !carriesIdempotencyKey(op.input)) return next(op);
+      let input: unknown = op.input;
+      try {
+        input = structuredClone(op.input);
+      } catch {
+        // functions or class instances: superjson would refuse them anyway
+      }
+      return next({ ...op, input });
+    };
 }

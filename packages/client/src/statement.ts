@@ -1,5 +1,6 @@
 import type { CreditsClientOptions, InternalCreditsClientOptions } from './clients.ts';
-import { CreditsTransportError } from './transport.ts';
+import { CreditsRequestError } from './request-error.ts';
+import { type CustomFetch, transportFetch } from './transport.ts';
 
 /**
  * The statement as CSV (GET /api/v1/credits/statement.csv and its internal twin): plain HTTP, since the
@@ -14,20 +15,6 @@ export interface StatementRange {
   to: Date | string;
 }
 
-/** A refusal of the service (4xx/5xx with its JSON error body): the same reason as over tRPC. */
-export class CreditsRequestError extends Error {
-  constructor(
-    message: string,
-    readonly status: number,
-    readonly reason: string,
-    readonly details: unknown,
-    readonly requestId: string | undefined,
-  ) {
-    super(message);
-    this.name = 'CreditsRequestError';
-  }
-}
-
 const iso = (value: Date | string) => (value instanceof Date ? value.toISOString() : value);
 
 type Options = Pick<CreditsClientOptions, 'url' | 'fetch' | 'headers'>;
@@ -40,32 +27,14 @@ async function fetchCsv(
 ) {
   const url = `${options.url.replace(/\/+$/, '')}${path}?${new URLSearchParams(query)}`;
   const extra = typeof options.headers === 'function' ? await options.headers() : options.headers;
-  const fetchImpl = (options.fetch ?? fetch) as typeof fetch;
-  let response: Response;
-  try {
-    response = await fetchImpl(url, { headers: { ...extra, ...credentials, accept: 'text/csv' } });
-  } catch (error) {
-    throw new CreditsTransportError('The credits service could not be reached', undefined, { cause: error });
-  }
+  // Network failures, a non-JSON answer from in between, and the service's JSON refusals become the same
+  // errors as over tRPC (transportFetch).
+  const response = (await transportFetch(options.fetch as CustomFetch | undefined, 'any')(url, {
+    headers: { ...extra, ...credentials, accept: 'text/csv' },
+  })) as unknown as Response;
   if (response.ok) return response;
-  const type = response.headers.get('content-type') ?? '';
-  if (!type.includes('json')) {
-    await response.body?.cancel();
-    throw new CreditsTransportError(
-      `HTTP ${response.status} from between the client and the credits service`,
-      response.status,
-    );
-  }
-  const body = (await response.json()) as {
-    error?: { message?: string; reason?: string; details?: unknown; requestId?: string };
-  };
-  throw new CreditsRequestError(
-    body.error?.message ?? `HTTP ${response.status}`,
-    response.status,
-    body.error?.reason ?? 'UNKNOWN',
-    body.error?.details,
-    body.error?.requestId,
-  );
+  await response.body?.cancel();
+  throw new CreditsRequestError(`HTTP ${response.status}`, response.status, 'UNKNOWN', undefined, undefined);
 }
 
 /**

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { type AddressInfo, createServer } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { expectLedgerConsistent, ledgerSum } from '../../server/test/helpers/invariants.ts';
 import { newUser, SERVICE_KEY, startTestServer, type TestServer } from '../../server/test/helpers/server.ts';
@@ -6,8 +7,11 @@ import {
   CreditsTransportError,
   createCreditsClient,
   createInternalCreditsClient,
+  creditsErrorReason,
+  creditsRequestId,
   isInsufficientCredits,
   isOutcomeUnknown,
+  mayHaveTakenEffect,
   type RetryOptions,
 } from '../src/index.ts';
 import { FlakyProxy } from './helpers/flaky-proxy.ts';
@@ -200,5 +204,118 @@ describe('calls that are never retried', () => {
     // All three were applied by the lost first request; the retries replayed b1 and b2.
     expect((await usageRows(user.id)).map((row) => row.amount).sort()).toEqual([-1, -2, -4]);
     expect(await ledgerSum(server.deps.db, user.id)).toBe(93);
+  });
+});
+
+describe('waits, batches and inputs of retries', () => {
+  it('waits for a Retry-After longer than its backoff; one longer than maxRetryAfterMs is not waited for', async () => {
+    const { user, client } = await userThroughProxy(10);
+    proxy.failNext({ status: 503, retryAfter: '1' });
+    const started = Date.now();
+    await client.credits.use.mutate({ amount: 1, appId: 'a', description: 'x', idempotencyKey: 'after-1' });
+    expect(Date.now() - started).toBeGreaterThanOrEqual(950);
+    expect(proxy.requests).toHaveLength(2);
+
+    proxy.failNext({ status: 503, retryAfter: '120' });
+    const error = await failureOf(
+      client.credits.use.mutate({ amount: 1, appId: 'a', description: 'x', idempotencyKey: 'after-120' }),
+    );
+    expect(error.cause).toBeInstanceOf(CreditsTransportError);
+    expect((error.cause as CreditsTransportError).retryAfterMs).toBe(120_000);
+    expect(proxy.requests).toHaveLength(1);
+    // A 429 that says when to come back is waited for too (nothing ran).
+    proxy.failNext({ status: 429, retryAfter: '0' });
+    await client.credits.use.mutate({ amount: 1, appId: 'a', description: 'x', idempotencyKey: 'after-429' });
+    expect(proxy.requests).toHaveLength(2);
+    expect(await ledgerSum(server.deps.db, user.id)).toBe(8);
+  });
+
+  it('the calls of one failed batch are retried together, as one batch again', async () => {
+    const { user, client } = await userThroughProxy(100);
+    proxy.failNext('reset');
+    const keys = Array.from({ length: 40 }, (_, index) => `together-${index}`);
+    await Promise.all(
+      keys.map((idempotencyKey) =>
+        client.credits.use.mutate({ amount: 1, appId: 'a', description: 'x', idempotencyKey }),
+      ),
+    );
+    // One failed request, then its 40 calls again together: they share one wait, so their retries leave in
+    // one request, or two when Node's timers phase runs the batch's dispatch between them (per-call jitter
+    // scattered them into up to 40 before).
+    expect(proxy.requests.length).toBeLessThanOrEqual(3);
+    expect(await ledgerSum(server.deps.db, user.id)).toBe(60);
+  });
+
+  it('a retry sends the input as it was when the call was made, even if the caller changed it since', async () => {
+    const { user, client } = await userThroughProxy(100);
+    proxy.failNext('reset');
+    const input = { amount: 1, appId: 'a', description: 'x', idempotencyKey: 'snapshot-1' };
+    const call = client.credits.use.mutate(input);
+    input.amount = 50;
+    await call;
+    expect((await usageRows(user.id)).map((row) => row.amount)).toEqual([-1]);
+  });
+
+  it('a long batch of queries is split below the URL length proxies accept', async () => {
+    const service = serviceThroughProxy();
+    proxy.failNext();
+    const ids = Array.from({ length: 100 }, (_, index) => `${'u'.repeat(150)}-${index}`);
+    const balances = await Promise.all(
+      ids.map((userId) => service.internal.credits.balance.query({ userId })),
+    );
+    expect(balances.map((balance) => balance.balance)).toEqual(ids.map(() => 0));
+    expect(proxy.requests.length).toBeGreaterThan(1);
+    expect(Math.max(...proxy.requests.map((request) => request.url.length))).toBeLessThanOrEqual(6000);
+  });
+});
+
+describe('what an error says', () => {
+  it('a refusal the service gave before tRPC (its REST shape) keeps its reason and request id', async () => {
+    const client = createInternalCreditsClient({
+      url: `${server.url}/no-such-prefix`,
+      serviceKey: SERVICE_KEY,
+      appId: 'x',
+    });
+    const error = await failureOf(client.internal.credits.balance.query({ userId: 'someone' }));
+    expect(creditsErrorReason(error)).toBe('NOT_FOUND');
+    expect(creditsRequestId(error)).toMatch(/^[0-9a-f-]{36}$/);
+    expect(mayHaveTakenEffect(error)).toBe(false);
+  });
+
+  it('mayHaveTakenEffect: true when the call may have run, false when the service refused or was never reached', async () => {
+    const { client } = await userThroughProxy(1, false);
+    proxy.failNext('lost');
+    expect(
+      mayHaveTakenEffect(
+        await failureOf(client.credits.use.mutate({ amount: 1, appId: 'a', description: 'x' })),
+      ),
+    ).toBe(true);
+    proxy.failNext('unknown503');
+    expect(
+      mayHaveTakenEffect(
+        await failureOf(client.credits.use.mutate({ amount: 1, appId: 'a', description: 'x' })),
+      ),
+    ).toBe(true);
+    proxy.failNext('reset');
+    expect(
+      mayHaveTakenEffect(
+        await failureOf(client.credits.use.mutate({ amount: 1, appId: 'a', description: 'x' })),
+      ),
+    ).toBe(true);
+    proxy.failNext();
+    const refused = await failureOf(client.credits.use.mutate({ amount: 5, appId: 'a', description: 'x' }));
+    expect(isInsufficientCredits(refused)).toBe(true);
+    expect(mayHaveTakenEffect(refused)).toBe(false);
+    // A port nobody listens on: the connection is refused, the request never left.
+    const closed = createServer();
+    await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
+    const { port } = closed.address() as AddressInfo;
+    await new Promise((resolve) => closed.close(resolve));
+    const nowhere = createCreditsClient({
+      url: `http://127.0.0.1:${port}`,
+      getToken: () => 'x',
+      retry: false,
+    });
+    expect(mayHaveTakenEffect(await failureOf(nowhere.credits.balance.query()))).toBe(false);
   });
 });

@@ -15,9 +15,18 @@ import type { AddressInfo } from 'node:net';
  *   effect happened and the caller cannot know);
  * - 'json503': answers what the service says when it is unavailable (tRPC JSON, SERVICE_UNAVAILABLE);
  * - 'unknown503': forwards, lets the service act, then answers what the service says when it lost its
- *   database connection after a commit (tRPC JSON, 503, reason OUTCOME_UNKNOWN).
+ *   database connection after a commit (tRPC JSON, 503, reason OUTCOME_UNKNOWN);
+ * - { status, retryAfter }: answers that status with an HTML page and that Retry-After, without forwarding.
  */
-export type Failure = 'reset' | 502 | 503 | 504 | 'lost' | 'json503' | 'unknown503';
+export type Failure =
+  | 'reset'
+  | 502
+  | 503
+  | 504
+  | 'lost'
+  | 'json503'
+  | 'unknown503'
+  | { status: number; retryAfter: string };
 
 export interface ProxiedRequest {
   method: string;
@@ -66,6 +75,12 @@ export class FlakyProxy {
     const failure = this.failures.shift();
     if (failure === 'reset') {
       req.socket.destroy();
+      return;
+    }
+    if (typeof failure === 'object') {
+      res
+        .writeHead(failure.status, { 'content-type': 'text/html', 'retry-after': failure.retryAfter })
+        .end(`<html><h1>${failure.status}</h1></html>`);
       return;
     }
     if (typeof failure === 'number') {
