@@ -264,8 +264,13 @@ describe('TRUST_PROXY', () => {
       // Three lookups from one connection address: the fourth, with yet another junk value, is refused.
       outcomes.push(String(rest.status), String(await page(open, code, junk())));
       expect(outcomes).toEqual(['ok', 'ok', '200', '429']);
-      // A real forwarded address still has its own budget.
+      // A real forwarded address still has its own budget, also as proxies that add a port forward it.
       expect(await info(open, code, '203.0.113.250')).toBe('ok');
+      const withPorts = [];
+      for (const port of [1001, 1002, 1003, 1004])
+        withPorts.push(await info(open, code, `203.0.113.251:${port}`));
+      expect(withPorts).toEqual(['ok', 'ok', 'ok', 'TOO_MANY_REQUESTS']);
+      expect(await info(open, code, '[2001:db8::7]:443')).toBe('ok');
     } finally {
       await open.close();
     }
