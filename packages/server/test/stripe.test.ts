@@ -657,6 +657,19 @@ describe('webhook: signed but malformed events', () => {
     }
     expect(await eventRecorded(succeeded.id as string)).toBe(false);
     expect((await purchaseRow(started.purchaseId)).status).toBe('pending');
+    // A type we do not act on is not looked into (an endpoint may be subscribed to more): 200, ignored.
+    const upcoming = stripe.event('invoice.upcoming', {
+      object: 'invoice',
+      id: null,
+      customer: `cus_${noise}`,
+    });
+    expect((await deliver(upcoming)).status).toBe(200);
+    // Metadata we do not read may be as long as Stripe allows.
+    const longMetadata = { ...intent, metadata: { ...(intent.metadata as object), note: 'n'.repeat(500) } };
+    expect(
+      (await deliver(stripe.event('payment_intent.payment_failed', { ...longMetadata, id: 'pi_elsewhere' })))
+        .status,
+    ).toBe(200);
     // The well-formed event still applies.
     expect((await deliver(succeeded)).status).toBe(200);
     expect(await balanceOf(user.id)).toBe(100);

@@ -72,14 +72,13 @@ export async function stripeWebhookRoutes(app: FastifyInstance): Promise<void> {
             }
           : undefined,
         paymentMethodCard: stripe
-          ? async (paymentMethodId) => {
-              try {
-                const card = (await stripe.paymentMethods.retrieve(paymentMethodId)).card;
-                return { card: card ? { brand: card.brand, last4: card.last4 } : null };
-              } catch (error) {
-                if (isResourceMissing(error)) return null;
-                throw error;
-              }
+          ? async (paymentMethodId, customerId) => {
+              const method = await stripe.paymentMethods.retrieve(paymentMethodId);
+              // Detached (Stripe keeps a detached payment method, without its customer): nothing to charge.
+              const owner = typeof method.customer === 'string' ? method.customer : method.customer?.id;
+              if (!owner || (customerId && owner !== customerId)) return null;
+              const card = method.card;
+              return { card: card ? { brand: card.brand, last4: card.last4 } : null };
             }
           : undefined,
       });
@@ -87,7 +86,13 @@ export async function stripeWebhookRoutes(app: FastifyInstance): Promise<void> {
       metrics.webhookEvents.inc({ type, outcome: 'error' });
       // Stripe's API failed us while applying its event: a 503 (with nothing of its message), so it retries.
       if (error instanceof Stripe.errors.StripeError) {
-        request.log.warn({ err: error }, 'stripe webhook: a Stripe API call failed');
+        // Unreachable, rate limited or failing on its side: a retry will do. Anything else (a key of another
+        // account, an object that does not exist) needs someone to look.
+        const passing =
+          error instanceof Stripe.errors.StripeConnectionError ||
+          error instanceof Stripe.errors.StripeRateLimitError ||
+          error instanceof Stripe.errors.StripeAPIError;
+        request.log[passing ? 'warn' : 'error']({ err: error }, 'stripe webhook: a Stripe API call failed');
         return sendError(request, reply, 503, {
           message: 'The payment provider could not be reached; the event will be retried',
           reason: 'PAYMENT_PROVIDER_UNAVAILABLE',

@@ -42,11 +42,12 @@ export interface StripeLookups {
    */
   intentMetadata?: (intentId: string) => Promise<Stripe.Metadata | null>;
   /**
-   * The card of a saved payment method (auto top-up shows its brand and last 4 digits); null when Stripe no
-   * longer knows the payment method.
+   * The card of a saved payment method (auto top-up shows its brand and last 4 digits); null when it is no
+   * longer attached to the customer (detached meanwhile).
    */
   paymentMethodCard?: (
     paymentMethodId: string,
+    customerId: string | null,
   ) => Promise<{ card: { brand: string; last4: string } | null } | null>;
 }
 
@@ -135,12 +136,12 @@ export async function applyStripeEvent(
         return ignored('not an auto top-up card');
       // Asked of Stripe before the transaction: nothing is locked during the call.
       const method = lookups.paymentMethodCard
-        ? await lookups.paymentMethodCard(paymentMethodId)
+        ? await lookups.paymentMethodCard(paymentMethodId, idOf(setup.customer))
         : { card: null };
       const card = method?.card;
       return inEventTransaction(db, event, async (trx) => {
-        // Detached (or never of this account) by the time we asked: there is no card to charge.
-        if (!method) return ignored('payment method no longer exists');
+        // Detached by the time we asked (payment_method.detached may have come first): no card to charge.
+        if (!method) return ignored('payment method no longer attached to the customer');
         const saved = await saveAutoTopUpCard(trx, {
           userId,
           setupIntentId: setup.id,
