@@ -90,15 +90,25 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
     // before any hook runs: answered here in the API's error shape, with the request id and CORS headers,
     // without echoing the URL.
     frameworkErrors: (error, request, reply) => {
+      // No hook runs for these: what the hooks would add, added here.
       reply.header('x-request-id', request.id);
       corsHeadersOf?.(request, reply);
-      const tooLong = error.code === 'FST_ERR_MAX_PARAM_LENGTH';
-      return sendError(request, reply, tooLong ? 414 : 400, {
-        message: tooLong
-          ? `A path parameter is longer than ${MAX_PARAM_LENGTH} characters`
-          : 'The URL is not valid (bad percent-encoding)',
-        reason: tooLong ? 'URL_TOO_LONG' : 'BAD_URL',
-      });
+      if (!app.readiness.accepting) reply.header('connection', 'close');
+      switch (error.code) {
+        case 'FST_ERR_MAX_PARAM_LENGTH':
+          return sendError(request, reply, 414, {
+            message: `A path parameter is longer than ${MAX_PARAM_LENGTH} characters`,
+            reason: 'URL_TOO_LONG',
+          });
+        case 'FST_ERR_BAD_URL':
+          return sendError(request, reply, 400, {
+            message: 'The URL is not valid (bad percent-encoding)',
+            reason: 'BAD_URL',
+          });
+        default:
+          request.log.error({ err: error }, 'request failed before routing');
+          return sendError(request, reply, 500, { message: 'Internal server error', reason: 'INTERNAL' });
+      }
     },
     // request.ip (the per-address gift-info limit) believes X-Forwarded-For only from the proxies configured.
     trustProxy: fastifyTrustProxy(deps.config.trustProxy),

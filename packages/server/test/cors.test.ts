@@ -202,6 +202,7 @@ describe('CORS preflights', () => {
         requestId: 'req-preflight',
       });
       expect(response.headers['x-request-id']).toBe('req-preflight');
+      expect(response.headers['access-control-allow-origin']).toBe(APP);
     }
   });
 });
@@ -266,6 +267,12 @@ describe('CORS on responses', () => {
       expect(response.body.length).toBeLessThan(300);
       expect(corsHeaders(await get(url, EVIL))).toEqual([]);
     }
+    // The OpenAPI document says so for the routes that take a path parameter.
+    const document = (await get('/api/v1/openapi.json', undefined)).json();
+    expect(Object.keys(document.paths['/api/v1/gifts/{code}'].get.responses)).toEqual(
+      expect.arrayContaining(['400', '414']),
+    );
+    expect(document.paths['/api/v1/credits/balance'].get.responses['414']).toBeUndefined();
   });
 
   it('while migrations run, preflights pass and the 503 is readable (Retry-After exposed)', async () => {

@@ -132,6 +132,8 @@ describe('endpoints on a server without WEBHOOK_ALLOW_PRIVATE', () => {
       'http://user:pw@example.com/',
       '/relative',
       'https://93.184.215.14:0/',
+      // ~1,000 characters as typed, over 2048 once the spaces are percent-encoded
+      `https://93.184.215.14/${' '.repeat(1000)}x`,
     ]) {
       const error = await failure(internal.internal.webhooks.create.mutate({ url }));
       expect(error.data, url).toMatchObject({ code: 'BAD_REQUEST', reason: 'VALIDATION' });

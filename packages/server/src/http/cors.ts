@@ -82,6 +82,15 @@ export async function registerCors(app: FastifyInstance, config: CorsConfig): Pr
     strictPreflight: true,
   } satisfies FastifyCorsOptions;
 
+  const responseHeaders: CorsResponseHeaders = (request, reply) => {
+    reply.header('vary', 'Origin');
+    const origin = allowedOrigin(request.headers.origin);
+    if (origin === false) return;
+    reply.header('access-control-allow-origin', origin);
+    reply.header('access-control-expose-headers', CORS_EXPOSED_HEADERS.join(', '));
+    if (config.corsCredentials) reply.header('access-control-allow-credentials', 'true');
+  };
+
   // @fastify/cors answers an OPTIONS from an allowed origin that names no method in plain text: the same
   // refusal in the API's error shape, with its request id, says what is missing.
   app.addHook('onRequest', async (request, reply) => {
@@ -93,6 +102,7 @@ export async function registerCors(app: FastifyInstance, config: CorsConfig): Pr
       return;
     }
     reply.header('x-request-id', request.id);
+    responseHeaders(request, reply);
     return sendError(request, reply, 400, {
       message: 'A CORS preflight needs an Access-Control-Request-Method header',
       reason: 'INVALID_PREFLIGHT',
@@ -140,12 +150,5 @@ export async function registerCors(app: FastifyInstance, config: CorsConfig): Pr
     });
   });
 
-  return (request, reply) => {
-    reply.header('vary', 'Origin');
-    const origin = allowedOrigin(request.headers.origin);
-    if (origin === false) return;
-    reply.header('access-control-allow-origin', origin);
-    reply.header('access-control-expose-headers', CORS_EXPOSED_HEADERS.join(', '));
-    if (config.corsCredentials) reply.header('access-control-allow-credentials', 'true');
-  };
+  return responseHeaders;
 }

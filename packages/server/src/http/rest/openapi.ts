@@ -16,13 +16,14 @@ export type OpenApiDocument = Record<string, unknown> & {
 const ref = (id: string) => `#/components/schemas/${id}`;
 
 const ERROR_DESCRIPTIONS: Record<number, string> = {
-  400: 'Invalid input: reason VALIDATION, details.issues names each field',
+  400: 'Invalid input: reason VALIDATION, details.issues names each field (BAD_URL: a path with bad percent-encoding)',
   401: 'Missing or invalid credentials',
   402: 'Insufficient credits: reason INSUFFICIENT_CREDITS (INSUFFICIENT_POOL_CREDITS for a pool), details { required, available }. With an idempotency key the refusal is recorded under it: the same key answers this refusal again, even after a top-up (a new attempt takes a new key)',
   403: 'Not allowed',
   404: 'Not found',
   409: 'The idempotency key was used with another payload (IDEMPOTENCY_CONFLICT), or another conflict',
   412: 'A precondition failed, e.g. a spending limit (recorded under the idempotency key like a 402)',
+  414: 'A path parameter is longer than 5,000 characters (URL_TOO_LONG)',
   429: 'Too many requests',
   503: 'A dependency is unavailable; retry later (with the same idempotency key)',
 };
@@ -145,10 +146,12 @@ export function buildOpenApiDocument(routes: readonly RestRoute[], serverUrl: st
         schema: { type: 'string', pattern: '^[A-Za-z0-9._:-]{1,100}$' },
       });
     }
+    const hasPathParameters = route.path.includes('/:');
     const statuses = [
-      ...(input.schema ? [400] : []),
+      ...(input.schema || hasPathParameters ? [400] : []),
       ...(route.auth === 'public' ? [] : [401]),
       ...(route.errors ?? []),
+      ...(hasPathParameters ? [414] : []),
     ];
     const openApiPath = route.path.replace(/:(\w+)/g, '{$1}');
     paths[openApiPath] ??= {};

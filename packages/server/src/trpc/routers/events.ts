@@ -48,7 +48,9 @@ const webhookUrl = text(2048)
       ctx.issues.push({ code: 'custom', message: 'must not use port 0', input: ctx.value });
     }
   })
-  .transform((value) => new URL(value).href); // stored as it is read and connected to ("HTTP://x" → "http://x/")
+  // Stored as it is read and connected to ("HTTP://x" → "http://x/"), still within the limit.
+  .transform((value) => new URL(value).href)
+  .pipe(z.string().max(2048, { error: 'must be at most 2048 characters once normalised' }));
 
 const eventTypes = z
   .array(z.enum(EVENT_TYPES))
