@@ -6,7 +6,7 @@ import type { AppDeps } from './deps.ts';
 import { ServiceUnavailableError } from './domain/errors.ts';
 import { DatabaseUnavailableError, isConnectionFailure, OutcomeUnknownError } from './domain/outcome.ts';
 import { adminConsole } from './http/admin/plugin.ts';
-import { type CorsResponseHeaders, registerCors } from './http/cors.ts';
+import { CATCH_ALL_METHODS, type CorsResponseHeaders, registerCors } from './http/cors.ts';
 import { sendError } from './http/error-reply.ts';
 import { registerGiftPage } from './http/gift-page.ts';
 import { registerMetrics } from './http/metrics.ts';
@@ -48,8 +48,8 @@ export interface BuildAppOptions {
 /** Answered even while the app is not ready: probes and the scraper. */
 const PROBE_ROUTES = new Set(['/health', '/ready', '/metrics']);
 const MIGRATING_MESSAGE = 'The service is starting (migrations)';
-/** What /trpc/:path answers (OPTIONS: CORS preflights). */
-const TRPC_METHODS = new Set(['GET', 'HEAD', 'POST', 'OPTIONS']);
+/** What /trpc/:path answers: the methods of a catch-all route (cors.ts), and OPTIONS for CORS preflights. */
+const TRPC_METHODS = new Set([...CATCH_ALL_METHODS, 'OPTIONS']);
 /** tRPC batches put every procedure name in the path. */
 const MAX_PARAM_LENGTH = 5000;
 
@@ -129,7 +129,7 @@ export async function buildApp(deps: AppDeps, options: BuildAppOptions = {}): Pr
     // tRPC's route takes every method, but a query is a GET and a mutation a POST; the fetch Request its
     // adapter builds cannot even carry some others (TRACE: a TypeError, which was a 500).
     if (request.routeOptions.url === '/trpc/:path' && !TRPC_METHODS.has(request.method)) {
-      reply.header('allow', 'GET, HEAD, POST');
+      reply.header('allow', CATCH_ALL_METHODS.join(', '));
       return sendError(request, reply, 405, {
         message: `${request.method} is not supported here: queries are GET, mutations POST`,
         reason: 'METHOD_NOT_SUPPORTED',

@@ -20,9 +20,9 @@ export const CORS_EXPOSED_HEADERS: readonly string[] = Object.freeze(['x-request
 /**
  * What a route registered for every method (`app.all`) really answers: tRPC's `/trpc/:path` is one, and it
  * answers GET (queries; so HEAD, as Fastify adds to every GET route) and POST (mutations), every other
- * method with 405.
+ * method but OPTIONS with 405 (app.ts).
  */
-const CATCH_ALL_METHODS: readonly string[] = ['GET', 'HEAD', 'POST'];
+export const CATCH_ALL_METHODS: readonly string[] = ['GET', 'HEAD', 'POST'];
 
 /** A Vary value that includes Origin, or undefined when the value already does (or is `*`). */
 function varyWithOrigin(value: unknown): string | undefined {

@@ -88,6 +88,7 @@ export async function applyStripeEvent(
   event: Stripe.Event,
   lookups: StripeLookups = {},
 ): Promise<WebhookOutcome> {
+  // A type added here goes into HANDLED_STRIPE_EVENTS (event-shape.ts) too, so its object is checked first.
   switch (event.type) {
     case 'payment_intent.succeeded': {
       const intent = event.data.object;
