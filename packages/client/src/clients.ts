@@ -11,6 +11,8 @@ const MAX_BATCH_ITEMS = 100;
  * proxies accept in a request line (and Node's 16 KB header limit, where the service answers 431).
  */
 const MAX_URL_LENGTH = 6000;
+/** A request still unanswered after this long is given up (a hung connection would otherwise wait forever). */
+const DEFAULT_TIMEOUT_MS = 30_000;
 
 type HeaderMap = Record<string, string>;
 
@@ -27,6 +29,11 @@ interface CommonOptions {
    * answer's Retry-After when longer (up to 30 s). `false` turns it off.
    */
   retry?: RetryOptions | false;
+  /**
+   * How long one request may take, its answer included, in ms (each retry gets as long again); then it fails
+   * as a failure in transit (retried when keyed, `mayHaveTakenEffect` true). Default 30000; 0 = no limit.
+   */
+  timeoutMs?: number;
 }
 
 export interface CreditsClientOptions extends CommonOptions {
@@ -53,7 +60,7 @@ function createClient(options: CommonOptions, credentials: () => Promise<HeaderM
     transformer: { serialize, deserialize },
     maxItems: MAX_BATCH_ITEMS,
     maxURLLength: MAX_URL_LENGTH,
-    fetch: transportFetch(options.fetch),
+    fetch: transportFetch(options.fetch, 'json', options.timeoutMs ?? DEFAULT_TIMEOUT_MS),
     async headers() {
       const extra = typeof options.headers === 'function' ? await options.headers() : options.headers;
       return { ...extra, ...(await credentials()) };

@@ -69,14 +69,29 @@ export function transportFetch(
   custom: CustomFetch | undefined,
   /** What a successful answer is: JSON (tRPC), or anything (the statement CSV). */
   success: 'json' | 'any' = 'json',
+  /** How long one request may take, its answer included; 0 = no limit. */
+  timeoutMs = 0,
 ): CustomFetch {
   const fetchImpl = getFetch(custom);
   return async (input, init) => {
     let response: Awaited<ReturnType<CustomFetch>>;
+    const timeout = timeoutMs > 0 ? AbortSignal.timeout(timeoutMs) : undefined;
+    const signal =
+      timeout && init?.signal ? AbortSignal.any([init.signal, timeout]) : (timeout ?? init?.signal);
     try {
-      response = await fetchImpl(input, init);
+      response = await fetchImpl(input, { ...init, ...(signal ? { signal } : {}) });
     } catch (error) {
       if (init?.signal?.aborted) throw error;
+      if (timeout?.aborted) {
+        // Sent, perhaps acted on, never answered: a failure in transit whose outcome is unknown.
+        throw new CreditsTransportError(
+          `No answer from the credits service within ${timeoutMs} ms`,
+          undefined,
+          {
+            cause: error,
+          },
+        );
+      }
       throw new CreditsTransportError('The credits service could not be reached', undefined, {
         cause: error,
       });

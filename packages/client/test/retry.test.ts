@@ -256,6 +256,38 @@ describe('waits, batches and inputs of retries', () => {
     expect((await usageRows(user.id)).map((row) => row.amount)).toEqual([-1]);
   });
 
+  it('a request unanswered for timeoutMs fails in transit: a keyed call is retried, a keyless one says it may have run', async () => {
+    const user = newUser();
+    const token = await server.auth.sign(user);
+    const client = createCreditsClient({
+      url: proxy.url,
+      getToken: () => token,
+      retry: FAST,
+      timeoutMs: 300,
+    });
+    await createInternalCreditsClient({
+      url: server.url,
+      serviceKey: SERVICE_KEY,
+      appId: 'setup',
+    }).internal.credits.grant.mutate({
+      userId: user.id,
+      amount: 10,
+      reason: 'funds',
+      idempotencyKey: randomUUID(),
+    });
+    proxy.failNext('hang');
+    const started = Date.now();
+    await client.credits.use.mutate({ amount: 1, appId: 'a', description: 'x', idempotencyKey: 'hung-1' });
+    expect(Date.now() - started).toBeGreaterThanOrEqual(290);
+    expect(proxy.requests).toHaveLength(2);
+    proxy.failNext('hang');
+    const error = await failureOf(client.credits.use.mutate({ amount: 1, appId: 'a', description: 'x' }));
+    expect(error.cause).toBeInstanceOf(CreditsTransportError);
+    expect((error.cause as Error).message).toContain('within 300 ms');
+    expect(mayHaveTakenEffect(error)).toBe(true);
+    expect(await ledgerSum(server.deps.db, user.id)).toBe(9);
+  });
+
   it('a long batch of queries is split below the URL length proxies accept', async () => {
     const service = serviceThroughProxy();
     proxy.failNext();

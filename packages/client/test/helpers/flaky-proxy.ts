@@ -16,7 +16,8 @@ import type { AddressInfo } from 'node:net';
  * - 'json503': answers what the service says when it is unavailable (tRPC JSON, SERVICE_UNAVAILABLE);
  * - 'unknown503': forwards, lets the service act, then answers what the service says when it lost its
  *   database connection after a commit (tRPC JSON, 503, reason OUTCOME_UNKNOWN);
- * - { status, retryAfter }: answers that status with an HTML page and that Retry-After, without forwarding.
+ * - { status, retryAfter }: answers that status with an HTML page and that Retry-After, without forwarding;
+ * - 'hang': never answers (nor forwards) until the proxy closes.
  */
 export type Failure =
   | 'reset'
@@ -26,6 +27,7 @@ export type Failure =
   | 'lost'
   | 'json503'
   | 'unknown503'
+  | 'hang'
   | { status: number; retryAfter: string };
 
 export interface ProxiedRequest {
@@ -73,6 +75,7 @@ export class FlakyProxy {
     const body = Buffer.concat(chunks).toString('utf8');
     this.requests.push({ method: req.method ?? 'GET', url: req.url ?? '/', body });
     const failure = this.failures.shift();
+    if (failure === 'hang') return;
     if (failure === 'reset') {
       req.socket.destroy();
       return;
