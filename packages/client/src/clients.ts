@@ -1,5 +1,13 @@
 import type { AppRouter } from '@mana-credits/server/router';
-import { createTRPCClient, httpBatchLink, type TRPCClient } from '@trpc/client';
+import {
+  createTRPCClient,
+  httpBatchLink,
+  type OperationLink,
+  type TRPCClient,
+  TRPCClientError,
+  type TRPCLink,
+} from '@trpc/client';
+import { observable, type Unsubscribable } from '@trpc/server/observable';
 import { deserialize, serialize } from 'superjson';
 import { idempotentRetryLink, type RetryOptions, snapshotInputLink } from './retry.ts';
 import { type CustomFetch, transportFetch } from './transport.ts';
@@ -53,35 +61,124 @@ export type CreditsClient = Omit<TRPCClient<AppRouter>, 'internal'>;
 /** The service-to-service procedures (`internal.*`). */
 export type InternalCreditsClient = Pick<TRPCClient<AppRouter>, 'internal'>;
 
-function createClient(options: CommonOptions, credentials: () => Promise<HeaderMap>): TRPCClient<AppRouter> {
-  const batch = httpBatchLink<AppRouter>({
-    url: `${options.url.replace(/\/+$/, '')}/trpc`,
-    // The named functions rather than the default export: the same under ESM and under require(esm).
-    transformer: { serialize, deserialize },
-    maxItems: MAX_BATCH_ITEMS,
-    maxURLLength: MAX_URL_LENGTH,
-    fetch: transportFetch(options.fetch, 'json', options.timeoutMs ?? DEFAULT_TIMEOUT_MS),
-    async headers() {
-      const extra = typeof options.headers === 'function' ? await options.headers() : options.headers;
-      return { ...extra, ...(await credentials()) };
-    },
-  });
+/** The headers of a request and the account they act for (a user client: the token's subject). */
+interface Credentials {
+  account: string;
+  headers: HeaderMap;
+}
+
+/** The signed-in account changed while a call made for the previous one waited to be retried. */
+export class AccountChangedError extends Error {
+  constructor() {
+    super(
+      'The signed-in account changed before this call could be sent again; it was not sent for the new one',
+    );
+    this.name = 'AccountChangedError';
+  }
+}
+
+/** How many accounts keep a batch link of their own (a user client sees one, or a few across sign-ins). */
+const ACCOUNTS_KEPT = 8;
+
+/**
+ * Pins each call to the account its credentials named when it was made: its retries are sent only for that
+ * account (an idempotency key is scoped to its account, so a retry sent with another user's token would be
+ * a new charge to them). Calls of one account are batched together, never with another's.
+ */
+function accountLinks(
+  credentials: () => Promise<Credentials>,
+  batchFor: (account: string) => TRPCLink<AppRouter>,
+): { pin: TRPCLink<AppRouter>; send: TRPCLink<AppRouter> } {
+  const pin: TRPCLink<AppRouter> =
+    () =>
+    ({ op, next }) =>
+      observable((observer) => {
+        let subscription: Unsubscribable | undefined;
+        let cancelled = false;
+        credentials().then(
+          ({ account }) => {
+            if (!cancelled)
+              subscription = next({ ...op, context: { ...op.context, account } }).subscribe(observer);
+          },
+          (error: unknown) => observer.error(TRPCClientError.from(error as Error)),
+        );
+        return () => {
+          cancelled = true;
+          subscription?.unsubscribe();
+        };
+      });
+  const send: TRPCLink<AppRouter> = (runtime) => {
+    const links = new Map<string, OperationLink<AppRouter>>();
+    return ({ op, next }) => {
+      const account = String((op.context as { account?: unknown }).account ?? '');
+      let link = links.get(account);
+      if (!link) {
+        link = batchFor(account)(runtime);
+        links.set(account, link);
+        if (links.size > ACCOUNTS_KEPT) links.delete(links.keys().next().value as string);
+      }
+      return link({ op, next });
+    };
+  };
+  return { pin, send };
+}
+
+function createClient(
+  options: CommonOptions,
+  credentials: () => Promise<Credentials>,
+): TRPCClient<AppRouter> {
+  const fetch = transportFetch(options.fetch, 'json', options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+  const { pin, send } = accountLinks(credentials, (account) =>
+    httpBatchLink<AppRouter>({
+      url: `${options.url.replace(/\/+$/, '')}/trpc`,
+      // The named functions rather than the default export: the same under ESM and under require(esm).
+      transformer: { serialize, deserialize },
+      maxItems: MAX_BATCH_ITEMS,
+      maxURLLength: MAX_URL_LENGTH,
+      fetch,
+      async headers() {
+        const extra = typeof options.headers === 'function' ? await options.headers() : options.headers;
+        const now = await credentials();
+        if (now.account !== account) throw new AccountChangedError();
+        return { ...extra, ...now.headers };
+      },
+    }),
+  );
   return createTRPCClient<AppRouter>({
     links:
-      options.retry === false ? [batch] : [snapshotInputLink(), idempotentRetryLink(options.retry), batch],
+      options.retry === false
+        ? [pin, send]
+        : [snapshotInputLink(), pin, idempotentRetryLink(options.retry), send],
   });
+}
+
+/** The subject of a JWT, read without verifying it (the service verifies); the token itself when unreadable. */
+function accountOfToken(token: string): string {
+  try {
+    const payload = token.split('.')[1] ?? '';
+    const json = atob(payload.replace(/-/g, '+').replace(/_/g, '/'));
+    const sub = (JSON.parse(json) as { sub?: unknown }).sub;
+    return typeof sub === 'string' ? `user:${sub}` : `token:${token}`;
+  } catch {
+    return `token:${token}`;
+  }
 }
 
 /** A client for user-facing apps: every request carries the user's bearer token. */
 export function createCreditsClient(options: CreditsClientOptions): CreditsClient {
-  return createClient(options, async (): Promise<HeaderMap> => {
+  return createClient(options, async (): Promise<Credentials> => {
     const token = await options.getToken();
-    return token ? { authorization: `Bearer ${token}` } : {};
+    return token
+      ? { account: accountOfToken(token), headers: { authorization: `Bearer ${token}` } }
+      : { account: 'anonymous', headers: {} };
   });
 }
 
 /** A client for services: every request carries the service key and the calling app's id. */
 export function createInternalCreditsClient(options: InternalCreditsClientOptions): InternalCreditsClient {
-  const credentials = { 'x-service-key': options.serviceKey, 'x-app-id': options.appId };
+  const credentials = {
+    account: 'service',
+    headers: { 'x-service-key': options.serviceKey, 'x-app-id': options.appId },
+  };
   return createClient(options, async () => credentials);
 }

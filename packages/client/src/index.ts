@@ -6,6 +6,7 @@ export type {
   RouterOutputs,
 } from '@mana-credits/server/router';
 export {
+  AccountChangedError,
   type CreditsClient,
   type CreditsClientOptions,
   createCreditsClient,

@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { expectLedgerConsistent, ledgerSum } from '../../server/test/helpers/invariants.ts';
 import { newUser, SERVICE_KEY, startTestServer, type TestServer } from '../../server/test/helpers/server.ts';
 import {
+  AccountChangedError,
   CreditsTransportError,
   createCreditsClient,
   createInternalCreditsClient,
@@ -286,6 +287,56 @@ describe('waits, batches and inputs of retries', () => {
     expect((error.cause as Error).message).toContain('within 300 ms');
     expect(mayHaveTakenEffect(error)).toBe(true);
     expect(await ledgerSum(server.deps.db, user.id)).toBe(9);
+  });
+
+  it('a retry is sent only for the account the call was made for: a new token of the same user is fine, another user is not', async () => {
+    const grant = (userId: string) =>
+      createInternalCreditsClient({
+        url: server.url,
+        serviceKey: SERVICE_KEY,
+        appId: 'setup',
+      }).internal.credits.grant.mutate({ userId, amount: 10, reason: 'funds', idempotencyKey: randomUUID() });
+    const alice = newUser();
+    const bob = newUser();
+    await grant(alice.id);
+    await grant(bob.id);
+    let token = await server.auth.sign(alice);
+    const client = createCreditsClient({
+      url: proxy.url,
+      getToken: () => token,
+      retry: { baseDelayMs: 200, maxDelayMs: 200 },
+    });
+
+    // Alice's token is refreshed while her call waits for its retry: sent with the new token, debited once.
+    proxy.failNext('reset');
+    const refreshed = client.credits.use.mutate({
+      amount: 1,
+      appId: 'a',
+      description: 'x',
+      idempotencyKey: 'switch-1',
+    });
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    token = await server.auth.sign(alice, { expiresIn: '20m' });
+    await refreshed;
+    expect(await ledgerSum(server.deps.db, alice.id)).toBe(9);
+
+    // Bob signs in while Alice's call waits: it is not sent with his token (the key would be new for him).
+    proxy.failNext('reset');
+    const switched = client.credits.use.mutate({
+      amount: 1,
+      appId: 'a',
+      description: 'x',
+      idempotencyKey: 'switch-2',
+    });
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    token = await server.auth.sign(bob);
+    const error = await failureOf(switched);
+    expect(error.cause).toBeInstanceOf(AccountChangedError);
+    expect(proxy.requests).toHaveLength(1);
+    expect(await ledgerSum(server.deps.db, bob.id)).toBe(10);
+    // Bob's own calls go as usual.
+    await client.credits.use.mutate({ amount: 2, appId: 'a', description: 'x', idempotencyKey: 'switch-2' });
+    expect(await ledgerSum(server.deps.db, bob.id)).toBe(8);
   });
 
   it('a long batch of queries is split below the URL length proxies accept', async () => {
