@@ -70,9 +70,7 @@ interface Credentials {
 /** The signed-in account changed while a call made for the previous one waited to be retried. */
 export class AccountChangedError extends Error {
   constructor() {
-    super(
-      'The signed-in account changed before this call could be sent again; it was not sent for the new one',
-    );
+    super('The signed-in account changed before this call was sent; it was not sent for the new one');
     this.name = 'AccountChangedError';
   }
 }
@@ -95,15 +93,28 @@ function accountLinks(
       observable((observer) => {
         let subscription: Unsubscribable | undefined;
         let cancelled = false;
+        // An abort while the credentials are being asked for ends the call at once.
+        const onAbort = () => {
+          if (cancelled) return;
+          cancelled = true;
+          observer.error(TRPCClientError.from(new DOMException('The call was aborted', 'AbortError')));
+        };
+        if (op.signal?.aborted) onAbort();
+        op.signal?.addEventListener('abort', onAbort, { once: true });
         credentials().then(
           ({ account }) => {
+            op.signal?.removeEventListener('abort', onAbort);
             if (!cancelled)
               subscription = next({ ...op, context: { ...op.context, account } }).subscribe(observer);
           },
-          (error: unknown) => observer.error(TRPCClientError.from(error as Error)),
+          (error: unknown) => {
+            op.signal?.removeEventListener('abort', onAbort);
+            if (!cancelled) observer.error(TRPCClientError.from(error as Error));
+          },
         );
         return () => {
           cancelled = true;
+          op.signal?.removeEventListener('abort', onAbort);
           subscription?.unsubscribe();
         };
       });
@@ -123,12 +134,26 @@ function accountLinks(
   return { pin, send };
 }
 
+/** One ask for the credentials serves every call made in the same tick (getToken may go to the network). */
+function sharedPerTick(credentials: () => Promise<Credentials>): () => Promise<Credentials> {
+  let pending: Promise<Credentials> | undefined;
+  return () => {
+    if (!pending) {
+      pending = credentials();
+      setTimeout(() => {
+        pending = undefined;
+      }, 0);
+    }
+    return pending;
+  };
+}
+
 function createClient(
   options: CommonOptions,
   credentials: () => Promise<Credentials>,
 ): TRPCClient<AppRouter> {
   const fetch = transportFetch(options.fetch, 'json', options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
-  const { pin, send } = accountLinks(credentials, (account) =>
+  const { pin, send } = accountLinks(sharedPerTick(credentials), (account) =>
     httpBatchLink<AppRouter>({
       url: `${options.url.replace(/\/+$/, '')}/trpc`,
       // The named functions rather than the default export: the same under ESM and under require(esm).

@@ -1,5 +1,7 @@
 import type { AppRouter } from '@mana-credits/server/router';
-import { retryLink, type TRPCClientError, type TRPCLink } from '@trpc/client';
+import { retryLink, TRPCClientError, type TRPCLink } from '@trpc/client';
+import { observable } from '@trpc/server/observable';
+import { deserialize, serialize } from 'superjson';
 import { CreditsRequestError } from './request-error.ts';
 import { CreditsTransportError, retryAfterMsOf } from './transport.ts';
 
@@ -99,14 +101,15 @@ export function idempotentRetryLink(options: RetryOptions = {}): TRPCLink<AppRou
   const waits = new WeakMap<object, Map<number, number>>();
   // retryLink asks `retry` and then, synchronously, `retryDelayMs` for the same call: what `retry` decided
   // for it is handed over here.
-  let decided = 0;
+  let decided: number | undefined;
   return retryLink<AppRouter>({
     retry: ({ op, error, attempts }) => {
       if (
         attempts > settings.retries ||
         op.type !== 'mutation' ||
         op.signal?.aborted ||
-        !carriesIdempotencyKey(op.input) ||
+        // Decided once, when the call was made (snapshotInputLink), never from an input that may have changed.
+        (op.context as { [KEYED]?: unknown })[KEYED] !== true ||
         !isTransientFailure(error)
       ) {
         return false;
@@ -124,25 +127,35 @@ export function idempotentRetryLink(options: RetryOptions = {}): TRPCLink<AppRou
       decided = wait;
       return true;
     },
-    retryDelayMs: () => decided,
+    retryDelayMs: () => {
+      const wait = decided ?? 0;
+      decided = undefined;
+      return wait;
+    },
   });
 }
 
+/** Marks, in a call's context, a mutation whose input carried an idempotency key when the call was made. */
+const KEYED = 'manaCreditsKeyed';
+
 /**
- * Takes a copy of a keyed mutation's input when it is made, so that its retries send exactly that — same key,
- * same payload — even if the caller changes the object meanwhile (a changed payload under the same key would
- * be a 409 CONFLICT, a changed key a second charge). An input that cannot be copied is sent as it is.
+ * Takes a copy of every mutation's input when the call is made — the form that is sent, through superjson —
+ * so that its retries send exactly that (same key, same payload) even if the caller changes the object
+ * meanwhile, and decides then, once, whether the call carries a key (only such calls are retried). An input
+ * that cannot be copied fails the call rather than being sent as a live object.
  */
 export function snapshotInputLink(): TRPCLink<AppRouter> {
   return () =>
     ({ op, next }) => {
-      if (op.type !== 'mutation' || !carriesIdempotencyKey(op.input)) return next(op);
-      let input: unknown = op.input;
+      if (op.type !== 'mutation') return next(op);
+      let input: unknown;
       try {
-        input = structuredClone(op.input);
-      } catch {
-        // functions or class instances: superjson would refuse them anyway
+        input = deserialize(JSON.parse(JSON.stringify(serialize(op.input))));
+      } catch (error) {
+        return observable((observer) => {
+          observer.error(TRPCClientError.from(error as Error));
+        });
       }
-      return next({ ...op, input });
+      return next({ ...op, input, context: { ...op.context, [KEYED]: carriesIdempotencyKey(input) } });
     };
 }

@@ -32,6 +32,9 @@ export function retryAfterMsOf(value: string | null | undefined, now = Date.now(
   return Number.isNaN(at) ? undefined : Math.max(0, at - now);
 }
 
+/** Statuses whose responses have no body (a Response cannot be built with one). */
+const NULL_BODY_STATUSES = new Set([101, 204, 205, 304]);
+
 interface HttpResponse {
   status?: number;
   headers?: { get(name: string): string | null };
@@ -67,34 +70,58 @@ async function restRefusalOf(response: unknown, status: number): Promise<Credits
  */
 export function transportFetch(
   custom: CustomFetch | undefined,
-  /** What a successful answer is: JSON (tRPC), or anything (the statement CSV). */
+  /** What a successful answer is: JSON (tRPC, read whole here), or anything (the statement CSV, streamed). */
   success: 'json' | 'any' = 'json',
   /** How long one request may take, its answer included; 0 = no limit. */
   timeoutMs = 0,
 ): CustomFetch {
   const fetchImpl = getFetch(custom);
+  const limit =
+    Number.isFinite(timeoutMs) && timeoutMs >= 1 ? Math.min(Math.floor(timeoutMs), 2 ** 31 - 1) : 0;
   return async (input, init) => {
+    // One controller for the caller's abort and the timeout (AbortSignal.any is missing in older browsers).
+    const controller = new AbortController();
+    const callerSignal = init?.signal ?? undefined;
+    const forwardAbort = () => controller.abort(callerSignal?.reason);
+    if (callerSignal?.aborted) forwardAbort();
+    callerSignal?.addEventListener('abort', forwardAbort, { once: true });
+    let timedOut = false;
+    const timer =
+      limit > 0
+        ? setTimeout(() => {
+            timedOut = true;
+            controller.abort();
+          }, limit)
+        : undefined;
+    const inTransit = (error: unknown) => {
+      if (callerSignal?.aborted) return error;
+      return new CreditsTransportError(
+        timedOut
+          ? `No answer from the credits service within ${limit} ms`
+          : 'The credits service could not be reached',
+        undefined,
+        { cause: error },
+      );
+    };
     let response: Awaited<ReturnType<CustomFetch>>;
-    const timeout = timeoutMs > 0 ? AbortSignal.timeout(timeoutMs) : undefined;
-    const signal =
-      timeout && init?.signal ? AbortSignal.any([init.signal, timeout]) : (timeout ?? init?.signal);
     try {
-      response = await fetchImpl(input, { ...init, ...(signal ? { signal } : {}) });
-    } catch (error) {
-      if (init?.signal?.aborted) throw error;
-      if (timeout?.aborted) {
-        // Sent, perhaps acted on, never answered: a failure in transit whose outcome is unknown.
-        throw new CreditsTransportError(
-          `No answer from the credits service within ${timeoutMs} ms`,
-          undefined,
-          {
-            cause: error,
-          },
-        );
+      response = await fetchImpl(input, { ...init, signal: controller.signal });
+      const raw = response as unknown as Response;
+      if (success === 'json' && typeof raw.text === 'function') {
+        // Read whole here, so that a connection lost or timed out while the answer arrives is a failure in
+        // transit too (tRPC would read it after this returns and report a bare error).
+        const text = await raw.text();
+        response = new Response(NULL_BODY_STATUSES.has(raw.status) ? null : text, {
+          status: raw.status,
+          statusText: raw.statusText,
+          headers: raw.headers,
+        }) as unknown as Awaited<ReturnType<CustomFetch>>;
       }
-      throw new CreditsTransportError('The credits service could not be reached', undefined, {
-        cause: error,
-      });
+    } catch (error) {
+      throw inTransit(error);
+    } finally {
+      if (timer !== undefined) clearTimeout(timer);
+      callerSignal?.removeEventListener('abort', forwardAbort);
     }
     const { status, headers } = response as HttpResponse;
     const contentType = headers?.get('content-type') ?? '';

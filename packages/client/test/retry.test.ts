@@ -339,6 +339,66 @@ describe('waits, batches and inputs of retries', () => {
     expect(await ledgerSum(server.deps.db, bob.id)).toBe(8);
   });
 
+  it('whether a call is retried is decided when it is made: a key added to the object later does not make it retried', async () => {
+    const { user, client } = await userThroughProxy(10);
+    proxy.failNext('lost');
+    const form: { amount: number; appId: string; description: string; idempotencyKey?: string } = {
+      amount: 1,
+      appId: 'a',
+      description: 'x',
+    };
+    const call = client.credits.use.mutate(form);
+    form.idempotencyKey = 'next-purchase';
+    await failureOf(call);
+    expect(proxy.requests).toHaveLength(1);
+    expect(await ledgerSum(server.deps.db, user.id)).toBe(9);
+  });
+
+  it('an input the caller keeps changing (a reactive Proxy) is sent, and retried, as it was when the call was made', async () => {
+    const { user, client } = await userThroughProxy(100);
+    proxy.failNext('reset');
+    const state = new Proxy({ amount: 1, appId: 'a', description: 'x', idempotencyKey: 'proxy-1' }, {});
+    const call = client.credits.use.mutate(state);
+    state.amount = 99;
+    state.idempotencyKey = 'proxy-2';
+    await call;
+    expect((await usageRows(user.id)).map((row) => row.amount)).toEqual([-1]);
+  });
+
+  it('an answer that stops half way is a failure in transit: a keyed call is retried', async () => {
+    const user = newUser();
+    const token = await server.auth.sign(user);
+    const client = createCreditsClient({
+      url: proxy.url,
+      getToken: () => token,
+      retry: FAST,
+      timeoutMs: 300,
+    });
+    await createInternalCreditsClient({
+      url: server.url,
+      serviceKey: SERVICE_KEY,
+      appId: 'setup',
+    }).internal.credits.grant.mutate({
+      userId: user.id,
+      amount: 10,
+      reason: 'funds',
+      idempotencyKey: randomUUID(),
+    });
+    proxy.failNext('stall-body');
+    await client.credits.use.mutate({ amount: 1, appId: 'a', description: 'x', idempotencyKey: 'stalled-1' });
+    expect(proxy.requests).toHaveLength(2);
+    expect(await ledgerSum(server.deps.db, user.id)).toBe(9);
+  });
+
+  it('an abort while the token is being fetched ends the call at once', async () => {
+    const client = createCreditsClient({ url: proxy.url, getToken: () => new Promise<string>(() => {}) });
+    const controller = new AbortController();
+    const call = client.credits.balance.query(undefined, { signal: controller.signal });
+    controller.abort();
+    const error = await failureOf(call);
+    expect(error.name).toBe('TRPCClientError');
+  });
+
   it('a long batch of queries is split below the URL length proxies accept', async () => {
     const service = serviceThroughProxy();
     proxy.failNext();

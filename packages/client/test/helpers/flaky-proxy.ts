@@ -17,7 +17,8 @@ import type { AddressInfo } from 'node:net';
  * - 'unknown503': forwards, lets the service act, then answers what the service says when it lost its
  *   database connection after a commit (tRPC JSON, 503, reason OUTCOME_UNKNOWN);
  * - { status, retryAfter }: answers that status with an HTML page and that Retry-After, without forwarding;
- * - 'hang': never answers (nor forwards) until the proxy closes.
+ * - 'hang': never answers (nor forwards) until the proxy closes;
+ * - 'stall-body': sends the status line, headers and part of a JSON body, then nothing more (nor forwards).
  */
 export type Failure =
   | 'reset'
@@ -28,6 +29,7 @@ export type Failure =
   | 'json503'
   | 'unknown503'
   | 'hang'
+  | 'stall-body'
   | { status: number; retryAfter: string };
 
 export interface ProxiedRequest {
@@ -76,6 +78,11 @@ export class FlakyProxy {
     this.requests.push({ method: req.method ?? 'GET', url: req.url ?? '/', body });
     const failure = this.failures.shift();
     if (failure === 'hang') return;
+    if (failure === 'stall-body') {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.write('[{"result":');
+      return;
+    }
     if (failure === 'reset') {
       req.socket.destroy();
       return;
