@@ -203,11 +203,12 @@ describe('report helpers', () => {
     const file = join(dir, 'runtime.jsonl');
     try {
       const from = Date.now();
-      // Garbage for a few scavenges, later the loop blocked for 150 ms, then time for the next line.
+      // Garbage for a few scavenges, later the loop blocked for 150 ms, then time for the next line: counted
+      // from the block (a fixed exit time could come before the next line when the garbage took long, on a
+      // busy machine, and the line with the block was never written).
       const script =
         'let keep = []; for (let i = 0; i < 2e5; i++) keep.push({ i }); keep = null;' +
-        'setTimeout(() => { const until = Date.now() + 150; while (Date.now() < until) {} }, 300);' +
-        'setTimeout(() => {}, 900);';
+        'setTimeout(() => { const until = Date.now() + 150; while (Date.now() < until) {} setTimeout(() => {}, 700); }, 300);';
       const child = spawnSync(process.execPath, ['--import', OBSERVER, '-e', script], {
         env: { ...process.env, BENCH_OBSERVER_FILE: file },
       });
