@@ -35,7 +35,7 @@ function serviceThroughProxy(retry: RetryOptions | false = FAST) {
   return createInternalCreditsClient({ url: proxy.url, serviceKey: SERVICE_KEY, appId: 'retry-test', retry });
 }
 
-async function userThroughProxy(funds: number, retry: RetryOptions | false = FAST) {
+async function userThroughProxy(funds: number, retry: RetryOptions | false = FAST, timeoutMs?: number) {
   const user = newUser();
   if (funds > 0) {
     await createInternalCreditsClient({
@@ -50,7 +50,7 @@ async function userThroughProxy(funds: number, retry: RetryOptions | false = FAS
     });
   }
   const token = await server.auth.sign(user);
-  return { user, client: createCreditsClient({ url: proxy.url, getToken: () => token, retry }) };
+  return { user, client: createCreditsClient({ url: proxy.url, getToken: () => token, retry, timeoutMs }) };
 }
 
 async function usageRows(userId: string) {
@@ -258,24 +258,7 @@ describe('waits, batches and inputs of retries', () => {
   });
 
   it('a request unanswered for timeoutMs fails in transit: a keyed call is retried, a keyless one says it may have run', async () => {
-    const user = newUser();
-    const token = await server.auth.sign(user);
-    const client = createCreditsClient({
-      url: proxy.url,
-      getToken: () => token,
-      retry: FAST,
-      timeoutMs: 300,
-    });
-    await createInternalCreditsClient({
-      url: server.url,
-      serviceKey: SERVICE_KEY,
-      appId: 'setup',
-    }).internal.credits.grant.mutate({
-      userId: user.id,
-      amount: 10,
-      reason: 'funds',
-      idempotencyKey: randomUUID(),
-    });
+    const { user, client } = await userThroughProxy(10, FAST, 300);
     proxy.failNext('hang');
     const started = Date.now();
     await client.credits.use.mutate({ amount: 1, appId: 'a', description: 'x', idempotencyKey: 'hung-1' });
@@ -366,24 +349,7 @@ describe('waits, batches and inputs of retries', () => {
   });
 
   it('an answer that stops half way is a failure in transit: a keyed call is retried', async () => {
-    const user = newUser();
-    const token = await server.auth.sign(user);
-    const client = createCreditsClient({
-      url: proxy.url,
-      getToken: () => token,
-      retry: FAST,
-      timeoutMs: 300,
-    });
-    await createInternalCreditsClient({
-      url: server.url,
-      serviceKey: SERVICE_KEY,
-      appId: 'setup',
-    }).internal.credits.grant.mutate({
-      userId: user.id,
-      amount: 10,
-      reason: 'funds',
-      idempotencyKey: randomUUID(),
-    });
+    const { user, client } = await userThroughProxy(10, FAST, 300);
     proxy.failNext('stall-body');
     await client.credits.use.mutate({ amount: 1, appId: 'a', description: 'x', idempotencyKey: 'stalled-1' });
     expect(proxy.requests).toHaveLength(2);
