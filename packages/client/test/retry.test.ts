@@ -290,14 +290,12 @@ describe('waits, batches and inputs of retries', () => {
       retry: { baseDelayMs: 200, maxDelayMs: 200 },
     });
 
+    const spendOne = (idempotencyKey: string) =>
+      client.credits.use.mutate({ amount: 1, appId: 'a', description: 'x', idempotencyKey });
+
     // Alice's token is refreshed while her call waits for its retry: sent with the new token, debited once.
     proxy.failNext('reset');
-    const refreshed = client.credits.use.mutate({
-      amount: 1,
-      appId: 'a',
-      description: 'x',
-      idempotencyKey: 'switch-1',
-    });
+    const refreshed = spendOne('switch-1');
     await new Promise((resolve) => setTimeout(resolve, 50));
     token = await server.auth.sign(alice, { expiresIn: '20m' });
     await refreshed;
@@ -305,12 +303,7 @@ describe('waits, batches and inputs of retries', () => {
 
     // Bob signs in while Alice's call waits: it is not sent with his token (the key would be new for him).
     proxy.failNext('reset');
-    const switched = client.credits.use.mutate({
-      amount: 1,
-      appId: 'a',
-      description: 'x',
-      idempotencyKey: 'switch-2',
-    });
+    const switched = spendOne('switch-2');
     await new Promise((resolve) => setTimeout(resolve, 50));
     token = await server.auth.sign(bob);
     const error = await failureOf(switched);
