@@ -87,7 +87,7 @@ const serverEnvText = Object.entries(serverEnv)
 const SERVICE_KEY = 'bench-service-key-0123456789abcdefghijklmnop';
 const CONNECTIONS = { throughput: 32, hot: 64, batch: 8 };
 const BATCH_SIZE = 100;
-const SERVER_WARMUP_SECONDS = Number(args['server-warmup'] ?? (args.quick ? 2 : 16));
+const SERVER_WARMUP_SECONDS = Number(args['server-warmup'] ?? (args.quick ? 8 : 16));
 /** With --alerts: far below the seeded balances, so the trigger runs its whole lookup and finds no crossing. */
 const ALERT_THRESHOLD = 1000;
 const population: Population = {
