@@ -59,8 +59,8 @@ function statusOf(error: TRPCClientError<AppRouter>): number | undefined {
 /**
  * Network failures and 502/503/504 (from a proxy, or the service's own 503: SERVICE_UNAVAILABLE,
  * DATABASE_UNAVAILABLE, MIGRATING, OUTCOME_UNKNOWN), and a 429 that says when to come back (Retry-After).
- * Only consulted for mutations that carry a key: after a 503 OUTCOME_UNKNOWN the call may have taken effect,
- * which only a key makes safe to repeat.
+ * Only consulted for queries and for mutations that carry a key: after a 503 OUTCOME_UNKNOWN a mutation may
+ * have taken effect, which only a key makes safe to repeat.
  */
 export function isTransientFailure(error: TRPCClientError<AppRouter>): boolean {
   const cause = error.cause;
@@ -81,8 +81,8 @@ const clamp = (value: number | undefined, fallback: number, min: number, max: nu
 
 /**
  * Retries mutations that carry an idempotency key, with the same input (so the same key), when they failed
- * in transit; the server answers a repeat with the first result, never a second debit. Queries and
- * mutations without a key are never retried here. An answer the server gave — a success or a refusal such as
+ * in transit; the server answers a repeat with the first result, never a second debit. Queries (reads) are
+ * retried the same way. Mutations without a key are never retried here. An answer the server gave — a success or a refusal such as
  * INSUFFICIENT_CREDITS — is never retried: the refusal is recorded under the key, so the same key would
  * answer it again; a new attempt (after a top-up) is the caller's, with a new key.
  *
@@ -106,10 +106,8 @@ export function idempotentRetryLink(options: RetryOptions = {}): TRPCLink<AppRou
     retry: ({ op, error, attempts }) => {
       if (
         attempts > settings.retries ||
-        op.type !== 'mutation' ||
         op.signal?.aborted ||
-        // Decided once, when the call was made (snapshotInputLink), never from an input that may have changed.
-        (op.context as { [KEYED]?: unknown })[KEYED] !== true ||
+        !isRepeatable(op) ||
         !isTransientFailure(error)
       ) {
         return false;
@@ -137,6 +135,15 @@ export function idempotentRetryLink(options: RetryOptions = {}): TRPCLink<AppRou
 
 /** Marks, in a call's context, a mutation whose input carried an idempotency key when the call was made. */
 const KEYED = 'manaCreditsKeyed';
+
+/**
+ * A query only reads, so sending it again changes nothing; a mutation only when it carried a key — decided
+ * once, when the call was made (snapshotInputLink), never from an input that may have changed since.
+ */
+function isRepeatable(op: { type: string; context: unknown }): boolean {
+  if (op.type === 'query') return true;
+  return op.type === 'mutation' && (op.context as { [KEYED]?: unknown })[KEYED] === true;
+}
 
 /**
  * Takes a copy of every mutation's input when the call is made — the form that is sent, through superjson —

@@ -158,6 +158,19 @@ describe('a mutation with an idempotency key', () => {
   });
 });
 
+describe('a query', () => {
+  it('a query (it only reads) is retried after a reset, a lost response and a 503, for internal calls too', async () => {
+    const { user, client } = await userThroughProxy(25);
+    proxy.failNext('reset', 'lost', 503);
+    expect((await client.credits.balance.query()).balance).toBe(25);
+    expect(proxy.requests).toHaveLength(4);
+    const service = serviceThroughProxy();
+    proxy.failNext(502, 'json503');
+    expect((await service.internal.credits.balance.query({ userId: user.id })).balance).toBe(25);
+    expect(proxy.requests).toHaveLength(3);
+  });
+});
+
 describe('calls that are never retried', () => {
   it('a mutation without a key fails at once, even though the lost request took effect', async () => {
     const { user, client } = await userThroughProxy(50);
@@ -180,8 +193,8 @@ describe('calls that are never retried', () => {
     expect(await ledgerSum(server.deps.db, user.id)).toBe(40);
   });
 
-  it('a query is not retried', async () => {
-    const { client } = await userThroughProxy(0);
+  it('a query is not retried when retry is off', async () => {
+    const { client } = await userThroughProxy(0, false);
     proxy.failNext(503);
     await failureOf(client.credits.balance.query());
     expect(proxy.requests).toHaveLength(1);
