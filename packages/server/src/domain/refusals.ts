@@ -14,7 +14,10 @@ import { type LimitReason, limitExceeded } from './guild/limits.ts';
 // or pool) or for a member limit is recorded under the caller's key, in the transaction that decided it and
 // under the row lock of the account that refused, so a later call with the key — a retry, or the original
 // attempt arriving late from a paused instance — is answered with it and never charges. withIdempotency
-// (idempotency.ts) answers replays of it; spending.ts records it.
+// (idempotency.ts) answers replays of it; spending.ts records it. A key space that spans accounts (a user's hold
+// keys: personal and pool holds; a member's guild keys: guild.fund and guild.use) needs one lock all its uses
+// take: keyed pool holds and keyed fundings take the user's balance row (and funding the pool's) first
+// (spending.ts, lockPersonalBalance).
 
 /** A keyed call's key where it lives, and the fingerprint of its request: what withIdempotency hands its work. */
 export interface KeyClaim extends KeyRef {

@@ -63,16 +63,25 @@ async function refuseUnderLock<T>(
   spend: { userId: string; amount: number; claim?: KeyClaim | undefined },
   write: (db: Kysely<Database>) => Promise<T | null>,
 ): Promise<T> {
-  const locked = trx as Transaction<Database>;
-  if (!(await lockBalance(locked, spend.userId))) {
-    await ensureBalance(trx, spend.userId);
-    await lockBalance(locked, spend.userId);
-  }
+  await lockPersonalBalance(trx as Transaction<Database>, spend.userId);
   await returnLapsed(trx, spend.userId);
   const posted = await write(trx);
   if (posted) return posted;
   const { balance } = await getBalance(trx, spend.userId);
   throw await refusedUnderKey(trx, spend.claim, new InsufficientCreditsError(spend.amount, balance));
+}
+
+/**
+ * Locks the user's balance row, made (empty) first if the user has none, so that there is a row whose lock
+ * orders a keyed refusal against every late use of the key. A key space that spans several accounts locks
+ * its user's row first of all, in the fixed order (personal balance, then pool): a member's keyed pool hold
+ * (hold keys are the user's, for personal and pool holds alike) and a keyed guild.fund (guild keys are
+ * shared with guild.use, which decides under the pool's lock).
+ */
+export async function lockPersonalBalance(trx: Transaction<Database>, userId: string): Promise<void> {
+  if (await lockBalance(trx, userId)) return;
+  await ensureBalance(trx, userId);
+  await lockBalance(trx, userId);
 }
 
 /** Returns a user's lapsed holds and expires their lapsed lots; says whether anything changed. */

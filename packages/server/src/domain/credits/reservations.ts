@@ -27,7 +27,7 @@ import { requireRole } from '../guild/membership.ts';
 import type { GuildDeps } from '../guild/pools.ts';
 import { markReplayed, requestHash, reservationKeys, withIdempotency } from '../idempotency.ts';
 import { type KeyClaim, spendingTransaction } from '../refusals.ts';
-import { expireAccountLots, spendPersonal, spendPool } from '../spending.ts';
+import { expireAccountLots, lockPersonalBalance, spendPersonal, spendPool } from '../spending.ts';
 import {
   type CommitResult,
   type ReserveResult,
@@ -111,7 +111,13 @@ async function holdPoolCredits(
   hold: HoldInput & { guildId: string },
   claim: KeyClaim | undefined,
 ): Promise<PlacedHold> {
-  return spendingTransaction(db, (trx) => spendPool(trx, { ...hold, claim }, () => placePoolHold(trx, hold)));
+  return spendingTransaction(db, async (trx) => {
+    // Hold keys are the user's, for personal and pool holds alike: a keyed pool hold takes the user's balance
+    // row lock first (see lockPersonalBalance), where a personal hold's key is decided, so a refusal in one
+    // account and a hold in another cannot both take the key.
+    if (claim) await lockPersonalBalance(trx, hold.userId);
+    return spendPool(trx, { ...hold, claim }, () => placePoolHold(trx, hold));
+  });
 }
 
 export interface CommitInput {

@@ -11,6 +11,7 @@ import {
   isCheckViolation,
   type JsonObject,
   listGuildEntries,
+  lockGuildPool,
   totalFundedExceeds,
 } from '@mana-credits/db';
 import type { Kysely } from 'kysely';
@@ -20,7 +21,7 @@ import { usageFields } from '../credits/personal.ts';
 import { InvalidCursorError, PreconditionFailedError } from '../errors.ts';
 import { guildKeys, isReplayed, markReplayed, requestHash, withIdempotency } from '../idempotency.ts';
 import { spendingTransaction } from '../refusals.ts';
-import { spendPersonal, spendPool } from '../spending.ts';
+import { lockPersonalBalance, spendPersonal, spendPool } from '../spending.ts';
 import { poolNotFound } from './limits.ts';
 import {
   type PoolUseResult,
@@ -98,6 +99,12 @@ export async function fundPool(deps: GuildDeps, actorId: string, input: FundInpu
       spendingTransaction(db, async (trx) => {
         // Pools are never deleted, so an unlocked look is enough to refuse early.
         if (!(await findGuildPool(trx, input.guildId))) throw poolNotFound();
+        if (claim) {
+          // The key is shared with guild.use, which decides it under the pool's lock: a keyed funding holds that
+          // lock too (after the funder's balance row: the fixed order) before it decides or records anything.
+          await lockPersonalBalance(trx, actorId);
+          await lockGuildPool(trx, input.guildId, input.amount);
+        }
         const guildTransactionId = randomUUID();
         const personal = await spendPersonal(
           trx,
