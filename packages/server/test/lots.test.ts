@@ -467,6 +467,30 @@ describe('moving credits keeps expiry and never gains a better category', () => 
       byCategory: { paid: 20, promotional: 0 },
     });
   });
+  it('a gift portion from a lapsed lot arrives expired, and the redeem answers the balance really spendable', async () => {
+    const creator = newUser();
+    await internal().grant.mutate({
+      userId: creator.id,
+      amount: 50,
+      reason: 'expiring',
+      idempotencyKey: randomUUID(),
+      expiresInDays: 2,
+    });
+    const gift = await (await server.userClient(creator)).gifts.create.mutate({
+      type: 'simple',
+      totalCredits: 20,
+    });
+    // The escrowed credits' lot lapses before the gift is redeemed.
+    await sql`update credits.lots set expires_at = now() - interval '1 second'
+               where account_kind = 'user' and account_id = ${creator.id} and expires_at is not null`.execute(
+      server.deps.db,
+    );
+    const redeemer = await server.fundedUser(7);
+    const answer = await (await server.userClient(redeemer)).gifts.redeem.mutate({ code: gift.code });
+    expect(answer).toMatchObject({ creditsReceived: 20, balance: 7 });
+    expect((await internal().balance.query({ userId: redeemer.id })).balance).toBe(7);
+    expect(await expiryRows(redeemer.id)).toHaveLength(1);
+  });
 });
 
 describe('expiry (real clock: lots granted to expire 2.5 s ahead, one wait for all of them)', () => {

@@ -258,8 +258,8 @@ async function claimPortion(
     },
     lots,
   );
-  // Credits of a lapsed lot arrive already expired.
-  await expireAccountLots(trx, 'user', redeemer.id);
+  // Credits of a lapsed lot arrive already expired: the answer's balance is what is spendable after that.
+  const expired = await expireAccountLots(trx, 'user', redeemer.id, credit.id);
   await recordRedemption(trx, {
     giftId: gift.id,
     userId: redeemer.id,
@@ -281,7 +281,7 @@ async function claimPortion(
       transactionId: credit.id,
     },
   });
-  return { giftId: gift.id, creditsReceived: gift.credits_per_portion, balance: credit.available };
+  return { giftId: gift.id, creditsReceived: gift.credits_per_portion, balance: credit.available - expired };
 }
 
 /**
