@@ -188,8 +188,10 @@ export const memberLimits = z.object({
   monthlyLimit: credits.nullable().describe('null: unlimited'),
   spentToday: credits.describe('UTC day'),
   spentThisMonth: credits.describe('UTC calendar month'),
-  heldToday: credits.describe('Open pool holds placed today: not spent yet, but they may be'),
-  heldThisMonth: credits.describe('Open pool holds placed this month'),
+  heldToday: credits.describe(
+    "The member's open pool holds, whenever placed: they count against today's limit (not spent yet, but they may be)",
+  ),
+  heldThisMonth: credits.describe("The same open holds, counted against this month's limit"),
 });
 
 const giftType = z.enum(['simple', 'personalized', 'split', 'first_come', 'riddle']);
