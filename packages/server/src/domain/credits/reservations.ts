@@ -255,8 +255,10 @@ export interface ReleaseResult {
 }
 
 /**
- * Returns a whole hold. Idempotent: releasing a released or expired reservation answers the same amount;
- * a committed one is a CONFLICT (its rest was already returned by the commit).
+ * Returns a whole hold. Idempotent: releasing a released or expired reservation answers the same amount
+ * (marked as a replay) with the balance spendable now — the balance after the first release is not kept, and
+ * an expired hold had no first answer; a committed one is a CONFLICT (its rest was already returned by the
+ * commit).
  */
 export async function releaseReservation(
   db: Kysely<Database>,

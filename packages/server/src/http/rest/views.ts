@@ -259,7 +259,12 @@ export const committed = z.object({
   released: credits,
   balance: credits,
 });
-export const released = z.object({ released: credits, balance: credits });
+export const released = z.object({
+  released: credits,
+  balance: credits.describe(
+    'Spendable after the release; a repeated release (or one of a hold that expired) answers what is spendable now',
+  ),
+});
 
 export const errorBody = z.object({
   error: z.object({
