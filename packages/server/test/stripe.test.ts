@@ -595,23 +595,38 @@ describe('webhook: signature', () => {
     expect(await balanceOf(user.id)).toBe(100);
   });
 
-  it('a handler error answers 500 and rolls back, so the retry applies it', async () => {
+  it('amounts or currencies a handler cannot apply answer 400 naming the field and record nothing; the event applies once well-formed', async () => {
     const pack = await createPackage({ credits: 100 });
     const { user, client } = await buyer();
-    const { started, charge } = await completedPurchase(client, pack.id);
-    // A fractional cumulative amount cannot be turned into a share of credits: the handler throws.
-    const broken = stripe.event('charge.refunded', { ...charge, amount_refunded: 499.5 });
-    const response = await deliver(broken);
-    expect(response.status).toBe(500);
-    expect(response.body).toMatchObject({ error: { reason: 'INTERNAL', message: 'Internal server error' } });
-    expect(await eventRecorded(broken.id as string)).toBe(false);
+    const { started, charge, succeeded } = await completedPurchase(client, pack.id);
+    const chargeId = charge.id as string;
+    const intent = (succeeded.data as { object: Record<string, unknown> }).object;
+    const without = (object: Record<string, unknown>, field: string) => {
+      const copy = { ...object };
+      delete copy[field];
+      return copy;
+    };
+    const dispute = stripe.disputeCharge(chargeId, 500);
+    // Each used to fail inside the handler (NaN credits, toLowerCase of undefined): a 500 Stripe retries for days.
+    const malformed: Array<[Record<string, unknown>, string]> = [
+      [stripe.event('charge.refunded', { ...charge, amount_refunded: 499.5 }), 'data.object.amount_refunded'],
+      [stripe.event('charge.refunded', without(charge, 'amount_refunded')), 'data.object.amount_refunded'],
+      [stripe.event('charge.dispute.created', without(dispute, 'currency')), 'data.object.currency'],
+      [stripe.event('charge.dispute.created', without(dispute, 'amount')), 'data.object.amount'],
+      [stripe.event('payment_intent.succeeded', { ...intent, currency: 978 }), 'data.object.currency'],
+    ];
+    for (const [event, field] of malformed) {
+      const response = await deliver(event);
+      expect({ status: response.status, body: response.body }).toMatchObject({
+        status: 400,
+        body: { error: { reason: 'VALIDATION', details: { field } } },
+      });
+      expect(await eventRecorded(event.id as string)).toBe(false);
+    }
     expect(await balanceOf(user.id)).toBe(100);
 
-    const fixed = stripe.event(
-      'charge.refunded',
-      stripe.refundCharge(charge.id as string, 999),
-      broken.id as string,
-    );
+    const [broken] = malformed[0]!;
+    const fixed = stripe.event('charge.refunded', stripe.refundCharge(chargeId, 999), broken.id as string);
     expect((await deliver(fixed)).status).toBe(200);
     expect(await eventRecorded(broken.id as string)).toBe(true);
     expect(await balanceOf(user.id)).toBe(0);
@@ -748,6 +763,22 @@ describe('webhook: refunds and disputes', () => {
     expect((await deliver(refunded)).status).toBe(200);
     expect(await balanceOf(user.id)).toBe(0);
     expect((await purchaseRow(started.purchaseId)).clawed_back_credits).toBe(100);
+  });
+
+  it('an inquiry (warning_* status) takes nothing; when it escalates, funds_withdrawn takes the share once', async () => {
+    const pack = await createPackage({ credits: 100, priceEuroCents: 1000 });
+    const { user, client } = await buyer();
+    const { started, charge } = await completedPurchase(client, pack.id);
+    const dispute = stripe.disputeCharge(charge.id as string, 400);
+    const inquiry = { ...dispute, status: 'warning_needs_response' };
+    expect((await deliver(stripe.event('charge.dispute.created', inquiry))).status).toBe(200);
+    expect(await balanceOf(user.id)).toBe(100);
+    // Escalated: Stripe withdraws the funds. A chargeback announced by created and funds_withdrawn counts once.
+    const withdrawn = stripe.event('charge.dispute.funds_withdrawn', dispute);
+    expect((await deliver(withdrawn)).status).toBe(200);
+    expect((await deliver(stripe.event('charge.dispute.created', dispute))).status).toBe(200);
+    expect(await balanceOf(user.id)).toBe(60);
+    expect((await purchaseRow(started.purchaseId)).clawed_back_credits).toBe(40);
   });
 
   it('a refund that arrives before the payment confirmation is settled when the purchase is credited', async () => {

@@ -73,7 +73,14 @@ export async function stripeWebhookRoutes(app: FastifyInstance): Promise<void> {
           : undefined,
         paymentMethodCard: stripe
           ? async (paymentMethodId, customerId) => {
-              const method = await stripe.paymentMethods.retrieve(paymentMethodId);
+              let method: Stripe.PaymentMethod;
+              try {
+                method = await stripe.paymentMethods.retrieve(paymentMethodId);
+              } catch (error) {
+                // Not a payment method of this account (or deleted): nothing to save, and a retry cannot change it.
+                if (isResourceMissing(error)) return null;
+                throw error;
+              }
               // Detached (Stripe keeps a detached payment method, without its customer): nothing to charge.
               const owner = typeof method.customer === 'string' ? method.customer : method.customer?.id;
               if (!owner || (customerId && owner !== customerId)) return null;

@@ -19,12 +19,12 @@ import {
   setAutoTopUpPurchase,
 } from '@mana-credits/db';
 import type { Kysely } from 'kysely';
-import Stripe from 'stripe';
+import type Stripe from 'stripe';
 import type { Logger } from '../../deps.ts';
 import { effects } from '../effects.ts';
 import { NotFoundError, PreconditionFailedError, ServiceUnavailableError } from '../errors.ts';
 import { type AutoTopUpFailure, recordAutoTopUpFailure } from './auto-top-up-failure.ts';
-import { isStripeError, stripeRefusedCall } from './client.ts';
+import { isPaymentRefusal, isStripeError } from './client.ts';
 import { stripeCustomerFor } from './customers.ts';
 import { PURCHASE_CURRENCY, requireStripe } from './purchases.ts';
 import { AUTO_TOP_UP_PURPOSE, creditPaidIntent } from './webhook.ts';
@@ -317,7 +317,7 @@ async function payAttempt(
     );
   } catch (error) {
     if (!isStripeError(error)) throw error;
-    if (error instanceof Stripe.errors.StripeCardError || stripeRefusedCall(error)) {
+    if (isPaymentRefusal(error)) {
       const failure: AutoTopUpFailure = {
         code: error.code ?? error.type,
         message: error.message ?? null,

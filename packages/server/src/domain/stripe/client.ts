@@ -38,6 +38,26 @@ export function stripeRefusedCall(error: unknown): boolean {
   return status !== undefined && status >= 400 && status < 500 && status !== 409;
 }
 
+/**
+ * Whether a failed payment call was refused because of the payment itself (a declined card, a saved card that
+ * is gone or unusable): the user has to act, so an automatic payment stops. Stripe asking us to slow down
+ * (429), refusing our key (401/403) or a clash of our idempotency keys says nothing about the card: those
+ * calls did not act either, and are tried again later with the same key.
+ */
+export function isPaymentRefusal(error: unknown): boolean {
+  if (error instanceof Stripe.errors.StripeCardError) return true;
+  if (
+    error instanceof Stripe.errors.StripeRateLimitError ||
+    error instanceof Stripe.errors.StripeAuthenticationError ||
+    error instanceof Stripe.errors.StripePermissionError ||
+    error instanceof Stripe.errors.StripeIdempotencyError
+  ) {
+    return false;
+  }
+  const status = (error as { statusCode?: unknown } | undefined)?.statusCode;
+  return stripeRefusedCall(error) && status !== 401 && status !== 403 && status !== 429;
+}
+
 export function isStripeError(error: unknown): error is Stripe.errors.StripeError {
   return error instanceof Stripe.errors.StripeError;
 }

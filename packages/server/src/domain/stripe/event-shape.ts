@@ -16,6 +16,7 @@ export const HANDLED_STRIPE_EVENTS = new Set([
   'payment_method.detached',
   'charge.refunded',
   'charge.dispute.created',
+  'charge.dispute.funds_withdrawn',
 ]);
 
 /** A Stripe id as Stripe makes them (evt_…, pi_…): short printable ASCII, so it can be stored and indexed. */
@@ -41,6 +42,31 @@ const handledObject = z.looseObject({
     .optional(),
 });
 
+/** An amount in the currency's smallest unit, as Stripe sends them: a safe integer ≥ 0. */
+const minorUnits = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
+/** An ISO currency code (Stripe sends it lower case). */
+const currency = z.string().regex(/^[A-Za-z]{3}$/, { error: 'must be a three-letter currency code' });
+const status = z.string().max(100).optional();
+
+const paidSession = z.looseObject({
+  amount_total: minorUnits.nullable(),
+  currency: currency.nullable(),
+  payment_status: status,
+});
+
+/**
+ * The amounts, currencies and statuses each handled event's handler reads (webhook.ts, reversals.ts), by type:
+ * a signed event without them cannot be applied, and would fail again on every one of Stripe's retries.
+ */
+const HANDLED_FIELDS: Record<string, z.ZodType> = {
+  'payment_intent.succeeded': z.looseObject({ amount_received: minorUnits, currency, status }),
+  'checkout.session.completed': paidSession,
+  'checkout.session.async_payment_succeeded': paidSession,
+  'charge.refunded': z.looseObject({ amount: minorUnits, amount_refunded: minorUnits, currency }),
+  'charge.dispute.created': z.looseObject({ amount: minorUnits, currency, status: z.string().max(100) }),
+  'charge.dispute.funds_withdrawn': z.looseObject({ amount: minorUnits, currency, status }),
+};
+
 const stripeEvent = z.looseObject({
   id: stripeId,
   type: z.string().regex(/^[a-z0-9_.]{1,100}$/, { error: 'must be a Stripe event type' }),
@@ -64,5 +90,7 @@ export function stripeEventProblem(event: unknown): { field: string; message: st
   if (!envelope.success) return problemOf(envelope.error, []);
   if (!HANDLED_STRIPE_EVENTS.has(envelope.data.type)) return undefined;
   const object = handledObject.safeParse(envelope.data.data.object);
-  return object.success ? undefined : problemOf(object.error, ['data', 'object']);
+  if (!object.success) return problemOf(object.error, ['data', 'object']);
+  const fields = HANDLED_FIELDS[envelope.data.type]?.safeParse(object.data);
+  return !fields || fields.success ? undefined : problemOf(fields.error, ['data', 'object']);
 }

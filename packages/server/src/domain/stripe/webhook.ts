@@ -181,8 +181,15 @@ export async function applyStripeEvent(
         return applyRefund(trx, purchase, charge, event.id);
       });
     }
-    case 'charge.dispute.created': {
+    case 'charge.dispute.created':
+    case 'charge.dispute.funds_withdrawn': {
       const dispute = event.data.object;
+      // An inquiry (warning_* statuses) withdraws nothing and mostly closes without a chargeback; if it
+      // escalates, Stripe withdraws the funds and says so with funds_withdrawn. The dispute's id keys its
+      // reversal, so a chargeback announced by both events is taken back once.
+      if (event.type === 'charge.dispute.created' && dispute.status.startsWith('warning_')) {
+        return inEventTransaction(db, event, async () => ignored('an inquiry: no funds withdrawn'));
+      }
       return inEventTransaction(db, event, async (trx) => {
         const chargeId = idOf(dispute.charge);
         const purchase =
