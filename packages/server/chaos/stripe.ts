@@ -570,9 +570,14 @@ export class StripeChaos {
       const disputeCredits = payment.disputes.map((d) =>
         share(pack.credits, Math.min(d.amount, payment.price), payment.price),
       );
+      // Each share is rounded down on its own, but never below the share of all the money returned (rounded once).
+      const returnedCents = payment.refunded + payment.disputes.reduce((sum, d) => sum + d.amount, 0);
       const claimed = Math.min(
         pack.credits,
-        refundCredits + disputeCredits.reduce((sum, credits) => sum + credits, 0),
+        Math.max(
+          refundCredits + disputeCredits.reduce((sum, credits) => sum + credits, 0),
+          share(pack.credits, Math.min(returnedCents, payment.price), payment.price),
+        ),
       );
       const own = reversals.filter((r) => r.purchase_id === purchaseId);
       const refundsDue = own.filter((r) => r.kind === 'refund').reduce((sum, r) => sum + r.credits_due, 0);

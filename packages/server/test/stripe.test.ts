@@ -765,6 +765,25 @@ describe('webhook: refunds and disputes', () => {
     expect((await purchaseRow(started.purchaseId)).clawed_back_credits).toBe(100);
   });
 
+  it('a refund and a dispute that together return all the money take back every credit (shares rounded once)', async () => {
+    const pack = await createPackage({ credits: 100, priceEuroCents: 999 });
+    const { user, client } = await buyer();
+    const { started, charge } = await completedPurchase(client, pack.id);
+    const chargeId = charge.id as string;
+    // 333 cents → 33.3 credits, 666 cents → 66.6: rounded down apart, 99; all 999 cents went back.
+    expect((await deliver(stripe.event('charge.refunded', stripe.refundCharge(chargeId, 333)))).status).toBe(
+      200,
+    );
+    expect(await balanceOf(user.id)).toBe(67);
+    const dispute = stripe.disputeCharge(chargeId, 666);
+    expect((await deliver(stripe.event('charge.dispute.created', dispute))).status).toBe(200);
+    expect(await balanceOf(user.id)).toBe(0);
+    expect(await purchaseRow(started.purchaseId)).toMatchObject({
+      clawed_back_credits: 100,
+      unrecovered_credits: 0,
+    });
+  });
+
   it('an inquiry (warning_* status) takes nothing; when it escalates, funds_withdrawn takes the share once', async () => {
     const pack = await createPackage({ credits: 100, priceEuroCents: 1000 });
     const { user, client } = await buyer();

@@ -179,6 +179,23 @@ export async function claimedReversalCredits(
   return claimed;
 }
 
+/**
+ * What a purchase's reversals claim: the credits of each (Σ credits_due, each share rounded down on its own)
+ * and the money they returned — the refunds' latest cumulative amount plus every dispute — in cents.
+ */
+export async function reversalTotals(
+  trx: Transaction<Database>,
+  purchaseId: string,
+): Promise<{ claimed: number; returnedCents: number }> {
+  const { rows } = await sql<{ claimed: number; returned_cents: number }>`
+    select coalesce(sum(credits_due), 0)::int8 as claimed,
+           (coalesce(max(amount_cents) filter (where kind = 'refund'), 0)
+             + coalesce(sum(amount_cents) filter (where kind = 'dispute'), 0))::int8 as returned_cents
+      from credits.purchase_reversals
+     where purchase_id = ${purchaseId}::uuid`.execute(trx);
+  return { claimed: rows[0]?.claimed ?? 0, returnedCents: rows[0]?.returned_cents ?? 0 };
+}
+
 export interface NewReversal {
   purchaseId: string;
   kind: ReversalKind;
@@ -211,7 +228,7 @@ export async function insertReversal(trx: Transaction<Database>, reversal: NewRe
 
 export type PurchaseSettlement = Pick<
   PurchaseRow,
-  'user_id' | 'status' | 'credits' | 'clawed_back_credits' | 'unrecovered_credits'
+  'user_id' | 'status' | 'credits' | 'price_euro_cents' | 'clawed_back_credits' | 'unrecovered_credits'
 >;
 
 /** What settling a locked purchase's reversals starts from: its buyer, status, credits and what was settled. */
@@ -221,7 +238,14 @@ export async function getPurchaseSettlement(
 ): Promise<PurchaseSettlement> {
   return trx
     .selectFrom('credits.purchases')
-    .select(['user_id', 'status', 'credits', 'clawed_back_credits', 'unrecovered_credits'])
+    .select([
+      'user_id',
+      'status',
+      'credits',
+      'price_euro_cents',
+      'clawed_back_credits',
+      'unrecovered_credits',
+    ])
     .where('id', '=', purchaseId)
     .executeTakeFirstOrThrow();
 }

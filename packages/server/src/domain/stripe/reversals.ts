@@ -9,6 +9,7 @@ import {
   type PurchaseRow,
   recordPurchaseStripeIds,
   recordReversalSettlement,
+  reversalTotals,
   systemKeys,
 } from '@mana-credits/db';
 import type { Transaction } from 'kysely';
@@ -102,9 +103,13 @@ export async function settleReversals(
 ): Promise<{ clawedBack: number; unrecovered: number }> {
   const purchase = await getPurchaseSettlement(trx, purchaseId);
   if (purchase.status !== 'completed') return { clawedBack: 0, unrecovered: 0 };
-  const claimed = await claimedReversalCredits(trx, purchaseId);
-  const outstanding =
-    Math.min(claimed, purchase.credits) - purchase.clawed_back_credits - purchase.unrecovered_credits;
+  const { claimed, returnedCents } = await reversalTotals(trx, purchaseId);
+  // Each reversal's share is rounded down on its own; a refund and a dispute that together return all the
+  // money would leave a credit behind. The share of all the money returned, rounded down once, is owed too.
+  const price = purchase.price_euro_cents;
+  const byMoney = price > 0 ? creditShare(purchase.credits, Math.min(returnedCents, price), price) : 0;
+  const owed = Math.min(Math.max(claimed, byMoney), purchase.credits);
+  const outstanding = owed - purchase.clawed_back_credits - purchase.unrecovered_credits;
   if (outstanding <= 0) return { clawedBack: 0, unrecovered: 0 };
 
   // Credits whose time is up are not there to take back: their expiry is posted first.
