@@ -74,6 +74,8 @@ export async function creditBalance(
   entry: LedgerEntryInput,
   lots: LotCredit,
   totals: 'earned' | 'unspent' = 'earned',
+  /** A caller's key: the credit fails as a key violation when the key was refused before (see notRefused). */
+  refusedUnder?: KeyRef,
 ): Promise<PostedEntry> {
   const earned = totals === 'earned' ? entry.amount : 0;
   const unspent = totals === 'unspent' ? entry.amount : 0;
@@ -89,7 +91,7 @@ export async function creditBalance(
             next_lot_expiry = least(b.next_lot_expiry, ${expiry}),
             version = b.version + 1,
             updated_at = now()
-      returning user_id, balance, reserved
+      returning user_id, balance, reserved${notRefused(refusedUnder)}
     ), filled as (
       select t.* from account a cross join lateral ${lotsOfCredit('user', sql<string>`a.user_id`, entry.amount, lots)} t
     ), entry as (${personalLedgerRow('account', entry, 1, 'filled')})

@@ -2,6 +2,7 @@ import {
   creditBalance,
   type Database,
   isCheckViolation,
+  type KeyRef,
   type LedgerEntryInput,
   type LotCredit,
   type PostedEntry,
@@ -43,13 +44,15 @@ export async function creditEarned(
   trx: Transaction<Database>,
   entry: LedgerEntryInput,
   lots: LotCredit,
+  /** A caller's key (not a system key): refused before → a key violation, answered by withIdempotency. */
+  refusedUnder?: KeyRef,
 ): Promise<PostedEntry> {
   let posted: PostedEntry;
   // Lapsed lots are expired first (check on access), so the balance this credit answers and writes on its
   // ledger row never counts credits whose time is up.
   await expireAccountLots(trx, 'user', entry.userId);
   try {
-    posted = await creditBalance(trx, entry, lots, 'earned');
+    posted = await creditBalance(trx, entry, lots, 'earned', refusedUnder);
   } catch (error) {
     if (isCheckViolation(error, BALANCE_SAFE_INTEGER_CHECK)) throw new BalanceLimitError(entry.amount);
     throw error;

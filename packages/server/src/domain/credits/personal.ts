@@ -142,7 +142,7 @@ export async function grantCredits(db: Kysely<Database>, input: GrantInput): Pro
   return withIdempotency(
     ledgerKeys(db, input.userId),
     { key: input.idempotencyKey, hash },
-    () =>
+    (claim) =>
       db.transaction().execute(async (trx) => {
         // Checked on execution rather than in the input schema: a refusal here is looked up by the key, so a
         // retry of a grant that was made before its expiresAt passed is answered with that grant (a replay).
@@ -164,6 +164,8 @@ export async function grantCredits(db: Kysely<Database>, input: GrantInput): Pro
             requestHash: hash,
           },
           grantLot(input, new Date()),
+          // The key is shared with debits: one refused for a use is not free for a grant.
+          claim,
         );
         return toPostedMovementResult(posted);
       }),
@@ -196,7 +198,7 @@ export async function refundUsage(db: Kysely<Database>, input: RefundInput): Pro
   return withIdempotency(
     ledgerKeys(db, input.userId),
     { key: input.idempotencyKey, hash },
-    () =>
+    (claim) =>
       db.transaction().execute(async (trx) => {
         const original = await lockLedgerEntry(trx, input.userId, input.transactionId);
         if (!original) throw new NotFoundError('Transaction');
@@ -237,6 +239,7 @@ export async function refundUsage(db: Kysely<Database>, input: RefundInput): Pro
           },
           lots,
           'unspent',
+          claim,
         );
         // A refund never extends an expiry: what went back to a lapsed lot expires in this transaction (its
         // expiry rows name this refund), and the answer is what is spendable after that — a replay too.
