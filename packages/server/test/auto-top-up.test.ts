@@ -1,5 +1,8 @@
 import { randomUUID } from 'node:crypto';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { sql } from 'kysely';
+import Stripe from 'stripe';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { runAutoTopUps } from '../src/domain/stripe/auto-top-up.ts';
 import { recordAutoTopUpFailure } from '../src/domain/stripe/auto-top-up-failure.ts';
@@ -270,6 +273,69 @@ describe('setup, get, disable', () => {
     await expect(
       client.credits.autoTopUp.setup.mutate({ packageId: randomUUID(), threshold: 10 }),
     ).rejects.toMatchObject({ data: { code: 'NOT_FOUND' } });
+  });
+});
+
+describe('Stripe conditions that say nothing about the card', () => {
+  /** A Stripe-speaking server that answers every call with `status` and Stripe's error body. */
+  async function answeringServer(status: number, type: string, code: string): Promise<Server> {
+    const http = createServer((req, res) => {
+      req.resume();
+      req.on('end', () =>
+        res
+          .writeHead(status, { 'content-type': 'application/json', 'request-id': 'req_x' })
+          .end(JSON.stringify({ error: { type, code, message: `answered ${status}` } })),
+      );
+    });
+    await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve));
+    return http;
+  }
+
+  const stripeAt = (port: number, key = 'sk_test_x') =>
+    new Stripe(key, { host: '127.0.0.1', port, protocol: 'http', maxNetworkRetries: 0, telemetry: false });
+
+  /** Runs the worker with `client` for a user who just went below the threshold; returns what it saw. */
+  async function payWith(client: Stripe) {
+    const { user, client: userClient } = await enrolledUser({ funds: 100, threshold: 50 });
+    await spend(userClient, 60);
+    const results = await runAutoTopUps({ db: server.deps.db, stripe: client });
+    const view = await userClient.credits.autoTopUp.get.query();
+    // Off again, so that the attempt left pending is not paid by a later test's worker run.
+    await userClient.credits.autoTopUp.disable.mutate();
+    return { user, results: Object.values(results), view };
+  }
+
+  it('a rate-limited (429) payment call leaves auto top-up on and the attempt pending, to be sent again', async () => {
+    const limited = await answeringServer(429, 'invalid_request_error', 'rate_limit');
+    try {
+      const { results, view } = await payWith(stripeAt((limited.address() as AddressInfo).port));
+      expect({ results, enabled: view.enabled, last: view.lastAttempt?.status }).toEqual({
+        results: ['unknown'],
+        enabled: true,
+        last: 'pending',
+      });
+    } finally {
+      await new Promise((resolve) => limited.close(resolve));
+    }
+  });
+
+  it('a key Stripe refuses (401: ours, rotated) leaves auto top-up on', async () => {
+    const { results, view } = await payWith(stripeAt(Number(new URL(stripe.url).port), 'sk_test_rotated'));
+    expect({ results, enabled: view.enabled, reason: view.disabledReason }).toEqual({
+      results: ['unknown'],
+      enabled: true,
+      reason: null,
+    });
+  });
+
+  it('setup_intent.succeeded naming a payment method Stripe does not have: acknowledged, nothing saved', async () => {
+    const client = await server.userClient(newUser());
+    const started = await client.credits.autoTopUp.setup.mutate({ packageId, threshold: 10 });
+    const setup = stripe.succeedSetupIntent(started.setupIntentId);
+    const event = stripe.event('setup_intent.succeeded', { ...setup, payment_method: 'pm_does_not_exist' });
+    // resource_missing is final: a 503 would be retried by Stripe for days, changing nothing.
+    expect((await deliver(event)).status).toBe(200);
+    expect((await client.credits.autoTopUp.get.query()).enabled).toBe(false);
   });
 });
 

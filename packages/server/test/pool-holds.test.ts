@@ -456,3 +456,66 @@ describe.runIf(Boolean(process.env.DATABASE_URL))('a pool release beside a spend
     expect(await pool(guildId)).toMatchObject({ balance: 100, reserved: 0 });
   });
 });
+
+// Key spaces that span accounts, where one account's row lock cannot order a refusal against a use of the key
+// elsewhere: a user's hold keys (personal and every pool) and a member's guild keys (guild.fund decides under
+// the funder's balance, guild.use under the pool). Two payloads under one key sent at once must never both be
+// answered as if the key were free, and each replay must answer its first result. Only Postgres interleaves
+// these transactions (PGlite runs one session); the tests run on both.
+describe('one key, two accounts, at once', () => {
+  const label = (settled: PromiseSettledResult<unknown>) =>
+    settled.status === 'fulfilled'
+      ? 'ok'
+      : String((settled.reason as { data?: { reason?: string } }).data?.reason ?? settled.reason);
+
+  /** Sends `first` and `second` together, then again: the outcomes, and the rounds whose replay differed. */
+  type Call = () => Promise<unknown>;
+  async function race(rounds: number, pair: (round: number) => Promise<[Call, Call]>) {
+    const outcomes: Record<string, number> = {};
+    const changed: string[] = [];
+    for (let round = 0; round < rounds; round++) {
+      const [first, second] = await pair(round);
+      const answered = (await Promise.allSettled([first(), second()])).map(label).join('/');
+      outcomes[answered] = (outcomes[answered] ?? 0) + 1;
+      const replayed = (await Promise.allSettled([first(), second()])).map(label).join('/');
+      if (replayed !== answered) changed.push(`round ${round}: first ${answered}, replay ${replayed}`);
+    }
+    return { outcomes, changed };
+  }
+
+  it('a hold key used on two pools at once (one refuses by a cap): each replay answers its first result', async () => {
+    const a = await guildWithMember(1000, 1);
+    const b = await guildWithMember(1000);
+    const m = a.member;
+    server.auth.setRole(b.guildId, m.id, 'member');
+    const reserve = (guildId: string, key: string) => () =>
+      internal().credits.reserve.mutate(reserveInput(guildId, m.id, 5, { key }));
+    // One after the other, the second payload is a CONFLICT.
+    const control = `seq-${randomUUID()}`;
+    expect((await failure(reserve(a.guildId, control)())).data?.reason).toBe('DAILY_LIMIT_EXCEEDED');
+    expect((await failure(reserve(b.guildId, control)())).data?.reason).toBe('IDEMPOTENCY_CONFLICT');
+    // At once they were both answered as if the key were free (18 of 20 rounds), and the refused one's replay
+    // then said IDEMPOTENCY_CONFLICT.
+    const { outcomes, changed } = await race(20, async (round) => {
+      const key = `race-${round}-${randomUUID()}`;
+      return [reserve(a.guildId, key), reserve(b.guildId, key)];
+    });
+    expect(outcomes['DAILY_LIMIT_EXCEEDED/ok'] ?? 0, JSON.stringify(outcomes)).toBe(0);
+    expect(changed).toEqual([]);
+  });
+
+  it('guild.fund refused for too few credits and guild.use under the same key at once: each replay answers its first result', async () => {
+    // At once both were answered (3–7 of 15 rounds), and the funding's replay then said IDEMPOTENCY_CONFLICT.
+    const { outcomes, changed } = await race(15, async (round) => {
+      // The owner funded all they had: a funding is refused, a use of the pool is not.
+      const { guildId, owner } = await guildWithMember(100);
+      const key = `fk-${round}`;
+      return [
+        () => owner.client.guild.fund.mutate({ guildId, amount: 50, idempotencyKey: key }),
+        () => owner.client.guild.use.mutate(useInput(guildId, 5, key)),
+      ];
+    });
+    expect(outcomes['INSUFFICIENT_CREDITS/ok'] ?? 0, JSON.stringify(outcomes)).toBe(0);
+    expect(changed).toEqual([]);
+  });
+});

@@ -9,7 +9,7 @@ import { buildApp } from '../src/app.ts';
 import { configFrom } from '../src/config.ts';
 import { createAppDeps } from '../src/deps.ts';
 import { usageRequestHash } from '../src/domain/credits/personal.ts';
-import { expectLedgerConsistent, holdDrift } from './helpers/invariants.ts';
+import { expectLedgerConsistent, holdDrift, ledgerSum } from './helpers/invariants.ts';
 import {
   type Client,
   clientFor,
@@ -488,6 +488,19 @@ describe('parallel calls with one key on a poor account', () => {
  * lock, with a fresh snapshot (credits.assert_not_refused in the RETURNING), sees it. A session here plays
  * the refusing transaction exactly as spending.ts runs it: lock the row, record the refusal, commit.
  */
+/** Until some backend waits for a row lock (the late statement has taken its snapshot and is queued). */
+async function untilLockWait() {
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const { rows } = await sql<{ n: number }>`
+      select count(*)::int4 as n from pg_stat_activity
+       where datname = current_database() and wait_event_type = 'Lock'`.execute(server.db);
+    if ((rows[0]?.n ?? 0) > 0) return;
+    if (Date.now() > deadline) throw new Error('no statement waited for the lock');
+    await sleep(10);
+  }
+}
+
 describe.runIf(databaseUrl)('a refusal committed while the late statement waits for the row lock', () => {
   async function refusingSession(lock: string, refusal: string) {
     const session = new pg.Client({ connectionString: server.database.url });
@@ -496,19 +509,6 @@ describe.runIf(databaseUrl)('a refusal committed while the late statement waits 
     await session.query(lock);
     await session.query(refusal);
     return session;
-  }
-
-  /** Until some backend waits for a row lock (the late statement has taken its snapshot and is queued). */
-  async function untilLockWait() {
-    const deadline = Date.now() + 20_000;
-    for (;;) {
-      const { rows } = await sql<{ n: number }>`
-        select count(*)::int4 as n from pg_stat_activity
-         where datname = current_database() and wait_event_type = 'Lock'`.execute(server.db);
-      if ((rows[0]?.n ?? 0) > 0) return;
-      if (Date.now() > deadline) throw new Error('no statement waited for the lock');
-      await sleep(10);
-    }
   }
 
   const statements = {
@@ -622,5 +622,141 @@ describe('keyless calls', () => {
         }),
       ),
     ).toHaveProperty('ok');
+  });
+});
+
+// A personal key has one first result whatever path it took: a key refused for a debit is not free for a grant
+// or a refund, and a batch decides a refusal under the account's row lock even for a user who had no balance
+// row yet.
+const service = () => server.internalClient().internal.credits;
+
+describe('a refused key stays refused / one key, one first result', () => {
+  it('a grant under a key refused for a use is a CONFLICT, and the refusal still answers the use', async () => {
+    const user = await server.fundedUser(5);
+    const key = `shared-${randomUUID()}`;
+    const refused = await answer(service().use.mutate({ userId: user.id, ...use(key, 10) }));
+    expect(refused).toMatchObject({ reason: 'INSUFFICIENT_CREDITS' });
+
+    // The key's first result is the refusal: another request under it must be a CONFLICT...
+    const grant = await answer(
+      service().grant.mutate({
+        userId: user.id,
+        amount: 100,
+        reason: 'later',
+        idempotencyKey: key,
+      }),
+    );
+    // ...and the use's replay is still its refusal.
+    const replay = await answer(service().use.mutate({ userId: user.id, ...use(key, 10) }));
+    expect({ grant, replay }).toMatchObject({
+      grant: { reason: 'IDEMPOTENCY_CONFLICT' },
+      replay: { reason: 'INSUFFICIENT_CREDITS' },
+    });
+  });
+
+  it('a refund under a key refused for a use is a CONFLICT, and the refusal still answers the use', async () => {
+    const user = await server.fundedUser(20);
+    const spent = await service().use.mutate({ userId: user.id, ...use(`spend-${randomUUID()}`, 15) });
+    const key = `shared-${randomUUID()}`;
+    expect(await answer(service().use.mutate({ userId: user.id, ...use(key, 10) }))).toMatchObject({
+      reason: 'INSUFFICIENT_CREDITS',
+    });
+    const refund = await answer(
+      service().refund.mutate({
+        userId: user.id,
+        transactionId: spent.transactionId,
+        amount: 5,
+        description: 'sorry',
+        idempotencyKey: key,
+      }),
+    );
+    const replay = await answer(service().use.mutate({ userId: user.id, ...use(key, 10) }));
+    expect({ refund, replay }).toMatchObject({
+      refund: { reason: 'IDEMPOTENCY_CONFLICT' },
+      replay: { reason: 'INSUFFICIENT_CREDITS' },
+    });
+  });
+
+  it('a useBatch item under a key refused for a use, after a grant took the key, answers consistently', async () => {
+    const user = await server.fundedUser(5);
+    const key = `shared-${randomUUID()}`;
+    await answer(service().use.mutate({ userId: user.id, ...use(key, 10) }));
+    await answer(service().grant.mutate({ userId: user.id, amount: 100, reason: 'x', idempotencyKey: key }));
+    const single = await answer(service().use.mutate({ userId: user.id, ...use(key, 10) }));
+    const { results } = await service().useBatch.mutate({ items: [{ userId: user.id, ...use(key, 10) }] });
+    // Whatever the key now says, the single path and the batch path must say the same thing.
+    expect(results[0]!.ok).toBe(false);
+    expect((results[0] as { error: { reason: string } }).error.reason).toBe(
+      (single as { reason: string }).reason,
+    );
+  });
+});
+
+/**
+ * A batch item of a user with no balance row used to be refused without any row lock (use_batch locked only
+ * the rows that existed): a late use of the same key that committed meanwhile charged, and the batch still
+ * answered a fresh INSUFFICIENT_CREDITS. The batch is held deterministically on another account of the same
+ * batch (X: a lapsed hold whose lot this session holds locked, so use_batch waits in release_expired_holds).
+ */
+describe.runIf(databaseUrl)('use_batch: a keyed refusal for a user without a balance row', () => {
+  it('a batch refusal of a user without a balance row is decided under its lock: a late charge under the key answers that refusal', async () => {
+    const x = await server.fundedUser(10);
+    const hold = await service().reserve.mutate({
+      userId: x.id,
+      amount: 10,
+      appId: 'review',
+      description: 'hold',
+      ttlSeconds: 1,
+      idempotencyKey: `hold-${randomUUID()}`,
+    });
+    expect(hold).toBeTruthy();
+    await sleep(1200);
+    const { rows: lots } = await sql<{ id: string }>`
+      select id from credits.lots where account_kind = 'user' and account_id = ${x.id}`.execute(server.db);
+    const session = new pg.Client({ connectionString: server.database.url });
+    await session.connect();
+    await session.query('begin');
+    await session.query(`select 1 from credits.lots where id = '${lots[0]!.id}' for update`);
+    const u = newUser();
+    const key = `late-${randomUUID()}`;
+    let batch: Promise<{ results: unknown[] }>;
+    let late: Promise<Awaited<ReturnType<typeof answer>>>;
+    try {
+      batch = service().useBatch.mutate({
+        items: [
+          { userId: x.id, ...use(`x-${randomUUID()}`, 5) },
+          { userId: u.id, ...use(key, 5) },
+        ],
+      });
+      await untilLockWait();
+      // Meanwhile U gets credits and spends them under the same key (another caller, another instance). They
+      // wait for the batch's lock of U's row now (before the fix they charged, and the batch answered a fresh
+      // INSUFFICIENT_CREDITS for the charged key).
+      late = (async () => {
+        await service().grant.mutate({
+          userId: u.id,
+          amount: 5,
+          reason: 'first',
+          idempotencyKey: `g-${u.id}`,
+        });
+        return answer(service().use.mutate({ userId: u.id, ...use(key, 5) }));
+      })();
+      await sleep(300);
+    } finally {
+      await session.query('rollback');
+      await session.end();
+    }
+    const { results } = await batch!;
+    const lateAnswer = await late!;
+    const replay = await answer(service().use.mutate({ userId: u.id, ...use(key, 5) }));
+    // The batch refused the key first (U had nothing then): that refusal is the key's answer everywhere.
+    expect(results[1]).toMatchObject({
+      idempotencyKey: key,
+      ok: false,
+      error: { reason: 'INSUFFICIENT_CREDITS' },
+    });
+    expect(lateAnswer).toMatchObject({ reason: 'INSUFFICIENT_CREDITS' });
+    expect(replay).toMatchObject({ reason: 'INSUFFICIENT_CREDITS' });
+    expect(await ledgerSum(server.db, u.id)).toBe(5);
   });
 });
