@@ -78,7 +78,9 @@ describe('open-loop load against a real HTTP server', () => {
     expect(result.socketsOpened).toBeGreaterThanOrEqual(40);
     // The first request waited the whole stall.
     expect(result.latency.max).toBeGreaterThanOrEqual(390);
-    expect(result.sentRate).toBeGreaterThan(150);
+    // Sent on schedule, give or take a busy machine (131/s of 200 in a full CI run, where the suite's two
+    // workers keep both cores busy); a generator that waited for answers would send a few requests, not 100.
+    expect(result.sentRate).toBeGreaterThan(100);
   });
 
   it('measures from the intended send time when the generator itself falls behind', async () => {
