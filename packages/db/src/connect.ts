@@ -1,8 +1,7 @@
 import { createHash } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
-import { PGlite } from '@electric-sql/pglite';
-import { type Driver, Kysely, PostgresDialect } from 'kysely';
-import { PGliteDialect } from 'kysely-pglite-dialect';
+import type { PGlite } from '@electric-sql/pglite';
+import { type Dialect, Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
 import type { Database } from './database.ts';
 import { PG_OID, parseInt8, parseInt8Array, parseNumericInteger } from './int8.ts';
@@ -202,8 +201,12 @@ export function preparingClientClass(Base: ClientClass, limit: number): ClientCl
   };
 }
 
+// PGlite and its dialect are imported when an embedded database is opened, not with this module: a server on
+// Postgres never loads them (about 9 MB of resident memory; docs/benchmarks.md, "Memory of the server").
+
 export async function createPglite(dataDir: string, snapshot?: Blob): Promise<PGlite> {
   if (!dataDir.startsWith('memory://')) mkdirSync(dataDir, { recursive: true });
+  const { PGlite } = await import('@electric-sql/pglite');
   const pglite = new PGlite(dataDir, {
     parsers: {
       [PG_OID.int8]: parseInt8,
@@ -244,7 +247,8 @@ export async function createDb(config: DbConfig): Promise<DbHandle> {
     };
   }
   const pglite = config.pglite ?? (await createPglite(config.dataDir ?? './.data', config.pgliteSnapshot));
-  const dialect = config.pglite ? new LentPGliteDialect(pglite) : new PGliteDialect(pglite);
+  const { PGliteDialect } = await import('kysely-pglite-dialect');
+  const dialect = config.pglite ? lentPgliteDialect(PGliteDialect, pglite) : new PGliteDialect(pglite);
   const db = new Kysely<Database>({ dialect });
   return {
     db,
@@ -256,20 +260,29 @@ export async function createDb(config: DbConfig): Promise<DbHandle> {
 }
 
 /** PGliteDialect on a PGlite that someone else closes: destroying the Kysely instance leaves it open. */
-class LentPGliteDialect extends PGliteDialect {
-  override createDriver(): Driver {
-    const driver = super.createDriver();
-    return {
-      init: () => driver.init(),
-      acquireConnection: () => driver.acquireConnection(),
-      beginTransaction: (connection, settings) => driver.beginTransaction(connection, settings),
-      commitTransaction: (connection) => driver.commitTransaction(connection),
-      rollbackTransaction: (connection) => driver.rollbackTransaction(connection),
-      releaseConnection: (connection) => driver.releaseConnection(connection),
-      // Kysely refuses queries on a destroyed instance by itself; only the PGlite stays open.
-      destroy: async () => {},
-    };
-  }
+function lentPgliteDialect(
+  PGliteDialect: typeof import('kysely-pglite-dialect').PGliteDialect,
+  pglite: PGlite,
+): Dialect {
+  const dialect = new PGliteDialect(pglite);
+  return {
+    createAdapter: () => dialect.createAdapter(),
+    createIntrospector: (db) => dialect.createIntrospector(db),
+    createQueryCompiler: () => dialect.createQueryCompiler(),
+    createDriver: () => {
+      const driver = dialect.createDriver();
+      return {
+        init: () => driver.init(),
+        acquireConnection: () => driver.acquireConnection(),
+        beginTransaction: (connection, settings) => driver.beginTransaction(connection, settings),
+        commitTransaction: (connection) => driver.commitTransaction(connection),
+        rollbackTransaction: (connection) => driver.rollbackTransaction(connection),
+        releaseConnection: (connection) => driver.releaseConnection(connection),
+        // Kysely refuses queries on a destroyed instance by itself; only the PGlite stays open.
+        destroy: async () => {},
+      };
+    },
+  };
 }
 
 // ── Several hosts (libpq's multi-host form) ──────────────────────────────────────────────────────────────────
