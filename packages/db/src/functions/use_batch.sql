@@ -82,27 +82,24 @@ begin
                       else min(x.n) over (partition by x.user_id, x.key) end::int as first
             from unnest(p_users, p_keys) with ordinality as x(user_id, key, n)) r;
 
-  -- one statement locks the balance rows (in user_id order, the subquery's) and reads them
-  select array_agg(coalesce(b.balance, 0) order by u.n), array_agg(coalesce(b.reserved, 0) order by u.n),
-         array_agg(false), coalesce(bool_or(b.next_lot_expiry <= now()), false), bool_or(b.user_id is null)
-    into a_balance, a_reserved, a_checked, v_lapsed, v_missing
-    from unnest(a_user) with ordinality as u(user_id, n)
-    left join (select l.user_id, l.balance, l.reserved, l.next_lot_expiry from credits.balances l
-                where l.user_id = any(a_user) order by l.user_id collate "C" for update) b on b.user_id = u.user_id;
-  if v_missing then
-    -- A user without a balance row had no row to lock, and a refusal must be decided under a lock (a grant and
-    -- a debit under the refused key could commit meanwhile): the rows are made, empty, and everything is
-    -- locked and read again (a row someone else made meanwhile, with credits, included).
+  -- One statement locks the balance rows (in user_id order, the subquery's) and reads them. A user without a
+  -- balance row has no row to lock, and a refusal must be decided under a lock (a grant and a debit under the
+  -- refused key could commit meanwhile): the missing rows are made, empty, and everything is locked and read
+  -- again (a row someone else made meanwhile, with credits, included). Balance rows are never deleted, so the
+  -- second round finds them all.
+  loop
+    select array_agg(coalesce(b.balance, 0) order by u.n), array_agg(coalesce(b.reserved, 0) order by u.n),
+           array_agg(false), coalesce(bool_or(b.next_lot_expiry <= now()), false),
+           coalesce(bool_or(b.user_id is null), false)
+      into a_balance, a_reserved, a_checked, v_lapsed, v_missing
+      from unnest(a_user) with ordinality as u(user_id, n)
+      left join (select l.user_id, l.balance, l.reserved, l.next_lot_expiry from credits.balances l
+                  where l.user_id = any(a_user) order by l.user_id collate "C" for update) b on b.user_id = u.user_id;
+    exit when not v_missing;
     insert into credits.balances (user_id)
     select u.user_id from unnest(a_user) as u(user_id) order by u.user_id collate "C"
     on conflict (user_id) do nothing;
-    select array_agg(b.balance order by u.n), array_agg(b.reserved order by u.n),
-           coalesce(bool_or(b.next_lot_expiry <= now()), false)
-      into a_balance, a_reserved, v_lapsed
-      from unnest(a_user) with ordinality as u(user_id, n)
-      join (select l.user_id, l.balance, l.reserved, l.next_lot_expiry from credits.balances l
-             where l.user_id = any(a_user) order by l.user_id collate "C" for update) b on b.user_id = u.user_id;
-  end if;
+  end loop;
   if v_lapsed then
     -- lots whose time is up are expired before anything is decided (no item may count an expired credit)
     perform credits.expire_lots('user', b.user_id) from credits.balances b

@@ -54,8 +54,8 @@ export function isPaymentRefusal(error: unknown): boolean {
   ) {
     return false;
   }
-  const status = (error as { statusCode?: unknown } | undefined)?.statusCode;
-  return stripeRefusedCall(error) && status !== 401 && status !== 403 && status !== 429;
+  // The SDK makes these classes from the status (429 or a 400 with code rate_limit, 401, 403): no status check.
+  return stripeRefusedCall(error);
 }
 
 export function isStripeError(error: unknown): error is Stripe.errors.StripeError {
