@@ -11,6 +11,7 @@ import { type Answer, type CallOptions, restCaller } from './helpers/rest.ts';
 import { type Client, newUser, SERVICE_KEY, startTestServer, type TestServer } from './helpers/server.ts';
 import { whileAnotherSession } from './helpers/sessions.ts';
 import { type TestCardBehaviour, TestStripeServer } from './helpers/stripe-server.ts';
+import { eventually } from './helpers/webhook-receiver.ts';
 
 // Auto top-up (issue 19) against the local Stripe-speaking server: saving a card (SetupIntent), the crossing
 // that records one attempt, the worker's off-session payment keyed by the attempt id, declines, lost answers,
@@ -595,6 +596,38 @@ describe('lost answers, crashes and webhooks out of order', () => {
     expect(await balanceOf(user.id)).toBe(40 + PACKAGE_CREDITS);
     const completed = await eventsOf(user.id, 'purchase.completed');
     expect(completed.map((event) => event.data)).toEqual([expect.objectContaining({ auto: true })]);
+  });
+});
+
+describe('several workers (one per instance)', () => {
+  it('each claims one attempt at a time: while one waits on Stripe, another pays the next', async () => {
+    const first = await enrolledUser({ funds: 100, threshold: 50 });
+    const second = await enrolledUser({ funds: 100, threshold: 50 });
+    await spend(first.client, 60);
+    await spend(second.client, 60);
+    const ids = [...(await attemptsOf(first.user.id)), ...(await attemptsOf(second.user.id))].map(
+      (attempt) => attempt.id,
+    );
+    expect(ids).toHaveLength(2);
+
+    stripe.hold(); // Stripe is slow: payment calls wait unanswered
+    let busy: Promise<Record<string, string>>;
+    let other: Promise<Record<string, string>>;
+    try {
+      busy = worker();
+      await eventually('the first payment to be sent', () => stripe.heldCount === 1);
+      // A worker that took every due attempt at once would leave this one nothing to send.
+      other = worker();
+      await eventually('a second payment, by the other worker', () => stripe.heldCount === 2);
+    } finally {
+      stripe.release();
+    }
+    const results = { ...(await busy), ...(await other) };
+    expect(ids.map((id) => results[id])).toEqual(['credited', 'credited']);
+    for (const { user } of [first, second]) {
+      expect(await balanceOf(user.id)).toBe(40 + PACKAGE_CREDITS);
+      expect((await attemptsOf(user.id)).map((attempt) => attempt.status)).toEqual(['succeeded']);
+    }
   });
 });
 

@@ -129,27 +129,26 @@ export async function forgetAutoTopUpCard(
 }
 
 /**
- * Claims up to `limit` due pending attempts (FOR UPDATE SKIP LOCKED: two workers never take the same one) and
- * leases them for `leaseSeconds`: a worker that dies leaves the lease to run out and the attempt is sent
- * again, with the same idempotency key.
+ * Claims the most overdue pending attempt (FOR UPDATE SKIP LOCKED: two workers never take the same one) and
+ * leases it for `leaseSeconds`: a worker that dies leaves the lease to run out and the attempt is sent again,
+ * with the same idempotency key.
  */
-export async function claimDueAutoTopUps(
+export async function claimDueAutoTopUp(
   db: Kysely<Database>,
-  limit: number,
   leaseSeconds: number,
-): Promise<AutoTopUpAttemptRow[]> {
+): Promise<AutoTopUpAttemptRow | undefined> {
   const { rows } = await sql<AutoTopUpAttemptRow>`
     update credits.auto_top_up_attempts t
        set tries = t.tries + 1,
            next_attempt_at = now() + make_interval(secs => ${leaseSeconds}::float8),
            updated_at = now()
-     where t.id in (select c.id from credits.auto_top_up_attempts c
-                     where c.status = 'pending' and c.next_attempt_at <= now()
-                     order by c.next_attempt_at
-                     limit ${limit}::int
-                     for update skip locked)
+     where t.id = (select c.id from credits.auto_top_up_attempts c
+                    where c.status = 'pending' and c.next_attempt_at <= now()
+                    order by c.next_attempt_at
+                    limit 1
+                    for update skip locked)
     returning t.*`.execute(db);
-  return rows;
+  return rows[0];
 }
 
 /** Locks one attempt (FOR UPDATE). */

@@ -86,6 +86,8 @@ export class TestStripeServer {
   /** Prices known to this account, by id (for Checkout line items that name a price). */
   readonly prices = new Map<string, { unit_amount: number; currency: string }>();
   private readonly idempotent = new Map<string, { fingerprint: string; status: number; body: Json }>();
+  /** While held (hold()), requests wait here unanswered, as on a slow Stripe; release() answers them. */
+  private held: (() => void)[] | undefined;
   /** What each session's PaymentIntent will carry (payment_intent_data), created when the session is paid. */
   private readonly sessionIntentData = new Map<string, Json>();
 
@@ -99,11 +101,32 @@ export class TestStripeServer {
     const server = createServer((req, res) => {
       const chunks: Buffer[] = [];
       req.on('data', (chunk: Buffer) => chunks.push(chunk));
-      req.on('end', () => instance?.handle(req, res, Buffer.concat(chunks).toString('utf8')));
+      req.on('end', () => {
+        const answer = () => instance?.handle(req, res, Buffer.concat(chunks).toString('utf8'));
+        if (instance?.held) instance.held.push(answer);
+        else answer();
+      });
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     instance = new TestStripeServer(server);
     return instance;
+  }
+
+  /** Requests from now on wait unanswered (and unrecorded) until release(). */
+  hold(): void {
+    this.held ??= [];
+  }
+
+  /** Answers the held requests, in arrival order, and answers at once again. */
+  release(): void {
+    const held = this.held ?? [];
+    this.held = undefined;
+    for (const answer of held) answer();
+  }
+
+  /** How many requests are waiting for release(). */
+  get heldCount(): number {
+    return this.held?.length ?? 0;
   }
 
   requestsTo(path: string): RecordedRequest[] {

@@ -2,7 +2,7 @@ import {
   type AutoTopUpAttemptRow,
   type AutoTopUpAttemptStatus,
   type AutoTopUpRow,
-  claimDueAutoTopUps,
+  claimDueAutoTopUp,
   claimStaleAutoTopUps,
   closeAutoTopUpAttempt,
   type Database,
@@ -36,8 +36,11 @@ import { AUTO_TOP_UP_PURPOSE, creditPaidIntent } from './webhook.ts';
 
 /** maxPerMonth when `setup` names none. */
 export const DEFAULT_MAX_PER_MONTH = 5;
-/** How long a claimed attempt is the worker's before another may send it again (same idempotency key). */
-const LEASE_SECONDS = 60;
+/**
+ * How long a claimed attempt is the worker's before another may send it again (same idempotency key): longer
+ * than its one Stripe call may take (client.ts: 3 tries of at most 20 s, with backoff between them).
+ */
+const LEASE_SECONDS = 120;
 /** How long a sent payment may await its webhook before the worker asks Stripe how it ended. */
 const STALE_PROCESSING_SECONDS = 600;
 
@@ -170,9 +173,12 @@ export async function runAutoTopUps(
   limit = 20,
 ): Promise<Record<string, AttemptResult>> {
   if (!deps.stripe) return {};
-  const claimed = await claimDueAutoTopUps(deps.db, limit, LEASE_SECONDS);
   const results: Record<string, AttemptResult> = {};
-  for (const attempt of claimed) {
+  // Claimed one at a time, each just before it is sent: its lease starts when its payment does (not behind
+  // the others of this pass), and what this worker has not reached yet is left to the other instances.
+  for (let n = 0; n < limit; n++) {
+    const attempt = await claimDueAutoTopUp(deps.db, LEASE_SECONDS);
+    if (!attempt) break;
     try {
       results[attempt.id] = await payAttempt(deps, deps.stripe, attempt);
     } catch (error) {
