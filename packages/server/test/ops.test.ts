@@ -609,10 +609,11 @@ describe('container image and compose file', () => {
       );
     const imported = new Set<string>();
     for (const file of [...sourceFiles('packages/server/src'), ...sourceFiles('packages/db/src')]) {
+      // Static imports and exports, and dynamic import('…') (PGlite is loaded only when embedded).
       for (const match of read(file).matchAll(
-        /^(?:import|export)\s+(?!type\s)[^;]*?\sfrom\s+'([^'.][^']*)'/gm,
+        /^(?:import|export)\s+(?!type\s)[^;]*?\sfrom\s+'([^'.][^']*)'|\bimport\('([^'.][^']*)'\)/gm,
       )) {
-        const specifier = match[1]!;
+        const specifier = (match[1] ?? match[2])!;
         if (specifier.startsWith('node:')) continue;
         imported.add(
           specifier
