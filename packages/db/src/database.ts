@@ -123,6 +123,18 @@ export interface PurchasesTable {
   unrecovered_credits: Int8Default;
   /** The package's validity when the purchase was made: its credits expire this many days after payment. */
   validity_days: ColumnType<number | null, number | null | undefined, never>;
+  /** The latest payment reported for it that did not match its price: received, not credited. */
+  unmatched_payment: ColumnType<UnmatchedPayment | null, never, string>;
+}
+
+/** A payment of a purchase whose amount or currency was not the purchase's price (webhook.ts). */
+export interface UnmatchedPayment {
+  amount: number | null;
+  currency: string | null;
+  paymentIntentId: string | null;
+  checkoutSessionId: string | null;
+  /** When it was reported (ISO 8601). */
+  receivedAt: string;
 }
 
 export type ReversalKind = 'refund' | 'dispute';

@@ -17,6 +17,7 @@ import * as lots from './migrations/2026_12_03_0800_lots.ts';
 import * as autoTopUp from './migrations/2026_12_03_0900_auto_top_up.ts';
 import * as refusals from './migrations/2026_12_03_1230_refusals.ts';
 import * as timeOrderedIds from './migrations/2026_12_03_1300_time_ordered_ids.ts';
+import * as unmatchedPayments from './migrations/2026_12_04_1000_unmatched_payments.ts';
 
 /** Every migration, by its dated name. Add new ones here; never edit one that has shipped. */
 export const migrations: Record<string, Migration> = {
@@ -37,6 +38,7 @@ export const migrations: Record<string, Migration> = {
   '2026_12_03_0900_auto_top_up': autoTopUp,
   '2026_12_03_1230_refusals': refusals,
   '2026_12_03_1300_time_ordered_ids': timeOrderedIds,
+  '2026_12_04_1000_unmatched_payments': unmatchedPayments,
 };
 
 /**

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { insertPendingPurchase } from '@mana-credits/db';
+import { insertPendingPurchase, recordUnmatchedPayment } from '@mana-credits/db';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SESSION_COOKIE } from '../src/http/admin/auth.ts';
@@ -139,6 +139,16 @@ describe('views', () => {
       stripeCustomerId: 'cus_test',
       validityDays: null,
     });
+    // A payment for it whose amount was not its price (what the Stripe webhook records; stripe.test.ts).
+    await server.deps.db.transaction().execute((trx) =>
+      recordUnmatchedPayment(trx, purchaseId, {
+        amount: 99,
+        currency: 'eur',
+        paymentIntentId: 'pi_unmatched',
+        checkoutSessionId: null,
+        receivedAt: new Date().toISOString(),
+      }),
+    );
 
     const response = await get(`/admin/users/${encodeURIComponent(user.id)}`);
     expect(response.statusCode).toBe(200);
@@ -154,6 +164,9 @@ describe('views', () => {
     expect(page).toMatch(/data-table="lots"[\s\S]*data-category="promotional"/);
     expect(page).toMatch(
       new RegExp(`data-table="purchases"[\\s\\S]*pending[\\s\\S]*500[\\s\\S]*${purchaseId}`),
+    );
+    expect(page).toMatch(
+      /data-field="unmatched-payment">paid 99 eur at <time[\s\S]*not credited: refund pi_unmatched/,
     );
     // No user string reaches the page as markup.
     expect(page).not.toContain('<script>window.__xss');

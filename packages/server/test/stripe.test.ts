@@ -542,11 +542,33 @@ describe('webhook: exactly once', () => {
     const object = (succeeded.data as { object: Record<string, unknown> }).object;
     const cheaper = stripe.event('payment_intent.succeeded', { ...object, amount: 99, amount_received: 99 });
     const dollars = stripe.event('payment_intent.succeeded', { ...object, currency: 'usd' });
+    const mismatches = async () =>
+      (await server.deps.metrics.webhookEvents.get()).values
+        .filter((value) => value.labels.outcome === 'amount_mismatch')
+        .reduce((sum, value) => sum + value.value, 0);
+    const before = await mismatches();
     expect((await deliver(cheaper)).status).toBe(200);
     expect((await deliver(dollars)).status).toBe(200);
     expect(await balanceOf(user.id)).toBe(0);
     expect((await purchaseRow(started.purchaseId)).status).toBe('pending');
     expect(await ledgerOf(user.id)).toEqual([]);
+    // Money in, nothing credited: counted apart, and kept on the purchase (the latest one) for the buyer to see.
+    expect((await mismatches()) - before).toBe(2);
+    const [listed] = (await client.credits.purchases.query()).items;
+    expect(listed).toMatchObject({
+      id: started.purchaseId,
+      status: 'pending',
+      unmatchedPayment: {
+        amount: 999,
+        currency: 'usd',
+        paymentIntentId: object.id,
+        checkoutSessionId: null,
+        receivedAt: expect.any(Date),
+      },
+    });
+    // The payment that matches still credits it.
+    expect((await deliver(succeeded)).status).toBe(200);
+    expect(await balanceOf(user.id)).toBe(100);
   });
 
   it('events that are not ours or of types we do not handle are acknowledged and change nothing', async () => {

@@ -1,5 +1,12 @@
 import { type Kysely, sql, type Transaction } from 'kysely';
-import type { Database, JsonObject, PurchaseRow, PurchaseStatus, ReversalKind } from '../database.ts';
+import type {
+  Database,
+  JsonObject,
+  PurchaseRow,
+  PurchaseStatus,
+  ReversalKind,
+  UnmatchedPayment,
+} from '../database.ts';
 import { newestFirst, type Page, type PageRequest } from './pagination.ts';
 
 // Stripe purchases, their refunds and disputes (reversals) and the webhook events applied to them. A purchase
@@ -51,6 +58,19 @@ export async function recordPurchaseStripeIds(
   ids: StripeIds,
 ): Promise<void> {
   await db.updateTable('credits.purchases').set(ids).where('id', '=', purchaseId).execute();
+}
+
+/** Keeps on a purchase the latest payment reported for it that did not match its price (not credited). */
+export async function recordUnmatchedPayment(
+  trx: Transaction<Database>,
+  purchaseId: string,
+  payment: UnmatchedPayment,
+): Promise<void> {
+  await trx
+    .updateTable('credits.purchases')
+    .set({ unmatched_payment: JSON.stringify(payment) })
+    .where('id', '=', purchaseId)
+    .execute();
 }
 
 /**

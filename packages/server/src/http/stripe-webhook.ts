@@ -107,7 +107,9 @@ export async function stripeWebhookRoutes(app: FastifyInstance): Promise<void> {
       }
       throw error;
     }
-    metrics.webhookEvents.inc({ type, outcome: outcome.result });
+    // A payment not credited for its amount is an outcome of its own: money in, nothing credited (alert on it).
+    const unmatched = outcome.result === 'ignored' && outcome.reason === AMOUNT_MISMATCH;
+    metrics.webhookEvents.inc({ type, outcome: unmatched ? 'amount_mismatch' : outcome.result });
     // Only an applied event moved credits (a redelivery is a duplicate): the purchase it credited, and what
     // it took back for refunds or disputes (also settled right after a late credit).
     if (outcome.result === 'applied') {
@@ -124,7 +126,7 @@ export async function stripeWebhookRoutes(app: FastifyInstance): Promise<void> {
       metrics.moved({ kind: 'clawed_back', amount: Number(details?.clawedBack ?? 0), app: 'stripe' });
     }
     const entry = { eventId: event.id, eventType: event.type, ...outcome };
-    if (outcome.result === 'ignored' && outcome.reason === AMOUNT_MISMATCH) {
+    if (unmatched) {
       request.log.error(entry, 'stripe payment not credited: amount mismatch');
     } else {
       request.log.info(entry, 'stripe event handled');

@@ -11,6 +11,7 @@ import {
   type PurchaseRow,
   recordPurchaseStripeIds,
   recordStripeEvent,
+  recordUnmatchedPayment,
   type StripeIdColumn,
   saveAutoTopUpCard,
   succeedAutoTopUpOfPurchase,
@@ -276,6 +277,14 @@ async function completePurchase(
   payment: Payment,
 ): Promise<WebhookOutcome> {
   if (payment.amount !== purchase.price_euro_cents || payment.currency?.toLowerCase() !== purchase.currency) {
+    // Money received for nothing we can credit: kept on the purchase, where the buyer and the operator see it.
+    await recordUnmatchedPayment(trx, purchase.id, {
+      amount: payment.amount,
+      currency: payment.currency,
+      paymentIntentId: payment.paymentIntentId,
+      checkoutSessionId: payment.checkoutSessionId,
+      receivedAt: new Date().toISOString(),
+    });
     return ignored(AMOUNT_MISMATCH, purchase.id, {
       expected: { amount: purchase.price_euro_cents, currency: purchase.currency },
       paid: { amount: payment.amount, currency: payment.currency },

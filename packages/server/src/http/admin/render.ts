@@ -38,6 +38,14 @@ const json = (value: unknown) =>
 
 const num = (value: number | null | undefined) => (value === null || value === undefined ? '—' : value);
 
+type UnmatchedPayment = UserOverview['purchases'][number]['unmatchedPayment'];
+
+/** A payment received for a purchase and not credited (its amount or currency was not the price). */
+const unmatched = (payment: UnmatchedPayment) =>
+  payment
+    ? html`<br><span class="error" data-field="unmatched-payment">paid ${num(payment.amount)} ${payment.currency ?? '?'} at ${time(payment.receivedAt)}, not credited: refund ${payment.paymentIntentId ?? payment.checkoutSessionId ?? 'it'} in Stripe or grant by hand</span>`
+    : '';
+
 const userLink = (userId: string) => html`<a href="${adminPath(['users', userId])}">${userId}</a>`;
 const guildLink = (guildId: string) => html`<a href="${adminPath(['guilds', guildId])}">${guildId}</a>`;
 
@@ -320,7 +328,7 @@ ${
 ${view.purchases.map(
   (
     purchase,
-  ) => html`<tr><td>${time(purchase.createdAt)}</td><td>${purchase.status}</td><td class="num">${purchase.credits}</td>
+  ) => html`<tr><td>${time(purchase.createdAt)}</td><td>${purchase.status}${unmatched(purchase.unmatchedPayment)}</td><td class="num">${purchase.credits}</td>
 <td class="num">${purchase.priceEuroCents} ${purchase.currency}</td><td>${time(purchase.completedAt)}</td>
 <td class="num">${purchase.clawedBackCredits}${purchase.unrecoveredCredits ? html` (${purchase.unrecoveredCredits} unrecovered)` : ''}</td><td class="mono">${purchase.id}</td></tr>`,
 )}</tbody></table>`

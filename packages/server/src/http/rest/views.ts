@@ -125,6 +125,18 @@ export const purchaseView = purchaseState.extend({
   currency: z.string(),
   clawedBackCredits: credits,
   unrecoveredCredits: credits,
+  unmatchedPayment: z
+    .object({
+      amount: z.int().nullable().describe('What was paid, in the smallest unit of `currency`'),
+      currency: z.string().nullable(),
+      paymentIntentId: z.string().nullable(),
+      checkoutSessionId: z.string().nullable(),
+      receivedAt: timestamp,
+    })
+    .nullable()
+    .describe(
+      'The latest payment Stripe reported for this purchase whose amount or currency was not its price: received and not credited (an operator refunds it or grants the credits)',
+    ),
 });
 
 export const purchasePage = page(purchaseView);
