@@ -7,6 +7,7 @@ import type {
   ReversalKind,
   UnmatchedPayment,
 } from '../database.ts';
+import { systemKeys } from '../system-keys.ts';
 import { newestFirst, type Page, type PageRequest } from './pagination.ts';
 
 // Stripe purchases, their refunds and disputes (reversals) and the webhook events applied to them. A purchase
@@ -214,6 +215,25 @@ export async function reversalTotals(
       from credits.purchase_reversals
      where purchase_id = ${purchaseId}::uuid`.execute(trx);
   return { claimed: rows[0]?.claimed ?? 0, returnedCents: rows[0]?.returned_cents ?? 0 };
+}
+
+/**
+ * Credits of a purchase that expired unspent: what expired from the lot its credit made (found through the
+ * purchase's credit ledger row, which names that lot). Expiry already took them from the buyer.
+ */
+export async function expiredPurchaseCredits(
+  trx: Transaction<Database>,
+  userId: string,
+  purchaseId: string,
+): Promise<number> {
+  const { rows } = await sql<{ expired: number }>`
+    select coalesce(sum(l.expired), 0)::int8 as expired
+      from credits.transactions t
+      join credits.lots l on l.id = any(t.lot_ids)
+     where t.user_id = ${userId} and t.idempotency_key = ${systemKeys.purchaseCredit(purchaseId)}`.execute(
+    trx,
+  );
+  return rows[0]?.expired ?? 0;
 }
 
 export interface NewReversal {

@@ -2,6 +2,7 @@ import {
   claimedReversalCredits,
   type Database,
   debitBalance,
+  expiredPurchaseCredits,
   getPurchaseSettlement,
   insertReversal,
   lockBalance,
@@ -109,11 +110,16 @@ export async function settleReversals(
   const price = purchase.price_euro_cents;
   const byMoney = price > 0 ? creditShare(purchase.credits, Math.min(returnedCents, price), price) : 0;
   const owed = Math.min(Math.max(claimed, byMoney), purchase.credits);
-  const outstanding = owed - purchase.clawed_back_credits - purchase.unrecovered_credits;
-  if (outstanding <= 0) return { clawedBack: 0, unrecovered: 0 };
+  const settled = purchase.clawed_back_credits + purchase.unrecovered_credits;
+  if (owed - settled <= 0) return { clawedBack: 0, unrecovered: 0 };
 
-  // Credits whose time is up are not there to take back: their expiry is posted first.
+  // Credits whose time is up are not there to take back: their expiry is posted first. What of this
+  // purchase's own credits expired unspent was taken from the buyer already and counts toward what is owed:
+  // a refund of credits that expired does not take the buyer's other credits instead.
   await expireAccountLots(trx, 'user', purchase.user_id);
+  const expired = await expiredPurchaseCredits(trx, purchase.user_id, purchaseId);
+  const outstanding = owed - expired - settled;
+  if (outstanding <= 0) return { clawedBack: 0, unrecovered: 0 };
   const account = await lockBalance(trx, purchase.user_id);
   const spendable = account ? account.balance - account.reserved : 0;
   const clawedBack = Math.min(outstanding, spendable);
