@@ -772,63 +772,50 @@ describe('webhook: refunds and disputes', () => {
     expect(await balanceOf(user.id)).toBe(0);
   });
 
-  it('credits of the purchase that expired unspent count as taken back: a refund does not take other credits instead', async () => {
+  /**
+   * A purchase of 100 credits (1000 cents, 30 days of validity) of which `used` are spent, 50 granted credits
+   * that never expire, then the purchase's lot runs out (30 days later: backdated here).
+   */
+  async function expiredPurchase(used: number) {
     const pack = await createPackage({ credits: 100, priceEuroCents: 1000, validityDays: 30 });
     const { user, client } = await buyer();
     const { started, charge } = await completedPurchase(client, pack.id);
+    if (used > 0) await client.credits.use.mutate({ amount: used, appId: 'chat', description: 'used some' });
     await server.internalClient().internal.credits.grant.mutate({
       userId: user.id,
       amount: 50,
       reason: 'other credits, never expiring',
       idempotencyKey: randomUUID(),
     });
-    // The purchase's lot runs out unspent (30 days later, backdated here).
     await sql`update credits.lots set expires_at = now() - interval '1 second'
                where account_id = ${user.id} and source = 'purchase'`.execute(server.deps.db);
     await sql`update credits.balances set next_lot_expiry = now() - interval '1 second'
                where user_id = ${user.id}`.execute(server.deps.db);
+    const refund = (cents: number) =>
+      deliver(stripe.event('charge.refunded', stripe.refundCharge(charge.id as string, cents)));
+    return { user, purchaseId: started.purchaseId, refund };
+  }
 
+  it('credits of the purchase that expired unspent count as taken back: a refund does not take other credits instead', async () => {
+    const { user, purchaseId, refund } = await expiredPurchase(0);
     // A refund of half the money: its 50 credits expired already (with the other 50).
-    const half = stripe.event('charge.refunded', stripe.refundCharge(charge.id as string, 500));
-    expect((await deliver(half)).status).toBe(200);
+    expect((await refund(500)).status).toBe(200);
     expect(await balanceOf(user.id)).toBe(50);
-    // The rest of the money: all 100 credits expired; the 50 granted ones stay the buyer's.
-    const all = stripe.event('charge.refunded', stripe.refundCharge(charge.id as string, 500)); // cumulative 1000
-    expect((await deliver(all)).status).toBe(200);
+    // The rest of the money (cumulative 1000): all 100 credits expired; the 50 granted ones stay the buyer's.
+    expect((await refund(500)).status).toBe(200);
     expect(await balanceOf(user.id)).toBe(50);
-    expect(await purchaseRow(started.purchaseId)).toMatchObject({
-      clawed_back_credits: 0,
-      unrecovered_credits: 0,
-    });
+    expect(await purchaseRow(purchaseId)).toMatchObject({ clawed_back_credits: 0, unrecovered_credits: 0 });
     const types = (await ledgerOf(user.id)).map((row) => row.type);
     expect(types).toContain('expiry');
     expect(types).not.toContain('clawback');
   });
 
   it('a refund after part of the purchase expired takes back only the part that did not', async () => {
-    const pack = await createPackage({ credits: 100, priceEuroCents: 1000, validityDays: 30 });
-    const { user, client } = await buyer();
-    const { started, charge } = await completedPurchase(client, pack.id);
-    await client.credits.use.mutate({ amount: 40, appId: 'chat', description: 'used some' });
-    await server.internalClient().internal.credits.grant.mutate({
-      userId: user.id,
-      amount: 50,
-      reason: 'other credits, never expiring',
-      idempotencyKey: randomUUID(),
-    });
-    await sql`update credits.lots set expires_at = now() - interval '1 second'
-               where account_id = ${user.id} and source = 'purchase'`.execute(server.deps.db);
-    await sql`update credits.balances set next_lot_expiry = now() - interval '1 second'
-               where user_id = ${user.id}`.execute(server.deps.db);
-
+    const { user, purchaseId, refund } = await expiredPurchase(40);
     // 60 expired unspent; the 40 used are owed back, from the granted credits.
-    const all = stripe.event('charge.refunded', stripe.refundCharge(charge.id as string, 1000));
-    expect((await deliver(all)).status).toBe(200);
+    expect((await refund(1000)).status).toBe(200);
     expect(await balanceOf(user.id)).toBe(10);
-    expect(await purchaseRow(started.purchaseId)).toMatchObject({
-      clawed_back_credits: 40,
-      unrecovered_credits: 0,
-    });
+    expect(await purchaseRow(purchaseId)).toMatchObject({ clawed_back_credits: 40, unrecovered_credits: 0 });
   });
 
   it('a dispute claws back the disputed share once, even when Stripe sends it again', async () => {
