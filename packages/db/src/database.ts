@@ -342,6 +342,13 @@ export interface AdminActionsTable {
   created_at: Timestamp;
 }
 
+/** An operator action's key, claimed with its request's fingerprint before it runs (2026_12_04_1100). */
+export interface AdminActionClaimsTable {
+  idempotency_key: string;
+  request_hash: string;
+  created_at: Timestamp;
+}
+
 /** One event of the outbox (issue 16); see migrations/2026_12_03_0500_events.ts. */
 export interface EventsTable {
   id: Generated<string>;
@@ -426,6 +433,7 @@ export interface Database {
   'gifts.gift_redemptions': GiftRedemptionsTable;
   'gifts.rate_limits': RateLimitsTable;
   'credits.admin_actions': AdminActionsTable;
+  'credits.admin_action_claims': AdminActionClaimsTable;
   'credits.events': EventsTable;
   'credits.alert_settings': AlertSettingsTable;
   'credits.event_settings': EventSettingsTable;

@@ -21,6 +21,8 @@ export const systemKeys = {
   giftRedemption: (giftId: string, portion: number) => systemKey('gift-redeem', giftId, portion),
   /** The return of a gift's unclaimed escrow (cancel or expiry): once per gift. */
   giftRefund: (giftId: string) => systemKey('gift-refund', giftId),
+  /** What an operator's console action posts (a grant, a refund): once per form nonce. */
+  adminAction: (nonce: string) => systemKey('admin', nonce),
 } as const;
 
 export function isSystemKey(key: string | null | undefined): boolean {

@@ -592,3 +592,144 @@ describe('actions', () => {
     expect(log).toContain('token:ops-script');
   });
 });
+
+describe('one nonce, many submits', () => {
+  const newNonce = () => `nonce-${randomUUID()}`;
+  const auditRowsOf = (nonce: string) =>
+    server.deps.db
+      .selectFrom('credits.admin_actions')
+      .selectAll()
+      .where('idempotency_key', '=', `admin:${nonce}`)
+      .execute();
+  const adminGrantsOf = (userIds: string[]) =>
+    server.deps.db
+      .selectFrom('credits.transactions')
+      .select('user_id')
+      .where('user_id', 'in', userIds)
+      .where('type', '=', 'grant')
+      .where('app_id', '=', 'admin-console')
+      .execute();
+  const hold = async (userId: string, amount: number) =>
+    (
+      await internal().internal.credits.reserve.mutate({
+        userId,
+        amount,
+        appId: 'hold-app',
+        description: 'stuck',
+        idempotencyKey: `hold-${randomUUID()}`,
+      })
+    ).reservationId;
+
+  it('sent at once to grant eight users: one grant, audited; the others are a CONFLICT and move nothing', async () => {
+    const users = await Promise.all(Array.from({ length: 8 }, () => server.fundedUser(10)));
+    const nonce = newNonce();
+    const answers = await Promise.all(
+      users.map((user) =>
+        bearerPost(`/admin/users/${user.id}/grant`, { amount: 5, reason: 'goodwill', nonce }),
+      ),
+    );
+    expect(answers.map((answer) => answer.statusCode).sort()).toEqual([200, ...Array(7).fill(409)]);
+    const granted = await adminGrantsOf(users.map((user) => user.id));
+    expect(granted).toHaveLength(1);
+    expect(await auditRowsOf(nonce)).toHaveLength(1);
+    const winner = users[answers.findIndex((answer) => answer.statusCode === 200)]!;
+    expect(granted[0]!.user_id).toBe(winner.id);
+  });
+
+  it('sent at once to release six holds: one released, audited', async () => {
+    const user = await server.fundedUser(100);
+    const holds = [];
+    for (let i = 0; i < 6; i++) holds.push(await hold(user.id, 10));
+    const nonce = newNonce();
+    const answers = await Promise.all(
+      holds.map((id) => bearerPost(`/admin/holds/${id}/release`, { reason: 'stuck', nonce })),
+    );
+    expect(answers.map((answer) => answer.statusCode).sort()).toEqual([200, ...Array(5).fill(409)]);
+    const statuses = await server.deps.db
+      .selectFrom('credits.reservations')
+      .select('status')
+      .where('id', 'in', holds)
+      .execute();
+    expect(statuses.filter((row) => row.status === 'released')).toHaveLength(1);
+    expect(await auditRowsOf(nonce)).toHaveLength(1);
+  });
+
+  it('reused later for another user or another action: a CONFLICT that moves nothing', async () => {
+    const a = await server.fundedUser(10);
+    const b = await server.fundedUser(10);
+    const nonce = newNonce();
+    expect(
+      (await bearerPost(`/admin/users/${a.id}/grant`, { amount: 5, reason: 'r', nonce })).statusCode,
+    ).toBe(200);
+    expect(
+      (await bearerPost(`/admin/users/${b.id}/grant`, { amount: 5, reason: 'r', nonce })).statusCode,
+    ).toBe(409);
+    const spent = await use(a.id, 3, 'x');
+    const refund = { transactionId: spent.transactionId, reason: 'r', nonce };
+    expect((await bearerPost(`/admin/users/${a.id}/refund`, refund)).statusCode).toBe(409);
+    const held = await hold(b.id, 4);
+    expect((await bearerPost(`/admin/holds/${held}/release`, { reason: 'r', nonce })).statusCode).toBe(409);
+    expect(await ledgerSum(server.deps.db, a.id)).toBe(12);
+    expect(await ledgerSum(server.deps.db, b.id)).toBe(10);
+    expect(await auditRowsOf(nonce)).toHaveLength(1);
+  });
+
+  it('a key a caller chose cannot take the nonce first: the console posts under a system key', async () => {
+    const user = await server.fundedUser(100);
+    const nonce = `ticket-${randomUUID()}`; // scripts choose their nonces (a support ticket, say)
+    await (await server.userClient(user)).credits.use.mutate({
+      amount: 1,
+      appId: 'any-app',
+      description: 'takes the key first',
+      idempotencyKey: `admin:${nonce}`,
+    });
+    const granted = await bearerPost(`/admin/users/${user.id}/grant`, {
+      amount: 50,
+      reason: 'make good',
+      nonce,
+    });
+    expect(granted.statusCode, granted.body).toBe(200);
+    expect(await ledgerSum(server.deps.db, user.id)).toBe(149);
+  });
+
+  it('hostile action input is a 4xx, never a 5xx', async () => {
+    const bodies: Record<string, unknown>[] = [
+      { amount: 5, reason: 'r\ud800', nonce: newNonce() },
+      { amount: 5, reason: 'r\u0000', nonce: newNonce() },
+      { amount: [5], reason: 'r', nonce: newNonce() },
+      { amount: 5, reason: ['r'], nonce: newNonce() },
+      { amount: 5, reason: 'x'.repeat(100_000), nonce: newNonce() },
+      { amount: 5, reason: 'r', nonce: `${newNonce()}\u0000` },
+      // A nonce cannot name a system key (U+001F) nor anything but [A-Za-z0-9_-].
+      { amount: 5, reason: 'r', nonce: `\u001fpurchase:${randomUUID()}` },
+      { amount: 5, reason: 'r', nonce: `a:${randomUUID()}` },
+      { amount: '1e3', reason: 'r', nonce: newNonce() },
+      { amount: 1e300, reason: 'r', nonce: newNonce() },
+    ];
+    for (const body of bodies) {
+      const response = await bearerPost('/admin/users/hostile-user/grant', body);
+      expect(response.statusCode, JSON.stringify(body).slice(0, 80)).toBe(400);
+    }
+    for (const dailyLimit of [-1, 1.5, 'abc', '1e3', Number.MAX_SAFE_INTEGER + 2, ['1']]) {
+      const response = await bearerPost('/admin/guilds/some-guild/limits', {
+        userId: 'someone',
+        dailyLimit,
+        monthlyLimit: null,
+        reason: 'r',
+        nonce: newNonce(),
+      });
+      expect(response.statusCode, String(dailyLimit)).toBe(400);
+    }
+    for (const url of [
+      '/admin/users/%ED%A0%80/grant',
+      '/admin/users/a%00b/grant',
+      `/admin/users/${'x'.repeat(300)}/grant`,
+      '/admin/holds/not-a-uuid/release',
+      '/admin/gifts/not-a-uuid/cancel',
+    ]) {
+      const response = await bearerPost(url, { amount: 5, reason: 'r', nonce: newNonce() });
+      expect(response.statusCode, url).toBeGreaterThanOrEqual(400);
+      expect(response.statusCode, url).toBeLessThan(500);
+    }
+  });
+});

@@ -229,6 +229,43 @@ export async function insertAdminAction(
     .executeTakeFirst();
 }
 
+/**
+ * Claims an action's key for the request with this fingerprint, or finds it claimed: returns the fingerprint
+ * the key is claimed for (this one when this call claimed it). Atomic by the primary key.
+ */
+export async function claimAdminActionKey(
+  db: Kysely<Database>,
+  idempotencyKey: string,
+  requestHash: string,
+): Promise<string> {
+  const claimed = await db
+    .insertInto('credits.admin_action_claims')
+    .values({ idempotency_key: idempotencyKey, request_hash: requestHash })
+    .onConflict((oc) => oc.column('idempotency_key').doNothing())
+    .returning('request_hash')
+    .executeTakeFirst();
+  if (claimed) return claimed.request_hash;
+  const { request_hash } = await db
+    .selectFrom('credits.admin_action_claims')
+    .select('request_hash')
+    .where('idempotency_key', '=', idempotencyKey)
+    .executeTakeFirstOrThrow();
+  return request_hash;
+}
+
+/** Gives up a claim whose action was refused (nothing done), so the key is free for a corrected request. */
+export async function releaseAdminActionKey(
+  db: Kysely<Database>,
+  idempotencyKey: string,
+  requestHash: string,
+): Promise<void> {
+  await db
+    .deleteFrom('credits.admin_action_claims')
+    .where('idempotency_key', '=', idempotencyKey)
+    .where('request_hash', '=', requestHash)
+    .execute();
+}
+
 export async function findAdminActionByKey(
   db: Kysely<Database>,
   idempotencyKey: string,

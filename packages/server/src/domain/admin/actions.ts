@@ -1,5 +1,6 @@
 import {
   type AdminActionRow,
+  claimAdminActionKey,
   type Database,
   findAdminActionByKey,
   findGift,
@@ -7,6 +8,8 @@ import {
   findReservation,
   insertAdminAction,
   type JsonObject,
+  releaseAdminActionKey,
+  systemKeys,
 } from '@mana-credits/db';
 import type { Kysely } from 'kysely';
 import { grantCredits, refundUsage } from '../credits/personal.ts';
@@ -16,6 +19,7 @@ import { cancelGift } from '../gifts/escrow.ts';
 import { applyMemberLimits } from '../guild/limits.ts';
 import type { MembershipClient } from '../guild/membership.ts';
 import { isReplayed, markReplayed, requestHash } from '../idempotency.ts';
+import { certainlyNotCommitted } from '../outcome.ts';
 
 // The operator console's actions (issue 18). Each calls the same domain function as the API — grantCredits,
 // refundUsage, cancelGift, releaseReservation, applyMemberLimits (the write of setMemberLimits) — and writes
@@ -57,8 +61,8 @@ export interface ActionOutcome {
 const NONCE = /^[A-Za-z0-9_-]{16,100}$/;
 const MAX_REASON = 500;
 
-/** The idempotency key of an action: the ledger key of what it posts and the audit row's key. */
-export const adminActionKey = (nonce: string) => `admin:${nonce}`;
+/** The audit row's key of an action (the ledger rows it posts carry systemKeys.adminAction of the nonce). */
+const adminActionKey = (nonce: string) => `admin:${nonce}`;
 
 const toOutcome = (row: AdminActionRow, replayed: boolean): ActionOutcome => ({
   id: row.id,
@@ -75,7 +79,7 @@ const toOutcome = (row: AdminActionRow, replayed: boolean): ActionOutcome => ({
 const fingerprint = (action: string, target: string, reason: string, request: JsonObject) =>
   requestHash(`admin.${action}`, { target, reason, request });
 
-function checkCall(call: ActionCall): { reason: string; key: string } {
+function checkCall(call: ActionCall): { reason: string; key: string; ledgerKey: string } {
   if (!NONCE.test(call.nonce)) {
     throw new InvalidRequestError('The form nonce is missing or malformed: reload the page', 'VALIDATION', {
       field: 'nonce',
@@ -92,14 +96,17 @@ function checkCall(call: ActionCall): { reason: string; key: string } {
       },
     );
   }
-  return { reason, key: adminActionKey(call.nonce) };
+  return { reason, key: adminActionKey(call.nonce), ledgerKey: systemKeys.adminAction(call.nonce) };
 }
 
 /**
  * Runs one audited action: a nonce seen before answers its first outcome (the same action on the same target
- * with the same request, else IDEMPOTENCY_CONFLICT); otherwise `perform` runs with the key and the metadata
- * note its ledger rows carry, and the outcome is recorded. `perform` must itself be idempotent by the key (the
- * domain functions are): after a crash between it and the audit insert, the retry replays it and records it.
+ * with the same request, else IDEMPOTENCY_CONFLICT). Otherwise the nonce is claimed for this request first —
+ * claimed for another one, it is a CONFLICT before anything is done, so two submits of one nonce on two
+ * targets at once act once; a refused action gives its claim up. Then `perform` runs with the ledger key (a
+ * system key: no caller can have taken it) and the metadata note its ledger rows carry, and the outcome is
+ * recorded. `perform` must itself be idempotent by the key or by its target (the domain functions are): after
+ * a crash between it and the audit insert, the retry replays it and records it.
  */
 async function audited(
   db: Kysely<Database>,
@@ -107,7 +114,7 @@ async function audited(
   spec: { action: AdminActionName; target: string; request: JsonObject },
   perform: (key: string, note: JsonObject) => Promise<JsonObject>,
 ): Promise<ActionOutcome> {
-  const { reason, key } = checkCall(call);
+  const { reason, key, ledgerKey } = checkCall(call);
   const hash = fingerprint(spec.action, spec.target, reason, spec.request);
   const replay = (row: AdminActionRow) => {
     if (fingerprint(row.action, row.target, row.reason, row.request) !== hash)
@@ -116,8 +123,16 @@ async function audited(
   };
   const first = await findAdminActionByKey(db, key);
   if (first) return replay(first);
+  if ((await claimAdminActionKey(db, key, hash)) !== hash) throw new IdempotencyConflictError();
   const note: JsonObject = { admin: { operator: call.operator, reason, action: spec.action, key } };
-  const result = await perform(key, note);
+  let result: JsonObject;
+  try {
+    result = await perform(ledgerKey, note);
+  } catch (error) {
+    // Refused (a domain error, rolled back): the nonce is free again for the corrected form.
+    if (certainlyNotCommitted(error)) await releaseAdminActionKey(db, key, hash);
+    throw error;
+  }
   const row = await insertAdminAction(db, {
     operator: call.operator,
     action: spec.action,
