@@ -5,6 +5,7 @@ import { expireDueAccountLots } from '../src/domain/credits/lots.ts';
 import { lotExpiryJob } from '../src/jobs/lot-expiry.ts';
 import { failure } from './helpers/errors.ts';
 import { expectHoldsConsistent, expectLedgerConsistent } from './helpers/invariants.ts';
+import { type GrantExtra, grantLot } from './helpers/lots.ts';
 import { type Answer, type CallOptions, restCaller } from './helpers/rest.ts';
 import { type Client, newUser, SERVICE_KEY, startTestServer, type TestServer } from './helpers/server.ts';
 import { TestStripeServer } from './helpers/stripe-server.ts';
@@ -49,26 +50,8 @@ afterAll(async () => {
 const internal = () => server.internalClient().internal.credits;
 const service = { serviceKey: SERVICE_KEY };
 
-type GrantExtra = {
-  expiresAt?: Date;
-  expiresInDays?: number;
-  category?: 'paid' | 'promotional';
-  priority?: number;
-};
-
-/** Grants `amount` credits in a lot of their own; returns the grant's answer and the lot it filled. */
-async function grant(userId: string, amount: number, extra: GrantExtra = {}) {
-  const granted = await internal().grant.mutate({
-    userId,
-    amount,
-    reason: 'lot test',
-    idempotencyKey: `grant-${randomUUID()}`,
-    ...extra,
-  });
-  const entry = await internal().transaction.query({ userId, transactionId: granted.transactionId });
-  expect(entry.lots).toHaveLength(1);
-  return { ...granted, lotId: entry.lots[0]!.lotId };
-}
+const grant = (userId: string, amount: number, extra: GrantExtra = {}) =>
+  grantLot(server, userId, amount, extra);
 
 async function lotsOf(userId: string, includeSpent?: boolean) {
   return (await internal().lots.query({ userId, ...(includeSpent === undefined ? {} : { includeSpent }) }))

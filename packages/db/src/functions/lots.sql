@@ -15,9 +15,11 @@
 -- before it in the order, which is the running sum of the free credits over the account's lots.
 -- The caller has checked the accounts (credits.covers), so their lots cover the amounts; if they do not,
 -- lots and balance disagree and the statement fails rather than write a ledger row without its lots.
--- The update finds each lot by the ctid the read found it at (one statement, one snapshot: a version updated
--- meanwhile is followed by the update's own recheck), not by a second descent of lots_pkey: a batch of
--- debits over many accounts would otherwise touch one more random index page per account.
+-- The update finds each lot by its id. (It used the ctid the read found it at, to save a descent of lots_pkey,
+-- but a lot row written meanwhile by a writer that does not take the account lock — the expiring-notice job
+-- setting expiry_noticed — has a new ctid, the update's recheck of the new version then fails `ctid = tid`,
+-- and the lot was silently not burned while the balance and the ledger row were written.) The statement
+-- also fails if any lot it took from was not written.
 create or replace function credits.burn_lots(p_kind text, p_accounts text[], p_amounts int8[], p_pin boolean)
 returns table (account_id text, lot_ids uuid[], lot_amounts int8[])
 language plpgsql as $$
@@ -27,14 +29,14 @@ begin
     with wanted as (
       select w.account_id, w.amount from unnest(p_accounts, p_amounts) as w(account_id, amount) where w.amount > 0
     ), runs as (
-      select l.id, l.ctid as tid, l.account_id, w.amount, l.remaining - l.pinned as free,
+      select l.id, l.account_id, w.amount, l.remaining - l.pinned as free,
              (sum(l.remaining - l.pinned) over burn)::int8 as upto, row_number() over burn as k
         from wanted w
         join credits.lots l on l.account_kind = p_kind and l.account_id = w.account_id
        where not l.spent and l.remaining > l.pinned and (l.expires_at is null or l.expires_at > now())
       window burn as (partition by l.account_id order by l.priority, l.expires_at, l.created_at, l.id)
     ), taken as (
-      select r.id, r.tid, r.account_id, r.k, least(r.free, r.amount - (r.upto - r.free)) as amount
+      select r.id, r.account_id, r.k, least(r.free, r.amount - (r.upto - r.free)) as amount
         from runs r
        where r.upto - r.free < r.amount
     ), written as (
@@ -42,16 +44,21 @@ begin
          set remaining = l.remaining - case when p_pin then 0 else t.amount end,
              pinned = l.pinned + case when p_pin then t.amount else 0 end
         from taken t
-       where l.ctid = t.tid and l.id = t.id
+       where l.id = t.id
+      returning l.account_id, t.amount
+    ), wrote as (
+      select x.account_id, sum(x.amount) as amount from written x group by x.account_id
     )
     select w.account_id, t.lot_ids, t.lot_amounts
       from wanted w
       left join (select t.account_id, array_agg(t.id order by t.k) as lot_ids,
                         array_agg(t.amount order by t.k) as lot_amounts, sum(t.amount) as took
                    from taken t group by t.account_id) t on t.account_id = w.account_id
-     -- the PL/pgSQL call only when it fails (a call per account cost more than the check)
-     where case when coalesce(t.took, 0) >= w.amount then true
-                else credits.lots_cover(p_kind, w.account_id, w.amount, coalesce(t.took, 0)) end;
+      left join wrote x on x.account_id = w.account_id
+     -- the PL/pgSQL call only when it fails (a call per account cost more than the check): the lots must cover
+     -- the amount, and every credit taken must have been written
+     where case when coalesce(x.amount, 0) >= w.amount then true
+                else credits.lots_cover(p_kind, w.account_id, w.amount, coalesce(x.amount, 0)) end;
 end
 $$;
 

@@ -24,7 +24,8 @@ export async function getBalance(db: Kysely<Database>, userId: string): Promise<
     total_spent: number;
     updated_at: Date;
   }>`
-    select b.balance - ${lapsedLots('user', sql`b.user_id`, sql`b.next_lot_expiry`)} as balance,
+    select b.balance - ${lapsedLots('user', sql`b.user_id`, sql`b.next_lot_expiry`)}
+             - ${lapsedHeldLots(sql`r.user_id = b.user_id and r.organization_id is null`)} as balance,
            b.reserved - ${lapsedHolds(sql`r.user_id = b.user_id and r.organization_id is null`)} as reserved,
            b.total_earned, b.total_spent, b.updated_at
       from credits.balances b
@@ -44,6 +45,17 @@ export async function getBalance(db: Kysely<Database>, userId: string): Promise<
 export function lapsedHolds(where: RawBuilder<boolean>): RawBuilder<number> {
   return sql<number>`(select coalesce(sum(r.amount), 0)::int8 from credits.reservations r
                         where ${where} and r.status = 'open' and r.expires_at <= now())`;
+}
+
+/**
+ * Σ of what the open holds matching `where` whose time is up pinned in lots whose time is up too: returned
+ * with the hold, those credits expire at once (owned no longer). Costs one index probe when no hold lapsed.
+ */
+export function lapsedHeldLots(where: RawBuilder<boolean>): RawBuilder<number> {
+  return sql<number>`(select coalesce(sum(h.amount), 0)::int8 from credits.reservations r
+                        cross join lateral unnest(r.lot_ids, r.lot_amounts) as h(lot_id, amount)
+                        join credits.lots l on l.id = h.lot_id
+                       where ${where} and r.status = 'open' and r.expires_at <= now() and l.expires_at <= now())`;
 }
 
 /**

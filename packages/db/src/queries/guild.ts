@@ -1,6 +1,6 @@
 import { type Kysely, sql, type Transaction } from 'kysely';
 import type { Database, GuildLedgerRow, GuildLedgerType, GuildPoolRow } from '../database.ts';
-import { lapsedHolds, lapsedLots } from './balances.ts';
+import { lapsedHeldLots, lapsedHolds, lapsedLots } from './balances.ts';
 import { type LedgerFilter, ledgerFilterConditions } from './ledger-filter.ts';
 import {
   type GuildRow,
@@ -48,9 +48,8 @@ export async function findGuildPool(
   return db
     .selectFrom('credits.guild_pools as p')
     .select(
-      sql<number>`p.balance - ${lapsedLots('guild', sql`p.organization_id`, sql`p.next_lot_expiry`)}`.as(
-        'balance',
-      ),
+      sql<number>`p.balance - ${lapsedLots('guild', sql`p.organization_id`, sql`p.next_lot_expiry`)}
+                   - ${lapsedHeldLots(sql`r.organization_id = p.organization_id`)}`.as('balance'),
     )
     .select([
       'organization_id',

@@ -183,7 +183,7 @@ export async function commitReservation(db: Kysely<Database>, input: CommitInput
     }
     if (reservation.status !== 'open') return { refused: reservation.status };
     if (reservation.lapsed) {
-      await settleHold(trx, reservation, releaseHold(trx, reservation, 'expired'));
+      await settleHold(trx, reservation, () => releaseHold(trx, reservation, 'expired'));
       return { refused: 'expired', expired: true };
     }
     const amount = input.amount ?? reservation.amount;
@@ -202,9 +202,7 @@ export async function commitReservation(db: Kysely<Database>, input: CommitInput
     };
     // The hold already counted against the member's limits, so a pool commit checks none again.
     const { organization_id: guildId } = reservation;
-    const posted = await settleHold(
-      trx,
-      reservation,
+    const posted = await settleHold(trx, reservation, () =>
       guildId === null
         ? commitHold(trx, reservation, commit)
         : commitPoolHold(trx, { ...reservation, organization_id: guildId }, commit),
@@ -225,17 +223,20 @@ export async function commitReservation(db: Kysely<Database>, input: CommitInput
 }
 
 /**
- * Waits for a commit or release of `reservation` and, if a lot it had pinned has lapsed meanwhile, expires
- * what that freed (the pinned part outlived the lot only while the hold was open). In the same transaction.
+ * Commits or releases `reservation` (`settle`) between two expiries of the account's lapsed lots, in the same
+ * transaction: the lots that lapsed elsewhere in the account first, so the balance the settlement writes on
+ * its ledger row and answers never counts them; then, if a lot the hold had pinned has lapsed meanwhile, what
+ * the settlement freed of it (the pinned part outlived the lot only while the hold was open).
  */
 async function settleHold<T extends { lotsLapsed: boolean; available: number; transactionId?: string }>(
   trx: Transaction<Database>,
   reservation: ReservationRow,
-  settlement: Promise<T>,
+  settle: () => Promise<T>,
 ): Promise<T> {
-  const settled = await settlement;
-  if (!settled.lotsLapsed) return settled;
   const [kind, account] = accountOf(reservation);
+  await expireAccountLots(trx, kind, account);
+  const settled = await settle();
+  if (!settled.lotsLapsed) return settled;
   const expired = await expireAccountLots(trx, kind, account, settled.transactionId);
   return { ...settled, available: settled.available - expired };
 }
@@ -269,9 +270,7 @@ export async function releaseReservation(
     if (!reservation) throw new NotFoundError('Reservation', 'RESERVATION_NOT_FOUND');
     if (reservation.status === 'committed') return { refused: reservation.status };
     if (reservation.status === 'open') {
-      const { available } = await settleHold(
-        trx,
-        reservation,
+      const { available } = await settleHold(trx, reservation, () =>
         releaseHold(trx, reservation, reservation.lapsed ? 'expired' : 'released'),
       );
       return { result: { released: reservation.amount, balance: available } };

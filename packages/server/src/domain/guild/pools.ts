@@ -21,7 +21,7 @@ import { usageFields } from '../credits/personal.ts';
 import { InvalidCursorError, PreconditionFailedError } from '../errors.ts';
 import { guildKeys, isReplayed, markReplayed, requestHash, withIdempotency } from '../idempotency.ts';
 import { spendingTransaction } from '../refusals.ts';
-import { lockPersonalBalance, spendPersonal, spendPool } from '../spending.ts';
+import { expireAccountLots, lockPersonalBalance, spendPersonal, spendPool } from '../spending.ts';
 import { poolNotFound } from './limits.ts';
 import {
   type PoolUseResult,
@@ -124,6 +124,9 @@ export async function fundPool(deps: GuildDeps, actorId: string, input: FundInpu
               claim,
             ),
         );
+        // Lapsed pool lots are expired first (check on access, as a personal credit does), so the pool balance
+        // this funding answers and writes on its ledger row never counts credits whose time is up.
+        await expireAccountLots(trx, 'guild', input.guildId);
         // The pool gets the funder's credits as they were: one lot per lot portion the debit took, with its
         // expiry, category and priority (moving never makes credits last longer or count as paid).
         const pooled = await creditGuildPool(

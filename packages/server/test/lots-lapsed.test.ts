@@ -1,0 +1,298 @@
+import { randomUUID } from 'node:crypto';
+import { runReconcileChecks } from '@mana-credits/db';
+import { sql } from 'kysely';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { expectHoldsConsistent, expectLedgerConsistent } from './helpers/invariants.ts';
+import { type GrantExtra, grantLot } from './helpers/lots.ts';
+import { newUser, startTestServer, type TestServer } from './helpers/server.ts';
+import { whileAnotherSession } from './helpers/sessions.ts';
+
+// Lots whose time is up while other things happen: answers that must not count expired credits (commit and
+// release next to a lapsed lot, reads while a lapsed hold pins a lapsed lot, funding a pool with a lapsed lot),
+// the expiring-notice job writing a lot a debit or a hold is waiting to burn, and sweeps racing everything.
+// Lots are backdated with SQL as lots.test.ts does (expires_at on the lot, next_lot_expiry on the account);
+// every sweep is off so that only the calls below move credits. Found by a review of the lot paths.
+
+let server: TestServer;
+
+beforeAll(async () => {
+  server = await startTestServer(
+    {
+      LOT_EXPIRY_SWEEP_SECONDS: '0',
+      RESERVATION_SWEEP_SECONDS: '3600',
+      GIFT_EXPIRY_SWEEP_SECONDS: '0',
+    },
+    { transport: 'in-process' },
+  );
+});
+afterAll(async () => {
+  await server?.close();
+});
+
+const internal = () => server.internalClient().internal.credits;
+
+const grant = (userId: string, amount: number, extra: GrantExtra = {}) =>
+  grantLot(server, userId, amount, extra);
+
+const use = (userId: string, amount: number) =>
+  internal().use.mutate({ userId, amount, appId: 'lots-app', description: 'a use' });
+
+const reserve = (userId: string, amount: number) =>
+  internal().reserve.mutate({
+    userId,
+    amount,
+    appId: 'lots-app',
+    description: 'a hold',
+    idempotencyKey: randomUUID(),
+  });
+
+/** Makes a lot's time pass: the lot and its account's next_lot_expiry lie one second in the past. */
+async function lapseLot(lotId: string) {
+  await sql`update credits.lots set expires_at = now() - interval '1 second' where id = ${lotId}::uuid`.execute(
+    server.deps.db,
+  );
+  await sql`update credits.balances b set next_lot_expiry = least(b.next_lot_expiry, now() - interval '1 second')
+             from credits.lots l where l.id = ${lotId}::uuid and l.account_kind = 'user' and b.user_id = l.account_id`.execute(
+    server.deps.db,
+  );
+  await sql`update credits.guild_pools p set next_lot_expiry = least(p.next_lot_expiry, now() - interval '1 second')
+             from credits.lots l where l.id = ${lotId}::uuid and l.account_kind = 'guild' and p.organization_id = l.account_id`.execute(
+    server.deps.db,
+  );
+}
+
+async function lapseHold(reservationId: string) {
+  await sql`update credits.reservations set expires_at = now() - interval '1 second' where id = ${reservationId}::uuid`.execute(
+    server.deps.db,
+  );
+}
+
+/** Every reconcile check (ledger = balance, lots = balance, pins = reserved, lot ledger, no spend after expiry). */
+async function expectReconciled() {
+  const { checks } = await runReconcileChecks(server.deps.db, 5);
+  expect(checks.filter((check) => check.violations > 0)).toEqual([]);
+}
+
+/** What a user can really spend now: the balance after posting every lapsed lot and hold. */
+async function spendableAfterExpiry(userId: string) {
+  await sql`select credits.release_expired_holds(${userId}, 1000)`.execute(server.deps.db);
+  await sql`select credits.expire_lots('user', ${userId})`.execute(server.deps.db);
+  const { rows } = await sql<{ available: number }>`
+    select (balance - reserved)::int8 as available from credits.balances where user_id = ${userId}`.execute(
+    server.deps.db,
+  );
+  return Number(rows[0]!.available);
+}
+
+describe('answers never count expired credits', () => {
+  it('release of a hold answers the balance without an unrelated lapsed lot', async () => {
+    const user = newUser();
+    await grant(user.id, 100); // never expires
+    const hold = await reserve(user.id, 30); // pins the never-expiring lot
+    const lapsing = await grant(user.id, 50, { expiresInDays: 5 });
+    await lapseLot(lapsing.lotId);
+    const released = await internal().release.mutate({ reservationId: hold.reservationId });
+    // 100 never-expiring credits are all there is to spend: the 50 of the lapsed lot are gone.
+    expect(released.balance).toBe(100);
+    expect((await internal().balance.query({ userId: user.id })).balance).toBe(100);
+    await expectReconciled();
+  });
+
+  it('commit of a hold answers the balance without an unrelated lapsed lot', async () => {
+    const user = newUser();
+    await grant(user.id, 100);
+    const hold = await reserve(user.id, 30);
+    const lapsing = await grant(user.id, 50, { expiresInDays: 5 });
+    await lapseLot(lapsing.lotId);
+    const committed = await internal().commit.mutate({ reservationId: hold.reservationId, amount: 10 });
+    expect(committed.balance).toBe(90);
+    expect((await internal().balance.query({ userId: user.id })).balance).toBe(90);
+    await expectReconciled();
+  });
+
+  it('credits.balance does not count the pinned credits of a lapsed lot once their hold has lapsed too', async () => {
+    const user = newUser();
+    await grant(user.id, 20); // never expires
+    const lapsing = await grant(user.id, 50, { expiresInDays: 5, priority: 0 });
+    const hold = await reserve(user.id, 50); // pins the 50 of the expiring lot (priority 0 burns first)
+    await lapseLot(lapsing.lotId);
+    await lapseHold(hold.reservationId);
+    const read = await internal().balance.query({ userId: user.id });
+    // Returning the hold frees 50 credits of a lapsed lot: they expire at once. Only 20 are spendable.
+    expect(read.balance).toBe(20);
+    expect(await spendableAfterExpiry(user.id)).toBe(20);
+    await expectReconciled();
+  });
+});
+
+// The notice job's statement (credits.notice_expiring_lots) runs in another session and holds the lot rows it
+// flagged while a debit or a hold of the same lot waits for them; then it commits. Postgres only (two sessions).
+const whileNoticing = <T>(work: () => Promise<T>) =>
+  whileAnotherSession(
+    server.database.url!,
+    ['select credits.notice_expiring_lots(30, 500)'],
+    () => {
+      server.httpForThisTest();
+      return work();
+    },
+    ['select 1'],
+  );
+
+describe.skipIf(!process.env.DATABASE_URL)('the expiring-notice job racing a burn (Postgres only)', () => {
+  it('a debit that waits for a lot the notice job is flagging still burns that lot', async () => {
+    const user = newUser();
+    // A lot expiring within EXPIRY_NOTICE_DAYS, not noticed yet; the debit will burn it (priority 0).
+    const lot = await grant(user.id, 50, { expiresInDays: 3, priority: 0 });
+    await grant(user.id, 50);
+    const spent = await whileNoticing(() => use(user.id, 20));
+    expect(spent.balance).toBe(80);
+    const { rows } = await sql<{ remaining: number }>`
+      select remaining from credits.lots where id = ${lot.lotId}::uuid`.execute(server.deps.db);
+    // The 20 used came from this lot (the ledger row names it): it must have 30 left.
+    expect(Number(rows[0]!.remaining)).toBe(30);
+    await expectReconciled();
+  });
+
+  it('a hold that waits for a lot the notice job is flagging pins it, and its commit succeeds', async () => {
+    const user = newUser();
+    const lot = await grant(user.id, 50, { expiresInDays: 3, priority: 0 });
+    await grant(user.id, 50);
+    const hold = await whileNoticing(() => reserve(user.id, 20));
+    const { rows } = await sql<{ pinned: number }>`
+      select pinned from credits.lots where id = ${lot.lotId}::uuid`.execute(server.deps.db);
+    const pinned = Number(rows[0]!.pinned);
+    // The commit unpins what the hold names: with the pin lost, pinned would go below zero.
+    const commit = await internal()
+      .commit.mutate({ reservationId: hold.reservationId, amount: 20 })
+      .then((answer) => ({ balance: answer.balance }))
+      .catch((error: { data?: { code?: string; httpStatus?: number } }) => ({ error: error.data }));
+    expect({ pinned, commit }).toEqual({ pinned: 20, commit: { balance: 80 } });
+    await expectReconciled();
+  });
+});
+
+describe('pools: answers never count expired credits', () => {
+  it('guild.fund answers the pool balance without a lapsed pool lot', async () => {
+    const owner = newUser();
+    const guildId = `guild-${randomUUID()}`;
+    server.auth.setRole(guildId, owner.id, 'owner');
+    await server.internalClient().internal.guildPool.init.mutate({ guildId });
+    await grant(owner.id, 30, { expiresInDays: 5, priority: 0 });
+    await grant(owner.id, 100);
+    const ownerClient = await server.userClient(owner);
+    await ownerClient.guild.fund.mutate({ guildId, amount: 30 }); // the pool's lot mirrors the expiring one
+    const [poolLot] = (await ownerClient.guild.lots.query({ guildId })).items;
+    await lapseLot(poolLot!.id);
+    expect((await ownerClient.guild.balance.query({ guildId })).balance).toBe(0);
+    const funded = await ownerClient.guild.fund.mutate({ guildId, amount: 10 });
+    // 10 spendable in the pool: the 30 of the lapsed lot are gone.
+    expect(funded.poolBalance).toBe(10);
+    expect((await ownerClient.guild.balance.query({ guildId })).balance).toBe(10);
+    await expectReconciled();
+  });
+
+  it('guild.balance does not count the pinned credits of a lapsed pool lot once their pool hold has lapsed too', async () => {
+    const owner = newUser();
+    const guildId = `guild-${randomUUID()}`;
+    server.auth.setRole(guildId, owner.id, 'owner');
+    await server.internalClient().internal.guildPool.init.mutate({ guildId });
+    await grant(owner.id, 30, { expiresInDays: 5, priority: 0 });
+    await grant(owner.id, 10);
+    const ownerClient = await server.userClient(owner);
+    await ownerClient.guild.fund.mutate({ guildId, amount: 40 }); // 30 expiring + 10 never
+    const hold = await internal().reserve.mutate({
+      userId: owner.id,
+      guildId,
+      amount: 30,
+      appId: 'lots-app',
+      description: 'pool hold',
+      idempotencyKey: randomUUID(),
+    });
+    const lapsing = (await ownerClient.guild.lots.query({ guildId })).items.find(
+      (lot) => lot.expiresAt !== null,
+    )!;
+    expect(lapsing.held).toBe(30);
+    await lapseLot(lapsing.id);
+    await lapseHold(hold.reservationId);
+    expect((await ownerClient.guild.balance.query({ guildId })).balance).toBe(10);
+    await expectReconciled();
+  });
+});
+
+describe('invariants under races', () => {
+  it('two sweeps racing debits, refunds and releases on lapsed lots expire each credit once', async () => {
+    server.httpForThisTest(); // real parallel requests
+    const { expireDueAccountLots } = await import('../src/domain/credits/lots.ts');
+    const users = Array.from({ length: 8 }, () => newUser());
+    const setup = await Promise.all(
+      users.map(async (user) => {
+        const lapsing = await grant(user.id, 30, { expiresInDays: 5, priority: 0 });
+        await grant(user.id, 100);
+        const used = await use(user.id, 5); // paid by the expiring lot
+        const hold = await reserve(user.id, 10); // pins 10 of it
+        return { user, lapsing, used, hold };
+      }),
+    );
+    for (const { lapsing } of setup) await lapseLot(lapsing.lotId);
+    await Promise.all([
+      expireDueAccountLots(server.deps.db),
+      expireDueAccountLots(server.deps.db),
+      ...setup.flatMap(({ user, used, hold }) => [
+        use(user.id, 7),
+        internal().refund.mutate({
+          userId: user.id,
+          transactionId: used.transactionId,
+          description: 'refund after the lapse',
+          idempotencyKey: randomUUID(),
+        }),
+        internal().release.mutate({ reservationId: hold.reservationId }),
+        internal().balance.query({ userId: user.id }),
+      ]),
+      expireDueAccountLots(server.deps.db),
+    ]);
+    await expireDueAccountLots(server.deps.db);
+    for (const { user, lapsing } of setup) {
+      const { rows } = await sql<{ expired: number; rows: number }>`
+        select coalesce(-sum(amount), 0)::int8 as expired, count(*)::int as rows from credits.transactions
+         where user_id = ${user.id} and type = 'expiry'`.execute(server.deps.db);
+      const lot = await sql<{ remaining: number; expired: number; pinned: number }>`
+        select remaining, expired, pinned from credits.lots where id = ${lapsing.lotId}::uuid`.execute(
+        server.deps.db,
+      );
+      expect({
+        expired: Number(rows[0]!.expired),
+        lot: lot.rows[0],
+        balance: (await internal().balance.query({ userId: user.id })).balance,
+      }).toEqual({ expired: 30, lot: { remaining: 0, expired: 30, pinned: 0 }, balance: 93 });
+    }
+    await expectLedgerConsistent(server.deps.db);
+    await expectHoldsConsistent(server.deps.db);
+  });
+});
+
+describe('batch debits over lapsed lots and holds', () => {
+  it('a batch whose check returns a lapsed hold over a lapsed lot counts none of its credits', async () => {
+    const user = newUser();
+    const lapsing = await grant(user.id, 50, { expiresInDays: 5, priority: 0 });
+    await grant(user.id, 20);
+    const hold = await reserve(user.id, 50); // pins all of the expiring lot
+    await lapseLot(lapsing.lotId);
+    await lapseHold(hold.reservationId);
+    const item = (amount: number) => ({
+      userId: user.id,
+      amount,
+      appId: 'lots-app',
+      description: 'batch item',
+      idempotencyKey: randomUUID(),
+    });
+    const { results } = await internal().useBatch.mutate({ items: [item(15), item(10), item(5)] });
+    expect(results.map((result) => result.ok)).toEqual([true, false, true]);
+    expect((await internal().balance.query({ userId: user.id })).balance).toBe(0);
+    const { rows } = await sql<{ expired: number }>`
+      select coalesce(-sum(amount), 0)::int8 as expired from credits.transactions
+       where user_id = ${user.id} and type = 'expiry'`.execute(server.deps.db);
+    expect(Number(rows[0]!.expired)).toBe(50);
+    await expectLedgerConsistent(server.deps.db);
+    await expectHoldsConsistent(server.deps.db);
+  });
+});
