@@ -32,8 +32,15 @@ begin
       select l.id, l.account_id, w.amount, l.remaining - l.pinned as free,
              (sum(l.remaining - l.pinned) over burn)::int8 as upto, row_number() over burn as k
         from wanted w
-        join credits.lots l on l.account_kind = p_kind and l.account_id = w.account_id
-       where not l.spent and l.remaining > l.pinned and (l.expires_at is null or l.expires_at > now())
+       -- One index range of lots_burn_order per account (offset 0 keeps the subquery a parameterised scan):
+       -- joined flat, the generic plan PL/pgSQL caches after a few calls read every lot of p_kind and filtered
+       -- them per account (28 ms instead of 3 for a batch of 100 accounts over 2,000 lots; worse with more).
+       cross join lateral (
+         select c.id, c.account_id, c.remaining, c.pinned, c.priority, c.expires_at, c.created_at
+           from credits.lots c
+          where c.account_kind = p_kind and c.account_id = w.account_id
+            and not c.spent and c.remaining > c.pinned and (c.expires_at is null or c.expires_at > now())
+         offset 0) l
       window burn as (partition by l.account_id order by l.priority, l.expires_at, l.created_at, l.id)
     ), taken as (
       select r.id, r.account_id, r.k, least(r.free, r.amount - (r.upto - r.free)) as amount

@@ -154,11 +154,13 @@ begin
     from unnest(p_guilds, p_users, p_keys) with ordinality as x(guild, member, key, n)
     left join lateral (select t.id, t.request_hash, t.available_after, t.balance_after
                          from credits.guild_transactions t
-                        where t.organization_id = x.guild and t.user_id = x.member and t.idempotency_key = x.key) t
+                        where t.organization_id = x.guild and t.user_id = x.member and t.idempotency_key = x.key
+                        offset 0) t
       on true
+    -- offset 0: parameterised probes in the generic plan too (see use_batch.sql)
     left join lateral (select f.request_hash, f.reason, f.details from credits.refusals f
                         where f.user_id = x.member and f.idempotency_key = x.key and f.key_space = 'guild'
-                          and f.organization_id = x.guild) f on true;
+                          and f.organization_id = x.guild offset 0) f on true;
   -- the windows are those of credits.clock(), which dates the guild ledger rows (and so the counters)
   v_today := (credits.clock() at time zone 'utc')::date;
 

@@ -114,11 +114,14 @@ begin
          array_agg(f.request_hash order by x.n), array_agg((f.details->>'available')::int8 order by x.n)
     into v_prior_id, v_prior_hash, v_prior_available, v_refused_hash, v_refused_available
     from unnest(p_users, p_keys) with ordinality as x(user_id, key, n)
-    -- LATERAL: one index probe per item; a plain join may be planned as a merge join over a range of the index
+    -- LATERAL: one index probe per item; a plain join may be planned as a merge join over a range of the index.
+    -- offset 0 keeps each a parameterised probe in the generic plan PL/pgSQL caches too (flattened, the refusals
+    -- lookup was planned as a scan of every personal refusal, filtered per item).
     left join lateral (select t.id, t.request_hash, t.available_after, t.balance_after from credits.transactions t
-                        where t.user_id = x.user_id and t.idempotency_key = x.key) t on true
+                        where t.user_id = x.user_id and t.idempotency_key = x.key offset 0) t on true
     left join lateral (select f.request_hash, f.details from credits.refusals f
-                        where f.user_id = x.user_id and f.idempotency_key = x.key and f.key_space = 'personal') f on true;
+                        where f.user_id = x.user_id and f.idempotency_key = x.key and f.key_space = 'personal'
+                        offset 0) f on true;
 
   for i in 1 .. v_count loop
     w := v_taken[v_first[i]];
