@@ -315,6 +315,12 @@ describe('actions', () => {
     const noReason = await submit(page, 'grant', { amount: 25, reason: '  ' });
     expect(noReason.statusCode).toBe(400);
     expect(noReason.body).toContain('REASON_REQUIRED');
+    // Invisible characters are no reason either (a zero-width space, a word joiner, punctuation alone).
+    for (const reason of ['\u200b', '\u2060\u200b', '...']) {
+      const invisible = await submit(page, 'grant', { amount: 25, reason });
+      expect(invisible.statusCode, JSON.stringify(reason)).toBe(400);
+      expect(invisible.body).toContain('REASON_REQUIRED');
+    }
 
     // A field given twice is refused, not guessed: two amounts, or a wrong CSRF token beside the right one.
     const { action, hidden } = actionFormOf(page, 'grant');

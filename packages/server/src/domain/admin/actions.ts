@@ -86,7 +86,10 @@ function checkCall(call: ActionCall): { reason: string; key: string; ledgerKey: 
     });
   }
   const reason = call.reason.trim();
-  if (!reason) throw new InvalidRequestError('A reason is required', 'REASON_REQUIRED', { field: 'reason' });
+  // A reason says something: at least one letter or digit (not only spaces, invisible characters or dots).
+  if (!/[\p{L}\p{N}]/u.test(reason)) {
+    throw new InvalidRequestError('A reason is required', 'REASON_REQUIRED', { field: 'reason' });
+  }
   if (reason.length > MAX_REASON || reason.includes('\u0000') || /\p{Cs}/u.test(reason)) {
     throw new InvalidRequestError(
       `The reason must be at most ${MAX_REASON} characters of text`,
