@@ -729,6 +729,8 @@ describe('one nonce, many submits', () => {
     for (const url of [
       '/admin/users/%ED%A0%80/grant',
       '/admin/users/a%00b/grant',
+      '/admin/users/a%2Fb/grant', // ids no user can have: the API's path-safe ids only
+      '/admin/users/%2E%2E/grant',
       `/admin/users/${'x'.repeat(300)}/grant`,
       '/admin/holds/not-a-uuid/release',
       '/admin/gifts/not-a-uuid/cancel',

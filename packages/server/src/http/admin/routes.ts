@@ -20,7 +20,7 @@ import {
 } from '../../domain/admin/views.ts';
 import { DomainError, type DomainErrorKind, InvalidRequestError } from '../../domain/errors.ts';
 import type { Movement } from '../../metrics.ts';
-import { amount, appId, identifier, text } from '../../schemas.ts';
+import { amount, appId, identifier, text, userId } from '../../schemas.ts';
 import { sendError } from '../error-reply.ts';
 import { adminPath, messagePage, sendPage } from './html.ts';
 import { auditPage, guildPage, homePage, type PageContext, searchPage, userPage } from './render.ts';
@@ -38,7 +38,10 @@ const STATUS: Record<DomainErrorKind, number> = {
   unavailable: 503,
 };
 
-const accountId = identifier(200);
+// The ids the API takes (schemas.ts userId/guildId): an operator cannot act on an account no user can have.
+const accountId = userId;
+/** What the search takes: any identifier-like text (it is matched literally, as a prefix). */
+const searchText = identifier(200);
 const uuid = z.uuid();
 const PAGE_SIZE = 50;
 
@@ -159,7 +162,7 @@ export function registerConsoleRoutes(admin: FastifyInstance, signer: SessionSig
     try {
       const q = parse(searchQuery, request.query).q?.trim();
       if (!q) return reply.redirect('/admin', 303);
-      const query = parse(accountId, q);
+      const query = parse(searchText, q);
       return sendPage(reply, 200, searchPage(contextOf(request), query, await search(db, query)));
     } catch (error) {
       return fail(request, reply, error, '/admin');
