@@ -47,7 +47,10 @@ export async function spendPersonal<T>(
       ? refuseUnderLock(db, spend, write)
       : spendingTransaction(db, (trx) => refuseUnderLock(trx, spend, write));
   }
-  const again = (await returnLapsed(db, spend.userId)) ? await write(db) : null;
+  // Once more after returning what lapsed — also when another transaction (a sweep, a concurrent spend)
+  // returned it between the refusal and this call and nothing is left to return here.
+  await returnLapsed(db, spend.userId);
+  const again = await write(db);
   if (again) return again;
   const { balance } = await getBalance(db, spend.userId);
   throw new InsufficientCreditsError(spend.amount, balance);
@@ -84,11 +87,10 @@ export async function lockPersonalBalance(trx: Transaction<Database>, userId: st
   await lockBalance(trx, userId);
 }
 
-/** Returns a user's lapsed holds and expires their lapsed lots; says whether anything changed. */
-async function returnLapsed(db: Kysely<Database>, userId: string): Promise<boolean> {
-  const holds = await returnExpiredHolds(db, userId);
-  const expired = await expireAccountLots(db, 'user', userId);
-  return holds > 0 || expired > 0;
+/** Returns a user's lapsed holds and expires their lapsed lots. */
+async function returnLapsed(db: Kysely<Database>, userId: string): Promise<void> {
+  await returnExpiredHolds(db, userId);
+  await expireAccountLots(db, 'user', userId);
 }
 
 /**
