@@ -202,7 +202,7 @@ export function preparingClientClass(Base: ClientClass, limit: number): ClientCl
 }
 
 // PGlite and its dialect are imported when an embedded database is opened, not with this module: a server on
-// Postgres never loads them (about 9 MB of resident memory; docs/benchmarks.md, "Memory of the server").
+// Postgres never loads them (3 MB less resident memory, measured; docs/benchmarks.md, "Memory of the server").
 
 export async function createPglite(dataDir: string, snapshot?: Blob): Promise<PGlite> {
   if (!dataDir.startsWith('memory://')) mkdirSync(dataDir, { recursive: true });

@@ -59,7 +59,7 @@ begin
     select w.account_id, t.lot_ids, t.lot_amounts
       from wanted w
       left join (select t.account_id, array_agg(t.id order by t.k) as lot_ids,
-                        array_agg(t.amount order by t.k) as lot_amounts, sum(t.amount) as took
+                        array_agg(t.amount order by t.k) as lot_amounts
                    from taken t group by t.account_id) t on t.account_id = w.account_id
       left join wrote x on x.account_id = w.account_id
      -- the PL/pgSQL call only when it fails (a call per account cost more than the check): the lots must cover
