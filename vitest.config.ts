@@ -35,10 +35,11 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 120_000,
     pool: 'forks',
-    // As many workers as the machine's 2 cores. A third looked better at load ~6 (164.5 s → 134.5 s, where three
-    // processes also take a larger share of a busy CPU) but not on a quiet machine: warm full runs back to back,
-    // load 4–5, 125.3 s with 2 against 131.2 s with 3, which also used 14 % more CPU.
-    maxWorkers: 2,
+    // One worker more than the machine's 2 cores: a good part of the suite waits (spawned servers starting,
+    // leases, sweeps, retry schedules), and a third worker fills those waits. Warm runs on PGlite, quiet machine
+    // (2026-12-04, load 1–5): 2 workers 67.4 / 68.3 / 68.9 s, 3 workers 60.2 / 60.7 s, 4 workers 61.8 s, at
+    // 7–15 % more CPU. (In 2026-11, when the suite was mostly CPU, 2 won on a quiet machine: 125 against 131 s.)
+    maxWorkers: 3,
     // Test files run one after another in each worker process, sharing its module cache: the server's module
     // graph (Fastify, tRPC, Kysely, PGlite, Stripe, zod…) is imported once per worker instead of once per file,
     // which was about a third of the suite's CPU time. Every file still starts its own server on its own
