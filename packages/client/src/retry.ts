@@ -87,8 +87,9 @@ const clamp = (value: number | undefined, fallback: number, min: number, max: nu
  * answer it again; a new attempt (after a top-up) is the caller's, with a new key.
  *
  * The wait is the backoff, or the answer's Retry-After when longer (up to maxRetryAfterMs). The calls of one
- * failed batch request share one wait, so their retries leave together and are batched again instead of
- * scattering into a request each.
+ * failed batch request share one wait and one timer, which sends them on in the same tick, so that they are
+ * batched again into one request instead of scattering (a timer each, as tRPC's retryLink keeps them, fire
+ * in separate timer phases when the process is late by a millisecond between creating them).
  */
 export function idempotentRetryLink(options: RetryOptions = {}): TRPCLink<AppRouter> {
   const settings: Required<RetryOptions> = {
@@ -97,12 +98,12 @@ export function idempotentRetryLink(options: RetryOptions = {}): TRPCLink<AppRou
     maxDelayMs: clamp(options.maxDelayMs, 5000, 0, 60_000),
     maxRetryAfterMs: clamp(options.maxRetryAfterMs, 30_000, 0, 600_000),
   };
-  // The wait decided for each failed request (its error cause or response), per attempt.
-  const waits = new WeakMap<object, Map<number, number>>();
-  // retryLink asks `retry` and then, synchronously, `retryDelayMs` for the same call: what `retry` decided
-  // for it is handed over here.
-  let decided: number | undefined;
-  return retryLink<AppRouter>({
+  // The shared wait of each failed request (its error cause or response), per attempt.
+  const gates = new WeakMap<object, Map<number, RetryGate>>();
+  // The gate an operation waits at before its next attempt: set by `retry`, taken by the gate link below,
+  // which retryLink calls right away (its own delay is 0).
+  const waitingAt = new Map<number, RetryGate>();
+  const retrying = retryLink<AppRouter>({
     retry: ({ op, error, attempts }) => {
       if (
         attempts > settings.retries ||
@@ -115,22 +116,113 @@ export function idempotentRetryLink(options: RetryOptions = {}): TRPCLink<AppRou
       const retryAfter = retryAfterMsOfError(error);
       if (retryAfter !== undefined && retryAfter > settings.maxRetryAfterMs) return false;
       const request = (error.cause ?? error.meta?.response ?? error) as object;
-      const byAttempt = waits.get(request) ?? new Map<number, number>();
-      waits.set(request, byAttempt);
-      let wait = byAttempt.get(attempts);
-      if (wait === undefined) {
-        wait = Math.max(retryDelayMs(attempts, settings), retryAfter ?? 0);
-        byAttempt.set(attempts, wait);
+      const byAttempt = gates.get(request) ?? new Map<number, RetryGate>();
+      gates.set(request, byAttempt);
+      let gate = byAttempt.get(attempts);
+      if (!gate) {
+        gate = new RetryGate(Math.max(retryDelayMs(attempts, settings), retryAfter ?? 0), waitingAt);
+        byAttempt.set(attempts, gate);
       }
-      decided = wait;
+      gate.expect(op.id);
       return true;
     },
-    retryDelayMs: () => {
-      const wait = decided ?? 0;
-      decided = undefined;
-      return wait;
-    },
+    retryDelayMs: () => 0,
   });
+  const waiting: TRPCLink<AppRouter> =
+    () =>
+    ({ op, next }) => {
+      const gate = waitingAt.get(op.id);
+      if (!gate) return next(op);
+      waitingAt.delete(op.id);
+      // A call aborted while it waits is not sent again (a batch goes out unless all its calls were aborted,
+      // so the signal alone would not stop it): it fails with the abort, as a fetch would.
+      const signal = op.signal;
+      const aborted = () =>
+        TRPCClientError.from(
+          signal?.reason instanceof Error
+            ? signal.reason
+            : new DOMException('The call was aborted', 'AbortError'),
+        );
+      return observable((observer) => {
+        let subscription: { unsubscribe(): void } | undefined;
+        const onAbort = () => {
+          leave();
+          observer.error(aborted());
+        };
+        const leave = gate.wait(() => {
+          signal?.removeEventListener('abort', onAbort);
+          if (signal?.aborted) observer.error(aborted());
+          else subscription = next(op).subscribe(observer);
+        });
+        signal?.addEventListener('abort', onAbort, { once: true });
+        return () => {
+          signal?.removeEventListener('abort', onAbort);
+          leave();
+          subscription?.unsubscribe();
+        };
+      });
+    };
+  return (runtime) => {
+    const retry = retrying(runtime);
+    const wait = waiting(runtime);
+    return ({ op, next }) => retry({ op, next: (attempt) => wait({ op: attempt, next }) });
+  };
+}
+
+/**
+ * One timer for the retries of one failed request: it starts them all in one callback. It runs from the first
+ * failure decided, and keeps a Node process alive only while a call waits on it (a caller that gave up does
+ * not hold the process open for the rest of the wait).
+ */
+class RetryGate {
+  private readonly starts = new Set<() => void>();
+  private readonly expected = new Set<number>();
+  private readonly timer: ReturnType<typeof setTimeout>;
+  private fired = false;
+
+  constructor(
+    delayMs: number,
+    private readonly waitingAt: Map<number, RetryGate>,
+  ) {
+    this.timer = setTimeout(() => this.fire(), delayMs);
+    this.hold(false);
+  }
+
+  /** An operation that will wait here (retryLink sends it on as soon as `retry` has answered). */
+  expect(opId: number): void {
+    this.expected.add(opId);
+    this.waitingAt.set(opId, this);
+  }
+
+  /** Runs `start` when the wait is over (at once if it already is); the returned function leaves the queue. */
+  wait(start: () => void): () => void {
+    if (this.fired) {
+      start();
+      return () => {};
+    }
+    this.starts.add(start);
+    this.hold(true);
+    return () => {
+      this.starts.delete(start);
+      if (this.starts.size === 0) this.hold(false);
+    };
+  }
+
+  /** Node only (a browser's timer is a number): whether the timer keeps the process alive. */
+  private hold(alive: boolean): void {
+    const timer = this.timer as { ref?: () => void; unref?: () => void };
+    if (alive) timer.ref?.();
+    else timer.unref?.();
+  }
+
+  private fire(): void {
+    this.fired = true;
+    // Operations that were expected but never came (their caller gave up in between) are forgotten.
+    for (const opId of this.expected) if (this.waitingAt.get(opId) === this) this.waitingAt.delete(opId);
+    const starts = [...this.starts];
+    this.starts.clear();
+    for (const start of starts) start();
+  }
 }
 
 /** Marks, in a call's context, a mutation whose input carried an idempotency key when the call was made. */
