@@ -3,7 +3,7 @@ import Fastify from 'fastify';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { AppDeps, Logger } from '../src/deps.ts';
 import { periodicJobs } from '../src/jobs/index.ts';
-import { type Job, registerScheduler, Scheduler } from '../src/jobs/scheduler.ts';
+import { drain, drainBudgetMs, type Job, registerScheduler, Scheduler } from '../src/jobs/scheduler.ts';
 import { createMetrics } from '../src/metrics.ts';
 
 const started: Scheduler[] = [];
@@ -173,6 +173,47 @@ describe('Scheduler', () => {
     expect(state.runs).toBe(0);
     paused = false;
     await until('a run after the pause', () => state.runs >= 1);
+  });
+});
+
+describe('drain (a sweep working off a backlog within one run)', () => {
+  it('runs passes back to back while they find work and returns their sum', async () => {
+    const backlog = [500, 500, 500, 120];
+    const passes: number[] = [];
+    const total = await drain(new AbortController().signal, 60_000, async () => {
+      const done = backlog.shift() ?? 0;
+      passes.push(done);
+      return done;
+    });
+    expect(total).toBe(1620);
+    // The last pass found nothing: that is what ends it.
+    expect(passes).toEqual([500, 500, 500, 120, 0]);
+  });
+
+  it('stops after its budget, or when the scheduler stops, with the work so far', async () => {
+    let passes = 0;
+    const endless = async () => {
+      passes++;
+      await sleep(20);
+      return 500;
+    };
+    const started = Date.now();
+    expect(await drain(new AbortController().signal, 100, endless)).toBe(500 * passes);
+    expect(Date.now() - started).toBeLessThan(2000);
+    expect(passes).toBeGreaterThanOrEqual(2);
+
+    const stopping = new AbortController();
+    passes = 0;
+    const stopped = drain(stopping.signal, 60_000, endless);
+    await sleep(50);
+    stopping.abort();
+    expect(await stopped).toBe(500 * passes);
+    expect(passes).toBeLessThan(10);
+  });
+
+  it('the budget is half the interval, at most 30 s', () => {
+    expect(drainBudgetMs(30_000)).toBe(15_000);
+    expect(drainBudgetMs(600_000)).toBe(30_000);
   });
 });
 

@@ -1,6 +1,6 @@
 import type { AppDeps, Logger } from '../deps.ts';
 import { expireDueGifts } from '../domain/gifts/escrow.ts';
-import type { Job } from './scheduler.ts';
+import { drain, drainBudgetMs, type Job } from './scheduler.ts';
 
 /**
  * Expires and refunds active gifts past their expiry that nobody touched (a gift is also expired when it is
@@ -8,11 +8,12 @@ import type { Job } from './scheduler.ts';
  * conditional update, so it is refunded once. GIFT_EXPIRY_SWEEP_SECONDS; 0 turns it off.
  */
 export function giftExpiryJob(deps: Pick<AppDeps, 'db' | 'config'>, log?: Logger): Job {
+  const intervalMs = deps.config.giftExpirySweepSeconds * 1000;
   return {
     name: 'gift-expiry',
-    intervalMs: deps.config.giftExpirySweepSeconds * 1000,
-    async run() {
-      const expired = await expireDueGifts(deps.db);
+    intervalMs,
+    async run(signal) {
+      const expired = await drain(signal, drainBudgetMs(intervalMs), () => expireDueGifts(deps.db));
       if (expired > 0) log?.info({ expired }, 'expired gifts refunded');
     },
   };

@@ -1,7 +1,7 @@
 import { noticeExpiringLots } from '@mana-credits/db';
 import type { AppDeps, Logger } from '../deps.ts';
 import { expireDueAccountLots } from '../domain/credits/lots.ts';
-import type { Job } from './scheduler.ts';
+import { drain, drainBudgetMs, type Job } from './scheduler.ts';
 
 /**
  * Writes the credits.expiring event of lots expiring within EXPIRY_NOTICE_DAYS (once per lot), and expires
@@ -10,12 +10,16 @@ import type { Job } from './scheduler.ts';
  * with SKIP LOCKED and expired under their row lock. LOT_EXPIRY_SWEEP_SECONDS; 0 turns it off.
  */
 export function lotExpiryJob(deps: Pick<AppDeps, 'db' | 'config'>, log?: Logger): Job {
+  const intervalMs = deps.config.lotExpirySweepSeconds * 1000;
   return {
     name: 'lot-expiry',
-    intervalMs: deps.config.lotExpirySweepSeconds * 1000,
-    async run() {
-      const noticed = await noticeExpiringLots(deps.db, deps.config.expiryNoticeDays);
-      const expired = await expireDueAccountLots(deps.db);
+    intervalMs,
+    async run(signal) {
+      const budget = drainBudgetMs(intervalMs);
+      const noticed = await drain(signal, budget, () =>
+        noticeExpiringLots(deps.db, deps.config.expiryNoticeDays),
+      );
+      const expired = await drain(signal, budget, () => expireDueAccountLots(deps.db));
       if (noticed > 0 || expired > 0) log?.info({ noticed, expired }, 'lot expiry sweep');
     },
   };

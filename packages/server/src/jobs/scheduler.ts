@@ -17,6 +17,29 @@ export interface Job {
   run(signal: AbortSignal): Promise<unknown>;
 }
 
+/**
+ * Runs a sweep's `pass` (which handles a bounded batch and returns how much it did) again while it finds work,
+ * within one run: a backlog — a promotion's lots or a day's gifts all lapsing at once — is worked off in
+ * passes back to back, not one batch per interval. Ends when a pass finds nothing, after `budgetMs`, or when
+ * the scheduler stops; returns the sum of the passes.
+ */
+export async function drain(
+  signal: AbortSignal,
+  budgetMs: number,
+  pass: () => Promise<number>,
+): Promise<number> {
+  const until = Date.now() + budgetMs;
+  let total = 0;
+  for (;;) {
+    const done = await pass();
+    total += done;
+    if (done === 0 || signal.aborted || Date.now() >= until) return total;
+  }
+}
+
+/** The budget of one draining run: half the job's interval, at most 30 s (it never holds its next run back long). */
+export const drainBudgetMs = (intervalMs: number) => Math.min(intervalMs / 2, 30_000);
+
 export interface SchedulerOptions {
   log?: Logger | undefined;
   metrics?: Pick<Metrics, 'jobRuns' | 'jobDuration'> | undefined;
