@@ -349,6 +349,13 @@ export interface AdminActionClaimsTable {
   created_at: Timestamp;
 }
 
+/** A console session ended by a sign-out, refused until it would have expired (2026_12_04_1200). */
+export interface AdminSessionRevocationsTable {
+  sid: string;
+  expires_at: Timestamp;
+  revoked_at: Generated<Timestamp>;
+}
+
 /** One event of the outbox (issue 16); see migrations/2026_12_03_0500_events.ts. */
 export interface EventsTable {
   id: Generated<string>;
@@ -434,6 +441,7 @@ export interface Database {
   'gifts.rate_limits': RateLimitsTable;
   'credits.admin_actions': AdminActionsTable;
   'credits.admin_action_claims': AdminActionClaimsTable;
+  'credits.admin_session_revocations': AdminSessionRevocationsTable;
   'credits.events': EventsTable;
   'credits.alert_settings': AlertSettingsTable;
   'credits.event_settings': EventSettingsTable;

@@ -19,6 +19,7 @@ import * as refusals from './migrations/2026_12_03_1230_refusals.ts';
 import * as timeOrderedIds from './migrations/2026_12_03_1300_time_ordered_ids.ts';
 import * as unmatchedPayments from './migrations/2026_12_04_1000_unmatched_payments.ts';
 import * as adminActionClaims from './migrations/2026_12_04_1100_admin_action_claims.ts';
+import * as adminSessionRevocations from './migrations/2026_12_04_1200_admin_session_revocations.ts';
 
 /** Every migration, by its dated name. Add new ones here; never edit one that has shipped. */
 export const migrations: Record<string, Migration> = {
@@ -41,6 +42,7 @@ export const migrations: Record<string, Migration> = {
   '2026_12_03_1300_time_ordered_ids': timeOrderedIds,
   '2026_12_04_1000_unmatched_payments': unmatchedPayments,
   '2026_12_04_1100_admin_action_claims': adminActionClaims,
+  '2026_12_04_1200_admin_session_revocations': adminSessionRevocations,
 };
 
 /**

@@ -299,6 +299,48 @@ describe('who may reach /admin', () => {
     expect(String(out.headers['set-cookie'])).toMatch(/mana_admin=; .*Max-Age=0/);
   });
 
+  it('signing out ends the session for a copy of its cookie too, and only that session', async () => {
+    const { cookie } = await signIn(ADMIN_TOKEN);
+    const other = await signIn(ADMIN_TOKEN);
+    const page = await server.app.inject({ method: 'GET', url: '/admin', headers: withCookie(cookie) });
+    expect(page.statusCode).toBe(200);
+    const out = await server.app.inject({
+      method: 'POST',
+      url: '/admin/logout',
+      headers: { ...withCookie(cookie), ...FORM },
+      payload: form({ _csrf: hiddenField(page.body, '_csrf') }),
+    });
+    expect(out.statusCode).toBe(303);
+    // The browser dropped the cookie; whoever copied it before still presents it: refused, page and form alike.
+    expectRefused(
+      await server.app.inject({ method: 'GET', url: '/admin', headers: withCookie(cookie) }),
+      'GET after sign-out',
+    );
+    expectRefused(
+      await server.app.inject({
+        method: 'POST',
+        url: '/admin/logout',
+        headers: { ...withCookie(cookie), ...FORM },
+        payload: form({ _csrf: hiddenField(page.body, '_csrf') }),
+      }),
+      'POST after sign-out',
+    );
+    // Recorded in the database (so every instance refuses it) until the session would have expired.
+    const revoked = await server.db
+      .selectFrom('credits.admin_session_revocations')
+      .select(['sid', 'expires_at'])
+      .execute();
+    expect(revoked.length).toBeGreaterThanOrEqual(1);
+    for (const row of revoked) expect(row.expires_at.getTime()).toBeGreaterThan(Date.now());
+    // The other sign-in of the same operator goes on.
+    const still = await server.app.inject({
+      method: 'GET',
+      url: '/admin',
+      headers: withCookie(other.cookie),
+    });
+    expect(still.statusCode).toBe(200);
+  });
+
   it('the cookie does not count for requests from another origin (a sibling app reading a console page)', async () => {
     const { cookie } = await signIn(ADMIN_TOKEN);
     const status = async (headers: Record<string, string>) =>

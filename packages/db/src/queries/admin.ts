@@ -296,3 +296,28 @@ export async function listAdminActions(
     page,
   );
 }
+
+/**
+ * Ends a console session for good (a sign-out): its id is refused until the session would have expired. Rows
+ * of sessions past their expiry are dropped on the way (a signed cookie that old is refused anyway).
+ */
+export async function revokeAdminSession(db: Kysely<Database>, sid: string, expiresAt: Date): Promise<void> {
+  await db
+    .deleteFrom('credits.admin_session_revocations')
+    .where('expires_at', '<', sql<Date>`now()`)
+    .execute();
+  await db
+    .insertInto('credits.admin_session_revocations')
+    .values({ sid, expires_at: expiresAt })
+    .onConflict((oc) => oc.column('sid').doNothing())
+    .execute();
+}
+
+export async function isAdminSessionRevoked(db: Kysely<Database>, sid: string): Promise<boolean> {
+  const row = await db
+    .selectFrom('credits.admin_session_revocations')
+    .select('sid')
+    .where('sid', '=', sid)
+    .executeTakeFirst();
+  return row !== undefined;
+}

@@ -1,3 +1,4 @@
+import { isAdminSessionRevoked, revokeAdminSession } from '@mana-credits/db';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { InvalidTokenError, KeySetUnavailableError } from '../../auth/jwt.ts';
 import type { AppDeps } from '../../deps.ts';
@@ -110,7 +111,14 @@ export function startSession(
   return session;
 }
 
-export function endSession(request: FastifyRequest, reply: FastifyReply, deps: Pick<AppDeps, 'config'>) {
+/** Signs out: the session is revoked in the database (a copy of its cookie no longer works) and the cookie cleared. */
+export async function endSession(
+  request: FastifyRequest,
+  reply: FastifyReply,
+  deps: Pick<AppDeps, 'config' | 'db'>,
+  session: Session | undefined,
+) {
+  if (session) await revokeAdminSession(deps.db, session.sid, new Date(session.expiresAt * 1000));
   reply.header('set-cookie', cookieHeader(request, deps.config.baseUrl, '', 0));
 }
 
@@ -136,7 +144,7 @@ export function sessionOf(
  */
 export async function authenticate(
   request: FastifyRequest,
-  deps: Pick<AppDeps, 'config' | 'verifyUserToken'>,
+  deps: Pick<AppDeps, 'config' | 'db' | 'verifyUserToken'>,
   signer: SessionSigner | undefined,
 ): Promise<AdminAuth | Extract<CredentialCheck, { ok: false }> | undefined> {
   const authorization = request.headers.authorization;
@@ -149,7 +157,9 @@ export async function authenticate(
   }
   if (!sessionMayBeUsed(request, deps.config.baseUrl)) return undefined;
   const session = sessionOf(request, deps, signer);
-  return session ? { operator: session.operator, via: 'session', session } : undefined;
+  // A session its operator signed out of is over, on every instance, even for a copy of its cookie.
+  if (!session || (await isAdminSessionRevoked(deps.db, session.sid))) return undefined;
+  return { operator: session.operator, via: 'session', session };
 }
 
 /**

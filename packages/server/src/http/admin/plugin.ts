@@ -203,7 +203,7 @@ export async function adminConsole(admin: FastifyInstance): Promise<void> {
   });
 
   admin.post('/logout', async (request, reply) => {
-    endSession(request, reply, deps);
+    await endSession(request, reply, deps, request.adminAuth?.session);
     return reply.redirect('/admin/login', 303);
   });
 
