@@ -30,7 +30,7 @@ export interface Metrics {
   readonly jobDuration: Histogram<'job'>;
   /** Events written to the outbox, counted once each when the relay numbers them (issue 16). */
   readonly eventsWritten: Counter<'type'>;
-  /** Webhook delivery attempts by outcome: delivered, rejected, timeout, unreachable, blocked. */
+  /** Webhook delivery attempts by outcome: delivered, rejected, timeout, unreachable, blocked, aborted (shutdown). */
   readonly webhookDeliveries: Counter<'outcome'>;
   readonly webhookDeliveriesAbandoned: Counter;
   readonly webhookEndpointsDisabled: Counter;
@@ -260,7 +260,7 @@ export function createMetrics(dbHandle: Pick<DbHandle, 'poolStats'>, sources: Me
     ),
     webhookDeliveries: counter(
       'webhook_deliveries_total',
-      'Webhook delivery attempts by outcome (delivered, rejected, timeout, unreachable, blocked)',
+      'Webhook delivery attempts by outcome (delivered, rejected, timeout, unreachable, blocked; aborted: cut short by shutdown, not counted as an attempt)',
       ['outcome'],
     ),
     webhookDeliveriesAbandoned: counter(

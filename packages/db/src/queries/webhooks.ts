@@ -195,6 +195,24 @@ export async function recordDeliverySuccess(
   });
 }
 
+/**
+ * Gives back a claim whose attempt was cut short by the claiming instance itself (it is stopping): the attempt
+ * is not counted and the delivery is due again at once. Only for that claim (a claim taken over meanwhile is
+ * left alone).
+ */
+export async function releaseDeliveryClaim(
+  db: Kysely<Database>,
+  delivery: Pick<ClaimedDelivery, 'id' | 'attempt'>,
+): Promise<void> {
+  await db
+    .updateTable('credits.webhook_deliveries')
+    .set({ attempts: delivery.attempt - 1, next_attempt_at: sql`now()` })
+    .where('id', '=', delivery.id)
+    .where('attempts', '=', delivery.attempt)
+    .where('status', '=', 'pending')
+    .execute();
+}
+
 export interface DeliveryFailure {
   /** The HTTP status, when there was an answer. */
   status: number | null;

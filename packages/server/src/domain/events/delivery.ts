@@ -2,8 +2,11 @@ import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { assertPublicHost, BlockedAddressError, checkedLookup } from './address-policy.ts';
 
-/** How one attempt ended. Only `delivered` (a 2xx answer) ends the retries. */
-export type AttemptOutcome = 'delivered' | 'rejected' | 'timeout' | 'unreachable' | 'blocked';
+/**
+ * How one attempt ended. Only `delivered` (a 2xx answer) ends the retries. `aborted`: cut short by this
+ * process stopping — says nothing about the endpoint, and is not an attempt of its (worker.ts gives the claim back).
+ */
+export type AttemptOutcome = 'delivered' | 'rejected' | 'timeout' | 'unreachable' | 'blocked' | 'aborted';
 
 export interface AttemptResult {
   outcome: AttemptOutcome;
@@ -16,7 +19,7 @@ export interface AttemptResult {
 export interface SendOptions {
   timeoutMs: number;
   allowPrivate: boolean;
-  /** Aborts the send early (the scheduler stopping); counts as a timeout. */
+  /** Aborts the send early (the scheduler stopping): the outcome is `aborted`. */
   signal?: AbortSignal | undefined;
 }
 
@@ -49,6 +52,9 @@ export async function sendDelivery(
   } catch (error) {
     if (error instanceof BlockedAddressError)
       return { outcome: 'blocked', status: null, error: error.message };
+    if (options.signal?.aborted && !timeout.aborted) {
+      return { outcome: 'aborted', status: null, error: 'cut short: this instance is stopping' };
+    }
     if (signal.aborted) {
       return { outcome: 'timeout', status: null, error: `no answer within ${options.timeoutMs} ms` };
     }

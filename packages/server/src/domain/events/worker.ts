@@ -6,6 +6,7 @@ import {
   recordDeliveryFailure,
   recordDeliverySuccess,
   relayEvents,
+  releaseDeliveryClaim,
 } from '@mana-credits/db';
 import type { Kysely } from 'kysely';
 import type { EventsConfig } from '../../config.ts';
@@ -100,6 +101,13 @@ async function attempt(
   );
   if (result.outcome === 'delivered') {
     await recordDeliverySuccess(db, delivery, result.status ?? 200);
+    return { delivery, result, gaveUp: false, disabled: false };
+  }
+  if (result.outcome === 'aborted') {
+    // Our own shutdown, not the endpoint's failure: neither a spent retry (the last one would give the event
+    // up unsent) nor a failing streak. The claim is given back, due at once for the next instance; the request
+    // may have reached the endpoint, which then sees it again under the same id, as after any lost answer.
+    await releaseDeliveryClaim(db, delivery);
     return { delivery, result, gaveUp: false, disabled: false };
   }
   const recorded = await recordDeliveryFailure(db, delivery, {
