@@ -164,6 +164,28 @@ const CHECKS: CheckDefinition[] = [
               and g.refunded_credits + g.credits_per_portion * g.claimed_portions <> g.credits_per_portion * g.total_portions)`,
   },
   {
+    name: 'gift_money_accounts',
+    description:
+      "per gift: its funding row is the creator's, each portion's credit row the redeemer's (type gift, its amount), each refund of its escrow the creator's",
+    query: sql`
+      select g.id as gift_id, 'funding' as row_kind, f.id as transaction_id, f.user_id, g.creator_id as expected_user_id
+        from gifts.gift_codes g
+        join credits.transactions f on f.id = g.funding_transaction_id
+       where f.user_id <> g.creator_id or f.type <> 'gift'
+      union all
+      select r.gift_code_id, 'redemption', r.credit_transaction_id, c.user_id, r.redeemer_user_id
+        from gifts.gift_redemptions r
+        left join credits.transactions c on c.id = r.credit_transaction_id
+       where r.status = 'success'
+         and (c.id is null or c.user_id <> r.redeemer_user_id or c.type <> 'gift'
+              or c.amount is distinct from r.credits_received)
+      union all
+      select g.id, 'refund', t.id, t.user_id, g.creator_id
+        from gifts.gift_codes g
+        join credits.transactions t on t.reference_transaction_id = g.funding_transaction_id and t.type = 'refund'
+       where t.user_id <> g.creator_id`,
+  },
+  {
     name: 'purchases_credited_once',
     description: 'per purchase: completed ⇔ exactly one purchase ledger row for its credits; otherwise none',
     query: sql`
