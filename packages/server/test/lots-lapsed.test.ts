@@ -296,3 +296,31 @@ describe('batch debits over lapsed lots and holds', () => {
     await expectHoldsConsistent(server.deps.db);
   });
 });
+
+describe('the lot expiry sweep working off a backlog', () => {
+  it('goes on past a pass of accounts whose lots were spent before their expiry (they expire nothing)', async () => {
+    const { lotExpiryJob } = await import('../src/jobs/lot-expiry.ts');
+    const user = newUser();
+    const lapsing = await grant(user.id, 30, { expiresInDays: 5 });
+    await lapseLot(lapsing.lotId);
+    // 600 accounts ahead of it in the sweep's order (by id) whose next expiry is stale: a pass of 500 of them
+    // expires no credit, which used to end the run.
+    await sql`insert into credits.balances (user_id, balance, next_lot_expiry)
+              select '0000-stale-' || lpad(g::text, 4, '0'), 0, now() - interval '1 hour'
+                from generate_series(1, 600) g`.execute(server.deps.db);
+    const job = lotExpiryJob({
+      db: server.deps.db,
+      config: { ...server.deps.config, lotExpirySweepSeconds: 30 },
+    });
+    await job.run(new AbortController().signal);
+    const { rows } = await sql<{ expired: number }>`
+      select coalesce(-sum(amount), 0)::int8 as expired from credits.transactions
+       where user_id = ${user.id} and type = 'expiry'`.execute(server.deps.db);
+    expect(Number(rows[0]!.expired)).toBe(30);
+    const { rows: due } = await sql<{ due: number }>`
+      select count(*)::int as due from credits.balances where next_lot_expiry <= now()`.execute(
+      server.deps.db,
+    );
+    expect(due[0]!.due).toBe(0);
+  });
+});

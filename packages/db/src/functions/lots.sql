@@ -296,26 +296,31 @@ $$;
 
 -- credits.expire_due_lots: the sweep. Expires the accounts whose next_lot_expiry has passed, at most p_limit,
 -- each in this one transaction; accounts another instance has locked are skipped (SKIP LOCKED) and left to
--- it or the next pass. Returns the credits expired from users' balances and from pools.
+-- it or the next pass. Returns the credits expired from users' balances and from pools, and how many accounts
+-- it went through (some expire nothing: their lots were spent before their expiry, the date was stale; each
+-- leaves with its next expiry recomputed, so a sweep draining passes until `accounts` is 0 ends).
 drop function if exists credits.expire_due_lots(int);
-create function credits.expire_due_lots(p_limit int, out personal int8, out pools int8)
+create function credits.expire_due_lots(p_limit int, out personal int8, out pools int8, out accounts int)
 language plpgsql as $$
 declare
   v_account record;
 begin
   personal := 0;
   pools := 0;
+  accounts := 0;
   for v_account in
     select user_id from credits.balances
      where next_lot_expiry <= now() order by user_id limit p_limit for update skip locked
   loop
     personal := personal + credits.expire_lots('user', v_account.user_id);
+    accounts := accounts + 1;
   end loop;
   for v_account in
     select organization_id from credits.guild_pools
      where next_lot_expiry <= now() order by organization_id limit p_limit for update skip locked
   loop
     pools := pools + credits.expire_lots('guild', v_account.organization_id);
+    accounts := accounts + 1;
   end loop;
 end
 $$;

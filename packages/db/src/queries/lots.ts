@@ -118,10 +118,10 @@ export async function expiredBecauseOf(
 export async function expireDueLots(
   db: Kysely<Database>,
   limit = 500,
-): Promise<{ personal: number; pools: number }> {
-  const { rows } = await sql<{ personal: number; pools: number }>`
-    select personal, pools from credits.expire_due_lots(${limit}::int)`.execute(db);
-  return { personal: rows[0]?.personal ?? 0, pools: rows[0]?.pools ?? 0 };
+): Promise<{ personal: number; pools: number; accounts: number }> {
+  const { rows } = await sql<{ personal: number; pools: number; accounts: number }>`
+    select personal, pools, accounts from credits.expire_due_lots(${limit}::int)`.execute(db);
+  return { personal: rows[0]?.personal ?? 0, pools: rows[0]?.pools ?? 0, accounts: rows[0]?.accounts ?? 0 };
 }
 
 /**

@@ -19,8 +19,14 @@ export function lotExpiryJob(deps: Pick<AppDeps, 'db' | 'config'>, log?: Logger)
       const noticed = await drain(signal, budget, () =>
         noticeExpiringLots(deps.db, deps.config.expiryNoticeDays),
       );
-      const expired = await drain(signal, budget, () => expireDueAccountLots(deps.db));
-      if (noticed > 0 || expired > 0) log?.info({ noticed, expired }, 'lot expiry sweep');
+      let expired = 0;
+      // Drained by accounts gone through, not credits expired (see expireDueAccountLots).
+      const accounts = await drain(signal, budget, async () => {
+        const pass = await expireDueAccountLots(deps.db);
+        expired += pass.expired;
+        return pass.accounts;
+      });
+      if (noticed > 0 || expired > 0) log?.info({ noticed, expired, accounts }, 'lot expiry sweep');
     },
   };
 }

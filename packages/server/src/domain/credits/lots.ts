@@ -53,10 +53,16 @@ export async function transactionWithLots(db: Kysely<Database>, userId: string, 
   return { ...toTransactionView(row), lots: portionsOf(row) };
 }
 
-/** One pass of the lot expiry sweep; the credits expired are counted as debited by expiry. */
-export async function expireDueAccountLots(db: Kysely<Database>): Promise<number> {
-  const { personal, pools } = await expireDueLots(db);
+/**
+ * One pass of the lot expiry sweep: the credits it expired (counted as debited by expiry) and the accounts it
+ * went through (a pass over accounts whose lots were all spent before their expiry expires nothing, and the
+ * accounts behind them are still due).
+ */
+export async function expireDueAccountLots(
+  db: Kysely<Database>,
+): Promise<{ expired: number; accounts: number }> {
+  const { personal, pools, accounts } = await expireDueLots(db);
   effects.creditsExpired('personal', personal);
   effects.creditsExpired('pool', pools);
-  return personal + pools;
+  return { expired: personal + pools, accounts };
 }
