@@ -41,6 +41,8 @@ export const DEFAULT_MAX_PER_MONTH = 5;
  * than its one Stripe call may take (client.ts: 3 tries of at most 20 s, with backoff between them).
  */
 const LEASE_SECONDS = 120;
+/** From this try on, an attempt that still could not be sent is logged as an error (about an hour of leases). */
+const STUCK_AFTER_TRIES = 30;
 /** How long a sent payment may await its webhook before the worker asks Stripe how it ended. */
 const STALE_PROCESSING_SECONDS = 600;
 
@@ -182,8 +184,16 @@ export async function runAutoTopUps(
     try {
       results[attempt.id] = await payAttempt(deps, deps.stripe, attempt);
     } catch (error) {
-      // The lease runs out and the attempt is sent again, with the same key.
-      deps.log?.warn({ err: error, attemptId: attempt.id }, 'auto top-up attempt not sent');
+      // The lease runs out and the attempt is sent again, with the same key. An attempt that keeps failing is
+      // an operator's matter: Stripe answers a key that got a 500 with the same 500 for up to 24 h, and the
+      // user's auto top-up waits for this attempt meanwhile.
+      const details = { err: error, attemptId: attempt.id, userId: attempt.user_id, tries: attempt.tries };
+      if (attempt.tries < STUCK_AFTER_TRIES) deps.log?.warn(details, 'auto top-up attempt not sent');
+      else
+        deps.log?.error(
+          { ...details, since: attempt.created_at },
+          'auto top-up attempt still not sent after many tries: this user gets no top-up until it is',
+        );
       results[attempt.id] = 'unknown';
     }
   }
