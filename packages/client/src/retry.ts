@@ -98,8 +98,11 @@ export function idempotentRetryLink(options: RetryOptions = {}): TRPCLink<AppRou
     maxDelayMs: clamp(options.maxDelayMs, 5000, 0, 60_000),
     maxRetryAfterMs: clamp(options.maxRetryAfterMs, 30_000, 0, 600_000),
   };
-  // The shared wait of each failed request (its error cause or response), per attempt.
-  const gates = new WeakMap<object, Map<number, RetryGate>>();
+  // The shared wait of each failed request, keyed by what its calls' errors share: the response (a gateway's
+  // JSON that is not tRPC's gives each call an error cause of its own, but one response), else the cause (a
+  // fetch that failed). One per request, whatever attempt each of its calls was at (a new call may have
+  // joined a retry in one batch): a request fails only once.
+  const gates = new WeakMap<object, RetryGate>();
   // The gate an operation waits at before its next attempt: set by `retry`, taken by the gate link below,
   // which retryLink calls right away (its own delay is 0).
   const waitingAt = new Map<number, RetryGate>();
@@ -115,13 +118,11 @@ export function idempotentRetryLink(options: RetryOptions = {}): TRPCLink<AppRou
       }
       const retryAfter = retryAfterMsOfError(error);
       if (retryAfter !== undefined && retryAfter > settings.maxRetryAfterMs) return false;
-      const request = (error.cause ?? error.meta?.response ?? error) as object;
-      const byAttempt = gates.get(request) ?? new Map<number, RetryGate>();
-      gates.set(request, byAttempt);
-      let gate = byAttempt.get(attempts);
+      const request = (error.meta?.response ?? error.cause ?? error) as object;
+      let gate = gates.get(request);
       if (!gate) {
         gate = new RetryGate(Math.max(retryDelayMs(attempts, settings), retryAfter ?? 0), waitingAt);
-        byAttempt.set(attempts, gate);
+        gates.set(request, gate);
       }
       gate.expect(op.id);
       return true;
@@ -145,16 +146,18 @@ export function idempotentRetryLink(options: RetryOptions = {}): TRPCLink<AppRou
         );
       return observable((observer) => {
         let subscription: { unsubscribe(): void } | undefined;
+        let leave = () => {};
         const onAbort = () => {
           leave();
           observer.error(aborted());
         };
-        const leave = gate.wait(() => {
+        // Listening before joining: a wait already over starts the call at once, and removes the listener.
+        signal?.addEventListener('abort', onAbort, { once: true });
+        leave = gate.wait(() => {
           signal?.removeEventListener('abort', onAbort);
           if (signal?.aborted) observer.error(aborted());
           else subscription = next(op).subscribe(observer);
         });
-        signal?.addEventListener('abort', onAbort, { once: true });
         return () => {
           signal?.removeEventListener('abort', onAbort);
           leave();
