@@ -30,7 +30,7 @@ interface Sent {
 function scriptedFetch(script: (n: number) => Response | Error | undefined) {
   const sent: Sent[] = [];
   const started = Date.now();
-  const fetchImpl = (async (input: RequestInfo | URL, init?: RequestInit) => {
+  const fetchImpl = (async (input: string | URL | Request, init?: RequestInit) => {
     sent.push({ at: Date.now() - started, body: String(init?.body ?? '') });
     const answer = script(sent.length);
     if (answer instanceof Error) throw answer;
