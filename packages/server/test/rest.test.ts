@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { OpenApiDocument } from '../src/http/rest/openapi.ts';
 import { restApi } from '../src/http/rest/plugin.ts';
 import { restRoutes } from '../src/http/rest/routes.ts';
+import { appRouter } from '../src/trpc/routers/_app.ts';
 import { expectLedgerConsistent, ledgerSum } from './helpers/invariants.ts';
 import { type Answer, type CallOptions, restCaller } from './helpers/rest.ts';
 import { newUser, SERVICE_KEY, startTestServer, type TestServer } from './helpers/server.ts';
@@ -51,6 +52,12 @@ describe('OpenAPI document and docs page', () => {
     }
   });
 
+  it('every procedure has a REST route (the bench-only no-op aside)', () => {
+    const procedures = Object.keys(appRouter._def.procedures);
+    const routed = new Set(restRoutes.map((route) => route.procedure));
+    expect(procedures.filter((procedure) => !routed.has(procedure as never))).toEqual([]);
+  });
+
   it('documents inputs from the procedures’ own schemas', () => {
     const use = document.components.schemas.CreditsUseInput;
     expect(use?.required).toEqual(['amount', 'appId', 'description']);
@@ -76,6 +83,71 @@ describe('OpenAPI document and docs page', () => {
     expect(response.status).toBe(200);
     expect(response.headers.get('content-type')).toMatch(/^text\/html/);
     expect(response.headers.get('content-security-policy')).toContain("default-src 'none'");
+  });
+});
+
+describe('the internal routes of useBatch, packages and reconcile', () => {
+  it('POST internal/credits/use-batch applies each item alone and agrees with tRPC', async () => {
+    const userId = newUser().id;
+    await fund(userId, 10);
+    const items = [
+      { userId, amount: 4, appId: 'batch', description: 'a', idempotencyKey: `rb-${randomUUID()}` },
+      { userId, amount: 100, appId: 'batch', description: 'too much', idempotencyKey: `rb-${randomUUID()}` },
+      { userId, amount: 0, appId: 'batch', description: 'bad', idempotencyKey: `rb-${randomUUID()}` },
+    ];
+    const answer = await call('POST /api/v1/internal/credits/use-batch', {
+      serviceKey: SERVICE_KEY,
+      body: { items },
+    });
+    expect(answer.status).toBe(200);
+    expect(answer.body.results).toMatchObject([
+      { idempotencyKey: items[0]!.idempotencyKey, ok: true, balance: 6 },
+      { idempotencyKey: items[1]!.idempotencyKey, ok: false, error: { reason: 'INSUFFICIENT_CREDITS' } },
+      { idempotencyKey: items[2]!.idempotencyKey, ok: false, error: { reason: 'VALIDATION' } },
+    ]);
+    // A replay through tRPC answers the first result.
+    const replay = await server.internalClient().internal.credits.useBatch.mutate({ items: [items[0]] });
+    expect(replay.results[0]).toEqual(answer.body.results[0]);
+    expect(await ledgerSum(server.deps.db, userId)).toBe(6);
+    const empty = await call('POST /api/v1/internal/credits/use-batch', {
+      serviceKey: SERVICE_KEY,
+      body: { items: [] },
+    });
+    expect(empty.status).toBe(400);
+    expect((await call('POST /api/v1/internal/credits/use-batch', { body: { items } })).status).toBe(401);
+  });
+
+  it('POST internal/packages creates and changes a package; GET internal/audit/reconcile reports every check', async () => {
+    const created = await call('POST /api/v1/internal/packages', {
+      serviceKey: SERVICE_KEY,
+      body: { name: 'REST pack', credits: 500, priceEuroCents: 499, active: true, sortOrder: 7 },
+    });
+    expect(created.status).toBe(200);
+    expect(created.body).toMatchObject({ name: 'REST pack', credits: 500, active: true, validityDays: null });
+    const changed = await call('POST /api/v1/internal/packages', {
+      serviceKey: SERVICE_KEY,
+      body: {
+        id: created.body.id,
+        name: 'REST pack',
+        credits: 600,
+        priceEuroCents: 599,
+        active: false,
+        sortOrder: 7,
+      },
+    });
+    expect(changed.body).toMatchObject({ id: created.body.id, credits: 600, active: false });
+    const bad = await call('POST /api/v1/internal/packages', {
+      serviceKey: SERVICE_KEY,
+      body: { name: 'x', credits: 1, priceEuroCents: 10, active: true, sortOrder: 0 },
+    });
+    expect(bad.status).toBe(400);
+    expect(JSON.stringify(bad.body)).toContain('priceEuroCents');
+
+    const report = await call('GET /api/v1/internal/audit/reconcile', { serviceKey: SERVICE_KEY });
+    expect(report.status).toBe(200);
+    expect(report.body.ok).toBe(true);
+    expect(report.body.checks.map((check: { name: string }) => check.name)).toContain('gift_money_accounts');
+    expect((await call('GET /api/v1/internal/audit/reconcile')).status).toBe(401);
   });
 });
 

@@ -16,6 +16,7 @@ import {
   accountBalanceView,
   autoTopUpSetupStarted,
   autoTopUpView,
+  batchResults,
   committed,
   createdGift,
   createdGiftPage,
@@ -36,9 +37,11 @@ import {
   purchaseStarted,
   purchaseState,
   receivedGiftPage,
+  reconcileReport,
   redeemed,
   released,
   reserved,
+  storedPackageView,
   transactionPage,
   transactionWithLots,
 } from './views.ts';
@@ -184,6 +187,15 @@ export const restRoutes: readonly RestRoute[] = [
     summary: "Spend a user's credits (idempotent with idempotencyKey)",
     output: movementResult,
     errors: [402, 409],
+  }),
+  route({
+    method: 'POST',
+    path: '/api/v1/internal/credits/use-batch',
+    procedure: 'internal.credits.useBatch',
+    auth: 'service',
+    summary:
+      'Spend for up to 1,000 items in one call (each with its own idempotencyKey; an item that cannot be paid or is malformed fails alone)',
+    output: batchResults,
   }),
   route({
     method: 'POST',
@@ -546,6 +558,23 @@ export const restRoutes: readonly RestRoute[] = [
     auth: 'service',
     summary: "Set a user's low-balance threshold",
     output: alertSetting,
+  }),
+  route({
+    method: 'POST',
+    path: '/api/v1/internal/packages',
+    procedure: 'internal.packages.upsert',
+    auth: 'service',
+    summary: 'Create a credit package, or change the one named by `id`',
+    output: storedPackageView,
+  }),
+  route({
+    method: 'GET',
+    path: '/api/v1/internal/audit/reconcile',
+    procedure: 'internal.audit.reconcile',
+    auth: 'service',
+    summary:
+      'Check in one read-only snapshot that no credit was created, lost or spent twice (every check, with offending ids)',
+    output: reconcileReport,
   }),
   route({
     method: 'GET',

@@ -278,6 +278,51 @@ export const released = z.object({
   ),
 });
 
+/** internal.credits.useBatch: one result per item, in input order. */
+export const batchResults = z.object({
+  results: z.array(
+    z.union([
+      z.object({
+        idempotencyKey: z.string().nullable(),
+        ok: z.literal(true),
+        transactionId: z.uuid(),
+        balance: credits.describe("The user's balance after the item (the pool's for an item with guildId)"),
+      }),
+      z.object({
+        idempotencyKey: z.string().nullable(),
+        ok: z.literal(false),
+        error: z.object({ reason: z.string(), message: z.string() }),
+      }),
+    ]),
+  ),
+});
+
+/** A package as operators manage it (internal.packages.upsert). */
+export const storedPackageView = packageView.extend({
+  stripePriceId: z.string().nullable(),
+  active: z.boolean(),
+  sortOrder: z.int(),
+  createdAt: timestamp,
+  updatedAt: timestamp,
+});
+
+/** internal.audit.reconcile. */
+export const reconcileReport = z.object({
+  ok: z.boolean().describe('true when no check found a violation'),
+  checkedAt: timestamp,
+  durationMs: z.int(),
+  totals: z.record(z.string(), z.number()),
+  checks: z.array(
+    z.object({
+      name: z.string(),
+      description: z.string(),
+      ok: z.boolean(),
+      violations: z.int(),
+      samples: z.array(z.record(z.string(), z.unknown())).describe('Up to 20 offending rows, with their ids'),
+    }),
+  ),
+});
+
 export const errorBody = z.object({
   error: z.object({
     message: z.string(),
@@ -299,6 +344,9 @@ export const namedSchemas: Readonly<Record<string, z.ZodType>> = {
   Transaction: transactionView,
   TransactionPage: transactionPage,
   Package: packageView,
+  StoredPackage: storedPackageView,
+  BatchResults: batchResults,
+  ReconcileReport: reconcileReport,
   PurchaseStarted: purchaseStarted,
   PurchaseState: purchaseState,
   Purchase: purchaseView,
