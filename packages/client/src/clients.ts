@@ -9,7 +9,7 @@ import {
 } from '@trpc/client';
 import { observable, type Unsubscribable } from '@trpc/server/observable';
 import { deserialize, serialize } from 'superjson';
-import { idempotentRetryLink, type RetryOptions, snapshotInputLink } from './retry.ts';
+import { abortedCall, idempotentRetryLink, type RetryOptions, snapshotInputLink } from './retry.ts';
 import { type CustomFetch, transportFetch } from './transport.ts';
 
 /** The server refuses batches of more than 100 calls. */
@@ -97,7 +97,7 @@ function accountLinks(
         const onAbort = () => {
           if (cancelled) return;
           cancelled = true;
-          observer.error(TRPCClientError.from(new DOMException('The call was aborted', 'AbortError')));
+          observer.error(abortedCall(op.signal));
         };
         if (op.signal?.aborted) onAbort();
         op.signal?.addEventListener('abort', onAbort, { once: true });

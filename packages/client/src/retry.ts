@@ -138,12 +138,7 @@ export function idempotentRetryLink(options: RetryOptions = {}): TRPCLink<AppRou
       // A call aborted while it waits is not sent again (a batch goes out unless all its calls were aborted,
       // so the signal alone would not stop it): it fails with the abort, as a fetch would.
       const signal = op.signal;
-      const aborted = () =>
-        TRPCClientError.from(
-          signal?.reason instanceof Error
-            ? signal.reason
-            : new DOMException('The call was aborted', 'AbortError'),
-        );
+      const aborted = () => abortedCall(signal);
       return observable((observer) => {
         let subscription: { unsubscribe(): void } | undefined;
         let leave = () => {};
@@ -170,6 +165,13 @@ export function idempotentRetryLink(options: RetryOptions = {}): TRPCLink<AppRou
     const wait = waiting(runtime);
     return ({ op, next }) => retry({ op, next: (attempt) => wait({ op: attempt, next }) });
   };
+}
+
+/** The error of a call its caller aborted: the signal's reason when it is an Error, as fetch does. */
+export function abortedCall(signal: AbortSignal | null | undefined): TRPCClientError<AppRouter> {
+  return TRPCClientError.from(
+    signal?.reason instanceof Error ? signal.reason : new DOMException('The call was aborted', 'AbortError'),
+  );
 }
 
 /**

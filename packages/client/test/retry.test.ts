@@ -393,9 +393,12 @@ describe('waits, batches and inputs of retries', () => {
     const client = createCreditsClient({ url: proxy.url, getToken: () => new Promise<string>(() => {}) });
     const controller = new AbortController();
     const call = client.credits.balance.query(undefined, { signal: controller.signal });
-    controller.abort();
+    const reason = new Error('the user left the page');
+    controller.abort(reason);
     const error = await failureOf(call);
     expect(error.name).toBe('TRPCClientError');
+    // The signal's reason, as fetch would give it.
+    expect(error.cause).toBe(reason);
   });
 
   it('a long batch of queries is split below the URL length proxies accept', async () => {
