@@ -37,7 +37,8 @@ export function routeInput(route: RestRoute): RouteInput {
   return { schema, jsonSchema, pathParams };
 }
 
-const NUMBER = /^-?\d+(\.\d+)?$/;
+const INTEGER = /^-?(0|[1-9]\d*)$/;
+const NUMBER = /^-?(0|[1-9]\d*)(\.\d+)?$/;
 
 /**
  * Query strings carry text; a field the schema types as a number or boolean is converted when the text is
@@ -49,7 +50,9 @@ export function coerceQueryValue(
 ): unknown {
   if (typeof value !== 'string') return value;
   const type = fieldSchema?.type;
-  if ((type === 'integer' || type === 'number') && NUMBER.test(value)) return Number(value);
+  // Integers as integers are written (no 5.0, no 007): `Number` would read 2.0000000000000001 as 2.
+  if (type === 'integer' && INTEGER.test(value)) return Number(value);
+  if (type === 'number' && NUMBER.test(value)) return Number(value);
   if (type === 'boolean' && (value === 'true' || value === 'false')) return value === 'true';
   return value;
 }

@@ -32,7 +32,19 @@ const invalid = (field: string, message: string) =>
 
 /** The procedure's input from the request: query (GET, DELETE) or JSON body, plus the path parameters. */
 function inputOf(route: RestRoute, input: RouteInput, request: FastifyRequest): unknown {
-  if (!input.schema) return undefined;
+  if (!input.schema) {
+    // A procedure without input: what a caller sends anyway is refused as on the routes with input (strict
+    // schemas), not silently ignored.
+    const [unexpected] = Object.keys((request.query ?? {}) as Record<string, unknown>);
+    if (unexpected !== undefined) throw invalid(unexpected, 'is not a parameter of this route');
+    const body = request.body;
+    if (body !== undefined && body !== null) {
+      if (typeof body !== 'object' || Array.isArray(body)) throw invalid('(body)', 'must be empty');
+      const [field] = Object.keys(body);
+      if (field !== undefined) throw invalid(field, 'is not a parameter of this route');
+    }
+    return undefined;
+  }
   const params = request.params as Record<string, string>;
   const fromPath = Object.fromEntries(input.pathParams.map((name) => [name, params[name]]));
   if (route.method === 'GET' || route.method === 'DELETE') {
