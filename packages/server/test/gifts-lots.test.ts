@@ -15,7 +15,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { expireDueAccountLots } from '../src/domain/credits/lots.ts';
 import { expireDueGifts } from '../src/domain/gifts/escrow.ts';
 import { expectHoldsConsistent, expectLedgerConsistent } from './helpers/invariants.ts';
-import { type GrantExtra, grantLot } from './helpers/lots.ts';
+import {
+  expectReconciled as expectReconciledIn,
+  type GrantExtra,
+  grantLot,
+  lapseLot as lapseLotIn,
+} from './helpers/lots.ts';
 import { newUser, startTestServer, type TestServer } from './helpers/server.ts';
 
 // Gifts over credit lots (found sound by the review of 2026-12-04, kept as regression tests), and reconcile
@@ -44,15 +49,7 @@ const internal = () => server.internalClient().internal.credits;
 const grant = (userId: string, amount: number, extra: GrantExtra = {}) =>
   grantLot(server, userId, amount, extra);
 
-async function lapseLot(lotId: string) {
-  await sql`update credits.lots set expires_at = now() - interval '1 second' where id = ${lotId}::uuid`.execute(
-    db(),
-  );
-  await sql`update credits.balances b set next_lot_expiry = least(b.next_lot_expiry, now() - interval '1 second')
-             from credits.lots l where l.id = ${lotId}::uuid and l.account_kind = 'user' and b.user_id = l.account_id`.execute(
-    db(),
-  );
-}
+const lapseLot = (lotId: string) => lapseLotIn(db(), lotId);
 
 /** Lapses every lot that was derived (mirrored) from lotId too, as real time passing would. */
 async function lapseLotAndMirrors(lotId: string) {
@@ -69,10 +66,7 @@ async function backdateGift(giftId: string) {
   );
 }
 
-async function expectReconciled() {
-  const { checks } = await runReconcileChecks(db(), 5);
-  expect(checks.filter((check) => check.violations > 0)).toEqual([]);
-}
+const expectReconciled = () => expectReconciledIn(db());
 
 async function stored(userId: string) {
   const { rows } = await sql<{ balance: number; reserved: number }>`

@@ -1,9 +1,13 @@
 import { randomUUID } from 'node:crypto';
-import { runReconcileChecks } from '@mana-credits/db';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { expectHoldsConsistent, expectLedgerConsistent } from './helpers/invariants.ts';
-import { type GrantExtra, grantLot } from './helpers/lots.ts';
+import {
+  expectReconciled as expectReconciledIn,
+  type GrantExtra,
+  grantLot,
+  lapseLot as lapseLotIn,
+} from './helpers/lots.ts';
 import { newUser, startTestServer, type TestServer } from './helpers/server.ts';
 import { whileAnotherSession } from './helpers/sessions.ts';
 
@@ -46,20 +50,8 @@ const reserve = (userId: string, amount: number) =>
     idempotencyKey: randomUUID(),
   });
 
-/** Makes a lot's time pass: the lot and its account's next_lot_expiry lie one second in the past. */
-async function lapseLot(lotId: string) {
-  await sql`update credits.lots set expires_at = now() - interval '1 second' where id = ${lotId}::uuid`.execute(
-    server.deps.db,
-  );
-  await sql`update credits.balances b set next_lot_expiry = least(b.next_lot_expiry, now() - interval '1 second')
-             from credits.lots l where l.id = ${lotId}::uuid and l.account_kind = 'user' and b.user_id = l.account_id`.execute(
-    server.deps.db,
-  );
-  await sql`update credits.guild_pools p set next_lot_expiry = least(p.next_lot_expiry, now() - interval '1 second')
-             from credits.lots l where l.id = ${lotId}::uuid and l.account_kind = 'guild' and p.organization_id = l.account_id`.execute(
-    server.deps.db,
-  );
-}
+/** Makes a lot's time pass (helpers/lots.ts). */
+const lapseLot = (lotId: string) => lapseLotIn(server.deps.db, lotId);
 
 async function lapseHold(reservationId: string) {
   await sql`update credits.reservations set expires_at = now() - interval '1 second' where id = ${reservationId}::uuid`.execute(
@@ -67,11 +59,7 @@ async function lapseHold(reservationId: string) {
   );
 }
 
-/** Every reconcile check (ledger = balance, lots = balance, pins = reserved, lot ledger, no spend after expiry). */
-async function expectReconciled() {
-  const { checks } = await runReconcileChecks(server.deps.db, 5);
-  expect(checks.filter((check) => check.violations > 0)).toEqual([]);
-}
+const expectReconciled = () => expectReconciledIn(server.deps.db);
 
 /** What a user can really spend now: the balance after posting every lapsed lot and hold. */
 async function spendableAfterExpiry(userId: string) {
