@@ -138,19 +138,18 @@ export function idempotentRetryLink(options: RetryOptions = {}): TRPCLink<AppRou
       // A call aborted while it waits is not sent again (a batch goes out unless all its calls were aborted,
       // so the signal alone would not stop it): it fails with the abort, as a fetch would.
       const signal = op.signal;
-      const aborted = () => abortedCall(signal);
       return observable((observer) => {
         let subscription: { unsubscribe(): void } | undefined;
         let leave = () => {};
         const onAbort = () => {
           leave();
-          observer.error(aborted());
+          observer.error(abortedCall(signal));
         };
         // Listening before joining: a wait already over starts the call at once, and removes the listener.
         signal?.addEventListener('abort', onAbort, { once: true });
         leave = gate.wait(() => {
           signal?.removeEventListener('abort', onAbort);
-          if (signal?.aborted) observer.error(aborted());
+          if (signal?.aborted) observer.error(abortedCall(signal));
           else subscription = next(op).subscribe(observer);
         });
         return () => {
