@@ -4,7 +4,11 @@ import type { AddressInfo } from 'node:net';
 import { sql } from 'kysely';
 import Stripe from 'stripe';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { runAutoTopUps } from '../src/domain/stripe/auto-top-up.ts';
+import {
+  AUTO_TOP_UP_GIVE_UP_HOURS,
+  AUTO_TOP_UP_SEND_HOURS,
+  runAutoTopUps,
+} from '../src/domain/stripe/auto-top-up.ts';
 import { recordAutoTopUpFailure } from '../src/domain/stripe/auto-top-up-failure.ts';
 import { expectLedgerConsistent } from './helpers/invariants.ts';
 import { type Answer, type CallOptions, restCaller } from './helpers/rest.ts';
@@ -649,6 +653,84 @@ describe('a payment whose outcome never arrived', () => {
     expect(await purchaseCreditsOf(user.id)).toHaveLength(1);
     expect((await attemptsOf(user.id))[0]).toMatchObject({ status: 'succeeded' });
     expect(stripe.intentsOfPurchase(attempt!.purchase_id!)).toHaveLength(1);
+  });
+});
+
+describe('an attempt none of whose sends was answered', () => {
+  /** Makes the user's attempt `hours` old and lets it be claimed at once. */
+  async function ageAttempt(userId: string, hours: number) {
+    await sql`update credits.auto_top_up_attempts
+                 set created_at = now() - make_interval(mins => ${Math.round(hours * 60)}), next_attempt_at = now()
+               where user_id = ${userId}`.execute(server.db);
+  }
+  const paymentCalls = () => stripe.requestsTo('/v1/payment_intents').length;
+  const searches = () => stripe.requestsTo('/v1/payment_intents/search').length;
+
+  it(`is not sent after ${AUTO_TOP_UP_SEND_HOURS} h, only looked up; with no payment found it fails at ${AUTO_TOP_UP_GIVE_UP_HOURS} h`, async () => {
+    const { user, client } = await enrolledUser({ funds: 100, threshold: 50 });
+    await spend(client, 60);
+    stripe.mode = 'failing'; // every send answered 500: nobody knows whether a payment was made
+    expect(Object.values(await worker())).toEqual(['unknown']);
+    const [attempt] = await attemptsOf(user.id);
+    const purchaseId = attempt!.purchase_id!;
+    expect(attempt).toMatchObject({ status: 'pending', purchase_id: expect.any(String) });
+    stripe.mode = 'ok';
+
+    // Past its sending time: Stripe would take a send now (this test server keeps no 500 for the key), but
+    // none is made; the lookup finds nothing and the attempt waits for its give-up time.
+    await ageAttempt(user.id, AUTO_TOP_UP_SEND_HOURS + 0.5);
+    const sent = paymentCalls();
+    expect(await worker()).toEqual({ [attempt!.id]: 'unknown' });
+    expect(paymentCalls()).toBe(sent);
+    expect(searches()).toBe(1);
+    expect(stripe.intentsOfPurchase(purchaseId)).toEqual([]);
+    expect((await attemptsOf(user.id))[0]).toMatchObject({ status: 'pending' });
+
+    await ageAttempt(user.id, AUTO_TOP_UP_GIVE_UP_HOURS + 0.5);
+    expect(await worker()).toEqual({ [attempt!.id]: 'failed' });
+    expect(paymentCalls()).toBe(sent);
+    expect((await attemptsOf(user.id))[0]).toMatchObject({
+      status: 'failed',
+      failure_code: 'payment_provider_unavailable',
+    });
+    expect(await client.credits.autoTopUp.get.query()).toMatchObject({
+      enabled: false,
+      disabledReason: 'payment failed: payment_provider_unavailable',
+      lastAttempt: { status: 'failed', failureCode: 'payment_provider_unavailable' },
+    });
+    expect(await client.credits.purchaseStatus.query({ purchaseId })).toMatchObject({ status: 'failed' });
+    const failed = await eventsOf(user.id, 'autotopup.failed');
+    expect(failed.map((event) => event.data)).toEqual([
+      expect.objectContaining({ attemptId: attempt!.id, reason: 'payment_provider_unavailable' }),
+    ]);
+    expect(await purchaseCreditsOf(user.id)).toEqual([]);
+    expect(await balanceOf(user.id)).toBe(40);
+    await expireLeases(user.id);
+    expect(await worker()).toEqual({});
+  });
+
+  it('a payment one of them made is found by its purchase and credited, and not sent again', async () => {
+    const { user, client } = await enrolledUser({ funds: 100, threshold: 50 });
+    await spend(client, 60);
+    stripe.mode = 'lose-responses'; // Stripe charges the card, every answer is lost
+    expect(Object.values(await worker())).toEqual(['unknown']);
+    stripe.mode = 'ok';
+    const [attempt] = await attemptsOf(user.id);
+    const [intent] = stripe.intentsOfPurchase(attempt!.purchase_id!);
+    expect(intent).toMatchObject({ status: 'succeeded' });
+
+    await ageAttempt(user.id, AUTO_TOP_UP_GIVE_UP_HOURS + 0.5);
+    const sent = paymentCalls();
+    expect(await worker()).toEqual({ [attempt!.id]: 'credited' });
+    expect(paymentCalls()).toBe(sent);
+    expect((await attemptsOf(user.id))[0]).toMatchObject({
+      status: 'succeeded',
+      payment_intent_id: intent!.id,
+    });
+    expect(await purchaseCreditsOf(user.id)).toHaveLength(1);
+    expect(await balanceOf(user.id)).toBe(40 + PACKAGE_CREDITS);
+    expect(await eventsOf(user.id, 'autotopup.failed')).toEqual([]);
+    expect((await client.credits.autoTopUp.get.query()).enabled).toBe(true);
   });
 });
 

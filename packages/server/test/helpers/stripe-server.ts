@@ -152,11 +152,13 @@ export class TestStripeServer {
       req.socket.destroy();
       return;
     }
-    const path = new URL(req.url ?? '/', this.url).pathname;
+    const url = new URL(req.url ?? '/', this.url);
+    const path = url.pathname;
     const method = req.method ?? 'GET';
     const idempotencyKey =
       typeof req.headers['idempotency-key'] === 'string' ? req.headers['idempotency-key'] : undefined;
-    const body = decodeForm(raw);
+    // A GET carries its parameters in the query string, in the same encoding.
+    const body = decodeForm(method === 'GET' ? url.search.slice(1) : raw);
     if (req.headers.authorization !== `Bearer ${this.secretKey}`) {
       this.error(res, 401, 'invalid_request_error', 'Invalid API Key provided');
       return;
@@ -204,6 +206,7 @@ export class TestStripeServer {
     if (method === 'POST' && path === '/v1/customers')
       return { status: 200, body: this.createCustomer(body) };
     if (method === 'POST' && path === '/v1/payment_intents') return this.createPaymentIntent(body);
+    if (method === 'GET' && path === '/v1/payment_intents/search') return this.searchPaymentIntents(body);
     const intentId = /^\/v1\/payment_intents\/([^/]+)$/.exec(path)?.[1];
     if (method === 'GET' && intentId) {
       const intent = this.paymentIntents.get(intentId);
@@ -305,6 +308,37 @@ export class TestStripeServer {
     return {
       status: 402,
       body: { error: { ...lastError, payment_intent: structuredClone(intent) } },
+    };
+  }
+
+  /**
+   * Stripe's search, for the one kind of query the service sends: `metadata['key']:'value'` clauses joined by
+   * AND (anything else is refused, as Stripe refuses what it cannot parse): how the service finds a payment
+   * it may have made when none of its answers arrived.
+   */
+  private searchPaymentIntents(body: Json): { status: number; body: Json } {
+    const query = String(body.query ?? '');
+    const clauses = query.split(/\s+AND\s+/);
+    const wanted: [string, string][] = [];
+    for (const clause of clauses) {
+      const match = /^metadata\['([^']+)'\]:'([^']*)'$/.exec(clause.trim());
+      if (!match) return invalid('query', `Unsupported search query: ${query}`);
+      wanted.push([match[1] as string, match[2] as string]);
+    }
+    const data = [...this.paymentIntents.values()]
+      .filter((intent) =>
+        wanted.every(([key, value]) => (intent.metadata as Record<string, string>)?.[key] === value),
+      )
+      .map((intent) => structuredClone(intent));
+    return {
+      status: 200,
+      body: {
+        object: 'search_result',
+        data,
+        has_more: false,
+        next_page: null,
+        url: '/v1/payment_intents/search',
+      },
     };
   }
 

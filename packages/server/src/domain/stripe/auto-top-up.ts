@@ -45,6 +45,20 @@ const LEASE_SECONDS = 120;
 const STUCK_AFTER_TRIES = 30;
 /** How long a sent payment may await its webhook before the worker asks Stripe how it ended. */
 const STALE_PROCESSING_SECONDS = 600;
+/**
+ * An attempt's payment is sent (and sent again, with the attempt's id as key) for this long after the attempt
+ * was made. Stripe keeps a key for at least 24 h, and answers a key whose first request failed with that same
+ * failure meanwhile; past the key's life a send could make a second payment. So an attempt none of whose
+ * sends got an answer (a 5xx Stripe keeps replaying, a network that never reached it) is not sent again after
+ * 22 h: it is settled by what Stripe has, its payment found by the purchase id in its metadata.
+ */
+export const AUTO_TOP_UP_SEND_HOURS = 22;
+/**
+ * When no payment is found by then, the attempt fails (`payment_provider_unavailable`): an hour after the
+ * last send could have happened, longer than Stripe's search takes to show a payment even in its outages.
+ */
+export const AUTO_TOP_UP_GIVE_UP_HOURS = 23;
+const HOUR_MS = 3_600_000;
 
 interface AutoTopUpDeps {
   db: Kysely<Database>;
@@ -184,9 +198,9 @@ export async function runAutoTopUps(
     try {
       results[attempt.id] = await payAttempt(deps, deps.stripe, attempt);
     } catch (error) {
-      // The lease runs out and the attempt is sent again, with the same key. An attempt that keeps failing is
-      // an operator's matter: Stripe answers a key that got a 500 with the same 500 for up to 24 h, and the
-      // user's auto top-up waits for this attempt meanwhile.
+      // The lease runs out and the attempt is sent again, with the same key, until its sending time is over
+      // (AUTO_TOP_UP_SEND_HOURS). Stripe answers a key that got a 500 with the same 500, and the user's auto
+      // top-up waits for this attempt meanwhile: an operator should hear of it long before.
       const details = { err: error, attemptId: attempt.id, userId: attempt.user_id, tries: attempt.tries };
       if (attempt.tries < STUCK_AFTER_TRIES) deps.log?.warn(details, 'auto top-up attempt not sent');
       else
@@ -309,6 +323,16 @@ async function payAttempt(
   if (skip === 'disabled') return 'skipped';
   if (skip === 'package_inactive') return 'failed';
   if (!purchase) return 'gone';
+  // Its purchase existed before this claim, so an earlier one may have sent the payment.
+  const age = Date.now() - attempt.created_at.getTime();
+  if (claimed.purchase_id && age >= AUTO_TOP_UP_SEND_HOURS * HOUR_MS)
+    return settleUnansweredAttempt(
+      deps,
+      stripe,
+      attempt,
+      purchase,
+      age >= AUTO_TOP_UP_GIVE_UP_HOURS * HOUR_MS,
+    );
   const paymentMethod = String(purchase.metadata?.paymentMethodId ?? '');
   let intent: Stripe.PaymentIntent;
   try {
@@ -344,13 +368,56 @@ async function payAttempt(
     }
     throw error;
   }
+  return settleSentPayment(deps, attempt, purchase, intent);
+}
+
+/**
+ * An attempt past its sending time whose sends never got an answer: its payment, if one of them made it, is
+ * settled like a sent one; if Stripe has none, it stays pending until the give-up time (nothing is sent), then
+ * fails like a refused payment — auto top-up off, `autotopup.failed` — so the user learns of it and the next
+ * top-up is not blocked behind it. Had a payment been made after all, its webhook still credits the purchase.
+ */
+async function settleUnansweredAttempt(
+  deps: AutoTopUpDeps,
+  stripe: Stripe,
+  attempt: AutoTopUpAttemptRow,
+  purchase: PurchaseRow,
+  giveUp: boolean,
+): Promise<AttemptResult> {
+  const found = await stripe.paymentIntents.search({ query: `metadata['purchaseId']:'${purchase.id}'` });
+  const intent = found.data.find((candidate) => candidate.metadata?.purchaseId === purchase.id);
+  if (intent) return settleSentPayment(deps, attempt, purchase, intent);
+  if (!giveUp) return 'unknown';
+  await deps.db.transaction().execute((trx) =>
+    recordAutoTopUpFailure(trx, attempt, {
+      code: 'payment_provider_unavailable',
+      message: `The payment provider did not answer for ${AUTO_TOP_UP_SEND_HOURS} hours; no payment was made`,
+      paymentIntentId: null,
+    }),
+  );
+  return 'failed';
+}
+
+/** The attempt's PaymentIntent exists: recorded, then credited or failed as it stands, or left to its webhook. */
+async function settleSentPayment(
+  deps: AutoTopUpDeps,
+  attempt: AutoTopUpAttemptRow,
+  purchase: PurchaseRow,
+  intent: Stripe.PaymentIntent,
+): Promise<AttemptResult> {
   await recordPurchaseStripeIds(deps.db, purchase.id, { stripe_payment_intent_id: intent.id });
   await markAutoTopUpProcessing(deps.db, attempt.id, intent.id);
   if (intent.status === 'succeeded') return creditedNow(deps.db, intent);
-  if (intent.status === 'requires_action' || intent.status === 'requires_payment_method') {
+  if (
+    intent.status === 'requires_action' ||
+    intent.status === 'requires_payment_method' ||
+    intent.status === 'canceled'
+  ) {
+    const codes = { requires_action: 'authentication_required', canceled: 'canceled' } as const;
     await deps.db.transaction().execute((trx) =>
       recordAutoTopUpFailure(trx, attempt, {
-        code: intent.status === 'requires_action' ? 'authentication_required' : 'payment_failed',
+        code:
+          intent.last_payment_error?.code ?? codes[intent.status as keyof typeof codes] ?? 'payment_failed',
         message: intent.last_payment_error?.message ?? null,
         paymentIntentId: intent.id,
       }),
