@@ -1,6 +1,6 @@
 import type { AppDeps, Logger } from '../deps.ts';
 import { sweepExpiredHolds } from '../domain/credits/reservations.ts';
-import type { Job } from './scheduler.ts';
+import { drain, drainBudgetMs, type Job } from './scheduler.ts';
 
 /**
  * Returns expired holds (personal and pool) that nobody touched, so their credits are spendable again (every
@@ -8,11 +8,12 @@ import type { Job } from './scheduler.ts';
  * RESERVATION_SWEEP_SECONDS.
  */
 export function reservationSweepJob(deps: Pick<AppDeps, 'db' | 'config'>, log?: Logger): Job {
+  const intervalMs = deps.config.reservationSweepSeconds * 1000;
   return {
     name: 'reservation-sweep',
-    intervalMs: deps.config.reservationSweepSeconds * 1000,
-    async run() {
-      const expired = await sweepExpiredHolds(deps.db);
+    intervalMs,
+    async run(signal) {
+      const expired = await drain(signal, drainBudgetMs(intervalMs), () => sweepExpiredHolds(deps.db));
       if (expired > 0) log?.debug({ expired }, 'expired holds returned');
     },
   };

@@ -285,15 +285,12 @@ export async function releaseReservation(
 }
 
 /**
- * Returns every expired hold (personal and pool holds), in chunks so no transaction grows large. Safe to run on every instance at
- * once: each chunk claims its holds with SKIP LOCKED. Returns how many holds were returned.
+ * Returns up to `chunk` expired holds (personal and pool holds) in one transaction, so no transaction grows
+ * large; the sweep job runs it again while it finds holds (jobs/scheduler.ts drain). Safe to run on every
+ * instance at once: the holds are claimed with SKIP LOCKED. Returns how many holds were returned.
  */
 export async function sweepExpiredHolds(db: Kysely<Database>, chunk = 1000): Promise<number> {
-  let total = 0;
-  for (;;) {
-    const released = await releaseExpiredHolds(db, null, chunk);
-    effects.holdsExpired(released);
-    total += released;
-    if (released < chunk) return total;
-  }
+  const released = await releaseExpiredHolds(db, null, chunk);
+  effects.holdsExpired(released);
+  return released;
 }
