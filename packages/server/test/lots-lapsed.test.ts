@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spendFromPool } from '../src/domain/guild/pools.ts';
 import { expectHoldsConsistent, expectLedgerConsistent } from './helpers/invariants.ts';
 import {
   expectReconciled as expectReconciledIn,
@@ -203,6 +204,98 @@ describe('pools: answers never count expired credits', () => {
     await lapseLot(lapsing.id);
     await lapseHold(hold.reservationId);
     expect((await ownerClient.guild.balance.query({ guildId })).balance).toBe(10);
+    await expectReconciled();
+  });
+});
+
+describe('pools: a lapsed lot with nothing left to expire refuses nothing', () => {
+  // The pool's next_lot_expiry has passed, but its lot was spent before, or is pinned whole by a hold: the
+  // expiry pass expires nothing and moves next_lot_expiry on. The single pool path (holds always; spends with
+  // COALESCE_DEBITS=false or after a refused batch) read the pool again only when the pass expired credits,
+  // and refused on the stale answer (a keyed call kept that refusal under its key). Found by a review.
+  async function poolWith(prepare: (guildId: string, member: string) => Promise<unknown>) {
+    const owner = newUser();
+    const member = newUser();
+    const guildId = `guild-${randomUUID()}`;
+    server.auth.setRole(guildId, owner.id, 'owner');
+    server.auth.setRole(guildId, member.id, 'member');
+    await server.internalClient().internal.guildPool.init.mutate({ guildId });
+    await grant(owner.id, 10, { expiresInDays: 5, priority: 0 }); // burns first
+    await grant(owner.id, 100);
+    await (await server.userClient(owner)).guild.fund.mutate({ guildId, amount: 110 });
+    await prepare(guildId, member.id);
+    const lot = await server.deps.db
+      .selectFrom('credits.lots')
+      .select('id')
+      .where('account_kind', '=', 'guild')
+      .where('account_id', '=', guildId)
+      .where('expires_at', 'is not', null)
+      .executeTakeFirstOrThrow();
+    await lapseLot(lot.id);
+    return { guildId, member: member.id };
+  }
+  const poolHold = (guildId: string, userId: string, amount: number, idempotencyKey = randomUUID()) =>
+    internal()
+      .reserve.mutate({
+        userId,
+        guildId,
+        amount,
+        appId: 'lots-app',
+        description: 'pool hold',
+        idempotencyKey,
+      })
+      .then(
+        (held) => `held, ${held.balance} left`,
+        (error: { data?: { reason?: string } }) => `refused ${error.data?.reason}`,
+      );
+
+  it('a keyed pool hold after the lapsed lot was spent is placed (and its key replays the hold)', async () => {
+    const { guildId, member } = await poolWith((guildId, userId) =>
+      internal().use.mutate({
+        userId,
+        guildId,
+        amount: 10,
+        appId: 'lots-app',
+        description: 'spends the lot',
+      }),
+    );
+    const key = randomUUID();
+    expect([await poolHold(guildId, member, 5, key), await poolHold(guildId, member, 5, key)]).toEqual([
+      'held, 95 left',
+      'held, 95 left',
+    ]);
+    await expectReconciled();
+  });
+
+  it('single-path pool spends after the lapsed lot was spent go through, one after another', async () => {
+    const { guildId, member } = await poolWith((guildId, userId) =>
+      internal().use.mutate({
+        userId,
+        guildId,
+        amount: 10,
+        appId: 'lots-app',
+        description: 'spends the lot',
+      }),
+    );
+    const spend = () =>
+      spendFromPool(server.deps.db, {
+        guildId,
+        userId: member,
+        amount: 5,
+        appId: 'lots-app',
+        description: 'single',
+      }).then(
+        (spent) => `ok ${spent.poolBalance}`,
+        (error: { reason?: string }) => `refused ${error.reason}`,
+      );
+    expect([await spend(), await spend()]).toEqual(['ok 95', 'ok 90']);
+    await expectReconciled();
+  });
+
+  it('a pool hold while the lapsed lot is pinned whole by another hold is placed', async () => {
+    const { guildId, member } = await poolWith((guildId, userId) => poolHold(guildId, userId, 10));
+    expect(await poolHold(guildId, member, 5)).toBe('held, 95 left');
+    await expectHoldsConsistent(server.deps.db);
     await expectReconciled();
   });
 });

@@ -135,8 +135,10 @@ export async function spendPool<T>(
   if (!pool) throw poolNotFound();
   const expired = pool.reserved > 0 ? await releaseExpiredPoolHolds(trx, guildId) : 0;
   effects.holdsExpired(expired);
-  const lapsed = pool.lotsLapsed ? await expireAccountLots(trx, 'guild', guildId) : 0;
-  if (expired > 0 || lapsed > 0) {
+  if (pool.lotsLapsed) await expireAccountLots(trx, 'guild', guildId);
+  // Read again after any expiry pass, even one that expired nothing: the lapsed lot may have been spent or be
+  // pinned whole, and the pass moved next_lot_expiry on, which is all `covers` was refusing for.
+  if (expired > 0 || pool.lotsLapsed) {
     pool = await lockGuildPool(trx, guildId, amount);
     if (!pool) throw poolNotFound();
   }
