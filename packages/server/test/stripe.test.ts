@@ -818,6 +818,115 @@ describe('webhook: refunds and disputes', () => {
     expect(await purchaseRow(purchaseId)).toMatchObject({ clawed_back_credits: 40, unrecovered_credits: 0 });
   });
 
+  it('a refund takes back the purchase’s own credits first, not the grants the burn order spends first', async () => {
+    // Found by a review: the clawback burned the granted credits (priority 10) and left the purchase's lot
+    // whole; when that lot expired, its expiry counted toward what was owed again — 150 credits taken for a
+    // 100-credit purchase.
+    const pack = await createPackage({ credits: 100, priceEuroCents: 1000, validityDays: 30 });
+    const { user, client } = await buyer();
+    await server.internalClient().internal.credits.grant.mutate({
+      userId: user.id,
+      amount: 100,
+      reason: 'other credits, never expiring',
+      idempotencyKey: randomUUID(),
+    });
+    const { started, charge } = await completedPurchase(client, pack.id);
+    const refund = (cents: number) =>
+      deliver(stripe.event('charge.refunded', stripe.refundCharge(charge.id as string, cents)));
+    expect((await refund(500)).status).toBe(200);
+    const lots = await server.internalClient().internal.credits.lots.query({ userId: user.id });
+    expect(lots.items.map((lot) => [lot.source, lot.remaining]).sort()).toEqual([
+      ['grant', 100],
+      ['purchase', 50],
+    ]);
+    // The purchase's validity ends (backdated), then the rest of the money goes back: nothing more is owed.
+    await sql`update credits.lots set expires_at = now() - interval '1 second'
+               where account_id = ${user.id} and source = 'purchase'`.execute(server.deps.db);
+    await sql`update credits.balances set next_lot_expiry = now() - interval '1 second'
+               where user_id = ${user.id}`.execute(server.deps.db);
+    expect((await refund(500)).status).toBe(200); // cumulative: 1000 of 1000
+    expect(await balanceOf(user.id)).toBe(100);
+    expect(await purchaseRow(started.purchaseId)).toMatchObject({
+      clawed_back_credits: 50,
+      unrecovered_credits: 0,
+    });
+  });
+
+  it('a hold whose time is up is returned before the clawback: its credits are taken back, not left to the buyer', async () => {
+    const pack = await createPackage({ credits: 100, priceEuroCents: 1000 });
+    const { user, client } = await buyer();
+    const { started, charge } = await completedPurchase(client, pack.id);
+    await server.internalClient().internal.credits.reserve.mutate({
+      userId: user.id,
+      amount: 100,
+      appId: 'chat',
+      description: 'holds it all',
+      idempotencyKey: randomUUID(),
+    });
+    await sql`update credits.reservations set expires_at = now() - interval '1 second'
+               where user_id = ${user.id} and status = 'open'`.execute(server.deps.db);
+    expect(
+      (await deliver(stripe.event('charge.refunded', stripe.refundCharge(charge.id as string, 1000)))).status,
+    ).toBe(200);
+    expect(await purchaseRow(started.purchaseId)).toMatchObject({
+      clawed_back_credits: 100,
+      unrecovered_credits: 0,
+    });
+    expect(await balanceOf(user.id)).toBe(0);
+    await expect(
+      client.credits.use.mutate({ amount: 1, appId: 'chat', description: 'x' }),
+    ).rejects.toMatchObject({
+      data: { reason: 'INSUFFICIENT_CREDITS' },
+    });
+  });
+
+  it.each([
+    [
+      '5 cents refunded (a share of 0 credits), then 994 disputed',
+      [
+        ['refund', 5],
+        ['dispute', 994],
+      ],
+    ],
+    [
+      '994 disputed, then 5 cents refunded',
+      [
+        ['dispute', 994],
+        ['refund', 5],
+      ],
+    ],
+    [
+      '333 refunded, 5 more (still 33 credits), then 661 disputed',
+      [
+        ['refund', 333],
+        ['refund', 5],
+        ['dispute', 661],
+      ],
+    ],
+  ] as const)(
+    'all the money returned takes back every credit, even by refunds that add no credit of their own: %s',
+    async (_name, steps) => {
+      // A refund whose cumulative amount did not raise the refunds' own share of credits was not recorded, so its
+      // money was missing from the share of all the money returned: 99 credits taken back for 999 of 999 cents.
+      const pack = await createPackage({ credits: 100, priceEuroCents: 999 });
+      const { user, client } = await buyer();
+      const { started, charge } = await completedPurchase(client, pack.id);
+      const chargeId = charge.id as string;
+      for (const [kind, cents] of steps) {
+        // refundCharge refunds `cents` more: the event carries the cumulative amount, as Stripe's does
+        const object =
+          kind === 'refund' ? stripe.refundCharge(chargeId, cents) : stripe.disputeCharge(chargeId, cents);
+        const type = kind === 'refund' ? 'charge.refunded' : 'charge.dispute.created';
+        expect((await deliver(stripe.event(type, object))).status).toBe(200);
+      }
+      expect(await purchaseRow(started.purchaseId)).toMatchObject({
+        clawed_back_credits: 100,
+        unrecovered_credits: 0,
+      });
+      expect(await balanceOf(user.id)).toBe(0);
+    },
+  );
+
   it('a dispute claws back the disputed share once, even when Stripe sends it again', async () => {
     const pack = await createPackage({ credits: 100, priceEuroCents: 1000 });
     const { user, client } = await buyer();

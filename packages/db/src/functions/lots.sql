@@ -129,6 +129,39 @@ begin
 end
 $$;
 
+-- credits.take_lots_from: credits.take_lots, but the lots p_first give first (in the burn order among
+-- themselves) and the account's other lots only the rest (in the burn order). A clawback takes a refunded
+-- purchase's own credits back before any other: what the buyer got elsewhere stays theirs.
+create or replace function credits.take_lots_from(
+  p_kind text, p_account text, p_amount int8, p_first uuid[], out lot_ids uuid[], out lot_amounts int8[])
+language plpgsql as $$
+declare
+  v_left int8 := p_amount;
+  v_lot record;
+  v_take int8;
+  v_rest record;
+begin
+  lot_ids := '{}';
+  lot_amounts := '{}';
+  for v_lot in
+    select id, remaining - pinned as free from credits.lots
+     where id = any(p_first) and account_kind = p_kind and account_id = p_account
+       and not spent and remaining > pinned and (expires_at is null or expires_at > now())
+     order by priority, expires_at, created_at, id
+  loop
+    exit when v_left = 0;
+    v_take := least(v_lot.free, v_left);
+    update credits.lots set remaining = remaining - v_take where id = v_lot.id;
+    lot_ids := lot_ids || v_lot.id;
+    lot_amounts := lot_amounts || v_take;
+    v_left := v_left - v_take;
+  end loop;
+  select t.lot_ids, t.lot_amounts into v_rest from credits.take_lots(p_kind, p_account, v_left, false) t;
+  lot_ids := lot_ids || v_rest.lot_ids;
+  lot_amounts := lot_amounts || v_rest.lot_amounts;
+end
+$$;
+
 -- credits.add_lot: a new lot of p_amount credits (a purchase, a grant, a refund with no lot to return to).
 create or replace function credits.add_lot(
   p_kind text, p_account text, p_amount int8, p_source text, p_category text, p_priority int,

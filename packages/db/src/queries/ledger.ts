@@ -34,6 +34,8 @@ export async function debitBalance(
   entry: LedgerEntryInput,
   totals: 'spent' | 'unearned' = 'spent',
   refusedUnder?: KeyRef,
+  /** Lots that give first, before the burn order (a clawback: the refunded purchase's own lots). */
+  lotsFirst?: string[],
 ): Promise<PostedEntry | null> {
   const spent = totals === 'spent' ? entry.amount : 0;
   const unearned = totals === 'unearned' ? entry.amount : 0;
@@ -50,7 +52,11 @@ export async function debitBalance(
          and credits.covers(balance, reserved, next_lot_expiry, ${entry.amount}::int8)
       returning user_id, balance, reserved${notRefused(refusedUnder)}
     ), burned as (
-      select t.* from debit d cross join lateral credits.take_lots('user', d.user_id, ${entry.amount}::int8, false) t
+      select t.* from debit d cross join lateral ${
+        lotsFirst
+          ? sql`credits.take_lots_from('user', d.user_id, ${entry.amount}::int8, ${lotsFirst}::uuid[])`
+          : sql`credits.take_lots('user', d.user_id, ${entry.amount}::int8, false)`
+      } t
     ), entry as (${personalLedgerRow('debit', entry, -1, 'burned')})${
       countsAsUsage
         ? sql`, usage as (${usageCounter('entry', entry.userId, entry.appId ?? '', entry.amount)})`

@@ -183,21 +183,18 @@ export async function closeUnpaidPurchase(
 }
 
 /**
- * Σ credits the recorded reversals of a purchase claim (only those of `kind` when given). Exact under the
- * purchase's row lock, which every reversal is recorded under.
+ * What a purchase's refunds recorded so far: the credits they claim (Σ credits_due) and the latest cumulative
+ * amount refunded, in cents (Stripe's amount_refunded only grows: a smaller one is a stale event).
  */
-export async function claimedReversalCredits(
+export async function recordedRefunds(
   trx: Transaction<Database>,
   purchaseId: string,
-  kind?: ReversalKind,
-): Promise<number> {
-  let query = trx
-    .selectFrom('credits.purchase_reversals')
-    .select(sql<number>`coalesce(sum(credits_due), 0)::int8`.as('claimed'))
-    .where('purchase_id', '=', purchaseId);
-  if (kind) query = query.where('kind', '=', kind);
-  const { claimed } = await query.executeTakeFirstOrThrow();
-  return claimed;
+): Promise<{ claimed: number; refundedCents: number }> {
+  const { rows } = await sql<{ claimed: number; refunded_cents: number }>`
+    select coalesce(sum(credits_due), 0)::int8 as claimed, coalesce(max(amount_cents), 0)::int8 as refunded_cents
+      from credits.purchase_reversals
+     where purchase_id = ${purchaseId}::uuid and kind = 'refund'`.execute(trx);
+  return { claimed: rows[0]?.claimed ?? 0, refundedCents: rows[0]?.refunded_cents ?? 0 };
 }
 
 /**
@@ -218,22 +215,21 @@ export async function reversalTotals(
 }
 
 /**
- * Credits of a purchase that expired unspent: what expired from the lot its credit made (found through the
- * purchase's credit ledger row, which names that lot). Expiry already took them from the buyer.
+ * The lots a purchase's credit made (named by the purchase's credit ledger row) and what expired from them
+ * unspent: expiry already took those credits from the buyer. A clawback takes from these lots first.
  */
-export async function expiredPurchaseCredits(
+export async function purchaseLots(
   trx: Transaction<Database>,
   userId: string,
   purchaseId: string,
-): Promise<number> {
-  const { rows } = await sql<{ expired: number }>`
-    select coalesce(sum(l.expired), 0)::int8 as expired
+): Promise<{ lotIds: string[]; expired: number }> {
+  const { rows } = await sql<{ lot_ids: string[] | null; expired: number }>`
+    select t.lot_ids, coalesce((select sum(l.expired) from credits.lots l where l.id = any(t.lot_ids)), 0)::int8 as expired
       from credits.transactions t
-      join credits.lots l on l.id = any(t.lot_ids)
      where t.user_id = ${userId} and t.idempotency_key = ${systemKeys.purchaseCredit(purchaseId)}`.execute(
     trx,
   );
-  return rows[0]?.expired ?? 0;
+  return { lotIds: rows[0]?.lot_ids ?? [], expired: rows[0]?.expired ?? 0 };
 }
 
 export interface NewReversal {

@@ -1,13 +1,13 @@
 import {
-  claimedReversalCredits,
   type Database,
   debitBalance,
-  expiredPurchaseCredits,
   getPurchaseSettlement,
   insertReversal,
   lockBalance,
   type NewReversal,
   type PurchaseRow,
+  purchaseLots,
+  recordedRefunds,
   recordPurchaseStripeIds,
   recordReversalSettlement,
   reversalTotals,
@@ -16,7 +16,7 @@ import {
 import type { Transaction } from 'kysely';
 import type Stripe from 'stripe';
 import { emitEvent } from '../events/emit.ts';
-import { expireAccountLots } from '../spending.ts';
+import { expireAccountLots, returnExpiredHolds } from '../spending.ts';
 import { ignored, type WebhookOutcome } from './outcome.ts';
 
 /** floor(credits × part / whole) in BigInt: credits × cents can pass 2^53. */
@@ -27,7 +27,9 @@ export function creditShare(credits: number, part: number, whole: number): numbe
 /**
  * charge.refunded: `amount_refunded` is cumulative, so the credits owed back for the charge are
  * credits × amount_refunded / amount, and this refund adds only what earlier refunds did not already claim.
- * A stale event (smaller cumulative amount, arriving late) claims nothing.
+ * Every new cumulative amount is recorded, even one whose own share adds no credit (5 cents of a 999-cent
+ * purchase): the money it returned counts in the share of all the money returned (settleReversals). A stale
+ * event (a cumulative amount not above the latest recorded, arriving late) records nothing.
  */
 export async function applyRefund(
   trx: Transaction<Database>,
@@ -39,18 +41,19 @@ export async function applyRefund(
     return ignored('charge without amount', purchase.id);
   const refunded = Math.min(Math.max(charge.amount_refunded, 0), charge.amount);
   const owed = creditShare(purchase.credits, refunded, charge.amount);
-  const claimed = await claimedReversalCredits(trx, purchase.id, 'refund');
+  const recorded = await recordedRefunds(trx, purchase.id);
   if (purchase.stripe_charge_id === null) {
     await recordPurchaseStripeIds(trx, purchase.id, { stripe_charge_id: charge.id });
   }
-  if (owed <= claimed) return ignored('refund already applied', purchase.id, { amountRefunded: refunded });
+  if (refunded <= recorded.refundedCents)
+    return ignored('refund already applied', purchase.id, { amountRefunded: refunded });
   return recordReversal(trx, purchase, {
     kind: 'refund',
     key: `refund:${charge.id}:${refunded}`,
     stripeObjectId: charge.id,
     eventId,
     amountCents: refunded,
-    creditsDue: owed - claimed,
+    creditsDue: Math.max(owed - recorded.claimed, 0),
   });
 }
 
@@ -95,8 +98,9 @@ async function recordReversal(
 
 /**
  * Takes back what the purchase's refunds and disputes claim (at most its credits) and was not yet settled,
- * but only once the purchase was credited. Only spendable credits are taken (balance − reserved; the balance
- * never goes below zero); the rest is recorded as unrecovered. The caller holds the purchase lock.
+ * but only once the purchase was credited. Only spendable credits are taken (balance − reserved, after the
+ * buyer's lapsed holds are returned; the balance never goes below zero), the purchase's own lots first; the
+ * rest is recorded as unrecovered. The caller holds the purchase lock.
  */
 export async function settleReversals(
   trx: Transaction<Database>,
@@ -113,11 +117,16 @@ export async function settleReversals(
   const settled = purchase.clawed_back_credits + purchase.unrecovered_credits;
   if (owed - settled <= 0) return { clawedBack: 0, unrecovered: 0 };
 
-  // Credits whose time is up are not there to take back: their expiry is posted first. What of this
-  // purchase's own credits expired unspent was taken from the buyer already and counts toward what is owed:
-  // a refund of credits that expired does not take the buyer's other credits instead.
+  // Holds whose time is up hold nothing any more: returned first, as every spend does, so their credits are
+  // taken back rather than recorded unrecovered and handed back to the buyer by the next call. Credits whose
+  // time is up are not there to take back: their expiry is posted first. What of this purchase's own credits
+  // expired unspent was taken from the buyer already and counts toward what is owed: a refund of credits that
+  // expired does not take the buyer's other credits instead. And the clawback takes the purchase's own
+  // credits first (not the burn order, which spends grants first): otherwise its lot stays whole, expires
+  // later, and that expiry counts again toward what was owed — the buyer losing more than the purchase.
+  await returnExpiredHolds(trx, purchase.user_id);
   await expireAccountLots(trx, 'user', purchase.user_id);
-  const expired = await expiredPurchaseCredits(trx, purchase.user_id, purchaseId);
+  const { lotIds, expired } = await purchaseLots(trx, purchase.user_id, purchaseId);
   const outstanding = owed - expired - settled;
   if (outstanding <= 0) return { clawedBack: 0, unrecovered: 0 };
   const account = await lockBalance(trx, purchase.user_id);
@@ -139,6 +148,8 @@ export async function settleReversals(
         idempotencyKey: systemKeys.clawback(purchaseId, clawedAfter),
       },
       'unearned',
+      undefined,
+      lotIds,
     );
     if (!posted) throw new Error('clawback could not debit a balance it holds locked');
     transactionId = posted.id;
