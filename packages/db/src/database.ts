@@ -121,6 +121,8 @@ export interface PurchasesTable {
   clawed_back_credits: Int8Default;
   /** Credits refunds and disputes should have taken back but the balance no longer had. */
   unrecovered_credits: Int8Default;
+  /** Credits taken back and given back again (disputes the merchant won): clawed back + returned only grows. */
+  returned_credits: Int8Default;
   /** The package's validity when the purchase was made: its credits expire this many days after payment. */
   validity_days: ColumnType<number | null, number | null | undefined, never>;
   /** The latest payment reported for it that did not match its price: received, not credited. */
@@ -152,6 +154,16 @@ export interface PurchaseReversalsTable {
   amount_cents: Int8;
   /** The share of the purchase's credits this reversal takes back. */
   credits_due: Int8;
+  created_at: Timestamp;
+}
+
+/** A dispute the merchant won (its reversal no longer counts), recorded once per dispute (append-only). */
+export interface PurchaseReinstatementsTable {
+  /** The reinstated dispute's reversal key, `dispute:<dispute>` (its reversal may arrive after it). */
+  reversal_key: string;
+  purchase_id: string;
+  stripe_object_id: string;
+  stripe_event_id: string;
   created_at: Timestamp;
 }
 
@@ -427,6 +439,7 @@ export interface Database {
   'credits.packages': PackagesTable;
   'credits.purchases': PurchasesTable;
   'credits.purchase_reversals': PurchaseReversalsTable;
+  'credits.purchase_reinstatements': PurchaseReinstatementsTable;
   'credits.stripe_customers': StripeCustomersTable;
   'credits.stripe_events': StripeEventsTable;
   'credits.usage_stats': UsageStatsTable;

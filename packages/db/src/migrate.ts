@@ -20,6 +20,7 @@ import * as timeOrderedIds from './migrations/2026_12_03_1300_time_ordered_ids.t
 import * as unmatchedPayments from './migrations/2026_12_04_1000_unmatched_payments.ts';
 import * as adminActionClaims from './migrations/2026_12_04_1100_admin_action_claims.ts';
 import * as adminSessionRevocations from './migrations/2026_12_04_1200_admin_session_revocations.ts';
+import * as disputeReinstatements from './migrations/2026_12_04_1300_dispute_reinstatements.ts';
 
 /** Every migration, by its dated name. Add new ones here; never edit one that has shipped. */
 export const migrations: Record<string, Migration> = {
@@ -43,6 +44,7 @@ export const migrations: Record<string, Migration> = {
   '2026_12_04_1000_unmatched_payments': unmatchedPayments,
   '2026_12_04_1100_admin_action_claims': adminActionClaims,
   '2026_12_04_1200_admin_session_revocations': adminSessionRevocations,
+  '2026_12_04_1300_dispute_reinstatements': disputeReinstatements,
 };
 
 /**

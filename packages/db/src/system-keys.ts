@@ -11,8 +11,14 @@ const systemKey = (...parts: (string | number)[]) => `${SYSTEM_KEY_PREFIX}${part
 export const systemKeys = {
   /** The credit of a paid purchase: one per purchase, whatever Stripe sends. */
   purchaseCredit: (purchaseId: string) => systemKey('purchase', purchaseId),
-  /** A purchase's clawback that brings its clawed-back total to `clawedAfter`: each share taken once. */
-  clawback: (purchaseId: string, clawedAfter: number) => systemKey('clawback', purchaseId, clawedAfter),
+  /**
+   * A purchase's clawback that brings all it ever took back (clawed back + given back again, which only
+   * grows) to `takenAfter`: each share taken once.
+   */
+  clawback: (purchaseId: string, takenAfter: number) => systemKey('clawback', purchaseId, takenAfter),
+  /** Credits a purchase's clawbacks took, given back (a dispute won), bringing all given back to `returnedAfter`. */
+  clawbackReturn: (purchaseId: string, returnedAfter: number) =>
+    systemKey('clawback', purchaseId, 'returned', returnedAfter),
   /** The usage row of a reservation's commit: at most one per reservation. */
   reservationCommit: (reservationId: string) => systemKey('reservation', reservationId),
   /** The escrow debit of a gift created without a caller key. */

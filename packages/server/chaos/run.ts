@@ -760,7 +760,7 @@ async function main() {
     stripeDriver.purchases.filter((op) => op.outcome === outcome).length;
   const s = stripeDriver.stats;
   console.log(
-    `  purchases: ${stripeDriver.purchases.length} calls (ok ${purchaseCount('ok')}, refused ${purchaseCount('refused')}, unknown ${purchaseCount('unknown')}, not retried), ${stripeDriver.payments.size} paid (${s.declinedFirst} after a decline, ${stripeDriver.paidWithoutAnswer()} whose purchase answer was lost; ${s.autoPaid} auto top-ups paid, ${s.autoRefused} refused), ${s.refunds} refunds (${s.fullRefunds} to the full amount, ${s.refundsBeforePayment} sent before the payment), ${s.disputes} disputes`,
+    `  purchases: ${stripeDriver.purchases.length} calls (ok ${purchaseCount('ok')}, refused ${purchaseCount('refused')}, unknown ${purchaseCount('unknown')}, not retried), ${stripeDriver.payments.size} paid (${s.declinedFirst} after a decline, ${stripeDriver.paidWithoutAnswer()} whose purchase answer was lost; ${s.autoPaid} auto top-ups paid, ${s.autoRefused} refused), ${s.refunds} refunds (${s.fullRefunds} to the full amount, ${s.refundsBeforePayment} sent before the payment), ${s.disputes} disputes (${s.disputesWon} won by the merchant)`,
   );
   console.log(
     `  webhooks: ${s.events} events (${s.secondEventIds} second ids for the same object), ${s.deliveries} deliveries (${s.duplicateDeliveries} duplicates, ${s.redeliveries} redeliveries, ${s.acknowledgedAfterRun} acknowledged after the run)`,

@@ -57,7 +57,8 @@ interface Payment {
   price: number;
   /** Cumulative refunded cents. */
   refunded: number;
-  disputes: { id: string; amount: number }[];
+  /** `won`: the merchant won it (funds reinstated): it claims nothing any more. */
+  disputes: { id: string; amount: number; object: Json; won?: boolean }[];
   /** Paid off-session by a server's auto top-up, not by this driver. */
   auto?: boolean;
 }
@@ -102,6 +103,7 @@ export class StripeChaos {
     refunds: 0,
     fullRefunds: 0,
     disputes: 0,
+    disputesWon: 0,
     acknowledgedAfterRun: 0,
     autoPaid: 0,
     autoRefused: 0,
@@ -175,6 +177,7 @@ export class StripeChaos {
       else if (roll < 0.65) this.pay();
       else if (roll < 0.85) this.refund();
       else if (roll < 0.95) this.dispute();
+      else if (roll < 0.98) this.winDispute();
     }
   }
 
@@ -345,9 +348,25 @@ export class StripeChaos {
     const amount =
       random() < 0.5 ? payment.price : 1 + Math.floor(random() * (payment.price - payment.refunded));
     const dispute = stripe.disputeCharge(payment.chargeId, amount);
-    payment.disputes.push({ id: dispute.id as string, amount });
+    payment.disputes.push({ id: dispute.id as string, amount, object: dispute });
     this.stats.disputes++;
     this.emit('charge.dispute.created', dispute, payment.purchaseId, 2500);
+  }
+
+  /** The merchant wins a dispute: Stripe gives the money back (delivered in any order with its creation). */
+  private winDispute() {
+    const candidates = [...this.payments.values()].filter((p) => p.disputes.some((d) => !d.won));
+    if (candidates.length === 0) return;
+    const payment = this.pick(candidates);
+    const dispute = payment.disputes.find((d) => !d.won)!;
+    dispute.won = true;
+    this.stats.disputesWon++;
+    this.emit(
+      'charge.dispute.funds_reinstated',
+      { ...dispute.object, status: 'won' },
+      payment.purchaseId,
+      2500,
+    );
   }
 
   /**
@@ -565,13 +584,15 @@ export class StripeChaos {
       }
       adjust(payment.userId, pack.credits);
 
-      // Reversals: the refund's share at its final cumulative amount plus each dispute's, at most the purchase.
+      // Reversals: the refund's share at its final cumulative amount plus each dispute's the merchant did not
+      // win, at most the purchase.
       const refundCredits = share(pack.credits, payment.refunded, payment.price);
-      const disputeCredits = payment.disputes.map((d) =>
+      const standing = payment.disputes.filter((d) => !d.won);
+      const disputeCredits = standing.map((d) =>
         share(pack.credits, Math.min(d.amount, payment.price), payment.price),
       );
       // Each share is rounded down on its own, but never below the share of all the money returned (rounded once).
-      const returnedCents = payment.refunded + payment.disputes.reduce((sum, d) => sum + d.amount, 0);
+      const returnedCents = payment.refunded + standing.reduce((sum, d) => sum + d.amount, 0);
       const claimed = Math.min(
         pack.credits,
         Math.max(
@@ -592,12 +613,15 @@ export class StripeChaos {
             `purchase ${purchaseId}: dispute ${dispute.id} recorded ${recordedDisputes.length} times ${this.story(purchaseId, row)}`,
           );
       }
+      // Net of what won disputes gave back (positive clawback rows, one per win at most).
       const clawedBack = -rows.clawback.reduce((sum, r) => sum + r.amount, 0);
+      const givenBack = rows.clawback.reduce((sum, r) => sum + Math.max(r.amount, 0), 0);
       if (
         clawedBack !== row.clawed_back_credits ||
+        givenBack !== row.returned_credits ||
         row.clawed_back_credits + row.unrecovered_credits !== claimed ||
         clawedBack > pack.credits ||
-        rows.clawback.length > own.length
+        rows.clawback.length > own.length + payment.disputes.length - standing.length
       ) {
         violations.push(
           `purchase ${purchaseId}: Stripe reversed ${claimed} of ${pack.credits} credits (${own.length} reversals); clawback rows ${clawedBack} in ${rows.clawback.length}, purchase says clawed back ${row.clawed_back_credits} + unrecovered ${row.unrecovered_credits} ${this.story(purchaseId, row)}`,

@@ -569,6 +569,51 @@ describe('gifts, holds and purchases', () => {
   });
 });
 
+describe('a dispute won', () => {
+  it('purchase.reinstated gives back what the dispute took', async () => {
+    const pkg = await internal().internal.packages.upsert.mutate({
+      name: 'Disputed',
+      credits: 100,
+      priceEuroCents: 1000,
+      active: true,
+      sortOrder: 1,
+    });
+    const user = newUser();
+    const client: Client = await server.userClient(user);
+    const started = await client.credits.purchase.mutate({ packageId: pkg.id });
+    const row = await server.db
+      .selectFrom('credits.purchases')
+      .selectAll()
+      .where('id', '=', started.purchaseId)
+      .executeTakeFirstOrThrow();
+    const intentId = row.stripe_payment_intent_id as string;
+    const paid = stripe.event('payment_intent.succeeded', stripe.succeedPaymentIntent(intentId));
+    expect((await stripe.deliver(server.url, paid)).status).toBe(200);
+    const dispute = stripe.disputeCharge(stripe.chargeOf(intentId).id as string, 400);
+    expect((await stripe.deliver(server.url, stripe.event('charge.dispute.created', dispute))).status).toBe(
+      200,
+    );
+    const won = stripe.event('charge.dispute.funds_reinstated', { ...dispute, status: 'won' });
+    expect((await stripe.deliver(server.url, won)).status).toBe(200);
+
+    const events = await receivedFor({ userId: user.id }, 3);
+    expect(events.map((event) => event.type)).toEqual([
+      'purchase.completed',
+      'purchase.reversed',
+      'purchase.reinstated',
+    ]);
+    expect(events[2]?.data).toMatchObject({
+      userId: user.id,
+      purchaseId: started.purchaseId,
+      givenBack: 40,
+      forgiven: 0,
+      totalClawedBack: 0,
+      totalUnrecovered: 0,
+      transactionId: expect.any(String),
+    });
+  });
+});
+
 describe('auto top-up', () => {
   it('autotopup.failed when the saved card is declined (the job sends the payment)', async () => {
     const pkg = await internal().internal.packages.upsert.mutate({

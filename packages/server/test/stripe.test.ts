@@ -962,6 +962,101 @@ describe('webhook: refunds and disputes', () => {
     });
   });
 
+  it('a dispute the merchant wins gives back what it took, once, and a later dispute takes again', async () => {
+    const pack = await createPackage({ credits: 100, priceEuroCents: 1000 });
+    const { user, client } = await buyer();
+    const { started, charge } = await completedPurchase(client, pack.id);
+    const chargeId = charge.id as string;
+    const dispute = stripe.disputeCharge(chargeId, 400);
+    expect((await deliver(stripe.event('charge.dispute.created', dispute))).status).toBe(200);
+    expect(await balanceOf(user.id)).toBe(60);
+    // Won: Stripe gives the money back and says so twice (funds_reinstated, then closed as won).
+    const won = { ...dispute, status: 'won' };
+    const reinstated = stripe.event('charge.dispute.funds_reinstated', won);
+    const [first, again] = await Promise.all([deliver(reinstated), deliver(reinstated)]);
+    expect([first?.status, again?.status]).toEqual([200, 200]);
+    expect((await deliver(stripe.event('charge.dispute.closed', won))).status).toBe(200);
+    expect(await balanceOf(user.id)).toBe(100);
+    expect(await purchaseRow(started.purchaseId)).toMatchObject({
+      clawed_back_credits: 0,
+      unrecovered_credits: 0,
+      returned_credits: 40,
+    });
+    const given = (await ledgerOf(user.id)).filter((row) => row.type === 'clawback');
+    expect(given.map((row) => row.amount)).toEqual([-40, 40]);
+    const reinstatedEvents = await server.deps.db
+      .selectFrom('credits.events')
+      .select('data')
+      .where('user_id', '=', user.id)
+      .where('type', '=', 'purchase.reinstated')
+      .execute();
+    expect(reinstatedEvents.map((event) => event.data)).toEqual([
+      expect.objectContaining({ purchaseId: started.purchaseId, givenBack: 40, forgiven: 0 }),
+    ]);
+    // A later refund of everything takes all 100 back (its clawback numbered past the first one's).
+    expect((await deliver(stripe.event('charge.refunded', stripe.refundCharge(chargeId, 1000)))).status).toBe(
+      200,
+    );
+    expect(await balanceOf(user.id)).toBe(0);
+    expect(await purchaseRow(started.purchaseId)).toMatchObject({
+      clawed_back_credits: 100,
+      returned_credits: 40,
+    });
+  });
+
+  it('a dispute won before its chargeback is reported takes nothing; one lost gives nothing back', async () => {
+    const pack = await createPackage({ credits: 100, priceEuroCents: 1000 });
+    const { user, client } = await buyer();
+    const { started, charge } = await completedPurchase(client, pack.id);
+    const early = stripe.disputeCharge(charge.id as string, 300);
+    // Out of order: the win arrives first, the dispute's creation after it.
+    expect(
+      (await deliver(stripe.event('charge.dispute.funds_reinstated', { ...early, status: 'won' }))).status,
+    ).toBe(200);
+    expect((await deliver(stripe.event('charge.dispute.created', early))).status).toBe(200);
+    expect(await balanceOf(user.id)).toBe(100);
+    const lost = stripe.disputeCharge(charge.id as string, 200);
+    expect((await deliver(stripe.event('charge.dispute.created', lost))).status).toBe(200);
+    expect((await deliver(stripe.event('charge.dispute.closed', { ...lost, status: 'lost' }))).status).toBe(
+      200,
+    );
+    expect(await balanceOf(user.id)).toBe(80);
+    expect(await purchaseRow(started.purchaseId)).toMatchObject({
+      clawed_back_credits: 20,
+      returned_credits: 0,
+    });
+  });
+
+  it('a dispute won after its credits could not be taken forgives the unrecovered ones first', async () => {
+    const pack = await createPackage({ credits: 100, priceEuroCents: 1000, validityDays: 30 });
+    const { user, client } = await buyer();
+    const { started, charge } = await completedPurchase(client, pack.id);
+    await client.credits.use.mutate({ amount: 70, appId: 'chat', description: 'spent most' });
+    const dispute = stripe.disputeCharge(charge.id as string, 500);
+    expect((await deliver(stripe.event('charge.dispute.created', dispute))).status).toBe(200);
+    // 50 owed: 30 taken, 20 unrecovered.
+    expect(await purchaseRow(started.purchaseId)).toMatchObject({
+      clawed_back_credits: 30,
+      unrecovered_credits: 20,
+    });
+    expect(
+      (await deliver(stripe.event('charge.dispute.funds_reinstated', { ...dispute, status: 'won' }))).status,
+    ).toBe(200);
+    expect(await purchaseRow(started.purchaseId)).toMatchObject({
+      clawed_back_credits: 0,
+      unrecovered_credits: 0,
+      returned_credits: 30,
+    });
+    expect(await balanceOf(user.id)).toBe(30);
+    // The credits given back keep the purchase's expiry.
+    const lots = await server.internalClient().internal.credits.lots.query({ userId: user.id });
+    const expiries = new Set(
+      lots.items.filter((lot) => lot.remaining > 0).map((lot) => lot.expiresAt?.toString()),
+    );
+    expect(expiries.size).toBe(1);
+    expect([...expiries][0]).toBeDefined();
+  });
+
   it('an inquiry (warning_* status) takes nothing; when it escalates, funds_withdrawn takes the share once', async () => {
     const pack = await createPackage({ credits: 100, priceEuroCents: 1000 });
     const { user, client } = await buyer();

@@ -199,37 +199,70 @@ export async function recordedRefunds(
 
 /**
  * What a purchase's reversals claim: the credits of each (Σ credits_due, each share rounded down on its own)
- * and the money they returned — the refunds' latest cumulative amount plus every dispute — in cents.
+ * and the money they returned — the refunds' latest cumulative amount plus every dispute — in cents. A
+ * dispute the merchant won (reinstated) claims nothing: the money came back.
  */
 export async function reversalTotals(
   trx: Transaction<Database>,
   purchaseId: string,
 ): Promise<{ claimed: number; returnedCents: number }> {
   const { rows } = await sql<{ claimed: number; returned_cents: number }>`
-    select coalesce(sum(credits_due), 0)::int8 as claimed,
-           (coalesce(max(amount_cents) filter (where kind = 'refund'), 0)
-             + coalesce(sum(amount_cents) filter (where kind = 'dispute'), 0))::int8 as returned_cents
-      from credits.purchase_reversals
-     where purchase_id = ${purchaseId}::uuid`.execute(trx);
+    select coalesce(sum(r.credits_due), 0)::int8 as claimed,
+           (coalesce(max(r.amount_cents) filter (where r.kind = 'refund'), 0)
+             + coalesce(sum(r.amount_cents) filter (where r.kind = 'dispute'), 0))::int8 as returned_cents
+      from credits.purchase_reversals r
+     where r.purchase_id = ${purchaseId}::uuid
+       and not exists (select 1 from credits.purchase_reinstatements i where i.reversal_key = r.reversal_key)`.execute(
+    trx,
+  );
   return { claimed: rows[0]?.claimed ?? 0, returnedCents: rows[0]?.returned_cents ?? 0 };
 }
 
 /**
- * The lots a purchase's credit made (named by the purchase's credit ledger row) and what expired from them
- * unspent: expiry already took those credits from the buyer. A clawback takes from these lots first.
+ * The lots a purchase's credit made (named by the purchase's credit ledger row), what expired from them
+ * unspent — expiry already took those credits from the buyer — and when they expire (null: never, or no lot
+ * is known). A clawback takes from these lots first; credits given back get their expiry.
  */
 export async function purchaseLots(
   trx: Transaction<Database>,
   userId: string,
   purchaseId: string,
-): Promise<{ lotIds: string[]; expired: number }> {
-  const { rows } = await sql<{ lot_ids: string[] | null; expired: number }>`
-    select t.lot_ids, coalesce((select sum(l.expired) from credits.lots l where l.id = any(t.lot_ids)), 0)::int8 as expired
+): Promise<{ lotIds: string[]; expired: number; expiresAt: Date | null }> {
+  const { rows } = await sql<{ lot_ids: string[] | null; expired: number; expires_at: Date | null }>`
+    select t.lot_ids, l.expired, l.expires_at
       from credits.transactions t
+     cross join lateral (select coalesce(sum(c.expired), 0)::int8 as expired, min(c.expires_at) as expires_at
+                           from credits.lots c where c.id = any(t.lot_ids)) l
      where t.user_id = ${userId} and t.idempotency_key = ${systemKeys.purchaseCredit(purchaseId)}`.execute(
     trx,
   );
-  return { lotIds: rows[0]?.lot_ids ?? [], expired: rows[0]?.expired ?? 0 };
+  return {
+    lotIds: rows[0]?.lot_ids ?? [],
+    expired: rows[0]?.expired ?? 0,
+    expiresAt: rows[0]?.expires_at ?? null,
+  };
+}
+
+/**
+ * Records that the merchant won a dispute (once per dispute, whoever reports it first; it may come before the
+ * dispute's own reversal). False when it was recorded before.
+ */
+export async function insertReinstatement(
+  trx: Transaction<Database>,
+  reinstatement: { purchaseId: string; key: string; stripeObjectId: string; eventId: string },
+): Promise<boolean> {
+  const inserted = await trx
+    .insertInto('credits.purchase_reinstatements')
+    .values({
+      reversal_key: reinstatement.key,
+      purchase_id: reinstatement.purchaseId,
+      stripe_object_id: reinstatement.stripeObjectId,
+      stripe_event_id: reinstatement.eventId,
+    })
+    .onConflict((oc) => oc.column('reversal_key').doNothing())
+    .returning('reversal_key')
+    .executeTakeFirst();
+  return inserted !== undefined;
 }
 
 export interface NewReversal {
@@ -264,7 +297,13 @@ export async function insertReversal(trx: Transaction<Database>, reversal: NewRe
 
 export type PurchaseSettlement = Pick<
   PurchaseRow,
-  'user_id' | 'status' | 'credits' | 'price_euro_cents' | 'clawed_back_credits' | 'unrecovered_credits'
+  | 'user_id'
+  | 'status'
+  | 'credits'
+  | 'price_euro_cents'
+  | 'clawed_back_credits'
+  | 'unrecovered_credits'
+  | 'returned_credits'
 >;
 
 /** What settling a locked purchase's reversals starts from: its buyer, status, credits and what was settled. */
@@ -281,20 +320,25 @@ export async function getPurchaseSettlement(
       'price_euro_cents',
       'clawed_back_credits',
       'unrecovered_credits',
+      'returned_credits',
     ])
     .where('id', '=', purchaseId)
     .executeTakeFirstOrThrow();
 }
 
-/** Stores the new settled totals of a locked purchase, in the transaction that clawed the credits back. */
+/** Stores the new settled totals of a locked purchase, in the transaction that clawed back or gave back. */
 export async function recordReversalSettlement(
   trx: Transaction<Database>,
   purchaseId: string,
-  totals: { clawedBackCredits: number; unrecoveredCredits: number },
+  totals: { clawedBackCredits: number; unrecoveredCredits: number; returnedCredits: number },
 ): Promise<void> {
   await trx
     .updateTable('credits.purchases')
-    .set({ clawed_back_credits: totals.clawedBackCredits, unrecovered_credits: totals.unrecoveredCredits })
+    .set({
+      clawed_back_credits: totals.clawedBackCredits,
+      unrecovered_credits: totals.unrecoveredCredits,
+      returned_credits: totals.returnedCredits,
+    })
     .where('id', '=', purchaseId)
     .execute();
 }

@@ -223,6 +223,28 @@ const CHECKS: CheckDefinition[] = [
                    or idempotency_key not like chr(31) || 'clawback:' || (metadata->>'purchaseId') || ':%'))`,
   },
   {
+    name: 'purchase_clawbacks_match',
+    description:
+      'per purchase: its clawback rows (of its buyer) take clawed_back_credits net, and give back returned_credits',
+    query: sql`
+      select p.id::text as purchase_id, p.user_id, p.clawed_back_credits, p.returned_credits, t.taken, t.given
+        from credits.purchases p
+        left join (select metadata->>'purchaseId' as purchase_id, user_id,
+                          coalesce(-sum(amount) filter (where amount < 0), 0)::int8 as taken,
+                          coalesce(sum(amount) filter (where amount > 0), 0)::int8 as given
+                     from credits.transactions where type = 'clawback'
+                    group by metadata->>'purchaseId', user_id) t
+          on t.purchase_id = p.id::text and t.user_id = p.user_id
+       where coalesce(t.taken, 0) - coalesce(t.given, 0) <> p.clawed_back_credits
+          or coalesce(t.given, 0) <> p.returned_credits
+      union all
+      select t.metadata->>'purchaseId', t.user_id, null, null, null, null
+        from credits.transactions t
+       where t.type = 'clawback'
+         and not exists (select 1 from credits.purchases p
+                          where p.id::text = t.metadata->>'purchaseId' and p.user_id = t.user_id)`,
+  },
+  {
     name: 'global_conservation',
     description:
       'Σ balances (holds included) + Σ pools + gift escrow = Σ purchased + Σ granted − Σ used (net of refunds) − Σ clawed back',

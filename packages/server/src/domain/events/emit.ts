@@ -50,6 +50,21 @@ export type DomainEvent =
       };
     }
   | {
+      type: 'purchase.reinstated';
+      data: {
+        userId: string;
+        purchaseId: string;
+        /** Credits credited back (taken back before, no longer owed: a dispute the merchant won). */
+        givenBack: number;
+        /** Credits recorded unrecovered that are no longer owed (the buyer kept them). */
+        forgiven: number;
+        totalClawedBack: number;
+        totalUnrecovered: number;
+        /** The ledger entry that gave credits back; null when only unrecovered ones were forgiven. */
+        transactionId: string | null;
+      };
+    }
+  | {
       type: 'gift.redeemed';
       data: {
         /** The creator: the event is theirs. */

@@ -14,6 +14,7 @@ export const EMITTED_EVENT_TYPES = [
   'balance.recovered',
   'purchase.completed',
   'purchase.reversed',
+  'purchase.reinstated',
   'gift.redeemed',
   'gift.expired',
   'guild.pool.low',

@@ -17,6 +17,8 @@ export const HANDLED_STRIPE_EVENTS = new Set([
   'charge.refunded',
   'charge.dispute.created',
   'charge.dispute.funds_withdrawn',
+  'charge.dispute.funds_reinstated',
+  'charge.dispute.closed',
 ]);
 
 /** A Stripe id as Stripe makes them (evt_…, pi_…): short printable ASCII, so it can be stored and indexed. */

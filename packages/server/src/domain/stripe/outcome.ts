@@ -4,7 +4,14 @@ export type WebhookOutcome =
   | { result: 'ignored'; reason: string; purchaseId?: string; details?: Record<string, unknown> }
   | {
       result: 'applied';
-      effect: 'completed' | 'failed' | 'cancelled' | 'reversed' | 'card_saved' | 'card_removed';
+      effect:
+        | 'completed'
+        | 'failed'
+        | 'cancelled'
+        | 'reversed'
+        | 'reinstated'
+        | 'card_saved'
+        | 'card_removed';
       purchaseId?: string;
       details?: Record<string, unknown>;
     };

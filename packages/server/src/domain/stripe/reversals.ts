@@ -1,8 +1,11 @@
 import {
+  creditBalance,
   type Database,
   debitBalance,
   getPurchaseSettlement,
+  insertReinstatement,
   insertReversal,
+  LOT_DEFAULTS,
   lockBalance,
   type NewReversal,
   type PurchaseRow,
@@ -78,6 +81,33 @@ export async function applyDispute(
   });
 }
 
+/**
+ * charge.dispute.funds_reinstated (or closed as won): the merchant won, Stripe gave the money back, so the
+ * dispute no longer claims anything and what it took is given back (settleReversals). Once per dispute; it
+ * may come before the dispute's own event, which then takes nothing.
+ */
+export async function applyDisputeReinstated(
+  trx: Transaction<Database>,
+  purchase: PurchaseRow,
+  dispute: Stripe.Dispute,
+  eventId: string,
+): Promise<WebhookOutcome> {
+  const inserted = await insertReinstatement(trx, {
+    purchaseId: purchase.id,
+    key: `dispute:${dispute.id}`,
+    stripeObjectId: dispute.id,
+    eventId,
+  });
+  if (!inserted) return ignored('dispute already reinstated', purchase.id);
+  const settled = await settleReversals(trx, purchase.id);
+  return {
+    result: 'applied',
+    effect: 'reinstated',
+    purchaseId: purchase.id,
+    details: { kind: 'dispute', ...settled },
+  };
+}
+
 type Reversal = Omit<NewReversal, 'purchaseId'>;
 
 async function recordReversal(
@@ -97,10 +127,12 @@ async function recordReversal(
 }
 
 /**
- * Takes back what the purchase's refunds and disputes claim (at most its credits) and was not yet settled,
- * but only once the purchase was credited. Only spendable credits are taken (balance − reserved, after the
- * buyer's lapsed holds are returned; the balance never goes below zero), the purchase's own lots first; the
- * rest is recorded as unrecovered. The caller holds the purchase lock.
+ * Brings what the purchase has taken back to what its refunds and disputes claim (at most its credits), but
+ * only once the purchase was credited. Taking back: only spendable credits are taken (balance − reserved,
+ * after the buyer's lapsed holds are returned; the balance never goes below zero), the purchase's own lots
+ * first; the rest is recorded as unrecovered. Giving back (a dispute the merchant won claims no more): what
+ * was recorded unrecovered is dropped first — the buyer still has it —, then credits taken are credited
+ * back. The caller holds the purchase lock. Returns the credits moved: clawedBack < 0 when given back.
  */
 export async function settleReversals(
   trx: Transaction<Database>,
@@ -115,7 +147,8 @@ export async function settleReversals(
   const byMoney = price > 0 ? creditShare(purchase.credits, Math.min(returnedCents, price), price) : 0;
   const owed = Math.min(Math.max(claimed, byMoney), purchase.credits);
   const settled = purchase.clawed_back_credits + purchase.unrecovered_credits;
-  if (owed - settled <= 0) return { clawedBack: 0, unrecovered: 0 };
+  if (owed < settled) return giveBack(trx, purchaseId, purchase, settled - owed);
+  if (owed === settled) return { clawedBack: 0, unrecovered: 0 };
 
   // Holds whose time is up hold nothing any more: returned first, as every spend does, so their credits are
   // taken back rather than recorded unrecovered and handed back to the buyer by the next call. Credits whose
@@ -144,8 +177,8 @@ export async function settleReversals(
         amount: clawedBack,
         description: `Credits taken back: purchase refunded or disputed`,
         metadata: { purchaseId },
-        // Position in the purchase's clawbacks: the same share can never be taken twice.
-        idempotencyKey: systemKeys.clawback(purchaseId, clawedAfter),
+        // Numbered by all the purchase ever took back (given back again included): never the same twice.
+        idempotencyKey: systemKeys.clawback(purchaseId, clawedAfter + purchase.returned_credits),
       },
       'unearned',
       undefined,
@@ -157,6 +190,7 @@ export async function settleReversals(
   await recordReversalSettlement(trx, purchaseId, {
     clawedBackCredits: clawedAfter,
     unrecoveredCredits: purchase.unrecovered_credits + unrecovered,
+    returnedCredits: purchase.returned_credits,
   });
   await emitEvent(trx, {
     type: 'purchase.reversed',
@@ -171,4 +205,57 @@ export async function settleReversals(
     },
   });
   return { clawedBack, unrecovered };
+}
+
+/**
+ * `excess` credits settled against the purchase are no longer owed: unrecovered ones are dropped first, then
+ * clawed-back ones are credited back as a positive `clawback` row, in a lot with the purchase's expiry (a
+ * paid lot that may have lapsed meanwhile: then it expires in this transaction, as the credits would have).
+ */
+async function giveBack(
+  trx: Transaction<Database>,
+  purchaseId: string,
+  purchase: Awaited<ReturnType<typeof getPurchaseSettlement>>,
+  excess: number,
+): Promise<{ clawedBack: number; unrecovered: number }> {
+  const forgiven = Math.min(purchase.unrecovered_credits, excess);
+  const credited = excess - forgiven;
+  const returnedAfter = purchase.returned_credits + credited;
+  let transactionId: string | null = null;
+  if (credited > 0) {
+    const { expiresAt } = await purchaseLots(trx, purchase.user_id, purchaseId);
+    const posted = await creditBalance(
+      trx,
+      {
+        userId: purchase.user_id,
+        type: 'clawback',
+        amount: credited,
+        description: 'Credits given back: dispute won',
+        metadata: { purchaseId },
+        idempotencyKey: systemKeys.clawbackReturn(purchaseId, returnedAfter),
+      },
+      { kind: 'new', source: 'purchase', ...LOT_DEFAULTS.purchase, expiresAt },
+      'earned',
+    );
+    transactionId = posted.id;
+    await expireAccountLots(trx, 'user', purchase.user_id, posted.id);
+  }
+  await recordReversalSettlement(trx, purchaseId, {
+    clawedBackCredits: purchase.clawed_back_credits - credited,
+    unrecoveredCredits: purchase.unrecovered_credits - forgiven,
+    returnedCredits: returnedAfter,
+  });
+  await emitEvent(trx, {
+    type: 'purchase.reinstated',
+    data: {
+      userId: purchase.user_id,
+      purchaseId,
+      givenBack: credited,
+      forgiven,
+      totalClawedBack: purchase.clawed_back_credits - credited,
+      totalUnrecovered: purchase.unrecovered_credits - forgiven,
+      transactionId,
+    },
+  });
+  return { clawedBack: -credited, unrecovered: -forgiven };
 }

@@ -22,7 +22,7 @@ import type Stripe from 'stripe';
 import { emitEvent } from '../events/emit.ts';
 import { recordAutoTopUpFailure } from './auto-top-up-failure.ts';
 import { AMOUNT_MISMATCH, ignored, type WebhookOutcome } from './outcome.ts';
-import { applyDispute, applyRefund, settleReversals } from './reversals.ts';
+import { applyDispute, applyDisputeReinstated, applyRefund, settleReversals } from './reversals.ts';
 
 /** The metadata `purpose` of the SetupIntents that save an auto top-up card. */
 export const AUTO_TOP_UP_PURPOSE = 'auto_top_up';
@@ -198,6 +198,23 @@ export async function applyStripeEvent(
           (await lockPurchaseOfIntent(trx, idOf(dispute.payment_intent), lookups));
         if (!purchase) return ignored('not our charge');
         return applyDispute(trx, purchase, dispute, event.id);
+      });
+    }
+    case 'charge.dispute.funds_reinstated':
+    case 'charge.dispute.closed': {
+      const dispute = event.data.object;
+      // Won: Stripe gave the disputed money back (funds_reinstated; closed as won says it too, and an inquiry
+      // closed as won never took anything). Lost or closed otherwise: the money stays with the buyer.
+      if (event.type === 'charge.dispute.closed' && dispute.status !== 'won') {
+        return inEventTransaction(db, event, async () => ignored(`dispute closed ${dispute.status}`));
+      }
+      return inEventTransaction(db, event, async (trx) => {
+        const chargeId = idOf(dispute.charge);
+        const purchase =
+          (chargeId ? await lockPurchaseByStripeId(trx, 'stripe_charge_id', chargeId) : undefined) ??
+          (await lockPurchaseOfIntent(trx, idOf(dispute.payment_intent), lookups));
+        if (!purchase) return ignored('not our charge');
+        return applyDisputeReinstated(trx, purchase, dispute, event.id);
       });
     }
     default:
