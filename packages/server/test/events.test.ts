@@ -431,6 +431,29 @@ describe('guild pools', () => {
   });
 });
 
+/** A user's purchase of a new 100-credit package, paid and credited through the webhook. */
+async function paidPurchase() {
+  const pkg = await internal().internal.packages.upsert.mutate({
+    name: 'Events',
+    credits: 100,
+    priceEuroCents: 1000,
+    active: true,
+    sortOrder: 1,
+  });
+  const user = newUser();
+  const client: Client = await server.userClient(user);
+  const started = await client.credits.purchase.mutate({ packageId: pkg.id });
+  const row = await server.db
+    .selectFrom('credits.purchases')
+    .selectAll()
+    .where('id', '=', started.purchaseId)
+    .executeTakeFirstOrThrow();
+  const intentId = row.stripe_payment_intent_id as string;
+  const paid = stripe.event('payment_intent.succeeded', stripe.succeedPaymentIntent(intentId));
+  expect((await stripe.deliver(server.url, paid)).status).toBe(200);
+  return { pkg, user, client, started, intentId };
+}
+
 describe('gifts, holds and purchases', () => {
   it('gift.redeemed to the creator, gift.expired with the refund', async () => {
     const creator = await server.fundedUser(100);
@@ -523,24 +546,7 @@ describe('gifts, holds and purchases', () => {
   });
 
   it('purchase.completed and purchase.reversed (with unrecovered)', async () => {
-    const pkg = await internal().internal.packages.upsert.mutate({
-      name: 'Events',
-      credits: 100,
-      priceEuroCents: 1000,
-      active: true,
-      sortOrder: 1,
-    });
-    const user = newUser();
-    const client: Client = await server.userClient(user);
-    const started = await client.credits.purchase.mutate({ packageId: pkg.id });
-    const row = await server.db
-      .selectFrom('credits.purchases')
-      .selectAll()
-      .where('id', '=', started.purchaseId)
-      .executeTakeFirstOrThrow();
-    const intentId = row.stripe_payment_intent_id as string;
-    const paid = stripe.event('payment_intent.succeeded', stripe.succeedPaymentIntent(intentId));
-    expect((await stripe.deliver(server.url, paid)).status).toBe(200);
+    const { pkg, user, client, started, intentId } = await paidPurchase();
     await client.credits.use.mutate({ amount: 70, appId: 'app', description: 'spent' });
     const charge = stripe.chargeOf(intentId);
     const refund = stripe.event('charge.refunded', stripe.refundCharge(charge.id as string, 1000));
@@ -571,24 +577,7 @@ describe('gifts, holds and purchases', () => {
 
 describe('a dispute won', () => {
   it('purchase.reinstated gives back what the dispute took', async () => {
-    const pkg = await internal().internal.packages.upsert.mutate({
-      name: 'Disputed',
-      credits: 100,
-      priceEuroCents: 1000,
-      active: true,
-      sortOrder: 1,
-    });
-    const user = newUser();
-    const client: Client = await server.userClient(user);
-    const started = await client.credits.purchase.mutate({ packageId: pkg.id });
-    const row = await server.db
-      .selectFrom('credits.purchases')
-      .selectAll()
-      .where('id', '=', started.purchaseId)
-      .executeTakeFirstOrThrow();
-    const intentId = row.stripe_payment_intent_id as string;
-    const paid = stripe.event('payment_intent.succeeded', stripe.succeedPaymentIntent(intentId));
-    expect((await stripe.deliver(server.url, paid)).status).toBe(200);
+    const { user, started, intentId } = await paidPurchase();
     const dispute = stripe.disputeCharge(stripe.chargeOf(intentId).id as string, 400);
     expect((await stripe.deliver(server.url, stripe.event('charge.dispute.created', dispute))).status).toBe(
       200,

@@ -249,16 +249,12 @@ describe('pools: a lapsed lot with nothing left to expire refuses nothing', () =
         (error: { data?: { reason?: string } }) => `refused ${error.data?.reason}`,
       );
 
+  /** The member spends the pool's 10 expiring credits (they burn first). */
+  const spendTheLot = (guildId: string, userId: string) =>
+    internal().use.mutate({ userId, guildId, amount: 10, appId: 'lots-app', description: 'spends the lot' });
+
   it('a keyed pool hold after the lapsed lot was spent is placed (and its key replays the hold)', async () => {
-    const { guildId, member } = await poolWith((guildId, userId) =>
-      internal().use.mutate({
-        userId,
-        guildId,
-        amount: 10,
-        appId: 'lots-app',
-        description: 'spends the lot',
-      }),
-    );
+    const { guildId, member } = await poolWith(spendTheLot);
     const key = randomUUID();
     expect([await poolHold(guildId, member, 5, key), await poolHold(guildId, member, 5, key)]).toEqual([
       'held, 95 left',
@@ -268,15 +264,7 @@ describe('pools: a lapsed lot with nothing left to expire refuses nothing', () =
   });
 
   it('single-path pool spends after the lapsed lot was spent go through, one after another', async () => {
-    const { guildId, member } = await poolWith((guildId, userId) =>
-      internal().use.mutate({
-        userId,
-        guildId,
-        amount: 10,
-        appId: 'lots-app',
-        description: 'spends the lot',
-      }),
-    );
+    const { guildId, member } = await poolWith(spendTheLot);
     const spend = () =>
       spendFromPool(server.deps.db, {
         guildId,

@@ -192,10 +192,7 @@ export async function applyStripeEvent(
         return inEventTransaction(db, event, async () => ignored('an inquiry: no funds withdrawn'));
       }
       return inEventTransaction(db, event, async (trx) => {
-        const chargeId = idOf(dispute.charge);
-        const purchase =
-          (chargeId ? await lockPurchaseByStripeId(trx, 'stripe_charge_id', chargeId) : undefined) ??
-          (await lockPurchaseOfIntent(trx, idOf(dispute.payment_intent), lookups));
+        const purchase = await lockPurchaseOfDispute(trx, dispute, lookups);
         if (!purchase) return ignored('not our charge');
         return applyDispute(trx, purchase, dispute, event.id);
       });
@@ -209,10 +206,7 @@ export async function applyStripeEvent(
         return inEventTransaction(db, event, async () => ignored(`dispute closed ${dispute.status}`));
       }
       return inEventTransaction(db, event, async (trx) => {
-        const chargeId = idOf(dispute.charge);
-        const purchase =
-          (chargeId ? await lockPurchaseByStripeId(trx, 'stripe_charge_id', chargeId) : undefined) ??
-          (await lockPurchaseOfIntent(trx, idOf(dispute.payment_intent), lookups));
+        const purchase = await lockPurchaseOfDispute(trx, dispute, lookups);
         if (!purchase) return ignored('not our charge');
         return applyDisputeReinstated(trx, purchase, dispute, event.id);
       });
@@ -252,6 +246,19 @@ async function lockPurchaseOf(
   const byMetadata = await lockPurchaseOfUser(trx, userId, purchaseId);
   // A purchase already tied to another object of this kind is not this one's.
   return byMetadata && (byMetadata[column] === null || byMetadata[column] === value) ? byMetadata : undefined;
+}
+
+/** The purchase a dispute is about (locked): by its charge, or else by its PaymentIntent. */
+async function lockPurchaseOfDispute(
+  trx: Transaction<Database>,
+  dispute: Stripe.Dispute,
+  lookups: StripeLookups,
+): Promise<PurchaseRow | undefined> {
+  const chargeId = idOf(dispute.charge);
+  return (
+    (chargeId ? await lockPurchaseByStripeId(trx, 'stripe_charge_id', chargeId) : undefined) ??
+    (await lockPurchaseOfIntent(trx, idOf(dispute.payment_intent), lookups))
+  );
 }
 
 /**
