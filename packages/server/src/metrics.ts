@@ -65,7 +65,11 @@ export type Account = 'personal' | 'pool';
  */
 export type Movement = { amount: number | undefined; app?: string | undefined } & (
   | { kind: 'debited'; account: Account; type: 'usage' | 'gift' | 'guild_funding' | 'expiry' }
-  | { kind: 'credited'; account: Account; type: 'purchase' | 'grant' | 'gift' | 'guild_funding' }
+  | {
+      kind: 'credited';
+      account: Account;
+      type: 'purchase' | 'grant' | 'gift' | 'guild_funding' | 'reinstated';
+    }
   | { kind: 'refunded'; type: 'usage' | 'gift' }
   | { kind: 'clawed_back' }
 );

@@ -547,5 +547,20 @@ describe('purchases and clawbacks (Stripe webhook)', () => {
       'credits_credited{account=personal,app=stripe,outcome=ok,type=purchase}': 100,
       'credits_clawed_back{app=stripe,outcome=ok}': 33,
     });
+
+    // A dispute of the rest, then won by the merchant: what it took is counted as given back, once.
+    const dispute = stripe.disputeCharge(stripe.chargeOf(intentId).id as string, 666);
+    const won = stripe.event('charge.dispute.funds_reinstated', { ...dispute, status: 'won' });
+    const disputed = await deltasOf(async () => {
+      expect((await stripe.deliver(server.url, stripe.event('charge.dispute.created', dispute))).status).toBe(
+        200,
+      );
+      expect((await stripe.deliver(server.url, won)).status).toBe(200);
+      expect((await stripe.deliver(server.url, won)).status).toBe(200);
+    });
+    expect(disputed).toEqual({
+      'credits_clawed_back{app=stripe,outcome=ok}': 67,
+      'credits_credited{account=personal,app=stripe,outcome=ok,type=reinstated}': 67,
+    });
   });
 });

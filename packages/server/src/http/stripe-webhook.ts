@@ -123,7 +123,16 @@ export async function stripeWebhookRoutes(app: FastifyInstance): Promise<void> {
           app: 'stripe',
         });
       }
-      metrics.moved({ kind: 'clawed_back', amount: Number(details?.clawedBack ?? 0), app: 'stripe' });
+      // clawedBack < 0: a dispute the merchant won gave credits back.
+      const clawedBack = Number(details?.clawedBack ?? 0);
+      metrics.moved({ kind: 'clawed_back', amount: clawedBack, app: 'stripe' });
+      metrics.moved({
+        kind: 'credited',
+        account: 'personal',
+        type: 'reinstated',
+        amount: -clawedBack,
+        app: 'stripe',
+      });
     }
     const entry = { eventId: event.id, eventType: event.type, ...outcome };
     if (unmatched) {
