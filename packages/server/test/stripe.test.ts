@@ -456,6 +456,7 @@ describe('credits.purchases and credits.purchaseStatus', () => {
       currency: 'eur',
       clawedBackCredits: 0,
       unrecoveredCredits: 0,
+      returnedCredits: 0,
     });
     const second = await client.credits.purchases.query({ limit: 2, cursor: first.nextCursor! });
     expect(second).toEqual({ items: [expect.objectContaining({ id: ids[0] })], nextCursor: null });
@@ -981,6 +982,11 @@ describe('webhook: refunds and disputes', () => {
       clawed_back_credits: 0,
       unrecovered_credits: 0,
       returned_credits: 40,
+    });
+    expect((await client.credits.purchases.query({ limit: 1 })).items[0]).toMatchObject({
+      id: started.purchaseId,
+      clawedBackCredits: 0,
+      returnedCredits: 40,
     });
     const given = (await ledgerOf(user.id)).filter((row) => row.type === 'clawback');
     expect(given.map((row) => row.amount)).toEqual([-40, 40]);

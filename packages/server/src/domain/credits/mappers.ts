@@ -70,6 +70,8 @@ export function toPurchaseView(row: PurchaseRow) {
     /** Credits refunds and disputes took back, and what they could not take because it was spent. */
     clawedBackCredits: row.clawed_back_credits,
     unrecoveredCredits: row.unrecovered_credits,
+    /** Credits taken back and given back again (disputes the merchant won). */
+    returnedCredits: row.returned_credits,
     /** The latest payment reported for it that did not match its price: received, not credited. */
     unmatchedPayment: row.unmatched_payment
       ? { ...row.unmatched_payment, receivedAt: new Date(row.unmatched_payment.receivedAt) }

@@ -330,7 +330,7 @@ ${view.purchases.map(
     purchase,
   ) => html`<tr><td>${time(purchase.createdAt)}</td><td>${purchase.status}${unmatched(purchase.unmatchedPayment)}</td><td class="num">${purchase.credits}</td>
 <td class="num">${purchase.priceEuroCents} ${purchase.currency}</td><td>${time(purchase.completedAt)}</td>
-<td class="num">${purchase.clawedBackCredits}${purchase.unrecoveredCredits ? html` (${purchase.unrecoveredCredits} unrecovered)` : ''}</td><td class="mono">${purchase.id}</td></tr>`,
+<td class="num">${purchase.clawedBackCredits}${purchase.unrecoveredCredits ? html` (${purchase.unrecoveredCredits} unrecovered)` : ''}${purchase.returnedCredits ? html` (${purchase.returnedCredits} given back)` : ''}</td><td class="mono">${purchase.id}</td></tr>`,
 )}</tbody></table>`
 }
 

@@ -125,6 +125,7 @@ export const purchaseView = purchaseState.extend({
   currency: z.string(),
   clawedBackCredits: credits,
   unrecoveredCredits: credits,
+  returnedCredits: credits.describe('Credits taken back and given back again (disputes the merchant won)'),
   unmatchedPayment: z
     .object({
       amount: z.int().nullable().describe('What was paid, in the smallest unit of `currency`'),
