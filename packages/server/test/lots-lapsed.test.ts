@@ -363,6 +363,21 @@ describe('batch debits over lapsed lots and holds', () => {
     expect(Number(rows[0]!.expired)).toBe(50);
     await expectLedgerConsistent(server.deps.db);
     await expectHoldsConsistent(server.deps.db);
+    // Every row continues the one before it: the first item, then the expiry its neighbour's check posted
+    // (returning the hold), then the last item. The expiry was once written from the balance without the first
+    // item, and the items' rows dated after it (ledger_rows_continue; balanceAt answered a balance the user
+    // never had). Found by a review.
+    const chain = await sql<{ type: string; before: number; after: number }>`
+      select type, balance_before as before, balance_after as after from credits.transactions
+       where user_id = ${user.id} order by created_at, id`.execute(server.deps.db);
+    expect(chain.rows.map((row) => [row.type, row.before, row.after])).toEqual([
+      ['grant', 0, 50],
+      ['grant', 50, 70],
+      ['usage', 70, 55],
+      ['expiry', 55, 5],
+      ['usage', 5, 0],
+    ]);
+    await expectReconciled();
   });
 });
 

@@ -23,7 +23,11 @@
 -- be overtaken; should the unique index fire anyway, the whole call fails (nothing written, a certain failure).
 -- A keyed item refused here is recorded (credits.record_refusal) under these locks, in this transaction.
 -- An item whose user has too little is checked once more after returning that user's expired holds (check
--- on access), so a lapsed hold never refuses a debit.
+-- on access), so a lapsed hold never refuses a debit. The holds may free credits of a lapsed lot, which expire
+-- with them (an `expiry` ledger row written from the stored balance): the items this batch has posted for
+-- that user so far are applied to the stored balance first, and every posted item's row is dated when it is
+-- decided, so the ledger reads in order — the items before the expiry, the expiry, the items after it. (The
+-- expiry row was once written from a balance without the earlier items, and their rows after it.)
 -- The result gained holds_expired: a changed result type needs the old function dropped first.
 drop function if exists credits.use_batch(text[], int8[], text[], text[], jsonb[], text[], text[]);
 create function credits.use_batch(
@@ -45,6 +49,8 @@ declare
   v_outcome text[];
   v_tx uuid[];
   v_before int8[];
+  v_at timestamptz[];
+  v_last timestamptz := '-infinity';
   v_available int8[];
   v_taken int[];
   v_expired int[];
@@ -53,6 +59,7 @@ declare
   a_balance int8[];
   a_reserved int8[];
   a_checked boolean[];
+  a_pending int8[];
   v_lapsed boolean;
   v_missing boolean;
   v_balance int8;
@@ -68,6 +75,7 @@ begin
   v_outcome := array_fill(null::text, array[v_count]);
   v_tx := array_fill(null::uuid, array[v_count]);
   v_before := array_fill(null::int8, array[v_count]);
+  v_at := array_fill(null::timestamptz, array[v_count]);
   v_available := array_fill(null::int8, array[v_count]);
   v_taken := array_fill(null::int, array[v_count]);
   v_expired := array_fill(0, array[v_count]);
@@ -89,9 +97,9 @@ begin
   -- second round finds them all.
   loop
     select array_agg(coalesce(b.balance, 0) order by u.n), array_agg(coalesce(b.reserved, 0) order by u.n),
-           array_agg(false), coalesce(bool_or(b.next_lot_expiry <= now()), false),
+           array_agg(false), array_agg(0::int8), coalesce(bool_or(b.next_lot_expiry <= now()), false),
            coalesce(bool_or(b.user_id is null), false)
-      into a_balance, a_reserved, a_checked, v_lapsed, v_missing
+      into a_balance, a_reserved, a_checked, a_pending, v_lapsed, v_missing
       from unnest(a_user) with ordinality as u(user_id, n)
       left join (select l.user_id, l.balance, l.reserved, l.next_lot_expiry from credits.balances l
                   where l.user_id = any(a_user) order by l.user_id collate "C" for update) b on b.user_id = u.user_id;
@@ -140,21 +148,30 @@ begin
       s := v_slot[i];
       if not a_checked[s] and not credits.covers(a_balance[s], a_reserved[s], null, p_amounts[i]) then
         a_checked[s] := true;
-        select b.balance into v_balance from credits.balances b where b.user_id = a_user[s];
+        if a_pending[s] > 0 then
+          update credits.balances
+             set balance = balance - a_pending[s], total_spent = total_spent + a_pending[s],
+                 version = version + 1, updated_at = now()
+           where user_id = a_user[s];
+          a_pending[s] := 0;
+        end if;
         v_released := credits.release_expired_holds(a_user[s], 1000);
         if v_released > 0 then
           v_expired[i] := v_released;
-          -- the returned holds may have freed credits of a lapsed lot, which expired with them (the stored
-          -- balance does not count this batch's items yet: only its fall is carried over)
-          select v_balance - b.balance, b.reserved into v_balance, v_reserved
-            from credits.balances b where b.user_id = a_user[s];
-          a_balance[s] := a_balance[s] - v_balance;
+          -- the returned holds may have freed credits of a lapsed lot, which expired with them
+          select b.balance, b.reserved into v_balance, v_reserved from credits.balances b where b.user_id = a_user[s];
+          a_balance[s] := v_balance;
           a_reserved[s] := v_reserved;
         end if;
       end if;
       if credits.covers(a_balance[s], a_reserved[s], null, p_amounts[i]) then
         v_before[i] := a_balance[s];
+        -- dated here, in input order and strictly rising: the row's time orders the ledger (a time left to the
+        -- INSERT is taken before its ORDER BY sorts the rows, and an expiry posted meanwhile is later)
+        v_last := greatest(clock_timestamp(), v_last + interval '1 microsecond');
+        v_at[i] := v_last;
         a_balance[s] := a_balance[s] - p_amounts[i];
+        a_pending[s] := a_pending[s] + p_amounts[i];
         v_outcome[i] := 'ok';
         v_tx[i] := credits.uuid_v7();
         v_available[i] := a_balance[s] - a_reserved[s];
@@ -175,12 +192,12 @@ begin
   -- The posted items' lot portions: one burn per account for the sum of its items, split back in input order
   -- (credits.burn_split).
   with items as (
-    select t.n, t.outcome, t.id, t.user_id, t.amount, t.before, t.available, t.app_id, t.description,
+    select t.n, t.outcome, t.id, t.user_id, t.amount, t.before, t.at, t.available, t.app_id, t.description,
            t.metadata, t.key, t.hash
-      from unnest(v_outcome, v_tx, p_users, p_amounts, v_before, v_available, p_apps, p_descriptions, p_metadata,
-                  p_keys, p_hashes)
-           with ordinality as t(outcome, id, user_id, amount, before, available, app_id, description, metadata, key,
-                                hash, n)
+      from unnest(v_outcome, v_tx, p_users, p_amounts, v_before, v_at, v_available, p_apps, p_descriptions,
+                  p_metadata, p_keys, p_hashes)
+           with ordinality as t(outcome, id, user_id, amount, before, at, available, app_id, description, metadata,
+                                key, hash, n)
   ), split as materialized (
     select s.n, s.lot_ids, s.lot_amounts
       from credits.burn_split('user', p_users,
@@ -190,9 +207,9 @@ begin
   ), posted as (
     insert into credits.transactions
       (id, user_id, type, amount, balance_before, balance_after, available_after, app_id, description, metadata,
-       idempotency_key, request_hash, lot_ids, lot_amounts)
+       idempotency_key, request_hash, lot_ids, lot_amounts, created_at)
     select t.id, t.user_id, 'usage', -t.amount, t.before, t.before - t.amount, t.available, t.app_id,
-           t.description, t.metadata, t.key, t.hash, s.lot_ids, s.lot_amounts
+           t.description, t.metadata, t.key, t.hash, s.lot_ids, s.lot_amounts, t.at
       from items t join split s on s.n = t.n
      where t.outcome = 'ok'
      order by t.n
@@ -205,13 +222,12 @@ begin
    order by p.user_id collate "C", p.app_id collate "C", p.day
   on conflict (user_id, app_id, date) do update set credits_used = u.credits_used + excluded.credits_used;
 
+  -- what each account's posted items took and was not applied before a return of holds
   update credits.balances b
      set balance = b.balance - d.spent, total_spent = b.total_spent + d.spent, version = b.version + 1,
          updated_at = now()
-    from (select t.user_id, sum(t.amount)::int8 as spent
-            from unnest(v_outcome, p_users, p_amounts) as t(outcome, user_id, amount)
-           where t.outcome = 'ok' group by t.user_id) d
-   where b.user_id = d.user_id;
+    from unnest(a_user, a_pending) as d(user_id, spent)
+   where b.user_id = d.user_id and d.spent > 0;
 
   return query
     select r.n::int, r.outcome, r.id, r.available, r.expired

@@ -53,6 +53,21 @@ const CHECKS: CheckDefinition[] = [
     query: sql`select id, user_id from credits.transactions where balance_after <> balance_before + amount`,
   },
   {
+    name: 'ledger_rows_continue',
+    description:
+      "per user: each ledger row's balance_before = the balance_after of the row before it (by time; rows " +
+      'written in the same microsecond, whose order the time cannot tell, are not compared)',
+    query: sql`
+      select c.user_id, c.id as transaction_id, c.type, c.balance_before, c.previous_after, c.created_at
+        from (select t.user_id, t.id, t.type, t.balance_before, t.created_at,
+                     lag(t.balance_after) over w as previous_after, lag(t.created_at) over w as previous_at,
+                     lag(t.created_at, 2) over w as before_previous_at
+                from credits.transactions t
+              window w as (partition by t.user_id order by t.created_at, t.id)) c
+       where c.previous_after is not null and c.balance_before <> c.previous_after
+         and c.previous_at < c.created_at and (c.before_previous_at is null or c.before_previous_at < c.previous_at)`,
+  },
+  {
     name: 'holds_match_reservations',
     description: 'per user and pool: reserved = Σ open holds',
     query: sql`
