@@ -1,6 +1,9 @@
 import { base64url } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createJwtVerifier, InvalidTokenError, KeySetUnavailableError } from '../src/auth/jwt.ts';
 import { createServiceKeyVerifier } from '../src/auth/service-key.ts';
+import { ADMIN_ENV } from './helpers/admin.ts';
+import { FlakyJwks, TestAuthServer } from './helpers/auth-server.ts';
 import { newUser, SERVICE_KEY, startTestServer, type TestServer } from './helpers/server.ts';
 
 let server: TestServer;
@@ -191,5 +194,107 @@ describe('errors and request ids', () => {
     const ready = await fetch(`${server.url}/ready`);
     expect(ready.status).toBe(200);
     expect(await ready.json()).toEqual({ status: 'ready' });
+  });
+});
+
+describe('a key-set server that answers but fails is an outage (503), not a bad token (401)', () => {
+  // Found by a security review: jose reports a key set it could not use (non-200, redirect, not JSON, not a key
+  // set) as a JOSEError, which was mapped to 401 "Invalid or expired token": clients sign users out on a 401.
+  let auth: TestAuthServer;
+  let jwks: FlakyJwks;
+  let server: TestServer;
+  const user = newUser({ role: 'admin' });
+
+  beforeAll(async () => {
+    auth = await TestAuthServer.start();
+    jwks = await FlakyJwks.start(auth);
+    server = await startTestServer({ ...ADMIN_ENV, JWKS_URL: jwks.url, JWT_ISSUER: auth.issuer });
+  });
+  afterAll(async () => {
+    await server?.close();
+    await jwks?.close();
+    await auth?.close();
+  });
+
+  it('verifier: a 5xx, a redirect or a non-JSON/non-key-set body from the JWKS URL is KeySetUnavailableError', async () => {
+    const token = await auth.sign(user);
+    const outcomes: Record<string, string> = {};
+    for (const mode of ['500', '502-html', 'garbage', 'redirect', 'not-a-key-set'] as const) {
+      jwks.mode = mode;
+      // A fresh verifier per mode: nothing cached, as right after a start or once the 10-minute cache ran out.
+      const verify = createJwtVerifier({ jwksUrl: jwks.url, issuer: auth.issuer, audience: auth.audience });
+      try {
+        await verify(token);
+        outcomes[mode] = 'accepted';
+      } catch (error) {
+        outcomes[mode] =
+          error instanceof KeySetUnavailableError
+            ? 'unavailable'
+            : error instanceof InvalidTokenError
+              ? 'invalid-token'
+              : String(error);
+      }
+    }
+    jwks.mode = 'ok';
+    // Control: a key set that cannot be reached at all (connection refused) is already mapped right.
+    const refused = createJwtVerifier({
+      jwksUrl: 'http://127.0.0.1:1/jwks',
+      issuer: auth.issuer,
+      audience: auth.audience,
+    });
+    outcomes.refused = await refused(token).then(
+      () => 'accepted',
+      (error) => (error instanceof KeySetUnavailableError ? 'unavailable' : 'invalid-token'),
+    );
+    expect(outcomes).toEqual({
+      refused: 'unavailable',
+      '500': 'unavailable',
+      '502-html': 'unavailable',
+      garbage: 'unavailable',
+      redirect: 'unavailable',
+      'not-a-key-set': 'unavailable',
+    });
+  });
+
+  it('tRPC and REST: a valid token while the JWKS answers 502 gets 503 SERVICE_UNAVAILABLE, not 401', async () => {
+    const token = await auth.sign(user);
+    jwks.mode = '502-html';
+    try {
+      // A fresh server: its verifier has no key set cached yet (a restart during the auth service's outage).
+      const trpc = await fetch(`${server.url}/trpc/credits.balance`, {
+        headers: { authorization: `Bearer ${token}` },
+      });
+      const trpcBody = (await trpc.json()) as {
+        error: { json: { message: string; data: { reason: string } } };
+      };
+      const rest = await fetch(`${server.url}/api/v1/credits/balance`, {
+        headers: { authorization: `Bearer ${token}` },
+      });
+      const restBody = (await rest.json()) as { error: { reason: string; message: string } };
+      expect({ trpc: trpc.status, rest: rest.status }).toEqual({ trpc: 503, rest: 503 });
+      expect(trpcBody.error.json.data.reason).toBe('SERVICE_UNAVAILABLE');
+      expect(restBody.error.reason).toBe('SERVICE_UNAVAILABLE');
+    } finally {
+      jwks.mode = 'ok';
+    }
+  });
+
+  it('console: an admin JWT while the JWKS answers 500 is a 503 (try again), not 401 "Not accepted"', async () => {
+    const token = await auth.sign(user);
+    jwks.mode = '500';
+    try {
+      const call = () =>
+        server.app.inject({ method: 'GET', url: '/admin/', headers: { authorization: `Bearer ${token}` } });
+      const failing = await call();
+      jwks.mode = 'ok';
+      // Control: the same token, once the key set answers, opens the console.
+      const healthy = await call();
+      expect({
+        failing: [failing.statusCode, failing.json().error?.reason],
+        healthy: healthy.statusCode,
+      }).toEqual({ failing: [503, 'KEY_SET_UNAVAILABLE'], healthy: 200 });
+    } finally {
+      jwks.mode = 'ok';
+    }
   });
 });

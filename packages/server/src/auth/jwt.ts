@@ -42,6 +42,30 @@ export interface JwtVerifierOptions {
   keySet?: JWTVerifyGetKey;
 }
 
+/**
+ * What the key set throws when the token names no key it can use: the token's fault (401). Anything else it
+ * throws — an answer other than 200, a redirect, a body that is not a key set, a timeout, a network failure —
+ * means the keys could not be had: the auth service's fault (503), never a reason to tell a holder of a good
+ * token that it is bad (clients sign users out on 401).
+ */
+const TOKEN_KEY_ERRORS = [
+  errors.JWKSNoMatchingKey,
+  errors.JWKSMultipleMatchingKeys,
+  errors.JOSENotSupported,
+  errors.JOSEAlgNotAllowed,
+];
+
+function keysOrUnavailable(keySet: JWTVerifyGetKey): JWTVerifyGetKey {
+  return async (header, token) => {
+    try {
+      return await keySet(header, token);
+    } catch (error) {
+      if (TOKEN_KEY_ERRORS.some((type) => error instanceof type)) throw error;
+      throw new KeySetUnavailableError({ cause: error });
+    }
+  };
+}
+
 const subject = identifier(200);
 const claim = text(1000).min(1);
 
@@ -62,11 +86,12 @@ function emailVerifiedClaim(payload: JWTPayload): boolean | null {
  * limited). Algorithms are pinned, issuer and audience are checked and exp is required.
  */
 export function createJwtVerifier(options: JwtVerifierOptions): VerifyUserToken {
-  const keySet =
+  const source =
     options.keySet ??
     (options.jwksUrl
       ? createRemoteJWKSet(new URL(options.jwksUrl), { timeoutDuration: 5000, cooldownDuration: 30_000 })
       : undefined);
+  const keySet = source && keysOrUnavailable(source);
   return async (token) => {
     if (!keySet || !options.issuer) throw new InvalidTokenError('User authentication is not configured');
     try {
@@ -89,12 +114,10 @@ export function createJwtVerifier(options: JwtVerifierOptions): VerifyUserToken 
         claims: payload,
       };
     } catch (error) {
-      if (error instanceof InvalidTokenError) throw error;
-      if (error instanceof errors.JWKSTimeout) throw new KeySetUnavailableError({ cause: error });
+      if (error instanceof InvalidTokenError || error instanceof KeySetUnavailableError) throw error;
       if (error instanceof errors.JOSEError) {
         throw new InvalidTokenError('Invalid or expired token', { cause: error });
       }
-      // A failed fetch of the key set (network) is not the caller's fault.
       throw new KeySetUnavailableError({ cause: error });
     }
   };

@@ -175,3 +175,50 @@ export class TestAuthServer {
     await closed;
   }
 }
+
+/** A key-set server in front of a TestAuthServer's JWKS that can be told to fail in the ways real ones do. */
+export class FlakyJwks {
+  mode: 'ok' | '500' | '502-html' | 'garbage' | 'redirect' | 'not-a-key-set' = 'ok';
+  requests = 0;
+  private constructor(
+    readonly server: Server,
+    readonly auth: TestAuthServer,
+  ) {}
+  get url() {
+    return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}/jwks`;
+  }
+  static async start(auth: TestAuthServer) {
+    let instance: FlakyJwks | undefined;
+    const server = createServer((_req, res) => {
+      const self = instance!;
+      self.requests++;
+      switch (self.mode) {
+        case 'ok':
+          res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(self.auth.jwks));
+          return;
+        case '500':
+          res.writeHead(500, { 'content-type': 'application/json' }).end('{"error":"internal"}');
+          return;
+        case '502-html':
+          res.writeHead(502, { 'content-type': 'text/html' }).end('<html>Bad Gateway</html>');
+          return;
+        case 'garbage':
+          res.writeHead(200, { 'content-type': 'application/json' }).end('<html>maintenance</html>');
+          return;
+        case 'redirect':
+          res.writeHead(302, { location: '/elsewhere' }).end();
+          return;
+        case 'not-a-key-set':
+          res.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"degraded"}');
+          return;
+      }
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    instance = new FlakyJwks(server, auth);
+    return instance;
+  }
+  async close() {
+    this.server.closeAllConnections();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+}
