@@ -2,6 +2,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, configFrom } from '../src/config.ts';
+import { clientNetworkOf } from '../src/http/client-address.ts';
 import type { GuildRole, TestUser } from './helpers/auth-server.ts';
 import { failure } from './helpers/errors.ts';
 import { ledgerSum } from './helpers/invariants.ts';
@@ -245,9 +246,30 @@ describe('TRUST_PROXY', () => {
       expect(await page(proxied, code, '198.51.100.3')).toBe(200);
       // Without the header the connection's own address counts.
       expect(await info(proxied, code)).toBe('ok');
+      // An IPv6 client counts by its /64 (it may take a new address inside it for every request; found by a
+      // security review), and an IPv4-mapped address as its IPv4 address.
+      const network = `2001:db8:${(Math.floor(Math.random() * 0xffff) + 1).toString(16)}:1`;
+      const rotating = [];
+      for (let i = 1; i <= 4; i++) rotating.push(await info(proxied, code, `${network}::${i.toString(16)}`));
+      expect(rotating).toEqual(['ok', 'ok', 'ok', 'TOO_MANY_REQUESTS']);
+      expect(await page(proxied, code, `${network}:ffff:ffff:ffff:ffff`)).toBe(429);
+      expect(await info(proxied, code, `2001:db8:ffff:2::1`)).toBe('ok');
+      expect(await page(proxied, code, `::ffff:${client}`)).toBe(429);
     } finally {
       await proxied.close();
     }
+  });
+
+  it('an IPv6 client is its /64; an IPv4-mapped address is its IPv4 address', () => {
+    expect(clientNetworkOf('203.0.113.7')).toBe('203.0.113.7');
+    expect(clientNetworkOf('2001:db8:1:2:3:4:5:6')).toBe('2001:db8:1:2::/64');
+    expect(clientNetworkOf('2001:DB8:1:2::9')).toBe('2001:db8:1:2::/64');
+    expect(clientNetworkOf('2001:db8::1')).toBe('2001:db8:0:0::/64');
+    expect(clientNetworkOf('::1')).toBe('0:0:0:0::/64');
+    expect(clientNetworkOf('fe80::1%eth0')).toBe('fe80:0:0:0::/64');
+    expect(clientNetworkOf('::ffff:198.51.100.9')).toBe('198.51.100.9');
+    expect(clientNetworkOf('::ffff:c633:6409')).toBe('198.51.100.9');
+    expect(clientNetworkOf('64:ff9b::198.51.100.9')).toBe('64:ff9b:0:0::/64');
   });
 
   it('true: a forwarded value that is no address (kilobytes of it) counts as the connection’s address, never a 500', async () => {

@@ -2,7 +2,7 @@ import type { FastifyInstance, FastifyReply } from 'fastify';
 import { DomainError } from '../domain/errors.ts';
 import type { GiftInfo } from '../domain/gifts/mappers.ts';
 import { giftInfo } from '../domain/gifts/views.ts';
-import { clientAddressOf } from './client-address.ts';
+import { clientAddressOf, clientNetworkOf } from './client-address.ts';
 
 const ENTITIES: Record<string, string> = {
   '&': '&amp;',
@@ -106,7 +106,7 @@ export function registerGiftPage(app: FastifyInstance): void {
     try {
       const gift = await giftInfo(db, {
         code,
-        clientIp: clientAddressOf(request),
+        client: clientNetworkOf(clientAddressOf(request)),
         limitPerMinute: config.giftInfoRateLimitPerMinute,
       });
       return sendPage(reply, 200, renderGiftPage(gift, redeemUrlOf(config.giftRedeemUrl, gift.code)));

@@ -20,9 +20,10 @@ const INFO_WINDOW_SECONDS = 60;
  */
 export async function giftInfo(
   db: Kysely<Database>,
-  input: { code: string; clientIp: string; limitPerMinute: number },
+  /** client: who the limit counts (an IPv4 address, an IPv6 client's /64: http/client-address.ts). */
+  input: { code: string; client: string; limitPerMinute: number },
 ): Promise<GiftInfo> {
-  const hits = await hitRateLimit(db, `gift-info\n${input.clientIp}`, INFO_WINDOW_SECONDS);
+  const hits = await hitRateLimit(db, `gift-info\n${input.client}`, INFO_WINDOW_SECONDS);
   if (hits > input.limitPerMinute) {
     throw new TooManyRequestsError(
       'Too many gift lookups from this address; try again in a minute',

@@ -3,6 +3,7 @@ import { createGift } from '../../domain/gifts/create.ts';
 import { cancelGift } from '../../domain/gifts/escrow.ts';
 import { redeemGift, redeemPendingGifts } from '../../domain/gifts/redeem.ts';
 import { giftInfo, myCreatedGifts, myReceivedGifts } from '../../domain/gifts/views.ts';
+import { clientNetworkOf } from '../../http/client-address.ts';
 import { appId, idempotencyKey, pageInput, text, userId, uuid } from '../../schemas.ts';
 import { authedProcedure, internalProcedure, publicProcedure, router } from '../init.ts';
 
@@ -60,7 +61,7 @@ export const giftsRouter = router({
   info: publicProcedure.input(z.strictObject({ code: giftCode })).query(({ ctx, input }) =>
     giftInfo(ctx.deps.db, {
       code: input.code,
-      clientIp: ctx.clientIp,
+      client: clientNetworkOf(ctx.clientIp),
       limitPerMinute: ctx.deps.config.giftInfoRateLimitPerMinute,
     }),
   ),
