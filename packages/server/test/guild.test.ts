@@ -1,4 +1,6 @@
 import { randomUUID } from 'node:crypto';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { memberSpending } from '@mana-credits/db';
 import { TRPCClientError } from '@trpc/client';
 import { sql } from 'kysely';
@@ -1124,6 +1126,34 @@ describe('membership client', () => {
     }
     server.auth.membershipBody = undefined;
     expect(await membership.roleOf(guildId, 'u')).toBe('owner');
+  });
+
+  it('never follows a redirect: the service key is not sent anywhere else (and the answer is unavailable)', async () => {
+    // Found by a security review: fetch follows redirects and keeps custom headers across origins.
+    const seen: (string | undefined)[] = [];
+    const elsewhere = createServer((req, res) => {
+      seen.push(req.headers['x-service-key'] as string | undefined);
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{"isMember":true,"role":"owner"}');
+    });
+    await new Promise<void>((resolve) => elsewhere.listen(0, '127.0.0.1', resolve));
+    const target = `http://localhost:${(elsewhere.address() as AddressInfo).port}`;
+    const redirecting = createServer((req, res) =>
+      res.writeHead(307, { location: `${target}${req.url}` }).end(),
+    );
+    await new Promise<void>((resolve) => redirecting.listen(0, '127.0.0.1', resolve));
+    try {
+      const membership = createMembershipClient({
+        authUrl: `http://127.0.0.1:${(redirecting.address() as AddressInfo).port}`,
+        serviceKey: SERVICE_KEY,
+        cacheSeconds: 0,
+      });
+      expect(await reasonOf(membership.roleOf(`guild-${randomUUID()}`, 'u'))).toBe('MEMBERSHIP_UNAVAILABLE');
+      expect(seen).toEqual([]);
+    } finally {
+      redirecting.closeAllConnections();
+      elsewhere.closeAllConnections();
+      await Promise.all([redirecting, elsewhere].map((one) => new Promise((resolve) => one.close(resolve))));
+    }
   });
 
   it('is unavailable with a wrong service key, an unreachable or unset auth service', async () => {

@@ -59,6 +59,9 @@ export function createMembershipClient(options: MembershipClientOptions): Member
     try {
       const response = await fetch(url, {
         headers: { 'x-service-key': options.serviceKey, accept: 'application/json' },
+        // Never followed: fetch keeps custom headers across origins, so the service key would go wherever a
+        // redirect pointed, and that origin's answer would decide who is a member.
+        redirect: 'manual',
         signal: AbortSignal.timeout(timeoutMs),
       });
       if (response.status !== 200) {
