@@ -1033,6 +1033,37 @@ describe('webhook: refunds and disputes', () => {
     });
   });
 
+  it('credits given back by a won dispute that then expire count as the purchase’s expired credits', async () => {
+    const pack = await createPackage({ credits: 100, priceEuroCents: 1000, validityDays: 30 });
+    const { user, client } = await buyer();
+    await server.internalClient().internal.credits.grant.mutate({
+      userId: user.id,
+      amount: 50,
+      reason: 'other credits, never expiring',
+      idempotencyKey: randomUUID(),
+    });
+    const { started, charge } = await completedPurchase(client, pack.id);
+    const dispute = stripe.disputeCharge(charge.id as string, 400);
+    expect((await deliver(stripe.event('charge.dispute.created', dispute))).status).toBe(200);
+    const won = stripe.event('charge.dispute.funds_reinstated', { ...dispute, status: 'won' });
+    expect((await deliver(won)).status).toBe(200);
+    expect(await balanceOf(user.id)).toBe(150);
+    // The purchase's validity ends: its 60 and the 40 given back expire (backdated), the grant stays.
+    await sql`update credits.lots set expires_at = now() - interval '1 second'
+               where account_id = ${user.id} and source = 'purchase'`.execute(server.deps.db);
+    await sql`update credits.balances set next_lot_expiry = now() - interval '1 second'
+               where user_id = ${user.id}`.execute(server.deps.db);
+    // All the money back afterwards: every purchase credit expired, so nothing more is taken.
+    expect(
+      (await deliver(stripe.event('charge.refunded', stripe.refundCharge(charge.id as string, 1000)))).status,
+    ).toBe(200);
+    expect(await balanceOf(user.id)).toBe(50);
+    expect(await purchaseRow(started.purchaseId)).toMatchObject({
+      clawed_back_credits: 0,
+      unrecovered_credits: 0,
+    });
+  });
+
   it('a dispute won after its credits could not be taken forgives the unrecovered ones first', async () => {
     const pack = await createPackage({ credits: 100, priceEuroCents: 1000, validityDays: 30 });
     const { user, client } = await buyer();

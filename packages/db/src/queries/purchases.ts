@@ -219,21 +219,24 @@ export async function reversalTotals(
 }
 
 /**
- * The lots a purchase's credit made (named by the purchase's credit ledger row), what expired from them
- * unspent — expiry already took those credits from the buyer — and when they expire (null: never, or no lot
- * is known). A clawback takes from these lots first; credits given back get their expiry.
+ * The lots of a purchase's credits — the lot its credit made (named by the purchase's credit ledger row) and
+ * those credits given back after a won dispute went into (named by its positive clawback rows) —, what
+ * expired from them unspent (expiry already took those credits from the buyer) and when they expire (null:
+ * never, or no lot is known). A clawback takes from these lots first; credits given back get their expiry.
  */
 export async function purchaseLots(
   trx: Transaction<Database>,
   userId: string,
   purchaseId: string,
 ): Promise<{ lotIds: string[]; expired: number; expiresAt: Date | null }> {
-  const { rows } = await sql<{ lot_ids: string[] | null; expired: number; expires_at: Date | null }>`
-    select t.lot_ids, l.expired, l.expires_at
-      from credits.transactions t
-     cross join lateral (select coalesce(sum(c.expired), 0)::int8 as expired, min(c.expires_at) as expires_at
-                           from credits.lots c where c.id = any(t.lot_ids)) l
-     where t.user_id = ${userId} and t.idempotency_key = ${systemKeys.purchaseCredit(purchaseId)}`.execute(
+  const { rows } = await sql<{ lot_ids: string[]; expired: number; expires_at: Date | null }>`
+    select coalesce(array_agg(c.id order by c.created_at, c.id), '{}') as lot_ids,
+           coalesce(sum(c.expired), 0)::int8 as expired, min(c.expires_at) as expires_at
+      from credits.lots c
+     where c.id in (select unnest(t.lot_ids) from credits.transactions t
+                     where t.user_id = ${userId}
+                       and (t.idempotency_key = ${systemKeys.purchaseCredit(purchaseId)}
+                            or (t.type = 'clawback' and t.amount > 0 and t.metadata->>'purchaseId' = ${purchaseId})))`.execute(
     trx,
   );
   return {
