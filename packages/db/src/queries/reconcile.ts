@@ -61,11 +61,13 @@ const CHECKS: CheckDefinition[] = [
       select c.user_id, c.id as transaction_id, c.type, c.balance_before, c.previous_after, c.created_at
         from (select t.user_id, t.id, t.type, t.balance_before, t.created_at,
                      lag(t.balance_after) over w as previous_after, lag(t.created_at) over w as previous_at,
-                     lag(t.created_at, 2) over w as before_previous_at
+                     lag(t.created_at, 2) over w as before_previous_at, lead(t.created_at) over w as next_at
                 from credits.transactions t
               window w as (partition by t.user_id order by t.created_at, t.id)) c
        where c.previous_after is not null and c.balance_before <> c.previous_after
-         and c.previous_at < c.created_at and (c.before_previous_at is null or c.before_previous_at < c.previous_at)`,
+         -- both rows alone at their instant (a row sharing it with another may be either of them in the chain)
+         and c.previous_at < c.created_at and (c.next_at is null or c.next_at > c.created_at)
+         and (c.before_previous_at is null or c.before_previous_at < c.previous_at)`,
   },
   {
     name: 'holds_match_reservations',
