@@ -78,6 +78,17 @@ async function use(userId: string, amount: number, appId: string, description = 
 }
 
 describe('views', () => {
+  it('a reversed day range is refused naming the field, not shown as an empty ledger', async () => {
+    const user = await server.fundedUser(10);
+    const response = await server.app.inject({
+      method: 'GET',
+      url: `/admin/users/${encodeURIComponent(user.id)}?from=2026-03-01&to=2026-02-01`,
+      headers: bearer,
+    });
+    expect(response.statusCode).toBe(400);
+    expect(response.json().error.details.field).toBe('to');
+  });
+
   it('search finds users and guilds by id or its beginning; the query is shown as text', async () => {
     const prefix = `find-${randomUUID().slice(0, 8)}`;
     await server.fundedUser(10, { id: `${prefix}-alpha` });

@@ -73,6 +73,28 @@ describe('UTC buckets', () => {
 });
 
 describe('credits.balanceAt', () => {
+  it('an instant takes its whole millisecond: an entry dated inside it, or at its own createdAt, is included', async () => {
+    // The ledger dates entries in microseconds, the API in milliseconds: `at` = the createdAt the API showed
+    // for an entry (or the entry's exact microsecond, cut to its millisecond) answered the balance before it.
+    const user = newUser();
+    const [id] = await seedPersonalHistory(server.db, user.id, [
+      { at: '2026-03-01T10:00:00.123456Z', type: 'grant', amount: 100 },
+    ]);
+    const client = await server.userClient(user);
+    const [entry] = (await client.credits.transactions.query({ limit: 1 })).items;
+    expect(entry!.createdAt).toEqual(new Date('2026-03-01T10:00:00.123Z'));
+    for (const at of [entry!.createdAt, '2026-03-01T10:00:00.123456Z', '2026-03-01T10:00:00.123999Z']) {
+      expect(await client.credits.balanceAt.query({ at })).toMatchObject({
+        balance: 100,
+        lastTransactionId: id,
+      });
+    }
+    expect(await client.credits.balanceAt.query({ at: '2026-03-01T10:00:00.122Z' })).toMatchObject({
+      balance: 0,
+      lastTransactionId: null,
+    });
+  });
+
   it('answers 0 before the first entry, the balance after the last entry at or before `at`, and now', async () => {
     const { user, ids, client } = await seededUser();
     const before = await client.credits.balanceAt.query({ at: new Date('2026-01-01T00:00:00Z') });
@@ -468,6 +490,29 @@ function parseCsv(text: string): string[][] {
 }
 
 describe('credits.statement', () => {
+  it('CSV: a formula after a ";" or a tab is defused too (spreadsheets whose list separator is ";")', async () => {
+    const user = newUser();
+    await seedPersonalHistory(server.db, user.id, [
+      { at: '2026-01-10T00:00:00Z', type: 'grant', amount: 100 },
+      {
+        at: '2026-01-11T00:00:00Z',
+        type: 'usage',
+        amount: -1,
+        appId: 'chat',
+        description: "ok;=cmd|' /C calc'!A0;x\t+1",
+      },
+    ]);
+    const response = await fetch(
+      `${server.url}/api/v1/credits/statement.csv?from=2026-01-01T00:00:00Z&to=2026-02-01T00:00:00Z`,
+      { headers: { authorization: `Bearer ${await server.auth.sign(user)}` } },
+    );
+    expect(response.status).toBe(200);
+    const text = await response.text();
+    expect(text).toContain("ok;'=cmd|' /C calc'!A0;x\t'+1");
+    // Split as such a spreadsheet splits (on ";" and line ends, quotes or not), no cell starts a formula.
+    expect(text.split(/[;\n]/).filter((cell) => /^"?[=+\-@]/.test(cell))).toEqual([]);
+  });
+
   it('pages oldest first with opening and closing balances', async () => {
     const { ids, client } = await seededUser();
     const range = { from: '2026-01-31T23:00:00Z', to: '2026-02-03T12:00:00Z' };

@@ -74,6 +74,23 @@ async function spendableAfterExpiry(userId: string) {
 }
 
 describe('answers never count expired credits', () => {
+  it('a hold whose time is up holds nothing in the lot views either (byCategory adds up to the balance)', async () => {
+    // Found by a review of the read side: the balance counted the lapsed hold as returned, the lot views still
+    // as pinned (byCategory 70 beside a balance of 100; credits.lots showed 30 held).
+    const user = newUser();
+    await grant(user.id, 100);
+    const lapsing = await grant(user.id, 20, { expiresInDays: 5, priority: 0 });
+    const hold = await reserve(user.id, 50); // pins the 20 expiring credits and 30 of the others
+    await lapseHold(hold.reservationId);
+    await lapseLot(lapsing.lotId);
+    const client = await server.userClient(user);
+    const read = await client.credits.balance.query();
+    expect(read).toMatchObject({ balance: 100, reserved: 0 });
+    expect(read.byCategory.paid + read.byCategory.promotional).toBe(100);
+    const lots = (await client.credits.lots.query()).items;
+    expect(lots.map((lot) => [lot.remaining, lot.held])).toEqual([[100, 0]]);
+  });
+
   it('release of a hold answers the balance without an unrelated lapsed lot', async () => {
     const user = newUser();
     await grant(user.id, 100); // never expires

@@ -29,7 +29,11 @@ export async function balanceAtInstant(
   at: Date,
   inclusive = true,
 ): Promise<BalanceAtRow> {
-  const bound = inclusive ? sql`created_at <= ${at}` : sql`created_at < ${at}`;
+  // Instants reach us in milliseconds (what the API shows and parses), the ledger dates entries in
+  // microseconds: "at or before" an instant takes its whole millisecond, so an entry's own createdAt includes it.
+  const bound = inclusive
+    ? sql`created_at < ${at}::timestamptz + interval '1 millisecond'`
+    : sql`created_at < ${at}`;
   // `last` is read by scalar subqueries so that each probe bounds the index range; materialized CTEs are
   // read once.
   const { rows } = await sql<{ balance: number | null; last_id: string | null }>`

@@ -154,8 +154,25 @@ export interface LotView {
 }
 
 /**
- * An account's lots in burn order (the order credits.burn_lots uses). Credits of a lapsed lot whose expiry is
- * not posted yet already count as expired. `includeSpent` adds the lots with nothing left.
+ * Per lot of an account, what its open holds whose time is up pin in it: held no longer (the balance views
+ * already count those holds as returned; the next call that meets them returns them). Joined by lot id.
+ */
+function lapsedPins(kind: LotAccountKind, accountId: string) {
+  const holds =
+    kind === 'user'
+      ? sql`r.user_id = ${accountId} and r.organization_id is null`
+      : sql`r.organization_id = ${accountId}`;
+  return sql`(select h.lot_id, sum(h.amount)::int8 as amount
+                from credits.reservations r
+               cross join lateral unnest(r.lot_ids, r.lot_amounts) as h(lot_id, amount)
+               where ${holds} and r.status = 'open' and r.expires_at <= now()
+               group by h.lot_id)`;
+}
+
+/**
+ * An account's lots in burn order (the order credits.burn_lots uses), read as of now: credits of a lapsed lot
+ * whose expiry is not posted yet already count as expired, and credits pinned by a hold whose time is up are
+ * held no longer (and expired, in a lapsed lot). `includeSpent` adds the lots with nothing left.
  */
 export async function listLots(
   db: Kysely<Database>,
@@ -170,10 +187,11 @@ export async function listLots(
     select id, source, category, priority, amount, created_at, expires_at, pinned,
            case when expires_at <= now() then pinned else remaining end as remaining,
            case when expires_at <= now() then expired + remaining - pinned else expired end as expired
-      from credits.lots
-     where account_kind = ${kind} and account_id = ${accountId}
-       and (${options.includeSpent ?? false} or (not spent and (expires_at is null or expires_at > now()
-                                                                   or pinned > 0)))
+      from (select l.id, l.source, l.category, l.priority, l.amount, l.created_at, l.expires_at, l.remaining,
+                   l.expired, l.spent, l.pinned - coalesce(p.amount, 0) as pinned
+              from credits.lots l left join ${lapsedPins(kind, accountId)} p on p.lot_id = l.id
+             where l.account_kind = ${kind} and l.account_id = ${accountId}) l
+     where ${options.includeSpent ?? false} or (not spent and (expires_at is null or expires_at > now() or pinned > 0))
      order by priority, expires_at, created_at, id`.execute(db);
   return rows.map((row) => ({
     id: row.id,
@@ -196,8 +214,9 @@ export interface LotSummary {
 }
 
 /**
- * What an account's lots add up to, read as of now: spendable credits per category (neither held nor lapsed:
- * they add up to the spendable balance) and the unpinned credits expiring within `noticeDays`.
+ * What an account's lots add up to, read as of now: spendable credits per category (neither held nor lapsed;
+ * a hold whose time is up holds nothing: they add up to the spendable balance) and the unpinned credits
+ * expiring within `noticeDays`.
  */
 export async function summarizeLots(
   db: Kysely<Database>,
@@ -215,11 +234,11 @@ export async function summarizeLots(
            coalesce(sum(remaining - pinned) filter (where category = 'promotional' and live), 0)::int8 as promotional,
            coalesce(sum(remaining - pinned) filter (where live and soon), 0)::int8 as expiring,
            min(expires_at) filter (where live and soon and remaining > pinned) as first_expiry
-      from (select remaining, pinned, category, expires_at,
-                   (expires_at is null or expires_at > now()) as live,
-                   expires_at <= now() + ${noticeDays}::int * interval '1 day' as soon
-              from credits.lots
-             where account_kind = ${kind} and account_id = ${accountId} and not spent) l`.execute(db);
+      from (select l.remaining, l.pinned - coalesce(p.amount, 0) as pinned, l.category, l.expires_at,
+                   (l.expires_at is null or l.expires_at > now()) as live,
+                   l.expires_at <= now() + ${noticeDays}::int * interval '1 day' as soon
+              from credits.lots l left join ${lapsedPins(kind, accountId)} p on p.lot_id = l.id
+             where l.account_kind = ${kind} and l.account_id = ${accountId} and not l.spent) l`.execute(db);
   const row = rows[0];
   return {
     byCategory: { paid: row?.paid ?? 0, promotional: row?.promotional ?? 0 },

@@ -88,12 +88,12 @@ function ledgerFilter<Type extends LedgerType | GuildLedgerType>(
       field: 'type',
     });
   }
-  return {
-    type: (query.type || undefined) as Type | undefined,
-    appId: query.appId || undefined,
-    from: query.from ? dayStart(query.from, 'from') : undefined,
-    to: query.to ? nextDay(dayStart(query.to, 'to')) : undefined,
-  };
+  const from = query.from ? dayStart(query.from, 'from') : undefined;
+  const to = query.to ? nextDay(dayStart(query.to, 'to')) : undefined;
+  if (from && to && from >= to) {
+    throw new InvalidRequestError('to: must not be before from', 'VALIDATION', { field: 'to' });
+  }
+  return { type: (query.type || undefined) as Type | undefined, appId: query.appId || undefined, from, to };
 }
 
 export const search = (db: Kysely<Database>, query: string) => searchAccounts(db, query.trim(), 20);

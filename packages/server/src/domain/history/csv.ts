@@ -19,12 +19,18 @@ export const STATEMENT_COLUMNS = [
 ] as const;
 
 const FORMULA_START = /^[=+\-@\t\r]/;
+/** A formula character after a ";" or a tab: a cell of its own where a spreadsheet splits lines on them. */
+const SEPARATED_FORMULA = /([;\t])([=+\-@])/g;
 const NEEDS_QUOTES = /[",\r\n]/;
 
-/** One text cell: defused if it could start a formula, quoted if it holds a quote, comma or line break. */
+/**
+ * One text cell: defused if it could start a formula — also after a ";" or a tab, which spreadsheets in
+ * locales whose list separator is ";" split on, quotes or not —, quoted if it holds a quote, comma or line break.
+ */
 export function textCell(value: string | null | undefined): string {
   if (value === null || value === undefined || value === '') return '';
-  const safe = FORMULA_START.test(value) ? `'${value}` : value;
+  const separated = value.replace(SEPARATED_FORMULA, "$1'$2");
+  const safe = FORMULA_START.test(separated) ? `'${separated}` : separated;
   return NEEDS_QUOTES.test(safe) ? `"${safe.replaceAll('"', '""')}"` : safe;
 }
 
