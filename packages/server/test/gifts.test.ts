@@ -837,6 +837,28 @@ describe('expiry', () => {
 });
 
 describe('gifts.info', () => {
+  it('parallel lookups of an overdue gift all say expired, whichever of them expired it', async () => {
+    // Found by a review: a lookup that found the gift overdue but lost the race to expire it answered the row
+    // it had read (active; the page offered Redeem for a gift already refunded). Postgres shows the race.
+    server.httpForThisTest(); // real parallel requests
+    const { client } = await creatorWith(1000);
+    const statuses: string[] = [];
+    for (let round = 0; round < 3; round++) {
+      const gift = await client.gifts.create.mutate({
+        type: 'first_come',
+        totalCredits: 30,
+        totalPortions: 3,
+      });
+      await backdateExpiry(gift.id);
+      const answers = await Promise.all(
+        Array.from({ length: 8 }, () => server.rawClient({}).gifts.info.query({ code: gift.code })),
+      );
+      expect(await giftRow(gift.id)).toMatchObject({ status: 'expired', refunded_credits: 30 });
+      statuses.push(...answers.map((answer) => answer.status));
+    }
+    expect(new Set(statuses)).toEqual(new Set(['expired']));
+  });
+
   it('an unknown code is NOT_FOUND with the same shape, well-formed or not', async () => {
     const client = server.rawClient({});
     const errors = await Promise.all(
@@ -929,6 +951,31 @@ describe('myCreated and myReceived', () => {
 });
 
 describe('internal.gifts.redeemPending', () => {
+  it('redeems a gift the user tried (and was throttled on) before verifying the address', async () => {
+    // Found by a review: the attempts refused EMAIL_NOT_VERIFIED count toward the per-user throttle, which then
+    // refused the service's claim on verification; redeemPending answered { redeemed: 0 } and said nothing.
+    const email = `erin-${randomUUID()}@example.test`;
+    const erin = newUser({ email });
+    const { client } = await creatorWith(100);
+    const gift = await client.gifts.create.mutate({
+      type: 'personalized',
+      totalCredits: 25,
+      targetEmail: email,
+    });
+    const unverified = server.rawClient({
+      authorization: `Bearer ${await server.auth.sign(erin, {}, { email_verified: false })}`,
+    });
+    for (let i = 0; i < 6; i++) {
+      const refused = await failure(unverified.gifts.redeem.mutate({ code: gift.code }));
+      expect(refused.data?.reason).toBe(i < 5 ? 'EMAIL_NOT_VERIFIED' : 'TOO_MANY_ATTEMPTS');
+    }
+    const pending = await server
+      .internalClient()
+      .internal.gifts.redeemPending.mutate({ userId: erin.id, email });
+    expect(pending).toEqual({ redeemed: 1, totalCredits: 25 });
+    expect(await ledgerSum(db, erin.id)).toBe(25);
+  });
+
   it('redeems every active personalized gift for the email once; a second call redeems nothing', async () => {
     server.httpForThisTest(); // real parallel requests
     const { client } = await creatorWith(1000);

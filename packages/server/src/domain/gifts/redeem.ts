@@ -101,13 +101,15 @@ export async function claimGift(
   gift: GiftRow,
   redeemer: Redeemer,
   input: Omit<RedeemInput, 'code'>,
+  /** false for a claim the service starts (redeemPending): the throttle is for what a user tries. */
+  throttled = true,
 ): Promise<RedeemResult> {
   if (gift.creator_id === redeemer.id) {
     throw new ForbiddenError('You cannot redeem your own gift', 'OWN_GIFT');
   }
   const attempt = await db.transaction().execute(async (trx): Promise<Attempt> => {
     await lockRedeemAttempts(trx, gift.id, redeemer.id);
-    await refuseWhenThrottled(trx, gift.id, redeemer.id);
+    if (throttled) await refuseWhenThrottled(trx, gift.id, redeemer.id);
     const answerCorrect =
       gift.type !== 'riddle' ||
       (gift.riddle_answer_hash !== null &&
@@ -297,7 +299,9 @@ export async function redeemPendingGifts(
   let totalCredits = 0;
   for (const gift of pending) {
     try {
-      const result = await claimGift(db, gift, redeemer, {});
+      // Not throttled: the attempts the user made before verifying the address (each refused, counted) must
+      // not keep their gift from them now that it is verified.
+      const result = await claimGift(db, gift, redeemer, {}, false);
       redeemed++;
       totalCredits += result.creditsReceived;
     } catch (error) {

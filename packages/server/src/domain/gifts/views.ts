@@ -36,8 +36,10 @@ export async function giftInfo(
   let gift = await findGiftByCode(db, input.code);
   if (!gift) throw new NotFoundError('Gift', 'GIFT_NOT_FOUND');
   if (gift.status === 'active' && gift.due) {
-    // Expiry on access, re-checked under the row lock.
-    if (await expireGiftIfDue(db, gift.id)) gift = (await findGiftByCode(db, input.code)) ?? gift;
+    // Expiry on access, re-checked under the row lock; read again whoever expired it (a parallel lookup, a
+    // redeem or the sweep may have been first: the row read above would still say active).
+    await expireGiftIfDue(db, gift.id);
+    gift = (await findGiftByCode(db, input.code)) ?? gift;
   }
   return toGiftInfo(gift);
 }
