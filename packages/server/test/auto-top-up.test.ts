@@ -657,11 +657,18 @@ describe('a payment whose outcome never arrived', () => {
 });
 
 describe('an attempt none of whose sends was answered', () => {
-  /** Makes the user's attempt `hours` old and lets it be claimed at once. */
+  /**
+   * Makes the user's attempt and its purchase (made right before the first send, which the windows count from)
+   * `hours` old, and lets the attempt be claimed at once.
+   */
   async function ageAttempt(userId: string, hours: number) {
-    await sql`update credits.auto_top_up_attempts
-                 set created_at = now() - make_interval(mins => ${Math.round(hours * 60)}), next_attempt_at = now()
+    const age = sql`now() - make_interval(mins => ${Math.round(hours * 60)})`;
+    await sql`update credits.auto_top_up_attempts set created_at = ${age}, next_attempt_at = now()
                where user_id = ${userId}`.execute(server.db);
+    await sql`update credits.purchases set created_at = ${age}
+               where id in (select purchase_id from credits.auto_top_up_attempts where user_id = ${userId})`.execute(
+      server.db,
+    );
   }
   const paymentCalls = () => stripe.requestsTo('/v1/payment_intents').length;
   const searches = () => stripe.requestsTo('/v1/payment_intents/search').length;
@@ -730,6 +737,87 @@ describe('an attempt none of whose sends was answered', () => {
     expect(await purchaseCreditsOf(user.id)).toHaveLength(1);
     expect(await balanceOf(user.id)).toBe(40 + PACKAGE_CREDITS);
     expect(await eventsOf(user.id, 'autotopup.failed')).toEqual([]);
+    expect((await client.credits.autoTopUp.get.query()).enabled).toBe(true);
+  });
+});
+
+describe('an attempt that may have been sent, then auto top-up turned off', () => {
+  // Found by a review: an attempt whose send got no answer was closed skipped when the user turned auto top-up
+  // off (or removed the card) before the next claim, as if nothing had been sent; nothing asked Stripe about
+  // it, so with its webhook lost a card charged gave no credits.
+  it.each(['disable', 'card detached'] as const)(
+    'after %s, the payment Stripe made is found and credited',
+    async (how) => {
+      const { user, client, paymentMethodId } = await enrolledUser({ funds: 100, threshold: 50 });
+      await spend(client, 60);
+      stripe.mode = 'lose-responses'; // Stripe charges the card; the worker never hears back
+      expect(Object.values(await worker())).toEqual(['unknown']);
+      stripe.mode = 'ok';
+      const [attempt] = await attemptsOf(user.id);
+      if (how === 'disable') await client.credits.autoTopUp.disable.mutate();
+      else {
+        const detached = stripe.event('payment_method.detached', stripe.detachPaymentMethod(paymentMethodId));
+        expect((await deliver(detached)).status).toBe(200);
+      }
+      const sent = stripe.requestsTo('/v1/payment_intents').length;
+      await expireLeases(user.id);
+      expect(await worker()).toEqual({ [attempt!.id]: 'credited' });
+      expect(stripe.requestsTo('/v1/payment_intents').length).toBe(sent); // looked up, not sent again
+      expect((await attemptsOf(user.id))[0]).toMatchObject({ status: 'succeeded' });
+      expect(await balanceOf(user.id)).toBe(40 + PACKAGE_CREDITS);
+    },
+  );
+
+  it('none made: it waits for the give-up time, then closes skipped (not failed: the user turned it off)', async () => {
+    const { user, client } = await enrolledUser({ funds: 100, threshold: 50 });
+    await spend(client, 60);
+    stripe.mode = 'failing';
+    expect(Object.values(await worker())).toEqual(['unknown']);
+    stripe.mode = 'ok';
+    const [attempt] = await attemptsOf(user.id);
+    await client.credits.autoTopUp.disable.mutate();
+    await expireLeases(user.id);
+    expect(await worker()).toEqual({ [attempt!.id]: 'unknown' });
+    await sql`update credits.purchases set created_at = now() - interval '23 hours 30 minutes'
+               where id = ${attempt!.purchase_id!}::uuid`.execute(server.db);
+    await expireLeases(user.id);
+    expect(await worker()).toEqual({ [attempt!.id]: 'skipped' });
+    expect((await attemptsOf(user.id))[0]).toMatchObject({
+      status: 'skipped',
+      failure_code: 'auto_top_up_disabled',
+    });
+    expect(await eventsOf(user.id, 'autotopup.failed')).toEqual([]);
+    expect(stripe.intentsOfPurchase(attempt!.purchase_id!)).toEqual([]);
+  });
+
+  it('the windows count from its first send, not from when it was recorded (an attempt first sent late)', async () => {
+    const { user, client } = await enrolledUser({ funds: 100, threshold: 50 });
+    await spend(client, 60);
+    // No worker ran for over 23 h; the first send, then, gets no answer.
+    await sql`update credits.auto_top_up_attempts set created_at = now() - interval '23 hours 5 minutes'
+               where user_id = ${user.id}`.execute(server.db);
+    stripe.mode = 'lose-responses';
+    const [attempt] = await attemptsOf(user.id);
+    expect(await worker()).toEqual({ [attempt!.id]: 'unknown' });
+    stripe.mode = 'ok';
+    // Minutes later, with Stripe's search not showing the payment yet (it lags), it is not given up as "no
+    // payment was made": it is sent again with its key, and Stripe's stored answer says it was paid.
+    const real = server.deps.stripe!;
+    const lagging = Object.assign(Object.create(real) as typeof real, {
+      paymentIntents: Object.assign(Object.create(real.paymentIntents) as typeof real.paymentIntents, {
+        search: async () => ({
+          object: 'search_result',
+          data: [],
+          has_more: false,
+          next_page: null,
+          url: '',
+        }),
+      }),
+    });
+    await expireLeases(user.id);
+    expect(await runAutoTopUps({ db: server.deps.db, stripe: lagging })).toEqual({
+      [attempt!.id]: 'credited',
+    });
     expect((await client.credits.autoTopUp.get.query()).enabled).toBe(true);
   });
 });

@@ -7,11 +7,13 @@ import {
   closeAutoTopUpAttempt,
   type Database,
   disableAutoTopUp,
+  failPendingPurchase,
   findAutoTopUp,
   findPackage,
   insertPendingPurchase,
   latestAutoTopUpAttempt,
   lockAutoTopUpAttempt,
+  lockPurchaseOfUser,
   markAutoTopUpProcessing,
   type PurchaseRow,
   recordPurchaseStripeIds,
@@ -260,28 +262,36 @@ async function settleStaleAttempt(
 async function purchaseOf(
   db: Kysely<Database>,
   attemptId: string,
-): Promise<{ attempt: AutoTopUpAttemptRow; purchase: PurchaseRow | undefined; skip?: string }> {
+): Promise<{
+  attempt: AutoTopUpAttemptRow;
+  purchase: PurchaseRow | undefined;
+  skip?: string;
+  /** Turned off (or the card removed) after a claim that may have sent it: sent no more, looked up instead. */
+  halted?: boolean;
+}> {
   return db.transaction().execute(async (trx) => {
     const attempt = await lockAutoTopUpAttempt(trx, attemptId);
     if (!attempt) throw new Error(`auto top-up attempt ${attemptId} vanished`);
     if (attempt.status !== 'pending') return { attempt, purchase: undefined, skip: attempt.status };
     const setting = await findAutoTopUp(trx, attempt.user_id);
-    // Turned off (or the card removed) before this attempt was sent: nothing more is sent. Had an earlier try
-    // reached Stripe after all, its webhook still credits the purchase (its metadata names it).
+    const halted = !setting?.enabled || !setting.payment_method_id || !setting.stripe_customer_id;
+    if (attempt.purchase_id) {
+      // An earlier claim made its purchase and may have sent it (an answer lost): whatever the settings say
+      // now, its outcome is unknown, not "nothing was sent" (payAttempt looks it up when it is halted).
+      const purchase = await trx
+        .selectFrom('credits.purchases')
+        .selectAll()
+        .where('id', '=', attempt.purchase_id)
+        .executeTakeFirstOrThrow();
+      return { attempt, purchase, halted };
+    }
+    // Turned off (or the card removed) before this attempt was ever sent: nothing is sent.
     if (!setting?.enabled || !setting.payment_method_id || !setting.stripe_customer_id) {
       await closeAutoTopUpAttempt(trx, attempt.id, {
         status: 'skipped',
         failureCode: 'auto_top_up_disabled',
       });
       return { attempt, purchase: undefined, skip: 'disabled' };
-    }
-    if (attempt.purchase_id) {
-      const purchase = await trx
-        .selectFrom('credits.purchases')
-        .selectAll()
-        .where('id', '=', attempt.purchase_id)
-        .executeTakeFirstOrThrow();
-      return { attempt, purchase };
     }
     const pack = await findPackage(trx, attempt.package_id);
     if (!pack) throw new Error(`package ${attempt.package_id} vanished`);
@@ -319,20 +329,17 @@ async function payAttempt(
   stripe: Stripe,
   claimed: AutoTopUpAttemptRow,
 ): Promise<AttemptResult> {
-  const { attempt, purchase, skip } = await purchaseOf(deps.db, claimed.id);
+  const { attempt, purchase, skip, halted } = await purchaseOf(deps.db, claimed.id);
   if (skip === 'disabled') return 'skipped';
   if (skip === 'package_inactive') return 'failed';
   if (!purchase) return 'gone';
-  // Its purchase existed before this claim, so an earlier one may have sent the payment.
-  const age = Date.now() - attempt.created_at.getTime();
-  if (claimed.purchase_id && age >= AUTO_TOP_UP_SEND_HOURS * HOUR_MS)
-    return settleUnansweredAttempt(
-      deps,
-      stripe,
-      attempt,
-      purchase,
-      age >= AUTO_TOP_UP_GIVE_UP_HOURS * HOUR_MS,
-    );
+  // Its purchase existed before this claim, so an earlier one may have sent the payment. The windows count
+  // from the purchase, made right before the first send: Stripe's key lives from that send on.
+  const age = Date.now() - purchase.created_at.getTime();
+  if (claimed.purchase_id && (halted || age >= AUTO_TOP_UP_SEND_HOURS * HOUR_MS)) {
+    const giveUp = age >= AUTO_TOP_UP_GIVE_UP_HOURS * HOUR_MS;
+    return settleUnansweredAttempt(deps, stripe, attempt, purchase, giveUp, halted ?? false);
+  }
   const paymentMethod = String(purchase.metadata?.paymentMethodId ?? '');
   let intent: Stripe.PaymentIntent;
   try {
@@ -383,11 +390,27 @@ async function settleUnansweredAttempt(
   attempt: AutoTopUpAttemptRow,
   purchase: PurchaseRow,
   giveUp: boolean,
+  halted: boolean,
 ): Promise<AttemptResult> {
   const found = await stripe.paymentIntents.search({ query: `metadata['purchaseId']:'${purchase.id}'` });
   const intent = found.data.find((candidate) => candidate.metadata?.purchaseId === purchase.id);
+  // A payment made is settled even when auto top-up was turned off since: the money was taken.
   if (intent) return settleSentPayment(deps, attempt, purchase, intent);
   if (!giveUp) return 'unknown';
+  if (halted) {
+    // Turned off, and no payment was made: closed as it would have been had it never been sent.
+    await deps.db.transaction().execute(async (trx) => {
+      await lockPurchaseOfUser(trx, attempt.user_id, purchase.id);
+      if (
+        await closeAutoTopUpAttempt(trx, attempt.id, {
+          status: 'skipped',
+          failureCode: 'auto_top_up_disabled',
+        })
+      )
+        await failPendingPurchase(trx, purchase.id);
+    });
+    return 'skipped';
+  }
   await deps.db.transaction().execute((trx) =>
     recordAutoTopUpFailure(trx, attempt, {
       code: 'payment_provider_unavailable',
