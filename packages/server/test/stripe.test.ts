@@ -245,6 +245,46 @@ describe('credits.purchase: PaymentIntent mode', () => {
 });
 
 describe('credits.purchase: Checkout mode', () => {
+  it('a package whose Stripe price no longer matches its price is refused, the session closed unpaid', async () => {
+    // Found by a review: the Session charged the Stripe Price (9.99) while the purchase expected the package's
+    // new price (12.99): the payment arrived, did not match, and was never credited.
+    stripe.prices.set('price_stale', { unit_amount: 999, currency: 'eur' });
+    const pack = await createPackage({ credits: 130, priceEuroCents: 1299, stripePriceId: 'price_stale' });
+    const { user, client } = await buyer();
+    const refused = await failure(
+      client.credits.purchase.mutate({
+        packageId: pack.id,
+        mode: 'checkout',
+        successUrl: `${SHOP}/ok`,
+        cancelUrl: `${SHOP}/cancel`,
+      }),
+    );
+    expect(refused.data).toMatchObject({
+      code: 'PRECONDITION_FAILED',
+      reason: 'PACKAGE_PRICE_MISMATCH',
+      details: { field: 'stripePriceId' },
+    });
+    const [purchase] = (await client.credits.purchases.query({ limit: 1 })).items;
+    expect(purchase).toMatchObject({ status: 'failed', priceEuroCents: 1299 });
+    const session = stripe.sessions.get((await purchaseRow(purchase!.id)).stripe_checkout_session_id!);
+    expect(session).toMatchObject({ status: 'expired', amount_total: 999 });
+    expect(await balanceOf(user.id)).toBe(0);
+  });
+
+  it("keeps Stripe's {CHECKOUT_SESSION_ID} template literal in a redirect URL's path", async () => {
+    const pack = await createPackage({ credits: 10, priceEuroCents: 100 });
+    const { client } = await buyer();
+    const successUrl = `${SHOP}/checkout/done/{CHECKOUT_SESSION_ID}`;
+    const started = await client.credits.purchase.mutate({
+      packageId: pack.id,
+      mode: 'checkout',
+      successUrl,
+      cancelUrl: `${SHOP}/cancel`,
+    });
+    const session = stripe.sessions.get((await purchaseRow(started.purchaseId)).stripe_checkout_session_id!);
+    expect(session?.success_url).toBe(successUrl);
+  });
+
   it('creates a Session with inline price data, and checkout.session.completed credits it', async () => {
     const pack = await createPackage({ name: 'Checkout pack', credits: 250, priceEuroCents: 1999 });
     const { user, client } = await buyer();

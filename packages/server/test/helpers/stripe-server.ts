@@ -218,6 +218,15 @@ export class TestStripeServer {
       };
     }
     if (method === 'POST' && path === '/v1/checkout/sessions') return this.createSession(body);
+    const expiringId = /^\/v1\/checkout\/sessions\/([^/]+)\/expire$/.exec(path)?.[1];
+    if (method === 'POST' && expiringId) {
+      const session = this.sessions.get(expiringId);
+      if (!session)
+        return invalid('session', `No such checkout.session: '${expiringId}'`, 'resource_missing', 404);
+      if (session.status !== 'open') return invalid('session', 'Only open sessions can be expired.');
+      session.status = 'expired';
+      return { status: 200, body: structuredClone(session) };
+    }
     if (method === 'POST' && path === '/v1/setup_intents') return this.createSetupIntent(body);
     const methodId = /^\/v1\/payment_methods\/([^/]+)$/.exec(path)?.[1];
     if (method === 'GET' && methodId) {

@@ -79,7 +79,9 @@ function checkedRedirect(field: string, value: string, allowed: ReadonlySet<stri
       { field },
     );
   }
-  return url.href;
+  // Checked as parsed, sent as parsed (a raw string could mean something else to Stripe), but with Stripe's
+  // own template kept literal: in a path the parser percent-encodes its braces and Stripe would not fill it.
+  return url.href.replaceAll('%7BCHECKOUT_SESSION_ID%7D', '{CHECKOUT_SESSION_ID}');
 }
 
 function checkoutRedirects(input: StartPurchaseInput, origins: readonly string[]) {
@@ -198,6 +200,25 @@ export async function startPurchase(deps: PaymentsDeps, input: StartPurchaseInpu
       stripe_checkout_session_id: session.id,
       ...(intentId ? { stripe_payment_intent_id: intentId } : {}),
     });
+    // A package sold through a Stripe Price charges that Price, which an operator may have left behind when the
+    // package's price changed: a Session for another amount would take money the purchase does not credit.
+    // It is closed unpaid and the purchase fails, before anyone is sent to it.
+    if (
+      session.amount_total !== pack.price_euro_cents ||
+      session.currency?.toLowerCase() !== PURCHASE_CURRENCY
+    ) {
+      await stripe.checkout.sessions.expire(
+        session.id,
+        {},
+        { idempotencyKey: `purchase:${purchaseId}:expire` },
+      );
+      await failPendingPurchase(deps.db, purchaseId);
+      throw new PreconditionFailedError(
+        'This package cannot be bought now: its Stripe price differs from its price',
+        'PACKAGE_PRICE_MISMATCH',
+        { field: 'stripePriceId', expected: pack.price_euro_cents, stripeAmount: session.amount_total },
+      );
+    }
     return { ...started, ...(session.url ? { checkoutUrl: session.url } : {}) };
   } catch (error) {
     if (!isStripeError(error)) throw error;
