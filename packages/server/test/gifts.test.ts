@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID, scryptSync } from 'node:crypto';
 import type { Database, RedemptionStatus } from '@mana-credits/db';
 import type { FastifyInstance } from 'fastify';
 import { type Kysely, sql } from 'kysely';
@@ -7,6 +7,7 @@ import { buildApp } from '../src/app.ts';
 import { configFrom } from '../src/config.ts';
 import { type AppDeps, createAppDeps } from '../src/deps.ts';
 import { expireDueGifts } from '../src/domain/gifts/escrow.ts';
+import { verifyRiddleAnswer } from '../src/domain/gifts/riddle.ts';
 import type { TestUser } from './helpers/auth-server.ts';
 import { failure } from './helpers/errors.ts';
 import { expectLedgerConsistent, ledgerSum } from './helpers/invariants.ts';
@@ -389,7 +390,7 @@ describe('each type end to end', () => {
       riddleAnswer: 'The  Moon',
     });
     const row = await giftRow(gift.id);
-    expect(row.riddle_answer_hash).toMatch(/^scrypt\$16384\$8\$1\$[\w-]+\$[\w-]+$/);
+    expect(row.riddle_answer_hash).toMatch(/^scrypt2\$16384\$8\$1\$[\w-]+\$[\w-]+$/);
     expect(JSON.stringify(row).toLowerCase()).not.toContain('moon');
     const info = await server.rawClient({}).gifts.info.query({ code: gift.code });
     expect(info.riddleQuestion).toBe('What orbits the Earth?');
@@ -416,6 +417,41 @@ describe('each type end to end', () => {
     });
     expect(second.creditsReceived).toBe(10);
     await expectGiftConservation([gift.id]);
+  });
+});
+
+describe('riddle answers', () => {
+  it('case is folded the Unicode way: "STRASSE" answers "Straße", "J̌" answers "ǰ"', async () => {
+    // Found by a review: lower-casing alone refused both (ß has no one-letter capital; "J̌" lowers decomposed).
+    const { client } = await creatorWith(1000);
+    for (const [answer, typed] of [
+      ['Straße', 'STRASSE'],
+      ['\u01f0', 'J\u030c'],
+    ] as const) {
+      const gift = await client.gifts.create.mutate({
+        type: 'riddle',
+        totalCredits: 10,
+        totalPortions: 1,
+        riddleQuestion: 'Say it',
+        riddleAnswer: answer,
+      });
+      const solver = await server.userClient();
+      expect(
+        (await solver.gifts.redeem.mutate({ code: gift.code, riddleAnswer: typed })).creditsReceived,
+      ).toBe(10);
+    }
+  });
+
+  it('an answer hashed before case folding (scrypt$…) is still checked the way it was made', async () => {
+    const salt = randomBytes(16);
+    const key = scryptSync(' die erde '.normalize('NFKC').toLowerCase().trim(), salt, 32, {
+      N: 16384,
+      r: 8,
+      p: 1,
+    });
+    const stored = ['scrypt', 16384, 8, 1, salt.toString('base64url'), key.toString('base64url')].join('$');
+    expect(await verifyRiddleAnswer('Die  ERDE', stored)).toBe(true);
+    expect(await verifyRiddleAnswer('der mond', stored)).toBe(false);
   });
 });
 

@@ -11,23 +11,34 @@ function scryptAsync(secret: string, salt: Buffer, options: ScryptOptions): Prom
   });
 }
 
-/** Unicode NFKC, lower case, trimmed, inner whitespace collapsed: "  Die  ERDE " and "die erde" match. */
+/**
+ * Unicode NFKC, case folded, trimmed, inner whitespace collapsed: "  Die  ERDE " and "die erde" match, and so do
+ * "Straße" and "STRASSE" (upper case first, then lower: what lower case alone misses), recomposed afterwards
+ * ("J̌", the capital of "ǰ", lowers to a decomposed form).
+ */
 export function normaliseRiddleAnswer(answer: string): string {
+  return answer.normalize('NFKC').toUpperCase().toLowerCase().normalize('NFKC').trim().replace(/\s+/g, ' ');
+}
+
+/** How answers hashed as `scrypt$…` (before case folding) were normalised: they are checked the same way. */
+function normaliseRiddleAnswerV1(answer: string): string {
   return answer.normalize('NFKC').toLowerCase().trim().replace(/\s+/g, ' ');
 }
 
-/** A salted scrypt hash of the normalised answer, self-describing: scrypt$N$r$p$salt$hash. */
+/** A salted scrypt hash of the normalised answer, self-describing: scrypt2$N$r$p$salt$hash. */
 export async function hashRiddleAnswer(answer: string): Promise<string> {
   const salt = randomBytes(SALT_LENGTH);
   const key = await scryptAsync(normaliseRiddleAnswer(answer), salt, COST);
-  return ['scrypt', COST.N, COST.r, COST.p, salt.toString('base64url'), key.toString('base64url')].join('$');
+  return ['scrypt2', COST.N, COST.r, COST.p, salt.toString('base64url'), key.toString('base64url')].join('$');
 }
 
 /** Checks an answer against a stored hash in constant time; a malformed hash never matches. */
 export async function verifyRiddleAnswer(answer: string, stored: string): Promise<boolean> {
   const [scheme, n, r, p, salt, expected] = stored.split('$');
-  if (scheme !== 'scrypt' || !salt || !expected) return false;
-  const key = await scryptAsync(normaliseRiddleAnswer(answer), Buffer.from(salt, 'base64url'), {
+  const normalise =
+    scheme === 'scrypt2' ? normaliseRiddleAnswer : scheme === 'scrypt' ? normaliseRiddleAnswerV1 : undefined;
+  if (!normalise || !salt || !expected) return false;
+  const key = await scryptAsync(normalise(answer), Buffer.from(salt, 'base64url'), {
     N: Number(n),
     r: Number(r),
     p: Number(p),
@@ -42,5 +53,6 @@ export async function verifyRiddleAnswer(answer: string, stored: string): Promis
  */
 export async function riddleAnswerFingerprint(answer: string, scope: string): Promise<string> {
   const salt = createHash('sha256').update(`gift-answer-fingerprint\n${scope}`).digest();
-  return (await scryptAsync(normaliseRiddleAnswer(answer), salt, COST)).toString('base64url');
+  // The first normalisation, kept: a changed fingerprint would turn the replay of a create into a conflict.
+  return (await scryptAsync(normaliseRiddleAnswerV1(answer), salt, COST)).toString('base64url');
 }
