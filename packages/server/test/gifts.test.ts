@@ -296,6 +296,9 @@ describe('each type end to end', () => {
     });
     expect(result).toEqual({ giftId: gift.id, creditsReceived: 40, balance: 45 });
     expect(await balanceOf(friend.id)).toBe(45);
+    // Typed with a full-width keyboard (Ｋ７ＱＸ２－…), the code is the same code.
+    const fullWidth = [...gift.code].map((c) => String.fromCodePoint(c.codePointAt(0)! + 0xfee0)).join('');
+    expect((await server.rawClient({}).gifts.info.query({ code: fullWidth })).code).toBe(gift.code);
     const credit = await db
       .selectFrom('credits.transactions')
       .selectAll()

@@ -12,9 +12,15 @@ export function generateGiftCode(): string {
   return code;
 }
 
-/** What a person typed → the stored form: case-insensitive, spaces and dashes ignored. */
+/**
+ * What a person typed → the stored form: case-insensitive, spaces and dashes ignored, full-width forms (what
+ * some Japanese and Chinese input methods type) read as the letters and digits they are (NFKC).
+ */
 export function normaliseGiftCode(input: string): string {
-  return input.replace(/[\s\-‐-―−]+/g, '').toUpperCase();
+  return input
+    .normalize('NFKC')
+    .replace(/[\s\-‐-―−]+/g, '')
+    .toUpperCase();
 }
 
 const CANONICAL_CODE = new RegExp(`^[${GIFT_CODE_ALPHABET}]{${GIFT_CODE_LENGTH}}$`);
