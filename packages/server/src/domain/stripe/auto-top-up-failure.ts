@@ -30,15 +30,13 @@ export async function recordAutoTopUpFailure(
   attempt: Pick<AutoTopUpAttemptRow, 'id' | 'user_id' | 'package_id' | 'purchase_id'>,
   failure: AutoTopUpFailure,
 ): Promise<boolean> {
-  if (attempt.purchase_id) await lockPurchaseOfUser(trx, attempt.user_id, attempt.purchase_id);
-  const closed = await closeAutoTopUpAttempt(trx, attempt.id, {
+  const closed = await closeUnpaidAttempt(trx, attempt, {
     status: 'failed',
     paymentIntentId: failure.paymentIntentId,
     failureCode: failure.code,
     failureMessage: failure.message,
   });
   if (!closed) return false;
-  if (attempt.purchase_id) await failPendingPurchase(trx, attempt.purchase_id);
   await disableAutoTopUp(trx, attempt.user_id, `payment failed: ${failure.code}`);
   await emitEvent(trx, {
     type: 'autotopup.failed',
@@ -53,4 +51,20 @@ export async function recordAutoTopUpFailure(
     },
   });
   return true;
+}
+
+/**
+ * Ends an attempt in flight that paid nothing (`failed`, or `skipped` when auto top-up was turned off), and
+ * fails its purchase if still pending: the purchase row locked before the attempt (see recordAutoTopUpFailure).
+ * True when this call ended it.
+ */
+export async function closeUnpaidAttempt(
+  trx: Transaction<Database>,
+  attempt: Pick<AutoTopUpAttemptRow, 'id' | 'user_id' | 'purchase_id'>,
+  end: Parameters<typeof closeAutoTopUpAttempt>[2] & { status: 'failed' | 'skipped' },
+): Promise<boolean> {
+  if (attempt.purchase_id) await lockPurchaseOfUser(trx, attempt.user_id, attempt.purchase_id);
+  const closed = (await closeAutoTopUpAttempt(trx, attempt.id, end)) !== undefined;
+  if (closed && attempt.purchase_id) await failPendingPurchase(trx, attempt.purchase_id);
+  return closed;
 }

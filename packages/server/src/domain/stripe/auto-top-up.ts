@@ -7,13 +7,11 @@ import {
   closeAutoTopUpAttempt,
   type Database,
   disableAutoTopUp,
-  failPendingPurchase,
   findAutoTopUp,
   findPackage,
   insertPendingPurchase,
   latestAutoTopUpAttempt,
   lockAutoTopUpAttempt,
-  lockPurchaseOfUser,
   markAutoTopUpProcessing,
   type PurchaseRow,
   recordPurchaseStripeIds,
@@ -25,7 +23,7 @@ import type Stripe from 'stripe';
 import type { Logger } from '../../deps.ts';
 import { effects } from '../effects.ts';
 import { NotFoundError, PreconditionFailedError, ServiceUnavailableError } from '../errors.ts';
-import { type AutoTopUpFailure, recordAutoTopUpFailure } from './auto-top-up-failure.ts';
+import { type AutoTopUpFailure, closeUnpaidAttempt, recordAutoTopUpFailure } from './auto-top-up-failure.ts';
 import { isPaymentRefusal, isStripeError } from './client.ts';
 import { stripeCustomerFor } from './customers.ts';
 import { PURCHASE_CURRENCY, requireStripe } from './purchases.ts';
@@ -258,6 +256,13 @@ async function settleStaleAttempt(
   return 'processing';
 }
 
+/** Auto top-up on, with a saved card of a Stripe customer: what a payment is sent with. */
+function chargeable(
+  setting: AutoTopUpRow | undefined,
+): setting is AutoTopUpRow & { payment_method_id: string; stripe_customer_id: string } {
+  return Boolean(setting?.enabled && setting.payment_method_id && setting.stripe_customer_id);
+}
+
 /** Its purchase, made once: a retry of the attempt finds it and pays with the same card and key. */
 async function purchaseOf(
   db: Kysely<Database>,
@@ -274,7 +279,6 @@ async function purchaseOf(
     if (!attempt) throw new Error(`auto top-up attempt ${attemptId} vanished`);
     if (attempt.status !== 'pending') return { attempt, purchase: undefined, skip: attempt.status };
     const setting = await findAutoTopUp(trx, attempt.user_id);
-    const halted = !setting?.enabled || !setting.payment_method_id || !setting.stripe_customer_id;
     if (attempt.purchase_id) {
       // An earlier claim made its purchase and may have sent it (an answer lost): whatever the settings say
       // now, its outcome is unknown, not "nothing was sent" (payAttempt looks it up when it is halted).
@@ -283,10 +287,10 @@ async function purchaseOf(
         .selectAll()
         .where('id', '=', attempt.purchase_id)
         .executeTakeFirstOrThrow();
-      return { attempt, purchase, halted };
+      return { attempt, purchase, halted: !chargeable(setting) };
     }
     // Turned off (or the card removed) before this attempt was ever sent: nothing is sent.
-    if (!setting?.enabled || !setting.payment_method_id || !setting.stripe_customer_id) {
+    if (!chargeable(setting)) {
       await closeAutoTopUpAttempt(trx, attempt.id, {
         status: 'skipped',
         failureCode: 'auto_top_up_disabled',
@@ -399,16 +403,11 @@ async function settleUnansweredAttempt(
   if (!giveUp) return 'unknown';
   if (halted) {
     // Turned off, and no payment was made: closed as it would have been had it never been sent.
-    await deps.db.transaction().execute(async (trx) => {
-      await lockPurchaseOfUser(trx, attempt.user_id, purchase.id);
-      if (
-        await closeAutoTopUpAttempt(trx, attempt.id, {
-          status: 'skipped',
-          failureCode: 'auto_top_up_disabled',
-        })
-      )
-        await failPendingPurchase(trx, purchase.id);
-    });
+    await deps.db
+      .transaction()
+      .execute((trx) =>
+        closeUnpaidAttempt(trx, attempt, { status: 'skipped', failureCode: 'auto_top_up_disabled' }),
+      );
     return 'skipped';
   }
   await deps.db.transaction().execute((trx) =>
