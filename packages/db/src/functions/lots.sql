@@ -9,7 +9,9 @@
 -- credits.burn_lots: takes from each account p_accounts[i] p_amounts[i] credits of its lots in THE burn order
 -- — priority ascending, then the soonest expiry (never-expiring last), then the oldest, then id — skipping
 -- expired and pinned credits. p_pin = false burns them (remaining falls); p_pin = true pins them for a hold
--- (pinned grows). One row per account with an amount > 0: the lots it took from, in burn order.
+-- (pinned grows). One row per account with an amount > 0: the lots it took from, in burn order. Lots named in
+-- p_first give before all others (in the burn order among themselves): a clawback takes back a refunded
+-- purchase's own credits before any other, so what the buyer got elsewhere stays theirs.
 -- Set-based (one read and one update of all the accounts' lots: a batch of debits over many accounts burns
 -- with two statements instead of two per account): each lot gives what is still missing after the lots
 -- before it in the order, which is the running sum of the free credits over the account's lots.
@@ -20,7 +22,12 @@
 -- setting expiry_noticed — has a new ctid, the update's recheck of the new version then fails `ctid = tid`,
 -- and the lot was silently not burned while the balance and the ledger row were written.) The statement
 -- also fails if any lot it took from was not written.
-create or replace function credits.burn_lots(p_kind text, p_accounts text[], p_amounts int8[], p_pin boolean)
+-- (The drops remove the versions without p_first: beside them, a call without it would match two functions.)
+drop function if exists credits.take_lots(text, text, int8, boolean);
+drop function if exists credits.take_lots_from(text, text, int8, uuid[]);
+drop function if exists credits.burn_lots(text, text[], int8[], boolean);
+create or replace function credits.burn_lots(p_kind text, p_accounts text[], p_amounts int8[], p_pin boolean,
+  p_first uuid[] default '{}')
 returns table (account_id text, lot_ids uuid[], lot_amounts int8[])
 language plpgsql as $$
 #variable_conflict use_column
@@ -41,7 +48,8 @@ begin
           where c.account_kind = p_kind and c.account_id = w.account_id
             and not c.spent and c.remaining > c.pinned and (c.expires_at is null or c.expires_at > now())
          offset 0) l
-      window burn as (partition by l.account_id order by l.priority, l.expires_at, l.created_at, l.id)
+      window burn as (partition by l.account_id
+                      order by l.id = any(p_first) desc, l.priority, l.expires_at, l.created_at, l.id)
     ), taken as (
       select r.id, r.account_id, r.k, least(r.free, r.amount - (r.upto - r.free)) as amount
         from runs r
@@ -117,48 +125,17 @@ end
 $$;
 
 -- credits.take_lots: credits.burn_lots for one account (the single debit, hold and pool statements call it
--- LATERAL on their account update); nothing to take gives empty portion lists.
+-- LATERAL on their account update; a clawback names the lots that give first); nothing to take gives empty
+-- portion lists.
 create or replace function credits.take_lots(
-  p_kind text, p_account text, p_amount int8, p_pin boolean, out lot_ids uuid[], out lot_amounts int8[])
+  p_kind text, p_account text, p_amount int8, p_pin boolean, p_first uuid[] default '{}',
+  out lot_ids uuid[], out lot_amounts int8[])
 language plpgsql as $$
 begin
   select b.lot_ids, b.lot_amounts into lot_ids, lot_amounts
-    from credits.burn_lots(p_kind, array[p_account], array[p_amount], p_pin) b;
+    from credits.burn_lots(p_kind, array[p_account], array[p_amount], p_pin, p_first) b;
   lot_ids := coalesce(lot_ids, '{}');
   lot_amounts := coalesce(lot_amounts, '{}');
-end
-$$;
-
--- credits.take_lots_from: credits.take_lots, but the lots p_first give first (in the burn order among
--- themselves) and the account's other lots only the rest (in the burn order). A clawback takes a refunded
--- purchase's own credits back before any other: what the buyer got elsewhere stays theirs.
-create or replace function credits.take_lots_from(
-  p_kind text, p_account text, p_amount int8, p_first uuid[], out lot_ids uuid[], out lot_amounts int8[])
-language plpgsql as $$
-declare
-  v_left int8 := p_amount;
-  v_lot record;
-  v_take int8;
-  v_rest record;
-begin
-  lot_ids := '{}';
-  lot_amounts := '{}';
-  for v_lot in
-    select id, remaining - pinned as free from credits.lots
-     where id = any(p_first) and account_kind = p_kind and account_id = p_account
-       and not spent and remaining > pinned and (expires_at is null or expires_at > now())
-     order by priority, expires_at, created_at, id
-  loop
-    exit when v_left = 0;
-    v_take := least(v_lot.free, v_left);
-    update credits.lots set remaining = remaining - v_take where id = v_lot.id;
-    lot_ids := lot_ids || v_lot.id;
-    lot_amounts := lot_amounts || v_take;
-    v_left := v_left - v_take;
-  end loop;
-  select t.lot_ids, t.lot_amounts into v_rest from credits.take_lots(p_kind, p_account, v_left, false) t;
-  lot_ids := lot_ids || v_rest.lot_ids;
-  lot_amounts := lot_amounts || v_rest.lot_amounts;
 end
 $$;
 

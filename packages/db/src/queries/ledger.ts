@@ -52,11 +52,10 @@ export async function debitBalance(
          and credits.covers(balance, reserved, next_lot_expiry, ${entry.amount}::int8)
       returning user_id, balance, reserved${notRefused(refusedUnder)}
     ), burned as (
-      select t.* from debit d cross join lateral ${
-        lotsFirst
-          ? sql`credits.take_lots_from('user', d.user_id, ${entry.amount}::int8, ${lotsFirst}::uuid[])`
-          : sql`credits.take_lots('user', d.user_id, ${entry.amount}::int8, false)`
-      } t
+      select t.* from debit d
+       cross join lateral credits.take_lots('user', d.user_id, ${entry.amount}::int8, false${
+         lotsFirst ? sql`, ${lotsFirst}::uuid[]` : sql``
+       }) t
     ), entry as (${personalLedgerRow('debit', entry, -1, 'burned')})${
       countsAsUsage
         ? sql`, usage as (${usageCounter('entry', entry.userId, entry.appId ?? '', entry.amount)})`
